@@ -1,0 +1,45 @@
+//! File IO for the CLI: reading inputs (diagnostics name the file), atomic writes.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use hetpar_ir::{Diagnostic, Diagnostics, Rule};
+
+/// Reads a file as UTF-8, turning failures into a diagnostic that names it.
+pub fn read_text(path: &Path) -> Result<String, Diagnostics> {
+    fs::read_to_string(path).map_err(|e| {
+        let mut d = Diagnostic::error("", Rule::JsonSyntax, format!("cannot read: {e}"));
+        d.file = Some(path.display().to_string());
+        let mut ds = Diagnostics::new();
+        ds.push(d);
+        ds
+    })
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, flushed and
+/// synced, then renamed over the target. An interrupted run leaves the old file intact.
+pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no file name"))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(contents)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}

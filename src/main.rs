@@ -1,0 +1,91 @@
+//! The hetpar command line.
+
+mod commands;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "hetpar",
+    version,
+    about = "A compiler for heterogeneous parallel training plans of multimodal models",
+    long_about = "hetpar reads a model (its own JSON or a Hugging Face config.json) and a GPU cluster, \
+checks per-module parallel plans, and describes models.\n\n\
+Results go to stdout, errors and logs to stderr. Every command that writes a file (-o) writes it \
+atomically.",
+    after_help = "Examples:\n  hetpar describe                      # the embedded LLaVA-1.5-7B example\n  \
+hetpar validate examples/models/llava-1.5-7b.json examples/clusters/h100-8.json examples/plans/llava-1.5-7b-colocated-8.json\n  \
+hetpar import hf examples/hf/qwen2.5-vl-7b.config.json -o qwen.json"
+)]
+struct Cli {
+    /// More logging on stderr (-v info, -vv debug, -vvv trace).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// Tables and sentences for a terminal.
+    #[default]
+    Human,
+    /// One JSON document.
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Check model, cluster and plan files (and Hugging Face configs); report every problem.
+    #[command(
+        after_help = "Each file's kind comes from its \"kind\" field (model, cluster, plan); a file \
+with \"model_type\" is read as a Hugging Face config. A plan is checked against the one model and \
+the one cluster given with it.\n\nExample:\n  hetpar validate examples/models/llava-1.5-7b.json \
+examples/clusters/h100-8.json examples/plans/llava-1.5-7b-colocated-8.json"
+    )]
+    Validate(commands::validate::Args),
+    /// Import a model from another format.
+    #[command(subcommand)]
+    Import(commands::import::Source),
+    /// Per-module parameters and FLOPs, boundary rows and bytes.
+    #[command(
+        after_help = "Without a model, describes the embedded LLaVA-1.5-7B example.\n\nExample:\n  \
+hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
+    )]
+    Describe(commands::describe::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing(cli.verbose);
+    let result = match cli.command {
+        Command::Validate(a) => commands::validate::run(a),
+        Command::Import(s) => commands::import::run(s),
+        Command::Describe(a) => commands::describe::run(a),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("HETPAR_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

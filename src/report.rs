@@ -1,0 +1,240 @@
+//! Reports the commands print, as serializable structs with a human rendering.
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use hetpar_ir::model::{module_flops, module_params, ModelGraph};
+
+#[derive(Debug, Serialize)]
+pub struct ModuleRow {
+    pub name: String,
+    pub kind: &'static str,
+    pub parameters: u64,
+    pub active_parameters: u64,
+    pub layers: u32,
+    /// Mean rows (tokens) the module processes per sample.
+    pub rows_per_sample: f64,
+    pub forward_flops_per_sample: f64,
+    /// Forward + backward, no recompute.
+    pub training_flops_per_sample: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct BoundaryRow {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub landing: hetpar_ir::model::Landing,
+    pub width: u32,
+    pub rows_per_sample: f64,
+    pub bytes_per_sample: f64,
+    pub bytes_per_batch: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Describe {
+    pub model: String,
+    pub global_batch: u32,
+    pub sequence_length: u32,
+    pub precision: hetpar_ir::model::Precision,
+    pub total_parameters: u64,
+    pub training_flops_per_sample: f64,
+    pub modules: Vec<ModuleRow>,
+    pub boundaries: Vec<BoundaryRow>,
+}
+
+impl Describe {
+    pub fn new(g: &ModelGraph) -> Self {
+        let batch = f64::from(g.data().global_batch.max(1));
+        let modules: Vec<ModuleRow> = g
+            .topological_order()
+            .iter()
+            .map(|&id| {
+                let m = g.module(id);
+                let p = module_params(m);
+                let f = module_flops(g, id);
+                let rows: u64 = (0..g.data().global_batch as usize)
+                    .map(|s| g.rows_of_sample(id, s))
+                    .sum();
+                ModuleRow {
+                    name: m.name.clone(),
+                    kind: m.kind.as_str(),
+                    parameters: p.total,
+                    active_parameters: p.active,
+                    layers: m.layer_count(),
+                    rows_per_sample: rows as f64 / batch,
+                    forward_flops_per_sample: f.forward / batch,
+                    training_flops_per_sample: f.training() / batch,
+                }
+            })
+            .collect();
+        let boundaries = g
+            .boundaries()
+            .iter()
+            .map(|b| {
+                let bytes = g.boundary_bytes_per_batch(b.id);
+                BoundaryRow {
+                    name: b.name.clone(),
+                    from: g.module(b.from).name.clone(),
+                    to: g.module(b.to).name.clone(),
+                    landing: b.landing,
+                    width: b.width,
+                    rows_per_sample: g.boundary_rows_per_batch(b.id) as f64 / batch,
+                    bytes_per_sample: bytes as f64 / batch,
+                    bytes_per_batch: bytes,
+                }
+            })
+            .collect();
+        Describe {
+            model: g.name().to_string(),
+            global_batch: g.data().global_batch,
+            sequence_length: g.data().sequence_length,
+            precision: g.data().precision,
+            total_parameters: modules.iter().map(|m| m.parameters).sum(),
+            training_flops_per_sample: modules.iter().map(|m| m.training_flops_per_sample).sum(),
+            modules,
+            boundaries,
+        }
+    }
+
+    pub fn to_human(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "model {}: {} parameters, {} training FLOPs per sample (global batch {}, sequence {}, {})",
+            self.model,
+            si(self.total_parameters as f64),
+            si(self.training_flops_per_sample),
+            self.global_batch,
+            self.sequence_length,
+            serde_json::to_value(self.precision).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        );
+        let _ = writeln!(s);
+        let mut t = Table::new(&[
+            "module",
+            "kind",
+            "params",
+            "active",
+            "layers",
+            "rows/sample",
+            "train FLOPs/sample",
+        ]);
+        for m in &self.modules {
+            t.row(vec![
+                m.name.clone(),
+                m.kind.to_string(),
+                si(m.parameters as f64),
+                si(m.active_parameters as f64),
+                m.layers.to_string(),
+                format!("{:.1}", m.rows_per_sample),
+                si(m.training_flops_per_sample),
+            ]);
+        }
+        s.push_str(&t.render());
+        if !self.boundaries.is_empty() {
+            let _ = writeln!(s);
+            let mut t = Table::new(&[
+                "boundary",
+                "from",
+                "to",
+                "landing",
+                "width",
+                "rows/sample",
+                "bytes/sample",
+                "bytes/batch",
+            ]);
+            for b in &self.boundaries {
+                t.row(vec![
+                    b.name.clone(),
+                    b.from.clone(),
+                    b.to.clone(),
+                    format!("{:?}", b.landing).to_lowercase(),
+                    b.width.to_string(),
+                    format!("{:.1}", b.rows_per_sample),
+                    bytes(b.bytes_per_sample),
+                    bytes(b.bytes_per_batch as f64),
+                ]);
+            }
+            s.push_str(&t.render());
+        }
+        s
+    }
+}
+
+/// A number with an SI suffix and three significant digits: 7.06 G.
+pub fn si(x: f64) -> String {
+    const UNITS: [(f64, &str); 6] = [
+        (1e18, "E"),
+        (1e15, "P"),
+        (1e12, "T"),
+        (1e9, "G"),
+        (1e6, "M"),
+        (1e3, "k"),
+    ];
+    for (scale, unit) in UNITS {
+        if x.abs() >= scale {
+            return format!("{:.3} {unit}", x / scale);
+        }
+    }
+    format!("{x:.0}")
+}
+
+/// Bytes with a binary suffix: 4.50 MiB.
+pub fn bytes(x: f64) -> String {
+    const UNITS: [(f64, &str); 4] = [
+        (1024.0 * 1024.0 * 1024.0 * 1024.0, "TiB"),
+        (1024.0 * 1024.0 * 1024.0, "GiB"),
+        (1024.0 * 1024.0, "MiB"),
+        (1024.0, "KiB"),
+    ];
+    for (scale, unit) in UNITS {
+        if x.abs() >= scale {
+            return format!("{:.2} {unit}", x / scale);
+        }
+    }
+    format!("{x:.0} B")
+}
+
+/// A plain text table with left-aligned columns.
+pub struct Table {
+    head: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(head: &[&str]) -> Self {
+        Table {
+            head: head.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, r: Vec<String>) {
+        self.rows.push(r);
+    }
+
+    pub fn render(&self) -> String {
+        let n = self.head.len();
+        let mut w = vec![0usize; n];
+        for r in std::iter::once(&self.head).chain(&self.rows) {
+            for (i, c) in r.iter().enumerate().take(n) {
+                w[i] = w[i].max(c.chars().count());
+            }
+        }
+        let line = |r: &Vec<String>| {
+            let cells: Vec<String> = r
+                .iter()
+                .enumerate()
+                .map(|(i, c)| format!("{c:<width$}", width = w[i]))
+                .collect();
+            cells.join("  ").trim_end().to_string() + "\n"
+        };
+        let mut s = line(&self.head);
+        s.push_str(&line(&w.iter().map(|&k| "-".repeat(k)).collect()));
+        for r in &self.rows {
+            s.push_str(&line(r));
+        }
+        s
+    }
+}
