@@ -118,6 +118,19 @@ pub fn check_header(value: &Value, expected: FileKind) -> Result<(), Diagnostics
 /// Deserializes a typed value, reporting the first type error with its path and every unknown
 /// field with its path.
 pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, Diagnostics> {
+    let (v, unknown) = from_value_lenient(value)?;
+    if unknown.is_empty() {
+        Ok(v)
+    } else {
+        Err(unknown)
+    }
+}
+
+/// Like `from_value`, but a value whose only problems are unknown fields still comes back, with
+/// those fields as error diagnostics, so that the verifier can report its findings too.
+pub fn from_value_lenient<T: DeserializeOwned>(
+    value: &Value,
+) -> Result<(T, Diagnostics), Diagnostics> {
     let mut unknown: Vec<String> = Vec::new();
     let result: Result<T, _> = {
         let mut record = |path: serde_ignored::Path<'_>| unknown.push(ignored_path(&path));
@@ -129,8 +142,7 @@ pub fn from_value<T: DeserializeOwned>(value: &Value) -> Result<T, Diagnostics> 
         ds.error(path, Rule::JsonUnknownField, "unknown field");
     }
     match result {
-        Ok(v) if ds.is_empty() => Ok(v),
-        Ok(_) => Err(ds),
+        Ok(v) => Ok((v, ds)),
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };

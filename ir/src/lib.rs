@@ -38,14 +38,12 @@ pub type Loaded<T> = (T, Diagnostics);
 
 /// Parses and verifies a model file.
 pub fn load_model(text: &str) -> Result<Loaded<ModelGraph>, Diagnostics> {
-    let file: ModelFile = json::parse_file(text, FileKind::Model)?;
-    model::verify::build(file)
+    model_from_value(&json::parse_value(text)?)
 }
 
 /// Parses and verifies a cluster file.
 pub fn load_cluster(text: &str) -> Result<Cluster, Diagnostics> {
-    let file: ClusterFile = json::parse_file(text, FileKind::Cluster)?;
-    Cluster::from_file(file)
+    cluster_from_value(&json::parse_value(text)?)
 }
 
 /// Parses a plan file and verifies it against a model and a cluster.
@@ -54,6 +52,52 @@ pub fn load_plan(
     model: &ModelGraph,
     cluster: &Cluster,
 ) -> Result<Loaded<Plan>, Diagnostics> {
-    let file: PlanFile = json::parse_file(text, FileKind::Plan)?;
-    Plan::build(file, model, cluster)
+    plan_from_value(&json::parse_value(text)?, model, cluster)
+}
+
+/// Runs `verify` on a leniently parsed value, so that unknown fields and rule violations are
+/// reported together.
+fn typed_then_verified<F, T>(
+    value: &serde_json::Value,
+    kind: FileKind,
+    verify: impl FnOnce(F) -> Result<Loaded<T>, Diagnostics>,
+) -> Result<Loaded<T>, Diagnostics>
+where
+    F: serde::de::DeserializeOwned,
+{
+    json::check_header(value, kind)?;
+    let (file, mut ds) = json::from_value_lenient::<F>(value)?;
+    match verify(file) {
+        Ok((v, warnings)) if ds.is_empty() => Ok((v, warnings)),
+        Ok((_, warnings)) => {
+            ds.extend(warnings);
+            Err(ds)
+        }
+        Err(e) => {
+            ds.extend(e);
+            Err(ds)
+        }
+    }
+}
+
+/// Verifies a parsed model document.
+pub fn model_from_value(value: &serde_json::Value) -> Result<Loaded<ModelGraph>, Diagnostics> {
+    typed_then_verified(value, FileKind::Model, model::verify::build)
+}
+
+/// Verifies a parsed cluster document.
+pub fn cluster_from_value(value: &serde_json::Value) -> Result<Cluster, Diagnostics> {
+    typed_then_verified(value, FileKind::Cluster, |f| {
+        Cluster::from_file(f).map(|c| (c, Diagnostics::new()))
+    })
+    .map(|(c, _)| c)
+}
+
+/// Verifies a parsed plan document against a model and a cluster.
+pub fn plan_from_value(
+    value: &serde_json::Value,
+    model: &ModelGraph,
+    cluster: &Cluster,
+) -> Result<Loaded<Plan>, Diagnostics> {
+    typed_then_verified(value, FileKind::Plan, |f| Plan::build(f, model, cluster))
 }

@@ -443,7 +443,7 @@ fn check_module(
                     format!("has {} entries; pp x vpp = {chunks}", list.len()),
                 );
             }
-            if list.iter().any(|&x| x == 0) {
+            if list.contains(&0) {
                 ds.error(
                     &sp,
                     Rule::LayoutStageLayers,

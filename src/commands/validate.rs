@@ -8,10 +8,11 @@ use serde_json::Value;
 
 use hetpar::io;
 use hetpar::ir::hf::{import, ImportOptions};
-use hetpar::ir::json::{check_header, detect_kind, from_value, parse_value, FileKind};
+use hetpar::ir::json::{check_header, detect_kind, parse_value, FileKind};
 use hetpar::ir::model::verify;
 use hetpar::ir::{
-    Cluster, ClusterFile, Diagnostic, Diagnostics, ModelFile, ModelGraph, Plan, PlanFile, Rule,
+    cluster_from_value, model_from_value, plan_from_value, Cluster, Diagnostic, Diagnostics,
+    ModelGraph, Rule,
 };
 
 use super::emit;
@@ -77,7 +78,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let Parsed::Plan(value) = p else { continue };
         let mut ds = Diagnostics::new();
         match (models.as_slice(), clusters.as_slice()) {
-            ([Ok(m)], [Ok(c)]) => match from_value::<PlanFile>(value).and_then(|f| Plan::build(f, m, c)) {
+            ([Ok(m)], [Ok(c)]) => match plan_from_value(value, m, c) {
                 Ok((_, warnings)) => ds.extend(warnings),
                 Err(e) => ds.extend(e),
             },
@@ -156,17 +157,11 @@ fn check_one(path: &std::path::Path) -> (&'static str, Diagnostics, Parsed) {
         Err(ds) => return ("unknown", ds, Parsed::Other),
     };
     match detect_kind(&value) {
-        Some(FileKind::Model) => match check_header(&value, FileKind::Model)
-            .and_then(|_| from_value::<ModelFile>(&value))
-            .and_then(verify::build)
-        {
+        Some(FileKind::Model) => match model_from_value(&value) {
             Ok((g, w)) => ("model", w, Parsed::Model(Ok(g))),
             Err(ds) => ("model", ds, Parsed::Model(Err(()))),
         },
-        Some(FileKind::Cluster) => match check_header(&value, FileKind::Cluster)
-            .and_then(|_| from_value::<ClusterFile>(&value))
-            .and_then(Cluster::from_file)
-        {
+        Some(FileKind::Cluster) => match cluster_from_value(&value) {
             Ok(c) => ("cluster", Diagnostics::new(), Parsed::Cluster(Ok(c))),
             Err(ds) => ("cluster", ds, Parsed::Cluster(Err(()))),
         },

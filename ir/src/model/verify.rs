@@ -353,7 +353,7 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
         ) = (modules.get(i), items.get(&ModuleId::new(i)))
         {
             if let (PositionKind::Learned, Some(max)) = (positions.kind, positions.max_positions) {
-                if let Some(&big) = it.distinct_item_tokens().iter().rev().next() {
+                if let Some(&big) = it.distinct_item_tokens().last() {
                     if big > max {
                         ds.error(
                             join("data.encoders", name),
@@ -644,13 +644,14 @@ fn check_module(path: &str, m: &ModuleSpec, ds: &mut Diagnostics) -> Option<Body
     if ds.len() > before {
         return None;
     }
-    let t_ok = m.transformer.as_ref().map_or(true, |t| {
-        check_transformer(&join(path, "transformer"), t, ds)
-    });
+    let t_ok = m
+        .transformer
+        .as_ref()
+        .is_none_or(|t| check_transformer(&join(path, "transformer"), t, ds));
     let p_ok = m
         .positions
         .as_ref()
-        .map_or(true, |p| check_positions(&join(path, "positions"), p, ds));
+        .is_none_or(|p| check_positions(&join(path, "positions"), p, ds));
     if m.tokens_per_item == Some(0) {
         ds.error(
             join(path, "tokens_per_item"),

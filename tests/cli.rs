@@ -1,0 +1,291 @@
+//! End-to-end tests of the `hetpar` binary: exit codes, where output goes, golden outputs
+//! (`UPDATE_EXPECT=1 cargo test` rewrites them), and error messages that name file, path, rule.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use expect_test::expect_file;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn hetpar(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hetpar"))
+        .args(args)
+        .current_dir(root())
+        .env_remove("HETPAR_LOG")
+        .output()
+        .expect("hetpar runs")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A scratch directory under the target dir, emptied first.
+fn scratch(name: &str) -> PathBuf {
+    let d = root().join("target").join("test-scratch").join(name);
+    let _ = std::fs::remove_dir_all(&d);
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+#[test]
+fn describe_without_arguments_prints_the_embedded_llava_example() {
+    let o = hetpar(&["describe"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    expect_file!["golden/describe-default.txt"].assert_eq(&stdout(&o));
+}
+
+#[test]
+fn describe_json_of_the_two_encoder_model_is_stable() {
+    let o = hetpar(&[
+        "describe",
+        "examples/models/vision-audio-7b.json",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&o)).expect("describe --format json prints JSON");
+    assert_eq!(v["modules"].as_array().unwrap().len(), 5);
+    expect_file!["golden/describe-vision-audio-7b.json"].assert_eq(&stdout(&o));
+}
+
+#[test]
+fn every_example_model_cluster_and_plan_validates() {
+    let sets: &[[&str; 3]] = &[
+        [
+            "models/llava-1.5-7b.json",
+            "clusters/h100-8.json",
+            "plans/llava-1.5-7b-colocated-8.json",
+        ],
+        [
+            "models/vit6b-70b-32k.json",
+            "clusters/h100-1024.json",
+            "plans/vit6b-70b-32k-noncolocated-1024.json",
+        ],
+        [
+            "models/vision-audio-7b.json",
+            "clusters/h100-64.json",
+            "plans/vision-audio-7b-colocated-64.json",
+        ],
+        [
+            "models/llama-3-8b.json",
+            "clusters/h100-8.json",
+            "plans/llama-3-8b-homogeneous-8.json",
+        ],
+    ];
+    for set in sets {
+        let args: Vec<String> = std::iter::once("validate".to_string())
+            .chain(set.iter().map(|f| format!("examples/{f}")))
+            .collect();
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let o = hetpar(&args);
+        assert!(o.status.success(), "{set:?}\n{}{}", stdout(&o), stderr(&o));
+        assert!(stdout(&o).contains("0 error(s)"), "{}", stdout(&o));
+    }
+}
+
+#[test]
+fn validate_reports_every_plan_error_with_file_path_and_rule_and_exits_1() {
+    let dir = scratch("bad-plan");
+    let plan = std::fs::read_to_string(root().join("examples/plans/llava-1.5-7b-colocated-8.json"))
+        .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&plan).unwrap();
+    v["modules"]["vision"]["layout"]["tp"] = 3.into();
+    v["modules"]["llm"]["layout"]["micro_batch_size"] = 0.into();
+    v["modules"]["projector"]["placement"]["ranks"]["count"] = 9.into();
+    let bad = dir.join("plan.json");
+    std::fs::write(&bad, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let o = hetpar(&[
+        "validate",
+        "examples/models/llava-1.5-7b.json",
+        "examples/clusters/h100-8.json",
+        bad.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    for want in [
+        "modules.vision.layout.tp: 3 does not divide heads 16 [layout.tp]",
+        "modules.llm.layout.micro_batch_size: must be at least 1 [layout.positive]",
+        "modules.projector.placement.ranks: rank 8 is outside the cluster's 8 GPUs",
+    ] {
+        assert!(err.contains(want), "missing {want:?} in:\n{err}");
+    }
+    assert!(
+        err.contains(&bad.display().to_string()),
+        "the file is named:\n{err}"
+    );
+}
+
+#[test]
+fn validate_json_lists_diagnostics_with_paths() {
+    let dir = scratch("bad-model-json");
+    let model = std::fs::read_to_string(root().join("examples/models/llava-1.5-7b.json")).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&model).unwrap();
+    v["modules"]["llm"]["transformer"]["kv_heads"] = 5.into();
+    v["modules"]["vision"]["transformer"]["colour"] = "blue".into();
+    let bad = dir.join("model.json");
+    std::fs::write(&bad, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    let o = hetpar(&["validate", bad.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(1));
+    let r: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(r["valid"], false);
+    let paths: Vec<&str> = r["files"][0]["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["path"].as_str().unwrap())
+        .collect();
+    // The unknown field and the rule violation are reported together.
+    assert_eq!(
+        paths,
+        [
+            "modules.vision.transformer.colour",
+            "modules.llm.transformer.kv_heads"
+        ],
+        "{r}"
+    );
+}
+
+#[test]
+fn malformed_json_is_reported_with_line_and_column() {
+    let dir = scratch("malformed");
+    let bad = dir.join("cluster.json");
+    std::fs::write(&bad, "{\n  \"kind\": \"cluster\",\n  \"nodes\": 8,,\n}\n").unwrap();
+    let o = hetpar(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(err.contains(&format!("{}:3:14", bad.display())), "{err}");
+    assert!(err.contains("[json.syntax]"), "{err}");
+}
+
+#[test]
+fn a_file_of_unknown_kind_is_named_as_such() {
+    let dir = scratch("unknown-kind");
+    let bad = dir.join("x.json");
+    std::fs::write(&bad, "{\"hello\": 1}").unwrap();
+    let o = hetpar(&["validate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("cannot tell what this file is"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn a_plan_without_its_model_and_cluster_is_an_error() {
+    let o = hetpar(&["validate", "examples/plans/llava-1.5-7b-colocated-8.json"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("found 0 model(s) and 0 cluster(s)"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+#[test]
+fn import_hf_reproduces_the_committed_example_byte_for_byte() {
+    let dir = scratch("import");
+    let out = dir.join("llava.json");
+    let o = hetpar(&[
+        "import",
+        "hf",
+        "examples/hf/llava-1.5-7b.config.json",
+        "--name",
+        "llava-1.5-7b",
+        "--global-batch",
+        "256",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "-o writes the file, not stdout");
+    let written = std::fs::read_to_string(&out).unwrap();
+    let committed =
+        std::fs::read_to_string(root().join("examples/models/llava-1.5-7b.json")).unwrap();
+    assert_eq!(written, committed);
+    let leftovers: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        leftovers.len(),
+        1,
+        "no temporary file is left behind: {leftovers:?}"
+    );
+}
+
+#[test]
+fn import_hf_rejects_an_unsupported_model_type_naming_the_supported_ones() {
+    let dir = scratch("import-unsupported");
+    let cfg = dir.join("config.json");
+    std::fs::write(&cfg, "{\"model_type\": \"gpt_bigcode\"}").unwrap();
+    let o = hetpar(&["import", "hf", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("model_type: model type \"gpt_bigcode\" is not supported"),
+        "{err}"
+    );
+    assert!(err.contains("llava, qwen2_vl"), "{err}");
+}
+
+#[test]
+fn import_hf_reports_options_that_make_the_model_invalid() {
+    let o = hetpar(&[
+        "import",
+        "hf",
+        "examples/hf/llava-1.5-7b.config.json",
+        "--sequence-length",
+        "512",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("[data.sequence]"), "{}", stderr(&o));
+}
+
+#[test]
+fn every_command_help_shows_an_example() {
+    for cmd in [
+        &["--help"][..],
+        &["validate", "--help"],
+        &["describe", "--help"],
+        &["import", "hf", "--help"],
+    ] {
+        let o = hetpar(cmd);
+        assert!(o.status.success());
+        assert!(
+            stdout(&o).contains("Example"),
+            "{cmd:?} help has no example:\n{}",
+            stdout(&o)
+        );
+    }
+}
+
+#[test]
+fn verbose_flag_sends_logs_to_stderr_only() {
+    let o = hetpar(&["-v", "describe", "--format", "json"]);
+    assert!(o.status.success());
+    assert!(stderr(&o).contains("described"), "{}", stderr(&o));
+    serde_json::from_str::<serde_json::Value>(&stdout(&o)).expect("stdout stays pure JSON");
+}
+
+#[test]
+fn describe_output_option_writes_the_same_bytes_as_stdout() {
+    let dir = scratch("describe-o");
+    let out = dir.join("d.json");
+    let a = hetpar(&["describe", "--format", "json"]);
+    let b = hetpar(&["describe", "--format", "json", "-o", out.to_str().unwrap()]);
+    assert!(a.status.success() && b.status.success());
+    assert_eq!(
+        stdout(&a),
+        std::fs::read_to_string(Path::new(&out)).unwrap()
+    );
+}
