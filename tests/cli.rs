@@ -114,7 +114,7 @@ fn validate_reports_every_plan_error_with_file_path_and_rule_and_exits_1() {
     for want in [
         "modules.vision.layout.tp: 3 does not divide heads 16 [layout.tp]",
         "modules.llm.layout.micro_batch_size: must be at least 1 [layout.positive]",
-        "modules.projector.placement.ranks: rank 8 is outside the cluster's 8 GPUs",
+        "modules.projector.placement.ranks: ranks 0..9 reach outside the cluster's 8 GPUs",
     ] {
         assert!(err.contains(want), "missing {want:?} in:\n{err}");
     }

@@ -49,6 +49,9 @@ pub struct ClusterFile {
     pub inter_node: Option<LinkSection>,
 }
 
+/// GPUs a cluster may have (ranks are u32 and plans list them).
+pub const MAX_GPUS: u64 = 1 << 24;
+
 /// A verified cluster with every figure resolved.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cluster {
@@ -69,6 +72,14 @@ impl Cluster {
         }
         if file.gpus_per_node == 0 {
             ds.error("gpus_per_node", Rule::ClusterPositive, "must be at least 1");
+        }
+        let world = u64::from(file.nodes) * u64::from(file.gpus_per_node);
+        if world > MAX_GPUS {
+            ds.error(
+                "nodes",
+                Rule::ClusterPositive,
+                format!("nodes x gpus_per_node = {world} GPUs; at most {MAX_GPUS} are supported"),
+            );
         }
         let mut gpu = file.gpu.model.spec();
         let mut apply = |path: &str, v: Option<f64>, scale: f64, slot: &mut f64| {

@@ -15,7 +15,9 @@
 //!   partial overlap between modules is a warning [placement.overlap];
 //! - the schedule fits the placement [schedule.kind], interleaving matches vpp
 //!   [schedule.interleaved], the chunk is given exactly for the chunked schedule
-//!   [schedule.chunk], and the per-micro-batch colocated schedule has pp = 1 [schedule.colocated_pp].
+//!   [schedule.chunk], and the per-micro-batch colocated schedule has pp = 1 [schedule.colocated_pp];
+//!   every module takes the same number of micro-batches [schedule.micro_batches]; modules
+//!   sharing ranks in a pipeline schedule share pp and vpp [schedule.groups].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -218,6 +220,9 @@ impl Plan {
     }
 }
 
+/// Pipeline chunks a layout may have (far above any real pipeline; bounds allocations).
+const MAX_CHUNKS: u64 = 1 << 16;
+
 fn classify(built: &[Option<ModulePlan>]) -> PlacementKind {
     let sets: Vec<BTreeSet<Rank>> = built
         .iter()
@@ -304,6 +309,45 @@ fn check_schedule(
         ),
         (_, None) => {}
     }
+    let plans: Vec<&ModulePlan> = built.iter().flatten().collect();
+    // Compare with the language model, so that the odd module out is the one named.
+    let lm = model.language_model();
+    if let Some(reference) = plans.iter().find(|m| m.module == lm).or(plans.first()) {
+        let m0 = reference.layout.micro_batches;
+        for m in &plans {
+            if m.layout.micro_batches != m0 {
+                let name = &model.module(m.module).name;
+                ds.error(
+                    join(&join("modules", name), "layout.micro_batch_size"),
+                    Rule::ScheduleMicroBatches,
+                    format!(
+                        "gives {} micro-batches per step but \"{}\" gives {m0}; every module takes the same number",
+                        m.layout.micro_batches,
+                        model.module(reference.module).name
+                    ),
+                );
+            }
+        }
+    }
+    if !s.kind.is_colocated() {
+        for (i, a) in plans.iter().enumerate() {
+            for b in &plans[i + 1..] {
+                let same_ranks = a.grid.ranks().iter().collect::<BTreeSet<_>>()
+                    == b.grid.ranks().iter().collect::<BTreeSet<_>>();
+                if same_ranks && (a.layout.pp != b.layout.pp || a.layout.vpp != b.layout.vpp) {
+                    let name = &model.module(b.module).name;
+                    ds.error(
+                        join(&join("modules", name), "layout.pp"),
+                        Rule::ScheduleGroups,
+                        format!(
+                            "shares its ranks with \"{}\" but has pp x vpp = {} x {} against {} x {}",
+                            model.module(a.module).name, b.layout.pp, b.layout.vpp, a.layout.pp, a.layout.vpp
+                        ),
+                    );
+                }
+            }
+        }
+    }
     if s.kind == ScheduleKind::ColocatedSequential {
         if let Some(m) = built.iter().flatten().find(|m| m.layout.pp > 1) {
             let name = &model.module(m.module).name;
@@ -351,11 +395,11 @@ fn check_module(
     let order = order?;
     let count = ranks.len() as u64;
     let (tp, cp, pp) = (u64::from(l.tp), u64::from(l.cp), u64::from(l.pp));
-    let tcp = tp * cp * pp;
+    let tcp = tp.saturating_mul(cp).saturating_mul(pp);
     let dp = match l.dp {
         Some(dp) => {
-            if tcp * u64::from(dp) != count {
-                ds.error(join(&lp, "dp"), Rule::LayoutDegrees, format!("tp x cp x pp x dp = {} x {} x {} x {} = {} but the placement has {count} ranks", l.tp, l.cp, l.pp, dp, tcp * u64::from(dp)));
+            if tcp.saturating_mul(u64::from(dp)) != count {
+                ds.error(join(&lp, "dp"), Rule::LayoutDegrees, format!("tp x cp x pp x dp = {} x {} x {} x {} = {} but the placement has {count} ranks", l.tp, l.cp, l.pp, dp, tcp.saturating_mul(u64::from(dp))));
             }
             dp
         }
@@ -433,6 +477,14 @@ fn check_module(
     let layers = m.layer_count();
     let chunks = u64::from(l.pp) * u64::from(l.vpp);
     let mut chunk_layers: Vec<u32> = Vec::new();
+    if chunks > MAX_CHUNKS {
+        ds.error(
+            join(&lp, "pp"),
+            Rule::LayoutLayers,
+            format!("pp x vpp = {chunks} pipeline chunks; at most {MAX_CHUNKS} are supported"),
+        );
+        return None;
+    }
     match &l.stage_layers {
         Some(list) => {
             let sp = join(&lp, "stage_layers");
@@ -516,13 +568,13 @@ fn check_module(
     }
     // Context parallel with load-balanced chunks: 2 x cp pieces of the attended sequence.
     if l.cp > 1 && !matches!(m.body, Body::Projector(_)) {
-        let pieces = 2 * l.cp;
+        let pieces = 2 * u64::from(l.cp);
         if m.kind == ModuleKind::LanguageModel
             || m.transformer()
                 .is_some_and(|t| t.attention == AttentionKind::Causal && !m.kind.is_encoder())
         {
             let s = model.data().sequence_length;
-            if s % pieces != 0 {
+            if u64::from(s) % pieces != 0 {
                 ds.error(
                     join(&lp, "cp"),
                     Rule::LayoutCp,
@@ -533,7 +585,7 @@ fn check_module(
             if let Some(t) = items
                 .distinct_item_tokens()
                 .into_iter()
-                .find(|t| t % pieces != 0)
+                .find(|&t| u64::from(t) % pieces != 0)
             {
                 ds.error(
                     join(&lp, "cp"),
@@ -616,7 +668,12 @@ fn check_ranks(
                 );
                 return None;
             }
-            (u64::from(off)..u64::from(off) + u64::from(count)).collect()
+            let end = u64::from(off) + u64::from(count);
+            if end > world {
+                ds.error(&rp, Rule::PlacementRange, format!("ranks {off}..{end} reach outside the cluster's {world} GPUs (ranks 0..{world})"));
+                return None;
+            }
+            (u64::from(off)..end).collect()
         }
         (None, None, Some(list)) => {
             if list.is_empty() {

@@ -36,6 +36,7 @@ pub(crate) fn import(
     let image = v.u32_or("image_size", 224);
     let patch = v.u32_or("patch_size", 32).max(1);
     let side = image / patch;
+    let patches = side.saturating_mul(side);
     let encoder = ModuleSpec {
         kind: ModuleKind::VisionEncoder,
         transformer: Some(TransformerSpec {
@@ -65,9 +66,9 @@ pub(crate) fn import(
         // The table holds the class token's position too.
         positions: Some(PositionsSpec {
             kind: PositionKind::Learned,
-            max_positions: Some(side * side + 1),
+            max_positions: Some(patches.saturating_add(1)),
         }),
-        tokens_per_item: Some(side * side),
+        tokens_per_item: Some(patches),
         pre_norm: Some(true),
         mlp: None,
         vocab_size: None,
@@ -101,6 +102,6 @@ pub(crate) fn import(
             ("llm".into(), lm),
         ],
         boundaries: vlm_boundaries("vision", "projector", "llm"),
-        encoders: vec![("vision".into(), side * side)],
+        encoders: vec![("vision".into(), patches)],
     })
 }

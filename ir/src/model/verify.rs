@@ -27,6 +27,9 @@ use crate::diag::{index, join, Diagnostics};
 use crate::ids::{BoundaryId, ModuleId};
 use crate::rule::Rule;
 
+/// Samples per step hetpar accepts (far above real global batches; bounds per-sample work).
+pub const MAX_GLOBAL_BATCH: u32 = 1 << 20;
+
 /// Verifies `file` and builds its graph. `Ok` carries warnings (possibly none); `Err` carries
 /// every error found (and the warnings).
 pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> {
@@ -367,7 +370,13 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
     }
     // Token merges and sequence fit, per boundary into the language model.
     if acyclic && !ds.has_errors() {
-        let mut placed: Vec<u64> = vec![0; data.global_batch as usize];
+        // Fixed item counts make every sample alike: one entry then stands for all of them.
+        let samples = if items.values().any(ItemTokens::is_uneven) {
+            data.global_batch as usize
+        } else {
+            1
+        };
+        let mut placed: Vec<u64> = vec![0; samples];
         for b in &boundaries {
             if b.landing != Landing::Placeholders {
                 continue;
@@ -390,7 +399,7 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
                 }
             }
             for (s, p) in placed.iter_mut().enumerate() {
-                *p += it.tokens_of(s) / u64::from(b.merge);
+                *p = p.saturating_add(it.tokens_of(s) / u64::from(b.merge));
             }
         }
         if let Some((s, &rows)) = placed
