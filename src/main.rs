@@ -55,6 +55,12 @@ examples/clusters/h100-8.json examples/plans/llava-1.5-7b-colocated-8.json"
 hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
     )]
     Describe(commands::describe::Args),
+    /// Predict iteration time, throughput, MFU and memory per rank of a plan.
+    #[command(
+        after_help = "Example:\n  hetpar estimate --model examples/models/llava-1.5-7b.json \
+--cluster examples/clusters/h100-8.json --plan examples/plans/llava-1.5-7b-colocated-8.json"
+    )]
+    Estimate(commands::estimate::Args),
 }
 
 fn main() -> ExitCode {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Command::Validate(a) => commands::validate::run(a),
         Command::Import(s) => commands::import::run(s),
         Command::Describe(a) => commands::describe::run(a),
+        Command::Estimate(a) => commands::estimate::run(a),
     };
     match result {
         Ok(code) => code,

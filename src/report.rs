@@ -238,3 +238,106 @@ impl Table {
         s
     }
 }
+
+/// The human form of an estimate.
+pub struct EstimateReport<'a> {
+    model: &'a ModelGraph,
+    est: &'a hetpar_cost::Estimate,
+}
+
+impl<'a> EstimateReport<'a> {
+    pub fn new(model: &'a ModelGraph, est: &'a hetpar_cost::Estimate) -> Self {
+        EstimateReport { model, est }
+    }
+
+    pub fn to_human(&self) -> String {
+        let e = self.est;
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "{} on {} GPUs: {}",
+            self.model.name(),
+            e.gpus,
+            if e.feasible {
+                "feasible".to_string()
+            } else {
+                format!(
+                    "INFEASIBLE: {}",
+                    e.infeasible_reason.clone().unwrap_or_default()
+                )
+            }
+        );
+        let _ = writeln!(s, "iteration time   {:.4} s", e.iteration_time_s);
+        let _ = writeln!(s, "tokens/s         {}", si(e.tokens_per_s));
+        let _ = writeln!(s, "samples/s        {:.2}", e.samples_per_s);
+        let _ = writeln!(s, "TFLOP/s per GPU  {:.1}", e.tflops_per_gpu);
+        let _ = writeln!(s, "MFU              {:.1}%", 100.0 * e.mfu);
+        let _ = writeln!(s, "bubble           {:.1}%", 100.0 * e.bubble_fraction);
+        let _ = writeln!(
+            s,
+            "peak memory      {} of {} (rank {})",
+            bytes(e.peak_memory_bytes),
+            bytes(e.memory_capacity_bytes),
+            e.peak_memory_rank
+        );
+        let b = &e.time_breakdown;
+        let _ = writeln!(
+            s,
+            "last rank's time compute {:.3} s, recompute {:.3}, tp {:.3}, cp {:.3}, ep {:.3}, grad sync {:.3}, optimizer {:.3}, idle {:.3}",
+            b.compute, b.recompute, b.tp_comm, b.cp_comm, b.ep_comm, b.grad_sync, b.optimizer, b.idle
+        );
+        let _ = writeln!(s);
+        let mut t = Table::new(&[
+            "ranks",
+            "weights",
+            "grads",
+            "optimizer",
+            "activations",
+            "buffers",
+            "total",
+            "busy %",
+        ]);
+        for r in e.per_rank.iter().take(16) {
+            let m = &r.memory;
+            let busy = 1.0 - r.time.idle / e.iteration_time_s.max(f64::MIN_POSITIVE);
+            t.row(vec![
+                rank_list(&r.ranks),
+                bytes(m.weights),
+                bytes(m.gradients),
+                bytes(m.optimizer),
+                bytes(m.activations),
+                bytes(m.buffers),
+                bytes(m.total),
+                format!("{:.1}", 100.0 * busy),
+            ]);
+        }
+        s.push_str(&t.render());
+        if e.per_rank.len() > 16 {
+            let _ = writeln!(
+                s,
+                "... {} more rank groups (--format json lists all)",
+                e.per_rank.len() - 16
+            );
+        }
+        s
+    }
+}
+
+/// Ranks as compact ranges: 0-3,8-11.
+pub fn rank_list(ranks: &[u32]) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ranks.len() {
+        let mut j = i;
+        while j + 1 < ranks.len() && ranks[j + 1] == ranks[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ranks[i].to_string()
+        } else {
+            format!("{}-{}", ranks[i], ranks[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}

@@ -1,5 +1,35 @@
-//! hetpar-cost: predicts the time, throughput and memory of a plan (compute, communication,
-//! memory, pipeline simulation). Pure computation, no IO.
+//! hetpar-cost: predicts the iteration time, throughput and memory of a plan.
 //!
-//! Empty until the cost-model issue lands; the crate exists so that the workspace and its
-//! dependency rules (see `ARCHITECTURE.md`) are in place from the start.
+//! Pure computation, no IO. Two entry points:
+//! - `estimate`: builds the plan's task graph (schedules as data, `schedule`), prices every
+//!   task (`compute`, `collective`), simulates it (`simulate`) and reports metrics and memory
+//!   per rank (`memory`);
+//! - `estimate_analytic`: closed forms over per-stage times, for ranking many candidates fast.
+//!
+//! The efficiency constants live in `constants`; `docs/cost-model.md` defines every metric.
+
+pub mod collective;
+pub mod compute;
+pub mod constants;
+pub mod cost;
+pub mod estimate;
+pub mod memory;
+pub mod schedule;
+pub mod simulate;
+pub mod tasks;
+
+pub use constants::Constants;
+pub use cost::Cost;
+pub use estimate::{estimate, estimate_analytic, Estimate, Options};
+pub use memory::AttentionKernel;
+
+/// Errors of the cost model.
+#[derive(Debug, thiserror::Error)]
+pub enum CostError {
+    /// The plan is valid but asks for something the cost model does not price yet.
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    /// A bug in hetpar.
+    #[error("internal error (a bug in hetpar, please report it): {0}")]
+    Internal(String),
+}

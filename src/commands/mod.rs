@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub mod describe;
+pub mod estimate;
 pub mod import;
 pub mod validate;
 
@@ -25,6 +26,55 @@ pub fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
         None => {
             print!("{text}");
             Ok(())
+        }
+    }
+}
+
+/// Loads a model, a cluster and a plan checked against both; prints every diagnostic (with its
+/// file) and returns `None` when any of them is invalid.
+pub fn load_inputs(
+    model: &Path,
+    cluster: &Path,
+    plan: &Path,
+) -> Option<(
+    hetpar::ir::ModelGraph,
+    hetpar::ir::Cluster,
+    hetpar::ir::Plan,
+)> {
+    let read = |p: &Path| match hetpar::io::read_text(p) {
+        Ok(t) => Some(t),
+        Err(ds) => {
+            print_diagnostics(&ds);
+            None
+        }
+    };
+    let name = |p: &Path| p.display().to_string();
+    let m = match hetpar::ir::load_model(&read(model)?) {
+        Ok((g, w)) => {
+            print_diagnostics(&w.with_file(&name(model)));
+            Some(g)
+        }
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&name(model)));
+            None
+        }
+    };
+    let c = match hetpar::ir::load_cluster(&read(cluster)?) {
+        Ok(c) => Some(c),
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&name(cluster)));
+            None
+        }
+    };
+    let (m, c) = (m?, c?);
+    match hetpar::ir::load_plan(&read(plan)?, &m, &c) {
+        Ok((p, w)) => {
+            print_diagnostics(&w.with_file(&name(plan)));
+            Some((m, c, p))
+        }
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&name(plan)));
+            None
         }
     }
 }

@@ -1,0 +1,353 @@
+//! Time of one forward and one backward of a pipeline chunk of a module for one micro-batch on
+//! one GPU: matrix products with a shape-dependent efficiency, the attention core, memory-bound
+//! kernels by bytes over HBM bandwidth, and the collectives inside layers (TP, CP, EP), which
+//! Megatron-style layers do not overlap with compute (CP's ring is overlapped with attention).
+
+use hetpar_ir::layout::{Layout, RecomputePolicy};
+use hetpar_ir::model::{AttentionKind, Body, EmbeddingKind, FfnKind, Module, TransformerSpec};
+use hetpar_ir::Cluster;
+
+use crate::collective::{collective_time, p2p_time, CollectiveKind, Link};
+use crate::constants::Constants;
+use crate::memory::AttentionKernel;
+
+/// The work of one micro-batch on one data-parallel replica.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Work {
+    /// Rows (tokens) the replica processes.
+    pub rows: f64,
+    /// (query, key) pairs of attention, summed over sequences (items or samples).
+    pub pairs: f64,
+}
+
+/// Time of a pass, split by what it spends it on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct PassTime {
+    pub compute: f64,
+    pub tp_comm: f64,
+    pub cp_comm: f64,
+    pub ep_comm: f64,
+    /// Recomputed forward work inside backward (compute and its communication).
+    pub recompute: f64,
+}
+
+impl PassTime {
+    pub fn total(&self) -> f64 {
+        self.compute + self.tp_comm + self.cp_comm + self.ep_comm + self.recompute
+    }
+
+    fn add(&mut self, o: &PassTime, times: f64) {
+        self.compute += o.compute * times;
+        self.tp_comm += o.tp_comm * times;
+        self.cp_comm += o.cp_comm * times;
+        self.ep_comm += o.ep_comm * times;
+        self.recompute += o.recompute * times;
+    }
+}
+
+/// Per-GPU hardware and links a module's layers see.
+pub struct Hardware {
+    pub peak: f64,
+    pub hbm: f64,
+    pub c: Constants,
+    pub tp_link: Link,
+    pub cp_link: Link,
+    pub ep_link: Link,
+}
+
+impl Hardware {
+    pub fn new(
+        cluster: &Cluster,
+        c: Constants,
+        tp_link: Link,
+        cp_link: Link,
+        ep_link: Link,
+    ) -> Self {
+        Hardware {
+            peak: cluster.gpu.dense_bf16_flops,
+            hbm: cluster.gpu.hbm_bandwidth,
+            c,
+            tp_link,
+            cp_link,
+            ep_link,
+        }
+    }
+
+    fn g(&self, x: f64) -> f64 {
+        x / (x + self.c.matmul_half_dim)
+    }
+
+    /// A matrix product [m, k] x [k, n]: compute- or memory-bound, plus a launch.
+    pub fn matmul(&self, m: f64, k: f64, n: f64, bytes: f64) -> f64 {
+        if m <= 0.0 || k <= 0.0 || n <= 0.0 {
+            return 0.0;
+        }
+        let eff = self.c.matmul_max_efficiency * self.g(m) * self.g(n) * self.g(k);
+        let compute = 2.0 * m * n * k / (self.peak * eff);
+        let memory = bytes * (m * k + k * n + m * n) / (self.hbm * self.c.hbm_efficiency);
+        compute.max(memory) + self.c.kernel_launch_s
+    }
+
+    /// A memory-bound kernel moving `bytes`.
+    pub fn memory(&self, bytes: f64) -> f64 {
+        if bytes <= 0.0 {
+            return 0.0;
+        }
+        bytes / (self.hbm * self.c.hbm_efficiency) + self.c.kernel_launch_s
+    }
+}
+
+/// Forward and backward time of one chunk of a module for one micro-batch on one GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct ChunkTime {
+    pub forward: PassTime,
+    pub backward: PassTime,
+}
+
+/// Prices chunks of one module under one layout.
+pub struct ModuleCompute<'a> {
+    pub module: &'a Module,
+    pub layout: &'a Layout,
+    pub hw: Hardware,
+    /// Bytes of one activation element.
+    pub act_bytes: f64,
+    pub kernel: AttentionKernel,
+}
+
+impl ModuleCompute<'_> {
+    /// Time of chunk `chunk` (index `c * pp + stage`) for a micro-batch of work `w`.
+    pub fn chunk(&self, chunk: usize, w: Work) -> ChunkTime {
+        let l = self.layout;
+        let layers = l.chunk_layers.get(chunk).copied().unwrap_or(0);
+        let first_layer: u32 = l.chunk_layers.iter().take(chunk).sum();
+        let chunks = l.chunk_layers.len();
+        let is_first = first_layer == 0;
+        let is_last = chunk + 1 == chunks || first_layer + layers == self.module.layer_count();
+        let recompute_layers = match l.recompute.policy {
+            RecomputePolicy::None => 0,
+            _ => l.recompute.layers.unwrap_or(layers).min(layers),
+        };
+        let mut t = ChunkTime::default();
+        match &self.module.body {
+            Body::Projector(mlp) => {
+                let tp = f64::from(l.tp);
+                for (i, wd) in mlp.widths.windows(2).enumerate() {
+                    let i = i as u32;
+                    if i < first_layer || i >= first_layer + layers {
+                        continue;
+                    }
+                    let rows = if i == 0 {
+                        w.rows
+                    } else {
+                        w.rows / f64::from(mlp.token_merge.max(1))
+                    };
+                    let f = self.hw.matmul(
+                        rows,
+                        f64::from(wd[0]),
+                        f64::from(wd[1]) / tp,
+                        self.act_bytes,
+                    ) + self
+                        .hw
+                        .memory(2.0 * rows * f64::from(wd[1]) / tp * self.act_bytes);
+                    t.forward.compute += f;
+                    t.backward.compute += 2.0 * f;
+                }
+                let tp_c = self.tp_allreduce(
+                    w.rows / f64::from(mlp.token_merge.max(1))
+                        * f64::from(*mlp.widths.last().unwrap_or(&0)),
+                );
+                t.forward.tp_comm += tp_c;
+                t.backward.tp_comm += tp_c;
+            }
+            _ => {
+                let Some(tr) = self.module.transformer() else {
+                    return t;
+                };
+                let (dense, moe) =
+                    (first_layer..first_layer + layers).fold((0u32, 0u32), |(d, m), i| {
+                        if tr.is_moe_layer(i) {
+                            (d, m + 1)
+                        } else {
+                            (d + 1, m)
+                        }
+                    });
+                let rc_moe = recompute_layers.min(moe);
+                let rc_dense = recompute_layers - rc_moe;
+                for (count, rc, is_moe) in [(dense, rc_dense, false), (moe, rc_moe, true)] {
+                    if count == 0 {
+                        continue;
+                    }
+                    let one = self.layer(tr, w, is_moe);
+                    t.forward.add(&one.forward, f64::from(count));
+                    t.backward.add(&one.backward, f64::from(count));
+                    let redo = match l.recompute.policy {
+                        RecomputePolicy::Full => one.forward.total(),
+                        RecomputePolicy::Selective => self.attention_core(tr, w),
+                        RecomputePolicy::None => 0.0,
+                    };
+                    t.backward.recompute += redo * f64::from(rc);
+                }
+                let ends = self.ends(tr, w, is_first, is_last);
+                t.forward.add(&ends.forward, 1.0);
+                t.backward.add(&ends.backward, 1.0);
+            }
+        }
+        t
+    }
+
+    fn rows_local(&self, w: Work) -> f64 {
+        w.rows / f64::from(self.layout.cp)
+    }
+
+    fn tp_allreduce(&self, elements: f64) -> f64 {
+        let l = self.layout;
+        collective_time(
+            CollectiveKind::AllReduce,
+            elements / f64::from(l.cp) * self.act_bytes,
+            l.tp,
+            self.hw.tp_link,
+        )
+    }
+
+    /// The attention core: score and context products, and for a materialized kernel the
+    /// elementwise passes over the score matrix (which it computes whole, masked or not).
+    fn attention_core(&self, tr: &TransformerSpec, w: Work) -> f64 {
+        let l = self.layout;
+        let heads = f64::from(tr.heads) / f64::from(l.tp);
+        let materialized = self.kernel == AttentionKernel::Materialized;
+        let pairs = if materialized && tr.attention == AttentionKind::Causal {
+            2.0 * w.pairs
+        } else {
+            w.pairs
+        } / f64::from(l.cp);
+        let flops = 4.0 * heads * f64::from(tr.head_dim()) * pairs;
+        if flops <= 0.0 {
+            return 0.0;
+        }
+        // Scale and mask, softmax, dropout: each reads and writes the 16-bit scores.
+        let scores = if materialized {
+            self.hw.memory(3.0 * 2.0 * 2.0 * heads * pairs)
+        } else {
+            0.0
+        };
+        flops / (self.hw.peak * self.hw.c.attention_efficiency) + self.hw.c.kernel_launch_s + scores
+    }
+
+    /// One transformer layer (dense or MoE), forward and backward, without recompute.
+    fn layer(&self, tr: &TransformerSpec, w: Work, is_moe: bool) -> ChunkTime {
+        let l = self.layout;
+        let hw = &self.hw;
+        let b = self.act_bytes;
+        let tp = f64::from(l.tp);
+        let m = self.rows_local(w);
+        let h = f64::from(tr.hidden);
+        let d = f64::from(tr.head_dim());
+        let q = f64::from(tr.heads) * d;
+        let kv = f64::from(tr.kv_heads()) * d;
+        let mut mm = hw.matmul(m, h, (q + 2.0 * kv) / tp, b) + hw.matmul(m, q / tp, h, b);
+        let mut ep = 0.0;
+        let ffn_mm = |rows: f64, f: f64| match tr.ffn_kind {
+            FfnKind::GeluMlp => hw.matmul(rows, h, f / tp, b) + hw.matmul(rows, f / tp, h, b),
+            FfnKind::Swiglu => hw.matmul(rows, h, 2.0 * f / tp, b) + hw.matmul(rows, f / tp, h, b),
+        };
+        let mut ffn_width = f64::from(tr.ffn_hidden);
+        match (&tr.moe, is_moe) {
+            (Some(moe), true) => {
+                let e = f64::from(moe.experts);
+                let k = f64::from(moe.top_k);
+                let fe = f64::from(moe.expert_ffn_hidden);
+                let local_experts = (e / f64::from(l.ep)).max(1.0);
+                let routed = m * k;
+                // Tokens per local expert; the product runs once per local expert.
+                let per_expert = routed / local_experts;
+                mm += hw.matmul(m, h, e, b) + local_experts * ffn_mm(per_expert, fe);
+                if moe.shared_experts > 0 {
+                    mm += f64::from(moe.shared_experts) * ffn_mm(m, fe);
+                }
+                ffn_width = fe * k;
+                ep = 2.0
+                    * collective_time(CollectiveKind::AllToAll, routed * h * b, l.ep, hw.ep_link);
+            }
+            _ => mm += ffn_mm(m, ffn_width),
+        }
+        let attn = self.attention_core(tr, w);
+        let sp = if l.sequence_parallel { tp } else { 1.0 };
+        let elementwise = hw.memory(hw.c.elementwise_passes * m * h * b / sp)
+            + hw.memory(3.0 * m * ffn_width / tp * b);
+        let tp_comm = 2.0 * self.tp_allreduce(w.rows * h);
+        let (cp_f, cp_b) = if l.cp > 1 {
+            let kv_bytes = 2.0 * m * kv / tp * b;
+            let ring = f64::from(l.cp - 1) * p2p_time(kv_bytes, hw.cp_link);
+            ((ring - attn).max(0.0), (2.0 * ring - 2.5 * attn).max(0.0))
+        } else {
+            (0.0, 0.0)
+        };
+        ChunkTime {
+            forward: PassTime {
+                compute: mm + attn + elementwise,
+                tp_comm,
+                cp_comm: cp_f,
+                ep_comm: ep,
+                recompute: 0.0,
+            },
+            backward: PassTime {
+                compute: 2.0 * mm + 2.5 * attn + 2.0 * elementwise,
+                tp_comm,
+                cp_comm: cp_b,
+                ep_comm: ep,
+                recompute: 0.0,
+            },
+        }
+    }
+
+    /// Embeddings on the first chunk, heads and the loss on the last.
+    fn ends(&self, tr: &TransformerSpec, w: Work, first: bool, last: bool) -> ChunkTime {
+        let hw = &self.hw;
+        let b = self.act_bytes;
+        let tp = f64::from(self.layout.tp);
+        let m = self.rows_local(w);
+        let h = f64::from(tr.hidden);
+        let mut f = 0.0;
+        let mut tp_comm = 0.0;
+        match &self.module.body {
+            Body::Encoder { embedding, .. } if first => {
+                let input = embedding.row_input_len() as f64;
+                let k = match embedding.kind {
+                    EmbeddingKind::Conv1d => f64::from(embedding.kernel_size.unwrap_or(1)),
+                    _ => 1.0,
+                };
+                f += hw.matmul(m, input * k, h, b) + hw.memory(2.0 * m * h * b);
+            }
+            Body::LanguageModel { vocab_size, .. } => {
+                if first {
+                    f += hw.memory(2.0 * m * h * b);
+                    tp_comm += self.tp_allreduce(w.rows * h);
+                }
+                if last {
+                    let v = f64::from(*vocab_size);
+                    // Head product and an fp32 cross-entropy over the vocabulary shard.
+                    f += hw.matmul(m, h, v / tp, b) + hw.memory(3.0 * m * v / tp * 4.0);
+                }
+            }
+            Body::Generator {
+                out_features: Some(o),
+                ..
+            } if last => {
+                f += hw.matmul(m, h, f64::from(*o) / tp, b);
+            }
+            _ => {}
+        }
+        ChunkTime {
+            forward: PassTime {
+                compute: f,
+                tp_comm,
+                ..PassTime::default()
+            },
+            backward: PassTime {
+                compute: 2.0 * f,
+                tp_comm,
+                ..PassTime::default()
+            },
+        }
+    }
+}

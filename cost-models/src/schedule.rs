@@ -1,0 +1,580 @@
+//! Builds the task graph of a plan: lanes, tasks with durations and dependencies, and each
+//! lane's order under the plan's schedule kind.
+//!
+//! Samples and micro-batches: every module splits the global batch into the same M micro-
+//! batches (the verifier's `schedule.micro_batches`); micro-batch j is samples
+//! `[j B/M, (j+1) B/M)`, and data-parallel replica d of a module takes the d-th slice of
+//! `micro_batch_size` samples of it. So micro-batch j means the same samples in every module.
+//!
+//! Orders:
+//! - `pipeline_1f1b`: modules on identical ranks form a group; groups are pipeline stages in
+//!   sequence (encoders upstream). Stage g of a pipeline of depth D runs `min(D - g - 1, M)`
+//!   warm-up forwards, then alternates forward and backward, then drains.
+//! - `pipeline_interleaved`: Megatron's interleaved order within each group with vpp chunks.
+//! - colocated kinds: every module on every rank; the language model (and anything after it)
+//!   runs its 1F1B pipeline; upstream modules run their forwards for k micro-batches just
+//!   before the pipeline's first forward of those micro-batches, and their backwards just after
+//!   the pipeline's last backward of them (`colocated_sequential`: k = 1 and pp = 1;
+//!   `colocated_three_phase`: k = M; `colocated_chunked`: k = `encoder_chunk`).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use hetpar_ir::model::{AttentionKind, Body, ModelGraph};
+use hetpar_ir::placement::{Axis, Coord};
+use hetpar_ir::plan::{ModulePlan, PlacementKind, ScheduleKind};
+use hetpar_ir::{Cluster, ModuleId, Plan, Rank};
+
+use crate::collective::{p2p_time, Link};
+use crate::compute::{ChunkTime, ModuleCompute, Work};
+use crate::constants::Constants;
+use crate::memory::{chunk_activations, AttentionKernel};
+use crate::tasks::{Dep, DepKind, Lane, LaneId, Task, TaskGraph, TaskId, TaskKind};
+use crate::CostError;
+
+/// Key of a module task: (module, replica, stage, chunk, micro-batch, forward?).
+type Key = (u32, u32, u32, u32, u32, bool);
+
+pub struct Inputs<'a> {
+    pub model: &'a ModelGraph,
+    pub cluster: &'a Cluster,
+    pub plan: &'a Plan,
+    pub constants: Constants,
+    pub kernel: AttentionKernel,
+    pub computes: Vec<ModuleCompute<'a>>,
+    /// Seconds of exposed data-parallel gradient communication per module stage.
+    pub grad_sync: Vec<Vec<f64>>,
+    /// Seconds of optimizer step per module stage.
+    pub optimizer: Vec<Vec<f64>>,
+}
+
+/// Per module: rows and attention pairs of every sample.
+fn sample_work(model: &ModelGraph) -> Vec<Vec<Work>> {
+    let b = model.data().global_batch as usize;
+    model
+        .modules()
+        .iter()
+        .map(|m| {
+            (0..b)
+                .map(|s| {
+                    let rows = model.rows_of_sample(m.id, s) as f64;
+                    let pairs = match (&m.body, model.items(m.id)) {
+                        (Body::Encoder { transformer, .. }, Some(items)) => items
+                            .items_of(s)
+                            .iter()
+                            .map(|&n| pairs_of(f64::from(n), transformer.attention))
+                            .sum(),
+                        (Body::Projector(_), _) => 0.0,
+                        _ => m.transformer().map_or(0.0, |t| pairs_of(rows, t.attention)),
+                    };
+                    Work { rows, pairs }
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn pairs_of(n: f64, kind: AttentionKind) -> f64 {
+    match kind {
+        AttentionKind::Bidirectional => n * n,
+        AttentionKind::Causal => n * (n + 1.0) / 2.0,
+    }
+}
+
+/// Samples of replica `d` in micro-batch `j` of a module.
+fn slice(mp: &ModulePlan, batch: u32, j: u32, d: u32) -> std::ops::Range<u32> {
+    let per_mb = batch / mp.layout.micro_batches.max(1);
+    let start = j * per_mb + d * mp.layout.micro_batch_size;
+    start..start + mp.layout.micro_batch_size
+}
+
+fn coord_map(mp: &ModulePlan) -> HashMap<Rank, Coord> {
+    let g = &mp.grid;
+    let mut out = HashMap::with_capacity(g.ranks().len());
+    for pp in 0..g.size(Axis::Pp) {
+        for dp in 0..g.size(Axis::Dp) {
+            for cp in 0..g.size(Axis::Cp) {
+                for tp in 0..g.size(Axis::Tp) {
+                    let c = Coord { tp, cp, dp, pp };
+                    out.insert(g.rank_at(c), c);
+                }
+            }
+        }
+    }
+    out
+}
+
+pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
+    let model = inp.model;
+    let plan = inp.plan;
+    if plan.placement_kind == PlacementKind::PartialOverlap {
+        return Err(CostError::Unsupported(
+            "partially overlapping placements have no schedule yet; colocate modules fully or make them disjoint".into(),
+        ));
+    }
+    let nmod = model.modules().len();
+    let batch = model.data().global_batch;
+    let m_count = plan.modules().first().map_or(1, |p| p.layout.micro_batches);
+    let works = sample_work(model);
+
+    // Lanes: ranks with the same (dp, pp) coordinate in every module they run.
+    let coords: Vec<HashMap<Rank, Coord>> = plan.modules().iter().map(coord_map).collect();
+    let mut lane_of_key: BTreeMap<Vec<(u32, u32, u32)>, LaneId> = BTreeMap::new();
+    let mut lanes: Vec<Lane> = Vec::new();
+    let mut lane_keys: Vec<Vec<(u32, u32, u32)>> = Vec::new();
+    for r in plan.used_ranks() {
+        let key: Vec<(u32, u32, u32)> = (0..nmod)
+            .filter_map(|m| coords[m].get(&r).map(|c| (m as u32, c.dp, c.pp)))
+            .collect();
+        let id = *lane_of_key.entry(key.clone()).or_insert_with(|| {
+            lanes.push(Lane { ranks: Vec::new() });
+            lane_keys.push(key);
+            (lanes.len() - 1) as LaneId
+        });
+        lanes[id as usize].ranks.push(r);
+    }
+    let mut stage_lanes: HashMap<(u32, u32, u32), Vec<LaneId>> = HashMap::new();
+    for (l, key) in lane_keys.iter().enumerate() {
+        for &k in key {
+            stage_lanes.entry(k).or_default().push(l as LaneId);
+        }
+    }
+    let first_rank = |m: usize, d: u32, s: u32| -> Rank {
+        let c = Coord {
+            tp: 0,
+            cp: 0,
+            dp: d,
+            pp: s,
+        };
+        plan.modules()[m].grid.rank_at(c)
+    };
+    let rank_set = |m: usize, d: u32, s: u32| -> BTreeSet<Rank> {
+        stage_lanes
+            .get(&(m as u32, d, s))
+            .into_iter()
+            .flatten()
+            .flat_map(|&l| lanes[l as usize].ranks.iter().copied())
+            .filter(|r| coords[m].get(r).is_some_and(|c| c.dp == d && c.pp == s))
+            .collect()
+    };
+
+    // Module tasks.
+    let mut tasks: Vec<Task> = Vec::new();
+    let mut index: HashMap<Key, TaskId> = HashMap::new();
+    let mut cache: HashMap<(usize, usize, u64, u64), (ChunkTime, f64)> = HashMap::new();
+    let act_bytes = model.data().precision.activation_bytes() as f64;
+    for (m, mp) in plan.modules().iter().enumerate() {
+        let l = &mp.layout;
+        let comp = &inp.computes[m];
+        for d in 0..l.dp {
+            for j in 0..m_count {
+                let w = slice(mp, batch, j, d).fold(Work::default(), |a, s| {
+                    let x = works[m].get(s as usize).copied().unwrap_or_default();
+                    Work {
+                        rows: a.rows + x.rows,
+                        pairs: a.pairs + x.pairs,
+                    }
+                });
+                for s in 0..l.pp {
+                    for c in 0..l.vpp {
+                        let chunk = (c * l.pp + s) as usize;
+                        let (time, act) = *cache
+                            .entry((m, chunk, w.rows.to_bits(), w.pairs.to_bits()))
+                            .or_insert_with(|| {
+                                (
+                                    comp.chunk(chunk, w),
+                                    chunk_activations(
+                                        comp.module,
+                                        l,
+                                        chunk,
+                                        w,
+                                        act_bytes,
+                                        inp.kernel,
+                                    ),
+                                )
+                            });
+                        let lanes_here = stage_lanes
+                            .get(&(m as u32, d, s))
+                            .cloned()
+                            .unwrap_or_default();
+                        for fwd in [true, false] {
+                            let id = tasks.len() as TaskId;
+                            index.insert((m as u32, d, s, c, j, fwd), id);
+                            tasks.push(Task {
+                                kind: if fwd {
+                                    TaskKind::Forward
+                                } else {
+                                    TaskKind::Backward
+                                },
+                                module: Some(ModuleId::new(m)),
+                                replica: d,
+                                stage: s,
+                                chunk: c,
+                                micro_batch: j,
+                                lanes: lanes_here.clone(),
+                                deps: Vec::new(),
+                                duration: if fwd {
+                                    time.forward.total()
+                                } else {
+                                    time.backward.total()
+                                },
+                                activation_bytes: act,
+                                parts: if fwd { time.forward } else { time.backward },
+                            });
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Dependencies inside a module: along the pipeline, and backward after forward.
+    for (m, mp) in plan.modules().iter().enumerate() {
+        let l = &mp.layout;
+        let hidden = inp.computes[m].module.output_width() as f64;
+        let positions: Vec<(u32, u32)> = (0..l.vpp)
+            .flat_map(|c| (0..l.pp).map(move |s| (s, c)))
+            .collect();
+        for d in 0..l.dp {
+            for j in 0..m_count {
+                let rows: f64 = slice(mp, batch, j, d)
+                    .map(|s| works[m].get(s as usize).map_or(0.0, |w| w.rows))
+                    .sum();
+                let bytes = rows / f64::from(l.cp) * hidden * act_bytes / f64::from(l.tp);
+                for (i, &(s, c)) in positions.iter().enumerate() {
+                    let f = index[&(m as u32, d, s, c, j, true)];
+                    let b = index[&(m as u32, d, s, c, j, false)];
+                    tasks[b as usize].deps.push(Dep {
+                        task: f,
+                        latency: 0.0,
+                        kind: DepKind::Local,
+                    });
+                    if i > 0 {
+                        let (ps, pc) = positions[i - 1];
+                        let pf = index[&(m as u32, d, ps, pc, j, true)];
+                        let pb = index[&(m as u32, d, ps, pc, j, false)];
+                        let link = Link::between(
+                            inp.cluster,
+                            &inp.constants,
+                            first_rank(m, d, ps),
+                            first_rank(m, d, s),
+                        );
+                        let lat = if ps == s { 0.0 } else { p2p_time(bytes, link) };
+                        tasks[f as usize].deps.push(Dep {
+                            task: pf,
+                            latency: lat,
+                            kind: DepKind::Pipeline,
+                        });
+                        tasks[pb as usize].deps.push(Dep {
+                            task: b,
+                            latency: lat,
+                            kind: DepKind::Pipeline,
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    // Dependencies across boundaries, per micro-batch and overlapping replica slices.
+    for b in model.boundaries() {
+        let (u, v) = (b.from.index(), b.to.index());
+        let (pu, pv) = (&plan.modules()[u], &plan.modules()[v]);
+        let (lu, lv) = (&pu.layout, &pv.layout);
+        let (su, cu) = (lu.pp - 1, lu.vpp - 1);
+        for j in 0..m_count {
+            for dv in 0..lv.dp {
+                let sv = slice(pv, batch, j, dv);
+                for du in 0..lu.dp {
+                    let s_u = slice(pu, batch, j, du);
+                    let lo = s_u.start.max(sv.start);
+                    let hi = s_u.end.min(sv.end);
+                    if lo >= hi {
+                        continue;
+                    }
+                    let rows: f64 = (lo..hi)
+                        .map(|s| model.boundary_rows_of_sample(b.id, s as usize) as f64)
+                        .sum();
+                    let bytes = rows * f64::from(b.width) * act_bytes;
+                    let same = rank_set(u, du, su) == rank_set(v, dv, 0);
+                    let lat = if same {
+                        0.0
+                    } else {
+                        let link = Link::between(
+                            inp.cluster,
+                            &inp.constants,
+                            first_rank(u, du, su),
+                            first_rank(v, dv, 0),
+                        );
+                        p2p_time(bytes, link)
+                    };
+                    let fu = index[&(u as u32, du, su, cu, j, true)];
+                    let fv = index[&(v as u32, dv, 0, 0, j, true)];
+                    let bu = index[&(u as u32, du, su, cu, j, false)];
+                    let bv = index[&(v as u32, dv, 0, 0, j, false)];
+                    tasks[fv as usize].deps.push(Dep {
+                        task: fu,
+                        latency: lat,
+                        kind: DepKind::Boundary,
+                    });
+                    tasks[bu as usize].deps.push(Dep {
+                        task: bv,
+                        latency: lat,
+                        kind: DepKind::Boundary,
+                    });
+                }
+            }
+        }
+    }
+
+    // Orders.
+    let topo: Vec<usize> = model
+        .topological_order()
+        .iter()
+        .map(|m| m.index())
+        .collect();
+    let mut orders: Vec<Vec<TaskId>> = vec![Vec::new(); lanes.len()];
+    let kind = plan.schedule.kind;
+    let lookup = |m: usize, key: &Vec<(u32, u32, u32)>| {
+        key.iter().find(|k| k.0 as usize == m).map(|k| (k.1, k.2))
+    };
+    if kind.is_colocated() {
+        let lm = model.language_model().index();
+        let mut downstream: Vec<usize> = Vec::new();
+        let mut seen = BTreeSet::from([lm]);
+        for &m in &topo {
+            if model
+                .incoming(ModuleId::new(m))
+                .iter()
+                .any(|&b| seen.contains(&model.boundary(b).from.index()))
+            {
+                seen.insert(m);
+                downstream.push(m);
+            }
+        }
+        let upstream: Vec<usize> = topo.iter().copied().filter(|m| !seen.contains(m)).collect();
+        let k = match kind {
+            ScheduleKind::ColocatedThreePhase => m_count,
+            ScheduleKind::ColocatedChunked => plan.schedule.encoder_chunk.unwrap_or(1).max(1),
+            _ => 1,
+        };
+        let p = plan.modules()[lm].layout.pp;
+        for (lane, key) in lane_keys.iter().enumerate() {
+            let Some((dl, sl)) = lookup(lm, key) else {
+                continue;
+            };
+            let order = &mut orders[lane];
+            let push = |order: &mut Vec<TaskId>, m: usize, j: u32, fwd: bool| {
+                if let Some((d, s)) = lookup(m, key) {
+                    for c in 0..plan.modules()[m].layout.vpp {
+                        if let Some(&t) = index.get(&(m as u32, d, s, c, j, fwd)) {
+                            order.push(t);
+                        }
+                    }
+                }
+            };
+            let w = (p - sl - 1).min(m_count);
+            for (fwd, j) in one_f_one_b(w, m_count) {
+                if fwd {
+                    if j % k == 0 {
+                        for mb in j..(j + k).min(m_count) {
+                            for &m in &upstream {
+                                push(order, m, mb, true);
+                            }
+                        }
+                    }
+                    order.push(index[&(lm as u32, dl, sl, 0, j, true)]);
+                    for &m in &downstream {
+                        push(order, m, j, true);
+                    }
+                } else {
+                    for &m in downstream.iter().rev() {
+                        push(order, m, j, false);
+                    }
+                    order.push(index[&(lm as u32, dl, sl, 0, j, false)]);
+                    if j + 1 == (j / k * k + k).min(m_count) {
+                        for mb in j / k * k..=j {
+                            for &m in upstream.iter().rev() {
+                                push(order, m, mb, false);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    } else {
+        // Groups of modules on identical ranks, and their pipeline offsets.
+        let sets: Vec<BTreeSet<Rank>> = plan
+            .modules()
+            .iter()
+            .map(|mp| mp.grid.ranks().iter().copied().collect())
+            .collect();
+        let mut group_of = vec![usize::MAX; nmod];
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for &m in &topo {
+            match groups.iter().position(|g| sets[g[0]] == sets[m]) {
+                Some(g) => {
+                    group_of[m] = g;
+                    groups[g].push(m);
+                }
+                None => {
+                    group_of[m] = groups.len();
+                    groups.push(vec![m]);
+                }
+            }
+        }
+        let mut offset = vec![0u32; groups.len()];
+        for &m in &topo {
+            for bid in model.outgoing(ModuleId::new(m)) {
+                let t = model.boundary(bid).to.index();
+                let (gf, gt) = (group_of[m], group_of[t]);
+                if gf != gt {
+                    offset[gt] = offset[gt].max(offset[gf] + plan.modules()[m].layout.pp);
+                }
+            }
+        }
+        let depth = groups
+            .iter()
+            .enumerate()
+            .map(|(g, ms)| offset[g] + plan.modules()[ms[0]].layout.pp)
+            .max()
+            .unwrap_or(1);
+        for (lane, key) in lane_keys.iter().enumerate() {
+            let Some(&(m0, _, s)) = key.first() else {
+                continue;
+            };
+            let g = group_of[m0 as usize];
+            let l0 = &plan.modules()[m0 as usize].layout;
+            let order = &mut orders[lane];
+            let slots: Vec<(bool, u32, u32)> = if l0.vpp > 1 {
+                interleaved(l0.pp, l0.vpp, s, m_count)
+            } else {
+                let w = depth.saturating_sub(offset[g] + s + 1).min(m_count);
+                one_f_one_b(w, m_count)
+                    .into_iter()
+                    .map(|(f, j)| (f, j, 0))
+                    .collect()
+            };
+            for (fwd, j, c) in slots {
+                let members: Vec<usize> = if fwd {
+                    groups[g].clone()
+                } else {
+                    groups[g].iter().rev().copied().collect()
+                };
+                for m in members {
+                    if let Some((d, st)) = lookup(m, key) {
+                        if let Some(&t) = index.get(&(m as u32, d, st, c, j, fwd)) {
+                            order.push(t);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    // Gradient synchronization (one task per module stage across its replicas) and the
+    // optimizer step (one per lane), after everything else.
+    for &m in &topo {
+        let mp = &plan.modules()[m];
+        for s in 0..mp.layout.pp {
+            let mut ls: Vec<LaneId> = (0..mp.layout.dp)
+                .flat_map(|d| {
+                    stage_lanes
+                        .get(&(m as u32, d, s))
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            ls.sort_unstable();
+            ls.dedup();
+            let id = tasks.len() as TaskId;
+            tasks.push(Task {
+                kind: TaskKind::GradSync,
+                module: Some(ModuleId::new(m)),
+                replica: 0,
+                stage: s,
+                chunk: 0,
+                micro_batch: 0,
+                lanes: ls.clone(),
+                deps: Vec::new(),
+                duration: inp.grad_sync[m].get(s as usize).copied().unwrap_or(0.0),
+                activation_bytes: 0.0,
+                parts: Default::default(),
+            });
+            for l in ls {
+                orders[l as usize].push(id);
+            }
+        }
+    }
+    for (lane, key) in lane_keys.iter().enumerate() {
+        let duration: f64 = key
+            .iter()
+            .map(|&(m, _, s)| {
+                inp.optimizer[m as usize]
+                    .get(s as usize)
+                    .copied()
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        let id = tasks.len() as TaskId;
+        tasks.push(Task {
+            kind: TaskKind::Optimizer,
+            module: None,
+            replica: 0,
+            stage: 0,
+            chunk: 0,
+            micro_batch: 0,
+            lanes: vec![lane as LaneId],
+            deps: Vec::new(),
+            duration,
+            activation_bytes: 0.0,
+            parts: Default::default(),
+        });
+        orders[lane].push(id);
+    }
+    Ok(TaskGraph {
+        lanes,
+        tasks,
+        orders,
+    })
+}
+
+/// The 1F1B sequence with `w` warm-up forwards: (forward?, micro-batch).
+pub fn one_f_one_b(w: u32, m: u32) -> Vec<(bool, u32)> {
+    let mut v = Vec::with_capacity(2 * m as usize);
+    for j in 0..w {
+        v.push((true, j));
+    }
+    for i in 0..m - w {
+        v.push((true, w + i));
+        v.push((false, i));
+    }
+    for j in m - w..m {
+        v.push((false, j));
+    }
+    v
+}
+
+/// Megatron's interleaved 1F1B for stage `s` of `p` with `v` chunks and `m` micro-batches:
+/// (forward?, micro-batch, chunk).
+pub fn interleaved(p: u32, v: u32, s: u32, m: u32) -> Vec<(bool, u32, u32)> {
+    let total = v * m;
+    let fwd = |k: u32| ((k / (p * v)) * p + k % p, (k / p) % v);
+    let bwd = |k: u32| ((k / (p * v)) * p + k % p, v - 1 - (k / p) % v);
+    let warm = ((p - s - 1) * 2 + (v - 1) * p).min(total);
+    let mut out = Vec::with_capacity(2 * total as usize);
+    for k in 0..warm {
+        let (j, c) = fwd(k);
+        out.push((true, j, c));
+    }
+    for i in 0..total - warm {
+        let (j, c) = fwd(warm + i);
+        out.push((true, j, c));
+        let (j, c) = bwd(i);
+        out.push((false, j, c));
+    }
+    for k in total - warm..total {
+        let (j, c) = bwd(k);
+        out.push((false, j, c));
+    }
+    out
+}

@@ -1,0 +1,55 @@
+//! `hetpar estimate`: predicted time, throughput and memory of a plan.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hetpar::cost::{estimate, AttentionKernel, Options};
+use hetpar::report::EstimateReport;
+
+use super::{emit, load_inputs};
+use crate::Format;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    cluster: PathBuf,
+    #[arg(long)]
+    plan: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Attention kernel of the training software: flash keeps no score matrix.
+    #[arg(long, value_enum, default_value = "flash")]
+    attention: Attention,
+    /// Write the result here (atomically) instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Attention {
+    Flash,
+    Materialized,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+        return Ok(ExitCode::from(1));
+    };
+    let opts = Options {
+        attention: match a.attention {
+            Attention::Flash => AttentionKernel::Flash,
+            Attention::Materialized => AttentionKernel::Materialized,
+        },
+        constants: None,
+    };
+    let est = estimate(&model, &cluster, &plan, &opts)?;
+    let report = EstimateReport::new(&model, &est);
+    let text = match a.format {
+        Format::Human => report.to_human(),
+        Format::Json => hetpar::ir::json::to_canonical_json(&est),
+    };
+    emit(&text, a.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
