@@ -61,6 +61,13 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
 --cluster examples/clusters/h100-8.json --plan examples/plans/llava-1.5-7b-colocated-8.json"
     )]
     Estimate(commands::estimate::Args),
+    /// Synthesize each boundary's communication (forward and backward) and compare it with the
+    /// leader-and-broadcast baseline.
+    #[command(
+        after_help = "Example:\n  hetpar reshard --model examples/models/vit6b-70b-32k.json \
+--cluster examples/clusters/h100-1024.json --plan examples/plans/vit6b-70b-32k-noncolocated-1024.json --explain"
+    )]
+    Reshard(commands::reshard::Args),
 }
 
 fn main() -> ExitCode {
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
         Command::Import(s) => commands::import::run(s),
         Command::Describe(a) => commands::describe::run(a),
         Command::Estimate(a) => commands::estimate::run(a),
+        Command::Reshard(a) => commands::reshard::run(a),
     };
     match result {
         Ok(code) => code,

@@ -289,3 +289,132 @@ fn describe_output_option_writes_the_same_bytes_as_stdout() {
         std::fs::read_to_string(Path::new(&out)).unwrap()
     );
 }
+
+#[test]
+fn estimate_prints_the_required_json_fields_for_every_rank() {
+    let o = hetpar(&[
+        "estimate",
+        "--model",
+        "examples/models/vision-audio-7b.json",
+        "--cluster",
+        "examples/clusters/h100-64.json",
+        "--plan",
+        "examples/plans/vision-audio-7b-colocated-64.json",
+        "--format",
+        "json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    for field in [
+        "feasible",
+        "iteration_time_s",
+        "tokens_per_s",
+        "tflops_per_gpu",
+        "mfu",
+        "peak_memory_bytes",
+        "per_rank",
+    ] {
+        assert!(v.get(field).is_some(), "missing {field}");
+    }
+    let ranks: usize = v["per_rank"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["ranks"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        ranks, 64,
+        "every GPU of the plan appears in exactly one per_rank entry"
+    );
+}
+
+#[test]
+fn estimate_of_the_llava_example_is_stable() {
+    let o = hetpar(&[
+        "estimate",
+        "--model",
+        "examples/models/llava-1.5-7b.json",
+        "--cluster",
+        "examples/clusters/h100-8.json",
+        "--plan",
+        "examples/plans/llava-1.5-7b-colocated-8.json",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    expect_file!["golden/estimate-llava-1.5-7b.txt"].assert_eq(&stdout(&o));
+}
+
+#[test]
+fn estimate_rejects_a_plan_for_another_model_with_exit_1() {
+    let o = hetpar(&[
+        "estimate",
+        "--model",
+        "examples/models/llama-3-8b.json",
+        "--cluster",
+        "examples/clusters/h100-8.json",
+        "--plan",
+        "examples/plans/llava-1.5-7b-colocated-8.json",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    let err = stderr(&o);
+    assert!(
+        err.contains("the plan is for model \"llava-1.5-7b\""),
+        "{err}"
+    );
+    assert!(err.contains("[plan.modules]"), "{err}");
+}
+
+#[test]
+fn reshard_json_reports_bytes_lower_bound_and_time_for_both_directions() {
+    let o = hetpar(&[
+        "reshard",
+        "--model",
+        "examples/models/vit6b-70b-32k.json",
+        "--cluster",
+        "examples/clusters/h100-1024.json",
+        "--plan",
+        "examples/plans/vit6b-70b-32k-noncolocated-1024.json",
+        "--boundary",
+        "projector->llm",
+        "--format",
+        "json",
+        "--explain",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let b = &v["boundaries"][0];
+    assert_eq!(b["name"], "projector->llm");
+    for dir in ["forward", "backward"] {
+        let d = &b[dir];
+        assert_eq!(
+            d["bytes"], d["lower_bound_bytes"],
+            "{dir} meets the lower bound"
+        );
+        assert!(d["time_s"].as_f64().unwrap() > 0.0);
+        assert!(
+            d["stats"]["stop_reason"].is_string(),
+            "--explain adds the e-graph statistics"
+        );
+    }
+    assert!(b["baseline"]["bytes"].as_u64().unwrap() > b["forward"]["bytes"].as_u64().unwrap());
+}
+
+#[test]
+fn reshard_names_the_boundaries_when_asked_for_an_unknown_one() {
+    let o = hetpar(&[
+        "reshard",
+        "--model",
+        "examples/models/llava-1.5-7b.json",
+        "--cluster",
+        "examples/clusters/h100-8.json",
+        "--plan",
+        "examples/plans/llava-1.5-7b-colocated-8.json",
+        "--boundary",
+        "nope",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        stderr(&o).contains("vision->projector, projector->llm"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -358,6 +358,20 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
             _ => 1,
         };
         let p = plan.modules()[lm].layout.pp;
+        // Upstream work follows the pipeline's first stage (which consumes it): forwards of
+        // chunk c just before stage 0's first forward of it, backwards just after stage 0's
+        // last backward of it. Every lane keeps that order of upstream items, and merges it
+        // with its own stage's 1F1B: a forward of chunk c before its own forward of c, a
+        // backward of chunk c after its own backward of the chunk's last micro-batch.
+        let mut upstream_seq: Vec<(bool, u32)> = Vec::new(); // (forward?, chunk)
+        for (fwd, j) in one_f_one_b((p - 1).min(m_count), m_count) {
+            if fwd && j % k == 0 {
+                upstream_seq.push((true, j / k));
+            }
+            if !fwd && j + 1 == (j / k * k + k).min(m_count) {
+                upstream_seq.push((false, j / k));
+            }
+        }
         for (lane, key) in lane_keys.iter().enumerate() {
             let Some((dl, sl)) = lookup(lm, key) else {
                 continue;
@@ -372,17 +386,48 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     }
                 }
             };
-            let w = (p - sl - 1).min(m_count);
-            for (fwd, j) in one_f_one_b(w, m_count) {
-                if fwd {
-                    if j % k == 0 {
-                        for mb in j..(j + k).min(m_count) {
-                            for &m in &upstream {
-                                push(order, m, mb, true);
-                            }
+            let push_upstream = |order: &mut Vec<TaskId>, fwd: bool, chunk: u32| {
+                let mbs = chunk * k..((chunk + 1) * k).min(m_count);
+                for mb in mbs {
+                    if fwd {
+                        for &m in &upstream {
+                            push(order, m, mb, true);
+                        }
+                    } else {
+                        for &m in upstream.iter().rev() {
+                            push(order, m, mb, false);
                         }
                     }
+                }
+            };
+            let own = one_f_one_b((p - sl - 1).min(m_count), m_count);
+            let mut u = 0usize;
+            // Chunks whose last micro-batch this lane has run backward for.
+            let mut backward_done: Option<u32> = None;
+            let mut forwards_done = 0u32;
+            for (fwd, j) in own {
+                // Upstream items in stage 0's order: a forward once this lane's next forward
+                // needs it, a backward once this lane's backward of the chunk is done. Holding
+                // stage 0's order keeps every forward that stage 0 runs before a backward ahead
+                // of that backward here too, so no lane waits on itself.
+                // Own forwards run in micro-batch order: the next one is the count so far.
+                let next_forward = forwards_done;
+                loop {
+                    match upstream_seq.get(u) {
+                        Some(&(true, c)) if c * k <= next_forward => {
+                            push_upstream(order, true, c);
+                            u += 1;
+                        }
+                        Some(&(false, c)) if backward_done.is_some_and(|d| d >= c) => {
+                            push_upstream(order, false, c);
+                            u += 1;
+                        }
+                        _ => break,
+                    }
+                }
+                if fwd {
                     order.push(index[&(lm as u32, dl, sl, 0, j, true)]);
+                    forwards_done += 1;
                     for &m in &downstream {
                         push(order, m, j, true);
                     }
@@ -392,13 +437,12 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     }
                     order.push(index[&(lm as u32, dl, sl, 0, j, false)]);
                     if j + 1 == (j / k * k + k).min(m_count) {
-                        for mb in j / k * k..=j {
-                            for &m in upstream.iter().rev() {
-                                push(order, m, mb, false);
-                            }
-                        }
+                        backward_done = Some(j / k);
                     }
                 }
+            }
+            for &(fwd, c) in &upstream_seq[u..] {
+                push_upstream(order, fwd, c);
             }
         }
     } else {
@@ -438,6 +482,28 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
             .map(|(g, ms)| offset[g] + plan.modules()[ms[0]].layout.pp)
             .max()
             .unwrap_or(1);
+        // An interleaved group's first stage forwards several micro-batches into its first chunk
+        // before its first backward of micro-batch 0 there; upstream groups must have produced
+        // them by then, so their warm-up is at least that lead.
+        let lead = groups
+            .iter()
+            .map(|ms| &plan.modules()[ms[0]].layout)
+            .filter(|l| l.vpp > 1)
+            .map(|l| {
+                let seq = interleaved(l.pp, l.vpp, 0, m_count);
+                let first_b = seq
+                    .iter()
+                    .position(|&x| x == (false, 0, 0))
+                    .unwrap_or(seq.len());
+                let fwd: BTreeSet<u32> = seq[..first_b]
+                    .iter()
+                    .filter(|x| x.0 && x.2 == 0)
+                    .map(|x| x.1)
+                    .collect();
+                fwd.len() as u32
+            })
+            .max()
+            .unwrap_or(0);
         for (lane, key) in lane_keys.iter().enumerate() {
             let Some(&(m0, _, s)) = key.first() else {
                 continue;
@@ -448,7 +514,10 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
             let slots: Vec<(bool, u32, u32)> = if l0.vpp > 1 {
                 interleaved(l0.pp, l0.vpp, s, m_count)
             } else {
-                let w = depth.saturating_sub(offset[g] + s + 1).min(m_count);
+                let w = depth
+                    .saturating_sub(offset[g] + s + 1)
+                    .max(lead.saturating_sub(1))
+                    .min(m_count);
                 one_f_one_b(w, m_count)
                     .into_iter()
                     .map(|(f, j)| (f, j, 0))

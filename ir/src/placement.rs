@@ -84,16 +84,26 @@ pub struct RankGrid {
     ranks: Vec<Rank>,
     order: [Axis; 4],
     sizes: Coord,
+    /// The first rank when the ranks are one increasing run (the usual `offset` + `count`),
+    /// which makes `coord_of` O(1).
+    contiguous_from: Option<Rank>,
 }
 
 impl RankGrid {
     /// `ranks.len()` must equal the product of `sizes` and `order` must be a permutation (the
     /// plan verifier guarantees both before building a grid).
     pub fn new(ranks: Vec<Rank>, order: [Axis; 4], sizes: Coord) -> Self {
+        let contiguous = ranks.windows(2).all(|w| w[1] == w[0].wrapping_add(1));
+        let contiguous_from = if contiguous {
+            ranks.first().copied()
+        } else {
+            None
+        };
         RankGrid {
             ranks,
             order,
             sizes,
+            contiguous_from,
         }
     }
 
@@ -122,7 +132,13 @@ impl RankGrid {
 
     /// The coordinate of a rank, if the module runs on it.
     pub fn coord_of(&self, rank: Rank) -> Option<Coord> {
-        let mut idx = self.ranks.iter().position(|&r| r == rank)?;
+        let mut idx = match self.contiguous_from {
+            Some(first) => {
+                let i = rank.checked_sub(first)? as usize;
+                (i < self.ranks.len()).then_some(i)?
+            }
+            None => self.ranks.iter().position(|&r| r == rank)?,
+        };
         let mut c = Coord::default();
         for a in self.order {
             let n = self.sizes.get(a).max(1) as usize;

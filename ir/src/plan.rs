@@ -13,11 +13,11 @@
 //! - ranks given one way [placement.ranks], inside the cluster [placement.range], without
 //!   repeats [placement.duplicate]; axis order a permutation [placement.axis_order];
 //!   partial overlap between modules is a warning [placement.overlap];
-//! - the schedule fits the placement [schedule.kind], interleaving matches vpp
+//! - the schedule fits the placement [schedule.kind], interleaving matches vpp, with micro-batches in multiples of pp
 //!   [schedule.interleaved], the chunk is given exactly for the chunked schedule
 //!   [schedule.chunk], and the per-micro-batch colocated schedule has pp = 1 [schedule.colocated_pp];
 //!   every module takes the same number of micro-batches [schedule.micro_batches]; modules
-//!   sharing ranks in a pipeline schedule share pp and vpp [schedule.groups].
+//!   sharing ranks in a pipeline schedule run unpipelined [schedule.groups].
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -256,6 +256,12 @@ fn check_schedule(
     ds: &mut Diagnostics,
 ) {
     let s = &file.schedule;
+    // How placements relate is only known once every module's placement is sound.
+    let pk = if built.iter().all(Option::is_some) {
+        pk
+    } else {
+        PlacementKind::Single
+    };
     match pk {
         PlacementKind::PartialOverlap => ds.warning(
             "modules",
@@ -282,6 +288,18 @@ fn check_schedule(
             Rule::ScheduleInterleaved,
             "a module has vpp > 1: use pipeline_interleaved",
         );
+    }
+    for m in built.iter().flatten().filter(|m| m.layout.vpp > 1) {
+        if m.layout.micro_batches % m.layout.pp != 0 {
+            ds.error(
+                join(&join("modules", &model.module(m.module).name), "layout.micro_batch_size"),
+                Rule::ScheduleInterleaved,
+                format!(
+                    "the interleaved schedule runs micro-batches in groups of pp = {}; {} micro-batches per step is not a multiple",
+                    m.layout.pp, m.layout.micro_batches
+                ),
+            );
+        }
     }
     if interleaved && !any_vpp && built.iter().all(Option::is_some) {
         ds.error(
@@ -334,14 +352,17 @@ fn check_schedule(
             for b in &plans[i + 1..] {
                 let same_ranks = a.grid.ranks().iter().collect::<BTreeSet<_>>()
                     == b.grid.ranks().iter().collect::<BTreeSet<_>>();
-                if same_ranks && (a.layout.pp != b.layout.pp || a.layout.vpp != b.layout.vpp) {
-                    let name = &model.module(b.module).name;
+                let pipelined = |m: &ModulePlan| m.layout.pp > 1 || m.layout.vpp > 1;
+                if same_ranks && (pipelined(a) || pipelined(b)) {
+                    let odd = if pipelined(b) { b } else { a };
+                    let other = if pipelined(b) { a } else { b };
+                    let name = &model.module(odd.module).name;
                     ds.error(
                         join(&join("modules", name), "layout.pp"),
                         Rule::ScheduleGroups,
                         format!(
-                            "shares its ranks with \"{}\" but has pp x vpp = {} x {} against {} x {}",
-                            model.module(a.module).name, b.layout.pp, b.layout.vpp, a.layout.pp, a.layout.vpp
+                            "shares its ranks with \"{}\" and has pp x vpp = {} x {}; in a pipeline schedule modules sharing ranks run unpipelined (give the pipelined module ranks of its own, or use a colocated schedule)",
+                            model.module(other.module).name, odd.layout.pp, odd.layout.vpp
                         ),
                     );
                 }

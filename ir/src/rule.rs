@@ -71,11 +71,11 @@ rules! {
     PlacementAxisOrder = "placement.axis_order": "`axis_order` is a permutation of tp, cp, dp, pp.",
     PlacementOverlap = "placement.overlap": "Placements are colocated (identical rank sets) or disjoint; partial overlap is representable but not yet supported by schedules (warning).",
     ScheduleKind = "schedule.kind": "The schedule kind fits the placement: colocated kinds need identical rank sets, pipeline kinds need disjoint ones.",
-    ScheduleInterleaved = "schedule.interleaved": "vpp > 1 on some module if and only if the schedule is interleaved.",
+    ScheduleInterleaved = "schedule.interleaved": "vpp > 1 on some module if and only if the schedule is interleaved, and such a module's micro-batches per step are a multiple of its pp.",
     ScheduleChunk = "schedule.chunk": "`encoder_chunk` is given exactly for the chunked colocated schedule, and is at least 1.",
     ScheduleColocatedPp = "schedule.colocated_pp": "The per-micro-batch colocated schedule needs pp = 1 on every module.",
     ScheduleMicroBatches = "schedule.micro_batches": "Every module splits the global batch into the same number of micro-batches (global_batch / (dp x micro_batch_size)), so that micro-batch j means the same samples everywhere.",
-    ScheduleGroups = "schedule.groups": "In a pipeline schedule, modules on the same ranks (an encoder with its projector) have equal pp and vpp.",
+    ScheduleGroups = "schedule.groups": "In a pipeline schedule, modules on the same ranks (an encoder with its projector) run unpipelined (pp = vpp = 1).",
 }
 
 impl serde::Serialize for Rule {

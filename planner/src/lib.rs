@@ -1,5 +1,16 @@
-//! hetpar-planner: searches per-module layouts, placements and schedules, synthesizes boundary
-//! reshards and lowers a plan to a per-rank program.
+//! hetpar-planner: boundary reshard synthesis today; layout search and lowering next.
 //!
-//! Empty until the planner and boundary issues land; the crate exists so that the workspace and
-//! its dependency rules (see `ARCHITECTURE.md`) are in place from the start.
+//! - `boundary`: every module boundary as a general resharding problem: ownership maps on both
+//!   sides, a transfer plan meeting the byte lower bound, an e-graph choosing how each flow is
+//!   delivered, and its lowering into one fused communication call per rank per micro-batch.
+
+pub mod boundary;
+
+/// Errors of the planner.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("unsupported: {0}")]
+    Unsupported(String),
+    #[error("internal error (a bug in hetpar, please report it): {0}")]
+    Internal(String),
+}

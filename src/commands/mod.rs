@@ -3,6 +3,7 @@
 pub mod describe;
 pub mod estimate;
 pub mod import;
+pub mod reshard;
 pub mod validate;
 
 use std::path::Path;

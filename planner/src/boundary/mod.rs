@@ -1,0 +1,82 @@
+//! Boundary communicators as a general resharding problem (see `docs/boundary.md`).
+//!
+//! `ownership` computes which ranks hold and which need every row, `synth` turns the
+//! difference into a transfer plan and lowers it into operations (one fused call per rank per
+//! micro-batch), `egraph` chooses how each flow is delivered, `oracle` checks a plan row by row,
+//! `baseline` prices the reference system's leader-and-broadcast scheme.
+
+pub mod baseline;
+pub mod egraph;
+pub mod oracle;
+pub mod ownership;
+pub mod synth;
+
+use hetpar_cost::Constants;
+use hetpar_ir::model::ModelGraph;
+use hetpar_ir::{BoundaryId, Cluster, Plan};
+
+pub use baseline::Baseline;
+pub use egraph::{Limits, Strategy};
+pub use synth::{Context, Direction, Reshard};
+
+/// Both directions of one boundary and the baseline.
+#[derive(Clone, Debug, PartialEq, serde::Serialize)]
+pub struct BoundaryReshard {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub forward: Reshard,
+    pub backward: Reshard,
+    /// The leader-and-broadcast scheme, forward.
+    pub baseline: Baseline,
+}
+
+/// Synthesizes every boundary of a plan (or the one named).
+pub fn synthesize_all(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    limits: Limits,
+    only: Option<&str>,
+) -> Vec<BoundaryReshard> {
+    let cx = Context {
+        model,
+        cluster,
+        plan,
+        constants: Constants::for_gpu(cluster.gpu_model),
+        limits,
+    };
+    model
+        .boundaries()
+        .iter()
+        .filter(|b| only.is_none_or(|n| n == b.name))
+        .map(|b| synthesize_boundary(&cx, b.id))
+        .collect()
+}
+
+/// Synthesizes one boundary in both directions.
+pub fn synthesize_boundary(cx: &Context<'_>, b: BoundaryId) -> BoundaryReshard {
+    let fwd = synth::forward_segments(cx, b);
+    let bwd = synth::backward_segments(&fwd);
+    let baseline = baseline::leader_broadcast(cx, b, &fwd);
+    let bd = cx.model.boundary(b);
+    // The two directions are independent: synthesize them side by side.
+    let (forward, backward) = std::thread::scope(|scope| {
+        let f = scope.spawn(|| synth::synthesize(cx, b, Direction::Forward, fwd));
+        let backward = synth::synthesize(cx, b, Direction::Backward, bwd);
+        (f.join(), backward)
+    });
+    let forward = match forward {
+        Ok(f) => f,
+        // A panic in the forward thread is a bug: re-raise it where it can be seen.
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    BoundaryReshard {
+        name: bd.name.clone(),
+        from: cx.model.module(bd.from).name.clone(),
+        to: cx.model.module(bd.to).name.clone(),
+        forward,
+        backward,
+        baseline,
+    }
+}

@@ -1,0 +1,161 @@
+//! `hetpar reshard`: synthesize every boundary's communication, forward and backward.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use hetpar::planner::boundary::{synthesize_all, BoundaryReshard, Limits, Reshard};
+use hetpar::report::{bytes, Table};
+
+use super::{emit, load_inputs};
+use crate::Format;
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    cluster: PathBuf,
+    #[arg(long)]
+    plan: PathBuf,
+    /// Only this boundary (its name, e.g. "projector->llm").
+    #[arg(long)]
+    boundary: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Add the e-graph statistics and the rules that fired.
+    #[arg(long)]
+    explain: bool,
+    /// E-graph iteration limit.
+    #[arg(long, default_value_t = Limits::default().iterations)]
+    iterations: usize,
+    /// E-graph node limit.
+    #[arg(long, default_value_t = Limits::default().nodes)]
+    nodes: usize,
+    /// Write the result here (atomically) instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+#[derive(serde::Serialize)]
+struct Report<'a> {
+    boundaries: &'a [BoundaryReshard],
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+        return Ok(ExitCode::from(1));
+    };
+    if let Some(name) = &a.boundary {
+        if !model.boundaries().iter().any(|b| &b.name == name) {
+            let names: Vec<&str> = model.boundaries().iter().map(|b| b.name.as_str()).collect();
+            eprintln!(
+                "error: {}: no boundary named \"{name}\"; the model has: {}",
+                a.model.display(),
+                names.join(", ")
+            );
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let limits = Limits {
+        iterations: a.iterations,
+        nodes: a.nodes,
+    };
+    let all = synthesize_all(&model, &cluster, &plan, limits, a.boundary.as_deref());
+    let text = match a.format {
+        Format::Json => {
+            let mut v = serde_json::to_value(Report { boundaries: &all })?;
+            if !a.explain {
+                for b in v["boundaries"].as_array_mut().into_iter().flatten() {
+                    for dir in ["forward", "backward"] {
+                        if let Some(o) = b[dir].as_object_mut() {
+                            o.remove("stats");
+                        }
+                    }
+                }
+            }
+            hetpar::ir::json::to_canonical_json(&v)
+        }
+        Format::Human => human(&all, a.explain),
+    };
+    emit(&text, a.output.as_deref())?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn human(all: &[BoundaryReshard], explain: bool) -> String {
+    let mut s = String::new();
+    let mut t = Table::new(&[
+        "boundary",
+        "direction",
+        "bytes",
+        "lower bound",
+        "network",
+        "time",
+        "sends",
+        "bcasts",
+        "all-gathers",
+        "calls",
+        "baseline bytes",
+        "baseline time",
+    ]);
+    let row = |t: &mut Table, b: &BoundaryReshard, r: &Reshard, base: bool| {
+        t.row(vec![
+            b.name.clone(),
+            format!("{:?}", r.direction).to_lowercase(),
+            bytes(r.bytes as f64),
+            bytes(r.lower_bound_bytes as f64),
+            bytes(r.network_bytes as f64),
+            format!("{:.3} ms", r.time_s * 1e3),
+            r.sends.to_string(),
+            r.broadcasts.to_string(),
+            r.all_gathers.to_string(),
+            r.fused_calls.to_string(),
+            if base {
+                bytes(b.baseline.bytes as f64)
+            } else {
+                String::new()
+            },
+            if base {
+                format!("{:.3} ms", b.baseline.time_s * 1e3)
+            } else {
+                String::new()
+            },
+        ]);
+    };
+    for b in all {
+        row(&mut t, b, &b.forward, true);
+        row(&mut t, b, &b.backward, false);
+    }
+    s.push_str(&t.render());
+    if explain {
+        for b in all {
+            for r in [&b.forward, &b.backward] {
+                let st = &r.stats;
+                let fired: Vec<String> = st
+                    .rules_fired
+                    .iter()
+                    .map(|(k, v)| format!("{k} x{v}"))
+                    .collect();
+                let chosen: Vec<String> = r
+                    .strategies
+                    .iter()
+                    .map(|(k, v)| format!("{k:?} x{v}"))
+                    .collect();
+                let _ = writeln!(
+                    s,
+                    "{} {:?}: {} flow shapes, e-graph {} iterations, {} nodes, {} classes, stop: {}; rules fired: {}; flows delivered: {}",
+                    b.name,
+                    r.direction,
+                    st.flows,
+                    st.iterations,
+                    st.enodes,
+                    st.eclasses,
+                    st.stop_reason,
+                    if fired.is_empty() { "none".into() } else { fired.join(", ") },
+                    chosen.join(", ")
+                );
+            }
+        }
+    }
+    s
+}
