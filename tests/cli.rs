@@ -418,3 +418,38 @@ fn reshard_names_the_boundaries_when_asked_for_an_unknown_one() {
         stderr(&o)
     );
 }
+
+#[test]
+fn reshard_transfers_lists_every_send_with_its_row_ranges() {
+    let o = hetpar(&[
+        "reshard",
+        "--model",
+        "examples/models/tiny-uneven.json",
+        "--cluster",
+        "examples/clusters/h100-8.json",
+        "--plan",
+        "examples/plans/tiny-uneven-colocated-8.json",
+        "--boundary",
+        "projector->llm",
+        "--format",
+        "json",
+        "--transfers",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let fwd = &v["boundaries"][0]["forward"];
+    let ops = fwd["micro_batches"][0]["ops"]
+        .as_array()
+        .expect("ops of micro-batch 0");
+    assert_eq!(
+        ops.len() as u64,
+        fwd["sends"].as_u64().unwrap()
+            + fwd["broadcasts"].as_u64().unwrap()
+            + fwd["all_gathers"].as_u64().unwrap()
+    );
+    let send = ops.iter().find(|o| o["op"] == "send").expect("a send");
+    assert!(
+        send["src"].is_u64() && send["dst"].is_u64() && send["rows"].is_array(),
+        "{send}"
+    );
+}

@@ -255,6 +255,12 @@ pub fn estimate_with_tasks(
     let data = model.data();
     let act_bytes = data.precision.activation_bytes() as f64;
 
+    let rows_per_mb: Vec<f64> = plan
+        .modules()
+        .iter()
+        .enumerate()
+        .map(|(m, mp)| mean_rows_per_micro_batch(model, mp, m))
+        .collect();
     let mut per_rank = Vec::new();
     for (l, lane) in graph.lanes.iter().enumerate() {
         let r0 = lane.ranks[0];
@@ -272,7 +278,7 @@ pub fn estimate_with_tasks(
             mem.gradients += sm.gradients;
             mem.optimizer += sm.optimizer;
             let module = model.module(hetpar_ir::ModuleId::new(m));
-            let rows_per_mb = mean_rows_per_micro_batch(model, mp, m);
+            let rows_per_mb = rows_per_mb[m];
             if c.pp == 0 {
                 if let Some(w) = module.input_width() {
                     buffers = buffers.max(2.0 * rows_per_mb * f64::from(w) * act_bytes);

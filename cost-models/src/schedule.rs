@@ -34,6 +34,47 @@ use crate::CostError;
 /// Key of a module task: (module, replica, stage, chunk, micro-batch, forward?).
 type Key = (u32, u32, u32, u32, u32, bool);
 
+/// Module tasks are created in (module, replica, micro-batch, stage, chunk, direction) order,
+/// so a task's id is arithmetic on its key: no map to build or search.
+struct TaskIndex {
+    /// First task of each module, and its (dp, pp, vpp).
+    base: Vec<(u32, u32, u32, u32)>,
+    micro_batches: u32,
+}
+
+impl TaskIndex {
+    fn new(plan: &Plan, micro_batches: u32) -> Self {
+        let mut next = 0u32;
+        let base = plan
+            .modules()
+            .iter()
+            .map(|mp| {
+                let l = &mp.layout;
+                let b = (next, l.dp, l.pp, l.vpp);
+                next += l.dp * micro_batches * l.pp * l.vpp * 2;
+                b
+            })
+            .collect();
+        TaskIndex {
+            base,
+            micro_batches,
+        }
+    }
+
+    fn get(&self, (m, d, s, c, j, fwd): Key) -> Option<TaskId> {
+        let &(base, dp, pp, vpp) = self.base.get(m as usize)?;
+        if d >= dp || s >= pp || c >= vpp || j >= self.micro_batches {
+            return None;
+        }
+        Some(base + ((((d * self.micro_batches + j) * pp + s) * vpp + c) * 2 + u32::from(!fwd)))
+    }
+
+    /// The id of a task that exists by construction.
+    fn at(&self, key: Key) -> TaskId {
+        self.get(key).unwrap_or(TaskId::MAX)
+    }
+}
+
 pub struct Inputs<'a> {
     pub model: &'a ModelGraph,
     pub cluster: &'a Cluster,
@@ -159,7 +200,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
 
     // Module tasks.
     let mut tasks: Vec<Task> = Vec::new();
-    let mut index: HashMap<Key, TaskId> = HashMap::new();
+    let index = TaskIndex::new(plan, m_count);
     let mut cache: HashMap<(usize, usize, u64, u64), (ChunkTime, f64)> = HashMap::new();
     let act_bytes = model.data().precision.activation_bytes() as f64;
     for (m, mp) in plan.modules().iter().enumerate() {
@@ -197,8 +238,10 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                             .cloned()
                             .unwrap_or_default();
                         for fwd in [true, false] {
-                            let id = tasks.len() as TaskId;
-                            index.insert((m as u32, d, s, c, j, fwd), id);
+                            debug_assert_eq!(
+                                index.get((m as u32, d, s, c, j, fwd)),
+                                Some(tasks.len() as TaskId)
+                            );
                             tasks.push(Task {
                                 kind: if fwd {
                                     TaskKind::Forward
@@ -241,8 +284,8 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     .sum();
                 let bytes = rows / f64::from(l.cp) * hidden * act_bytes / f64::from(l.tp);
                 for (i, &(s, c)) in positions.iter().enumerate() {
-                    let f = index[&(m as u32, d, s, c, j, true)];
-                    let b = index[&(m as u32, d, s, c, j, false)];
+                    let f = index.at((m as u32, d, s, c, j, true));
+                    let b = index.at((m as u32, d, s, c, j, false));
                     tasks[b as usize].deps.push(Dep {
                         task: f,
                         latency: 0.0,
@@ -250,8 +293,8 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     });
                     if i > 0 {
                         let (ps, pc) = positions[i - 1];
-                        let pf = index[&(m as u32, d, ps, pc, j, true)];
-                        let pb = index[&(m as u32, d, ps, pc, j, false)];
+                        let pf = index.at((m as u32, d, ps, pc, j, true));
+                        let pb = index.at((m as u32, d, ps, pc, j, false));
                         let link = Link::between(
                             inp.cluster,
                             &inp.constants,
@@ -307,10 +350,10 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                         );
                         p2p_time(bytes, link)
                     };
-                    let fu = index[&(u as u32, du, su, cu, j, true)];
-                    let fv = index[&(v as u32, dv, 0, 0, j, true)];
-                    let bu = index[&(u as u32, du, su, cu, j, false)];
-                    let bv = index[&(v as u32, dv, 0, 0, j, false)];
+                    let fu = index.at((u as u32, du, su, cu, j, true));
+                    let fv = index.at((v as u32, dv, 0, 0, j, true));
+                    let bu = index.at((u as u32, du, su, cu, j, false));
+                    let bv = index.at((v as u32, dv, 0, 0, j, false));
                     tasks[fv as usize].deps.push(Dep {
                         task: fu,
                         latency: lat,
@@ -380,7 +423,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
             let push = |order: &mut Vec<TaskId>, m: usize, j: u32, fwd: bool| {
                 if let Some((d, s)) = lookup(m, key) {
                     for c in 0..plan.modules()[m].layout.vpp {
-                        if let Some(&t) = index.get(&(m as u32, d, s, c, j, fwd)) {
+                        if let Some(t) = index.get((m as u32, d, s, c, j, fwd)) {
                             order.push(t);
                         }
                     }
@@ -426,7 +469,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     }
                 }
                 if fwd {
-                    order.push(index[&(lm as u32, dl, sl, 0, j, true)]);
+                    order.push(index.at((lm as u32, dl, sl, 0, j, true)));
                     forwards_done += 1;
                     for &m in &downstream {
                         push(order, m, j, true);
@@ -435,7 +478,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     for &m in downstream.iter().rev() {
                         push(order, m, j, false);
                     }
-                    order.push(index[&(lm as u32, dl, sl, 0, j, false)]);
+                    order.push(index.at((lm as u32, dl, sl, 0, j, false)));
                     if j + 1 == (j / k * k + k).min(m_count) {
                         backward_done = Some(j / k);
                     }
@@ -531,7 +574,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                 };
                 for m in members {
                     if let Some((d, st)) = lookup(m, key) {
-                        if let Some(&t) = index.get(&(m as u32, d, st, c, j, fwd)) {
+                        if let Some(t) = index.get((m as u32, d, st, c, j, fwd)) {
                             order.push(t);
                         }
                     }

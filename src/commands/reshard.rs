@@ -26,6 +26,10 @@ pub struct Args {
     /// Add the e-graph statistics and the rules that fired.
     #[arg(long)]
     explain: bool,
+    /// With --format json: add the transfer plan itself (per micro-batch, every send with its
+    /// row ranges, every broadcast and all-gather). Large for big clusters.
+    #[arg(long)]
+    transfers: bool,
     /// E-graph iteration limit.
     #[arg(long, default_value_t = Limits::default().iterations)]
     iterations: usize,
@@ -65,11 +69,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let text = match a.format {
         Format::Json => {
             let mut v = serde_json::to_value(Report { boundaries: &all })?;
-            if !a.explain {
-                for b in v["boundaries"].as_array_mut().into_iter().flatten() {
-                    for dir in ["forward", "backward"] {
-                        if let Some(o) = b[dir].as_object_mut() {
+            for (b, synth) in v["boundaries"]
+                .as_array_mut()
+                .into_iter()
+                .flatten()
+                .zip(&all)
+            {
+                for (dir, r) in [("forward", &synth.forward), ("backward", &synth.backward)] {
+                    if let Some(o) = b[dir].as_object_mut() {
+                        if !a.explain {
                             o.remove("stats");
+                        }
+                        if a.transfers {
+                            o.insert("micro_batches".into(), serde_json::to_value(&r.plans)?);
                         }
                     }
                 }
