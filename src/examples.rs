@@ -5,3 +5,9 @@ pub const MODEL: (&str, &str) = (
     "examples/models/llava-1.5-7b.json",
     include_str!("../examples/models/llava-1.5-7b.json"),
 );
+
+/// The default cluster: one node of 8 H100s.
+pub const CLUSTER: (&str, &str) = (
+    "examples/clusters/h100-8.json",
+    include_str!("../examples/clusters/h100-8.json"),
+);

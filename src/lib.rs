@@ -13,3 +13,4 @@ pub use hetpar_runtime as runtime;
 pub mod examples;
 pub mod io;
 pub mod report;
+pub mod show;

@@ -68,6 +68,23 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
 --cluster examples/clusters/h100-1024.json --plan examples/plans/vit6b-70b-32k-noncolocated-1024.json --explain"
     )]
     Reshard(commands::reshard::Args),
+    /// Search the best plan (per-module layouts, placement, schedule) and compare it with the
+    /// best homogeneous plan.
+    #[command(
+        after_help = "Without --model and --cluster, plans the embedded LLaVA-1.5-7B on one 8 x H100 node.\n\nExample:\n  \
+hetpar plan --model examples/models/vision-audio-7b.json --cluster examples/clusters/h100-64.json --explain -o plan.json"
+    )]
+    Plan(commands::plan::Args),
+    /// Show a plan's simulated schedule: a text timeline per lane of identical ranks, and on
+    /// request an SVG timeline and a Chrome trace (Perfetto, chrome://tracing).
+    #[command(
+        after_help = "The text form goes to stdout: one line per lane, each column a slice of the \
+iteration (upper-case module letter forward, lower case backward, g grad sync, o optimizer, . idle), \
+then busy share, peak memory per rank, and peak activations with the time they peak.\n\n\
+Example:\n  hetpar show examples/plans/llama-3-8b-homogeneous-8.json --model examples/models/llama-3-8b.json \
+--cluster examples/clusters/h100-8.json --svg schedule.svg --trace schedule.json"
+    )]
+    Show(commands::show::Args),
 }
 
 fn main() -> ExitCode {
@@ -79,6 +96,8 @@ fn main() -> ExitCode {
         Command::Describe(a) => commands::describe::run(a),
         Command::Estimate(a) => commands::estimate::run(a),
         Command::Reshard(a) => commands::reshard::run(a),
+        Command::Show(a) => commands::show::run(a),
+        Command::Plan(a) => commands::plan::run(a),
     };
     match result {
         Ok(code) => code,

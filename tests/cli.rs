@@ -453,3 +453,55 @@ fn reshard_transfers_lists_every_send_with_its_row_ranges() {
         "{send}"
     );
 }
+
+#[test]
+fn plan_writes_a_plan_every_other_command_accepts_and_reports_the_homogeneous_gain() {
+    let dir = scratch("plan");
+    let out = dir.join("plan.json");
+    let o = hetpar(&["plan", "--format", "json", "-o", out.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    for field in ["plan", "metrics", "homogeneous", "gain", "top", "stats"] {
+        assert!(v.get(field).is_some(), "missing {field}");
+    }
+    assert!(v["stats"]["candidates"].as_u64().unwrap() > 0);
+    assert!(v["metrics"]["feasible"].as_bool().unwrap());
+    // The written plan is the reported one, and it validates and estimates.
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(written, v["plan"]);
+    let p = out.to_str().unwrap();
+    let val = hetpar(&[
+        "validate",
+        "examples/models/llava-1.5-7b.json",
+        "examples/clusters/h100-8.json",
+        p,
+    ]);
+    assert!(val.status.success(), "{}", stderr(&val));
+    let est = hetpar(&[
+        "estimate",
+        "--model",
+        "examples/models/llava-1.5-7b.json",
+        "--cluster",
+        "examples/clusters/h100-8.json",
+        "--plan",
+        p,
+    ]);
+    assert!(est.status.success(), "{}", stderr(&est));
+}
+
+#[test]
+fn plan_explain_compares_the_winner_with_the_homogeneous_plan() {
+    let o = hetpar(&["plan", "--explain", "--top", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    for want in [
+        "best plan",
+        "best homogeneous plan",
+        "gain over the homogeneous plan",
+        "against the homogeneous plan",
+        "search:",
+    ] {
+        assert!(out.contains(want), "missing {want:?} in:\n{out}");
+    }
+}

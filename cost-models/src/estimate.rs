@@ -109,7 +109,8 @@ impl Estimate {
 }
 
 fn first_group(mp: &ModulePlan, axis: Axis) -> Vec<Rank> {
-    mp.grid.groups(axis).into_iter().next().unwrap_or_default()
+    mp.grid
+        .group_at(axis, hetpar_ir::placement::Coord::default())
 }
 
 fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
@@ -128,15 +129,14 @@ fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
 
 /// The ranks of the data-parallel gradient group (dp x cp) of the first replica group.
 fn dp_cp_group(mp: &ModulePlan) -> Vec<Rank> {
-    let dp = first_group(mp, Axis::Dp);
-    let cp_groups = mp.grid.groups(Axis::Cp);
-    dp.iter()
-        .flat_map(|r| {
-            cp_groups
-                .iter()
-                .find(|g| g.contains(r))
-                .cloned()
-                .unwrap_or_default()
+    let g = &mp.grid;
+    (0..g.size(Axis::Dp))
+        .flat_map(|dp| {
+            let at = hetpar_ir::placement::Coord {
+                dp,
+                ..Default::default()
+            };
+            g.group_at(Axis::Cp, at)
         })
         .collect()
 }
@@ -220,6 +220,18 @@ fn model_flops(model: &ModelGraph) -> f64 {
         .sum()
 }
 
+/// Estimates a plan with synthesized boundary times (from the planner's boundary synthesis)
+/// in place of the placeholder.
+pub fn estimate_with_boundaries(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    opts: &Options,
+    boundary_times: &crate::schedule::BoundaryTimes,
+) -> Result<Estimate, CostError> {
+    Ok(simulate_plan(model, cluster, plan, opts, Some(boundary_times))?.0)
+}
+
 /// Estimates a plan by simulating its schedule.
 pub fn estimate(
     model: &ModelGraph,
@@ -238,6 +250,16 @@ pub fn estimate_with_tasks(
     plan: &Plan,
     opts: &Options,
 ) -> Result<(Estimate, (TaskGraph, crate::simulate::Timeline)), CostError> {
+    simulate_plan(model, cluster, plan, opts, None)
+}
+
+fn simulate_plan(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    opts: &Options,
+    boundary_times: Option<&crate::schedule::BoundaryTimes>,
+) -> Result<(Estimate, (TaskGraph, crate::simulate::Timeline)), CostError> {
     let priced = price(model, cluster, plan, opts);
     let inputs = Inputs {
         model,
@@ -248,6 +270,7 @@ pub fn estimate_with_tasks(
         computes: priced.computes,
         grad_sync: priced.grad_sync,
         optimizer: priced.optimizer,
+        boundary_times,
     };
     let graph = schedule::build(&inputs)?;
     let timeline = simulate(&graph)?;
@@ -392,6 +415,17 @@ fn mean_rows_per_micro_batch(model: &ModelGraph, mp: &ModulePlan, m: usize) -> f
     total as f64 / b.max(1) as f64 * f64::from(mp.layout.micro_batch_size)
 }
 
+/// A closed-form estimate: time and peak memory per rank, no simulation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quick {
+    pub time: Cost,
+    /// Per module: forward + backward of one micro-batch summed over its stages, s.
+    pub module_time: Vec<f64>,
+    /// Largest per-rank memory: static memory of the modules sharing the rank plus their
+    /// activations times the micro-batches the schedule keeps alive, plus the reserve.
+    pub peak_memory_bytes: f64,
+}
+
 /// A closed-form estimate of the iteration time (no simulation): per-stage times of a mean
 /// micro-batch, combined by the 1F1B formula `(M - 1) x slowest + sum of stages` (bubble
 /// divided by vpp when interleaved); colocated modules add up on shared GPUs.
@@ -401,85 +435,146 @@ pub fn estimate_analytic(
     plan: &Plan,
     opts: &Options,
 ) -> Cost {
+    estimate_quick(model, cluster, plan, opts).time
+}
+
+/// `estimate_analytic` with a closed-form peak memory, for pruning searches. In flight: 1F1B
+/// stage g of depth D holds min(D - g, M) micro-batches, interleaved stage s holds Megatron's
+/// warm-up count of chunks plus one; colocated upstream modules hold 1 (sequential), M
+/// (three-phase) or k (1 + ceil((p - 1) / k)) micro-batches (chunked).
+pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
     let priced = price(model, cluster, plan, opts);
     let data = model.data();
     let b = data.global_batch as usize;
-    let mut stage_times: Vec<(usize, Vec<f64>)> = Vec::new();
+    let act_bytes = data.precision.activation_bytes() as f64;
+    let lm = model.language_model().index();
+    let colocated = plan.schedule.kind.is_colocated();
+    let pipe = crate::schedule::pipeline_groups(model, plan);
+    let m_count = plan.modules().first().map_or(1, |p| p.layout.micro_batches);
+    let mf = f64::from(m_count);
+    let p_lm = plan.modules()[lm].layout.pp;
+    let k = match plan.schedule.kind {
+        hetpar_ir::plan::ScheduleKind::ColocatedThreePhase => m_count,
+        hetpar_ir::plan::ScheduleKind::ColocatedChunked => {
+            plan.schedule.encoder_chunk.unwrap_or(1).max(1)
+        }
+        _ => 1,
+    };
+    let mut stage_times: Vec<Vec<f64>> = Vec::new();
+    // Memory per rank (modules sharing a rank add up).
+    let mut memory: std::collections::HashMap<Rank, f64> = std::collections::HashMap::new();
     let mut tail = 0.0f64;
-    let mut m_count = 1.0;
     for (m, mp) in plan.modules().iter().enumerate() {
         let l = &mp.layout;
-        m_count = f64::from(l.micro_batches);
         let id = hetpar_ir::ModuleId::new(m);
         let module = model.module(id);
-        let rows: f64 = (0..b)
-            .map(|s| model.rows_of_sample(id, s) as f64)
-            .sum::<f64>()
-            / b as f64;
-        let pairs = match (&module.body, model.items(id)) {
-            (Body::Encoder { .. }, Some(it)) => {
-                (0..b)
-                    .map(|s| {
-                        it.items_of(s)
-                            .iter()
-                            .map(|&n| f64::from(n) * f64::from(n))
-                            .sum::<f64>()
-                    })
-                    .sum::<f64>()
-                    / b as f64
-            }
-            (Body::Projector(_), _) => 0.0,
-            _ => rows * (rows + 1.0) / 2.0,
-        };
+        let _ = b;
+        let rows = model.mean_rows_per_sample(id);
+        let pairs = model.mean_pairs_per_sample(id);
+        let _ = module;
         let mbs = f64::from(l.micro_batch_size);
         let w = Work {
             rows: rows * mbs,
             pairs: pairs * mbs,
         };
         let comp = &priced.computes[m];
-        let per_stage: Vec<f64> = (0..l.pp)
-            .map(|s| {
-                (0..l.vpp)
-                    .map(|c| {
-                        let t = comp.chunk((c * l.pp + s) as usize, w);
-                        t.forward.total() + t.backward.total()
-                    })
-                    .sum()
-            })
-            .collect();
+        let mut per_stage = Vec::new();
+        for s in 0..l.pp {
+            let mut t = 0.0;
+            let mut act_chunk = 0.0f64;
+            for c in 0..l.vpp {
+                let chunk = (c * l.pp + s) as usize;
+                let ct = comp.chunk(chunk, w);
+                t += ct.forward.total() + ct.backward.total();
+                act_chunk = act_chunk.max(crate::memory::chunk_activations(
+                    module,
+                    l,
+                    chunk,
+                    w,
+                    act_bytes,
+                    opts.attention,
+                ));
+            }
+            per_stage.push(t);
+            let alive = if colocated && m != lm {
+                match plan.schedule.kind {
+                    hetpar_ir::plan::ScheduleKind::ColocatedThreePhase => mf,
+                    hetpar_ir::plan::ScheduleKind::ColocatedChunked => {
+                        f64::from((k * (1 + (p_lm - 1).div_ceil(k))).min(m_count))
+                    }
+                    _ => 1.0,
+                }
+            } else if colocated {
+                f64::from((p_lm - s).min(m_count))
+            } else if l.vpp > 1 {
+                f64::from(((l.pp - s - 1) * 2 + (l.vpp - 1) * l.pp + 1).min(l.vpp * m_count))
+            } else {
+                let g = pipe.offset[pipe.group_of[m]] + s;
+                f64::from(pipe.depth.saturating_sub(g).clamp(1, m_count))
+            };
+            let bytes = priced.statics[m][s as usize].total() + act_chunk * alive;
+            // Every rank of this stage: add to each (modules sharing ranks add up).
+            for r in stage_ranks(mp, s) {
+                *memory.entry(r).or_default() += bytes;
+            }
+        }
         tail = tail.max(
             priced.grad_sync[m].iter().copied().fold(0.0, f64::max)
                 + priced.optimizer[m].iter().copied().fold(0.0, f64::max),
         );
-        stage_times.push((m, per_stage));
+        stage_times.push(per_stage);
     }
-    let t = if plan.schedule.kind.is_colocated() {
-        // Every module on every GPU: upstream work adds to each LLM stage.
-        let lm = model.language_model().index();
-        let extra: f64 = stage_times
-            .iter()
-            .filter(|(m, _)| *m != lm)
-            .map(|(_, v)| v.iter().sum::<f64>())
-            .sum();
-        let llm = &stage_times
-            .iter()
-            .find(|(m, _)| *m == lm)
-            .map(|x| x.1.clone())
-            .unwrap_or_default();
+    let t = if colocated {
+        // Upstream work adds to the LLM stage whose ranks run it (every stage when colocated
+        // on all ranks, the first when nested on it).
+        let lm_plan = &plan.modules()[lm];
+        let mut llm = stage_times[lm].clone();
+        for (m, v) in stage_times.iter().enumerate().filter(|(m, _)| *m != lm) {
+            let work: f64 = v.iter().sum();
+            let grid = &plan.modules()[m].grid;
+            for (s, slot) in llm.iter_mut().enumerate() {
+                let on_stage = stage_ranks(lm_plan, s as u32)
+                    .into_iter()
+                    .any(|r| grid.coord_of(r).is_some());
+                if on_stage {
+                    *slot += work;
+                }
+            }
+        }
         let slow = llm.iter().copied().fold(0.0, f64::max);
-        m_count * extra + (m_count - 1.0) * slow + llm.iter().sum::<f64>()
+        (mf - 1.0) * slow + llm.iter().sum::<f64>()
     } else {
         let mut all: Vec<f64> = Vec::new();
         let mut vpp = 1.0f64;
-        for (m, v) in &stage_times {
-            if model.module(hetpar_ir::ModuleId::new(*m)).kind == ModuleKind::LanguageModel {
-                vpp = f64::from(plan.modules()[*m].layout.vpp);
+        for (m, v) in stage_times.iter().enumerate() {
+            if model.module(hetpar_ir::ModuleId::new(m)).kind == ModuleKind::LanguageModel {
+                vpp = f64::from(plan.modules()[m].layout.vpp);
             }
             all.extend(v.iter().copied());
         }
         let slow = all.iter().copied().fold(0.0, f64::max);
         let sum: f64 = all.iter().sum();
-        (m_count - 1.0) * slow + slow + (sum - slow) / vpp
+        (mf - 1.0) * slow + slow + (sum - slow) / vpp
     };
-    Cost::seconds(t + tail)
+    let peak =
+        memory.values().copied().fold(0.0, f64::max) + priced.constants.framework_reserve_bytes;
+    Quick {
+        time: Cost::seconds(t + tail),
+        module_time: stage_times.iter().map(|v| v.iter().sum()).collect(),
+        peak_memory_bytes: peak,
+    }
+}
+
+/// The ranks of pipeline stage `s` of a module.
+fn stage_ranks(mp: &ModulePlan, s: u32) -> Vec<Rank> {
+    let g = &mp.grid;
+    let mut out = Vec::new();
+    for dp in 0..g.size(Axis::Dp) {
+        for cp in 0..g.size(Axis::Cp) {
+            for tp in 0..g.size(Axis::Tp) {
+                out.push(g.rank_at(hetpar_ir::placement::Coord { tp, cp, dp, pp: s }));
+            }
+        }
+    }
+    out
 }

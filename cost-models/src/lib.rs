@@ -20,8 +20,11 @@ pub mod tasks;
 
 pub use constants::Constants;
 pub use cost::Cost;
-pub use estimate::{estimate, estimate_analytic, Estimate, Options};
+pub use estimate::{
+    estimate, estimate_analytic, estimate_quick, estimate_with_boundaries, Estimate, Options, Quick,
+};
 pub use memory::AttentionKernel;
+pub use schedule::BoundaryTimes;
 
 /// Errors of the cost model.
 #[derive(Debug, thiserror::Error)]

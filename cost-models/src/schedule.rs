@@ -86,7 +86,13 @@ pub struct Inputs<'a> {
     pub grad_sync: Vec<Vec<f64>>,
     /// Seconds of optimizer step per module stage.
     pub optimizer: Vec<Vec<f64>>,
+    /// Synthesized boundary times, when known: per boundary, (forward, backward) seconds of
+    /// each micro-batch. Otherwise a placeholder prices each replica pair's rows as one send.
+    pub boundary_times: Option<&'a BoundaryTimes>,
 }
+
+/// Per boundary id, the synthesized (forward, backward) time of each micro-batch, s.
+pub type BoundaryTimes = std::collections::BTreeMap<hetpar_ir::BoundaryId, Vec<(f64, f64)>>;
 
 /// Per module: rows and attention pairs of every sample.
 fn sample_work(model: &ModelGraph) -> Vec<Vec<Work>> {
@@ -147,9 +153,11 @@ fn coord_map(mp: &ModulePlan) -> HashMap<Rank, Coord> {
 pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
     let model = inp.model;
     let plan = inp.plan;
-    if plan.placement_kind == PlacementKind::PartialOverlap {
+    if plan.placement_kind == PlacementKind::PartialOverlap
+        && !nested_in_language_model(model, plan)
+    {
         return Err(CostError::Unsupported(
-            "partially overlapping placements have no schedule yet; colocate modules fully or make them disjoint".into(),
+            "partially overlapping placements have no schedule yet, except every module inside the language model's ranks under a colocated schedule; colocate modules fully or make them disjoint".into(),
         ));
     }
     let nmod = model.modules().len();
@@ -196,6 +204,14 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
             .flat_map(|&l| lanes[l as usize].ranks.iter().copied())
             .filter(|r| coords[m].get(r).is_some_and(|c| c.dp == d && c.pp == s))
             .collect()
+    };
+
+    // Rank sets of module stages, built once each.
+    let mut sets: HashMap<(usize, u32, u32), BTreeSet<Rank>> = HashMap::new();
+    let mut set_of = |m: usize, d: u32, s: u32| -> BTreeSet<Rank> {
+        sets.entry((m, d, s))
+            .or_insert_with(|| rank_set(m, d, s))
+            .clone()
     };
 
     // Module tasks.
@@ -327,7 +343,14 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
         for j in 0..m_count {
             for dv in 0..lv.dp {
                 let sv = slice(pv, batch, j, dv);
-                for du in 0..lu.dp {
+                // Source replicas whose slice of micro-batch j overlaps this one: a contiguous
+                // range, found by arithmetic rather than by trying every replica.
+                let base = j * (batch / lu.micro_batches.max(1));
+                let mbs_u = lu.micro_batch_size.max(1);
+                let first = sv.start.saturating_sub(base) / mbs_u;
+                let last = (sv.end.saturating_sub(base).saturating_sub(1) / mbs_u)
+                    .min(lu.dp.saturating_sub(1));
+                for du in first..=last {
                     let s_u = slice(pu, batch, j, du);
                     let lo = s_u.start.max(sv.start);
                     let hi = s_u.end.min(sv.end);
@@ -338,7 +361,7 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                         .map(|s| model.boundary_rows_of_sample(b.id, s as usize) as f64)
                         .sum();
                     let bytes = rows * f64::from(b.width) * act_bytes;
-                    let same = rank_set(u, du, su) == rank_set(v, dv, 0);
+                    let same = set_of(u, du, su) == set_of(v, dv, 0);
                     let lat = if same {
                         0.0
                     } else {
@@ -354,14 +377,18 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
                     let fv = index.at((v as u32, dv, 0, 0, j, true));
                     let bu = index.at((u as u32, du, su, cu, j, false));
                     let bv = index.at((v as u32, dv, 0, 0, j, false));
+                    let (lat_f, lat_b) = match inp.boundary_times.and_then(|t| t.get(&b.id)) {
+                        Some(times) => times.get(j as usize).copied().unwrap_or((lat, lat)),
+                        None => (lat, lat),
+                    };
                     tasks[fv as usize].deps.push(Dep {
                         task: fu,
-                        latency: lat,
+                        latency: lat_f,
                         kind: DepKind::Boundary,
                     });
                     tasks[bu as usize].deps.push(Dep {
                         task: bv,
-                        latency: lat,
+                        latency: lat_b,
                         kind: DepKind::Boundary,
                     });
                 }
@@ -489,42 +516,12 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
             }
         }
     } else {
-        // Groups of modules on identical ranks, and their pipeline offsets.
-        let sets: Vec<BTreeSet<Rank>> = plan
-            .modules()
-            .iter()
-            .map(|mp| mp.grid.ranks().iter().copied().collect())
-            .collect();
-        let mut group_of = vec![usize::MAX; nmod];
-        let mut groups: Vec<Vec<usize>> = Vec::new();
-        for &m in &topo {
-            match groups.iter().position(|g| sets[g[0]] == sets[m]) {
-                Some(g) => {
-                    group_of[m] = g;
-                    groups[g].push(m);
-                }
-                None => {
-                    group_of[m] = groups.len();
-                    groups.push(vec![m]);
-                }
-            }
-        }
-        let mut offset = vec![0u32; groups.len()];
-        for &m in &topo {
-            for bid in model.outgoing(ModuleId::new(m)) {
-                let t = model.boundary(bid).to.index();
-                let (gf, gt) = (group_of[m], group_of[t]);
-                if gf != gt {
-                    offset[gt] = offset[gt].max(offset[gf] + plan.modules()[m].layout.pp);
-                }
-            }
-        }
-        let depth = groups
-            .iter()
-            .enumerate()
-            .map(|(g, ms)| offset[g] + plan.modules()[ms[0]].layout.pp)
-            .max()
-            .unwrap_or(1);
+        let Pipeline {
+            group_of,
+            groups,
+            offset,
+            depth,
+        } = pipeline_groups(model, plan);
         // An interleaved group's first stage forwards several micro-batches into its first chunk
         // before its first backward of micro-batch 0 there; upstream groups must have produced
         // them by then, so their warm-up is at least that lead.
@@ -648,6 +645,81 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
         tasks,
         orders,
     })
+}
+
+/// Whether, under a colocated schedule, every module runs on a subset of the language model's
+/// ranks (the homogeneous arrangement: encoders on the LLM's first pipeline stage).
+pub fn nested_in_language_model(model: &ModelGraph, plan: &Plan) -> bool {
+    let lm: BTreeSet<Rank> = plan
+        .module(model.language_model())
+        .grid
+        .ranks()
+        .iter()
+        .copied()
+        .collect();
+    plan.schedule.kind.is_colocated()
+        && plan
+            .modules()
+            .iter()
+            .all(|mp| mp.grid.ranks().iter().all(|r| lm.contains(r)))
+}
+
+/// Modules on identical ranks grouped, in topological order, with each group's first global
+/// pipeline stage (groups chain as stages, encoders upstream) and the pipeline's depth.
+pub struct Pipeline {
+    pub group_of: Vec<usize>,
+    pub groups: Vec<Vec<usize>>,
+    pub offset: Vec<u32>,
+    pub depth: u32,
+}
+
+pub fn pipeline_groups(model: &ModelGraph, plan: &Plan) -> Pipeline {
+    let topo: Vec<usize> = model
+        .topological_order()
+        .iter()
+        .map(|m| m.index())
+        .collect();
+    let sets: Vec<BTreeSet<Rank>> = plan
+        .modules()
+        .iter()
+        .map(|mp| mp.grid.ranks().iter().copied().collect())
+        .collect();
+    let mut group_of = vec![usize::MAX; sets.len()];
+    let mut groups: Vec<Vec<usize>> = Vec::new();
+    for &m in &topo {
+        match groups.iter().position(|g| sets[g[0]] == sets[m]) {
+            Some(g) => {
+                group_of[m] = g;
+                groups[g].push(m);
+            }
+            None => {
+                group_of[m] = groups.len();
+                groups.push(vec![m]);
+            }
+        }
+    }
+    let mut offset = vec![0u32; groups.len()];
+    for &m in &topo {
+        for bid in model.outgoing(ModuleId::new(m)) {
+            let t = model.boundary(bid).to.index();
+            let (gf, gt) = (group_of[m], group_of[t]);
+            if gf != gt {
+                offset[gt] = offset[gt].max(offset[gf] + plan.modules()[m].layout.pp);
+            }
+        }
+    }
+    let depth = groups
+        .iter()
+        .enumerate()
+        .map(|(g, ms)| offset[g] + plan.modules()[ms[0]].layout.pp)
+        .max()
+        .unwrap_or(1);
+    Pipeline {
+        group_of,
+        groups,
+        offset,
+        depth,
+    }
 }
 
 /// The 1F1B sequence with `w` warm-up forwards: (forward?, micro-batch).

@@ -148,6 +148,17 @@ impl RankGrid {
         Some(c)
     }
 
+    /// The group along `axis` through coordinate `at` (its ranks by increasing coordinate).
+    pub fn group_at(&self, axis: Axis, at: Coord) -> Vec<Rank> {
+        (0..self.sizes.get(axis))
+            .map(|v| {
+                let mut c = at;
+                c.set(axis, v);
+                self.rank_at(c)
+            })
+            .collect()
+    }
+
     /// Every group along `axis` (ranks that differ only in that coordinate), in a deterministic
     /// order; each group lists its ranks by increasing coordinate.
     pub fn groups(&self, axis: Axis) -> Vec<Vec<Rank>> {

@@ -3,7 +3,9 @@
 pub mod describe;
 pub mod estimate;
 pub mod import;
+pub mod plan;
 pub mod reshard;
+pub mod show;
 pub mod validate;
 
 use std::path::Path;

@@ -125,6 +125,8 @@ pub struct ModelGraph {
     language_model: ModuleId,
     data: TrainingData,
     items: BTreeMap<ModuleId, ItemTokens>,
+    /// Per module: mean rows and mean attention (query, key) pairs per sample, computed once.
+    means: Vec<(f64, f64)>,
 }
 
 impl ModelGraph {
@@ -144,7 +146,7 @@ impl ModelGraph {
         for b in &boundaries {
             graph.add_edge(nodes[b.from.index()], nodes[b.to.index()], b.id);
         }
-        ModelGraph {
+        let mut g = ModelGraph {
             file,
             modules,
             boundaries,
@@ -153,7 +155,44 @@ impl ModelGraph {
             language_model,
             data,
             items,
+            means: Vec::new(),
+        };
+        g.means = g.modules.iter().map(|m| g.compute_means(m.id)).collect();
+        g
+    }
+
+    fn compute_means(&self, m: ModuleId) -> (f64, f64) {
+        let b = self.data.global_batch.max(1) as usize;
+        let module = self.module(m);
+        let pairs_of = |n: f64, causal: bool| if causal { n * (n + 1.0) / 2.0 } else { n * n };
+        let causal = module
+            .transformer()
+            .is_some_and(|t| t.attention == super::arch::AttentionKind::Causal);
+        let (mut rows, mut pairs) = (0.0, 0.0);
+        for s in 0..b {
+            let r = self.rows_of_sample(m, s) as f64;
+            rows += r;
+            pairs += match (&module.body, self.items(m)) {
+                (Body::Encoder { .. }, Some(it)) => it
+                    .items_of(s)
+                    .iter()
+                    .map(|&n| pairs_of(f64::from(n), causal))
+                    .sum(),
+                (Body::Projector(_), _) => 0.0,
+                _ => pairs_of(r, causal),
+            };
         }
+        (rows / b as f64, pairs / b as f64)
+    }
+
+    /// Mean rows module `m` processes per sample.
+    pub fn mean_rows_per_sample(&self, m: ModuleId) -> f64 {
+        self.means.get(m.index()).map_or(0.0, |x| x.0)
+    }
+
+    /// Mean attention (query, key) pairs of module `m` per sample (causal: unmasked only).
+    pub fn mean_pairs_per_sample(&self, m: ModuleId) -> f64 {
+        self.means.get(m.index()).map_or(0.0, |x| x.1)
     }
 
     /// The file this graph was built from (for writing it back out).

@@ -306,6 +306,15 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
             Rule::DataPositive,
             "must be at least 1",
         );
+    } else if data.global_batch > MAX_GLOBAL_BATCH {
+        ds.error(
+            "data.global_batch",
+            Rule::DataPositive,
+            format!(
+                "{} samples; at most {MAX_GLOBAL_BATCH} are supported",
+                data.global_batch
+            ),
+        );
     }
     if data.sequence_length == 0 {
         ds.error(

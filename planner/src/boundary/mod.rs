@@ -80,3 +80,26 @@ pub fn synthesize_boundary(cx: &Context<'_>, b: BoundaryId) -> BoundaryReshard {
         baseline,
     }
 }
+
+/// Synthesized per-micro-batch (forward, backward) times of every boundary, for the cost
+/// model's simulation.
+pub fn boundary_times(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+) -> hetpar_cost::BoundaryTimes {
+    synthesize_all(model, cluster, plan, Limits::default(), None)
+        .into_iter()
+        .zip(model.boundaries())
+        .map(|(r, b)| {
+            let times = r
+                .forward
+                .micro_batch_times
+                .iter()
+                .copied()
+                .zip(r.backward.micro_batch_times.iter().copied())
+                .collect();
+            (b.id, times)
+        })
+        .collect()
+}

@@ -85,6 +85,9 @@ pub struct Reshard {
     pub stats: Stats,
     #[serde(skip)]
     pub plans: Vec<MicroBatchPlan>,
+    /// Predicted time of each micro-batch, s.
+    #[serde(skip)]
+    pub micro_batch_times: Vec<f64>,
     #[serde(skip)]
     pub segments: Vec<Vec<Segment>>,
 }
@@ -247,6 +250,7 @@ pub fn synthesize(
         strategies: BTreeMap::new(),
         stats,
         plans: Vec::new(),
+        micro_batch_times: Vec::new(),
         segments: Vec::new(),
     };
     for (j, flows) in per_mb.iter().enumerate() {
@@ -331,6 +335,7 @@ pub fn synthesize(
         }
         let t = micro_batch_time(&ops, row_bytes, &node, &links, &mut r);
         r.time_s += t;
+        r.micro_batch_times.push(t);
         r.max_micro_batch_time_s = r.max_micro_batch_time_s.max(t);
         r.plans.push(MicroBatchPlan {
             micro_batch: j as u32,

@@ -1,0 +1,378 @@
+//! `hetpar plan`: search the best plan, compare it with the best homogeneous plan.
+
+use std::fmt::Write as _;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use hetpar::planner::search::{
+    search, Candidate, Objective, PlacementChoice, SearchOptions, SearchResult,
+};
+use hetpar::report::{bytes, Table};
+use hetpar::{examples, io};
+
+use super::{emit, print_diagnostics};
+use crate::Format;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A hetpar model file; the embedded LLaVA-1.5-7B example when omitted.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// A cluster file; the embedded 8 x H100 node when omitted.
+    #[arg(long)]
+    cluster: Option<PathBuf>,
+    #[arg(long, value_enum, default_value = "throughput")]
+    objective: ObjectiveArg,
+    #[arg(long, value_enum, default_value = "any")]
+    placement: PlacementArg,
+    /// Alternatives to list after the winner.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Write the chosen plan here (atomically): a valid input for every other command.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Say why the winner beats the runner-up and the homogeneous plan.
+    #[arg(long)]
+    explain: bool,
+    /// Search the homogeneous plan only (every module takes the language model's layout).
+    #[arg(long)]
+    homogeneous_only: bool,
+    /// Closed-form evaluations before the search stops.
+    #[arg(long, default_value_t = SearchOptions::default().max_evaluations)]
+    max_evaluations: usize,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ObjectiveArg {
+    Throughput,
+    TflopsPerGpu,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum PlacementArg {
+    Colocated,
+    NonColocated,
+    Any,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let read = |p: &Option<PathBuf>, default: (&str, &str)| -> Result<(String, String), ()> {
+        match p {
+            Some(p) => io::read_text(p)
+                .map(|t| (p.display().to_string(), t))
+                .map_err(|ds| print_diagnostics(&ds)),
+            None => Ok((default.0.to_string(), default.1.to_string())),
+        }
+    };
+    let (Ok((mname, mtext)), Ok((cname, ctext))) = (
+        read(&a.model, examples::MODEL),
+        read(&a.cluster, examples::CLUSTER),
+    ) else {
+        return Ok(ExitCode::from(1));
+    };
+    let model = match hetpar::ir::load_model(&mtext) {
+        Ok((g, w)) => {
+            print_diagnostics(&w.with_file(&mname));
+            g
+        }
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&mname));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let cluster = match hetpar::ir::load_cluster(&ctext) {
+        Ok(c) => c,
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&cname));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let opts = SearchOptions {
+        objective: match a.objective {
+            ObjectiveArg::Throughput => Objective::Throughput,
+            ObjectiveArg::TflopsPerGpu => Objective::TflopsPerGpu,
+        },
+        placement: match a.placement {
+            PlacementArg::Colocated => PlacementChoice::Colocated,
+            PlacementArg::NonColocated => PlacementChoice::NonColocated,
+            PlacementArg::Any => PlacementChoice::Any,
+        },
+        top_k: a.top,
+        heterogeneous: !a.homogeneous_only,
+        max_evaluations: a.max_evaluations,
+        ..SearchOptions::default()
+    };
+    // A spinner on stderr for searches longer than a second, in human mode on a terminal.
+    let show = a.format == Format::Human && std::io::stderr().is_terminal();
+    let result = std::thread::scope(|scope| {
+        let worker = scope.spawn(|| search(&model, &cluster, opts));
+        let mut bar: Option<indicatif::ProgressBar> = None;
+        let mut waited = Duration::ZERO;
+        while !worker.is_finished() {
+            std::thread::sleep(Duration::from_millis(50));
+            waited += Duration::from_millis(50);
+            if show && bar.is_none() && waited >= Duration::from_secs(1) {
+                let b = indicatif::ProgressBar::new_spinner();
+                b.set_message(format!(
+                    "searching plans for {} on {} GPUs",
+                    model.name(),
+                    cluster.world_size()
+                ));
+                b.enable_steady_tick(Duration::from_millis(100));
+                bar = Some(b);
+            }
+        }
+        if let Some(b) = bar {
+            b.finish_and_clear();
+        }
+        worker.join()
+    });
+    let result = match result {
+        Ok(r) => r,
+        Err(p) => std::panic::resume_unwind(p),
+    };
+    let Some(best) = &result.best else {
+        eprintln!(
+            "error: no feasible plan for {} on {} ({} candidates priced, {} over memory, {} rejected by the verifier)",
+            model.name(),
+            cluster.name,
+            result.stats.candidates,
+            result.stats.pruned_memory,
+            result.stats.invalid
+        );
+        return Ok(ExitCode::from(1));
+    };
+    if let Some(out) = &a.output {
+        emit(&hetpar::ir::json::to_canonical_json(&best.plan), Some(out))?;
+    }
+    let text = match a.format {
+        Format::Json => hetpar::ir::json::to_canonical_json(&json_report(&result)),
+        Format::Human => human(&result, a.explain),
+    };
+    emit(&text, None)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct Metrics {
+    feasible: bool,
+    iteration_time_s: f64,
+    tokens_per_s: f64,
+    tflops_per_gpu: f64,
+    mfu: f64,
+    peak_memory_bytes: f64,
+    bubble_fraction: f64,
+}
+
+fn metrics(c: &Candidate) -> Option<Metrics> {
+    c.estimate.as_ref().map(|e| Metrics {
+        feasible: e.feasible,
+        iteration_time_s: e.iteration_time_s,
+        tokens_per_s: e.tokens_per_s,
+        tflops_per_gpu: e.tflops_per_gpu,
+        mfu: e.mfu,
+        peak_memory_bytes: e.peak_memory_bytes,
+        bubble_fraction: e.bubble_fraction,
+    })
+}
+
+fn gain(r: &SearchResult) -> Option<f64> {
+    let b = r.best.as_ref()?.estimate.as_ref()?;
+    let h = r.homogeneous.as_ref()?.estimate.as_ref()?;
+    Some(h.iteration_time_s / b.iteration_time_s - 1.0)
+}
+
+fn json_report(r: &SearchResult) -> serde_json::Value {
+    serde_json::json!({
+        "plan": r.best.as_ref().map(|b| &b.plan),
+        "kind": r.best.as_ref().map(|b| b.kind),
+        "metrics": r.best.as_ref().and_then(metrics),
+        "homogeneous": {
+            "plan": r.homogeneous.as_ref().map(|h| &h.plan),
+            "metrics": r.homogeneous.as_ref().and_then(metrics),
+        },
+        "gain": gain(r),
+        "top": r.top.iter().map(|c| serde_json::json!({"plan": &c.plan, "kind": c.kind, "metrics": metrics(c)})).collect::<Vec<_>>(),
+        "stats": &r.stats,
+    })
+}
+
+/// One line per module: name, layout and ranks.
+pub fn describe_plan(c: &Candidate) -> String {
+    let mut s = String::new();
+    for (name, m) in &c.plan.modules {
+        let l = &m.layout;
+        let r = &m.placement.ranks;
+        let mut knobs = vec![
+            format!("tp{}", l.tp),
+            format!("cp{}", l.cp),
+            format!("pp{}", l.pp),
+            format!("dp{}", l.dp.unwrap_or(0)),
+        ];
+        if l.vpp > 1 {
+            knobs.push(format!("vpp{}", l.vpp));
+        }
+        if l.sequence_parallel {
+            knobs.push("sp".into());
+        }
+        knobs.push(format!("mbs{}", l.micro_batch_size));
+        knobs.push(format!("recompute {:?}", l.recompute.policy).to_lowercase());
+        if let Some(st) = &l.stage_layers {
+            knobs.push(format!("stages {st:?}"));
+        }
+        let _ = writeln!(
+            s,
+            "  {name:<16} {:<55} ranks {}..{}",
+            knobs.join(" "),
+            r.offset.unwrap_or(0),
+            r.offset.unwrap_or(0) + r.count.unwrap_or(0)
+        );
+    }
+    let sch = &c.plan.schedule;
+    let _ = writeln!(
+        s,
+        "  schedule {}{}",
+        serde_json::to_value(sch.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+        sch.encoder_chunk
+            .map(|k| format!(" (encoder chunk {k})"))
+            .unwrap_or_default()
+    );
+    s
+}
+
+fn line(label: &str, c: &Candidate) -> String {
+    match &c.estimate {
+        Some(e) => format!(
+            "{label}: {:.3} s per step, {:.1} TFLOP/s per GPU, MFU {:.1}%, peak memory {}, bubble {:.1}%\n",
+            e.iteration_time_s,
+            e.tflops_per_gpu,
+            100.0 * e.mfu,
+            bytes(e.peak_memory_bytes),
+            100.0 * e.bubble_fraction
+        ),
+        None => format!("{label}: {:.3} s per step (closed form)\n", c.quick_time_s),
+    }
+}
+
+fn human(r: &SearchResult, explain: bool) -> String {
+    let mut s = String::new();
+    if let Some(b) = &r.best {
+        s += &line(&format!("best plan ({:?})", b.kind).to_lowercase(), b);
+        s += &describe_plan(b);
+    }
+    if let Some(h) = &r.homogeneous {
+        s += &line("best homogeneous plan", h);
+        s += &describe_plan(h);
+    }
+    if let Some(g) = gain(r) {
+        let _ = writeln!(
+            s,
+            "gain over the homogeneous plan: {:+.1}% throughput",
+            100.0 * g
+        );
+    }
+    if !r.top.is_empty() {
+        let _ = writeln!(s, "\nalternatives:");
+        let mut t = Table::new(&[
+            "#",
+            "kind",
+            "placement",
+            "schedule",
+            "llm layout",
+            "time (s)",
+            "memory",
+            "MFU",
+        ]);
+        for (i, c) in r.top.iter().enumerate() {
+            let e = c.estimate.as_ref();
+            let llm = c
+                .plan
+                .modules
+                .iter()
+                .find(|(_, m)| m.layout.pp > 1 || m.layout.tp > 1)
+                .or(c.plan.modules.iter().last());
+            let ranks: std::collections::BTreeSet<(Option<u32>, Option<u32>)> = c
+                .plan
+                .modules
+                .values()
+                .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
+                .collect();
+            t.row(vec![
+                (i + 2).to_string(),
+                format!("{:?}", c.kind).to_lowercase(),
+                if ranks.len() == 1 {
+                    "colocated".into()
+                } else {
+                    "split".into()
+                },
+                serde_json::to_value(c.plan.schedule.kind)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default(),
+                llm.map(|(n, m)| {
+                    format!(
+                        "{n}: tp{} cp{} pp{} dp{}",
+                        m.layout.tp,
+                        m.layout.cp,
+                        m.layout.pp,
+                        m.layout.dp.unwrap_or(0)
+                    )
+                })
+                .unwrap_or_default(),
+                e.map_or(format!("~{:.3}", c.quick_time_s), |e| {
+                    format!("{:.3}", e.iteration_time_s)
+                }),
+                e.map_or(String::new(), |e| bytes(e.peak_memory_bytes)),
+                e.map_or(String::new(), |e| format!("{:.1}%", 100.0 * e.mfu)),
+            ]);
+        }
+        s += &t.render();
+    }
+    let st = &r.stats;
+    let _ = writeln!(
+        s,
+        "\nsearch: {} plans priced, {} over memory, {} dominated, {} rejected, {} simulated, {:.2} s ({})",
+        st.candidates, st.pruned_memory, st.pruned_dominated, st.invalid, st.simulated, st.elapsed_s, st.stop_reason
+    );
+    if explain {
+        s += &explanation(r);
+    }
+    s
+}
+
+fn explanation(r: &SearchResult) -> String {
+    let mut s = String::from("\nwhy:\n");
+    let Some(b) = r.best.as_ref().and_then(|b| b.estimate.as_ref()) else {
+        return s;
+    };
+    let mut versus = |label: &str, o: &hetpar::cost::Estimate| {
+        let (x, y) = (&b.time_breakdown, &o.time_breakdown);
+        let _ = writeln!(
+            s,
+            "  against {label}: {:+.3} s per step; on the last rank compute {:+.3} s, recompute {:+.3}, tp {:+.3}, cp {:+.3}, grad sync {:+.3}, idle {:+.3}; bubble {:+.1} points; peak memory {}",
+            b.iteration_time_s - o.iteration_time_s,
+            x.compute - y.compute,
+            x.recompute - y.recompute,
+            x.tp_comm - y.tp_comm,
+            x.cp_comm - y.cp_comm,
+            x.grad_sync - y.grad_sync,
+            x.idle - y.idle,
+            100.0 * (b.bubble_fraction - o.bubble_fraction),
+            if b.peak_memory_bytes <= o.peak_memory_bytes { format!("{} lower", bytes(o.peak_memory_bytes - b.peak_memory_bytes)) } else { format!("{} higher", bytes(b.peak_memory_bytes - o.peak_memory_bytes)) }
+        );
+    };
+    if let Some(o) = r.top.first().and_then(|c| c.estimate.as_ref()) {
+        versus("the runner-up", o);
+    }
+    if let Some(o) = r.homogeneous.as_ref().and_then(|c| c.estimate.as_ref()) {
+        versus("the homogeneous plan", o);
+    }
+    s
+}
