@@ -216,6 +216,9 @@ pub fn describe_plan(c: &Candidate) -> String {
         if l.vpp > 1 {
             knobs.push(format!("vpp{}", l.vpp));
         }
+        if l.ep > 1 {
+            knobs.push(format!("ep{}", l.ep));
+        }
         if l.sequence_parallel {
             knobs.push("sp".into());
         }

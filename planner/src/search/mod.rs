@@ -259,7 +259,11 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         }
         // Placements: (upstream GPUs, LLM offset), 0 upstream GPUs meaning colocated.
         let mut placements: Vec<u32> = Vec::new();
-        if opts.heterogeneous && opts.placement != PlacementChoice::NonColocated {
+        // A model of one module has nothing to place apart: the homogeneous search covers it.
+        if opts.heterogeneous
+            && opts.placement != PlacementChoice::NonColocated
+            && !others.is_empty()
+        {
             placements.push(0);
         }
         if opts.heterogeneous
@@ -272,9 +276,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         for n_up in placements {
             search_placement(&mut cx, n_up, world, m_count, &others, &mut found);
         }
-        if !others.is_empty() || !opts.heterogeneous {
-            search_homogeneous(&mut cx, world, m_count, &others, &mut homogeneous);
-        }
+        search_homogeneous(&mut cx, world, m_count, &others, &mut homogeneous);
     }
     // LLM-only models: the homogeneous search is the search.
     if others.is_empty() {

@@ -85,24 +85,35 @@ pub fn layouts(
                 } else {
                     vec![1]
                 };
+                // Expert parallelism for a mixture of experts: powers of two dividing the
+                // experts and dp x cp.
+                let experts = module
+                    .transformer()
+                    .and_then(|t| t.moe.as_ref())
+                    .map_or(1, |m| m.experts);
+                let eps: Vec<u32> = powers_of_two(experts)
+                    .filter(|&ep| divides(ep, experts) && divides(ep, dp * cp))
+                    .collect();
                 for &vpp in &vpps {
-                    for &policy in &recomputes {
-                        out.push(LayoutSpec {
-                            tp,
-                            cp,
-                            pp,
-                            dp: Some(dp),
-                            ep: 1,
-                            vpp,
-                            sequence_parallel: tp > 1,
-                            recompute: RecomputeSpec {
-                                policy,
-                                layers: None,
-                            },
-                            distributed_optimizer: dp * cp > 1,
-                            micro_batch_size: mbs,
-                            stage_layers: None,
-                        });
+                    for &ep in &eps {
+                        for &policy in &recomputes {
+                            out.push(LayoutSpec {
+                                tp,
+                                cp,
+                                pp,
+                                dp: Some(dp),
+                                ep,
+                                vpp,
+                                sequence_parallel: tp > 1,
+                                recompute: RecomputeSpec {
+                                    policy,
+                                    layers: None,
+                                },
+                                distributed_optimizer: dp * cp > 1,
+                                micro_batch_size: mbs,
+                                stage_layers: None,
+                            });
+                        }
                     }
                 }
             }
