@@ -1,39 +1,12 @@
 //! End-to-end tests of the `hetpar` binary: exit codes, where output goes, golden outputs
 //! (`UPDATE_EXPECT=1 cargo test` rewrites them), and error messages that name file, path, rule.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use expect_test::expect_file;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn hetpar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hetpar"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("HETPAR_LOG")
-        .output()
-        .expect("hetpar runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A scratch directory under the target dir, emptied first.
-fn scratch(name: &str) -> PathBuf {
-    let d = root().join("target").join("test-scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{hetpar, root, scratch, stderr, stdout};
 
 #[test]
 fn describe_without_arguments_prints_the_embedded_llava_example() {

@@ -2,8 +2,7 @@
 //! plan's simulated schedule, checked against the cost model's own task graph and timeline
 //! (computed here through the library), for determinism, and against a golden text output.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::path::Path;
 
 use expect_test::expect_file;
 
@@ -13,34 +12,8 @@ use hetpar::cost::tasks::TaskGraph;
 use hetpar::cost::Options;
 use hetpar::report::rank_list;
 
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn hetpar(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_hetpar"))
-        .args(args)
-        .current_dir(root())
-        .env_remove("HETPAR_LOG")
-        .output()
-        .expect("hetpar runs")
-}
-
-fn stdout(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-/// A scratch directory under the target dir, emptied first.
-fn scratch(name: &str) -> PathBuf {
-    let d = root().join("target").join("test-scratch").join(name);
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d).unwrap();
-    d
-}
+mod common;
+use common::{hetpar, root, scratch, stderr, stdout};
 
 #[derive(Clone, Copy, Debug)]
 struct Example {

@@ -7,13 +7,11 @@ use std::collections::BTreeMap;
 
 use hetpar_cost::{estimate_with_boundaries, Options};
 use hetpar_ir::json::FORMAT_VERSION;
-use hetpar_ir::layout::LayoutSpec;
-use hetpar_ir::placement::{PlacementSpec, RanksSpec};
 use hetpar_ir::plan::{ModulePlanSpec, PlanFile, ScheduleKind, ScheduleSpec};
 use hetpar_ir::{load_cluster, load_model, Cluster, ModelGraph, Plan};
 use hetpar_planner::boundary::boundary_times;
 use hetpar_planner::search::space::{layouts, micro_batch_counts, Bounds};
-use hetpar_planner::search::{search, upstream_splits, CandidateKind, SearchOptions};
+use hetpar_planner::search::{entry, search, upstream_splits, CandidateKind, SearchOptions};
 use serde_json::json;
 
 fn cluster(nodes: u32, gpus: u32) -> Cluster {
@@ -131,20 +129,6 @@ fn long_context_with_a_large_encoder_keeps_the_encoder_at_cp_1() {
         "CP on a 1024-token image is pure overhead"
     );
     assert_eq!(best.kind, CandidateKind::Heterogeneous, "{:?}", best.plan);
-}
-
-fn entry(layout: LayoutSpec, offset: u32, count: u32) -> ModulePlanSpec {
-    ModulePlanSpec {
-        layout,
-        placement: PlacementSpec {
-            ranks: RanksSpec {
-                offset: Some(offset),
-                count: Some(count),
-                list: None,
-            },
-            axis_order: None,
-        },
-    }
 }
 
 #[test]

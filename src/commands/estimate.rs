@@ -3,10 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hetpar::cost::{estimate, AttentionKernel, Options};
+use hetpar::cost::estimate;
 use hetpar::report::EstimateReport;
 
-use super::{emit, load_inputs};
+use super::{emit, load_inputs, Attention};
 use crate::Format;
 
 #[derive(clap::Args)]
@@ -27,23 +27,11 @@ pub struct Args {
     output: Option<PathBuf>,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Attention {
-    Flash,
-    Materialized,
-}
-
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
         return Ok(ExitCode::from(1));
     };
-    let opts = Options {
-        attention: match a.attention {
-            Attention::Flash => AttentionKernel::Flash,
-            Attention::Materialized => AttentionKernel::Materialized,
-        },
-        constants: None,
-    };
+    let opts = a.attention.options();
     let est = estimate(&model, &cluster, &plan, &opts)?;
     let report = EstimateReport::new(&model, &est);
     let text = match a.format {

@@ -81,3 +81,25 @@ pub fn load_inputs(
         }
     }
 }
+
+/// The attention kernel of the training software (`--attention`), shared by the commands that
+/// estimate.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Attention {
+    /// Fused attention: no score matrix kept.
+    Flash,
+    /// Scores materialized (Megatron-LM of 2022).
+    Materialized,
+}
+
+impl Attention {
+    pub fn options(self) -> hetpar::cost::Options {
+        hetpar::cost::Options {
+            attention: match self {
+                Attention::Flash => hetpar::cost::AttentionKernel::Flash,
+                Attention::Materialized => hetpar::cost::AttentionKernel::Materialized,
+            },
+            constants: None,
+        }
+    }
+}

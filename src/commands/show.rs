@@ -7,10 +7,9 @@ use std::process::ExitCode;
 use anyhow::Context;
 
 use hetpar::cost::estimate::estimate_with_tasks;
-use hetpar::cost::{AttentionKernel, Options};
 use hetpar::show::Schedule;
 
-use super::load_inputs;
+use super::{load_inputs, Attention};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -37,12 +36,6 @@ pub struct Args {
     attention: Attention,
 }
 
-#[derive(Clone, Copy, clap::ValueEnum)]
-enum Attention {
-    Flash,
-    Materialized,
-}
-
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     hetpar::io::write_atomic(path, text.as_bytes())
         .with_context(|| format!("cannot write {}", path.display()))?;
@@ -54,13 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
         return Ok(ExitCode::from(1));
     };
-    let opts = Options {
-        attention: match a.attention {
-            Attention::Flash => AttentionKernel::Flash,
-            Attention::Materialized => AttentionKernel::Materialized,
-        },
-        constants: None,
-    };
+    let opts = a.attention.options();
     let (est, (graph, timeline)) = estimate_with_tasks(&model, &cluster, &plan, &opts)?;
     let schedule = Schedule::new(&model, &plan, &est, &graph, &timeline);
     let lanes = a.lanes as usize;

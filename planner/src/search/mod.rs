@@ -202,7 +202,8 @@ impl Ctx<'_> {
     }
 }
 
-fn entry(layout: LayoutSpec, offset: u32, count: u32) -> ModulePlanSpec {
+/// A module plan on the contiguous ranks `[offset, offset + count)`.
+pub fn entry(layout: LayoutSpec, offset: u32, count: u32) -> ModulePlanSpec {
     ModulePlanSpec {
         layout,
         placement: PlacementSpec {
