@@ -74,6 +74,13 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
         after_help = "Without --model and --cluster, plans the embedded LLaVA-1.5-7B on one 8 x H100 node.\n\nExample:\n  \
 hetpar plan --model examples/models/vision-audio-7b.json --cluster examples/clusters/h100-64.json --explain -o plan.json"
     )]
+    /// Lower a plan to a program: the ordered instructions of every rank (passes, pipeline
+    /// transfers, fused boundary calls, gradient sync, optimizer step), as versioned JSON.
+    #[command(
+        after_help = "Example:\n  hetpar lower examples/plans/tiny-uneven-colocated-8.json \
+--model examples/models/tiny-uneven.json --cluster examples/clusters/h100-8.json -o program.json"
+    )]
+    Lower(commands::lower::Args),
     Plan(commands::plan::Args),
     /// Show a plan's simulated schedule: a text timeline per lane of identical ranks, and on
     /// request an SVG timeline and a Chrome trace (Perfetto, chrome://tracing).
@@ -98,6 +105,7 @@ fn main() -> ExitCode {
         Command::Reshard(a) => commands::reshard::run(a),
         Command::Show(a) => commands::show::run(a),
         Command::Plan(a) => commands::plan::run(a),
+        Command::Lower(a) => commands::lower::run(a),
     };
     match result {
         Ok(code) => code,

@@ -478,3 +478,28 @@ fn plan_explain_compares_the_winner_with_the_homogeneous_plan() {
         assert!(out.contains(want), "missing {want:?} in:\n{out}");
     }
 }
+
+#[test]
+fn lower_writes_a_program_with_every_used_rank() {
+    let dir = scratch("lower");
+    let out = dir.join("program.json");
+    let o = hetpar(&[
+        "lower",
+        "examples/plans/vit6b-70b-32k-noncolocated-1024.json",
+        "--model",
+        "examples/models/vit6b-70b-32k.json",
+        "--cluster",
+        "examples/clusters/h100-1024.json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(v["kind"], "program");
+    assert_eq!(
+        v["ranks"].as_array().unwrap().len(),
+        48 + 768,
+        "the plan uses 816 GPUs"
+    );
+}

@@ -22,6 +22,7 @@ pub mod layout;
 pub mod model;
 pub mod placement;
 pub mod plan;
+pub mod program;
 pub mod rule;
 
 pub use cluster::{Cluster, ClusterFile};

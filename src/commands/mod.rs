@@ -3,6 +3,7 @@
 pub mod describe;
 pub mod estimate;
 pub mod import;
+pub mod lower;
 pub mod plan;
 pub mod reshard;
 pub mod show;
@@ -27,7 +28,7 @@ pub fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
         Some(p) => hetpar::io::write_atomic(p, text.as_bytes())
             .with_context(|| format!("cannot write {}", p.display())),
         None => {
-            print!("{text}");
+            print_stdout(text);
             Ok(())
         }
     }
@@ -102,4 +103,12 @@ impl Attention {
             constants: None,
         }
     }
+}
+
+/// Writes to stdout; a closed pipe (`hetpar ... | head`) ends the output quietly instead of
+/// panicking the way `print!` does.
+pub fn print_stdout(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }

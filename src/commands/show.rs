@@ -57,9 +57,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(p) = &a.trace {
         write(p, &hetpar::show::trace::render(&schedule))?;
     }
-    print!(
-        "{}",
-        hetpar::show::text::render(&schedule, usize::from(a.width), lanes)
-    );
+    super::print_stdout(&hetpar::show::text::render(
+        &schedule,
+        usize::from(a.width),
+        lanes,
+    ));
     Ok(ExitCode::SUCCESS)
 }

@@ -113,20 +113,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     match a.format {
         Format::Json => emit(&hetpar::ir::json::to_canonical_json(&report), None)?,
         Format::Human => {
+            let mut out = String::new();
             for r in &report.files {
                 for d in &r.diagnostics {
                     eprintln!("{d}");
                 }
                 if r.valid {
-                    println!("ok: {} ({})", r.file, r.kind);
+                    out += &format!("ok: {} ({})\n", r.file, r.kind);
                 }
             }
-            println!(
-                "{} file(s): {} error(s), {} warning(s)",
+            out += &format!(
+                "{} file(s): {} error(s), {} warning(s)\n",
                 report.files.len(),
                 report.errors,
                 report.warnings
             );
+            super::print_stdout(&out);
         }
     }
     Ok(if report.valid {

@@ -1,0 +1,31 @@
+//! `hetpar lower`: a plan to a program (an ordered instruction list per rank).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use super::{emit, load_inputs};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The plan file.
+    plan: PathBuf,
+    #[arg(long)]
+    model: PathBuf,
+    #[arg(long)]
+    cluster: PathBuf,
+    /// Write the program here (atomically) instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+        return Ok(ExitCode::from(1));
+    };
+    let program = hetpar::planner::lower::lower(&model, &cluster, &plan)?;
+    emit(
+        &hetpar::ir::json::to_canonical_json(&program),
+        a.output.as_deref(),
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
