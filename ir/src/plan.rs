@@ -262,11 +262,21 @@ fn check_schedule(
     } else {
         PlacementKind::Single
     };
+    // Every module inside the language model's ranks under a colocated schedule (encoders on
+    // its first pipeline stage, the homogeneous arrangement) is supported.
+    let lm_ranks: Option<BTreeSet<Rank>> = built
+        .iter()
+        .flatten()
+        .find(|m| m.module == model.language_model())
+        .map(|m| m.grid.ranks().iter().copied().collect());
+    let nested = s.kind.is_colocated()
+        && lm_ranks.is_some_and(|lm| built.iter().flatten().all(|m| m.grid.ranks().iter().all(|r| lm.contains(r))));
     match pk {
+        PlacementKind::PartialOverlap if nested => {}
         PlacementKind::PartialOverlap => ds.warning(
             "modules",
             Rule::PlacementOverlap,
-            "some modules share some ranks but not all: representable, but no schedule supports partial overlap yet; colocate them fully or make them disjoint",
+            "some modules share some ranks but not all: representable, but schedules support it only with every module inside the language model's ranks under a colocated schedule; colocate them fully or make them disjoint",
         ),
         PlacementKind::Disjoint if s.kind.is_colocated() => ds.error(
             "schedule.kind",

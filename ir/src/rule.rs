@@ -69,7 +69,7 @@ rules! {
     PlacementRange = "placement.range": "Every rank lies inside the cluster (0 <= rank < nodes x gpus_per_node).",
     PlacementDuplicate = "placement.duplicate": "A module's rank list names no rank twice.",
     PlacementAxisOrder = "placement.axis_order": "`axis_order` is a permutation of tp, cp, dp, pp.",
-    PlacementOverlap = "placement.overlap": "Placements are colocated (identical rank sets) or disjoint; partial overlap is representable but not yet supported by schedules (warning).",
+    PlacementOverlap = "placement.overlap": "Placements are colocated (identical rank sets) or disjoint, or every module sits inside the language model's ranks under a colocated schedule; other partial overlaps are representable but no schedule runs them (warning).",
     ScheduleKind = "schedule.kind": "The schedule kind fits the placement: colocated kinds need identical rank sets, pipeline kinds need disjoint ones.",
     ScheduleInterleaved = "schedule.interleaved": "vpp > 1 on some module if and only if the schedule is interleaved, and such a module's micro-batches per step are a multiple of its pp.",
     ScheduleChunk = "schedule.chunk": "`encoder_chunk` is given exactly for the chunked colocated schedule, and is at least 1.",
