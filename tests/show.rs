@@ -6,7 +6,7 @@ use std::path::Path;
 
 use expect_test::expect_file;
 
-use hetpar::cost::estimate::{estimate_with_tasks, Estimate};
+use hetpar::cost::estimate::{simulate_plan, Estimate};
 use hetpar::cost::simulate::Timeline;
 use hetpar::cost::tasks::TaskGraph;
 use hetpar::cost::Options;
@@ -84,8 +84,12 @@ fn simulate(ex: Example) -> (Estimate, TaskGraph, Timeline) {
     let (model, _) = hetpar::ir::load_model(&read(ex.model)).expect("model loads");
     let cluster = hetpar::ir::load_cluster(&read(ex.cluster)).expect("cluster loads");
     let (plan, _) = hetpar::ir::load_plan(&read(ex.plan), &model, &cluster).expect("plan loads");
-    let (est, (graph, timeline)) =
-        estimate_with_tasks(&model, &cluster, &plan, &Options::default()).expect("estimates");
+    let (est, (graph, timeline)) = {
+        // As `hetpar show` does: boundaries priced by their synthesis.
+        let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
+        simulate_plan(&model, &cluster, &plan, &Options::default(), Some(&times))
+            .expect("estimates")
+    };
     (est, graph, timeline)
 }
 

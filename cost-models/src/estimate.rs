@@ -253,7 +253,9 @@ pub fn estimate_with_tasks(
     simulate_plan(model, cluster, plan, opts, None)
 }
 
-fn simulate_plan(
+/// The full estimate with its task graph and timeline, boundaries priced by `boundary_times`
+/// when given (the planner's synthesis), else by the placeholder.
+pub fn simulate_plan(
     model: &ModelGraph,
     cluster: &Cluster,
     plan: &Plan,

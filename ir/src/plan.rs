@@ -270,7 +270,12 @@ fn check_schedule(
         .find(|m| m.module == model.language_model())
         .map(|m| m.grid.ranks().iter().copied().collect());
     let nested = s.kind.is_colocated()
-        && lm_ranks.is_some_and(|lm| built.iter().flatten().all(|m| m.grid.ranks().iter().all(|r| lm.contains(r))));
+        && lm_ranks.is_some_and(|lm| {
+            built
+                .iter()
+                .flatten()
+                .all(|m| m.grid.ranks().iter().all(|r| lm.contains(r)))
+        });
     match pk {
         PlacementKind::PartialOverlap if nested => {}
         PlacementKind::PartialOverlap => ds.warning(

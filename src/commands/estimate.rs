@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hetpar::cost::estimate;
 use hetpar::report::EstimateReport;
 
 use super::{emit, load_inputs, Attention};
@@ -32,7 +31,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let opts = a.attention.options();
-    let est = estimate(&model, &cluster, &plan, &opts)?;
+    // Boundaries priced by their synthesis, as `hetpar plan` does.
+    let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
+    let est = hetpar::cost::estimate_with_boundaries(&model, &cluster, &plan, &opts, &times)?;
     let report = EstimateReport::new(&model, &est);
     let text = match a.format {
         Format::Human => report.to_human(),

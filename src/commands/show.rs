@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 
-use hetpar::cost::estimate::estimate_with_tasks;
+use hetpar::cost::estimate::simulate_plan;
 use hetpar::show::Schedule;
 
 use super::{load_inputs, Attention};
@@ -48,7 +48,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let opts = a.attention.options();
-    let (est, (graph, timeline)) = estimate_with_tasks(&model, &cluster, &plan, &opts)?;
+    let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
+    let (est, (graph, timeline)) = simulate_plan(&model, &cluster, &plan, &opts, Some(&times))?;
     let schedule = Schedule::new(&model, &plan, &est, &graph, &timeline);
     let lanes = a.lanes as usize;
     if let Some(p) = &a.svg {
