@@ -1,4 +1,12 @@
 //! hetpar-runtime: executes a per-rank program, on CPU threads or on CUDA + NCCL.
 //!
-//! Empty until the runtime issue lands; the crate exists so that the workspace and its
-//! dependency rules (see `ARCHITECTURE.md`) are in place from the start.
+//! Today it holds the numerical ground truth: [`reference`], a single-device CPU
+//! implementation of the reference model (`docs/reference-model.md`), forward, backward and
+//! Adam, in plain `std` f32 code on a minimal row-major [`tensor::Tensor`]. Every parallel
+//! plan's results are to be compared against it.
+
+pub mod error;
+pub mod reference;
+pub mod tensor;
+
+pub use error::RuntimeError;

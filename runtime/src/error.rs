@@ -1,0 +1,48 @@
+//! The runtime's errors: invalid inputs (a configuration, parameters or a batch that do not fit
+//! the reference model), each naming what is wrong.
+
+/// What went wrong running the reference model. Every variant is a user error: the inputs do
+/// not fit the model; internal bugs panic.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RuntimeError {
+    /// A size of the model configuration is zero or does not divide as it must.
+    #[error("invalid model configuration: {0}")]
+    InvalidConfig(String),
+    /// A tensor was built from a number of values that does not fit its shape.
+    #[error("a tensor of shape {shape:?} holds {expected} values, but {got} were given")]
+    TensorSize {
+        shape: Vec<usize>,
+        expected: usize,
+        got: usize,
+    },
+    /// A documented parameter tensor is missing.
+    #[error("parameter `{0}` is missing")]
+    MissingParam(String),
+    /// A parameter tensor has the wrong shape for the configuration.
+    #[error("parameter `{name}` has shape {got:?}, but the configuration needs {expected:?}")]
+    ParamShape {
+        name: String,
+        expected: Vec<usize>,
+        got: Vec<usize>,
+    },
+    /// A tensor that is not one of the model's documented parameters.
+    #[error("`{0}` is not a parameter of the reference model")]
+    UnexpectedParam(String),
+    /// The batch is malformed (shapes, counts, ids out of range); the message says where.
+    #[error("invalid batch: {0}")]
+    InvalidBatch(String),
+    /// Sample `sample` holds `placeholders` image placeholder tokens, but its images have
+    /// `patches` patches in total; the two must be equal.
+    #[error(
+        "sample {sample}: {placeholders} image placeholder tokens, but its images have {patches} \
+         patches in total (they must be equal)"
+    )]
+    PlaceholderMismatch {
+        sample: usize,
+        placeholders: usize,
+        patches: usize,
+    },
+    /// Every target of the batch is `-100`: the loss, normalised by their count, is undefined.
+    #[error("the batch has no targets (every target is -100), so its loss is undefined")]
+    NoTargets,
+}

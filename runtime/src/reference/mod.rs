@@ -1,0 +1,27 @@
+//! The reference model (`docs/reference-model.md`) on one device, on the CPU: the numerical
+//! ground truth every parallel plan is compared against.
+//!
+//! Plain `std` f32 code, deterministic: fixed loop orders, no threads, reductions accumulated
+//! in f64 and rounded once (see [`crate::tensor`]). One concept per file:
+//! [`params`] (configuration, tensor names, initialisation), [`rng`] (splitmix64),
+//! [`batch`] (inputs and their validation), [`layers`] (LayerNorm, GELU, linear, softmax),
+//! [`attention`], [`block`] (a pre-norm transformer block), [`encoder`] (vision encoder and
+//! projector), [`llm`] (language model and loss), [`model`] (loss and gradients of a batch,
+//! a training step) and [`adam`].
+
+pub mod adam;
+pub mod attention;
+pub mod batch;
+pub mod block;
+pub mod encoder;
+pub mod layers;
+pub mod llm;
+pub mod model;
+pub mod params;
+pub mod rng;
+
+pub use adam::Adam;
+pub use batch::Batch;
+pub use model::{loss, loss_and_grads, train_step};
+pub use params::{param_specs, Config, Grads, Init, ParamSpec, Params};
+pub use rng::SplitMix64;
