@@ -5,17 +5,13 @@ use std::process::ExitCode;
 
 use hetpar::report::EstimateReport;
 
-use super::{emit, load_inputs, Attention};
+use super::{emit, Attention};
 use crate::Format;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    cluster: PathBuf,
-    #[arg(long)]
-    plan: PathBuf,
+    #[command(flatten)]
+    inputs: super::PlanFlags,
     #[arg(long, value_enum, default_value_t)]
     format: Format,
     /// Attention kernel of the training software: flash keeps no score matrix.
@@ -27,7 +23,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+    let Some((model, cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
     let opts = a.attention.options();

@@ -3,23 +3,19 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use super::{emit, load_inputs};
+use super::emit;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The plan file.
-    plan: PathBuf,
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    cluster: PathBuf,
+    #[command(flatten)]
+    inputs: super::PlanFirst,
     /// Write the program here (atomically) instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+    let Some((model, cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
     let program = hetpar::planner::lower::lower(&model, &cluster, &plan)?;

@@ -112,3 +112,49 @@ pub fn print_stdout(text: &str) {
     let mut out = std::io::stdout().lock();
     let _ = out.write_all(text.as_bytes()).and_then(|()| out.flush());
 }
+
+/// `--model M --cluster C --plan P`: the inputs of the commands that take a plan by flag.
+#[derive(clap::Args)]
+pub struct PlanFlags {
+    /// The model file.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// The cluster file.
+    #[arg(long)]
+    pub cluster: std::path::PathBuf,
+    /// The plan file.
+    #[arg(long)]
+    pub plan: std::path::PathBuf,
+}
+
+/// `<plan> --model M --cluster C`: the inputs of the commands that take the plan first.
+#[derive(clap::Args)]
+pub struct PlanFirst {
+    /// The plan file.
+    pub plan: std::path::PathBuf,
+    /// The model file.
+    #[arg(long)]
+    pub model: std::path::PathBuf,
+    /// The cluster file.
+    #[arg(long)]
+    pub cluster: std::path::PathBuf,
+}
+
+/// The loaded model, cluster and plan.
+pub type Inputs = (
+    hetpar::ir::ModelGraph,
+    hetpar::ir::Cluster,
+    hetpar::ir::Plan,
+);
+
+impl PlanFlags {
+    pub fn load(&self) -> Option<Inputs> {
+        load_inputs(&self.model, &self.cluster, &self.plan)
+    }
+}
+
+impl PlanFirst {
+    pub fn load(&self) -> Option<Inputs> {
+        load_inputs(&self.model, &self.cluster, &self.plan)
+    }
+}

@@ -7,17 +7,13 @@ use std::process::ExitCode;
 use hetpar::planner::boundary::{synthesize_all, BoundaryReshard, Limits, Reshard};
 use hetpar::report::{bytes, Table};
 
-use super::{emit, load_inputs};
+use super::emit;
 use crate::Format;
 
 #[derive(clap::Args)]
 pub struct Args {
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    cluster: PathBuf,
-    #[arg(long)]
-    plan: PathBuf,
+    #[command(flatten)]
+    inputs: super::PlanFlags,
     /// Only this boundary (its name, e.g. "projector->llm").
     #[arg(long)]
     boundary: Option<String>,
@@ -47,7 +43,7 @@ struct Report<'a> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+    let Some((model, cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
     if let Some(name) = &a.boundary {
@@ -55,7 +51,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             let names: Vec<&str> = model.boundaries().iter().map(|b| b.name.as_str()).collect();
             eprintln!(
                 "error: {}: no boundary named \"{name}\"; the model has: {}",
-                a.model.display(),
+                a.inputs.model.display(),
                 names.join(", ")
             );
             return Ok(ExitCode::from(1));

@@ -9,16 +9,12 @@ use anyhow::Context;
 use hetpar::cost::estimate::simulate_plan;
 use hetpar::show::Schedule;
 
-use super::{load_inputs, Attention};
+use super::Attention;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// The plan file.
-    plan: PathBuf,
-    #[arg(long)]
-    model: PathBuf,
-    #[arg(long)]
-    cluster: PathBuf,
+    #[command(flatten)]
+    inputs: super::PlanFirst,
     /// Write the schedule as an SVG timeline here (atomically).
     #[arg(long, value_name = "FILE")]
     svg: Option<PathBuf>,
@@ -44,7 +40,7 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = load_inputs(&a.model, &a.cluster, &a.plan) else {
+    let Some((model, cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
     let opts = a.attention.options();
