@@ -45,4 +45,16 @@ pub enum RuntimeError {
     /// Every target of the batch is `-100`: the loss, normalised by their count, is undefined.
     #[error("the batch has no targets (every target is -100), so its loss is undefined")]
     NoTargets,
+    /// A rank waited for a message from a peer that never came (a failed or missing peer
+    /// becomes this error on every waiting rank, never a hang).
+    #[error("rank {rank} waited {waited_ms} ms for {what} from rank {peer} and gave up")]
+    Timeout {
+        rank: u32,
+        peer: u32,
+        what: String,
+        waited_ms: u64,
+    },
+    /// A peer's end of the transport is gone (its thread ended).
+    #[error("rank {rank}: rank {peer} has left the transport")]
+    PeerGone { rank: u32, peer: u32 },
 }

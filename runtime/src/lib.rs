@@ -8,5 +8,6 @@
 pub mod error;
 pub mod reference;
 pub mod tensor;
+pub mod transport;
 
 pub use error::RuntimeError;

@@ -1,0 +1,216 @@
+//! The in-process transport of the CPU backend: ranks are threads, every message really copies
+//! its bytes from one rank's memory to another's, and every wait has a timeout, so a failed or
+//! missing peer becomes an error on the waiting rank instead of a hang.
+//!
+//! Point-to-point messages are tagged; a receive takes the message with its tag from its peer
+//! and keeps others for later, so ranks may post in different orders. Collectives are built on
+//! point-to-point in a fixed order (ring all-reduce, ring all-gather, linear broadcast), which
+//! makes them bitwise deterministic.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::time::{Duration, Instant};
+
+use crate::RuntimeError;
+
+/// A message tag: what the payload is (chosen by the caller, equal on both sides).
+pub type Tag = u64;
+
+struct Message {
+    tag: Tag,
+    payload: Vec<f32>,
+}
+
+/// One rank's end of the transport.
+pub struct Endpoint {
+    rank: u32,
+    senders: Vec<Sender<Message>>,
+    receivers: Vec<Receiver<Message>>,
+    /// Messages that arrived before they were asked for, per peer and tag.
+    pending: Vec<BTreeMap<Tag, VecDeque<Vec<f32>>>>,
+    timeout: Duration,
+}
+
+/// Builds the endpoints of `n` ranks, each waiting at most `timeout` for a message.
+pub fn fabric(n: usize, timeout: Duration) -> Vec<Endpoint> {
+    // channels[src][dst]
+    let mut txs: Vec<Vec<Option<Sender<Message>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    let mut rxs: Vec<Vec<Option<Receiver<Message>>>> =
+        (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
+    for src in 0..n {
+        for dst in 0..n {
+            let (tx, rx) = channel();
+            txs[src][dst] = Some(tx);
+            rxs[dst][src] = Some(rx);
+        }
+    }
+    txs.into_iter()
+        .zip(rxs)
+        .enumerate()
+        .map(|(rank, (tx, rx))| Endpoint {
+            rank: rank as u32,
+            senders: tx.into_iter().flatten().collect(),
+            receivers: rx.into_iter().flatten().collect(),
+            pending: (0..n).map(|_| BTreeMap::new()).collect(),
+            timeout,
+        })
+        .collect()
+}
+
+impl Endpoint {
+    pub fn rank(&self) -> u32 {
+        self.rank
+    }
+
+    pub fn size(&self) -> usize {
+        self.senders.len()
+    }
+
+    /// Sends a copy of `data` to `to`.
+    pub fn send(&self, to: u32, tag: Tag, data: &[f32]) -> Result<(), RuntimeError> {
+        let tx = self
+            .senders
+            .get(to as usize)
+            .ok_or(RuntimeError::PeerGone {
+                rank: self.rank,
+                peer: to,
+            })?;
+        tx.send(Message {
+            tag,
+            payload: data.to_vec(),
+        })
+        .map_err(|_| RuntimeError::PeerGone {
+            rank: self.rank,
+            peer: to,
+        })
+    }
+
+    /// Receives the message tagged `tag` from `from`, waiting at most the timeout.
+    pub fn recv(&mut self, from: u32, tag: Tag) -> Result<Vec<f32>, RuntimeError> {
+        let f = from as usize;
+        let gone = RuntimeError::PeerGone {
+            rank: self.rank,
+            peer: from,
+        };
+        if let Some(p) = self
+            .pending
+            .get_mut(f)
+            .and_then(|m| m.get_mut(&tag))
+            .and_then(VecDeque::pop_front)
+        {
+            return Ok(p);
+        }
+        let start = Instant::now();
+        loop {
+            let left = self.timeout.saturating_sub(start.elapsed());
+            let rx = self.receivers.get(f).ok_or(gone.clone())?;
+            match rx.recv_timeout(left) {
+                Ok(m) if m.tag == tag => return Ok(m.payload),
+                Ok(m) => self.pending[f]
+                    .entry(m.tag)
+                    .or_default()
+                    .push_back(m.payload),
+                Err(RecvTimeoutError::Timeout) => {
+                    return Err(RuntimeError::Timeout {
+                        rank: self.rank,
+                        peer: from,
+                        what: format!("message {tag}"),
+                        waited_ms: self.timeout.as_millis() as u64,
+                    })
+                }
+                Err(RecvTimeoutError::Disconnected) => return Err(gone),
+            }
+        }
+    }
+
+    /// Sums `buf` over `group` (ranks in a fixed order; this rank among them) with a ring:
+    /// reduce-scatter then all-gather, 2 (n - 1) / n of the buffer sent per rank. Every rank
+    /// ends with the same bits.
+    pub fn all_reduce_sum(
+        &mut self,
+        group: &[u32],
+        tag: Tag,
+        buf: &mut [f32],
+    ) -> Result<(), RuntimeError> {
+        let n = group.len();
+        let Some(me) = group.iter().position(|&r| r == self.rank) else {
+            return Ok(());
+        };
+        if n <= 1 {
+            return Ok(());
+        }
+        let len = buf.len();
+        let chunk = |c: usize| (c * len / n)..((c + 1) * len / n);
+        let next = group[(me + 1) % n];
+        let prev = group[(me + n - 1) % n];
+        // Reduce-scatter: after n - 1 steps rank i holds the full sum of chunk (i + 1) % n.
+        for step in 0..n - 1 {
+            let send_c = (me + n - step) % n;
+            let recv_c = (me + n - step - 1) % n;
+            self.send(next, tag_of(tag, step as u64), &buf[chunk(send_c)])?;
+            let got = self.recv(prev, tag_of(tag, step as u64))?;
+            for (x, y) in buf[chunk(recv_c)].iter_mut().zip(got) {
+                *x += y;
+            }
+        }
+        // All-gather the reduced chunks.
+        for step in 0..n - 1 {
+            let send_c = (me + 1 + n - step) % n;
+            let recv_c = (me + n - step) % n;
+            let t = tag_of(tag, (n + step) as u64);
+            self.send(next, t, &buf[chunk(send_c)])?;
+            let got = self.recv(prev, t)?;
+            buf[chunk(recv_c)].copy_from_slice(&got);
+        }
+        Ok(())
+    }
+
+    /// Every rank of `group` contributes `mine`; all end with the parts in group order.
+    pub fn all_gather(
+        &mut self,
+        group: &[u32],
+        tag: Tag,
+        mine: &[f32],
+    ) -> Result<Vec<Vec<f32>>, RuntimeError> {
+        let Some(me) = group.iter().position(|&r| r == self.rank) else {
+            return Ok(Vec::new());
+        };
+        let n = group.len();
+        let mut parts: Vec<Option<Vec<f32>>> = vec![None; n];
+        parts[me] = Some(mine.to_vec());
+        let next = group[(me + 1) % n];
+        let prev = group[(me + n - 1) % n];
+        for step in 0..n.saturating_sub(1) {
+            let send_i = (me + n - step) % n;
+            let recv_i = (me + n - step - 1) % n;
+            let data = parts[send_i].clone().unwrap_or_default();
+            self.send(next, tag_of(tag, step as u64), &data)?;
+            parts[recv_i] = Some(self.recv(prev, tag_of(tag, step as u64))?);
+        }
+        Ok(parts.into_iter().map(Option::unwrap_or_default).collect())
+    }
+
+    /// The root's `buf` to every rank of `group`.
+    pub fn broadcast(
+        &mut self,
+        group: &[u32],
+        root: u32,
+        tag: Tag,
+        buf: &mut Vec<f32>,
+    ) -> Result<(), RuntimeError> {
+        if self.rank == root {
+            for &r in group.iter().filter(|&&r| r != root) {
+                self.send(r, tag, buf)?;
+            }
+        } else if group.contains(&self.rank) {
+            *buf = self.recv(root, tag)?;
+        }
+        Ok(())
+    }
+}
+
+/// Sub-tags of one collective's steps.
+fn tag_of(tag: Tag, step: u64) -> Tag {
+    tag.wrapping_mul(1 << 16).wrapping_add(step)
+}
