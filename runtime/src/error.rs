@@ -57,4 +57,7 @@ pub enum RuntimeError {
     /// A peer's end of the transport is gone (its thread ended).
     #[error("rank {rank}: rank {peer} has left the transport")]
     PeerGone { rank: u32, peer: u32 },
+    /// A safetensors file that cannot be read as the reference model's tensors.
+    #[error("safetensors: {0}")]
+    Safetensors(String),
 }

@@ -255,6 +255,26 @@ impl Params {
         Ok(())
     }
 
+    /// Parameters from named tensors (a loaded safetensors file), checked against `cfg`.
+    pub fn from_tensors(
+        tensors: BTreeMap<String, Tensor>,
+        cfg: &Config,
+    ) -> Result<Params, RuntimeError> {
+        let p = Params { tensors };
+        p.check(cfg)?;
+        Ok(p)
+    }
+
+    /// Safetensors bytes of every tensor, names prefixed by `prefix` (`""` for weights,
+    /// `"grad."` for a gradient dump).
+    pub fn to_safetensors(&self, prefix: &str) -> Result<Vec<u8>, RuntimeError> {
+        crate::dump::to_bytes(
+            self.tensors
+                .iter()
+                .map(|(n, t)| (format!("{prefix}{n}"), t)),
+        )
+    }
+
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.tensors.get(name)
     }
