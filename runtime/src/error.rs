@@ -60,4 +60,7 @@ pub enum RuntimeError {
     /// A safetensors file that cannot be read as the reference model's tensors.
     #[error("safetensors: {0}")]
     Safetensors(String),
+    /// A hetpar model the reference implementation does not compute; every difference is named.
+    #[error("the reference model cannot compute this model: {0}")]
+    Unsupported(String),
 }

@@ -14,6 +14,7 @@ pub mod attention;
 pub mod batch;
 pub mod block;
 pub mod encoder;
+pub mod from_model;
 pub mod layers;
 pub mod llm;
 pub mod model;
