@@ -411,10 +411,7 @@ fn gib(x: f64) -> f64 {
 }
 
 fn mean_rows_per_micro_batch(model: &ModelGraph, mp: &ModulePlan, m: usize) -> f64 {
-    let b = model.data().global_batch as usize;
-    let id = hetpar_ir::ModuleId::new(m);
-    let total: u64 = (0..b).map(|s| model.rows_of_sample(id, s)).sum();
-    total as f64 / b.max(1) as f64 * f64::from(mp.layout.micro_batch_size)
+    model.mean_rows_per_sample(hetpar_ir::ModuleId::new(m)) * f64::from(mp.layout.micro_batch_size)
 }
 
 /// A closed-form estimate: time and peak memory per rank, no simulation.
@@ -447,7 +444,6 @@ pub fn estimate_analytic(
 pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
     let priced = price(model, cluster, plan, opts);
     let data = model.data();
-    let b = data.global_batch as usize;
     let act_bytes = data.precision.activation_bytes() as f64;
     let lm = model.language_model().index();
     let colocated = plan.schedule.kind.is_colocated();
@@ -470,10 +466,8 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
         let l = &mp.layout;
         let id = hetpar_ir::ModuleId::new(m);
         let module = model.module(id);
-        let _ = b;
         let rows = model.mean_rows_per_sample(id);
         let pairs = model.mean_pairs_per_sample(id);
-        let _ = module;
         let mbs = f64::from(l.micro_batch_size);
         let w = Work {
             rows: rows * mbs,

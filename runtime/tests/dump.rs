@@ -2,26 +2,11 @@
 //! gradient dumps carry the `grad.` prefix, and bad bytes are errors, not panics.
 
 use hetpar_runtime::dump::{from_bytes, losses_to_bytes};
-use hetpar_runtime::reference::{Config, Params};
+use hetpar_runtime::reference::Params;
 use hetpar_runtime::RuntimeError;
 
-fn tiny() -> Config {
-    Config {
-        lv: 1,
-        hv: 8,
-        av: 2,
-        fv: 16,
-        p: 6,
-        np: 8,
-        hp: 12,
-        l: 2,
-        h: 8,
-        a: 2,
-        f: 16,
-        v: 11,
-        s: 12,
-    }
-}
+mod common;
+use common::tiny;
 
 #[test]
 fn parameters_round_trip_bit_for_bit_with_deterministic_bytes() {

@@ -14,24 +14,8 @@ use hetpar_runtime::RuntimeError;
 const IMG: i64 = 10;
 const IGN: i64 = -100;
 
-/// Hv 8, Av 2, Fv 16, P 6, Lv 1; H 8, A 2, F 16, V 11, S 12, L 2.
-fn tiny() -> Config {
-    Config {
-        lv: 1,
-        hv: 8,
-        av: 2,
-        fv: 16,
-        p: 6,
-        np: 8,
-        hp: 12,
-        l: 2,
-        h: 8,
-        a: 2,
-        f: 16,
-        v: 11,
-        s: 12,
-    }
-}
+mod common;
+use common::tiny;
 
 /// Next-token targets: the following token, ignored where it is a placeholder, padding or the
 /// end of the sequence.

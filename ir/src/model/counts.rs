@@ -6,9 +6,7 @@
 //! n(n+1)/2 for n tokens. A training step costs 3x the forward (backward = 2x forward), before
 //! any recompute.
 
-use super::arch::{
-    Activation, AttentionKind, EmbeddingKind, FfnKind, MlpSpec, PositionKind, TransformerSpec,
-};
+use super::arch::{AttentionKind, EmbeddingKind, FfnKind, MlpSpec, PositionKind, TransformerSpec};
 use super::graph::{Body, ModelGraph, Module};
 use crate::ids::ModuleId;
 
@@ -85,7 +83,6 @@ fn mlp_params(mlp: &MlpSpec) -> u64 {
             mlp.widths.first().copied().unwrap_or(0) / mlp.token_merge.max(1),
         ))
     });
-    let _ = Activation::Gelu; // activations carry no parameters
     linears + norm
 }
 

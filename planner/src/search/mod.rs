@@ -479,7 +479,7 @@ fn search_placement(
                 modules.insert(model.module(o).name.clone(), entry(lo, up_off, up_n));
             }
             modules.insert(lm_name.clone(), entry(lm_probe.clone(), lm_off, lm_n));
-            let Some((file, plan)) = cx.build(&modules, base_schedule(&lm_probe)) else {
+            let Some((_, plan)) = cx.build(&modules, base_schedule(&lm_probe)) else {
                 continue;
             };
             cx.stats.candidates += 1;
@@ -488,7 +488,6 @@ fn search_placement(
                 cx.stats.pruned_memory += 1;
                 continue;
             }
-            let _ = file;
             scored.push((q.module_time[m.index()], l));
         }
         scored.sort_by(|a, b| a.0.total_cmp(&b.0));
