@@ -15,9 +15,13 @@ use hetpar_cost::Options;
 use hetpar_ir::json::FORMAT_VERSION;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::placement::Coord;
-use hetpar_ir::program::{Instruction, Program, RankProgram};
+use hetpar_ir::program::{
+    BoundaryProgram, Instruction, ModuleProgram, Program, RankProgram, Transfer,
+};
 use hetpar_ir::{Cluster, Plan, Rank};
 
+use crate::boundary::synth::MicroBatchPlan;
+use crate::boundary::{synthesize_all, Limits};
 use crate::PlanError;
 
 pub fn lower(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Program, PlanError> {
@@ -160,12 +164,66 @@ pub fn lower(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Progr
         }
     }
     ranks.sort_by_key(|r| r.rank);
+    let modules = model
+        .modules()
+        .iter()
+        .map(|m| {
+            let mp = plan.module(m.id);
+            let l = &mp.layout;
+            let mut grid = Vec::with_capacity(l.size() as usize);
+            for pp in 0..l.pp {
+                for dp in 0..l.dp {
+                    for cp in 0..l.cp {
+                        for tp in 0..l.tp {
+                            grid.push(mp.grid.rank_at(Coord { tp, cp, dp, pp }));
+                        }
+                    }
+                }
+            }
+            ModuleProgram {
+                name: m.name.clone(),
+                kind: m.kind,
+                tp: l.tp,
+                cp: l.cp,
+                pp: l.pp,
+                dp: l.dp,
+                vpp: l.vpp,
+                sequence_parallel: l.sequence_parallel,
+                micro_batch_size: l.micro_batch_size,
+                chunk_layers: l.chunk_layers.clone(),
+                recompute: l.recompute.clone(),
+                ranks: grid,
+            }
+        })
+        .collect();
+    let m = plan.modules().first().map_or(1, |p| p.layout.micro_batches) as usize;
+    let per_micro_batch = |plans: Vec<MicroBatchPlan>| {
+        let mut out: Vec<Vec<Transfer>> = vec![Vec::new(); m];
+        for p in plans {
+            out[p.micro_batch as usize] = p.ops;
+        }
+        out
+    };
+    let boundaries = synthesize_all(model, cluster, plan, Limits::default(), None)
+        .into_iter()
+        .zip(model.boundaries())
+        .map(|(r, b)| BoundaryProgram {
+            name: r.name,
+            from: r.from,
+            to: r.to,
+            width: b.width,
+            forward: per_micro_batch(r.forward.plans),
+            backward: per_micro_batch(r.backward.plans),
+        })
+        .collect();
     Ok(Program {
         kind: "program".into(),
         format_version: FORMAT_VERSION,
         model: model.name().to_string(),
         cluster: cluster.name.clone(),
-        micro_batches: plan.modules().first().map_or(1, |p| p.layout.micro_batches),
+        micro_batches: m as u32,
+        modules,
+        boundaries,
         ranks,
     })
 }

@@ -60,6 +60,10 @@ pub enum RuntimeError {
     /// A safetensors file that cannot be read as the reference model's tensors.
     #[error("safetensors: {0}")]
     Safetensors(String),
+    /// A program that cannot run: it disagrees with itself or with the model (a transfer of
+    /// rows its sender does not hold, a module the reference model lacks, ...).
+    #[error("invalid program: {0}")]
+    InvalidProgram(String),
     /// A hetpar model the reference implementation does not compute; every difference is named.
     #[error("the reference model cannot compute this model: {0}")]
     Unsupported(String),

@@ -7,6 +7,7 @@
 
 pub mod dump;
 pub mod error;
+pub mod exec;
 pub mod reference;
 pub mod tensor;
 pub mod transport;

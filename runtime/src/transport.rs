@@ -191,6 +191,45 @@ impl Endpoint {
         Ok(parts.into_iter().map(Option::unwrap_or_default).collect())
     }
 
+    /// Every rank of `group` contributes `parts[i]` to member `i`'s piece; each ends with the
+    /// sum of the contributions to its own piece, added in group order (so the bits do not
+    /// depend on arrival order).
+    pub fn reduce_scatter(
+        &mut self,
+        group: &[u32],
+        tag: Tag,
+        parts: &[Vec<f32>],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let Some(me) = group.iter().position(|&r| r == self.rank) else {
+            return Ok(Vec::new());
+        };
+        for (i, &r) in group.iter().enumerate() {
+            if i != me {
+                self.send(r, tag, &parts[i])?;
+            }
+        }
+        let mut sum = vec![0.0f32; parts[me].len()];
+        for (i, &r) in group.iter().enumerate() {
+            let got = if i == me {
+                parts[me].clone()
+            } else {
+                self.recv(r, tag)?
+            };
+            if got.len() != sum.len() {
+                return Err(RuntimeError::InvalidProgram(format!(
+                    "rank {}: reduce-scatter piece of {} values from rank {r}, expected {}",
+                    self.rank,
+                    got.len(),
+                    sum.len()
+                )));
+            }
+            for (s, g) in sum.iter_mut().zip(got) {
+                *s += g;
+            }
+        }
+        Ok(sum)
+    }
+
     /// The root's `buf` to every rank of `group`.
     pub fn broadcast(
         &mut self,

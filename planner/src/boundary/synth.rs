@@ -8,7 +8,6 @@
 //! replicated holders, lowest rank first on ties, so the plan is deterministic.
 
 use std::collections::{BTreeMap, HashMap};
-use std::ops::Range;
 
 use hetpar_cost::collective::Link;
 use hetpar_cost::Constants;
@@ -18,31 +17,8 @@ use hetpar_ir::{BoundaryId, Cluster, Plan, Rank};
 use super::egraph::{choose, FlowInfo, Limits, Links, Stats, Strategy};
 use super::ownership::{destination_map, segments, source_map, Segment};
 
-/// Rows of one sample.
-pub type Rows = (u32, Range<u64>);
-
-/// One operation of a lowered boundary.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case", tag = "op")]
-pub enum Op {
-    /// Point-to-point (phase 1).
-    Send {
-        src: Rank,
-        dst: Rank,
-        rows: Vec<Rows>,
-    },
-    /// The root sends the rows to every other member (phase 2, inside one node).
-    Broadcast {
-        root: Rank,
-        group: Vec<Rank>,
-        rows: Vec<Rows>,
-    },
-    /// Every member contributes its part; all end with every part (phase 2, inside one node).
-    AllGather {
-        group: Vec<Rank>,
-        parts: Vec<(Rank, Vec<Rows>)>,
-    },
-}
+/// One operation of a lowered boundary (the program's transfer operation).
+pub use hetpar_ir::program::{Rows, Transfer as Op};
 
 /// The lowered plan of one micro-batch.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -27,16 +27,32 @@ pub fn attention_core(
     heads: usize,
     causal: bool,
 ) -> (Tensor, Vec<Tensor>) {
-    let (n, hidden) = (q.rows(), q.cols());
+    let positions: Vec<usize> = (0..q.rows()).collect();
+    attention_core_at(q, k, v, heads, causal, &positions)
+}
+
+/// The core for some of a sequence's queries against all its keys (a context-parallel
+/// shard): `q` is `[nq, hidden]` with query `i` at sequence position `positions[i]`, `k` and
+/// `v` are the whole sequence `[nk, hidden]`. Causal masking keeps keys `j <= positions[i]`.
+/// Probabilities are `[nq, nk]`, zero where masked.
+pub fn attention_core_at(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    heads: usize,
+    causal: bool,
+    positions: &[usize],
+) -> (Tensor, Vec<Tensor>) {
+    let (nq, nk, hidden) = (q.rows(), k.rows(), q.cols());
     let d = hidden / heads;
     let scale = 1.0 / (d as f64).sqrt();
-    let mut ctx = Tensor::zeros(&[n, hidden]);
+    let mut ctx = Tensor::zeros(&[nq, hidden]);
     let mut probs = Vec::with_capacity(heads);
     for h in 0..heads {
         let cols = h * d..(h + 1) * d;
-        let mut p = Tensor::zeros(&[n, n]);
-        for i in 0..n {
-            let end = if causal { i + 1 } else { n };
+        let mut p = Tensor::zeros(&[nq, nk]);
+        for (i, &at) in positions.iter().enumerate().take(nq) {
+            let end = if causal { at + 1 } else { nk };
             let qi = &q.row(i)[cols.clone()];
             let row = &mut p.row_mut(i)[..end];
             for (j, s) in row.iter_mut().enumerate() {
@@ -50,10 +66,10 @@ pub fn attention_core(
             }
             softmax_in_place(row);
         }
-        for i in 0..n {
+        for i in 0..nq {
             for c in cols.clone() {
                 let mut acc = 0.0f64;
-                for j in 0..n {
+                for j in 0..nk {
                     acc += f64::from(p.row(i)[j]) * f64::from(v.row(j)[c]);
                 }
                 ctx.row_mut(i)[c] = acc as f32;
@@ -64,8 +80,10 @@ pub fn attention_core(
     (ctx, probs)
 }
 
-/// The core's backward: `(dq, dk, dv)` from the gradient of the concatenated head outputs.
-/// Masked probabilities are zero, so they contribute nothing and need no mask here.
+/// The core's backward: `(dq, dk, dv)` from the gradient of the concatenated head outputs,
+/// for `q` `[nq, hidden]` against `k`, `v` `[nk, hidden]` (`dk`, `dv` are the contributions
+/// of these queries alone). Masked probabilities are zero, so they contribute nothing and
+/// need no mask here.
 pub fn attention_core_backward(
     q: &Tensor,
     k: &Tensor,
@@ -73,30 +91,30 @@ pub fn attention_core_backward(
     probs: &[Tensor],
     dctx: &Tensor,
 ) -> (Tensor, Tensor, Tensor) {
-    let (n, hidden) = (q.rows(), q.cols());
+    let (nq, nk, hidden) = (q.rows(), k.rows(), q.cols());
     let heads = probs.len();
     let d = hidden / heads;
     let scale = 1.0 / (d as f64).sqrt();
-    let mut dq = Tensor::zeros(&[n, hidden]);
-    let mut dk = Tensor::zeros(&[n, hidden]);
-    let mut dv = Tensor::zeros(&[n, hidden]);
+    let mut dq = Tensor::zeros(&[nq, hidden]);
+    let mut dk = Tensor::zeros(&[nk, hidden]);
+    let mut dv = Tensor::zeros(&[nk, hidden]);
     for (h, p) in probs.iter().enumerate() {
         let cols = h * d..(h + 1) * d;
         // dv_j = Σ_i p_ij dctx_i
-        for j in 0..n {
+        for j in 0..nk {
             for c in cols.clone() {
                 let mut acc = 0.0f64;
-                for i in 0..n {
+                for i in 0..nq {
                     acc += f64::from(p.row(i)[j]) * f64::from(dctx.row(i)[c]);
                 }
                 dv.row_mut(j)[c] = acc as f32;
             }
         }
         // dp_ij = dctx_i · v_j;  ds_ij = p_ij (dp_ij - Σ_j' p_ij' dp_ij'), times the scale.
-        let mut ds = vec![0.0f64; n * n];
-        for i in 0..n {
+        let mut ds = vec![0.0f64; nq * nk];
+        for i in 0..nq {
             let dci = &dctx.row(i)[cols.clone()];
-            let mut dp = vec![0.0f64; n];
+            let mut dp = vec![0.0f64; nk];
             let mut dot = 0.0f64;
             for (j, dpj) in dp.iter_mut().enumerate() {
                 let vj = &v.row(j)[cols.clone()];
@@ -107,25 +125,25 @@ pub fn attention_core_backward(
                     .sum();
                 dot += f64::from(p.row(i)[j]) * *dpj;
             }
-            for j in 0..n {
-                ds[i * n + j] = f64::from(p.row(i)[j]) * (dp[j] - dot) * scale;
+            for j in 0..nk {
+                ds[i * nk + j] = f64::from(p.row(i)[j]) * (dp[j] - dot) * scale;
             }
         }
         // dq_i = Σ_j ds_ij k_j;  dk_j = Σ_i ds_ij q_i.
-        for i in 0..n {
+        for i in 0..nq {
             for c in cols.clone() {
                 let mut acc = 0.0f64;
-                for j in 0..n {
-                    acc += ds[i * n + j] * f64::from(k.row(j)[c]);
+                for j in 0..nk {
+                    acc += ds[i * nk + j] * f64::from(k.row(j)[c]);
                 }
                 dq.row_mut(i)[c] = acc as f32;
             }
         }
-        for j in 0..n {
+        for j in 0..nk {
             for c in cols.clone() {
                 let mut acc = 0.0f64;
-                for i in 0..n {
-                    acc += ds[i * n + j] * f64::from(q.row(i)[c]);
+                for i in 0..nq {
+                    acc += ds[i * nk + j] * f64::from(q.row(i)[c]);
                 }
                 dk.row_mut(j)[c] = acc as f32;
             }

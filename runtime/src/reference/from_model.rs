@@ -9,7 +9,12 @@ use hetpar_ir::model::{
     PositionKind, TransformerSpec,
 };
 
+use hetpar_ir::model::placeholders::placeholder_spans;
+
+use super::batch::{Batch, IGNORE};
 use super::params::Config;
+use super::rng::SplitMix64;
+use crate::tensor::Tensor;
 use crate::RuntimeError;
 
 fn block_problems(who: &str, t: &TransformerSpec, attention: AttentionKind, out: &mut Vec<String>) {
@@ -148,5 +153,68 @@ impl Config {
         } else {
             Err(RuntimeError::Unsupported(problems.join("; ")))
         }
+    }
+}
+
+impl Batch {
+    /// A batch shaped like the model's training data: every sample's images with their patch
+    /// counts, their placeholders where the boundary synthesis puts them
+    /// ([`placeholder_spans`]), `image_token_id` V (outside the vocabulary); text tokens,
+    /// patches (standard deviation 1) drawn from one splitmix64 stream seeded with `seed`;
+    /// each target the next token, `-100` where that is a placeholder or past the end.
+    pub fn for_model(g: &ModelGraph, cfg: &Config, seed: u64) -> Result<Batch, RuntimeError> {
+        let data = g.data();
+        let (b, s) = (data.global_batch as usize, data.sequence_length as usize);
+        let encoder = g
+            .modules()
+            .iter()
+            .find(|m| m.kind.is_encoder())
+            .ok_or_else(|| RuntimeError::Unsupported("the model has no encoder".into()))?;
+        let items = g.items(encoder.id);
+        let mut rng = SplitMix64::new(seed);
+        let image = cfg.v as i64;
+        let mut tokens = vec![0i64; b * s];
+        let mut patch_counts = Vec::new();
+        let mut sample_images = Vec::with_capacity(b);
+        for sample in 0..b {
+            let counts = items.map(|i| i.items_of(sample)).unwrap_or_default();
+            sample_images.push(counts.len() as i64);
+            patch_counts.extend(counts.iter().map(|&c| i64::from(c)));
+            let row = &mut tokens[sample * s..(sample + 1) * s];
+            for t in row.iter_mut() {
+                *t = rng.below(cfg.v as u64) as i64;
+            }
+            for span in placeholder_spans(g, sample) {
+                for p in span.position..span.position + span.len {
+                    row[p as usize] = image;
+                }
+            }
+        }
+        let mut targets = vec![IGNORE; b * s];
+        for sample in 0..b {
+            for p in 0..s.saturating_sub(1) {
+                let next = tokens[sample * s + p + 1];
+                if next != image {
+                    targets[sample * s + p] = next;
+                }
+            }
+        }
+        let rows: i64 = patch_counts.iter().sum();
+        let mut patches = Tensor::zeros(&[rows as usize, cfg.p]);
+        for v in patches.data_mut() {
+            *v = rng.symmetric(1.0);
+        }
+        let batch = Batch {
+            batch_size: b,
+            seq_len: s,
+            tokens,
+            targets,
+            patches,
+            patch_counts,
+            sample_images,
+            image_token_id: image,
+        };
+        batch.layout(cfg)?;
+        Ok(batch)
     }
 }

@@ -1,0 +1,276 @@
+//! The transformer block and the projector MLP on one rank's shard: tensor parallel
+//! (column-parallel q, k, v and fc1 over heads and FFN columns; row-parallel o and fc2 whose
+//! partial outputs are summed over the tp group, their bias added once, by tp rank 0),
+//! sequence parallel (LayerNorm and the residual on this rank's rows; all-gather before a
+//! column-parallel layer, reduce-scatter after a row-parallel one) and context parallel
+//! (keys and values gathered whole over the cp group; their gradients reduce-scattered back).
+//!
+//! The same mathematics as `reference::block`, with the same f64 accumulation per product.
+
+use super::comm::Env;
+use crate::reference::attention::{attention_core_at, attention_core_backward};
+use crate::reference::layers::{
+    gelu, gelu_backward, norm_named, norm_named_backward, LayerNormCache,
+};
+use crate::reference::params::{Grads, Params};
+use crate::tensor::Tensor;
+use crate::transport::Endpoint;
+use crate::RuntimeError;
+
+/// Column sums in f64, rounded once: a bias gradient over this rank's rows.
+pub fn col_sums(dy: &Tensor) -> Tensor {
+    let c = dy.cols();
+    let mut acc = vec![0.0f64; c];
+    for i in 0..dy.rows() {
+        for (a, v) in acc.iter_mut().zip(dy.row(i)) {
+            *a += f64::from(*v);
+        }
+    }
+    Tensor::from_vec(&[c], acc.into_iter().map(|v| v as f32).collect()).expect("c values")
+}
+
+/// A column-parallel linear layer: this rank's output columns.
+fn column(p: &Params, name: &str, x: &Tensor) -> Tensor {
+    Tensor::linear(
+        x,
+        p.t(&format!("{name}.weight")),
+        p.get(&format!("{name}.bias")),
+    )
+}
+
+/// A row-parallel linear layer's partial output; tp rank 0 adds the bias.
+fn row_partial(p: &Params, name: &str, x: &Tensor, t: usize) -> Tensor {
+    let b = if t == 0 {
+        p.get(&format!("{name}.bias"))
+    } else {
+        None
+    };
+    Tensor::linear(x, p.t(&format!("{name}.weight")), b)
+}
+
+/// Backward of [`column`]: accumulates weight and bias, returns the partial input gradient.
+fn column_backward(p: &Params, name: &str, x: &Tensor, dy: &Tensor, g: &mut Grads) -> Tensor {
+    let w = format!("{name}.weight");
+    let (dx, dw, db) = Tensor::linear_backward(x, p.t(&w), dy);
+    g.accumulate(&w, &dw);
+    g.accumulate(&format!("{name}.bias"), &db);
+    dx
+}
+
+/// Backward of [`row_partial`] from the whole output gradient `dy_all` (all local rows) and
+/// this rank's rows of it `dy_mine` (the bias gradient's share).
+fn row_backward(
+    p: &Params,
+    name: &str,
+    x: &Tensor,
+    dy_all: &Tensor,
+    dy_mine: &Tensor,
+    g: &mut Grads,
+) -> Tensor {
+    let w = format!("{name}.weight");
+    let (dx, dw, _) = Tensor::linear_backward(x, p.t(&w), dy_all);
+    g.accumulate(&w, &dw);
+    g.accumulate(&format!("{name}.bias"), &col_sums(dy_mine));
+    dx
+}
+
+/// What a block's backward needs.
+#[derive(Clone, Debug)]
+pub struct BlockCache {
+    ln1: LayerNormCache,
+    h1: Tensor,
+    /// Per sequence: the local rows of its queries, their q rows, whole k and v, and the
+    /// heads' probabilities.
+    seq_rows: Vec<Vec<usize>>,
+    q: Vec<Tensor>,
+    k: Vec<Tensor>,
+    v: Vec<Tensor>,
+    probs: Vec<Vec<Tensor>>,
+    ctx: Tensor,
+    ln2: LayerNormCache,
+    h2: Tensor,
+    a: Tensor,
+    g: Tensor,
+}
+
+/// Scatters per-sequence rows back into local order.
+fn unsplit(parts: &[Tensor], rows: &[Vec<usize>], n: usize, c: usize) -> Tensor {
+    let mut out = Tensor::zeros(&[n, c]);
+    for (t, idx) in parts.iter().zip(rows) {
+        for (k, &i) in idx.iter().enumerate() {
+            out.row_mut(i).copy_from_slice(t.row(k));
+        }
+    }
+    out
+}
+
+/// The block `prefix` (block number `index`) over this rank's rows `x`.
+#[allow(clippy::too_many_arguments)]
+pub fn block_forward(
+    ep: &mut Endpoint,
+    env: &Env<'_>,
+    p: &Params,
+    prefix: &str,
+    index: usize,
+    x: &Tensor,
+    heads: usize,
+    causal: bool,
+) -> Result<(Tensor, BlockCache), RuntimeError> {
+    let t = env.shard.t;
+    let (h1m, ln1) = norm_named(p, &format!("{prefix}.ln1"), x);
+    let h1 = env.gather(ep, index, 0, &h1m)?;
+    let q = column(p, &format!("{prefix}.attn.q"), &h1);
+    let k = column(p, &format!("{prefix}.attn.k"), &h1);
+    let v = column(p, &format!("{prefix}.attn.v"), &h1);
+    let ks = env.sequences(ep, index, 1, &k)?;
+    let vs = env.sequences(ep, index, 2, &v)?;
+    let seq_rows = env.shard.seq_local_rows();
+    let local = env.shard.local();
+    let mut qs = Vec::with_capacity(seq_rows.len());
+    let mut ctxs = Vec::with_capacity(seq_rows.len());
+    let mut probs = Vec::with_capacity(seq_rows.len());
+    for (s, idx) in seq_rows.iter().enumerate() {
+        let qi = super::comm::gather_rows(&q, idx);
+        let pos: Vec<usize> = idx.iter().map(|&i| local[i].pos as usize).collect();
+        let (c, pr) = attention_core_at(&qi, &ks[s], &vs[s], heads, causal, &pos);
+        qs.push(qi);
+        ctxs.push(c);
+        probs.push(pr);
+    }
+    let ctx = unsplit(&ctxs, &seq_rows, q.rows(), q.cols());
+    let o = row_partial(p, &format!("{prefix}.attn.o"), &ctx, t);
+    let x1 = x.add(&env.reduce(ep, index, 3, o)?);
+    let (h2m, ln2) = norm_named(p, &format!("{prefix}.ln2"), &x1);
+    let h2 = env.gather(ep, index, 4, &h2m)?;
+    let a = column(p, &format!("{prefix}.mlp.fc1"), &h2);
+    let g = gelu(&a);
+    let m = row_partial(p, &format!("{prefix}.mlp.fc2"), &g, t);
+    let y = x1.add(&env.reduce(ep, index, 5, m)?);
+    Ok((
+        y,
+        BlockCache {
+            ln1,
+            h1,
+            seq_rows,
+            q: qs,
+            k: ks,
+            v: vs,
+            probs,
+            ctx,
+            ln2,
+            h2,
+            a,
+            g,
+        },
+    ))
+}
+
+/// The backward of [`block_forward`] from the gradient of this rank's output rows.
+#[allow(clippy::too_many_arguments)]
+pub fn block_backward(
+    ep: &mut Endpoint,
+    env: &Env<'_>,
+    p: &Params,
+    prefix: &str,
+    index: usize,
+    c: &BlockCache,
+    dy: &Tensor,
+    grads: &mut Grads,
+) -> Result<Tensor, RuntimeError> {
+    let dy_all = env.gather(ep, index, 10, dy)?;
+    let dg = row_backward(p, &format!("{prefix}.mlp.fc2"), &c.g, &dy_all, dy, grads);
+    let da = gelu_backward(&c.a, &dg);
+    let dh2 = column_backward(p, &format!("{prefix}.mlp.fc1"), &c.h2, &da, grads);
+    let dh2 = env.reduce(ep, index, 11, dh2)?;
+    let mut dx1 = dy.clone();
+    dx1.add_assign(&norm_named_backward(
+        p,
+        &format!("{prefix}.ln2"),
+        &c.ln2,
+        &dh2,
+        grads,
+    ));
+    let do_all = env.gather(ep, index, 12, &dx1)?;
+    let dctx = row_backward(p, &format!("{prefix}.attn.o"), &c.ctx, &do_all, &dx1, grads);
+    let (n, w) = (dctx.rows(), dctx.cols());
+    let mut dqs = Vec::with_capacity(c.seq_rows.len());
+    let mut dks = Vec::with_capacity(c.seq_rows.len());
+    let mut dvs = Vec::with_capacity(c.seq_rows.len());
+    for (s, idx) in c.seq_rows.iter().enumerate() {
+        let dci = super::comm::gather_rows(&dctx, idx);
+        let (dq, dk, dv) = attention_core_backward(&c.q[s], &c.k[s], &c.v[s], &c.probs[s], &dci);
+        dqs.push(dq);
+        dks.push(dk);
+        dvs.push(dv);
+    }
+    let dq = unsplit(&dqs, &c.seq_rows, n, w);
+    let dk = env.unsequences(ep, index, 13, &dks, w)?;
+    let dv = env.unsequences(ep, index, 14, &dvs, w)?;
+    let mut dh1 = column_backward(p, &format!("{prefix}.attn.q"), &c.h1, &dq, grads);
+    dh1.add_assign(&column_backward(
+        p,
+        &format!("{prefix}.attn.k"),
+        &c.h1,
+        &dk,
+        grads,
+    ));
+    dh1.add_assign(&column_backward(
+        p,
+        &format!("{prefix}.attn.v"),
+        &c.h1,
+        &dv,
+        grads,
+    ));
+    let dh1 = env.reduce(ep, index, 15, dh1)?;
+    let mut dx = dx1;
+    dx.add_assign(&norm_named_backward(
+        p,
+        &format!("{prefix}.ln1"),
+        &c.ln1,
+        &dh1,
+        grads,
+    ));
+    Ok(dx)
+}
+
+/// What the projector's backward needs.
+#[derive(Clone, Debug)]
+pub struct MlpCache {
+    x: Tensor,
+    a: Tensor,
+    g: Tensor,
+}
+
+/// The projector `prefix` (`.fc1` column-parallel, GELU, `.fc2` row-parallel) over this
+/// rank's rows.
+pub fn mlp_forward(
+    ep: &mut Endpoint,
+    env: &Env<'_>,
+    p: &Params,
+    prefix: &str,
+    x: &Tensor,
+) -> Result<(Tensor, MlpCache), RuntimeError> {
+    let xa = env.gather(ep, 0, 0, x)?;
+    let a = column(p, &format!("{prefix}.fc1"), &xa);
+    let g = gelu(&a);
+    let m = row_partial(p, &format!("{prefix}.fc2"), &g, env.shard.t);
+    let y = env.reduce(ep, 0, 1, m)?;
+    Ok((y, MlpCache { x: xa, a, g }))
+}
+
+/// The backward of [`mlp_forward`].
+pub fn mlp_backward(
+    ep: &mut Endpoint,
+    env: &Env<'_>,
+    p: &Params,
+    prefix: &str,
+    c: &MlpCache,
+    dy: &Tensor,
+    grads: &mut Grads,
+) -> Result<Tensor, RuntimeError> {
+    let dy_all = env.gather(ep, 0, 10, dy)?;
+    let dg = row_backward(p, &format!("{prefix}.fc2"), &c.g, &dy_all, dy, grads);
+    let da = gelu_backward(&c.a, &dg);
+    let dx = column_backward(p, &format!("{prefix}.fc1"), &c.x, &da, grads);
+    env.reduce(ep, 0, 11, dx)
+}

@@ -1,0 +1,193 @@
+//! The collectives a module pass makes on tensors, over its tensor-parallel and
+//! context-parallel groups, and the message tags that keep every exchange apart.
+
+use std::ops::Range;
+
+use super::shard::Sharding;
+use crate::tensor::Tensor;
+use crate::transport::{Endpoint, Tag};
+use crate::RuntimeError;
+
+/// What a message belongs to (the high bits of its tag).
+#[derive(Clone, Copy, Debug)]
+#[repr(u64)]
+pub enum Kind {
+    /// A module pass's collectives; index = block (or a module-level step).
+    Pass = 1,
+    PipelineActivation = 2,
+    PipelineGradient = 3,
+    Boundary = 4,
+    GradSync = 5,
+}
+
+/// Limits of the tag's fields.
+pub const MAX_OWNER: u64 = 64;
+pub const MAX_MICRO_BATCH: u64 = 1 << 14;
+pub const MAX_INDEX: u64 = 1 << 14;
+
+/// A tag from its fields: kind (4 bits), owner (module or boundary, 6), micro-batch (14),
+/// index (14), sub (8): 46 bits, leaving the transport 16 for a collective's steps.
+pub fn tag(kind: Kind, owner: usize, micro_batch: u32, index: usize, sub: u8) -> Tag {
+    ((((kind as u64) * MAX_OWNER + owner as u64) * MAX_MICRO_BATCH + u64::from(micro_batch))
+        * MAX_INDEX
+        + index as u64)
+        * 256
+        + u64::from(sub)
+}
+
+/// A module pass's view of its groups on one micro-batch.
+pub struct Env<'a> {
+    pub tp_group: &'a [u32],
+    pub cp_group: &'a [u32],
+    pub sp: bool,
+    pub shard: &'a Sharding,
+    pub module: usize,
+    pub micro_batch: u32,
+}
+
+/// Rows `ranges` of `x`, in order.
+pub fn take_rows(x: &Tensor, ranges: &[Range<usize>]) -> Vec<f32> {
+    let c = x.cols();
+    let mut out = Vec::new();
+    for r in ranges {
+        out.extend_from_slice(&x.data()[r.start * c..r.end * c]);
+    }
+    out
+}
+
+/// Rows `index` of `x` as a tensor.
+pub fn gather_rows(x: &Tensor, index: &[usize]) -> Tensor {
+    let c = x.cols();
+    let mut data = Vec::with_capacity(index.len() * c);
+    for &i in index {
+        data.extend_from_slice(x.row(i));
+    }
+    Tensor::from_vec(&[index.len(), c], data).expect("rows x cols values")
+}
+
+fn wrong(what: &str) -> RuntimeError {
+    RuntimeError::InvalidProgram(format!("a peer sent {what} of the wrong size"))
+}
+
+impl Env<'_> {
+    fn tag(&self, index: usize, sub: u8) -> Tag {
+        tag(Kind::Pass, self.module, self.micro_batch, index, sub)
+    }
+
+    /// This rank's rows (its sequence-parallel part) to all local rows.
+    pub fn gather(
+        &self,
+        ep: &mut Endpoint,
+        index: usize,
+        sub: u8,
+        mine: &Tensor,
+    ) -> Result<Tensor, RuntimeError> {
+        if !self.sp || self.tp_group.len() <= 1 {
+            return Ok(mine.clone());
+        }
+        let parts = ep.all_gather(self.tp_group, self.tag(index, sub), mine.data())?;
+        let n = self.shard.local().len();
+        let c = mine.cols();
+        let mut out = Tensor::zeros(&[n, c]);
+        for (data, ranges) in parts.iter().zip(&self.shard.parts) {
+            let mut k = 0usize;
+            for r in ranges {
+                let len = (r.end - r.start) * c;
+                let src = data.get(k..k + len).ok_or_else(|| wrong("a part"))?;
+                out.data_mut()[r.start * c..r.end * c].copy_from_slice(src);
+                k += len;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Partial sums over all local rows, summed over the tensor-parallel group: every rank's
+    /// own rows (reduce-scatter) under sequence parallelism, all rows (all-reduce) without.
+    pub fn reduce(
+        &self,
+        ep: &mut Endpoint,
+        index: usize,
+        sub: u8,
+        partial: Tensor,
+    ) -> Result<Tensor, RuntimeError> {
+        let tp = self.tp_group.len();
+        if tp <= 1 {
+            return Ok(partial);
+        }
+        let tag = self.tag(index, sub);
+        if !self.sp {
+            let mut t = partial;
+            ep.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
+            return Ok(t);
+        }
+        let pieces: Vec<Vec<f32>> = self
+            .shard
+            .parts
+            .iter()
+            .map(|r| take_rows(&partial, r))
+            .collect();
+        let mine = ep.reduce_scatter(self.tp_group, tag, &pieces)?;
+        let c = partial.cols();
+        Tensor::from_vec(&[mine.len() / c.max(1), c], mine)
+    }
+
+    /// Every sequence's rows whole, from each cp rank's local rows `x` (all-gather over the
+    /// context-parallel group).
+    pub fn sequences(
+        &self,
+        ep: &mut Endpoint,
+        index: usize,
+        sub: u8,
+        x: &Tensor,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let c = x.cols();
+        let sh = self.shard;
+        let mut out: Vec<Tensor> = sh.seq_len.iter().map(|&n| Tensor::zeros(&[n, c])).collect();
+        let parts = if self.cp_group.len() <= 1 {
+            vec![x.data().to_vec()]
+        } else {
+            ep.all_gather(self.cp_group, self.tag(index, sub), x.data())?
+        };
+        for (data, rows) in parts.iter().zip(&sh.per_cp) {
+            if data.len() != rows.len() * c {
+                return Err(wrong("sequence rows"));
+            }
+            for (k, r) in rows.iter().enumerate() {
+                out[r.seq as usize]
+                    .row_mut(r.pos as usize)
+                    .copy_from_slice(&data[k * c..(k + 1) * c]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// The backward of [`Env::sequences`]: each cp rank's contributions to whole sequences,
+    /// summed onto the local rows of the rank that holds them (reduce-scatter).
+    pub fn unsequences(
+        &self,
+        ep: &mut Endpoint,
+        index: usize,
+        sub: u8,
+        seqs: &[Tensor],
+        cols: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let sh = self.shard;
+        let pieces: Vec<Vec<f32>> = sh
+            .per_cp
+            .iter()
+            .map(|rows| {
+                let mut v = Vec::with_capacity(rows.len() * cols);
+                for r in rows {
+                    v.extend_from_slice(seqs[r.seq as usize].row(r.pos as usize));
+                }
+                v
+            })
+            .collect();
+        let mine = if self.cp_group.len() <= 1 {
+            pieces.into_iter().next().unwrap_or_default()
+        } else {
+            ep.reduce_scatter(self.cp_group, self.tag(index, sub), &pieces)?
+        };
+        Tensor::from_vec(&[sh.local().len(), cols], mine)
+    }
+}

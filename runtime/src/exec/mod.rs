@@ -1,0 +1,261 @@
+//! The CPU backend: executes a [`Program`] with every rank a thread holding its own memory,
+//! talking over the in-process [`crate::transport`] (which really copies every message and
+//! times out every wait), on the reference model (`docs/reference-model.md`).
+//!
+//! One concept per file: [`shard`] (which rows of a micro-batch a rank holds),
+//! [`shard_params`] (which parameter slices), [`comm`] (tensor collectives over the tp and cp
+//! groups, message tags), [`block`] (the block and projector under TP, SP and CP), [`rank`]
+//! (one rank's interpreter: pipeline transfers, boundary transfers, gradient sums, Adam).
+
+pub mod block;
+pub mod comm;
+pub mod rank;
+pub mod shard;
+pub mod shard_params;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use hetpar_ir::model::ModuleKind;
+use hetpar_ir::program::Program;
+
+use self::rank::{unit_of, RankState};
+use self::shard_params::{belongs, split_of, unslice};
+use crate::reference::{Batch, Config, Params};
+use crate::transport::fabric;
+use crate::RuntimeError;
+
+/// How to run.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub steps: usize,
+    /// Adam's learning rate.
+    pub lr: f64,
+    /// The longest any rank waits for a message.
+    pub timeout: Duration,
+}
+
+/// What a run produced, assembled whole (as one device would hold it).
+#[derive(Clone, Debug)]
+pub struct RunOutput {
+    /// The loss of every step (before its update).
+    pub losses: Vec<f32>,
+    /// The weights after the last step.
+    pub params: Params,
+    /// The gradients of the last step.
+    pub grads: Params,
+    /// Every step's wall time: the slowest rank's, s.
+    pub step_seconds: Vec<f64>,
+}
+
+struct RankOut {
+    rank: u32,
+    losses: Vec<f64>,
+    params: Params,
+    grads: Params,
+    seconds: Vec<f64>,
+}
+
+/// Checks that the program computes the reference model `cfg` on batches of `batch_size`.
+pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), RuntimeError> {
+    let mut problems = Vec::new();
+    let count = |k: ModuleKind| program.modules.iter().filter(|m| m.kind == k).count();
+    for (k, what) in [
+        (ModuleKind::VisionEncoder, "vision encoder"),
+        (ModuleKind::Projector, "projector"),
+        (ModuleKind::LanguageModel, "language model"),
+    ] {
+        if count(k) != 1 {
+            problems.push(format!("one {what} expected, found {}", count(k)));
+        }
+    }
+    for m in &program.modules {
+        let who = &m.name;
+        if unit_of(m.kind).is_none() {
+            problems.push(format!(
+                "module `{who}`: the reference model has no {:?}",
+                m.kind
+            ));
+            continue;
+        }
+        let grid = m.tp * m.cp * m.dp * m.pp;
+        if grid as usize != m.ranks.len() || grid == 0 {
+            problems.push(format!(
+                "module `{who}`: {} ranks for tp x cp x dp x pp = {grid}",
+                m.ranks.len()
+            ));
+        }
+        if (m.dp * m.micro_batch_size * program.micro_batches) as usize != batch_size {
+            problems.push(format!(
+                "module `{who}`: dp {} x micro-batch size {} x {} micro-batches is not the \
+                 batch of {batch_size}",
+                m.dp, m.micro_batch_size, program.micro_batches
+            ));
+        }
+        let layers = match m.kind {
+            ModuleKind::VisionEncoder => cfg.lv,
+            ModuleKind::LanguageModel => cfg.l,
+            _ => 0,
+        };
+        if m.chunk_layers.len() != (m.pp * m.vpp) as usize
+            || (layers > 0 && m.chunk_layers.iter().sum::<u32>() as usize != layers)
+        {
+            problems.push(format!(
+                "module `{who}`: chunk layers {:?} do not split its {layers} blocks into pp x vpp",
+                m.chunk_layers
+            ));
+        }
+        let tp = m.tp as usize;
+        let divides: Vec<(&str, usize)> = match m.kind {
+            ModuleKind::VisionEncoder => vec![("heads", cfg.av), ("FFN", cfg.fv)],
+            ModuleKind::Projector => vec![("hidden", cfg.hp)],
+            _ => vec![("heads", cfg.a), ("FFN", cfg.f)],
+        };
+        for (what, n) in divides {
+            if n % tp != 0 {
+                problems.push(format!(
+                    "module `{who}`: tp {tp} does not divide its {what} {n}"
+                ));
+            }
+        }
+        if m.kind == ModuleKind::Projector && (m.pp != 1 || m.cp != 1) {
+            problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
+        }
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(RuntimeError::InvalidProgram(problems.join("; ")))
+    }
+}
+
+/// Runs `program` for `opts.steps` steps from the weights `init`, step `k` on
+/// `batches[k % len]`.
+pub fn run(
+    program: &Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &[Batch],
+    opts: &RunOptions,
+) -> Result<RunOutput, RuntimeError> {
+    cfg.validate()?;
+    init.check(cfg)?;
+    let mut layouts = Vec::with_capacity(batches.len());
+    for b in batches {
+        check(program, cfg, b.batch_size)?;
+        layouts.push(b.layout(cfg)?);
+    }
+    if batches.is_empty() {
+        return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
+    }
+    let n = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0) as usize;
+    let mut endpoints: Vec<Option<_>> = fabric(n, opts.timeout).into_iter().map(Some).collect();
+    let results: Vec<Result<RankOut, RuntimeError>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = program
+            .ranks
+            .iter()
+            .map(|rp| {
+                let ep = endpoints[rp.rank as usize]
+                    .take()
+                    .expect("one program per rank");
+                let layouts = &layouts;
+                scope.spawn(move || {
+                    let mut st = RankState::new(rp.rank, ep, *cfg, program, init, opts.lr);
+                    let mut losses = Vec::with_capacity(opts.steps);
+                    let mut seconds = Vec::with_capacity(opts.steps);
+                    let mut grads = Params::default();
+                    for k in 0..opts.steps {
+                        let i = k % batches.len();
+                        seconds.push(st.step(&batches[i], layouts[i].clone())?);
+                        losses.push(st.loss);
+                        if k + 1 == opts.steps {
+                            grads = st.grads.clone();
+                        }
+                    }
+                    Ok(RankOut {
+                        rank: st.rank,
+                        losses,
+                        params: st.params,
+                        grads,
+                        seconds,
+                    })
+                })
+            })
+            .collect();
+        drop(endpoints);
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+            .collect()
+    });
+    let mut outs = Vec::with_capacity(results.len());
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(o) => outs.push(o),
+            Err(e) => errors.push(e),
+        }
+    }
+    // The cause, not the peers that timed out or lost it.
+    if let Some(e) = errors
+        .iter()
+        .find(|e| {
+            !matches!(
+                e,
+                RuntimeError::Timeout { .. } | RuntimeError::PeerGone { .. }
+            )
+        })
+        .or(errors.first())
+    {
+        return Err(e.clone());
+    }
+    outs.sort_by_key(|o| o.rank);
+    let targets: Vec<f64> = layouts.iter().map(|l| l.targets as f64).collect();
+    let losses = (0..opts.steps)
+        .map(|k| {
+            let sum: f64 = outs.iter().map(|o| o.losses[k]).sum();
+            (sum / targets[k % targets.len()]) as f32
+        })
+        .collect();
+    let step_seconds = (0..opts.steps)
+        .map(|k| outs.iter().map(|o| o.seconds[k]).fold(0.0, f64::max))
+        .collect();
+    let by_rank: BTreeMap<u32, &RankOut> = outs.iter().map(|o| (o.rank, o)).collect();
+    let assemble = |pick: &dyn Fn(&RankOut) -> &Params| -> Result<Params, RuntimeError> {
+        let mut out = Params::default();
+        for (name, _) in init.iter() {
+            let split = split_of(name);
+            let mut found = false;
+            for m in &program.modules {
+                let Some(unit) = unit_of(m.kind) else {
+                    continue;
+                };
+                for s in 0..m.pp {
+                    if !belongs(name, unit, m, s) {
+                        continue;
+                    }
+                    let parts: Vec<&crate::tensor::Tensor> = (0..m.tp)
+                        .filter_map(|t| by_rank.get(&m.rank_at(t, 0, 0, s)))
+                        .filter_map(|o| pick(o).get(name))
+                        .collect();
+                    if parts.len() == m.tp as usize {
+                        out.insert(name.clone(), unslice(&parts, split));
+                        found = true;
+                    }
+                }
+            }
+            if !found {
+                return Err(RuntimeError::InvalidProgram(format!(
+                    "no rank holds parameter `{name}`"
+                )));
+            }
+        }
+        Ok(out)
+    };
+    Ok(RunOutput {
+        losses,
+        params: assemble(&|o| &o.params)?,
+        grads: assemble(&|o| &o.grads)?,
+        step_seconds,
+    })
+}

@@ -1,0 +1,981 @@
+//! One rank's interpreter: its memory (parameter slices, gradients, Adam state, activations
+//! between pipeline chunks, caches for backward, boundary rows) and the meaning of every
+//! instruction.
+
+use std::collections::HashMap;
+use std::time::Instant;
+
+use hetpar_ir::layout::RecomputePolicy;
+use hetpar_ir::model::ModuleKind;
+use hetpar_ir::program::{Instruction, ModuleProgram, Program, Transfer};
+
+use super::block::{
+    block_backward, block_forward, mlp_backward, mlp_forward, BlockCache, MlpCache,
+};
+use super::comm::{tag, Env, Kind};
+use super::shard::{sharding, RowRef, Sharding, Unit};
+use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
+use crate::reference::batch::{Layout, IGNORE};
+use crate::reference::layers::{
+    linear_named, linear_named_backward, norm_named, norm_named_backward, LayerNormCache,
+};
+use crate::reference::llm::cross_entropy;
+use crate::reference::{Adam, Batch, Config, Grads, Params};
+use crate::tensor::Tensor;
+use crate::transport::Endpoint;
+use crate::RuntimeError;
+
+/// A module as this rank sees it.
+pub struct ModuleCtx<'a> {
+    pub prog: &'a ModuleProgram,
+    pub unit: Unit,
+    /// (tp, cp, dp, pp).
+    pub coord: [u32; 4],
+    pub tp_group: Vec<u32>,
+    pub cp_group: Vec<u32>,
+    /// Same tp and stage, every cp and dp rank: where a gradient is summed.
+    pub dp_cp_group: Vec<u32>,
+    /// The whole stage: where a replicated gradient is summed under sequence parallelism.
+    pub stage_group: Vec<u32>,
+    /// Parameter names of this rank's stage.
+    pub names: Vec<String>,
+    pub incoming: Option<usize>,
+    pub outgoing: Option<usize>,
+    pub heads: usize,
+    pub width: usize,
+}
+
+pub fn unit_of(kind: ModuleKind) -> Option<Unit> {
+    match kind {
+        ModuleKind::VisionEncoder => Some(Unit::Encoder),
+        ModuleKind::Projector => Some(Unit::Projector),
+        ModuleKind::LanguageModel => Some(Unit::Llm),
+        _ => None,
+    }
+}
+
+impl<'a> ModuleCtx<'a> {
+    pub fn new(
+        program: &'a Program,
+        idx: usize,
+        cfg: &Config,
+        full: &Params,
+        rank: u32,
+    ) -> Option<ModuleCtx<'a>> {
+        let m = &program.modules[idx];
+        let coord = m.coord_of(rank)?;
+        let unit = unit_of(m.kind)?;
+        let [t, c, d, s] = coord;
+        let tp_group = (0..m.tp).map(|x| m.rank_at(x, c, d, s)).collect();
+        let cp_group = (0..m.cp).map(|x| m.rank_at(t, x, d, s)).collect();
+        let mut dp_cp_group = Vec::new();
+        let mut stage_group = Vec::new();
+        for dd in 0..m.dp {
+            for cc in 0..m.cp {
+                dp_cp_group.push(m.rank_at(t, cc, dd, s));
+                for tt in 0..m.tp {
+                    stage_group.push(m.rank_at(tt, cc, dd, s));
+                }
+            }
+        }
+        let names = full
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| belongs(n, unit, m, s))
+            .collect();
+        let find = |f: &dyn Fn(&hetpar_ir::program::BoundaryProgram) -> bool| {
+            program.boundaries.iter().position(f)
+        };
+        let (heads, width) = match unit {
+            Unit::Encoder => (cfg.av, cfg.hv),
+            Unit::Projector => (1, cfg.h),
+            Unit::Llm => (cfg.a, cfg.h),
+        };
+        Some(ModuleCtx {
+            prog: m,
+            unit,
+            coord,
+            tp_group,
+            cp_group,
+            dp_cp_group,
+            stage_group,
+            names,
+            incoming: find(&|b| b.to == m.name),
+            outgoing: find(&|b| b.from == m.name),
+            heads: heads / m.tp as usize,
+            width,
+        })
+    }
+
+    fn last_chunk(&self) -> u32 {
+        self.prog.pp * self.prog.vpp - 1
+    }
+}
+
+/// Caches of one layer of a chunk.
+enum LayerCache {
+    EncoderEmbed {
+        patches: Tensor,
+    },
+    LlmEmbed,
+    EncoderNorm(LayerNormCache),
+    Mlp(MlpCache),
+    Head {
+        ln: LayerNormCache,
+        hf: Tensor,
+        dlogits: Tensor,
+    },
+}
+
+/// A chunk's state between its forward and backward: the caches of the layers it keeps, and
+/// the input of the first block (from which recomputed blocks are rebuilt).
+struct ChunkState {
+    pre: Vec<LayerCache>,
+    blocks_input: Tensor,
+    /// Caches of the blocks not recomputed, by position in the chunk.
+    blocks: Vec<Option<BlockCache>>,
+    post: Vec<LayerCache>,
+}
+
+/// Rows of a boundary on this rank, by (sample, row).
+type RowStore = HashMap<(u32, u64), Vec<f32>>;
+
+pub struct RankState<'a> {
+    pub rank: u32,
+    pub ep: Endpoint,
+    pub cfg: Config,
+    pub program: &'a Program,
+    pub modules: Vec<Option<ModuleCtx<'a>>>,
+    pub params: Params,
+    pub grads: Grads,
+    pub adam: Adam,
+    batch: Option<(&'a Batch, Layout)>,
+    acts: HashMap<(usize, u32, u32), Tensor>,
+    dgrads: HashMap<(usize, u32, u32), Tensor>,
+    chunks: HashMap<(usize, u32, u32), ChunkState>,
+    stores: HashMap<(usize, u32, bool), RowStore>,
+    shards: HashMap<(usize, u32), Sharding>,
+    /// This step's share of the summed cross-entropy (f64, before normalisation).
+    pub loss: f64,
+}
+
+fn invalid(msg: String) -> RuntimeError {
+    RuntimeError::InvalidProgram(msg)
+}
+
+impl<'a> RankState<'a> {
+    pub fn new(
+        rank: u32,
+        ep: Endpoint,
+        cfg: Config,
+        program: &'a Program,
+        full: &Params,
+        lr: f64,
+    ) -> RankState<'a> {
+        let modules: Vec<Option<ModuleCtx<'a>>> = (0..program.modules.len())
+            .map(|i| ModuleCtx::new(program, i, &cfg, full, rank))
+            .collect();
+        let mut params = Params::default();
+        for m in modules.iter().flatten() {
+            let p = local_params(full, m.unit, m.prog, m.coord[3], m.coord[0]);
+            for (n, t) in p.iter() {
+                params.insert(n.clone(), t.clone());
+            }
+        }
+        let grads = params.zeros_like();
+        RankState {
+            rank,
+            ep,
+            cfg,
+            program,
+            modules,
+            params,
+            grads,
+            adam: Adam::new(lr),
+            batch: None,
+            acts: HashMap::new(),
+            dgrads: HashMap::new(),
+            chunks: HashMap::new(),
+            stores: HashMap::new(),
+            shards: HashMap::new(),
+            loss: 0.0,
+        }
+    }
+
+    /// Runs this rank's instructions once on `batch`; returns the step's wall time (s).
+    pub fn step(&mut self, batch: &'a Batch, layout: Layout) -> Result<f64, RuntimeError> {
+        let start = Instant::now();
+        self.batch = Some((batch, layout));
+        self.grads = self.params.zeros_like();
+        self.loss = 0.0;
+        self.shards.clear();
+        let rp = self
+            .program
+            .ranks
+            .iter()
+            .find(|r| r.rank == self.rank)
+            .ok_or_else(|| invalid(format!("rank {} has no instructions", self.rank)))?;
+        for ins in &rp.instructions {
+            self.exec(ins)?;
+        }
+        self.stores.clear();
+        if let Some(k) = self.acts.keys().chain(self.dgrads.keys()).next() {
+            return Err(invalid(format!(
+                "rank {}: a pipeline tensor of module {} chunk {} micro-batch {} was never used",
+                self.rank, k.0, k.1, k.2
+            )));
+        }
+        Ok(start.elapsed().as_secs_f64())
+    }
+
+    fn module(&self, name: &str) -> Result<usize, RuntimeError> {
+        self.program
+            .modules
+            .iter()
+            .position(|m| m.name == name)
+            .filter(|&i| self.modules[i].is_some())
+            .ok_or_else(|| {
+                invalid(format!(
+                    "rank {}: an instruction names module `{name}`, which this rank does not hold",
+                    self.rank
+                ))
+            })
+    }
+
+    fn ctx(&self, m: usize) -> &ModuleCtx<'a> {
+        self.modules[m].as_ref().expect("module() checked it")
+    }
+
+    fn exec(&mut self, ins: &Instruction) -> Result<(), RuntimeError> {
+        match ins {
+            Instruction::Forward {
+                module,
+                stage,
+                chunk,
+                micro_batch,
+            } => {
+                let m = self.module(module)?;
+                let i = chunk * self.ctx(m).prog.pp + stage;
+                self.forward(m, i, *micro_batch)
+            }
+            Instruction::Backward {
+                module,
+                stage,
+                chunk,
+                micro_batch,
+            } => {
+                let m = self.module(module)?;
+                let i = chunk * self.ctx(m).prog.pp + stage;
+                self.backward(m, i, *micro_batch)
+            }
+            Instruction::SendActivation {
+                module,
+                micro_batch,
+                chunk,
+                to,
+            } => {
+                let m = self.module(module)?;
+                let key = (m, *chunk, *micro_batch);
+                let x = self
+                    .acts
+                    .remove(&key)
+                    .ok_or_else(|| self.missing("activations", key))?;
+                let t = tag(
+                    Kind::PipelineActivation,
+                    m,
+                    *micro_batch,
+                    *chunk as usize,
+                    0,
+                );
+                self.ep.send(*to, t, x.data())
+            }
+            Instruction::RecvActivation {
+                module,
+                micro_batch,
+                chunk,
+                from,
+            } => {
+                let m = self.module(module)?;
+                let t = tag(
+                    Kind::PipelineActivation,
+                    m,
+                    *micro_batch,
+                    *chunk as usize,
+                    0,
+                );
+                let data = self.ep.recv(*from, t)?;
+                let x = self.tensor(m, data)?;
+                self.acts.insert((m, *chunk, *micro_batch), x);
+                Ok(())
+            }
+            Instruction::SendGradient {
+                module,
+                micro_batch,
+                chunk,
+                to,
+            } => {
+                let m = self.module(module)?;
+                let key = (m, *chunk, *micro_batch);
+                let x = self
+                    .dgrads
+                    .remove(&key)
+                    .ok_or_else(|| self.missing("gradients", key))?;
+                let t = tag(Kind::PipelineGradient, m, *micro_batch, *chunk as usize, 0);
+                self.ep.send(*to, t, x.data())
+            }
+            Instruction::RecvGradient {
+                module,
+                micro_batch,
+                chunk,
+                from,
+            } => {
+                let m = self.module(module)?;
+                let t = tag(Kind::PipelineGradient, m, *micro_batch, *chunk as usize, 0);
+                let data = self.ep.recv(*from, t)?;
+                let x = self.tensor(m, data)?;
+                self.dgrads.insert((m, *chunk, *micro_batch), x);
+                Ok(())
+            }
+            Instruction::BoundaryForward {
+                boundary,
+                micro_batch,
+            } => self.boundary(boundary, *micro_batch, true),
+            Instruction::BoundaryBackward {
+                boundary,
+                micro_batch,
+            } => self.boundary(boundary, *micro_batch, false),
+            Instruction::GradSync { module, stage } => {
+                let m = self.module(module)?;
+                self.grad_sync(m, *stage)
+            }
+            Instruction::OptimizerStep => self.adam.update(&mut self.params, &self.grads),
+        }
+    }
+
+    fn missing(&self, what: &str, key: (usize, u32, u32)) -> RuntimeError {
+        invalid(format!(
+            "rank {}: no {what} of module `{}` chunk {} micro-batch {} to send",
+            self.rank, self.program.modules[key.0].name, key.1, key.2
+        ))
+    }
+
+    fn tensor(&self, m: usize, data: Vec<f32>) -> Result<Tensor, RuntimeError> {
+        let w = self.ctx(m).width;
+        if data.len() % w != 0 {
+            return Err(invalid(format!(
+                "rank {}: a pipeline message of {} values is not rows of {w}",
+                self.rank,
+                data.len()
+            )));
+        }
+        Tensor::from_vec(&[data.len() / w, w], data)
+    }
+
+    fn batch(&self) -> (&'a Batch, &Layout) {
+        let (b, l) = self.batch.as_ref().expect("set by step()");
+        (b, l)
+    }
+
+    /// The sharding of micro-batch `j` of module `m` on this rank.
+    fn shard(&mut self, m: usize, j: u32) -> Sharding {
+        if let Some(s) = self.shards.get(&(m, j)) {
+            return s.clone();
+        }
+        let c = self.ctx(m);
+        let p = c.prog;
+        let [t, cc, d, _] = c.coord;
+        let per_mb = p.dp * p.micro_batch_size;
+        let start = j * per_mb + d * p.micro_batch_size;
+        let (batch, layout) = self.batch();
+        let s = sharding(
+            c.unit,
+            layout,
+            batch.seq_len,
+            start..start + p.micro_batch_size,
+            p.cp as usize,
+            cc as usize,
+            p.tp as usize,
+            t as usize,
+            p.sequence_parallel,
+        );
+        self.shards.insert((m, j), s.clone());
+        s
+    }
+
+    fn forward(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
+        let shard = self.shard(m, j);
+        let mine = shard.mine();
+        let c = self.ctx(m);
+        let (unit, last) = (c.unit, c.last_chunk());
+        let mut pre = Vec::new();
+        let x = if i == 0 {
+            match unit {
+                Unit::Encoder => {
+                    let (batch, _) = self.batch();
+                    let idx: Vec<usize> = mine.iter().map(|r| r.patch as usize).collect();
+                    let patches = super::comm::gather_rows(&batch.patches, &idx);
+                    let mut x = linear_named(&self.params, "vision.patch", &patches);
+                    let pos = self.params.t("vision.pos");
+                    for (k, r) in mine.iter().enumerate() {
+                        for (v, q) in x.row_mut(k).iter_mut().zip(pos.row(r.pos as usize)) {
+                            *v += *q;
+                        }
+                    }
+                    pre.push(LayerCache::EncoderEmbed { patches });
+                    x
+                }
+                Unit::Projector => self.boundary_rows(m, j, &mine)?,
+                Unit::Llm => {
+                    pre.push(LayerCache::LlmEmbed);
+                    self.embed(m, j, &mine)?
+                }
+            }
+        } else {
+            self.acts
+                .remove(&(m, i, j))
+                .ok_or_else(|| self.missing("input activations", (m, i, j)))?
+        };
+        let (y, blocks) = self.run_blocks(m, i, j, &shard, &x, false)?;
+        let mut post = Vec::new();
+        let out = if i == last {
+            self.finish(m, j, &shard, &mine, y, &mut post)?
+        } else {
+            Some(y)
+        };
+        if let Some(out) = out {
+            if i < last {
+                self.acts.insert((m, i + 1, j), out);
+            } else if let Some(b) = self.ctx(m).outgoing {
+                let store = self.stores.entry((b, j, true)).or_default();
+                for (k, r) in mine.iter().enumerate() {
+                    store.insert((r.sample, r.row), out.row(k).to_vec());
+                }
+            }
+        }
+        self.chunks.insert(
+            (m, i, j),
+            ChunkState {
+                pre,
+                blocks_input: x,
+                blocks,
+                post,
+            },
+        );
+        Ok(())
+    }
+
+    /// The blocks of chunk `i` from `x`; caches of those not recomputed (all when
+    /// `keep_all`).
+    fn run_blocks(
+        &mut self,
+        m: usize,
+        i: u32,
+        j: u32,
+        shard: &Sharding,
+        x: &Tensor,
+        keep_all: bool,
+    ) -> Result<(Tensor, Vec<Option<BlockCache>>), RuntimeError> {
+        let c = self.ctx(m);
+        let p = c.prog;
+        let blocks = if c.unit == Unit::Projector {
+            0..0
+        } else {
+            chunk_blocks(p, i as usize)
+        };
+        let recomputed = match p.recompute.policy {
+            RecomputePolicy::None => 0,
+            _ => p.recompute.layers.map_or(blocks.len(), |n| n as usize),
+        };
+        let (unit, heads, sp) = (c.unit, c.heads, p.sequence_parallel);
+        let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
+        let env = Env {
+            tp_group: &tp_group,
+            cp_group: &cp_group,
+            sp,
+            shard,
+            module: m,
+            micro_batch: j,
+        };
+        let mut x = x.clone();
+        let mut caches = Vec::with_capacity(blocks.len());
+        for (k, b) in blocks.enumerate() {
+            let name = format!("{}.blocks.{b}", prefix(unit));
+            let (y, cache) = block_forward(
+                &mut self.ep,
+                &env,
+                &self.params,
+                &name,
+                b,
+                &x,
+                heads,
+                unit == Unit::Llm,
+            )?;
+            caches.push((keep_all || k >= recomputed).then_some(cache));
+            x = y;
+        }
+        Ok((x, caches))
+    }
+
+    /// The last chunk's tail: the encoder's final norm, the projector, or the language
+    /// model's norm, head and loss (which ends the forward: `None`).
+    fn finish(
+        &mut self,
+        m: usize,
+        j: u32,
+        shard: &Sharding,
+        mine: &[RowRef],
+        y: Tensor,
+        post: &mut Vec<LayerCache>,
+    ) -> Result<Option<Tensor>, RuntimeError> {
+        let c = self.ctx(m);
+        let (unit, sp, t) = (c.unit, c.prog.sequence_parallel, c.coord[0]);
+        let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
+        match unit {
+            Unit::Encoder => {
+                let (out, ln) = norm_named(&self.params, "vision.ln_f", &y);
+                post.push(LayerCache::EncoderNorm(ln));
+                Ok(Some(out))
+            }
+            Unit::Projector => {
+                let env = Env {
+                    tp_group: &tp_group,
+                    cp_group: &cp_group,
+                    sp,
+                    shard,
+                    module: m,
+                    micro_batch: j,
+                };
+                let (out, cache) =
+                    mlp_forward(&mut self.ep, &env, &self.params, "vision.proj", &y)?;
+                post.push(LayerCache::Mlp(cache));
+                Ok(Some(out))
+            }
+            Unit::Llm => {
+                let (hf, ln) = norm_named(&self.params, "llm.ln_f", &y);
+                let logits = linear_named(&self.params, "llm.head", &hf);
+                let (batch, layout) = self.batch();
+                let s = batch.seq_len;
+                let targets: Vec<i64> = mine
+                    .iter()
+                    .map(|r| batch.targets[r.sample as usize * s + r.pos as usize])
+                    .collect();
+                let (sum, dlogits) = cross_entropy(&logits, &targets, layout.targets);
+                // Without sequence parallelism every tp rank computes the same rows.
+                if sp || t == 0 {
+                    self.loss += sum;
+                }
+                debug_assert!(targets.iter().all(|&x| x == IGNORE || x >= 0));
+                post.push(LayerCache::Head { ln, hf, dlogits });
+                Ok(None)
+            }
+        }
+    }
+
+    /// A projector's input rows, from its incoming boundary.
+    fn boundary_rows(&mut self, m: usize, j: u32, mine: &[RowRef]) -> Result<Tensor, RuntimeError> {
+        let b = self.ctx(m).incoming.ok_or_else(|| {
+            invalid(format!(
+                "module `{}` has no incoming boundary",
+                self.program.modules[m].name
+            ))
+        })?;
+        let w = self.program.boundaries[b].width as usize;
+        let store = self.stores.get(&(b, j, true));
+        let mut x = Tensor::zeros(&[mine.len(), w]);
+        for (k, r) in mine.iter().enumerate() {
+            let row = store
+                .and_then(|s| s.get(&(r.sample, r.row)))
+                .ok_or_else(|| self.no_row(b, j, r.sample, r.row, "forward"))?;
+            x.row_mut(k).copy_from_slice(row);
+        }
+        Ok(x)
+    }
+
+    fn no_row(&self, b: usize, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
+        no_row(
+            self.rank,
+            &self.program.boundaries[b].name,
+            j,
+            sample,
+            row,
+            dir,
+        )
+    }
+
+    /// The language model's input rows: token embeddings, with placeholders replaced by the
+    /// incoming boundary's rows (the k-th placeholder of a sample takes its row k), plus
+    /// positions.
+    fn embed(&mut self, m: usize, j: u32, mine: &[RowRef]) -> Result<Tensor, RuntimeError> {
+        let (batch, _) = self.batch();
+        let s = batch.seq_len;
+        let b = self.ctx(m).incoming;
+        let table = self.params.t("llm.embed.weight");
+        let pos = self.params.t("llm.pos");
+        let mut e = Tensor::zeros(&[mine.len(), self.cfg.h]);
+        let ph = placeholder_index(batch);
+        for (k, r) in mine.iter().enumerate() {
+            let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
+            let src: &[f32] = if tok == batch.image_token_id {
+                let row = ph[r.sample as usize][r.pos as usize];
+                let b = b.ok_or_else(|| invalid("placeholders but no incoming boundary".into()))?;
+                self.stores
+                    .get(&(b, j, true))
+                    .and_then(|st| st.get(&(r.sample, row)))
+                    .ok_or_else(|| self.no_row(b, j, r.sample, row, "forward"))?
+            } else {
+                table.row(tok as usize)
+            };
+            for ((v, a), q) in e
+                .row_mut(k)
+                .iter_mut()
+                .zip(src)
+                .zip(pos.row(r.pos as usize))
+            {
+                *v = *a + *q;
+            }
+        }
+        Ok(e)
+    }
+
+    fn backward(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
+        let shard = self.shard(m, j);
+        let mine = shard.mine();
+        let c = self.ctx(m);
+        let (unit, last, sp) = (c.unit, c.last_chunk(), c.prog.sequence_parallel);
+        let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
+        let outgoing = c.outgoing;
+        let state = self.chunks.remove(&(m, i, j)).ok_or_else(|| {
+            invalid(format!(
+                "rank {}: backward of module `{}` chunk {i} micro-batch {j} before its forward",
+                self.rank, self.program.modules[m].name
+            ))
+        })?;
+        // The gradient of the chunk's output.
+        let mut dy = if i == last {
+            match unit {
+                Unit::Llm => None,
+                _ => {
+                    let b = outgoing.ok_or_else(|| invalid("no outgoing boundary".into()))?;
+                    let w = self.ctx(m).width;
+                    let w = if unit == Unit::Encoder {
+                        self.cfg.hv
+                    } else {
+                        w
+                    };
+                    let store = self.stores.get(&(b, j, false));
+                    let mut d = Tensor::zeros(&[mine.len(), w]);
+                    for (k, r) in mine.iter().enumerate() {
+                        let row = store
+                            .and_then(|s| s.get(&(r.sample, r.row)))
+                            .ok_or_else(|| self.no_row(b, j, r.sample, r.row, "backward"))?;
+                        d.row_mut(k).copy_from_slice(row);
+                    }
+                    Some(d)
+                }
+            }
+        } else {
+            Some(
+                self.dgrads
+                    .remove(&(m, i, j))
+                    .ok_or_else(|| self.missing("output gradients", (m, i, j)))?,
+            )
+        };
+        let env_groups = (tp_group, cp_group);
+        for cache in state.post.iter().rev() {
+            dy = Some(match cache {
+                LayerCache::EncoderNorm(ln) => norm_named_backward(
+                    &self.params,
+                    "vision.ln_f",
+                    ln,
+                    dy.as_ref().expect("set above"),
+                    &mut self.grads,
+                ),
+                LayerCache::Mlp(mc) => {
+                    let env = Env {
+                        tp_group: &env_groups.0,
+                        cp_group: &env_groups.1,
+                        sp,
+                        shard: &shard,
+                        module: m,
+                        micro_batch: j,
+                    };
+                    mlp_backward(
+                        &mut self.ep,
+                        &env,
+                        &self.params,
+                        "vision.proj",
+                        mc,
+                        dy.as_ref().expect("set above"),
+                        &mut self.grads,
+                    )?
+                }
+                LayerCache::Head { ln, hf, dlogits } => {
+                    let dhf = linear_named_backward(
+                        &self.params,
+                        "llm.head",
+                        hf,
+                        dlogits,
+                        &mut self.grads,
+                    );
+                    norm_named_backward(&self.params, "llm.ln_f", ln, &dhf, &mut self.grads)
+                }
+                _ => unreachable!("only tails are post layers"),
+            });
+        }
+        let mut dx = dy.expect("every chunk has an output gradient");
+        // Blocks, rebuilding the recomputed ones' caches from the chunk's block input.
+        let mut caches = state.blocks;
+        if caches.iter().any(Option::is_none) {
+            let (_, full) = self.run_blocks(m, i, j, &shard, &state.blocks_input, true)?;
+            for (c, f) in caches.iter_mut().zip(full) {
+                if c.is_none() {
+                    *c = f;
+                }
+            }
+        }
+        let blocks = chunk_blocks(self.ctx(m).prog, i as usize);
+        if unit != Unit::Projector {
+            let env = Env {
+                tp_group: &env_groups.0,
+                cp_group: &env_groups.1,
+                sp,
+                shard: &shard,
+                module: m,
+                micro_batch: j,
+            };
+            for (b, cache) in blocks.zip(&caches).rev() {
+                let name = format!("{}.blocks.{b}", prefix(unit));
+                let cache = cache.as_ref().expect("rebuilt above");
+                dx = block_backward(
+                    &mut self.ep,
+                    &env,
+                    &self.params,
+                    &name,
+                    b,
+                    cache,
+                    &dx,
+                    &mut self.grads,
+                )?;
+            }
+        }
+        for cache in state.pre.iter().rev() {
+            match cache {
+                LayerCache::EncoderEmbed { patches } => {
+                    let mut dpos = Tensor::zeros(&[self.cfg.np, self.cfg.hv]);
+                    for (k, r) in mine.iter().enumerate() {
+                        for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(dx.row(k)) {
+                            *d += *g;
+                        }
+                    }
+                    self.grads.accumulate("vision.pos", &dpos);
+                    linear_named_backward(
+                        &self.params,
+                        "vision.patch",
+                        patches,
+                        &dx,
+                        &mut self.grads,
+                    );
+                }
+                LayerCache::LlmEmbed => self.embed_backward(m, j, &mine, &dx)?,
+                _ => unreachable!("only embeddings are pre layers"),
+            }
+        }
+        if i > 0 {
+            self.dgrads.insert((m, i - 1, j), dx);
+        } else if unit == Unit::Projector {
+            let b = self.ctx(m).incoming.expect("checked in forward");
+            let store = self.stores.entry((b, j, false)).or_default();
+            for (k, r) in mine.iter().enumerate() {
+                store.insert((r.sample, r.row), dx.row(k).to_vec());
+            }
+        }
+        Ok(())
+    }
+
+    fn embed_backward(
+        &mut self,
+        m: usize,
+        j: u32,
+        mine: &[RowRef],
+        de: &Tensor,
+    ) -> Result<(), RuntimeError> {
+        let (batch, _) = self.batch();
+        let s = batch.seq_len;
+        let ph = placeholder_index(batch);
+        let mut dtable = Tensor::zeros(&[self.cfg.v, self.cfg.h]);
+        let mut dpos = Tensor::zeros(&[self.cfg.s, self.cfg.h]);
+        let b = self.ctx(m).incoming;
+        for (k, r) in mine.iter().enumerate() {
+            for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(de.row(k)) {
+                *d += *g;
+            }
+            let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
+            if tok == batch.image_token_id {
+                let row = ph[r.sample as usize][r.pos as usize];
+                let b = b.expect("checked in forward");
+                self.stores
+                    .entry((b, j, false))
+                    .or_default()
+                    .insert((r.sample, row), de.row(k).to_vec());
+            } else {
+                for (d, g) in dtable.row_mut(tok as usize).iter_mut().zip(de.row(k)) {
+                    *d += *g;
+                }
+            }
+        }
+        self.grads.accumulate("llm.embed.weight", &dtable);
+        self.grads.accumulate("llm.pos", &dpos);
+        Ok(())
+    }
+
+    /// Executes a boundary's fused transfer for micro-batch `j`.
+    fn boundary(&mut self, name: &str, j: u32, forward: bool) -> Result<(), RuntimeError> {
+        let b = self
+            .program
+            .boundaries
+            .iter()
+            .position(|x| x.name == name)
+            .ok_or_else(|| invalid(format!("no boundary `{name}`")))?;
+        let bp = &self.program.boundaries[b];
+        let ops = if forward { &bp.forward } else { &bp.backward };
+        let ops = ops
+            .get(j as usize)
+            .ok_or_else(|| invalid(format!("boundary `{name}` has no micro-batch {j}")))?;
+        let w = bp.width as usize;
+        let me = self.rank;
+        let dir = if forward { "forward" } else { "backward" };
+        let mut store = self.stores.remove(&(b, j, forward)).unwrap_or_default();
+        let (rank, bname) = (self.rank, bp.name.clone());
+        let take = |store: &RowStore, rows: &[hetpar_ir::program::Rows]| {
+            let mut out = Vec::new();
+            for (s, r) in rows {
+                for row in r.clone() {
+                    let v = store
+                        .get(&(*s, row))
+                        .ok_or_else(|| no_row(rank, &bname, j, *s, row, dir))?;
+                    out.extend_from_slice(v);
+                }
+            }
+            Ok::<_, RuntimeError>(out)
+        };
+        let put = |store: &mut RowStore, rows: &[hetpar_ir::program::Rows], data: Vec<f32>| {
+            let n: u64 = rows.iter().map(|(_, r)| r.end - r.start).sum();
+            if data.len() as u64 != n * w as u64 {
+                return Err(invalid(format!(
+                    "boundary `{name}`: {} values for {n} rows of {w}",
+                    data.len()
+                )));
+            }
+            let mut k = 0usize;
+            for (s, r) in rows {
+                for row in r.clone() {
+                    store.insert((*s, row), data[k..k + w].to_vec());
+                    k += w;
+                }
+            }
+            Ok(())
+        };
+        for (k, op) in ops.iter().enumerate() {
+            let t = tag(Kind::Boundary, b, j, k, u8::from(!forward));
+            match op {
+                Transfer::Send { src, dst, rows } => {
+                    if *src == me {
+                        let data = take(&store, rows)?;
+                        self.ep.send(*dst, t, &data)?;
+                    } else if *dst == me {
+                        let data = self.ep.recv(*src, t)?;
+                        put(&mut store, rows, data)?;
+                    }
+                }
+                Transfer::Broadcast { root, group, rows } => {
+                    if *root == me {
+                        let data = take(&store, rows)?;
+                        for &r in group.iter().filter(|&&r| r != me) {
+                            self.ep.send(r, t, &data)?;
+                        }
+                    } else if group.contains(&me) {
+                        let data = self.ep.recv(*root, t)?;
+                        put(&mut store, rows, data)?;
+                    }
+                }
+                Transfer::AllGather { group, parts } => {
+                    if group.contains(&me) {
+                        for (owner, rows) in parts.iter().filter(|(o, _)| *o == me) {
+                            let _ = owner;
+                            let data = take(&store, rows)?;
+                            for &r in group.iter().filter(|&&r| r != me) {
+                                self.ep.send(r, t, &data)?;
+                            }
+                        }
+                        for (owner, rows) in parts.iter().filter(|(o, _)| *o != me) {
+                            let data = self.ep.recv(*owner, t)?;
+                            put(&mut store, rows, data)?;
+                        }
+                    }
+                }
+            }
+        }
+        self.stores.insert((b, j, forward), store);
+        Ok(())
+    }
+
+    /// Sums a module stage's gradients: over dp x cp, and for tensors whole on every tp rank
+    /// under sequence parallelism (each computed its rows' share) over the whole stage.
+    fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
+        let c = self.ctx(m);
+        if c.coord[3] != stage {
+            return Err(invalid(format!(
+                "rank {}: grad_sync of stage {stage} of `{}`, but it holds stage {}",
+                self.rank, c.prog.name, c.coord[3]
+            )));
+        }
+        let sp = c.prog.sequence_parallel && c.prog.tp > 1;
+        let names = c.names.clone();
+        let (dpcp, all) = (c.dp_cp_group.clone(), c.stage_group.clone());
+        for (k, name) in names.iter().enumerate() {
+            let group = if sp && split_of(name) == Split::Replicated {
+                &all
+            } else {
+                &dpcp
+            };
+            if group.len() <= 1 {
+                continue;
+            }
+            let g = self
+                .grads
+                .get_mut(name)
+                .expect("the rank holds its stage's gradients");
+            self.ep
+                .all_reduce_sum(group, tag(Kind::GradSync, m, 0, k, 0), g.data_mut())?;
+        }
+        Ok(())
+    }
+}
+
+/// For every sample, the row each placeholder position takes (its rank among the sample's
+/// placeholders).
+fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
+    let s = batch.seq_len;
+    (0..batch.batch_size)
+        .map(|b| {
+            let mut k = 0u64;
+            batch.tokens[b * s..(b + 1) * s]
+                .iter()
+                .map(|&t| {
+                    let here = k;
+                    if t == batch.image_token_id {
+                        k += 1;
+                    }
+                    here
+                })
+                .collect()
+        })
+        .collect()
+}
+
+fn no_row(rank: u32, boundary: &str, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
+    invalid(format!(
+        "rank {rank}: boundary `{boundary}` ({dir}) micro-batch {j}: row {row} of sample \
+         {sample} is not here"
+    ))
+}

@@ -1,0 +1,143 @@
+//! Which parameters a rank holds and its slice of each: a module stage's tensors (its
+//! chunks' blocks, plus the embedding on the first chunk and the final norm and head on the
+//! last), split over the tp group as the block computes them.
+
+use std::collections::BTreeSet;
+use std::ops::Range;
+
+use hetpar_ir::program::ModuleProgram;
+
+use super::shard::Unit;
+use crate::reference::params::Params;
+use crate::tensor::Tensor;
+
+/// How a tensor splits over the tp group.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Split {
+    /// Output rows (dimension 0): q, k, v, fc1 weights and biases.
+    Column,
+    /// Input columns (dimension 1): o and fc2 weights.
+    Row,
+    /// Whole on every tp rank.
+    Replicated,
+}
+
+pub fn split_of(name: &str) -> Split {
+    const COLUMN: [&str; 4] = [".attn.q.", ".attn.k.", ".attn.v.", ".fc1."];
+    if COLUMN.iter().any(|c| name.contains(c)) {
+        Split::Column
+    } else if name.ends_with(".attn.o.weight") || name.ends_with(".fc2.weight") {
+        Split::Row
+    } else {
+        Split::Replicated
+    }
+}
+
+/// The tensor-name prefix of a module's parameters.
+pub fn prefix(unit: Unit) -> &'static str {
+    match unit {
+        Unit::Encoder => "vision",
+        Unit::Projector => "vision.proj",
+        Unit::Llm => "llm",
+    }
+}
+
+/// The blocks of global chunk `i`.
+pub fn chunk_blocks(m: &ModuleProgram, i: usize) -> Range<usize> {
+    let start: u32 = m.chunk_layers[..i].iter().sum();
+    start as usize..(start + m.chunk_layers[i]) as usize
+}
+
+/// Whether `name` belongs to stage `stage` of the module.
+pub fn belongs(name: &str, unit: Unit, m: &ModuleProgram, stage: u32) -> bool {
+    let chunks = m.pp * m.vpp;
+    let first = stage == 0;
+    let last = (chunks - 1) % m.pp == stage;
+    let blocks: BTreeSet<usize> = (0..m.vpp)
+        .flat_map(|c| chunk_blocks(m, (c * m.pp + stage) as usize))
+        .collect();
+    let in_blocks = |pre: &str| {
+        name.strip_prefix(&format!("{pre}.blocks."))
+            .and_then(|rest| rest.split('.').next())
+            .and_then(|i| i.parse::<usize>().ok())
+            .is_some_and(|i| blocks.contains(&i))
+    };
+    match unit {
+        Unit::Encoder => {
+            (first && (name.starts_with("vision.patch.") || name == "vision.pos"))
+                || in_blocks("vision")
+                || (last && name.starts_with("vision.ln_f."))
+        }
+        Unit::Projector => name.starts_with("vision.proj."),
+        Unit::Llm => {
+            (first && (name == "llm.embed.weight" || name == "llm.pos"))
+                || in_blocks("llm")
+                || (last && (name.starts_with("llm.ln_f.") || name == "llm.head.weight"))
+        }
+    }
+}
+
+/// Slice `t` of `tp` of a whole tensor.
+pub fn slice(x: &Tensor, split: Split, t: usize, tp: usize) -> Tensor {
+    match split {
+        Split::Replicated => x.clone(),
+        Split::Column => {
+            let rows = x.shape()[0];
+            let (a, b) = (t * rows / tp, (t + 1) * rows / tp);
+            let inner: usize = x.shape()[1..].iter().product();
+            let mut shape = x.shape().to_vec();
+            shape[0] = b - a;
+            Tensor::from_vec(&shape, x.data()[a * inner..b * inner].to_vec()).expect("slice")
+        }
+        Split::Row => {
+            let (rows, cols) = (x.rows(), x.cols());
+            let (a, b) = (t * cols / tp, (t + 1) * cols / tp);
+            let mut data = Vec::with_capacity(rows * (b - a));
+            for r in 0..rows {
+                data.extend_from_slice(&x.row(r)[a..b]);
+            }
+            Tensor::from_vec(&[rows, b - a], data).expect("slice")
+        }
+    }
+}
+
+/// The whole tensor from its tp slices in order.
+pub fn unslice(parts: &[&Tensor], split: Split) -> Tensor {
+    match split {
+        Split::Replicated => parts[0].clone(),
+        Split::Column => {
+            let mut shape = parts[0].shape().to_vec();
+            shape[0] = parts.iter().map(|p| p.shape()[0]).sum();
+            let data = parts
+                .iter()
+                .flat_map(|p| p.data().iter().copied())
+                .collect();
+            Tensor::from_vec(&shape, data).expect("unslice")
+        }
+        Split::Row => {
+            let rows = parts[0].rows();
+            let cols: usize = parts.iter().map(|p| p.cols()).sum();
+            let mut data = Vec::with_capacity(rows * cols);
+            for r in 0..rows {
+                for p in parts {
+                    data.extend_from_slice(p.row(r));
+                }
+            }
+            Tensor::from_vec(&[rows, cols], data).expect("unslice")
+        }
+    }
+}
+
+/// This rank's parameters of a module stage, sliced for tp rank `t`.
+pub fn local_params(full: &Params, unit: Unit, m: &ModuleProgram, stage: u32, t: u32) -> Params {
+    let mut out = Params::default();
+    for (name, x) in full.iter() {
+        if belongs(name, unit, m, stage) {
+            out.insert(
+                name.clone(),
+                slice(x, split_of(name), t as usize, m.tp as usize),
+            );
+        }
+    }
+    out
+}

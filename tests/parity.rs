@@ -1,0 +1,241 @@
+//! Parity of the CPU backend with one device: every plan of the matrix, lowered and run with
+//! ranks as threads, gives the single-device gradients (1e-5 relative, per tensor) after one
+//! step and the single-device losses (1e-4) at each of 50 steps; runs are bitwise
+//! reproducible. The single-device loss curve is the golden file
+//! `tests/golden/losses-reference-tiny.json` (`UPDATE_EXPECT=1` rewrites it).
+
+use std::time::Duration;
+
+use hetpar::ir::model::ModelGraph;
+use hetpar::ir::program::Program;
+use hetpar::runtime::exec::{run, RunOptions, RunOutput};
+use hetpar::runtime::reference::{loss_and_grads, train_step, Adam, Batch, Config, Params};
+use serde_json::{json, Value};
+
+const MODEL: &str = include_str!("../examples/models/reference-tiny.json");
+const CLUSTER: &str = include_str!("../examples/clusters/h100-8.json");
+const SEED: u64 = 7;
+const LR: f64 = 1e-3;
+const STEPS: usize = 50;
+/// Distinct batches the steps cycle through.
+const BATCHES: u64 = 5;
+
+fn model() -> (ModelGraph, Config) {
+    let (g, _) = hetpar::ir::load_model(MODEL).expect("the model verifies");
+    let cfg = Config::from_model(&g).expect("the reference computes it");
+    (g, cfg)
+}
+
+fn lower(g: &ModelGraph, schedule: &str, modules: Value) -> Program {
+    let cluster = hetpar::ir::load_cluster(CLUSTER).expect("the cluster verifies");
+    let plan = json!({
+        "kind": "plan", "format_version": 1, "model": "reference-tiny", "cluster": "h100-8",
+        "schedule": {"kind": schedule}, "modules": modules,
+    });
+    let (plan, _) = hetpar::ir::plan_from_value(&plan, g, &cluster)
+        .unwrap_or_else(|d| panic!("the plan verifies: {d:?}"));
+    hetpar::planner::lower::lower(g, &cluster, &plan).expect("the plan lowers")
+}
+
+fn at(layout: Value, offset: u32, count: u32) -> Value {
+    json!({"layout": layout, "placement": {"ranks": {"offset": offset, "count": count}}})
+}
+
+/// The test matrix: (name, schedule, modules).
+fn matrix() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        (
+            "homogeneous tp2 dp2, every module alike",
+            "colocated_sequential",
+            json!({
+                "vision": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "projector": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "llm": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+            }),
+        ),
+        (
+            "colocated fan-in: encoder dp4 into llm tp2 cp2 with sequence parallelism",
+            "colocated_sequential",
+            json!({
+                "vision": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+                "projector": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+                "llm": at(json!({"tp": 2, "cp": 2, "dp": 1, "sequence_parallel": true,
+                                 "micro_batch_size": 4}), 0, 4),
+            }),
+        ),
+        (
+            "colocated fan-out: encoder tp4 sp into llm dp4",
+            "colocated_sequential",
+            json!({
+                "vision": at(json!({"tp": 4, "dp": 1, "sequence_parallel": true,
+                                    "micro_batch_size": 4}), 0, 4),
+                "projector": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "llm": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+            }),
+        ),
+        (
+            "non-colocated: encoder tp2 sp dp2 on 0-3, llm tp2 pp2 on 4-7 with recompute",
+            "pipeline_1f1b",
+            json!({
+                "vision": at(json!({"tp": 2, "dp": 2, "sequence_parallel": true,
+                                    "micro_batch_size": 1}), 0, 4),
+                "projector": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 1}), 0, 4),
+                "llm": at(json!({"tp": 2, "pp": 2, "dp": 1, "micro_batch_size": 2,
+                                 "recompute": {"policy": "full"}}), 4, 4),
+            }),
+        ),
+        (
+            "non-colocated: encoder cp2 dp2 on 0-3, llm cp2 pp2 interleaved on 4-7",
+            "pipeline_interleaved",
+            json!({
+                "vision": at(json!({"cp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "projector": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "llm": at(json!({"cp": 2, "pp": 2, "vpp": 2, "dp": 1, "micro_batch_size": 4}),
+                          4, 4),
+            }),
+        ),
+    ]
+}
+
+fn batches(g: &ModelGraph, cfg: &Config) -> Vec<Batch> {
+    (0..BATCHES)
+        .map(|k| Batch::for_model(g, cfg, 1000 + k).expect("the batch fits the model"))
+        .collect()
+}
+
+fn opts(steps: usize) -> RunOptions {
+    RunOptions {
+        steps,
+        lr: LR,
+        timeout: Duration::from_secs(60),
+    }
+}
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().map(|y| f64::from(y.abs())).fold(0.0, f64::max)
+}
+
+/// max |a - b| / max |b| over one tensor, the denominator at least `floor`. The floor serves
+/// gradients that are zero in exact arithmetic (an attention key bias: softmax ignores a shift
+/// shared by every key), whose f32 values are rounding noise, 1e-13 on one device and up to 1e-11 when context
+/// parallelism sums partial key gradients.
+fn rel_err(a: &[f32], b: &[f32], floor: f64) -> f64 {
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max);
+    diff / max_abs(b).max(floor)
+}
+
+fn single_device_losses(cfg: &Config, init: &Params, batches: &[Batch]) -> Vec<f32> {
+    let mut params = init.clone();
+    let mut adam = Adam::new(LR);
+    (0..STEPS)
+        .map(|k| {
+            train_step(cfg, &mut params, &mut adam, &batches[k % batches.len()])
+                .expect("the reference runs")
+        })
+        .collect()
+}
+
+fn assert_grads_match(name: &str, got: &RunOutput, want: &Params) {
+    let mut worst = (0.0f64, String::new());
+    // 1e-4 of the largest gradient of the model.
+    let floor = 1e-4
+        * want
+            .iter()
+            .map(|(_, w)| max_abs(w.data()))
+            .fold(0.0, f64::max);
+    for (t, w) in want.iter() {
+        let g = got
+            .grads
+            .get(t)
+            .unwrap_or_else(|| panic!("{name}: no gradient {t}"));
+        assert_eq!(g.shape(), w.shape(), "{name}: {t}");
+        let e = rel_err(g.data(), w.data(), floor);
+        if std::env::var("PARITY_VERBOSE").is_ok() {
+            let scale = w.data().iter().map(|y| y.abs()).fold(0.0f32, f32::max);
+            eprintln!("{name}: {t}: {e:.3e} (scale {scale:.3e})");
+        }
+        if e > worst.0 {
+            worst = (e, t.clone());
+        }
+    }
+    assert!(
+        worst.0 <= 1e-5,
+        "{name}: gradient {} differs by {:.3e} relative",
+        worst.1,
+        worst.0
+    );
+}
+
+#[test]
+fn every_plan_of_the_matrix_gives_the_single_device_gradients() {
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let (_, want) = loss_and_grads(&cfg, &init, &batches[0]).unwrap();
+    for (name, schedule, modules) in matrix() {
+        let program = lower(&g, schedule, modules);
+        let out = run(&program, &cfg, &init, &batches[..1], &opts(1))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_grads_match(name, &out, &want);
+    }
+}
+
+#[test]
+fn every_plan_of_the_matrix_follows_the_golden_single_device_losses_for_50_steps() {
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let reference = single_device_losses(&cfg, &init, &batches);
+    let golden = expect_test::expect_file!["golden/losses-reference-tiny.json"];
+    golden.assert_eq(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&reference).unwrap()
+    ));
+    assert!(
+        reference[STEPS - 1] < reference[0] - 0.05,
+        "training lowers the loss: {reference:?}"
+    );
+    for (name, schedule, modules) in matrix() {
+        let program = lower(&g, schedule, modules);
+        let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        for (k, (a, b)) in out.losses.iter().zip(&reference).enumerate() {
+            assert!(
+                (a - b).abs() <= 1e-4,
+                "{name}: step {k}: loss {a} against the single device's {b}"
+            );
+        }
+    }
+}
+
+#[test]
+fn runs_are_bitwise_reproducible() {
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let (name, schedule, modules) = matrix().swap_remove(1);
+    let program = lower(&g, schedule, modules);
+    let a = run(&program, &cfg, &init, &batches, &opts(3)).unwrap();
+    let b = run(&program, &cfg, &init, &batches, &opts(3)).unwrap();
+    let bits = |o: &RunOutput| -> Vec<u32> {
+        o.losses
+            .iter()
+            .map(|l| l.to_bits())
+            .chain(
+                o.params
+                    .iter()
+                    .flat_map(|(_, t)| t.data().iter().map(|v| v.to_bits())),
+            )
+            .chain(
+                o.grads
+                    .iter()
+                    .flat_map(|(_, t)| t.data().iter().map(|v| v.to_bits())),
+            )
+            .collect()
+    };
+    assert_eq!(bits(&a), bits(&b), "{name}: two runs differ");
+}
