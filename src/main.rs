@@ -68,12 +68,6 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
 --cluster examples/clusters/h100-1024.json --plan examples/plans/vit6b-70b-32k-noncolocated-1024.json --explain"
     )]
     Reshard(commands::reshard::Args),
-    /// Search the best plan (per-module layouts, placement, schedule) and compare it with the
-    /// best homogeneous plan.
-    #[command(
-        after_help = "Without --model and --cluster, plans the embedded LLaVA-1.5-7B on one 8 x H100 node.\n\nExample:\n  \
-hetpar plan --model examples/models/vision-audio-7b.json --cluster examples/clusters/h100-64.json --explain -o plan.json"
-    )]
     /// Lower a plan to a program: the ordered instructions of every rank (passes, pipeline
     /// transfers, fused boundary calls, gradient sync, optimizer step), as versioned JSON.
     #[command(
@@ -81,6 +75,12 @@ hetpar plan --model examples/models/vision-audio-7b.json --cluster examples/clus
 --model examples/models/tiny-uneven.json --cluster examples/clusters/h100-8.json -o program.json"
     )]
     Lower(commands::lower::Args),
+    /// Search the best plan (per-module layouts, placement, schedule) and compare it with the
+    /// best homogeneous plan.
+    #[command(
+        after_help = "Without --model and --cluster, plans the embedded LLaVA-1.5-7B on one 8 x H100 node.\n\nExample:\n  \
+hetpar plan --model examples/models/vision-audio-7b.json --cluster examples/clusters/h100-64.json --explain -o plan.json"
+    )]
     Plan(commands::plan::Args),
     /// Show a plan's simulated schedule: a text timeline per lane of identical ranks, and on
     /// request an SVG timeline and a Chrome trace (Perfetto, chrome://tracing).
@@ -92,6 +92,15 @@ Example:\n  hetpar show examples/plans/llama-3-8b-homogeneous-8.json --model exa
 --cluster examples/clusters/h100-8.json --svg schedule.svg --trace schedule.json"
     )]
     Show(commands::show::Args),
+    /// Train the reference model under a plan or a program on the CPU backend (every rank a
+    /// thread, real bytes between them): the loss of every step and the throughput.
+    #[command(
+        after_help = "The model must be one the reference model computes (docs/reference-model.md); \
+batches are synthetic, shaped like the model's data, unless --batch gives one.\n\n\
+Example:\n  hetpar run examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
+--cluster examples/clusters/h100-8.json --steps 20 --dump out/"
+    )]
+    Run(commands::run::Args),
 }
 
 fn main() -> ExitCode {
@@ -106,6 +115,7 @@ fn main() -> ExitCode {
         Command::Show(a) => commands::show::run(a),
         Command::Plan(a) => commands::plan::run(a),
         Command::Lower(a) => commands::lower::run(a),
+        Command::Run(a) => commands::run::run(a),
     };
     match result {
         Ok(code) => code,

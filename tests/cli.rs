@@ -53,6 +53,11 @@ fn every_example_model_cluster_and_plan_validates() {
             "clusters/h100-8.json",
             "plans/llama-3-8b-homogeneous-8.json",
         ],
+        [
+            "models/reference-tiny.json",
+            "clusters/h100-8.json",
+            "plans/reference-tiny-noncolocated-8.json",
+        ],
     ];
     for set in sets {
         let args: Vec<String> = std::iter::once("validate".to_string())

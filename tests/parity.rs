@@ -156,11 +156,14 @@ fn assert_grads_match(name: &str, got: &RunOutput, want: &Params) {
         let e = rel_err(g.data(), w.data(), floor);
         if std::env::var("PARITY_VERBOSE").is_ok() {
             let scale = w.data().iter().map(|y| y.abs()).fold(0.0f32, f32::max);
-            eprintln!("{name}: {t}: {e:.3e} (scale {scale:.3e})");
+            eprintln!("  {t}: {e:.3e} (scale {scale:.3e})");
         }
         if e > worst.0 {
             worst = (e, t.clone());
         }
+    }
+    if std::env::var("PARITY_VERBOSE").is_ok() {
+        eprintln!("{name}: worst gradient {} at {:.2e}", worst.1, worst.0);
     }
     assert!(
         worst.0 <= 1e-5,
@@ -203,6 +206,15 @@ fn every_plan_of_the_matrix_follows_the_golden_single_device_losses_for_50_steps
         let program = lower(&g, schedule, modules);
         let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
+        if std::env::var("PARITY_VERBOSE").is_ok() {
+            let worst = out
+                .losses
+                .iter()
+                .zip(&reference)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0.0f32, f32::max);
+            eprintln!("{name}: largest loss difference over {STEPS} steps {worst:.2e}");
+        }
         for (k, (a, b)) in out.losses.iter().zip(&reference).enumerate() {
             assert!(
                 (a - b).abs() <= 1e-4,
@@ -238,4 +250,64 @@ fn runs_are_bitwise_reproducible() {
             .collect()
     };
     assert_eq!(bits(&a), bits(&b), "{name}: two runs differ");
+}
+
+#[test]
+fn a_missing_message_or_a_missing_rank_is_an_error_not_a_hang() {
+    use hetpar::ir::program::Instruction;
+    use hetpar::runtime::RuntimeError;
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let (_, schedule, modules) = matrix().swap_remove(3);
+    let program = lower(&g, schedule, modules);
+    let short = RunOptions {
+        steps: 1,
+        lr: LR,
+        timeout: Duration::from_millis(300),
+    };
+    // A pipeline send that never happens: its receiver times out.
+    let mut lost = program.clone();
+    let r = lost
+        .ranks
+        .iter_mut()
+        .find(|r| {
+            r.instructions
+                .iter()
+                .any(|i| matches!(i, Instruction::SendActivation { .. }))
+        })
+        .expect("a pipelined plan sends activations");
+    let k = r
+        .instructions
+        .iter()
+        .position(|i| matches!(i, Instruction::SendActivation { .. }))
+        .unwrap();
+    r.instructions.remove(k);
+    let start = std::time::Instant::now();
+    let e = run(&lost, &cfg, &init, &batches, &short).expect_err("a lost message fails the run");
+    assert!(
+        matches!(
+            e,
+            RuntimeError::Timeout { .. } | RuntimeError::InvalidProgram(_)
+        ),
+        "{e}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(30),
+        "it took {:?}",
+        start.elapsed()
+    );
+    // A rank that never starts: its peers see it gone.
+    let mut missing = program.clone();
+    missing.ranks.remove(0);
+    let e = run(&missing, &cfg, &init, &batches, &short).expect_err("a missing rank fails the run");
+    assert!(
+        matches!(
+            e,
+            RuntimeError::PeerGone { peer: 0, .. }
+                | RuntimeError::Timeout { peer: 0, .. }
+                | RuntimeError::InvalidProgram(_)
+        ),
+        "{e}"
+    );
 }

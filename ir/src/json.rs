@@ -18,6 +18,7 @@ pub enum FileKind {
     Model,
     Cluster,
     Plan,
+    Program,
 }
 
 impl FileKind {
@@ -26,6 +27,7 @@ impl FileKind {
             FileKind::Model => "model",
             FileKind::Cluster => "cluster",
             FileKind::Plan => "plan",
+            FileKind::Program => "program",
         }
     }
 }
@@ -60,6 +62,7 @@ pub fn detect_kind(value: &Value) -> Option<FileKind> {
         "model" => Some(FileKind::Model),
         "cluster" => Some(FileKind::Cluster),
         "plan" => Some(FileKind::Plan),
+        "program" => Some(FileKind::Program),
         _ => None,
     }
 }

@@ -56,6 +56,14 @@ pub fn load_plan(
     plan_from_value(&json::parse_value(text)?, model, cluster)
 }
 
+/// Parses a program file (`hetpar lower`'s output): its header, then every field by type.
+/// Whether it fits a model is the runtime's check.
+pub fn load_program(text: &str) -> Result<program::Program, Diagnostics> {
+    let value = json::parse_value(text)?;
+    json::check_header(&value, FileKind::Program)?;
+    json::from_value(&value)
+}
+
 /// Runs `verify` on a leniently parsed value, so that unknown fields and rule violations are
 /// reported together.
 fn typed_then_verified<F, T>(

@@ -61,3 +61,127 @@ pub fn losses_to_bytes(losses: &[f32]) -> Result<Vec<u8>, RuntimeError> {
     let t = Tensor::from_vec(&[losses.len()], losses.to_vec())?;
     to_bytes([("loss".to_string(), &t)])
 }
+
+/// Batch tensor names (`docs/reference-model.md`, "Inputs").
+const TOKENS: &str = "tokens";
+const TARGETS: &str = "targets";
+const PATCHES: &str = "vision.patches";
+const PATCH_COUNTS: &str = "vision.patch_counts";
+const SAMPLE_IMAGES: &str = "vision.sample_images";
+const IMAGE_TOKEN_ID: &str = "image_token_id";
+
+/// A batch as safetensors: `tokens`, `targets` i64 [B, S], `vision.patches` f32 [Tv, P],
+/// `vision.patch_counts` i64 [Nimg], `vision.sample_images` i64 [B], `image_token_id` i64 [1].
+pub fn batch_to_bytes(b: &crate::reference::Batch) -> Result<Vec<u8>, RuntimeError> {
+    let i64s = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
+    let f32s: Vec<u8> = b
+        .patches
+        .data()
+        .iter()
+        .flat_map(|x| x.to_le_bytes())
+        .collect();
+    let owned: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)> = vec![
+        (
+            TOKENS,
+            Dtype::I64,
+            vec![b.batch_size, b.seq_len],
+            i64s(&b.tokens),
+        ),
+        (
+            TARGETS,
+            Dtype::I64,
+            vec![b.batch_size, b.seq_len],
+            i64s(&b.targets),
+        ),
+        (PATCHES, Dtype::F32, b.patches.shape().to_vec(), f32s),
+        (
+            PATCH_COUNTS,
+            Dtype::I64,
+            vec![b.patch_counts.len()],
+            i64s(&b.patch_counts),
+        ),
+        (
+            SAMPLE_IMAGES,
+            Dtype::I64,
+            vec![b.sample_images.len()],
+            i64s(&b.sample_images),
+        ),
+        (
+            IMAGE_TOKEN_ID,
+            Dtype::I64,
+            vec![1],
+            i64s(&[b.image_token_id]),
+        ),
+    ];
+    let views = owned
+        .iter()
+        .map(|(n, d, s, bytes)| TensorView::new(*d, s.clone(), bytes).map(|v| (n.to_string(), v)))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(err)?;
+    safetensors::tensor::serialize(views, None).map_err(err)
+}
+
+/// Reads a batch written as [`batch_to_bytes`] describes; every missing or mistyped tensor is
+/// named. The batch's own consistency is [`crate::reference::Batch::layout`]'s check.
+pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, RuntimeError> {
+    let st = SafeTensors::deserialize(bytes).map_err(err)?;
+    let mut problems = Vec::new();
+    let mut get = |name: &str, dtype: Dtype, rank: usize| -> Option<(Vec<usize>, Vec<u8>)> {
+        match st.tensor(name) {
+            Err(_) => problems.push(format!("tensor `{name}` is missing")),
+            Ok(v) if v.dtype() != dtype => problems.push(format!(
+                "tensor `{name}` is {:?}, expected {dtype:?}",
+                v.dtype()
+            )),
+            Ok(v) if v.shape().len() != rank => problems.push(format!(
+                "tensor `{name}` has shape {:?}, expected {rank} dimensions",
+                v.shape()
+            )),
+            Ok(v) => return Some((v.shape().to_vec(), v.data().to_vec())),
+        }
+        None
+    };
+    let tokens = get(TOKENS, Dtype::I64, 2);
+    let targets = get(TARGETS, Dtype::I64, 2);
+    let patches = get(PATCHES, Dtype::F32, 2);
+    let counts = get(PATCH_COUNTS, Dtype::I64, 1);
+    let images = get(SAMPLE_IMAGES, Dtype::I64, 1);
+    let image_token = get(IMAGE_TOKEN_ID, Dtype::I64, 1);
+    let (Some(tokens), Some(targets), Some(patches), Some(counts), Some(images), Some(image_token)) =
+        (tokens, targets, patches, counts, images, image_token)
+    else {
+        return Err(RuntimeError::Safetensors(format!(
+            "not a batch: {}",
+            problems.join("; ")
+        )));
+    };
+    let i64s = |b: &[u8]| -> Vec<i64> {
+        b.chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
+            .collect()
+    };
+    let f32s: Vec<f32> = patches
+        .1
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if targets.0 != tokens.0 {
+        return Err(RuntimeError::Safetensors(format!(
+            "`targets` has shape {:?} but `tokens` {:?}",
+            targets.0, tokens.0
+        )));
+    }
+    let id = i64s(&image_token.1);
+    Ok(crate::reference::Batch {
+        batch_size: tokens.0[0],
+        seq_len: tokens.0[1],
+        tokens: i64s(&tokens.1),
+        targets: i64s(&targets.1),
+        patches: Tensor::from_vec(&patches.0, f32s)?,
+        patch_counts: i64s(&counts.1),
+        sample_images: i64s(&images.1),
+        image_token_id: *id
+            .first()
+            .ok_or_else(|| RuntimeError::Safetensors("`image_token_id` holds no value".into()))?,
+    })
+}

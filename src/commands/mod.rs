@@ -6,6 +6,7 @@ pub mod import;
 pub mod lower;
 pub mod plan;
 pub mod reshard;
+pub mod run;
 pub mod show;
 pub mod validate;
 

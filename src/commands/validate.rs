@@ -8,7 +8,7 @@ use serde_json::Value;
 
 use hetpar::io;
 use hetpar::ir::hf::{import, ImportOptions};
-use hetpar::ir::json::{check_header, detect_kind, parse_value, FileKind};
+use hetpar::ir::json::{check_header, detect_kind, from_value, parse_value, FileKind};
 use hetpar::ir::model::verify;
 use hetpar::ir::{
     cluster_from_value, model_from_value, plan_from_value, Cluster, Diagnostic, Diagnostics,
@@ -171,6 +171,12 @@ fn check_one(path: &std::path::Path) -> (&'static str, Diagnostics, Parsed) {
             Ok(()) => ("plan", Diagnostics::new(), Parsed::Plan(value)),
             Err(ds) => ("plan", ds, Parsed::Other),
         },
+        Some(FileKind::Program) => match check_header(&value, FileKind::Program)
+            .and_then(|()| from_value::<hetpar::ir::program::Program>(&value))
+        {
+            Ok(_) => ("program", Diagnostics::new(), Parsed::Other),
+            Err(ds) => ("program", ds, Parsed::Other),
+        },
         None if value.get("model_type").is_some() => {
             match import(&value, &ImportOptions::default()).and_then(verify::build) {
                 Ok((_, w)) => ("hf-config", w, Parsed::Other),
@@ -182,7 +188,7 @@ fn check_one(path: &std::path::Path) -> (&'static str, Diagnostics, Parsed) {
             ds.error(
                 "kind",
                 Rule::FormatKind,
-                "cannot tell what this file is: a hetpar file has \"kind\": \"model\", \"cluster\" or \"plan\", and a Hugging Face config has \"model_type\"",
+                "cannot tell what this file is: a hetpar file has \"kind\": \"model\", \"cluster\", \"plan\" or \"program\", and a Hugging Face config has \"model_type\"",
             );
             ("unknown", ds, Parsed::Other)
         }

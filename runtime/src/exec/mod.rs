@@ -196,17 +196,14 @@ pub fn run(
             Err(e) => errors.push(e),
         }
     }
-    // The cause, not the peers that timed out or lost it.
-    if let Some(e) = errors
-        .iter()
-        .find(|e| {
-            !matches!(
-                e,
-                RuntimeError::Timeout { .. } | RuntimeError::PeerGone { .. }
-            )
-        })
-        .or(errors.first())
-    {
+    // The cause, not its echoes: an error of the program or data first, then a wait that
+    // timed out, then a peer found gone (which follows from either).
+    let rank_of = |e: &RuntimeError| match e {
+        RuntimeError::Timeout { .. } => 1,
+        RuntimeError::PeerGone { .. } => 2,
+        _ => 0,
+    };
+    if let Some(e) = errors.iter().min_by_key(|e| rank_of(e)) {
         return Err(e.clone());
     }
     outs.sort_by_key(|o| o.rank);
