@@ -101,6 +101,16 @@ Example:\n  hetpar run examples/plans/reference-tiny-noncolocated-8.json --model
 --cluster examples/clusters/h100-8.json --steps 20 --dump out/"
     )]
     Run(commands::run::Args),
+    /// Generate a Rust crate from a plan or a program: every rank's instructions as
+    /// straight-line code over hetpar-runtime, its boundary transfers as constant tables, and
+    /// a launch script.
+    #[command(
+        after_help = "The crate depends on hetpar-runtime by path (--runtime, by default this \
+hetpar's own) and prints what `hetpar run` prints.\n\n\
+Example:\n  hetpar codegen examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
+--cluster examples/clusters/h100-8.json -o generated/ && generated/launch.sh --steps 5"
+    )]
+    Codegen(commands::codegen::Args),
 }
 
 fn main() -> ExitCode {
@@ -116,6 +126,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => commands::plan::run(a),
         Command::Lower(a) => commands::lower::run(a),
         Command::Run(a) => commands::run::run(a),
+        Command::Codegen(a) => commands::codegen::run(a),
     };
     match result {
         Ok(code) => code,

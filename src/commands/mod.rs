@@ -1,5 +1,6 @@
 //! One file per command.
 
+pub mod codegen;
 pub mod describe;
 pub mod estimate;
 pub mod import;

@@ -8,6 +8,9 @@ use std::time::Duration;
 use anyhow::{bail, Context};
 
 use hetpar::ir::json::{detect_kind, parse_value, FileKind};
+use hetpar::ir::program::Program;
+use hetpar::ir::ModelGraph;
+use hetpar::runtime::exec::generated::{report, synthetic_batches};
 use hetpar::runtime::exec::{run as execute, RunOptions, RunOutput};
 use hetpar::runtime::reference::{Batch, Config, Params};
 
@@ -60,66 +63,78 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
     std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
 }
 
-pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let text = match hetpar::io::read_text(&a.input) {
+/// A plan (lowered here) or a program, with the model it is for: `None` when a file was
+/// invalid (its diagnostics printed).
+pub fn load_program(
+    input: &Path,
+    model_path: &Path,
+    cluster: Option<&Path>,
+) -> anyhow::Result<Option<(ModelGraph, Program, String)>> {
+    let text = match hetpar::io::read_text(input) {
         Ok(t) => t,
         Err(ds) => {
             print_diagnostics(&ds);
-            return Ok(ExitCode::from(1));
+            return Ok(None);
         }
     };
-    let name = a.input.display().to_string();
+    let name = input.display().to_string();
+    let model_text = match hetpar::io::read_text(model_path) {
+        Ok(t) => t,
+        Err(ds) => {
+            print_diagnostics(&ds);
+            return Ok(None);
+        }
+    };
     let kind = match parse_value(&text) {
         Ok(v) => detect_kind(&v),
         Err(ds) => {
             print_diagnostics(&ds.with_file(&name));
-            return Ok(ExitCode::from(1));
+            return Ok(None);
         }
     };
-    let (model, program) = match kind {
+    match kind {
         Some(FileKind::Plan) => {
-            let Some(cluster) = &a.cluster else {
-                bail!("{name} is a plan: give --cluster too (or run a program)");
+            let Some(cluster) = cluster else {
+                bail!("{name} is a plan: give --cluster too (or a program)");
             };
-            let Some((model, cluster, plan)) = load_inputs(&a.model, cluster, &a.input) else {
-                return Ok(ExitCode::from(1));
+            let Some((model, cluster, plan)) = load_inputs(model_path, cluster, input) else {
+                return Ok(None);
             };
             let program = hetpar::planner::lower::lower(&model, &cluster, &plan)?;
-            (model, program)
+            Ok(Some((model, program, model_text)))
         }
         Some(FileKind::Program) => {
             let program = match hetpar::ir::load_program(&text) {
                 Ok(p) => p,
                 Err(ds) => {
                     print_diagnostics(&ds.with_file(&name));
-                    return Ok(ExitCode::from(1));
-                }
-            };
-            let model_text = match hetpar::io::read_text(&a.model) {
-                Ok(t) => t,
-                Err(ds) => {
-                    print_diagnostics(&ds);
-                    return Ok(ExitCode::from(1));
+                    return Ok(None);
                 }
             };
             let model = match hetpar::ir::load_model(&model_text) {
                 Ok((g, _)) => g,
                 Err(ds) => {
-                    print_diagnostics(&ds.with_file(&a.model.display().to_string()));
-                    return Ok(ExitCode::from(1));
+                    print_diagnostics(&ds.with_file(&model_path.display().to_string()));
+                    return Ok(None);
                 }
             };
             if program.model != model.name() {
                 bail!(
                     "{name}: the program was lowered for model `{}`, but {} is `{}`",
                     program.model,
-                    a.model.display(),
+                    model_path.display(),
                     model.name()
                 );
             }
-            (model, program)
+            Ok(Some((model, program, model_text)))
         }
         _ => bail!("{name}: expected a plan or a program (\"kind\": \"plan\" or \"program\")"),
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some((model, program, _)) = load_program(&a.input, &a.model, a.cluster.as_deref())? else {
+        return Ok(ExitCode::from(1));
     };
     let cfg = Config::from_model(&model).with_context(|| {
         format!(
@@ -138,9 +153,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let batches: Vec<Batch> = match &a.batch {
         Some(p) => vec![hetpar::runtime::dump::batch_from_bytes(&read(p)?)
             .with_context(|| format!("{}", p.display()))?],
-        None => (0..a.steps.max(1) as u64)
-            .map(|k| Batch::for_model(&model, &cfg, a.seed.wrapping_add(1000 + k)))
-            .collect::<Result<_, _>>()?,
+        None => synthetic_batches(&model, &cfg, a.seed, a.steps)?,
     };
     let opts = RunOptions {
         steps: a.steps,
@@ -154,35 +167,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         dump(dir, &out)?;
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn report(program: &hetpar::ir::program::Program, batch: &Batch, out: &RunOutput) -> String {
-    let mut s = format!(
-        "{} ranks, a batch of {} samples in {} micro-batches per step, CPU backend\n\
-         step  loss      time (ms)\n",
-        program.ranks.len(),
-        batch.batch_size,
-        program.micro_batches
-    );
-    for (k, (l, t)) in out.losses.iter().zip(&out.step_seconds).enumerate() {
-        s += &format!("{:>4}  {l:<8.5}  {:>9.2}\n", k + 1, t * 1e3);
-    }
-    // The first step warms up allocations: leave it out of the mean when there are others.
-    let timed = if out.step_seconds.len() > 1 {
-        &out.step_seconds[1..]
-    } else {
-        &out.step_seconds[..]
-    };
-    if !timed.is_empty() {
-        let mean = timed.iter().sum::<f64>() / timed.len() as f64;
-        let samples = batch.batch_size as f64 / mean;
-        s += &format!(
-            "mean step {:.2} ms: {samples:.1} samples/s, {:.0} tokens/s\n",
-            mean * 1e3,
-            samples * batch.seq_len as f64
-        );
-    }
-    s
 }
 
 fn dump(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {

@@ -5,10 +5,12 @@
 //! One concept per file: [`shard`] (which rows of a micro-batch a rank holds),
 //! [`shard_params`] (which parameter slices), [`comm`] (tensor collectives over the tp and cp
 //! groups, message tags), [`block`] (the block and projector under TP, SP and CP), [`rank`]
-//! (one rank's interpreter: pipeline transfers, boundary transfers, gradient sums, Adam).
+//! (one rank's interpreter: pipeline transfers, boundary transfers, gradient sums, Adam),
+//! [`generated`] (what generated programs and `hetpar run` share).
 
 pub mod block;
 pub mod comm;
+pub mod generated;
 pub mod rank;
 pub mod shard;
 pub mod shard_params;
@@ -19,7 +21,8 @@ use std::time::Duration;
 use hetpar_ir::model::ModuleKind;
 use hetpar_ir::program::Program;
 
-use self::rank::{unit_of, RankState};
+use self::rank::unit_of;
+pub use self::rank::RankState;
 use self::shard_params::{belongs, split_of, unslice};
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
@@ -129,14 +132,31 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
     }
 }
 
+/// What a rank does in one step (between [`RankState::begin_step`] and
+/// [`RankState::end_step`]): interpret its instruction list, or generated straight-line code.
+pub type RankBody = dyn for<'s> Fn(&mut RankState<'s>) -> Result<(), RuntimeError> + Sync;
+
 /// Runs `program` for `opts.steps` steps from the weights `init`, step `k` on
-/// `batches[k % len]`.
+/// `batches[k % len]`, every rank interpreting its instructions.
 pub fn run(
     program: &Program,
     cfg: &Config,
     init: &Params,
     batches: &[Batch],
     opts: &RunOptions,
+) -> Result<RunOutput, RuntimeError> {
+    run_with(program, cfg, init, batches, opts, &|st| st.interpret())
+}
+
+/// Like [`run`], every rank executing `body` each step: the program gives the ranks, module
+/// grids and boundaries; its instruction lists are used only by a body that interprets them.
+pub fn run_with(
+    program: &Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &[Batch],
+    opts: &RunOptions,
+    body: &RankBody,
 ) -> Result<RunOutput, RuntimeError> {
     cfg.validate()?;
     init.check(cfg)?;
@@ -166,7 +186,11 @@ pub fn run(
                     let mut grads = Params::default();
                     for k in 0..opts.steps {
                         let i = k % batches.len();
-                        seconds.push(st.step(&batches[i], layouts[i].clone())?);
+                        let start = std::time::Instant::now();
+                        st.begin_step(&batches[i], layouts[i].clone());
+                        body(&mut st)?;
+                        st.end_step()?;
+                        seconds.push(start.elapsed().as_secs_f64());
                         losses.push(st.loss);
                         if k + 1 == opts.steps {
                             grads = st.grads.clone();

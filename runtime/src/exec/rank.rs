@@ -3,7 +3,6 @@
 //! instruction.
 
 use std::collections::HashMap;
-use std::time::Instant;
 
 use hetpar_ir::layout::RecomputePolicy;
 use hetpar_ir::model::ModuleKind;
@@ -202,22 +201,16 @@ impl<'a> RankState<'a> {
         }
     }
 
-    /// Runs this rank's instructions once on `batch`; returns the step's wall time (s).
-    pub fn step(&mut self, batch: &'a Batch, layout: Layout) -> Result<f64, RuntimeError> {
-        let start = Instant::now();
+    /// Starts a step on `batch`: gradients and the loss at zero.
+    pub fn begin_step(&mut self, batch: &'a Batch, layout: Layout) {
         self.batch = Some((batch, layout));
         self.grads = self.params.zeros_like();
         self.loss = 0.0;
         self.shards.clear();
-        let rp = self
-            .program
-            .ranks
-            .iter()
-            .find(|r| r.rank == self.rank)
-            .ok_or_else(|| invalid(format!("rank {} has no instructions", self.rank)))?;
-        for ins in &rp.instructions {
-            self.exec(ins)?;
-        }
+    }
+
+    /// Ends a step: every pipeline tensor must have been consumed.
+    pub fn end_step(&mut self) -> Result<(), RuntimeError> {
         self.stores.clear();
         if let Some(k) = self.acts.keys().chain(self.dgrads.keys()).next() {
             return Err(invalid(format!(
@@ -225,25 +218,63 @@ impl<'a> RankState<'a> {
                 self.rank, k.0, k.1, k.2
             )));
         }
-        Ok(start.elapsed().as_secs_f64())
+        Ok(())
+    }
+
+    /// Interprets this rank's instruction list of the program.
+    pub fn interpret(&mut self) -> Result<(), RuntimeError> {
+        let program = self.program;
+        let rp = program
+            .ranks
+            .iter()
+            .find(|r| r.rank == self.rank)
+            .ok_or_else(|| invalid(format!("rank {} has no instructions", self.rank)))?;
+        for ins in &rp.instructions {
+            self.exec(ins)?;
+        }
+        Ok(())
     }
 
     fn module(&self, name: &str) -> Result<usize, RuntimeError> {
-        self.program
+        let m = self
+            .program
             .modules
             .iter()
             .position(|m| m.name == name)
-            .filter(|&i| self.modules[i].is_some())
-            .ok_or_else(|| {
-                invalid(format!(
-                    "rank {}: an instruction names module `{name}`, which this rank does not hold",
-                    self.rank
-                ))
-            })
+            .ok_or_else(|| invalid(format!("no module `{name}`")))?;
+        self.held(m)?;
+        Ok(m)
+    }
+
+    /// Module `m`, if this rank holds it.
+    fn held(&self, m: usize) -> Result<&ModuleCtx<'a>, RuntimeError> {
+        self.modules.get(m).and_then(Option::as_ref).ok_or_else(|| {
+            invalid(format!(
+                "rank {}: an instruction names module {m}, which this rank does not hold",
+                self.rank
+            ))
+        })
     }
 
     fn ctx(&self, m: usize) -> &ModuleCtx<'a> {
-        self.modules[m].as_ref().expect("module() checked it")
+        self.modules[m].as_ref().expect("held() checked it")
+    }
+
+    fn boundary_index(&self, name: &str) -> Result<usize, RuntimeError> {
+        self.program
+            .boundaries
+            .iter()
+            .position(|x| x.name == name)
+            .ok_or_else(|| invalid(format!("no boundary `{name}`")))
+    }
+
+    fn ops(&self, b: usize, j: u32, forward: bool) -> Result<&'a [Transfer], RuntimeError> {
+        let program = self.program;
+        let bp = &program.boundaries[b];
+        let ops = if forward { &bp.forward } else { &bp.backward };
+        ops.get(j as usize)
+            .map(Vec::as_slice)
+            .ok_or_else(|| invalid(format!("boundary `{}` has no micro-batch {j}", bp.name)))
     }
 
     fn exec(&mut self, ins: &Instruction) -> Result<(), RuntimeError> {
@@ -253,103 +284,174 @@ impl<'a> RankState<'a> {
                 stage,
                 chunk,
                 micro_batch,
-            } => {
-                let m = self.module(module)?;
-                let i = chunk * self.ctx(m).prog.pp + stage;
-                self.forward(m, i, *micro_batch)
-            }
+            } => self.forward(self.module(module)?, *stage, *chunk, *micro_batch),
             Instruction::Backward {
                 module,
                 stage,
                 chunk,
                 micro_batch,
-            } => {
-                let m = self.module(module)?;
-                let i = chunk * self.ctx(m).prog.pp + stage;
-                self.backward(m, i, *micro_batch)
-            }
+            } => self.backward(self.module(module)?, *stage, *chunk, *micro_batch),
             Instruction::SendActivation {
                 module,
                 micro_batch,
                 chunk,
                 to,
-            } => {
-                let m = self.module(module)?;
-                let key = (m, *chunk, *micro_batch);
-                let x = self
-                    .acts
-                    .remove(&key)
-                    .ok_or_else(|| self.missing("activations", key))?;
-                let t = tag(
-                    Kind::PipelineActivation,
-                    m,
-                    *micro_batch,
-                    *chunk as usize,
-                    0,
-                );
-                self.ep.send(*to, t, x.data())
-            }
+            } => self.send_activation(self.module(module)?, *micro_batch, *chunk, *to),
             Instruction::RecvActivation {
                 module,
                 micro_batch,
                 chunk,
                 from,
-            } => {
-                let m = self.module(module)?;
-                let t = tag(
-                    Kind::PipelineActivation,
-                    m,
-                    *micro_batch,
-                    *chunk as usize,
-                    0,
-                );
-                let data = self.ep.recv(*from, t)?;
-                let x = self.tensor(m, data)?;
-                self.acts.insert((m, *chunk, *micro_batch), x);
-                Ok(())
-            }
+            } => self.recv_activation(self.module(module)?, *micro_batch, *chunk, *from),
             Instruction::SendGradient {
                 module,
                 micro_batch,
                 chunk,
                 to,
-            } => {
-                let m = self.module(module)?;
-                let key = (m, *chunk, *micro_batch);
-                let x = self
-                    .dgrads
-                    .remove(&key)
-                    .ok_or_else(|| self.missing("gradients", key))?;
-                let t = tag(Kind::PipelineGradient, m, *micro_batch, *chunk as usize, 0);
-                self.ep.send(*to, t, x.data())
-            }
+            } => self.send_gradient(self.module(module)?, *micro_batch, *chunk, *to),
             Instruction::RecvGradient {
                 module,
                 micro_batch,
                 chunk,
                 from,
-            } => {
-                let m = self.module(module)?;
-                let t = tag(Kind::PipelineGradient, m, *micro_batch, *chunk as usize, 0);
-                let data = self.ep.recv(*from, t)?;
-                let x = self.tensor(m, data)?;
-                self.dgrads.insert((m, *chunk, *micro_batch), x);
-                Ok(())
-            }
+            } => self.recv_gradient(self.module(module)?, *micro_batch, *chunk, *from),
             Instruction::BoundaryForward {
                 boundary,
                 micro_batch,
-            } => self.boundary(boundary, *micro_batch, true),
+            } => {
+                let b = self.boundary_index(boundary)?;
+                let ops = self.ops(b, *micro_batch, true)?;
+                self.boundary_forward(b, *micro_batch, ops)
+            }
             Instruction::BoundaryBackward {
                 boundary,
                 micro_batch,
-            } => self.boundary(boundary, *micro_batch, false),
-            Instruction::GradSync { module, stage } => {
-                let m = self.module(module)?;
-                self.grad_sync(m, *stage)
+            } => {
+                let b = self.boundary_index(boundary)?;
+                let ops = self.ops(b, *micro_batch, false)?;
+                self.boundary_backward(b, *micro_batch, ops)
             }
-            Instruction::OptimizerStep => self.adam.update(&mut self.params, &self.grads),
+            Instruction::GradSync { module, stage } => self.grad_sync(self.module(module)?, *stage),
+            Instruction::OptimizerStep => self.optimizer_step(),
         }
+    }
+
+    /// `forward` of module `m` (by index in the program), chunk `chunk` of stage `stage`,
+    /// micro-batch `j`.
+    pub fn forward(
+        &mut self,
+        m: usize,
+        stage: u32,
+        chunk: u32,
+        j: u32,
+    ) -> Result<(), RuntimeError> {
+        let i = chunk * self.held(m)?.prog.pp + stage;
+        self.forward_chunk(m, i, j)
+    }
+
+    /// `backward`, likewise.
+    pub fn backward(
+        &mut self,
+        m: usize,
+        stage: u32,
+        chunk: u32,
+        j: u32,
+    ) -> Result<(), RuntimeError> {
+        let i = chunk * self.held(m)?.prog.pp + stage;
+        self.backward_chunk(m, i, j)
+    }
+
+    /// `send_activation`: the input of global chunk `chunk` to rank `to`.
+    pub fn send_activation(
+        &mut self,
+        m: usize,
+        j: u32,
+        chunk: u32,
+        to: u32,
+    ) -> Result<(), RuntimeError> {
+        self.held(m)?;
+        let key = (m, chunk, j);
+        let x = self
+            .acts
+            .remove(&key)
+            .ok_or_else(|| self.missing("activations", key))?;
+        let t = tag(Kind::PipelineActivation, m, j, chunk as usize, 0);
+        self.ep.send(to, t, x.data())
+    }
+
+    /// `recv_activation`.
+    pub fn recv_activation(
+        &mut self,
+        m: usize,
+        j: u32,
+        chunk: u32,
+        from: u32,
+    ) -> Result<(), RuntimeError> {
+        self.held(m)?;
+        let t = tag(Kind::PipelineActivation, m, j, chunk as usize, 0);
+        let data = self.ep.recv(from, t)?;
+        let x = self.tensor(m, data)?;
+        self.acts.insert((m, chunk, j), x);
+        Ok(())
+    }
+
+    /// `send_gradient`: the gradient of global chunk `chunk`'s output to rank `to`.
+    pub fn send_gradient(
+        &mut self,
+        m: usize,
+        j: u32,
+        chunk: u32,
+        to: u32,
+    ) -> Result<(), RuntimeError> {
+        self.held(m)?;
+        let key = (m, chunk, j);
+        let x = self
+            .dgrads
+            .remove(&key)
+            .ok_or_else(|| self.missing("gradients", key))?;
+        let t = tag(Kind::PipelineGradient, m, j, chunk as usize, 0);
+        self.ep.send(to, t, x.data())
+    }
+
+    /// `recv_gradient`.
+    pub fn recv_gradient(
+        &mut self,
+        m: usize,
+        j: u32,
+        chunk: u32,
+        from: u32,
+    ) -> Result<(), RuntimeError> {
+        self.held(m)?;
+        let t = tag(Kind::PipelineGradient, m, j, chunk as usize, 0);
+        let data = self.ep.recv(from, t)?;
+        let x = self.tensor(m, data)?;
+        self.dgrads.insert((m, chunk, j), x);
+        Ok(())
+    }
+
+    /// `boundary_forward` of boundary `b` (by index) for micro-batch `j`, executing `ops`.
+    pub fn boundary_forward(
+        &mut self,
+        b: usize,
+        j: u32,
+        ops: &[Transfer],
+    ) -> Result<(), RuntimeError> {
+        self.boundary(b, j, true, ops)
+    }
+
+    /// `boundary_backward`.
+    pub fn boundary_backward(
+        &mut self,
+        b: usize,
+        j: u32,
+        ops: &[Transfer],
+    ) -> Result<(), RuntimeError> {
+        self.boundary(b, j, false, ops)
+    }
+
+    /// `optimizer_step`.
+    pub fn optimizer_step(&mut self) -> Result<(), RuntimeError> {
+        self.adam.update(&mut self.params, &self.grads)
     }
 
     fn missing(&self, what: &str, key: (usize, u32, u32)) -> RuntimeError {
@@ -402,7 +504,7 @@ impl<'a> RankState<'a> {
         s
     }
 
-    fn forward(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
+    fn forward_chunk(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
         let shard = self.shard(m, j);
         let mine = shard.mine();
         let c = self.ctx(m);
@@ -637,7 +739,7 @@ impl<'a> RankState<'a> {
         Ok(e)
     }
 
-    fn backward(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
+    fn backward_chunk(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
         let shard = self.shard(m, j);
         let mine = shard.mine();
         let c = self.ctx(m);
@@ -829,18 +931,19 @@ impl<'a> RankState<'a> {
     }
 
     /// Executes a boundary's fused transfer for micro-batch `j`.
-    fn boundary(&mut self, name: &str, j: u32, forward: bool) -> Result<(), RuntimeError> {
-        let b = self
+    fn boundary(
+        &mut self,
+        b: usize,
+        j: u32,
+        forward: bool,
+        ops: &[Transfer],
+    ) -> Result<(), RuntimeError> {
+        let bp = self
             .program
             .boundaries
-            .iter()
-            .position(|x| x.name == name)
-            .ok_or_else(|| invalid(format!("no boundary `{name}`")))?;
-        let bp = &self.program.boundaries[b];
-        let ops = if forward { &bp.forward } else { &bp.backward };
-        let ops = ops
-            .get(j as usize)
-            .ok_or_else(|| invalid(format!("boundary `{name}` has no micro-batch {j}")))?;
+            .get(b)
+            .ok_or_else(|| invalid(format!("no boundary {b}")))?;
+        let name = &bp.name;
         let w = bp.width as usize;
         let me = self.rank;
         let dir = if forward { "forward" } else { "backward" };
@@ -919,10 +1022,10 @@ impl<'a> RankState<'a> {
         Ok(())
     }
 
-    /// Sums a module stage's gradients: over dp x cp, and for tensors whole on every tp rank
+    /// `grad_sync`: sums a module stage's gradients: over dp x cp, and for tensors whole on every tp rank
     /// under sequence parallelism (each computed its rows' share) over the whole stage.
-    fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
-        let c = self.ctx(m);
+    pub fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
+        let c = self.held(m)?;
         if c.coord[3] != stage {
             return Err(invalid(format!(
                 "rank {}: grad_sync of stage {stage} of `{}`, but it holds stage {}",

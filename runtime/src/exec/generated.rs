@@ -1,0 +1,157 @@
+//! What generated code (`hetpar codegen`) and `hetpar run` share: the command line of a
+//! training run, its synthetic batches, its report, and the static form of boundary transfers
+//! that generated code carries.
+
+use std::time::Duration;
+
+use hetpar_ir::model::ModelGraph;
+use hetpar_ir::program::{Program, Transfer};
+
+use super::{run_with, RankBody, RunOptions, RunOutput};
+use crate::reference::{Batch, Config, Params};
+use crate::RuntimeError;
+
+/// Rows `(sample, start, end)`.
+pub type StaticRows = &'static [(u32, u64, u64)];
+
+/// A boundary transfer operation as a constant.
+#[derive(Clone, Copy, Debug)]
+pub enum Op {
+    /// `(src, dst, rows)`.
+    Send(u32, u32, StaticRows),
+    /// `(root, group, rows)`.
+    Broadcast(u32, &'static [u32], StaticRows),
+    /// `(group, parts)`.
+    AllGather(&'static [u32], &'static [(u32, StaticRows)]),
+}
+
+fn rows(r: StaticRows) -> Vec<hetpar_ir::program::Rows> {
+    r.iter().map(|&(s, a, b)| (s, a..b)).collect()
+}
+
+/// The transfers of constant operations.
+pub fn transfers(ops: &[Op]) -> Vec<Transfer> {
+    ops.iter()
+        .map(|op| match *op {
+            Op::Send(src, dst, r) => Transfer::Send {
+                src,
+                dst,
+                rows: rows(r),
+            },
+            Op::Broadcast(root, group, r) => Transfer::Broadcast {
+                root,
+                group: group.to_vec(),
+                rows: rows(r),
+            },
+            Op::AllGather(group, parts) => Transfer::AllGather {
+                group: group.to_vec(),
+                parts: parts.iter().map(|&(o, r)| (o, rows(r))).collect(),
+            },
+        })
+        .collect()
+}
+
+/// `steps` synthetic batches shaped like the model's data, batch `k` from seed
+/// `seed + 1000 + k`.
+pub fn synthetic_batches(
+    g: &ModelGraph,
+    cfg: &Config,
+    seed: u64,
+    steps: usize,
+) -> Result<Vec<Batch>, RuntimeError> {
+    (0..steps.max(1) as u64)
+        .map(|k| Batch::for_model(g, cfg, seed.wrapping_add(1000 + k)))
+        .collect()
+}
+
+/// The report of a run: a line per step (loss, time), then the mean step time (the first
+/// step, which warms up allocations, left out when there are others) and throughput.
+pub fn report(program: &Program, batch: &Batch, out: &RunOutput) -> String {
+    let mut s = format!(
+        "{} ranks, a batch of {} samples in {} micro-batches per step, CPU backend\n\
+         step  loss      time (ms)\n",
+        program.ranks.len(),
+        batch.batch_size,
+        program.micro_batches
+    );
+    for (k, (l, t)) in out.losses.iter().zip(&out.step_seconds).enumerate() {
+        s += &format!("{:>4}  {l:<8.5}  {:>9.2}\n", k + 1, t * 1e3);
+    }
+    let timed = if out.step_seconds.len() > 1 {
+        &out.step_seconds[1..]
+    } else {
+        &out.step_seconds[..]
+    };
+    if !timed.is_empty() {
+        let mean = timed.iter().sum::<f64>() / timed.len() as f64;
+        let samples = batch.batch_size as f64 / mean;
+        s += &format!(
+            "mean step {:.2} ms: {samples:.1} samples/s, {:.0} tokens/s\n",
+            mean * 1e3,
+            samples * batch.seq_len as f64
+        );
+    }
+    s
+}
+
+/// The options of a generated program's command line: `--steps N` (10), `--lr X` (1e-3),
+/// `--seed S` (0), `--timeout-ms T` (60000).
+pub fn parse_args(args: &[String]) -> Result<(RunOptions, u64), String> {
+    let mut opts = RunOptions {
+        steps: 10,
+        lr: 1e-3,
+        timeout: Duration::from_secs(60),
+    };
+    let mut seed = 0u64;
+    let mut it = args.iter();
+    while let Some(flag) = it.next() {
+        let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
+        let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        match flag.as_str() {
+            "--steps" => opts.steps = value.parse().map_err(|e| bad(&e))?,
+            "--lr" => opts.lr = value.parse().map_err(|e| bad(&e))?,
+            "--seed" => seed = value.parse().map_err(|e| bad(&e))?,
+            "--timeout-ms" => {
+                opts.timeout = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
+            }
+            _ => {
+                return Err(format!(
+                    "unknown option {flag}; options: --steps N --lr X --seed S --timeout-ms T"
+                ))
+            }
+        }
+    }
+    Ok((opts, seed))
+}
+
+/// The `main` of a generated program: the program header (modules, boundaries, ranks) and
+/// the model as JSON, every rank's step as `body`. Prints the same report as `hetpar run`.
+pub fn main_with(program_json: &str, model_json: &str, body: &RankBody) -> std::process::ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match main_inner(program_json, model_json, body, &args) {
+        Ok(text) => {
+            print!("{text}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+fn main_inner(
+    program_json: &str,
+    model_json: &str,
+    body: &RankBody,
+    args: &[String],
+) -> Result<String, String> {
+    let (opts, seed) = parse_args(args)?;
+    let program = hetpar_ir::load_program(program_json).map_err(|d| format!("program: {d:?}"))?;
+    let (g, _) = hetpar_ir::load_model(model_json).map_err(|d| format!("model: {d:?}"))?;
+    let cfg = Config::from_model(&g).map_err(|e| e.to_string())?;
+    let init = Params::init(&cfg, seed).map_err(|e| e.to_string())?;
+    let batches = synthetic_batches(&g, &cfg, seed, opts.steps).map_err(|e| e.to_string())?;
+    let out = run_with(&program, &cfg, &init, &batches, &opts, body).map_err(|e| e.to_string())?;
+    Ok(report(&program, &batches[0], &out))
+}

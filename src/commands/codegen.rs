@@ -1,0 +1,81 @@
+//! `hetpar codegen`: a plan or a program as a Rust crate (straight-line code per rank over
+//! `hetpar-runtime`) and its launch script.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// A plan (lowered first) or a program.
+    pub input: PathBuf,
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The cluster file (needed with a plan).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// The directory to write the crate into (created if missing).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// The hetpar-runtime crate's directory as the generated Cargo.toml names it; by default
+    /// this hetpar's own, relative to the output directory.
+    #[arg(long)]
+    pub runtime: Option<String>,
+}
+
+/// `to` relative to `from` (both absolute).
+fn relative(from: &Path, to: &Path) -> PathBuf {
+    let f: Vec<_> = from.components().collect();
+    let t: Vec<_> = to.components().collect();
+    let common = f.iter().zip(&t).take_while(|(a, b)| a == b).count();
+    let mut out = PathBuf::new();
+    for _ in common..f.len() {
+        out.push("..");
+    }
+    for c in &t[common..] {
+        out.push(c);
+    }
+    out
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let Some((_, program, model_text)) =
+        super::run::load_program(&a.input, &a.model, a.cluster.as_deref())?
+    else {
+        return Ok(ExitCode::from(1));
+    };
+    std::fs::create_dir_all(a.output.join("src"))
+        .with_context(|| format!("cannot create {}", a.output.display()))?;
+    let runtime = match a.runtime {
+        Some(r) => r,
+        None => {
+            let here = Path::new(env!("CARGO_MANIFEST_DIR")).join("runtime");
+            let out = a.output.canonicalize()?;
+            relative(&out, &here.canonicalize().unwrap_or(here))
+                .display()
+                .to_string()
+        }
+    };
+    let files = hetpar::codegen::emit(&program, &model_text, &runtime)?;
+    for f in &files {
+        let p = a.output.join(f.path);
+        hetpar::io::write_atomic(&p, f.contents.as_bytes())
+            .with_context(|| format!("cannot write {}", p.display()))?;
+    }
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let p = a.output.join("launch.sh");
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+            .with_context(|| format!("cannot make {} executable", p.display()))?;
+    }
+    eprintln!(
+        "wrote {} ({} ranks); run it with {}/launch.sh --steps 10",
+        a.output.display(),
+        program.ranks.len(),
+        a.output.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,139 @@
+//! `hetpar codegen`: the generated crate is golden-tested, formatted as rustfmt would, and
+//! builds and trains to exactly the interpreter's losses.
+
+use std::process::Command;
+
+use expect_test::expect_file;
+
+mod common;
+use common::{hetpar, root, scratch, stderr, stdout};
+
+const PLAN: &str = "examples/plans/reference-tiny-noncolocated-8.json";
+const MODEL: &str = "examples/models/reference-tiny.json";
+const CLUSTER: &str = "examples/clusters/h100-8.json";
+
+fn losses(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.next()?.parse::<usize>().ok()?;
+            let loss = w.next()?;
+            loss.parse::<f32>().ok()?;
+            Some(loss.to_string())
+        })
+        .collect()
+}
+
+#[test]
+fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
+    let dir = scratch("codegen-build");
+    // The scratch directory is target/test-scratch/codegen-build: three levels below the root.
+    let o = hetpar(&[
+        "codegen",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "-o",
+        dir.to_str().unwrap(),
+        "--runtime",
+        "../../../runtime",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |p: &str| std::fs::read_to_string(dir.join(p)).unwrap();
+    expect_file!["golden/codegen/main.rs.golden"].assert_eq(&read("src/main.rs"));
+    expect_file!["golden/codegen/Cargo.toml.golden"].assert_eq(&read("Cargo.toml"));
+    expect_file!["golden/codegen/launch.sh.golden"].assert_eq(&read("launch.sh"));
+    assert_eq!(
+        read("model.json"),
+        std::fs::read_to_string(root().join(MODEL)).unwrap()
+    );
+
+    match Command::new("rustfmt")
+        .args(["--edition", "2021", "--check"])
+        .arg(dir.join("src/main.rs"))
+        .output()
+    {
+        Ok(f) => assert!(
+            f.status.success(),
+            "rustfmt would change the generated code:\n{}",
+            String::from_utf8_lossy(&f.stdout)
+        ),
+        Err(e) => eprintln!("skipping the format check: rustfmt cannot run ({e})"),
+    }
+
+    // Build it against this checkout's runtime, with its locked versions, sharing the target
+    // directory.
+    std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .args(["run", "--quiet", "--", "--steps", "3"])
+        .current_dir(&dir)
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .output()
+        .expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "the generated crate fails:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let generated = losses(&String::from_utf8_lossy(&built.stdout));
+    let interpreted = hetpar(&[
+        "run",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "--steps",
+        "3",
+    ]);
+    assert!(interpreted.status.success(), "{}", stderr(&interpreted));
+    let interpreted = losses(&stdout(&interpreted));
+    assert_eq!(generated.len(), 3);
+    assert_eq!(
+        generated, interpreted,
+        "generated code and interpreter differ"
+    );
+}
+
+#[test]
+fn codegen_of_a_program_equals_codegen_of_its_plan() {
+    let dir = scratch("codegen-program");
+    let program = dir.join("program.json");
+    let o = hetpar(&[
+        "lower",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "-o",
+        program.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let (a, b) = (dir.join("a"), dir.join("b"));
+    for (input, out) in [(PLAN, &a), (program.to_str().unwrap(), &b)] {
+        let o = hetpar(&[
+            "codegen",
+            input,
+            "--model",
+            MODEL,
+            "--cluster",
+            CLUSTER,
+            "-o",
+            out.to_str().unwrap(),
+            "--runtime",
+            "/opt/hetpar/runtime",
+        ]);
+        assert!(o.status.success(), "{}", stderr(&o));
+    }
+    for f in ["src/main.rs", "Cargo.toml", "program.json", "launch.sh"] {
+        assert_eq!(
+            std::fs::read(a.join(f)).unwrap(),
+            std::fs::read(b.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
