@@ -440,7 +440,7 @@ fn check_module(
             dp
         }
         None => {
-            if count % tcp != 0 {
+            if !count.is_multiple_of(tcp) {
                 ds.error(
                     &lp,
                     Rule::LayoutDegrees,

@@ -447,12 +447,12 @@ fn build(case: &Case) -> Option<(ModelGraph, Cluster, Plan)> {
     };
     let lay = |(tp, cp, pp, sp): (u32, u32, u32, bool), ranks: u32| -> Option<Value> {
         let per = tp * cp * pp;
-        if ranks % per != 0 {
+        if !ranks.is_multiple_of(per) {
             return None;
         }
         let dp = ranks / per;
         let b = case.items.len() as u32;
-        if b % (case.micro_batches * dp) != 0 {
+        if !b.is_multiple_of(case.micro_batches * dp) {
             return None;
         }
         Some(layout(

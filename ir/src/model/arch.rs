@@ -120,7 +120,7 @@ impl TransformerSpec {
     /// Whether layer `i` (0-based) uses the mixture of experts.
     pub fn is_moe_layer(&self, i: u32) -> bool {
         match &self.moe {
-            Some(m) if m.layer_frequency > 0 => (i + 1) % m.layer_frequency == 0,
+            Some(m) if m.layer_frequency > 0 => (i + 1).is_multiple_of(m.layer_frequency),
             _ => false,
         }
     }

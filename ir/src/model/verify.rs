@@ -540,7 +540,7 @@ fn check_transformer(path: &str, t: &TransformerSpec, ds: &mut Diagnostics) -> b
             ds.error(join(path, field), Rule::ArchPositive, "must be at least 1");
         }
     }
-    if t.heads > 0 && t.head_dim.is_none() && t.hidden % t.heads != 0 {
+    if t.heads > 0 && t.head_dim.is_none() && !t.hidden.is_multiple_of(t.heads) {
         ds.error(
             join(path, "heads"),
             Rule::ArchHeads,
@@ -551,7 +551,7 @@ fn check_transformer(path: &str, t: &TransformerSpec, ds: &mut Diagnostics) -> b
         );
     }
     let kv = t.kv_heads();
-    if kv > 0 && t.heads % kv != 0 {
+    if kv > 0 && !t.heads.is_multiple_of(kv) {
         ds.error(
             join(path, "kv_heads"),
             Rule::ArchHeads,

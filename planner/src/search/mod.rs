@@ -616,7 +616,7 @@ fn search_homogeneous(
             let module = model.module(o);
             let tp = if tp_ok(module, l.tp) { l.tp } else { 1 };
             let up_dp = stage0 / tp;
-            if up_dp * m_count == 0 || model.data().global_batch % (up_dp * m_count) != 0 {
+            if up_dp * m_count == 0 || !model.data().global_batch.is_multiple_of(up_dp * m_count) {
                 ok = false;
                 break;
             }

@@ -19,7 +19,7 @@ pub struct Bounds {
 }
 
 fn divides(a: u32, b: u32) -> bool {
-    a != 0 && b % a == 0
+    a != 0 && b.is_multiple_of(a)
 }
 
 fn powers_of_two(max: u32) -> impl Iterator<Item = u32> {
@@ -140,5 +140,7 @@ pub fn tp_ok(module: &Module, tp: u32) -> bool {
 
 /// Micro-batch counts worth trying: divisors of the global batch up to 256.
 pub fn micro_batch_counts(batch: u32) -> Vec<u32> {
-    (1..=batch.min(256)).filter(|m| batch % m == 0).collect()
+    (1..=batch.min(256))
+        .filter(|m| batch.is_multiple_of(*m))
+        .collect()
 }

@@ -463,7 +463,7 @@ impl<'a> RankState<'a> {
 
     fn tensor(&self, m: usize, data: Vec<f32>) -> Result<Tensor, RuntimeError> {
         let w = self.ctx(m).width;
-        if data.len() % w != 0 {
+        if !data.len().is_multiple_of(w) {
             return Err(invalid(format!(
                 "rank {}: a pipeline message of {} values is not rows of {w}",
                 self.rank,

@@ -59,13 +59,13 @@ impl Config {
         if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
             return Err(RuntimeError::InvalidConfig(format!("{name} is 0")));
         }
-        if self.hv % self.av != 0 {
+        if !self.hv.is_multiple_of(self.av) {
             return Err(RuntimeError::InvalidConfig(format!(
                 "Hv {} is not a multiple of Av {}",
                 self.hv, self.av
             )));
         }
-        if self.h % self.a != 0 {
+        if !self.h.is_multiple_of(self.a) {
             return Err(RuntimeError::InvalidConfig(format!(
                 "H {} is not a multiple of A {}",
                 self.h, self.a
