@@ -13,6 +13,7 @@ use hetpar::runtime::reference::{loss_and_grads, train_step, Adam, Batch, Config
 use serde_json::{json, Value};
 
 const MODEL: &str = include_str!("../examples/models/reference-tiny.json");
+const TWO_ENCODERS: &str = include_str!("../examples/models/reference-tiny-two-encoders.json");
 const CLUSTER: &str = include_str!("../examples/clusters/h100-8.json");
 const SEED: u64 = 7;
 const LR: f64 = 1e-3;
@@ -21,7 +22,11 @@ const STEPS: usize = 50;
 const BATCHES: u64 = 5;
 
 fn model() -> (ModelGraph, Config) {
-    let (g, _) = hetpar::ir::load_model(MODEL).expect("the model verifies");
+    model_of(MODEL)
+}
+
+fn model_of(text: &str) -> (ModelGraph, Config) {
+    let (g, _) = hetpar::ir::load_model(text).expect("the model verifies");
     let cfg = Config::from_model(&g).expect("the reference computes it");
     (g, cfg)
 }
@@ -29,7 +34,7 @@ fn model() -> (ModelGraph, Config) {
 fn lower(g: &ModelGraph, schedule: &str, modules: Value) -> Program {
     let cluster = hetpar::ir::load_cluster(CLUSTER).expect("the cluster verifies");
     let plan = json!({
-        "kind": "plan", "format_version": 1, "model": "reference-tiny", "cluster": "h100-8",
+        "kind": "plan", "format_version": 1, "model": g.name(), "cluster": "h100-8",
         "schedule": {"kind": schedule}, "modules": modules,
     });
     let (plan, _) = hetpar::ir::plan_from_value(&plan, g, &cluster)
@@ -310,4 +315,67 @@ fn a_missing_message_or_a_missing_rank_is_an_error_not_a_hang() {
         ),
         "{e}"
     );
+}
+
+/// Plans of the two-encoder model: (name, schedule, modules).
+fn two_encoder_matrix() -> Vec<(&'static str, &'static str, Value)> {
+    vec![
+        (
+            "two encoders colocated: vision dp4, audio tp2 dp2, llm tp2 cp2 sp",
+            "colocated_sequential",
+            json!({
+                "vision": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+                "projector": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+                "audio": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "audio_projector": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "llm": at(json!({"tp": 2, "cp": 2, "dp": 1, "sequence_parallel": true,
+                                 "micro_batch_size": 4}), 0, 4),
+            }),
+        ),
+        (
+            "two encoders on 0-3 (vision tp2 sp dp2, audio dp4), llm tp2 pp2 on 4-7",
+            "pipeline_1f1b",
+            json!({
+                "vision": at(json!({"tp": 2, "dp": 2, "sequence_parallel": true,
+                                    "micro_batch_size": 2}), 0, 4),
+                "projector": at(json!({"tp": 2, "dp": 2, "micro_batch_size": 2}), 0, 4),
+                "audio": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+                "audio_projector": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+                "llm": at(json!({"tp": 2, "pp": 2, "dp": 1, "micro_batch_size": 4}), 4, 4),
+            }),
+        ),
+    ]
+}
+
+#[test]
+fn two_encoders_give_the_single_device_gradients_and_50_step_losses() {
+    let (g, cfg) = model_of(TWO_ENCODERS);
+    assert!(cfg.audio.is_some());
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let (_, want) = loss_and_grads(&cfg, &init, &batches[0]).unwrap();
+    let reference = single_device_losses(&cfg, &init, &batches);
+    let golden = expect_test::expect_file!["golden/losses-reference-tiny-two-encoders.json"];
+    golden.assert_eq(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(&reference).unwrap()
+    ));
+    for (name, schedule, modules) in two_encoder_matrix() {
+        let program = lower(&g, schedule, modules);
+        let one = run(&program, &cfg, &init, &batches[..1], &opts(1))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_grads_match(name, &one, &want);
+        let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let worst = out
+            .losses
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        if std::env::var("PARITY_VERBOSE").is_ok() {
+            eprintln!("{name}: largest loss difference over {STEPS} steps {worst:.2e}");
+        }
+        assert!(worst <= 1e-4, "{name}: a loss differs by {worst}");
+    }
 }

@@ -69,9 +69,15 @@ const PATCHES: &str = "vision.patches";
 const PATCH_COUNTS: &str = "vision.patch_counts";
 const SAMPLE_IMAGES: &str = "vision.sample_images";
 const IMAGE_TOKEN_ID: &str = "image_token_id";
+const AUDIO_PATCHES: &str = "audio.patches";
+const AUDIO_COUNTS: &str = "audio.patch_counts";
+const AUDIO_SAMPLE_ITEMS: &str = "audio.sample_images";
+const AUDIO_TOKEN_ID: &str = "audio_token_id";
 
 /// A batch as safetensors: `tokens`, `targets` i64 [B, S], `vision.patches` f32 [Tv, P],
-/// `vision.patch_counts` i64 [Nimg], `vision.sample_images` i64 [B], `image_token_id` i64 [1].
+/// `vision.patch_counts` i64 [Nimg], `vision.sample_images` i64 [B], `image_token_id` i64 [1];
+/// with an audio encoder also `audio.patches`, `audio.patch_counts`, `audio.sample_images` and
+/// `audio_token_id`, likewise.
 pub fn batch_to_bytes(b: &crate::reference::Batch) -> Result<Vec<u8>, RuntimeError> {
     let i64s = |v: &[i64]| -> Vec<u8> { v.iter().flat_map(|x| x.to_le_bytes()).collect() };
     let f32s: Vec<u8> = b
@@ -113,6 +119,31 @@ pub fn batch_to_bytes(b: &crate::reference::Batch) -> Result<Vec<u8>, RuntimeErr
             i64s(&[b.image_token_id]),
         ),
     ];
+    let mut owned = owned;
+    if let Some(a) = &b.audio {
+        let f: Vec<u8> = a
+            .patches
+            .data()
+            .iter()
+            .flat_map(|x| x.to_le_bytes())
+            .collect();
+        owned.extend([
+            (AUDIO_PATCHES, Dtype::F32, a.patches.shape().to_vec(), f),
+            (
+                AUDIO_COUNTS,
+                Dtype::I64,
+                vec![a.patch_counts.len()],
+                i64s(&a.patch_counts),
+            ),
+            (
+                AUDIO_SAMPLE_ITEMS,
+                Dtype::I64,
+                vec![a.sample_images.len()],
+                i64s(&a.sample_images),
+            ),
+            (AUDIO_TOKEN_ID, Dtype::I64, vec![1], i64s(&[a.token_id])),
+        ]);
+    }
     let views = owned
         .iter()
         .map(|(n, d, s, bytes)| TensorView::new(*d, s.clone(), bytes).map(|v| (n.to_string(), v)))
@@ -147,6 +178,16 @@ pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, Runtime
     let counts = get(PATCH_COUNTS, Dtype::I64, 1);
     let images = get(SAMPLE_IMAGES, Dtype::I64, 1);
     let image_token = get(IMAGE_TOKEN_ID, Dtype::I64, 1);
+    let audio = if st.tensor(AUDIO_PATCHES).is_ok() {
+        Some((
+            get(AUDIO_PATCHES, Dtype::F32, 2),
+            get(AUDIO_COUNTS, Dtype::I64, 1),
+            get(AUDIO_SAMPLE_ITEMS, Dtype::I64, 1),
+            get(AUDIO_TOKEN_ID, Dtype::I64, 1),
+        ))
+    } else {
+        None
+    };
     let (Some(tokens), Some(targets), Some(patches), Some(counts), Some(images), Some(image_token)) =
         (tokens, targets, patches, counts, images, image_token)
     else {
@@ -160,11 +201,28 @@ pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, Runtime
             .map(|c| i64::from_le_bytes(c.try_into().expect("8 bytes")))
             .collect()
     };
-    let f32s: Vec<f32> = patches
-        .1
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
+    let f32s = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect()
+    };
+    let audio = match audio {
+        None => None,
+        Some((Some(p), Some(c), Some(s), Some(t))) => Some(crate::reference::batch::EncoderBatch {
+            patches: Tensor::from_vec(&p.0, f32s(&p.1))?,
+            patch_counts: i64s(&c.1),
+            sample_images: i64s(&s.1),
+            token_id: *i64s(&t.1).first().ok_or_else(|| {
+                RuntimeError::Safetensors("`audio_token_id` holds no value".into())
+            })?,
+        }),
+        Some(_) => {
+            return Err(RuntimeError::Safetensors(format!(
+                "not a batch: {}",
+                problems.join("; ")
+            )))
+        }
+    };
     if targets.0 != tokens.0 {
         return Err(RuntimeError::Safetensors(format!(
             "`targets` has shape {:?} but `tokens` {:?}",
@@ -177,11 +235,12 @@ pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, Runtime
         seq_len: tokens.0[1],
         tokens: i64s(&tokens.1),
         targets: i64s(&targets.1),
-        patches: Tensor::from_vec(&patches.0, f32s)?,
+        patches: Tensor::from_vec(&patches.0, f32s(&patches.1))?,
         patch_counts: i64s(&counts.1),
         sample_images: i64s(&images.1),
         image_token_id: *id
             .first()
             .ok_or_else(|| RuntimeError::Safetensors("`image_token_id` holds no value".into()))?,
+        audio,
     })
 }

@@ -36,9 +36,33 @@ fn a_model_the_reference_does_not_compute_is_refused_with_every_difference() {
     for want in [
         "llm: the FFN is not a GELU MLP",
         "llm: the norm is not LayerNorm",
-        "vision: the patch embedding",
+        "vision: the embedding is not one linear layer",
         "vision: the reference has no pre-norm",
     ] {
         assert!(msg.contains(want), "missing {want:?} in: {msg}");
     }
+}
+
+#[test]
+fn a_second_encoder_is_an_audio_encoder_with_its_own_projector() {
+    let cfg = Config::from_model(&model("reference-tiny-two-encoders.json")).unwrap();
+    let a = cfg.audio.expect("the audio encoder");
+    assert_eq!(
+        (a.l, a.h, a.a, a.f, a.p, a.np, a.hp),
+        (1, 8, 2, 16, 6, 16, 24),
+        "audio and audio_projector sizes from examples/models/reference-tiny-two-encoders.json"
+    );
+    let p = Params::init(&cfg, 1).unwrap();
+    assert_eq!(
+        p.get("audio.proj.fc2.weight").unwrap().shape(),
+        &[cfg.h, 24]
+    );
+    // A real two-encoder model is refused with each encoder's differences named.
+    let e = Config::from_model(&model("vision-audio-7b.json")).unwrap_err();
+    let msg = e.to_string();
+    assert!(
+        msg.contains("audio: the embedding is not one linear layer")
+            && msg.contains("vision: the FFN is not a GELU MLP"),
+        "{msg}"
+    );
 }

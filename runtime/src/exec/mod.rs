@@ -18,11 +18,11 @@ pub mod shard_params;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hetpar_ir::model::ModuleKind;
 use hetpar_ir::program::Program;
 
 use self::rank::unit_of;
 pub use self::rank::RankState;
+use self::shard::Unit;
 use self::shard_params::{belongs, split_of, unslice};
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
@@ -62,25 +62,33 @@ struct RankOut {
 /// Checks that the program computes the reference model `cfg` on batches of `batch_size`.
 pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), RuntimeError> {
     let mut problems = Vec::new();
-    let count = |k: ModuleKind| program.modules.iter().filter(|m| m.kind == k).count();
-    for (k, what) in [
-        (ModuleKind::VisionEncoder, "vision encoder"),
-        (ModuleKind::Projector, "projector"),
-        (ModuleKind::LanguageModel, "language model"),
-    ] {
-        if count(k) != 1 {
-            problems.push(format!("one {what} expected, found {}", count(k)));
+    let units: Vec<Option<Unit>> = (0..program.modules.len())
+        .map(|k| unit_of(program, k))
+        .collect();
+    let count = |f: &dyn Fn(&Unit) -> bool| units.iter().flatten().filter(|u| f(u)).count();
+    let encoders = cfg.encoders();
+    for (src, _) in &encoders {
+        for (what, n) in [
+            ("encoder", count(&|u| *u == Unit::Encoder(*src))),
+            ("projector", count(&|u| *u == Unit::Projector(*src))),
+        ] {
+            if n != 1 {
+                problems.push(format!("one {} {what} expected, found {n}", src.prefix()));
+            }
         }
     }
-    for m in &program.modules {
+    if count(&|u| *u == Unit::Llm) != 1 {
+        problems.push("one language model expected".into());
+    }
+    for (m, unit) in program.modules.iter().zip(&units) {
         let who = &m.name;
-        if unit_of(m.kind).is_none() {
+        let Some(unit) = *unit else {
             problems.push(format!(
                 "module `{who}`: the reference model has no {:?}",
                 m.kind
             ));
             continue;
-        }
+        };
         let grid = m.tp * m.cp * m.dp * m.pp;
         if grid as usize != m.ranks.len() || grid == 0 {
             problems.push(format!(
@@ -95,10 +103,13 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
                 m.dp, m.micro_batch_size, program.micro_batches
             ));
         }
-        let layers = match m.kind {
-            ModuleKind::VisionEncoder => cfg.lv,
-            ModuleKind::LanguageModel => cfg.l,
-            _ => 0,
+        let (layers, divides): (usize, Vec<(&str, usize)>) = match unit {
+            Unit::Encoder(s) => {
+                let e = cfg.encoder(s);
+                (e.l, vec![("heads", e.a), ("FFN", e.f)])
+            }
+            Unit::Projector(s) => (0, vec![("hidden", cfg.encoder(s).hp)]),
+            Unit::Llm => (cfg.l, vec![("heads", cfg.a), ("FFN", cfg.f)]),
         };
         if m.chunk_layers.len() != (m.pp * m.vpp) as usize
             || (layers > 0 && m.chunk_layers.iter().sum::<u32>() as usize != layers)
@@ -109,11 +120,6 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
             ));
         }
         let tp = m.tp as usize;
-        let divides: Vec<(&str, usize)> = match m.kind {
-            ModuleKind::VisionEncoder => vec![("heads", cfg.av), ("FFN", cfg.fv)],
-            ModuleKind::Projector => vec![("hidden", cfg.hp)],
-            _ => vec![("heads", cfg.a), ("FFN", cfg.f)],
-        };
         for (what, n) in divides {
             if n % tp != 0 {
                 problems.push(format!(
@@ -121,7 +127,7 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
                 ));
             }
         }
-        if m.kind == ModuleKind::Projector && (m.pp != 1 || m.cp != 1) {
+        if matches!(unit, Unit::Projector(_)) && (m.pp != 1 || m.cp != 1) {
             problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
         }
     }
@@ -247,8 +253,8 @@ pub fn run_with(
         for (name, _) in init.iter() {
             let split = split_of(name);
             let mut found = false;
-            for m in &program.modules {
-                let Some(unit) = unit_of(m.kind) else {
+            for (k, m) in program.modules.iter().enumerate() {
+                let Some(unit) = unit_of(program, k) else {
                     continue;
                 };
                 for s in 0..m.pp {

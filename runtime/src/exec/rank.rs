@@ -19,6 +19,7 @@ use crate::reference::layers::{
     linear_named, linear_named_backward, norm_named, norm_named_backward, LayerNormCache,
 };
 use crate::reference::llm::cross_entropy;
+use crate::reference::params::Source;
 use crate::reference::{Adam, Batch, Config, Grads, Params};
 use crate::tensor::Tensor;
 use crate::transport::Endpoint;
@@ -40,16 +41,36 @@ pub struct ModuleCtx<'a> {
     pub names: Vec<String>,
     pub incoming: Option<usize>,
     pub outgoing: Option<usize>,
+    /// The language model's incoming boundaries by the encoder whose rows they carry.
+    pub sources: Vec<(Source, usize)>,
     pub heads: usize,
     pub width: usize,
 }
 
-pub fn unit_of(kind: ModuleKind) -> Option<Unit> {
+fn source_of(kind: ModuleKind) -> Option<Source> {
     match kind {
-        ModuleKind::VisionEncoder => Some(Unit::Encoder),
-        ModuleKind::Projector => Some(Unit::Projector),
-        ModuleKind::LanguageModel => Some(Unit::Llm),
+        ModuleKind::VisionEncoder => Some(Source::Vision),
+        ModuleKind::AudioEncoder => Some(Source::Audio),
         _ => None,
+    }
+}
+
+/// What module `idx` of the program computes: a projector computes the rows of the encoder
+/// whose boundary feeds it.
+pub fn unit_of(program: &Program, idx: usize) -> Option<Unit> {
+    let m = &program.modules[idx];
+    match m.kind {
+        ModuleKind::LanguageModel => Some(Unit::Llm),
+        ModuleKind::Projector => program
+            .boundaries
+            .iter()
+            .filter(|b| b.to == m.name)
+            .find_map(|b| {
+                let from = program.modules.iter().find(|x| x.name == b.from)?;
+                source_of(from.kind)
+            })
+            .map(Unit::Projector),
+        k => source_of(k).map(Unit::Encoder),
     }
 }
 
@@ -63,7 +84,7 @@ impl<'a> ModuleCtx<'a> {
     ) -> Option<ModuleCtx<'a>> {
         let m = &program.modules[idx];
         let coord = m.coord_of(rank)?;
-        let unit = unit_of(m.kind)?;
+        let unit = unit_of(program, idx)?;
         let [t, c, d, s] = coord;
         let tp_group = (0..m.tp).map(|x| m.rank_at(x, c, d, s)).collect();
         let cp_group = (0..m.cp).map(|x| m.rank_at(t, x, d, s)).collect();
@@ -86,11 +107,25 @@ impl<'a> ModuleCtx<'a> {
             program.boundaries.iter().position(f)
         };
         let (heads, width) = match unit {
-            Unit::Encoder => (cfg.av, cfg.hv),
-            Unit::Projector => (1, cfg.h),
+            Unit::Encoder(s) => (cfg.encoder(s).a, cfg.encoder(s).h),
+            Unit::Projector(_) => (1, cfg.h),
             Unit::Llm => (cfg.a, cfg.h),
         };
+        let sources = program
+            .boundaries
+            .iter()
+            .enumerate()
+            .filter(|(_, b)| b.to == m.name)
+            .filter_map(|(k, b)| {
+                let from = program.modules.iter().position(|x| x.name == b.from)?;
+                match unit_of(program, from)? {
+                    Unit::Projector(s) | Unit::Encoder(s) => Some((s, k)),
+                    Unit::Llm => None,
+                }
+            })
+            .collect();
         Some(ModuleCtx {
+            sources,
             prog: m,
             unit,
             coord,
@@ -115,9 +150,10 @@ impl<'a> ModuleCtx<'a> {
 enum LayerCache {
     EncoderEmbed {
         patches: Tensor,
+        source: Source,
     },
     LlmEmbed,
-    EncoderNorm(LayerNormCache),
+    EncoderNorm(LayerNormCache, Source),
     Mlp(MlpCache),
     Head {
         ln: LayerNormCache,
@@ -512,21 +548,25 @@ impl<'a> RankState<'a> {
         let mut pre = Vec::new();
         let x = if i == 0 {
             match unit {
-                Unit::Encoder => {
+                Unit::Encoder(src) => {
                     let (batch, _) = self.batch();
                     let idx: Vec<usize> = mine.iter().map(|r| r.patch as usize).collect();
-                    let patches = super::comm::gather_rows(&batch.patches, &idx);
-                    let mut x = linear_named(&self.params, "vision.patch", &patches);
-                    let pos = self.params.t("vision.pos");
+                    let patches = super::comm::gather_rows(batch.encoder_inputs(src).0, &idx);
+                    let pre_name = src.prefix();
+                    let mut x = linear_named(&self.params, &format!("{pre_name}.patch"), &patches);
+                    let pos = self.params.t(&format!("{pre_name}.pos"));
                     for (k, r) in mine.iter().enumerate() {
                         for (v, q) in x.row_mut(k).iter_mut().zip(pos.row(r.pos as usize)) {
                             *v += *q;
                         }
                     }
-                    pre.push(LayerCache::EncoderEmbed { patches });
+                    pre.push(LayerCache::EncoderEmbed {
+                        patches,
+                        source: src,
+                    });
                     x
                 }
-                Unit::Projector => self.boundary_rows(m, j, &mine)?,
+                Unit::Projector(_) => self.boundary_rows(m, j, &mine)?,
                 Unit::Llm => {
                     pre.push(LayerCache::LlmEmbed);
                     self.embed(m, j, &mine)?
@@ -579,7 +619,7 @@ impl<'a> RankState<'a> {
     ) -> Result<(Tensor, Vec<Option<BlockCache>>), RuntimeError> {
         let c = self.ctx(m);
         let p = c.prog;
-        let blocks = if c.unit == Unit::Projector {
+        let blocks = if matches!(c.unit, Unit::Projector(_)) {
             0..0
         } else {
             chunk_blocks(p, i as usize)
@@ -633,12 +673,12 @@ impl<'a> RankState<'a> {
         let (unit, sp, t) = (c.unit, c.prog.sequence_parallel, c.coord[0]);
         let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
         match unit {
-            Unit::Encoder => {
-                let (out, ln) = norm_named(&self.params, "vision.ln_f", &y);
-                post.push(LayerCache::EncoderNorm(ln));
+            Unit::Encoder(src) => {
+                let (out, ln) = norm_named(&self.params, &format!("{}.ln_f", src.prefix()), &y);
+                post.push(LayerCache::EncoderNorm(ln, src));
                 Ok(Some(out))
             }
-            Unit::Projector => {
+            Unit::Projector(_) => {
                 let env = Env {
                     tp_group: &tp_group,
                     cp_group: &cp_group,
@@ -648,7 +688,7 @@ impl<'a> RankState<'a> {
                     micro_batch: j,
                 };
                 let (out, cache) =
-                    mlp_forward(&mut self.ep, &env, &self.params, "vision.proj", &y)?;
+                    mlp_forward(&mut self.ep, &env, &self.params, &prefix(unit), &y)?;
                 post.push(LayerCache::Mlp(cache));
                 Ok(Some(out))
             }
@@ -710,22 +750,27 @@ impl<'a> RankState<'a> {
     fn embed(&mut self, m: usize, j: u32, mine: &[RowRef]) -> Result<Tensor, RuntimeError> {
         let (batch, _) = self.batch();
         let s = batch.seq_len;
-        let b = self.ctx(m).incoming;
+        let sources = self.placeholder_sources(m, batch);
         let table = self.params.t("llm.embed.weight");
         let pos = self.params.t("llm.pos");
         let mut e = Tensor::zeros(&[mine.len(), self.cfg.h]);
         let ph = placeholder_index(batch);
         for (k, r) in mine.iter().enumerate() {
             let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
-            let src: &[f32] = if tok == batch.image_token_id {
-                let row = ph[r.sample as usize][r.pos as usize];
-                let b = b.ok_or_else(|| invalid("placeholders but no incoming boundary".into()))?;
-                self.stores
-                    .get(&(b, j, true))
-                    .and_then(|st| st.get(&(r.sample, row)))
-                    .ok_or_else(|| self.no_row(b, j, r.sample, row, "forward"))?
-            } else {
-                table.row(tok as usize)
+            let src: &[f32] = match sources.iter().find(|x| x.0 == tok) {
+                Some(&(_, b)) => {
+                    let b = b.ok_or_else(|| {
+                        invalid(format!(
+                            "placeholders of token {tok} but no boundary brings them"
+                        ))
+                    })?;
+                    let row = ph[r.sample as usize][r.pos as usize];
+                    self.stores
+                        .get(&(b, j, true))
+                        .and_then(|st| st.get(&(r.sample, row)))
+                        .ok_or_else(|| self.no_row(b, j, r.sample, row, "forward"))?
+                }
+                None => table.row(tok as usize),
             };
             for ((v, a), q) in e
                 .row_mut(k)
@@ -737,6 +782,20 @@ impl<'a> RankState<'a> {
             }
         }
         Ok(e)
+    }
+
+    /// The placeholder token of every encoder of the batch and the boundary that brings its
+    /// rows to module `m`.
+    fn placeholder_sources(&self, m: usize, batch: &Batch) -> Vec<(i64, Option<usize>)> {
+        let c = self.ctx(m);
+        self.cfg
+            .encoders()
+            .iter()
+            .map(|(src, _)| {
+                let b = c.sources.iter().find(|x| x.0 == *src).map(|x| x.1);
+                (batch.encoder_inputs(*src).1, b)
+            })
+            .collect()
     }
 
     fn backward_chunk(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
@@ -759,11 +818,6 @@ impl<'a> RankState<'a> {
                 _ => {
                     let b = outgoing.ok_or_else(|| invalid("no outgoing boundary".into()))?;
                     let w = self.ctx(m).width;
-                    let w = if unit == Unit::Encoder {
-                        self.cfg.hv
-                    } else {
-                        w
-                    };
                     let store = self.stores.get(&(b, j, false));
                     let mut d = Tensor::zeros(&[mine.len(), w]);
                     for (k, r) in mine.iter().enumerate() {
@@ -785,9 +839,9 @@ impl<'a> RankState<'a> {
         let env_groups = (tp_group, cp_group);
         for cache in state.post.iter().rev() {
             dy = Some(match cache {
-                LayerCache::EncoderNorm(ln) => norm_named_backward(
+                LayerCache::EncoderNorm(ln, src) => norm_named_backward(
                     &self.params,
-                    "vision.ln_f",
+                    &format!("{}.ln_f", src.prefix()),
                     ln,
                     dy.as_ref().expect("set above"),
                     &mut self.grads,
@@ -805,7 +859,7 @@ impl<'a> RankState<'a> {
                         &mut self.ep,
                         &env,
                         &self.params,
-                        "vision.proj",
+                        &prefix(unit),
                         mc,
                         dy.as_ref().expect("set above"),
                         &mut self.grads,
@@ -836,7 +890,7 @@ impl<'a> RankState<'a> {
             }
         }
         let blocks = chunk_blocks(self.ctx(m).prog, i as usize);
-        if unit != Unit::Projector {
+        if !matches!(unit, Unit::Projector(_)) {
             let env = Env {
                 tp_group: &env_groups.0,
                 cp_group: &env_groups.1,
@@ -862,17 +916,19 @@ impl<'a> RankState<'a> {
         }
         for cache in state.pre.iter().rev() {
             match cache {
-                LayerCache::EncoderEmbed { patches } => {
-                    let mut dpos = Tensor::zeros(&[self.cfg.np, self.cfg.hv]);
+                LayerCache::EncoderEmbed { patches, source } => {
+                    let e = self.cfg.encoder(*source);
+                    let pre_name = source.prefix();
+                    let mut dpos = Tensor::zeros(&[e.np, e.h]);
                     for (k, r) in mine.iter().enumerate() {
                         for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(dx.row(k)) {
                             *d += *g;
                         }
                     }
-                    self.grads.accumulate("vision.pos", &dpos);
+                    self.grads.accumulate(&format!("{pre_name}.pos"), &dpos);
                     linear_named_backward(
                         &self.params,
-                        "vision.patch",
+                        &format!("{pre_name}.patch"),
                         patches,
                         &dx,
                         &mut self.grads,
@@ -884,7 +940,7 @@ impl<'a> RankState<'a> {
         }
         if i > 0 {
             self.dgrads.insert((m, i - 1, j), dx);
-        } else if unit == Unit::Projector {
+        } else if matches!(unit, Unit::Projector(_)) {
             let b = self.ctx(m).incoming.expect("checked in forward");
             let store = self.stores.entry((b, j, false)).or_default();
             for (k, r) in mine.iter().enumerate() {
@@ -904,15 +960,15 @@ impl<'a> RankState<'a> {
         let (batch, _) = self.batch();
         let s = batch.seq_len;
         let ph = placeholder_index(batch);
+        let sources = self.placeholder_sources(m, batch);
         let mut dtable = Tensor::zeros(&[self.cfg.v, self.cfg.h]);
         let mut dpos = Tensor::zeros(&[self.cfg.s, self.cfg.h]);
-        let b = self.ctx(m).incoming;
         for (k, r) in mine.iter().enumerate() {
             for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(de.row(k)) {
                 *d += *g;
             }
             let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
-            if tok == batch.image_token_id {
+            if let Some(&(_, b)) = sources.iter().find(|x| x.0 == tok) {
                 let row = ph[r.sample as usize][r.pos as usize];
                 let b = b.expect("checked in forward");
                 self.stores
@@ -1055,21 +1111,19 @@ impl<'a> RankState<'a> {
     }
 }
 
-/// For every sample, the row each placeholder position takes (its rank among the sample's
-/// placeholders).
+/// For every sample and position, the rank of its token among the sample's earlier positions
+/// holding the same token: the row a placeholder takes among its encoder's rows.
 fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
     let s = batch.seq_len;
     (0..batch.batch_size)
         .map(|b| {
-            let mut k = 0u64;
+            let mut seen: HashMap<i64, u64> = HashMap::new();
             batch.tokens[b * s..(b + 1) * s]
                 .iter()
                 .map(|&t| {
-                    let here = k;
-                    if t == batch.image_token_id {
-                        k += 1;
-                    }
-                    here
+                    let n = seen.entry(t).or_insert(0);
+                    *n += 1;
+                    *n - 1
                 })
                 .collect()
         })

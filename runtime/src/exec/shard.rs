@@ -12,13 +12,15 @@
 
 use std::ops::Range;
 
-use super::super::reference::batch::Layout;
+use crate::reference::batch::Layout;
+use crate::reference::params::Source;
 
 /// What a module computes, which decides its sequences.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Unit {
-    Encoder,
-    Projector,
+    Encoder(Source),
+    /// The projector of an encoder's rows.
+    Projector(Source),
     Llm,
 }
 
@@ -83,19 +85,27 @@ pub fn sharding(
 ) -> Sharding {
     // (sample, length, first boundary row of the sequence in its sample, first patch row).
     let mut seqs: Vec<(u32, usize, u64, u32)> = Vec::new();
+    let items = match unit {
+        Unit::Encoder(src) | Unit::Projector(src) => layout.encoder(src),
+        Unit::Llm => Default::default(),
+    };
     for s in samples {
-        let images = layout.sample_images[s as usize].clone();
+        let images = items
+            .sample_images
+            .get(s as usize)
+            .cloned()
+            .unwrap_or_default();
         match unit {
-            Unit::Encoder => {
+            Unit::Encoder(_) => {
                 let mut row = 0u64;
                 for i in images {
-                    let r = &layout.images[i];
+                    let r = &items.images[i];
                     seqs.push((s, r.len(), row, r.start as u32));
                     row += r.len() as u64;
                 }
             }
-            Unit::Projector => {
-                let n: usize = images.map(|i| layout.images[i].len()).sum();
+            Unit::Projector(_) => {
+                let n: usize = images.map(|i| items.images[i].len()).sum();
                 seqs.push((s, n, 0, 0));
             }
             Unit::Llm => seqs.push((s, seq_len, 0, 0)),

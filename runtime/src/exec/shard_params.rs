@@ -34,11 +34,11 @@ pub fn split_of(name: &str) -> Split {
 }
 
 /// The tensor-name prefix of a module's parameters.
-pub fn prefix(unit: Unit) -> &'static str {
+pub fn prefix(unit: Unit) -> String {
     match unit {
-        Unit::Encoder => "vision",
-        Unit::Projector => "vision.proj",
-        Unit::Llm => "llm",
+        Unit::Encoder(s) => s.prefix().to_string(),
+        Unit::Projector(s) => format!("{}.proj", s.prefix()),
+        Unit::Llm => "llm".to_string(),
     }
 }
 
@@ -63,12 +63,13 @@ pub fn belongs(name: &str, unit: Unit, m: &ModuleProgram, stage: u32) -> bool {
             .is_some_and(|i| blocks.contains(&i))
     };
     match unit {
-        Unit::Encoder => {
-            (first && (name.starts_with("vision.patch.") || name == "vision.pos"))
-                || in_blocks("vision")
-                || (last && name.starts_with("vision.ln_f."))
+        Unit::Encoder(s) => {
+            let pre = s.prefix();
+            (first && (name.starts_with(&format!("{pre}.patch.")) || name == format!("{pre}.pos")))
+                || in_blocks(pre)
+                || (last && name.starts_with(&format!("{pre}.ln_f.")))
         }
-        Unit::Projector => name.starts_with("vision.proj."),
+        Unit::Projector(s) => name.starts_with(&format!("{}.proj.", s.prefix())),
         Unit::Llm => {
             (first && (name == "llm.embed.weight" || name == "llm.pos"))
                 || in_blocks("llm")

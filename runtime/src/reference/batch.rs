@@ -2,7 +2,7 @@
 
 use std::ops::Range;
 
-use super::params::Config;
+use super::params::{Config, EncoderConfig, Source};
 use crate::error::RuntimeError;
 use crate::tensor::Tensor;
 
@@ -28,6 +28,30 @@ pub struct Batch {
     pub sample_images: Vec<i64>,
     /// The placeholder token id.
     pub image_token_id: i64,
+    /// The second encoder's inputs, when the model has one.
+    pub audio: Option<EncoderBatch>,
+}
+
+/// One encoder's inputs besides the vision encoder's (`audio.*`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct EncoderBatch {
+    /// Frames of all items, item after item, sample after sample: `[Ta, Pa]`.
+    pub patches: Tensor,
+    /// Frames of each item.
+    pub patch_counts: Vec<i64>,
+    /// Items of each sample, in order, `[B]`.
+    pub sample_images: Vec<i64>,
+    /// Its placeholder token id.
+    pub token_id: i64,
+}
+
+/// Where one encoder's items lie.
+#[derive(Clone, Debug, PartialEq, Eq, Default)]
+pub struct EncoderLayout {
+    /// Patch rows of each item.
+    pub images: Vec<Range<usize>>,
+    /// Item indices of each sample.
+    pub sample_images: Vec<Range<usize>>,
 }
 
 /// Where each image's patches and each sample's images lie, once a batch is validated.
@@ -39,6 +63,91 @@ pub struct Layout {
     pub sample_images: Vec<Range<usize>>,
     /// The number of targets `≠ -100` in the whole batch (the loss's denominator).
     pub targets: usize,
+    /// The audio encoder's items, when there is one.
+    pub audio: Option<EncoderLayout>,
+}
+
+impl Layout {
+    /// Encoder `s`'s items.
+    pub fn encoder(&self, s: Source) -> EncoderLayout {
+        match (s, &self.audio) {
+            (Source::Audio, Some(a)) => a.clone(),
+            _ => EncoderLayout {
+                images: self.images.clone(),
+                sample_images: self.sample_images.clone(),
+            },
+        }
+    }
+}
+
+impl Batch {
+    /// Encoder `s`'s patches and placeholder token id.
+    pub fn encoder_inputs(&self, s: Source) -> (&Tensor, i64) {
+        match (s, &self.audio) {
+            (Source::Audio, Some(a)) => (&a.patches, a.token_id),
+            _ => (&self.patches, self.image_token_id),
+        }
+    }
+}
+
+/// Checks one encoder's inputs: `what` names them in messages.
+fn encoder_layout(
+    what: &str,
+    e: &EncoderConfig,
+    b: usize,
+    patches: &Tensor,
+    patch_counts: &[i64],
+    sample_images: &[i64],
+) -> Result<EncoderLayout, RuntimeError> {
+    if patches.shape().len() != 2 || patches.cols() != e.p {
+        return Err(bad(format!(
+            "{what}.patches have shape {:?}, but must be [T, P = {}]",
+            patches.shape(),
+            e.p
+        )));
+    }
+    if sample_images.len() != b {
+        return Err(bad(format!(
+            "{what}.sample_images has {} entries for {b} samples",
+            sample_images.len()
+        )));
+    }
+    let mut images = Vec::with_capacity(patch_counts.len());
+    let mut row = 0usize;
+    for (i, &c) in patch_counts.iter().enumerate() {
+        let c = count(&format!("{what}.patch_counts"), i, c)?;
+        if c == 0 || c > e.np {
+            return Err(bad(format!(
+                "{what} item {i} has {c} rows, not in 1..={} (the position table)",
+                e.np
+            )));
+        }
+        images.push(row..row + c);
+        row += c;
+    }
+    if row != patches.rows() {
+        return Err(bad(format!(
+            "{what}.patch_counts sum to {row}, but {what}.patches has {} rows",
+            patches.rows()
+        )));
+    }
+    let mut per_sample = Vec::with_capacity(b);
+    let mut next = 0usize;
+    for (i, &n) in sample_images.iter().enumerate() {
+        let n = count(&format!("{what}.sample_images"), i, n)?;
+        per_sample.push(next..next + n);
+        next += n;
+    }
+    if next != images.len() {
+        return Err(bad(format!(
+            "{what}.sample_images sum to {next}, but {what}.patch_counts lists {} items",
+            images.len()
+        )));
+    }
+    Ok(EncoderLayout {
+        images,
+        sample_images: per_sample,
+    })
 }
 
 fn bad(msg: String) -> RuntimeError {
@@ -70,58 +179,50 @@ impl Batch {
                 )));
             }
         }
-        if self.patches.shape().len() != 2 || self.patches.cols() != cfg.p {
-            return Err(bad(format!(
-                "patches have shape {:?}, but must be [Tv, P = {}]",
-                self.patches.shape(),
-                cfg.p
-            )));
-        }
-        if self.sample_images.len() != b {
-            return Err(bad(format!(
-                "sample_images has {} entries for {b} samples",
-                self.sample_images.len()
-            )));
-        }
-        let mut images = Vec::with_capacity(self.patch_counts.len());
-        let mut row = 0usize;
-        for (i, &c) in self.patch_counts.iter().enumerate() {
-            let c = count("patch_counts", i, c)?;
-            if c == 0 || c > cfg.np {
-                return Err(bad(format!(
-                    "image {i} has {c} patches, not in 1..={} (the position table)",
-                    cfg.np
-                )));
+        let vision = encoder_layout(
+            "vision",
+            &cfg.vision(),
+            b,
+            &self.patches,
+            &self.patch_counts,
+            &self.sample_images,
+        )?;
+        let audio = match (&self.audio, &cfg.audio) {
+            (Some(a), Some(e)) => Some(encoder_layout(
+                "audio",
+                e,
+                b,
+                &a.patches,
+                &a.patch_counts,
+                &a.sample_images,
+            )?),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(bad(
+                    "audio inputs, but the model has no audio encoder".into()
+                ))
             }
-            images.push(row..row + c);
-            row += c;
+            (None, Some(_)) => {
+                return Err(bad(
+                    "no audio inputs, but the model has an audio encoder".into()
+                ))
+            }
+        };
+        let audio_token = self.audio.as_ref().map(|a| a.token_id);
+        if audio_token == Some(self.image_token_id) {
+            return Err(bad("audio and image placeholders share a token id".into()));
         }
-        if row != self.patches.rows() {
-            return Err(bad(format!(
-                "patch_counts sum to {row}, but patches has {} rows",
-                self.patches.rows()
-            )));
-        }
-        let mut sample_images = Vec::with_capacity(b);
-        let mut next = 0usize;
-        for (i, &n) in self.sample_images.iter().enumerate() {
-            let n = count("sample_images", i, n)?;
-            sample_images.push(next..next + n);
-            next += n;
-        }
-        if next != images.len() {
-            return Err(bad(format!(
-                "sample_images sum to {next}, but patch_counts lists {} images",
-                images.len()
-            )));
-        }
+        let (images, sample_images) = (vision.images, vision.sample_images);
         let mut targets = 0usize;
         for (sample, own_images) in sample_images.iter().enumerate() {
             let mut placeholders = 0usize;
+            let mut audio_placeholders = 0usize;
             for pos in 0..s {
                 let tok = self.tokens[sample * s + pos];
                 if tok == self.image_token_id {
                     placeholders += 1;
+                } else if Some(tok) == audio_token {
+                    audio_placeholders += 1;
                 } else if tok < 0 || tok as u64 >= cfg.v as u64 {
                     return Err(bad(format!(
                         "sample {sample}, position {pos}: token {tok} is outside the vocabulary \
@@ -149,6 +250,18 @@ impl Batch {
                     patches,
                 });
             }
+            if let Some(a) = &audio {
+                let frames: usize = a.sample_images[sample]
+                    .clone()
+                    .map(|i| a.images[i].len())
+                    .sum();
+                if audio_placeholders != frames {
+                    return Err(bad(format!(
+                        "sample {sample}: {audio_placeholders} audio placeholder tokens, but its \
+                         audio items have {frames} rows in total (they must be equal)"
+                    )));
+                }
+            }
         }
         if targets == 0 {
             return Err(RuntimeError::NoTargets);
@@ -157,6 +270,7 @@ impl Batch {
             images,
             sample_images,
             targets,
+            audio,
         })
     }
 }

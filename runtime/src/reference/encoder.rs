@@ -11,11 +11,8 @@ use super::layers::{
     gelu, gelu_backward, linear_named, linear_named_backward, norm_named, norm_named_backward,
     LayerNormCache,
 };
-use super::params::{Config, Grads, Params};
+use super::params::{EncoderConfig, Grads, Params};
 use crate::tensor::Tensor;
-
-/// The encoder's tensor-name prefix.
-pub const PREFIX: &str = "vision";
 
 /// What the encoder's backward needs for one image.
 #[derive(Clone, Debug)]
@@ -31,25 +28,31 @@ pub struct EncoderCache {
     g: Tensor,
 }
 
-/// One image's patches `[n, P]` to its projected rows `[n, H]`.
-pub fn encoder_forward(cfg: &Config, p: &Params, patches: &Tensor) -> (Tensor, EncoderCache) {
-    let mut x = linear_named(p, &format!("{PREFIX}.patch"), patches);
-    let pos = p.t(&format!("{PREFIX}.pos"));
+/// One image's patches `[n, P]` to its projected rows `[n, H]`, by the encoder whose tensors
+/// are named `{prefix}.*`.
+pub fn encoder_forward(
+    cfg: &EncoderConfig,
+    prefix: &str,
+    p: &Params,
+    patches: &Tensor,
+) -> (Tensor, EncoderCache) {
+    let mut x = linear_named(p, &format!("{prefix}.patch"), patches);
+    let pos = p.t(&format!("{prefix}.pos"));
     for i in 0..x.rows() {
         for (v, q) in x.row_mut(i).iter_mut().zip(pos.row(i)) {
             *v += *q;
         }
     }
-    let mut blocks = Vec::with_capacity(cfg.lv);
-    for i in 0..cfg.lv {
-        let (y, c) = block_forward(p, &format!("{PREFIX}.blocks.{i}"), &x, cfg.av, false);
+    let mut blocks = Vec::with_capacity(cfg.l);
+    for i in 0..cfg.l {
+        let (y, c) = block_forward(p, &format!("{prefix}.blocks.{i}"), &x, cfg.a, false);
         x = y;
         blocks.push(c);
     }
-    let (xf, ln_f) = norm_named(p, &format!("{PREFIX}.ln_f"), &x);
-    let a = linear_named(p, &format!("{PREFIX}.proj.fc1"), &xf);
+    let (xf, ln_f) = norm_named(p, &format!("{prefix}.ln_f"), &x);
+    let a = linear_named(p, &format!("{prefix}.proj.fc1"), &xf);
     let g = gelu(&a);
-    let y = linear_named(p, &format!("{PREFIX}.proj.fc2"), &g);
+    let y = linear_named(p, &format!("{prefix}.proj.fc2"), &g);
     let cache = EncoderCache {
         patches: patches.clone(),
         blocks,
@@ -64,29 +67,30 @@ pub fn encoder_forward(cfg: &Config, p: &Params, patches: &Tensor) -> (Tensor, E
 /// The backward of [`encoder_forward`] for one image, from the gradient of its projected rows;
 /// accumulates into `grads`.
 pub fn encoder_backward(
-    cfg: &Config,
+    cfg: &EncoderConfig,
+    prefix: &str,
     p: &Params,
     cache: &EncoderCache,
     dy: &Tensor,
     grads: &mut Grads,
 ) {
-    let dg = linear_named_backward(p, &format!("{PREFIX}.proj.fc2"), &cache.g, dy, grads);
+    let dg = linear_named_backward(p, &format!("{prefix}.proj.fc2"), &cache.g, dy, grads);
     let da = gelu_backward(&cache.a, &dg);
-    let dxf = linear_named_backward(p, &format!("{PREFIX}.proj.fc1"), &cache.xf, &da, grads);
-    let mut dx = norm_named_backward(p, &format!("{PREFIX}.ln_f"), &cache.ln_f, &dxf, grads);
-    for i in (0..cfg.lv).rev() {
+    let dxf = linear_named_backward(p, &format!("{prefix}.proj.fc1"), &cache.xf, &da, grads);
+    let mut dx = norm_named_backward(p, &format!("{prefix}.ln_f"), &cache.ln_f, &dxf, grads);
+    for i in (0..cfg.l).rev() {
         dx = block_backward(
             p,
-            &format!("{PREFIX}.blocks.{i}"),
+            &format!("{prefix}.blocks.{i}"),
             &cache.blocks[i],
             &dx,
             grads,
         );
     }
-    let mut dpos = Tensor::zeros(&[cfg.np, cfg.hv]);
+    let mut dpos = Tensor::zeros(&[cfg.np, cfg.h]);
     for i in 0..dx.rows() {
         dpos.row_mut(i).copy_from_slice(dx.row(i));
     }
-    grads.accumulate(&format!("{PREFIX}.pos"), &dpos);
-    linear_named_backward(p, &format!("{PREFIX}.patch"), &cache.patches, &dx, grads);
+    grads.accumulate(&format!("{prefix}.pos"), &dpos);
+    linear_named_backward(p, &format!("{prefix}.patch"), &cache.patches, &dx, grads);
 }

@@ -1,7 +1,8 @@
 //! The language model, one sample (one sequence) at a time, and its loss:
 //!
 //! ```text
-//! e = embed[tokens]; e[placeholders] = the sample's encoder rows, in order; e = e + pos[0:S]
+//! e = embed[tokens]; e[placeholders] = the sample's encoder rows, in order (image rows at
+//!     image placeholders, audio rows at audio placeholders); e = e + pos[0:S]
 //! for each block:  e = e + attn_causal(ln1(e));  e = e + fc2(gelu(fc1(ln2(e))))
 //! logits = ln_f(e) · head.weightᵀ                  # untied head, no bias
 //! loss = Σ_{targets ≠ -100} CE(logits, target) / (targets ≠ -100 in the whole batch)
@@ -24,22 +25,33 @@ pub struct LlmCache {
     hf: Tensor,
 }
 
-/// The input rows `[S, H]` of one sample: its tokens' embeddings, with the positions holding
-/// `image_token_id` replaced, left to right, by the rows of `images` in order, plus positions.
-/// The batch's validation guarantees the placeholder count equals the rows.
-pub fn embed(p: &Params, tokens: &[i64], image_token_id: i64, images: &[&Tensor]) -> Tensor {
+/// The positions holding `token` take, left to right, the rows of `items` in order.
+pub struct Placeholders<'a> {
+    pub token: i64,
+    pub items: Vec<&'a Tensor>,
+}
+
+/// The input rows `[S, H]` of one sample: its tokens' embeddings, with the positions holding a
+/// placeholder token replaced by its encoder's rows, plus positions. The batch's validation
+/// guarantees the placeholder counts equal the rows.
+pub fn embed(p: &Params, tokens: &[i64], sources: &[Placeholders<'_>]) -> Tensor {
     let table = p.t("llm.embed.weight");
     let pos = p.t("llm.pos");
-    let mut rows = images
+    let mut rows: Vec<_> = sources
         .iter()
-        .flat_map(|t| (0..t.rows()).map(move |r| t.row(r)));
+        .map(|src| {
+            src.items
+                .iter()
+                .flat_map(|t| (0..t.rows()).map(move |r| t.row(r)))
+        })
+        .collect();
     let mut e = Tensor::zeros(&[tokens.len(), table.cols()]);
     for (s, &tok) in tokens.iter().enumerate() {
-        let src = if tok == image_token_id {
-            rows.next()
-                .expect("placeholders were counted against the rows")
-        } else {
-            table.row(tok as usize)
+        let src = match sources.iter().position(|x| x.token == tok) {
+            Some(k) => rows[k]
+                .next()
+                .expect("placeholders were counted against the rows"),
+            None => table.row(tok as usize),
         };
         for ((v, a), b) in e.row_mut(s).iter_mut().zip(src).zip(pos.row(s)) {
             *v = *a + *b;
@@ -49,22 +61,21 @@ pub fn embed(p: &Params, tokens: &[i64], image_token_id: i64, images: &[&Tensor]
 }
 
 /// The backward of [`embed`]: accumulates the embedding and position gradients into `grads`
-/// and returns the gradient of each image's rows (`image_rows[i]` rows for image `i`).
+/// and returns, per source `(token, rows of each item)`, the gradient of each item's rows.
 pub fn embed_backward(
     cfg: &Config,
     tokens: &[i64],
-    image_token_id: i64,
-    image_rows: &[usize],
+    sources: &[(i64, Vec<usize>)],
     de: &Tensor,
     grads: &mut Grads,
-) -> Vec<Tensor> {
+) -> Vec<Vec<Tensor>> {
     let mut dtable = Tensor::zeros(&[cfg.v, cfg.h]);
     let mut dpos = Tensor::zeros(&[cfg.s, cfg.h]);
-    let mut placeholder_rows = Vec::new();
+    let mut placeholder_rows = vec![Vec::new(); sources.len()];
     for (s, &tok) in tokens.iter().enumerate() {
         dpos.row_mut(s).copy_from_slice(de.row(s));
-        if tok == image_token_id {
-            placeholder_rows.push(s);
+        if let Some(k) = sources.iter().position(|x| x.0 == tok) {
+            placeholder_rows[k].push(s);
         } else {
             for (d, g) in dtable.row_mut(tok as usize).iter_mut().zip(de.row(s)) {
                 *d += *g;
@@ -73,18 +84,24 @@ pub fn embed_backward(
     }
     grads.accumulate("llm.embed.weight", &dtable);
     grads.accumulate("llm.pos", &dpos);
-    let mut next = placeholder_rows.into_iter();
-    image_rows
+    sources
         .iter()
-        .map(|&n| {
-            let mut d = Tensor::zeros(&[n, cfg.h]);
-            for r in 0..n {
-                let s = next
-                    .next()
-                    .expect("placeholders were counted against the rows");
-                d.row_mut(r).copy_from_slice(de.row(s));
-            }
-            d
+        .zip(placeholder_rows)
+        .map(|((_, counts), at)| {
+            let mut next = at.into_iter();
+            counts
+                .iter()
+                .map(|&n| {
+                    let mut d = Tensor::zeros(&[n, cfg.h]);
+                    for r in 0..n {
+                        let s = next
+                            .next()
+                            .expect("placeholders were counted against the rows");
+                        d.row_mut(r).copy_from_slice(de.row(s));
+                    }
+                    d
+                })
+                .collect()
         })
         .collect()
 }

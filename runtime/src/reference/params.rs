@@ -36,11 +36,97 @@ pub struct Config {
     pub v: usize,
     /// Sequence length (`S`): the length of the language model's position table.
     pub s: usize,
+    /// The optional second encoder (prefix `audio.`) and its projector.
+    pub audio: Option<EncoderConfig>,
+}
+
+/// One encoder's sizes and its projector's hidden size (`Hp`): the vision encoder's are the
+/// `Lv Hv Av Fv P Np Hp` of [`Config`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EncoderConfig {
+    /// Blocks.
+    pub l: usize,
+    /// Hidden size.
+    pub h: usize,
+    /// Attention heads.
+    pub a: usize,
+    /// FFN hidden size.
+    pub f: usize,
+    /// Patch (frame) vector length.
+    pub p: usize,
+    /// Position table length: the most rows one item may have.
+    pub np: usize,
+    /// Projector hidden size.
+    pub hp: usize,
+}
+
+/// Which encoder: the tensor-name prefix and the batch inputs it reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Source {
+    Vision,
+    Audio,
+}
+
+impl Source {
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Source::Vision => "vision",
+            Source::Audio => "audio",
+        }
+    }
 }
 
 impl Config {
+    /// The vision encoder's sizes.
+    pub fn vision(&self) -> EncoderConfig {
+        EncoderConfig {
+            l: self.lv,
+            h: self.hv,
+            a: self.av,
+            f: self.fv,
+            p: self.p,
+            np: self.np,
+            hp: self.hp,
+        }
+    }
+
+    /// Every encoder with its sizes: vision, then audio if present.
+    pub fn encoders(&self) -> Vec<(Source, EncoderConfig)> {
+        std::iter::once((Source::Vision, self.vision()))
+            .chain(self.audio.map(|a| (Source::Audio, a)))
+            .collect()
+    }
+
+    /// The sizes of encoder `s` (the vision encoder's when there is no audio encoder).
+    pub fn encoder(&self, s: Source) -> EncoderConfig {
+        match s {
+            Source::Audio => self.audio.unwrap_or_else(|| self.vision()),
+            Source::Vision => self.vision(),
+        }
+    }
+
     /// Every size is positive and each hidden size divides into its heads.
     pub fn validate(&self) -> Result<(), RuntimeError> {
+        if let Some(a) = self.audio {
+            let sizes = [
+                ("La", a.l),
+                ("Ha", a.h),
+                ("Aa", a.a),
+                ("Fa", a.f),
+                ("Pa", a.p),
+                ("Na", a.np),
+                ("Hpa", a.hp),
+            ];
+            if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
+                return Err(RuntimeError::InvalidConfig(format!("{name} is 0")));
+            }
+            if !a.h.is_multiple_of(a.a) {
+                return Err(RuntimeError::InvalidConfig(format!(
+                    "Ha {} is not a multiple of Aa {}",
+                    a.h, a.a
+                )));
+            }
+        }
         let sizes = [
             ("Lv", self.lv),
             ("Hv", self.hv),
@@ -132,19 +218,17 @@ fn block_specs(out: &mut Vec<ParamSpec>, prefix: &str, hidden: usize, ffn: usize
 /// [`Params::init`] draws them).
 pub fn param_specs(cfg: &Config) -> Vec<ParamSpec> {
     let mut out = Vec::new();
-    linear_specs(&mut out, "vision.patch", cfg.hv, cfg.p);
-    spec(
-        &mut out,
-        "vision.pos".into(),
-        &[cfg.np, cfg.hv],
-        Init::Random,
-    );
-    for i in 0..cfg.lv {
-        block_specs(&mut out, &format!("vision.blocks.{i}"), cfg.hv, cfg.fv);
+    for (source, e) in cfg.encoders() {
+        let pre = source.prefix();
+        linear_specs(&mut out, &format!("{pre}.patch"), e.h, e.p);
+        spec(&mut out, format!("{pre}.pos"), &[e.np, e.h], Init::Random);
+        for i in 0..e.l {
+            block_specs(&mut out, &format!("{pre}.blocks.{i}"), e.h, e.f);
+        }
+        norm_specs(&mut out, &format!("{pre}.ln_f"), e.h);
+        linear_specs(&mut out, &format!("{pre}.proj.fc1"), e.hp, e.h);
+        linear_specs(&mut out, &format!("{pre}.proj.fc2"), cfg.h, e.hp);
     }
-    norm_specs(&mut out, "vision.ln_f", cfg.hv);
-    linear_specs(&mut out, "vision.proj.fc1", cfg.hp, cfg.hv);
-    linear_specs(&mut out, "vision.proj.fc2", cfg.h, cfg.hp);
     spec(
         &mut out,
         "llm.embed.weight".into(),

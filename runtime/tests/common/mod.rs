@@ -19,5 +19,6 @@ pub fn tiny() -> Config {
         f: 16,
         v: 11,
         s: 12,
+        audio: None,
     }
 }
