@@ -10,6 +10,7 @@ pub use hetpar_ir as ir;
 pub use hetpar_planner as planner;
 pub use hetpar_runtime as runtime;
 
+pub mod autotune;
 pub mod examples;
 pub mod io;
 pub mod report;

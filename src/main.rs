@@ -111,6 +111,21 @@ Example:\n  hetpar codegen examples/plans/reference-tiny-noncolocated-8.json --m
 --cluster examples/clusters/h100-8.json -o generated/ && generated/launch.sh --steps 5"
     )]
     Codegen(commands::codegen::Args),
+    /// Measure the backend with microbenchmarks (matrix products, attention, memory-bound
+    /// kernels, point to point, collectives) and write a calibration file.
+    #[command(
+        after_help = "Every command that estimates reads the file with --calibration.\n\n\
+Example:\n  hetpar profile --cluster examples/clusters/cpu-2.json --backend cpu -o calibration.json"
+    )]
+    Profile(commands::profile::Args),
+    /// Plan, run the best candidates on the backend, fit the cost model's efficiency constants
+    /// to what they measure, re-plan, and report predicted against measured before and after.
+    #[command(
+        after_help = "Measurements are appended to --log as they are taken: run it again to resume.\n\n\
+Example:\n  hetpar autotune --model examples/models/reference-tiny.json --cluster examples/clusters/cpu-2.json \
+--calibration calibration.json -o calibrated.json"
+    )]
+    Autotune(commands::autotune::Args),
 }
 
 fn main() -> ExitCode {
@@ -127,6 +142,8 @@ fn main() -> ExitCode {
         Command::Lower(a) => commands::lower::run(a),
         Command::Run(a) => commands::run::run(a),
         Command::Codegen(a) => commands::codegen::run(a),
+        Command::Profile(a) => commands::profile::run(a),
+        Command::Autotune(a) => commands::autotune::run(a),
     };
     match result {
         Ok(code) => code,

@@ -8,7 +8,8 @@
 use hetpar_ir::gpu::GpuModel;
 
 /// Efficiency constants of one GPU generation.
-#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Constants {
     /// Fraction of dense peak a large matrix product reaches.
     pub matmul_max_efficiency: f64,
@@ -61,6 +62,21 @@ impl Constants {
                 matmul_max_efficiency: 0.72,
                 matmul_half_dim: 96.0,
                 attention_efficiency: 0.50,
+                ..a100
+            },
+            // Plain loops on one core: no tiles to fill, no launches, no overlap of gradient
+            // sums (the CPU backend sums after backward), no framework reserve. `hetpar
+            // profile` and `hetpar autotune` measure what the figures should be.
+            GpuModel::CpuThread => Constants {
+                matmul_max_efficiency: 1.0,
+                matmul_half_dim: 4.0,
+                attention_efficiency: 0.5,
+                hbm_efficiency: 1.0,
+                kernel_launch_s: 0.0,
+                nvlink_efficiency: 1.0,
+                network_efficiency: 1.0,
+                dp_overlap: 0.0,
+                framework_reserve_bytes: 0.0,
                 ..a100
             },
             GpuModel::B200 => Constants {

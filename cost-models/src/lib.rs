@@ -8,6 +8,7 @@
 //!
 //! The efficiency constants live in `constants`; `docs/cost-model.md` defines every metric.
 
+pub mod calibration;
 pub mod collective;
 pub mod compute;
 pub mod constants;

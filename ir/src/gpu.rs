@@ -17,14 +17,20 @@ pub enum GpuModel {
     A10080gb,
     #[serde(rename = "b200")]
     B200,
+    /// One thread of the CPU backend (ranks as threads on one machine): placeholder figures,
+    /// of the order of one core running the reference model's f64-accumulating loops, for
+    /// `hetpar profile` to replace with measured ones.
+    #[serde(rename = "cpu_thread")]
+    CpuThread,
 }
 
 impl GpuModel {
-    pub const ALL: [GpuModel; 4] = [
+    pub const ALL: [GpuModel; 5] = [
         GpuModel::H100Sxm80gb,
         GpuModel::H200141gb,
         GpuModel::A10080gb,
         GpuModel::B200,
+        GpuModel::CpuThread,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -33,6 +39,7 @@ impl GpuModel {
             GpuModel::H200141gb => "h200_141gb",
             GpuModel::A10080gb => "a100_80gb",
             GpuModel::B200 => "b200",
+            GpuModel::CpuThread => "cpu_thread",
         }
     }
 
@@ -66,6 +73,15 @@ impl GpuModel {
                 nvlink_latency: 4e-6,
                 network_bandwidth: 25e9,
                 network_latency: 10e-6,
+            },
+            GpuModel::CpuThread => GpuSpec {
+                dense_bf16_flops: 1e9,
+                hbm_bytes: 4096.0 * MIB,
+                hbm_bandwidth: 10e9,
+                nvlink_bandwidth: 4e9,
+                nvlink_latency: 20e-6,
+                network_bandwidth: 4e9,
+                network_latency: 20e-6,
             },
             GpuModel::B200 => GpuSpec {
                 dense_bf16_flops: 2250e12,

@@ -8,6 +8,7 @@
 pub mod dump;
 pub mod error;
 pub mod exec;
+pub mod profile;
 pub mod reference;
 pub mod tensor;
 pub mod transport;

@@ -17,16 +17,19 @@ pub struct Args {
     /// Attention kernel of the training software: flash keeps no score matrix.
     #[arg(long, value_enum, default_value = "flash")]
     attention: Attention,
+    #[command(flatten)]
+    calibration: super::CalibrationArg,
     /// Write the result here (atomically) instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = a.inputs.load() else {
+    let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
-    let opts = a.attention.options();
+    let mut opts = a.attention.options();
+    a.calibration.apply(&mut cluster, &mut opts)?;
     // Boundaries priced by their synthesis, as `hetpar plan` does.
     let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
     let est = hetpar::cost::estimate_with_boundaries(&model, &cluster, &plan, &opts, &times)?;

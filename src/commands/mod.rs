@@ -1,11 +1,13 @@
 //! One file per command.
 
+pub mod autotune;
 pub mod codegen;
 pub mod describe;
 pub mod estimate;
 pub mod import;
 pub mod lower;
 pub mod plan;
+pub mod profile;
 pub mod reshard;
 pub mod run;
 pub mod show;
@@ -158,5 +160,49 @@ impl PlanFlags {
 impl PlanFirst {
     pub fn load(&self) -> Option<Inputs> {
         load_inputs(&self.model, &self.cluster, &self.plan)
+    }
+}
+
+/// `--calibration F`: a calibration file (`hetpar profile`, `hetpar autotune`) read in place of
+/// the built-in hardware figures and efficiency constants.
+#[derive(clap::Args, Default)]
+pub struct CalibrationArg {
+    /// A calibration file (from `hetpar profile` or `hetpar autotune`) to use in place of the
+    /// built-in figures and constants.
+    #[arg(long, value_name = "FILE")]
+    pub calibration: Option<std::path::PathBuf>,
+}
+
+impl CalibrationArg {
+    /// Reads the calibration, if one was given.
+    pub fn load(&self) -> anyhow::Result<Option<hetpar::cost::calibration::Calibration>> {
+        let Some(p) = &self.calibration else {
+            return Ok(None);
+        };
+        let text =
+            std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+        let cal: hetpar::cost::calibration::Calibration = serde_json::from_str(&text)
+            .with_context(|| format!("{}: not a calibration file", p.display()))?;
+        cal.check()
+            .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+        Ok(Some(cal))
+    }
+
+    /// Puts the calibration (if any) in force on the cluster and the options.
+    pub fn apply(
+        &self,
+        cluster: &mut hetpar::ir::Cluster,
+        opts: &mut hetpar::cost::Options,
+    ) -> anyhow::Result<()> {
+        if let Some(cal) = self.load()? {
+            let name = self
+                .calibration
+                .as_ref()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            cal.apply(cluster, opts)
+                .map_err(|e| anyhow::anyhow!("{name}: {e}"))?;
+        }
+        Ok(())
     }
 }

@@ -44,6 +44,8 @@ pub struct Args {
     /// Closed-form evaluations before the search stops.
     #[arg(long, default_value_t = SearchOptions::default().max_evaluations)]
     max_evaluations: usize,
+    #[command(flatten)]
+    calibration: super::CalibrationArg,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -84,14 +86,17 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    let cluster = match hetpar::ir::load_cluster(&ctext) {
+    let mut cluster = match hetpar::ir::load_cluster(&ctext) {
         Ok(c) => c,
         Err(ds) => {
             print_diagnostics(&ds.with_file(&cname));
             return Ok(ExitCode::from(1));
         }
     };
+    let mut cost = hetpar::cost::Options::default();
+    a.calibration.apply(&mut cluster, &mut cost)?;
     let opts = SearchOptions {
+        constants: cost.constants,
         objective: match a.objective {
             ObjectiveArg::Throughput => Objective::Throughput,
             ObjectiveArg::TflopsPerGpu => Objective::TflopsPerGpu,

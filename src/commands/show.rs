@@ -30,6 +30,8 @@ pub struct Args {
     /// Attention kernel of the training software: flash keeps no score matrix.
     #[arg(long, value_enum, default_value = "flash")]
     attention: Attention,
+    #[command(flatten)]
+    calibration: super::CalibrationArg,
 }
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
@@ -40,10 +42,11 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = a.inputs.load() else {
+    let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
-    let opts = a.attention.options();
+    let mut opts = a.attention.options();
+    a.calibration.apply(&mut cluster, &mut opts)?;
     let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
     let (est, (graph, timeline)) = simulate_plan(&model, &cluster, &plan, &opts, Some(&times))?;
     let schedule = Schedule::new(&model, &plan, &est, &graph, &timeline);

@@ -64,6 +64,11 @@ pub struct SearchOptions {
     /// Upstream layouts kept per module.
     pub keep_upstream: usize,
     pub attention: AttentionKernel,
+    /// Efficiency constants (a calibration's); the cluster's GPU model's when `None`.
+    pub constants: Option<hetpar_cost::Constants>,
+    /// Alternatives must differ from each other in the language model's layout, placement or
+    /// schedule (false: any simulated candidate, as autotune wants to measure many).
+    pub distinct_alternatives: bool,
 }
 
 impl Default for SearchOptions {
@@ -77,6 +82,8 @@ impl Default for SearchOptions {
             simulate: 12,
             keep_upstream: 3,
             attention: AttentionKernel::Flash,
+            constants: None,
+            distinct_alternatives: true,
         }
     }
 }
@@ -233,7 +240,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         opts,
         cost_opts: Options {
             attention: opts.attention,
-            constants: None,
+            constants: opts.constants,
         },
         stats: SearchStats::default(),
         capacity: cluster.gpu.hbm_bytes,
@@ -317,7 +324,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         .iter()
         .skip(1)
         .filter(|c| c.estimate.as_ref().is_some_and(|e| e.feasible))
-        .filter(|c| seen.insert(shape(c)))
+        .filter(|c| seen.insert(shape(c)) || !opts.distinct_alternatives)
         .take(opts.top_k)
         .cloned()
         .collect();

@@ -93,6 +93,34 @@ pub struct BlockCache {
     g: Tensor,
 }
 
+/// Bytes of f32 values held by tensors.
+pub fn tensor_bytes<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> usize {
+    ts.into_iter().map(|t| t.numel() * 4).sum()
+}
+
+/// Bytes a LayerNorm's cache holds.
+pub fn norm_bytes(c: &LayerNormCache) -> usize {
+    c.xhat.numel() * 4 + c.rstd.len() * 8
+}
+
+impl BlockCache {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        norm_bytes(&self.ln1)
+            + norm_bytes(&self.ln2)
+            + tensor_bytes([&self.h1, &self.ctx, &self.h2, &self.a, &self.g])
+            + tensor_bytes(self.q.iter().chain(&self.k).chain(&self.v))
+            + tensor_bytes(self.probs.iter().flatten())
+    }
+}
+
+impl MlpCache {
+    /// Bytes it holds.
+    pub fn bytes(&self) -> usize {
+        tensor_bytes([&self.x, &self.a, &self.g])
+    }
+}
+
 /// Scatters per-sequence rows back into local order.
 fn unsplit(parts: &[Tensor], rows: &[Vec<usize>], n: usize, c: usize) -> Tensor {
     let mut out = Tensor::zeros(&[n, c]);

@@ -49,6 +49,8 @@ pub struct RunOutput {
     pub grads: Params,
     /// Every step's wall time: the slowest rank's, s.
     pub step_seconds: Vec<f64>,
+    /// Per rank (by rank), the most bytes its tensors held at once.
+    pub peak_bytes: Vec<(u32, usize)>,
 }
 
 struct RankOut {
@@ -57,6 +59,7 @@ struct RankOut {
     params: Params,
     grads: Params,
     seconds: Vec<f64>,
+    peak_bytes: usize,
 }
 
 /// Checks that the program computes the reference model `cfg` on batches of `batch_size`.
@@ -203,6 +206,7 @@ pub fn run_with(
                         }
                     }
                     Ok(RankOut {
+                        peak_bytes: st.peak_bytes,
                         rank: st.rank,
                         losses,
                         params: st.params,
@@ -284,5 +288,6 @@ pub fn run_with(
         params: assemble(&|o| &o.params)?,
         grads: assemble(&|o| &o.grads)?,
         step_seconds,
+        peak_bytes: outs.iter().map(|o| (o.rank, o.peak_bytes)).collect(),
     })
 }

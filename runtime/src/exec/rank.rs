@@ -9,7 +9,8 @@ use hetpar_ir::model::ModuleKind;
 use hetpar_ir::program::{Instruction, ModuleProgram, Program, Transfer};
 
 use super::block::{
-    block_backward, block_forward, mlp_backward, mlp_forward, BlockCache, MlpCache,
+    block_backward, block_forward, mlp_backward, mlp_forward, norm_bytes, tensor_bytes, BlockCache,
+    MlpCache,
 };
 use super::comm::{tag, Env, Kind};
 use super::shard::{sharding, RowRef, Sharding, Unit};
@@ -162,6 +163,18 @@ enum LayerCache {
     },
 }
 
+impl LayerCache {
+    fn bytes(&self) -> usize {
+        match self {
+            LayerCache::EncoderEmbed { patches, .. } => tensor_bytes([patches]),
+            LayerCache::LlmEmbed => 0,
+            LayerCache::EncoderNorm(ln, _) => norm_bytes(ln),
+            LayerCache::Mlp(m) => m.bytes(),
+            LayerCache::Head { ln, hf, dlogits } => norm_bytes(ln) + tensor_bytes([hf, dlogits]),
+        }
+    }
+}
+
 /// A chunk's state between its forward and backward: the caches of the layers it keeps, and
 /// the input of the first block (from which recomputed blocks are rebuilt).
 struct ChunkState {
@@ -170,6 +183,23 @@ struct ChunkState {
     /// Caches of the blocks not recomputed, by position in the chunk.
     blocks: Vec<Option<BlockCache>>,
     post: Vec<LayerCache>,
+}
+
+impl ChunkState {
+    fn bytes(&self) -> usize {
+        self.pre
+            .iter()
+            .chain(&self.post)
+            .map(LayerCache::bytes)
+            .sum::<usize>()
+            + tensor_bytes([&self.blocks_input])
+            + self
+                .blocks
+                .iter()
+                .flatten()
+                .map(BlockCache::bytes)
+                .sum::<usize>()
+    }
 }
 
 /// Rows of a boundary on this rank, by (sample, row).
@@ -192,6 +222,8 @@ pub struct RankState<'a> {
     shards: HashMap<(usize, u32), Sharding>,
     /// This step's share of the summed cross-entropy (f64, before normalisation).
     pub loss: f64,
+    /// The most bytes this rank's tensors held at once, measured after every instruction.
+    pub peak_bytes: usize,
 }
 
 fn invalid(msg: String) -> RuntimeError {
@@ -234,6 +266,7 @@ impl<'a> RankState<'a> {
             stores: HashMap::new(),
             shards: HashMap::new(),
             loss: 0.0,
+            peak_bytes: 0,
         }
     }
 
@@ -269,6 +302,34 @@ impl<'a> RankState<'a> {
             self.exec(ins)?;
         }
         Ok(())
+    }
+
+    /// Bytes held now: weights, gradients, Adam's moments, caches, pipeline tensors and
+    /// boundary rows.
+    pub fn resident_bytes(&self) -> usize {
+        let params = tensor_bytes(self.params.iter().map(|(_, t)| t));
+        let adam = tensor_bytes(
+            self.adam
+                .exp_avg()
+                .iter()
+                .chain(self.adam.exp_avg_sq().iter())
+                .map(|(_, t)| t),
+        );
+        let caches: usize = self.chunks.values().map(ChunkState::bytes).sum();
+        let pipes = tensor_bytes(self.acts.values().chain(self.dgrads.values()));
+        let rows: usize = self
+            .stores
+            .values()
+            .flat_map(|s| s.values())
+            .map(|r| r.len() * 4)
+            .sum();
+        2 * params + adam + caches + pipes + rows
+    }
+
+    /// Records the resident bytes if they are a new peak: after every instruction that
+    /// allocates (a forward, a receive, a boundary transfer).
+    fn note_memory(&mut self) {
+        self.peak_bytes = self.peak_bytes.max(self.resident_bytes());
     }
 
     fn module(&self, name: &str) -> Result<usize, RuntimeError> {
@@ -382,7 +443,9 @@ impl<'a> RankState<'a> {
         j: u32,
     ) -> Result<(), RuntimeError> {
         let i = chunk * self.held(m)?.prog.pp + stage;
-        self.forward_chunk(m, i, j)
+        self.forward_chunk(m, i, j)?;
+        self.note_memory();
+        Ok(())
     }
 
     /// `backward`, likewise.
@@ -428,6 +491,7 @@ impl<'a> RankState<'a> {
         let data = self.ep.recv(from, t)?;
         let x = self.tensor(m, data)?;
         self.acts.insert((m, chunk, j), x);
+        self.note_memory();
         Ok(())
     }
 
@@ -462,6 +526,7 @@ impl<'a> RankState<'a> {
         let data = self.ep.recv(from, t)?;
         let x = self.tensor(m, data)?;
         self.dgrads.insert((m, chunk, j), x);
+        self.note_memory();
         Ok(())
     }
 
@@ -472,7 +537,9 @@ impl<'a> RankState<'a> {
         j: u32,
         ops: &[Transfer],
     ) -> Result<(), RuntimeError> {
-        self.boundary(b, j, true, ops)
+        self.boundary(b, j, true, ops)?;
+        self.note_memory();
+        Ok(())
     }
 
     /// `boundary_backward`.
