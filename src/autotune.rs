@@ -19,7 +19,7 @@ use hetpar_ir::json::to_canonical_json;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::PlanFile;
 use hetpar_ir::{Cluster, Plan};
-use hetpar_planner::search::{search, SearchOptions};
+use hetpar_planner::search::{search, PlacementChoice, SearchOptions};
 use hetpar_runtime::exec::generated::synthetic_batches;
 use hetpar_runtime::exec::{run, RunOptions};
 use hetpar_runtime::reference::{Config, Params};
@@ -27,10 +27,16 @@ use hetpar_runtime::reference::{Config, Params};
 /// How to autotune.
 #[derive(Clone, Debug)]
 pub struct AutotuneOptions {
-    /// Candidates of the search to run (the winner first), besides the best homogeneous plan.
+    /// Candidates of the search to run (the winner first), besides the best homogeneous plan
+    /// and the best plan of the other placement (colocated or not).
     pub top: usize,
-    /// Training steps per candidate; the first is left out of the mean (it warms up).
+    /// Training steps per candidate and round; the first of each run is left out (it warms
+    /// up).
     pub steps: usize,
+    /// Rounds of measurement: every candidate is run once per round, round after round, so
+    /// that a change in the machine's load falls on all of them alike; a plan's time is its
+    /// fastest round.
+    pub rounds: usize,
     pub attention: AttentionKernel,
     /// The fit's evaluation limit.
     pub max_fit_evaluations: usize,
@@ -41,6 +47,7 @@ impl Default for AutotuneOptions {
         AutotuneOptions {
             top: 4,
             steps: 6,
+            rounds: 3,
             attention: AttentionKernel::Flash,
             max_fit_evaluations: 600,
         }
@@ -54,6 +61,9 @@ pub struct Measured {
     pub key: String,
     pub plan: PlanFile,
     pub steps: usize,
+    /// The round of measurement it belongs to.
+    #[serde(default)]
+    pub round: usize,
     /// Median step time, the first step left out, s.
     pub step_s: f64,
     /// The largest per-rank peak of resident bytes.
@@ -148,21 +158,35 @@ pub fn measure(
         key: key(model, cluster, plan, steps),
         plan: plan.clone(),
         steps,
+        round: 0,
         step_s: t[t.len() / 2],
         peak_bytes: out.peak_bytes.iter().map(|p| p.1 as u64).max().unwrap_or(0),
     })
 }
 
-/// The measurements of a log, by key (lines that do not parse are skipped: a line cut by an
-/// interruption).
-pub fn read_log(path: &Path) -> BTreeMap<String, Measured> {
+/// The measurements of a log, by key and round (lines that do not parse are skipped: a line
+/// cut by an interruption).
+pub fn read_log(path: &Path) -> BTreeMap<(String, usize), Measured> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return BTreeMap::new();
     };
     text.lines()
         .filter_map(|l| serde_json::from_str::<Measured>(l).ok())
-        .map(|m| (m.key.clone(), m))
+        .map(|m| ((m.key.clone(), m.round), m))
         .collect()
+}
+
+/// One plan's rounds as one measurement: the fastest round (other work on the machine only
+/// ever slows a round down), the largest peak.
+fn combine(rounds: &[Measured]) -> Measured {
+    Measured {
+        step_s: rounds
+            .iter()
+            .map(|m| m.step_s)
+            .fold(f64::INFINITY, f64::min),
+        peak_bytes: rounds.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
+        ..rounds[0].clone()
+    }
 }
 
 fn append_log(path: &Path, m: &Measured) -> anyhow::Result<()> {
@@ -260,31 +284,59 @@ pub fn autotune(
     for c in first.top.iter().chain(first.homogeneous.as_ref()) {
         push(&c.plan, Role::Fitted, &mut candidates);
     }
+    // The best plan of the other placement too (colocated or not), so that the fit sees both
+    // kinds of schedule.
+    let other = if best.plan.schedule.kind.is_colocated() {
+        PlacementChoice::NonColocated
+    } else {
+        PlacementChoice::Colocated
+    };
+    let alt = search(
+        model,
+        &cluster,
+        SearchOptions {
+            placement: other,
+            ..search_opts(before)
+        },
+    );
+    // Its winner may be the homogeneous plan, which the search keeps whatever the placement.
+    let wanted = |c: &&hetpar_planner::search::Candidate| {
+        c.plan.schedule.kind.is_colocated() == (other == PlacementChoice::Colocated)
+    };
+    if let Some(c) = alt.best.iter().chain(&alt.top).find(wanted) {
+        push(&c.plan, Role::Fitted, &mut candidates);
+    }
     for p in held_out {
         push(p, Role::HeldOut, &mut candidates);
     }
 
     let mut logged = read_log(log);
+    let rounds = opts.rounds.max(1);
     let mut measure_logged = |p: &PlanFile,
+                              round: usize,
                               i: usize,
                               n: usize,
                               progress: &mut dyn FnMut(usize, usize, &str)|
      -> anyhow::Result<Measured> {
         let k = key(model, &cluster, p, opts.steps.max(2));
-        if let Some(m) = logged.get(&k) {
+        if let Some(m) = logged.get(&(k.clone(), round)) {
             return Ok(m.clone());
         }
-        progress(i, n, &label(p));
-        let m = measure(model, &cluster, p, opts.steps)?;
+        progress(round * n + i, rounds * n, &label(p));
+        let mut m = measure(model, &cluster, p, opts.steps)?;
+        m.round = round;
         append_log(log, &m)?;
-        logged.insert(k, m.clone());
+        logged.insert((k, round), m.clone());
         Ok(m)
     };
     let n = candidates.len();
-    let mut measured = Vec::with_capacity(n);
-    for (i, (p, _)) in candidates.iter().enumerate() {
-        measured.push(measure_logged(p, i, n, progress)?);
+    let mut per_round: Vec<Vec<Measured>> = vec![Vec::with_capacity(rounds); n];
+    for round in 0..rounds {
+        for (i, (p, _)) in candidates.iter().enumerate() {
+            per_round[i].push(measure_logged(p, round, i, n, progress)?);
+        }
     }
+    let measured: Vec<Measured> = per_round.iter().map(|r| combine(r)).collect();
 
     // Predictions: boundary times once per plan (they do not depend on the fitted constants).
     let built: Vec<Plan> = candidates
@@ -340,7 +392,11 @@ pub fn autotune(
     let final_choice = match final_choice {
         Some(i) => i,
         None => {
-            let m = measure_logged(&final_plan, n, n + 1, progress)?;
+            let m = combine(
+                &(0..rounds)
+                    .map(|round| measure_logged(&final_plan, round, 0, 1, progress))
+                    .collect::<anyhow::Result<Vec<_>>>()?,
+            );
             let plan = build(model, &cluster, &final_plan)?;
             let t = hetpar_planner::boundary::boundary_times(model, &cluster, &plan);
             let est = |c: &Constants| {

@@ -19,9 +19,13 @@ pub struct Args {
     /// Candidates of the search to run, the winner first, besides the best homogeneous plan.
     #[arg(long, default_value_t = 4)]
     pub top: usize,
-    /// Training steps per candidate (the first, which warms up, is left out).
+    /// Training steps per candidate and round (the first, which warms up, is left out).
     #[arg(long, default_value_t = 6)]
     pub steps: usize,
+    /// Rounds: every candidate runs once per round, so that the machine's changing load
+    /// falls on all alike; a plan's time is its fastest round.
+    #[arg(long, default_value_t = 3)]
+    pub rounds: usize,
     #[command(flatten)]
     pub calibration: super::CalibrationArg,
     /// Measurements are appended here as they are taken; plans already in it are not run
@@ -44,6 +48,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let opts = AutotuneOptions {
         top: a.top.max(1),
         steps: a.steps.max(2),
+        rounds: a.rounds.max(1),
         attention: a.attention.options().attention,
         ..AutotuneOptions::default()
     };
