@@ -33,10 +33,12 @@ pub struct AutotuneOptions {
     /// Training steps per candidate and round; the first of each run is left out (it warms
     /// up).
     pub steps: usize,
-    /// Rounds of measurement: every candidate is run once per round, round after round, so
-    /// that a change in the machine's load falls on all of them alike; a plan's time is its
-    /// fastest round.
+    /// Rounds of measurement, at least: every candidate is run once per round, round after
+    /// round, so that a change in the machine's load falls on all of them alike; a plan's
+    /// time is its fastest round. Rounds go on until the fastest times settle.
     pub rounds: usize,
+    /// Rounds at most.
+    pub max_rounds: usize,
     pub attention: AttentionKernel,
     /// The fit's evaluation limit.
     pub max_fit_evaluations: usize,
@@ -48,6 +50,7 @@ impl Default for AutotuneOptions {
             top: 4,
             steps: 6,
             rounds: 3,
+            max_rounds: 12,
             attention: AttentionKernel::Flash,
             max_fit_evaluations: 600,
         }
@@ -68,6 +71,13 @@ pub struct Measured {
     pub step_s: f64,
     /// The largest per-rank peak of resident bytes.
     pub peak_bytes: u64,
+    /// Slowest round over fastest (1 for a single round).
+    #[serde(default = "one")]
+    pub spread: f64,
+}
+
+fn one() -> f64 {
+    1.0
 }
 
 /// A plan's role in the loop.
@@ -161,6 +171,7 @@ pub fn measure(
         round: 0,
         step_s: t[t.len() / 2],
         peak_bytes: out.peak_bytes.iter().map(|p| p.1 as u64).max().unwrap_or(0),
+        spread: 1.0,
     })
 }
 
@@ -177,13 +188,16 @@ pub fn read_log(path: &Path) -> BTreeMap<(String, usize), Measured> {
 }
 
 /// One plan's rounds as one measurement: the fastest round (other work on the machine only
-/// ever slows a round down), the largest peak.
+/// ever slows a round down) and how far the slowest was from it; the largest peak.
 fn combine(rounds: &[Measured]) -> Measured {
+    let fastest = rounds
+        .iter()
+        .map(|m| m.step_s)
+        .fold(f64::INFINITY, f64::min);
+    let slowest = rounds.iter().map(|m| m.step_s).fold(0.0, f64::max);
     Measured {
-        step_s: rounds
-            .iter()
-            .map(|m| m.step_s)
-            .fold(f64::INFINITY, f64::min),
+        step_s: fastest,
+        spread: slowest / fastest,
         peak_bytes: rounds.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
         ..rounds[0].clone()
     }
@@ -227,7 +241,12 @@ pub fn label(plan: &PlanFile) -> String {
             s
         })
         .collect();
-    parts.push(format!("{:?}", plan.schedule.kind));
+    parts.push(
+        serde_json::to_value(plan.schedule.kind)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default(),
+    );
     parts.join(", ")
 }
 
@@ -330,10 +349,26 @@ pub fn autotune(
         Ok(m)
     };
     let n = candidates.len();
-    let mut per_round: Vec<Vec<Measured>> = vec![Vec::with_capacity(rounds); n];
-    for round in 0..rounds {
+    let mut per_round: Vec<Vec<Measured>> = vec![Vec::new(); n];
+    // Rounds until every plan's fastest time has settled: at least `rounds`, then until two
+    // rounds in a row improve no plan's fastest by more than 2% (a machine that turns quiet
+    // halfway through gives every plan its quiet rounds), at most `max_rounds`.
+    let fastest = |v: &[Measured]| v.iter().map(|m| m.step_s).fold(f64::INFINITY, f64::min);
+    let mut calm = 0;
+    let mut round = 0;
+    while round < opts.max_rounds.max(rounds) {
+        let before: Vec<f64> = per_round.iter().map(|v| fastest(v)).collect();
         for (i, (p, _)) in candidates.iter().enumerate() {
             per_round[i].push(measure_logged(p, round, i, n, progress)?);
+        }
+        round += 1;
+        let improved = per_round
+            .iter()
+            .zip(&before)
+            .any(|(v, &b)| fastest(v) < b * 0.98);
+        calm = if improved { 0 } else { calm + 1 };
+        if round >= rounds && calm >= 2 {
+            break;
         }
     }
     let measured: Vec<Measured> = per_round.iter().map(|r| combine(r)).collect();

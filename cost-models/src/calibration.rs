@@ -318,7 +318,7 @@ pub struct Fit {
 
 /// Fits the efficiency constants (matrix-product, attention, memory and link efficiencies, and
 /// the fixed cost per kernel) so that `predict(constants, i)` matches `measured[i]` (seconds),
-/// minimising the mean squared log error with Nelder-Mead from `base`, within
+/// minimising the mean absolute log error with Nelder-Mead from `base`, within
 /// `max_evaluations`. `predict` returns `None` for a plan it cannot price (which weighs as a
 /// large error).
 pub fn fit(
@@ -327,16 +327,19 @@ pub fn fit(
     predict: &dyn Fn(&Constants, usize) -> Option<f64>,
     max_evaluations: usize,
 ) -> Fit {
-    let error = |c: &Constants| -> f64 {
-        let mut sum = 0.0;
-        for (i, &m) in measured.iter().enumerate() {
-            sum += match predict(c, i) {
-                Some(p) if p > 0.0 && p.is_finite() => sq((p / m).ln()),
-                _ => 100.0,
-            };
-        }
-        (sum / measured.len().max(1) as f64).sqrt()
+    let residuals = |c: &Constants| -> Vec<f64> {
+        measured
+            .iter()
+            .enumerate()
+            .map(|(i, &m)| match predict(c, i) {
+                Some(p) if p > 0.0 && p.is_finite() => (p / m).ln(),
+                _ => 10.0,
+            })
+            .collect()
     };
+    let n = measured.len().max(1) as f64;
+    let error =
+        |c: &Constants| -> f64 { (residuals(c).iter().map(|r| sq(*r)).sum::<f64>() / n).sqrt() };
     let before = error(&base);
     let dim = FITTED.len();
     let start: Vec<f64> = {
@@ -344,12 +347,14 @@ pub fn fit(
         v[4] = (base.kernel_launch_s.max(1e-9) / 1e-9).ln();
         v
     };
-    // A light pull towards the base constants keeps the problem well posed when few plans
-    // are measured (each constant moved by a factor e costs what a 3% error on every plan
-    // does).
+    // The mean absolute log error, so that one plan measured in a noisy moment moves the
+    // fit less than a squared error would; a light pull towards the base constants keeps the
+    // problem well posed when few plans are measured (a constant moved by a factor e costs
+    // what a 1% error on every plan does).
     let f = |x: &[f64]| {
         let pull: f64 = x.iter().zip(&start).map(|(a, b)| sq(a - b)).sum::<f64>();
-        sq(error(&with_multipliers(base, x))) + 1e-3 * pull
+        let r = residuals(&with_multipliers(base, x));
+        r.iter().map(|v| v.abs()).sum::<f64>() / n + 1e-2 * pull
     };
     let (x, evaluations, stop_reason) = nelder_mead(&f, &start, 0.5, max_evaluations, 1e-7);
     let constants = with_multipliers(base, &x);
