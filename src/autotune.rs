@@ -331,6 +331,7 @@ pub fn autotune(
 
     let mut logged = read_log(log);
     let rounds = opts.rounds.max(1);
+    let max_rounds = opts.max_rounds.max(rounds);
     let mut measure_logged = |p: &PlanFile,
                               round: usize,
                               i: usize,
@@ -341,7 +342,7 @@ pub fn autotune(
         if let Some(m) = logged.get(&(k.clone(), round)) {
             return Ok(m.clone());
         }
-        progress(round * n + i, rounds * n, &label(p));
+        progress(round * n + i, max_rounds * n, &label(p));
         let mut m = measure(model, &cluster, p, opts.steps)?;
         m.round = round;
         append_log(log, &m)?;
@@ -356,7 +357,7 @@ pub fn autotune(
     let fastest = |v: &[Measured]| v.iter().map(|m| m.step_s).fold(f64::INFINITY, f64::min);
     let mut calm = 0;
     let mut round = 0;
-    while round < opts.max_rounds.max(rounds) {
+    while round < max_rounds {
         let before: Vec<f64> = per_round.iter().map(|v| fastest(v)).collect();
         for (i, (p, _)) in candidates.iter().enumerate() {
             per_round[i].push(measure_logged(p, round, i, n, progress)?);
