@@ -32,8 +32,8 @@ pub struct HardwareFigures {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Measurement {
-    /// `matmul`, `attention`, `memory`, `p2p`, `all_reduce`, `all_gather`, or `step` (a
-    /// plan's measured step).
+    /// `matmul`, `attention`, `memory`, `p2p`, `all_reduce`, `all_gather`,
+    /// `reduce_scatter`, `broadcast`, or `step` (a plan's measured step).
     pub kind: String,
     /// What was measured (a shape, a message size and group, a plan).
     pub what: String,

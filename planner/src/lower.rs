@@ -25,11 +25,21 @@ use crate::boundary::{synthesize_all, Limits};
 use crate::PlanError;
 
 pub fn lower(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Program, PlanError> {
-    let (_, (graph, _)) =
-        estimate_with_tasks(model, cluster, plan, &Options::default()).map_err(|e| match e {
-            hetpar_cost::CostError::Unsupported(s) => PlanError::Unsupported(s),
-            hetpar_cost::CostError::Internal(s) => PlanError::Internal(s),
-        })?;
+    lower_with(model, cluster, plan, &Options::default())
+}
+
+/// [`lower`] with the cost model's options (a calibration's constants): the order of each
+/// rank's passes is the schedule the cost model simulates with them.
+pub fn lower_with(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    opts: &Options,
+) -> Result<Program, PlanError> {
+    let (_, (graph, _)) = estimate_with_tasks(model, cluster, plan, opts).map_err(|e| match e {
+        hetpar_cost::CostError::Unsupported(s) => PlanError::Unsupported(s),
+        hetpar_cost::CostError::Internal(s) => PlanError::Internal(s),
+    })?;
     let mut ranks: Vec<RankProgram> = Vec::new();
     for (l, lane) in graph.lanes.iter().enumerate() {
         for &rank in &lane.ranks {

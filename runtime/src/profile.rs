@@ -1,6 +1,7 @@
 //! Microbenchmarks of the CPU backend (`hetpar profile`): the runtime's own kernels (matrix
 //! products, attention, memory-bound LayerNorm and GELU) over a grid of shapes, point-to-point
-//! messages and collectives of the in-process transport over its group and message sizes.
+//! messages and every collective of the in-process transport over its group and message
+//! sizes.
 //! Each figure is the fastest of several repetitions (the least disturbed by other work).
 
 use std::time::{Duration, Instant};
@@ -23,7 +24,8 @@ pub struct CpuProfile {
     pub memory: Vec<(f64, f64)>,
     /// `(bytes, seconds)` one way, point to point.
     pub p2p: Vec<(f64, f64)>,
-    /// `(kind, group size, bytes per rank, seconds)`.
+    /// `(kind, group size, bytes per rank, seconds)`: all-reduce, all-gather, reduce-scatter
+    /// (the buffer split into equal pieces) and broadcast (from the first member).
     pub collectives: Vec<(String, u32, f64, f64)>,
 }
 
@@ -95,7 +97,7 @@ pub fn profile_cpu(ranks: usize) -> Result<CpuProfile, RuntimeError> {
     p.p2p = ping_pong(&[64, 1024, 16 * 1024, 256 * 1024])?;
     for group in 2..=ranks.max(2) {
         for len in [1024usize, 64 * 1024, 1024 * 1024] {
-            for kind in ["all_reduce", "all_gather"] {
+            for kind in ["all_reduce", "all_gather", "reduce_scatter", "broadcast"] {
                 let t = collective(kind, group, len)?;
                 p.collectives
                     .push((kind.to_string(), group as u32, (len * 4) as f64, t));
@@ -157,10 +159,19 @@ fn collective(kind: &str, group: usize, len: usize) -> Result<f64, RuntimeError>
                     s.spawn(move || -> Result<f64, RuntimeError> {
                         let mut buf = vec![1.0f32; len];
                         let t = Instant::now();
-                        if kind == "all_reduce" {
-                            e.all_reduce_sum(members, rep, &mut buf)?;
-                        } else {
-                            std::hint::black_box(e.all_gather(members, rep, &buf)?);
+                        match kind {
+                            "all_reduce" => e.all_reduce_sum(members, rep, &mut buf)?,
+                            "all_gather" => {
+                                std::hint::black_box(e.all_gather(members, rep, &buf)?);
+                            }
+                            "reduce_scatter" => {
+                                // Every member's piece: an equal share of the buffer.
+                                let piece = len / group;
+                                let parts: Vec<Vec<f32>> =
+                                    (0..group).map(|_| vec![1.0f32; piece]).collect();
+                                std::hint::black_box(e.reduce_scatter(members, rep, &parts)?);
+                            }
+                            _ => e.broadcast(members, 0, rep, &mut buf)?,
                         }
                         Ok(t.elapsed().as_secs_f64())
                     })

@@ -12,13 +12,17 @@ pub struct Args {
     /// Write the program here (atomically) instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    calibration: super::CalibrationArg,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = a.inputs.load() else {
+    let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
-    let program = hetpar::planner::lower::lower(&model, &cluster, &plan)?;
+    let mut opts = hetpar::cost::Options::default();
+    a.calibration.apply(&mut cluster, &mut opts)?;
+    let program = hetpar::planner::lower::lower_with(&model, &cluster, &plan, &opts)?;
     emit(
         &hetpar::ir::json::to_canonical_json(&program),
         a.output.as_deref(),
