@@ -11,13 +11,16 @@ use clap::{Parser, Subcommand, ValueEnum};
     name = "hetpar",
     version,
     about = "A compiler for heterogeneous parallel training plans of multimodal models",
-    long_about = "hetpar reads a model (its own JSON or a Hugging Face config.json) and a GPU cluster, \
-checks per-module parallel plans, and describes models.\n\n\
+    long_about = "hetpar plans parallel training of multimodal models on GPU clusters: it reads models \
+(its own JSON or a Hugging Face config.json) and clusters, checks, estimates and searches \
+per-module parallel plans, lowers them to per-rank programs, runs those on the CPU backend or \
+generates them as code, and calibrates its cost model to measurements.\n\n\
 Results go to stdout, errors and logs to stderr. Every command that writes a file (-o) writes it \
 atomically.",
     after_help = "Examples:\n  hetpar describe                      # the embedded LLaVA-1.5-7B example\n  \
 hetpar validate examples/models/llava-1.5-7b.json examples/clusters/h100-8.json examples/plans/llava-1.5-7b-colocated-8.json\n  \
-hetpar import hf examples/hf/qwen2.5-vl-7b.config.json -o qwen.json"
+hetpar import hf examples/hf/qwen2.5-vl-7b.config.json -o qwen.json\n  \
+hetpar run examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json --cluster examples/clusters/h100-8.json"
 )]
 struct Cli {
     /// More logging on stderr (-v info, -vv debug, -vvv trace).
