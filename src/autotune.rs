@@ -33,12 +33,11 @@ pub struct AutotuneOptions {
     /// Training steps per candidate and round; the first of each run is left out (it warms
     /// up).
     pub steps: usize,
-    /// Rounds of measurement, at least: every candidate is run once per round, round after
-    /// round, so that a change in the machine's load falls on all of them alike; a plan's
-    /// time is its fastest round. Rounds go on until the fastest times settle.
+    /// Rounds of measurement: every candidate runs once per round, round after round; each
+    /// round's times are divided by the round's speed (the median over its plans of their time
+    /// against their usual), so that the machine's changes of speed between rounds cancel,
+    /// and a plan's time is the median of its rounds.
     pub rounds: usize,
-    /// Rounds at most.
-    pub max_rounds: usize,
     pub attention: AttentionKernel,
     /// The fit's evaluation limit.
     pub max_fit_evaluations: usize,
@@ -49,8 +48,7 @@ impl Default for AutotuneOptions {
         AutotuneOptions {
             top: 4,
             steps: 6,
-            rounds: 3,
-            max_rounds: 12,
+            rounds: 5,
             attention: AttentionKernel::Flash,
             max_fit_evaluations: 600,
         }
@@ -187,16 +185,26 @@ pub fn read_log(path: &Path) -> BTreeMap<(String, usize), Measured> {
         .collect()
 }
 
-/// One plan's rounds as one measurement: the fastest round (other work on the machine only
-/// ever slows a round down) and how far the slowest was from it; the largest peak.
-fn combine(rounds: &[Measured]) -> Measured {
-    let fastest = rounds
+fn median(v: &[f64]) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// One plan's rounds as one measurement: each round's time divided by that round's speed
+/// factor (1 for a round at the usual speed), so that the machine's changes of speed between
+/// rounds cancel; the plan's time is the median of the scaled rounds, its spread the slowest
+/// over the fastest; the largest peak.
+fn combine(rounds: &[Measured], speed: &[f64]) -> Measured {
+    let scaled: Vec<f64> = rounds
         .iter()
-        .map(|m| m.step_s)
-        .fold(f64::INFINITY, f64::min);
-    let slowest = rounds.iter().map(|m| m.step_s).fold(0.0, f64::max);
+        .zip(speed)
+        .map(|(m, f)| m.step_s / f)
+        .collect();
+    let fastest = scaled.iter().copied().fold(f64::INFINITY, f64::min);
+    let slowest = scaled.iter().copied().fold(0.0, f64::max);
     Measured {
-        step_s: fastest,
+        step_s: median(&scaled),
         spread: slowest / fastest,
         peak_bytes: rounds.iter().map(|m| m.peak_bytes).max().unwrap_or(0),
         ..rounds[0].clone()
@@ -331,7 +339,6 @@ pub fn autotune(
 
     let mut logged = read_log(log);
     let rounds = opts.rounds.max(1);
-    let max_rounds = opts.max_rounds.max(rounds);
     let mut measure_logged = |p: &PlanFile,
                               round: usize,
                               i: usize,
@@ -342,7 +349,7 @@ pub fn autotune(
         if let Some(m) = logged.get(&(k.clone(), round)) {
             return Ok(m.clone());
         }
-        progress(round * n + i, max_rounds * n, &label(p));
+        progress(round * n + i, rounds * n, &label(p));
         let mut m = measure(model, &cluster, p, opts.steps)?;
         m.round = round;
         append_log(log, &m)?;
@@ -351,28 +358,27 @@ pub fn autotune(
     };
     let n = candidates.len();
     let mut per_round: Vec<Vec<Measured>> = vec![Vec::new(); n];
-    // Rounds until every plan's fastest time has settled: at least `rounds`, then until two
-    // rounds in a row improve no plan's fastest by more than 2% (a machine that turns quiet
-    // halfway through gives every plan its quiet rounds), at most `max_rounds`.
-    let fastest = |v: &[Measured]| v.iter().map(|m| m.step_s).fold(f64::INFINITY, f64::min);
-    let mut calm = 0;
-    let mut round = 0;
-    while round < max_rounds {
-        let before: Vec<f64> = per_round.iter().map(|v| fastest(v)).collect();
+    for round in 0..rounds {
         for (i, (p, _)) in candidates.iter().enumerate() {
             per_round[i].push(measure_logged(p, round, i, n, progress)?);
         }
-        round += 1;
-        let improved = per_round
-            .iter()
-            .zip(&before)
-            .any(|(v, &b)| fastest(v) < b * 0.98);
-        calm = if improved { 0 } else { calm + 1 };
-        if round >= rounds && calm >= 2 {
-            break;
-        }
     }
-    let measured: Vec<Measured> = per_round.iter().map(|r| combine(r)).collect();
+    // Each round's speed: the median over the plans of their time in it relative to their
+    // median (most plans of a round see the same machine).
+    let level = |v: &[Measured]| median(&v.iter().map(|m| m.step_s).collect::<Vec<_>>());
+    let levels: Vec<f64> = per_round.iter().map(|v| level(v)).collect();
+    let speed: Vec<f64> = (0..rounds)
+        .map(|r| {
+            median(
+                &per_round
+                    .iter()
+                    .zip(&levels)
+                    .map(|(v, l)| v[r].step_s / l)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let measured: Vec<Measured> = per_round.iter().map(|r| combine(r, &speed)).collect();
 
     // Predictions: boundary times once per plan (they do not depend on the fitted constants).
     let built: Vec<Plan> = candidates
@@ -428,11 +434,16 @@ pub fn autotune(
     let final_choice = match final_choice {
         Some(i) => i,
         None => {
-            let m = combine(
-                &(0..rounds)
-                    .map(|round| measure_logged(&final_plan, round, 0, 1, progress))
-                    .collect::<anyhow::Result<Vec<_>>>()?,
-            );
+            // More rounds of the pivot beside it, numbered after the first ones.
+            let pivot_plan = candidates[0].0.clone();
+            let (mut pivot, mut fin) = (Vec::new(), Vec::new());
+            for r in rounds..2 * rounds {
+                pivot.push(measure_logged(&pivot_plan, r, 0, 2, progress)?);
+                fin.push(measure_logged(&final_plan, r, 1, 2, progress)?);
+            }
+            // Those rounds' speed: the pivot's time against its usual (the first rounds').
+            let speed: Vec<f64> = pivot.iter().map(|p| p.step_s / levels[0]).collect();
+            let m = combine(&fin, &speed);
             let plan = build(model, &cluster, &final_plan)?;
             let t = hetpar_planner::boundary::boundary_times(model, &cluster, &plan);
             let est = |c: &Constants| {

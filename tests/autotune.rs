@@ -55,8 +55,7 @@ fn calibration_predicts_held_out_plans_within_25_percent_and_chooses_no_slower()
     let opts = AutotuneOptions {
         top: 4,
         steps: 6,
-        rounds: 3,
-        max_rounds: 15,
+        rounds: 7,
         ..AutotuneOptions::default()
     };
     let profiled = hetpar::autotune::profile_cpu(&cluster).expect("the profile runs");

@@ -22,9 +22,10 @@ pub struct Args {
     /// Training steps per candidate and round (the first, which warms up, is left out).
     #[arg(long, default_value_t = 6)]
     pub steps: usize,
-    /// Rounds: every candidate runs once per round, so that the machine's changing load
-    /// falls on all alike; a plan's time is its fastest round.
-    #[arg(long, default_value_t = 3)]
+    /// Rounds: every candidate runs once per round; each round is scaled by its speed (how its
+    /// plans ran against their usual), so the machine's changes of speed cancel; a plan's
+    /// time is the median of its rounds.
+    #[arg(long, default_value_t = 5)]
     pub rounds: usize,
     #[command(flatten)]
     pub calibration: super::CalibrationArg,
