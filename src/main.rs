@@ -129,6 +129,18 @@ Example:\n  hetpar autotune --model examples/models/reference-tiny.json --cluste
 --calibration calibration.json -o calibrated.json"
     )]
     Autotune(commands::autotune::Args),
+    /// Run a plan or a program with its ranks as processes, on one node or many: a TCP
+    /// rendezvous at --master, then every rank's instructions on the CPU backend.
+    #[command(
+        after_help = "Each process runs `hetpar worker`, which also reads SLURM's variables \
+(SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT) when started by srun. Rank 0 prints the report.\n\n\
+Example:\n  hetpar launch examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
+--cluster examples/clusters/h100-8.json --nproc-per-node 8 --steps 5"
+    )]
+    Launch(commands::launch::Args),
+    /// One rank of a launched run (started by `hetpar launch` or `srun`).
+    #[command(hide = true)]
+    Worker(commands::launch::WorkerArgs),
 }
 
 fn main() -> ExitCode {
@@ -147,6 +159,8 @@ fn main() -> ExitCode {
         Command::Codegen(a) => commands::codegen::run(a),
         Command::Profile(a) => commands::profile::run(a),
         Command::Autotune(a) => commands::autotune::run(a),
+        Command::Launch(a) => commands::launch::run(a),
+        Command::Worker(a) => commands::launch::worker(a),
     };
     match result {
         Ok(code) => code,

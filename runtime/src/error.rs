@@ -60,6 +60,9 @@ pub enum RuntimeError {
     /// A safetensors file that cannot be read as the reference model's tensors.
     #[error("safetensors: {0}")]
     Safetensors(String),
+    /// Ranks as processes could not meet (`crate::rendezvous`): who and what went wrong.
+    #[error("rank {rank}: rendezvous: {what}")]
+    Rendezvous { rank: u32, what: String },
     /// A program that cannot run: it disagrees with itself or with the model (a transfer of
     /// rows its sender does not hold, a module the reference model lacks, ...).
     #[error("invalid program: {0}")]

@@ -10,6 +10,7 @@ pub mod error;
 pub mod exec;
 pub mod profile;
 pub mod reference;
+pub mod rendezvous;
 pub mod tensor;
 pub mod transport;
 

@@ -16,15 +16,22 @@ use crate::RuntimeError;
 /// A message tag: what the payload is (chosen by the caller, equal on both sides).
 pub type Tag = u64;
 
-struct Message {
-    tag: Tag,
-    payload: Vec<f32>,
+pub(crate) struct Message {
+    pub(crate) tag: Tag,
+    pub(crate) payload: Vec<f32>,
+}
+
+/// Where a rank's messages to one peer go: a channel (ranks as threads of one process) or a
+/// TCP stream (ranks as processes, `crate::rendezvous`).
+pub(crate) enum Sink {
+    Channel(Sender<Message>),
+    Tcp(std::net::TcpStream),
 }
 
 /// One rank's end of the transport.
 pub struct Endpoint {
     rank: u32,
-    senders: Vec<Sender<Message>>,
+    senders: Vec<Sink>,
     receivers: Vec<Receiver<Message>>,
     /// Messages that arrived before they were asked for, per peer and tag.
     pending: Vec<BTreeMap<Tag, VecDeque<Vec<f32>>>>,
@@ -50,12 +57,31 @@ pub fn fabric(n: usize, timeout: Duration) -> Vec<Endpoint> {
         .enumerate()
         .map(|(rank, (tx, rx))| Endpoint {
             rank: rank as u32,
-            senders: tx.into_iter().flatten().collect(),
+            senders: tx.into_iter().flatten().map(Sink::Channel).collect(),
             receivers: rx.into_iter().flatten().collect(),
             pending: (0..n).map(|_| BTreeMap::new()).collect(),
             timeout,
         })
         .collect()
+}
+
+impl Endpoint {
+    /// An endpoint from its sinks and receivers, one of each per rank (itself included).
+    pub(crate) fn from_parts(
+        rank: u32,
+        senders: Vec<Sink>,
+        receivers: Vec<Receiver<Message>>,
+        timeout: Duration,
+    ) -> Endpoint {
+        let n = senders.len();
+        Endpoint {
+            rank,
+            senders,
+            receivers,
+            pending: (0..n).map(|_| BTreeMap::new()).collect(),
+            timeout,
+        }
+    }
 }
 
 impl Endpoint {
@@ -76,14 +102,29 @@ impl Endpoint {
                 rank: self.rank,
                 peer: to,
             })?;
-        tx.send(Message {
-            tag,
-            payload: data.to_vec(),
-        })
-        .map_err(|_| RuntimeError::PeerGone {
+        let gone = RuntimeError::PeerGone {
             rank: self.rank,
             peer: to,
-        })
+        };
+        match tx {
+            Sink::Channel(tx) => tx
+                .send(Message {
+                    tag,
+                    payload: data.to_vec(),
+                })
+                .map_err(|_| gone),
+            Sink::Tcp(stream) => {
+                use std::io::Write as _;
+                let mut frame = Vec::with_capacity(16 + data.len() * 4);
+                frame.extend_from_slice(&tag.to_le_bytes());
+                frame.extend_from_slice(&(data.len() as u64).to_le_bytes());
+                for v in data {
+                    frame.extend_from_slice(&v.to_le_bytes());
+                }
+                let mut w: &std::net::TcpStream = stream;
+                w.write_all(&frame).map_err(|_| gone)
+            }
+        }
     }
 
     /// Receives the message tagged `tag` from `from`, waiting at most the timeout.

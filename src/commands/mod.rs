@@ -5,6 +5,7 @@ pub mod codegen;
 pub mod describe;
 pub mod estimate;
 pub mod import;
+pub mod launch;
 pub mod lower;
 pub mod plan;
 pub mod profile;

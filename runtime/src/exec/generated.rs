@@ -67,6 +67,16 @@ pub fn synthetic_batches(
 /// The report of a run: a line per step (loss, time), then the mean step time (the first
 /// step, which warms up allocations, left out when there are others) and throughput.
 pub fn report(program: &Program, batch: &Batch, out: &RunOutput) -> String {
+    report_steps(program, batch, &out.losses, &out.step_seconds)
+}
+
+/// [`report`] from the losses and step times alone.
+pub fn report_steps(
+    program: &Program,
+    batch: &Batch,
+    losses: &[f32],
+    step_seconds: &[f64],
+) -> String {
     let mut s = format!(
         "{} ranks, a batch of {} samples in {} micro-batches per step, CPU backend\n\
          step  loss      time (ms)\n",
@@ -74,13 +84,13 @@ pub fn report(program: &Program, batch: &Batch, out: &RunOutput) -> String {
         batch.batch_size,
         program.micro_batches
     );
-    for (k, (l, t)) in out.losses.iter().zip(&out.step_seconds).enumerate() {
+    for (k, (l, t)) in losses.iter().zip(step_seconds).enumerate() {
         s += &format!("{:>4}  {l:<8.5}  {:>9.2}\n", k + 1, t * 1e3);
     }
-    let timed = if out.step_seconds.len() > 1 {
-        &out.step_seconds[1..]
+    let timed = if step_seconds.len() > 1 {
+        &step_seconds[1..]
     } else {
-        &out.step_seconds[..]
+        step_seconds
     };
     if !timed.is_empty() {
         let mean = timed.iter().sum::<f64>() / timed.len() as f64;

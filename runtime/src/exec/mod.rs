@@ -53,13 +53,139 @@ pub struct RunOutput {
     pub peak_bytes: Vec<(u32, usize)>,
 }
 
+/// One rank's results, and its endpoint back.
 struct RankOut {
+    ep: crate::transport::Endpoint,
     rank: u32,
     losses: Vec<f64>,
     params: Params,
     grads: Params,
     seconds: Vec<f64>,
     peak_bytes: usize,
+}
+
+/// One rank's steps on its endpoint.
+#[allow(clippy::too_many_arguments)]
+fn run_rank<'a>(
+    rank: u32,
+    ep: crate::transport::Endpoint,
+    program: &'a Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &'a [Batch],
+    layouts: &[crate::reference::batch::Layout],
+    opts: &RunOptions,
+    body: &RankBody,
+) -> Result<RankOut, RuntimeError> {
+    let mut st = RankState::new(rank, ep, *cfg, program, init, opts.lr);
+    let mut losses = Vec::with_capacity(opts.steps);
+    let mut seconds = Vec::with_capacity(opts.steps);
+    let mut grads = Params::default();
+    for k in 0..opts.steps {
+        let i = k % batches.len();
+        let start = std::time::Instant::now();
+        st.begin_step(&batches[i], layouts[i].clone());
+        body(&mut st)?;
+        st.end_step()?;
+        seconds.push(start.elapsed().as_secs_f64());
+        losses.push(st.loss);
+        if k + 1 == opts.steps {
+            grads = st.grads.clone();
+        }
+    }
+    Ok(RankOut {
+        peak_bytes: st.peak_bytes,
+        rank: st.rank,
+        losses,
+        params: st.params,
+        grads,
+        seconds,
+        ep: st.ep,
+    })
+}
+
+/// What every process of a multi-process run learns at the end.
+#[derive(Clone, Debug)]
+pub struct Summary {
+    pub losses: Vec<f32>,
+    /// Every step's wall time: the slowest rank's, s.
+    pub step_seconds: Vec<f64>,
+    /// Per rank, the most bytes its tensors held at once.
+    pub peak_bytes: Vec<(u32, usize)>,
+}
+
+/// This process's rank of `program` on `ep` (ranks as processes, `crate::rendezvous`): its
+/// steps, then the losses, step times and peaks of every rank, which every rank receives.
+pub fn run_process(
+    ep: crate::transport::Endpoint,
+    program: &Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &[Batch],
+    opts: &RunOptions,
+) -> Result<Summary, RuntimeError> {
+    cfg.validate()?;
+    init.check(cfg)?;
+    let mut layouts = Vec::with_capacity(batches.len());
+    for b in batches {
+        check(program, cfg, b.batch_size)?;
+        layouts.push(b.layout(cfg)?);
+    }
+    if batches.is_empty() {
+        return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
+    }
+    let rank = ep.rank();
+    let body: &RankBody = &|st| st.interpret();
+    let mut out = run_rank(rank, ep, program, cfg, init, batches, &layouts, opts, body)?;
+    // Every rank's figures to every rank: the losses as the bits of each step's f64 (two f32
+    // words, so nothing is rounded), the step times, the peak.
+    let group: Vec<u32> = program.ranks.iter().map(|r| r.rank).collect();
+    let mut words: Vec<f32> = Vec::new();
+    for &l in &out.losses {
+        let b = l.to_bits();
+        words.push(f32::from_bits((b >> 32) as u32));
+        words.push(f32::from_bits(b as u32));
+    }
+    words.extend(out.seconds.iter().map(|&t| t as f32));
+    let peak = out.peak_bytes as u64;
+    words.push(f32::from_bits((peak >> 32) as u32));
+    words.push(f32::from_bits(peak as u32));
+    let all = out.ep.all_gather(
+        &group,
+        comm::tag(comm::Kind::GradSync, 63, 0, 0, 255),
+        &words,
+    )?;
+    let steps = opts.steps;
+    let word = |v: &[f32], i: usize| -> Result<u32, RuntimeError> {
+        v.get(i).map(|w| w.to_bits()).ok_or_else(|| {
+            RuntimeError::InvalidProgram("a rank reported fewer steps than asked".into())
+        })
+    };
+    let mut sums = vec![0.0f64; steps];
+    let mut seconds = vec![0.0f64; steps];
+    let mut peaks = Vec::with_capacity(group.len());
+    for (r, v) in group.iter().zip(&all) {
+        for (k, s) in sums.iter_mut().enumerate() {
+            let bits = (u64::from(word(v, 2 * k)?) << 32) | u64::from(word(v, 2 * k + 1)?);
+            *s += f64::from_bits(bits);
+        }
+        for (k, t) in seconds.iter_mut().enumerate() {
+            *t = t.max(f64::from(f32::from_bits(word(v, 2 * steps + k)?)));
+        }
+        let hi = u64::from(word(v, 3 * steps)?);
+        let lo = u64::from(word(v, 3 * steps + 1)?);
+        peaks.push((*r, ((hi << 32) | lo) as usize));
+    }
+    let targets: Vec<f64> = layouts.iter().map(|l| l.targets as f64).collect();
+    Ok(Summary {
+        losses: sums
+            .iter()
+            .enumerate()
+            .map(|(k, s)| (s / targets[k % targets.len()]) as f32)
+            .collect(),
+        step_seconds: seconds,
+        peak_bytes: peaks,
+    })
 }
 
 /// Checks that the program computes the reference model `cfg` on batches of `batch_size`.
@@ -189,30 +315,9 @@ pub fn run_with(
                     .expect("one program per rank");
                 let layouts = &layouts;
                 scope.spawn(move || {
-                    let mut st = RankState::new(rp.rank, ep, *cfg, program, init, opts.lr);
-                    let mut losses = Vec::with_capacity(opts.steps);
-                    let mut seconds = Vec::with_capacity(opts.steps);
-                    let mut grads = Params::default();
-                    for k in 0..opts.steps {
-                        let i = k % batches.len();
-                        let start = std::time::Instant::now();
-                        st.begin_step(&batches[i], layouts[i].clone());
-                        body(&mut st)?;
-                        st.end_step()?;
-                        seconds.push(start.elapsed().as_secs_f64());
-                        losses.push(st.loss);
-                        if k + 1 == opts.steps {
-                            grads = st.grads.clone();
-                        }
-                    }
-                    Ok(RankOut {
-                        peak_bytes: st.peak_bytes,
-                        rank: st.rank,
-                        losses,
-                        params: st.params,
-                        grads,
-                        seconds,
-                    })
+                    run_rank(
+                        rp.rank, ep, program, cfg, init, batches, layouts, opts, body,
+                    )
                 })
             })
             .collect();

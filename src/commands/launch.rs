@@ -1,0 +1,198 @@
+//! `hetpar launch`: ranks as processes, one per device slot, on one node or many; and the
+//! hidden `hetpar worker` that each of them runs.
+
+use std::path::PathBuf;
+use std::process::{Command, ExitCode};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+use hetpar::runtime::exec::generated::{report_steps, synthetic_batches};
+use hetpar::runtime::exec::{run_process, RunOptions};
+use hetpar::runtime::reference::{Config, Params};
+
+use super::print_stdout;
+
+/// What a worker runs (shared by `launch` and `worker`).
+#[derive(clap::Args, Clone)]
+pub struct Job {
+    /// A plan (lowered first) or a program.
+    pub input: PathBuf,
+    /// The model file.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// The cluster file (needed with a plan).
+    #[arg(long)]
+    pub cluster: Option<PathBuf>,
+    /// Training steps.
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = 1e-3)]
+    pub lr: f64,
+    /// Seed of the initial weights and of the synthetic batches.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The longest a rank waits for a peer (the rendezvous, then every message), in ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub timeout_ms: u64,
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub job: Job,
+    /// Processes (ranks) to start on this node.
+    #[arg(long)]
+    pub nproc_per_node: u32,
+    /// Nodes in all.
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: u32,
+    /// This node's index: its ranks are node_rank x nproc_per_node onwards.
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: u32,
+    /// Where rank 0 listens for the rendezvous, host:port (by default a free local port, on
+    /// one node).
+    #[arg(long)]
+    pub master: Option<String>,
+}
+
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub job: Job,
+}
+
+fn job_args(j: &Job) -> Vec<String> {
+    let mut v = vec![
+        j.input.display().to_string(),
+        "--model".into(),
+        j.model.display().to_string(),
+        "--steps".into(),
+        j.steps.to_string(),
+        "--lr".into(),
+        j.lr.to_string(),
+        "--seed".into(),
+        j.seed.to_string(),
+        "--timeout-ms".into(),
+        j.timeout_ms.to_string(),
+    ];
+    if let Some(c) = &j.cluster {
+        v.push("--cluster".into());
+        v.push(c.display().to_string());
+    }
+    v
+}
+
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    if a.nproc_per_node == 0 || a.nnodes == 0 || a.node_rank >= a.nnodes {
+        bail!(
+            "--nproc-per-node and --nnodes must be at least 1 and --node-rank below --nnodes \
+             (got {}, {}, {})",
+            a.nproc_per_node,
+            a.nnodes,
+            a.node_rank
+        );
+    }
+    let master = match &a.master {
+        Some(m) => m.clone(),
+        None if a.nnodes == 1 => {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.to_string()
+        }
+        None => bail!("with --nnodes above 1, give --master ADDR:PORT (rank 0's node)"),
+    };
+    let world = a.nnodes * a.nproc_per_node;
+    let exe = std::env::current_exe().context("cannot find hetpar's own executable")?;
+    let mut children = Vec::new();
+    for local in 0..a.nproc_per_node {
+        let rank = a.node_rank * a.nproc_per_node + local;
+        let child = Command::new(&exe)
+            .arg("worker")
+            .args(job_args(&a.job))
+            .env("HETPAR_RANK", rank.to_string())
+            .env("HETPAR_WORLD", world.to_string())
+            .env("HETPAR_MASTER", &master)
+            .spawn()
+            .with_context(|| format!("cannot start rank {rank}"))?;
+        children.push((rank, child));
+    }
+    let mut failed = Vec::new();
+    for (rank, mut c) in children {
+        let status = c.wait()?;
+        if !status.success() {
+            failed.push(rank);
+        }
+    }
+    if !failed.is_empty() {
+        bail!("ranks {failed:?} failed (their errors are above)");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Rank, world and master from hetpar's variables, or from SLURM's under `srun`
+/// (`SLURM_PROCID`, `SLURM_NTASKS`, `MASTER_ADDR`, `MASTER_PORT`).
+fn placement() -> anyhow::Result<(u32, u32, String)> {
+    let var = |k: &str| std::env::var(k).ok();
+    let num = |k: &str, v: String| -> anyhow::Result<u32> {
+        v.parse()
+            .with_context(|| format!("{k}={v} is not a number"))
+    };
+    if let (Some(r), Some(w), Some(m)) = (
+        var("HETPAR_RANK"),
+        var("HETPAR_WORLD"),
+        var("HETPAR_MASTER"),
+    ) {
+        return Ok((num("HETPAR_RANK", r)?, num("HETPAR_WORLD", w)?, m));
+    }
+    if let (Some(r), Some(w), Some(host), Some(port)) = (
+        var("SLURM_PROCID"),
+        var("SLURM_NTASKS"),
+        var("MASTER_ADDR"),
+        var("MASTER_PORT"),
+    ) {
+        return Ok((
+            num("SLURM_PROCID", r)?,
+            num("SLURM_NTASKS", w)?,
+            format!("{host}:{port}"),
+        ));
+    }
+    bail!(
+        "a worker needs HETPAR_RANK, HETPAR_WORLD and HETPAR_MASTER (set by hetpar launch), or \
+         SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR and MASTER_PORT under srun"
+    )
+}
+
+pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
+    let (rank, world, master) = placement()?;
+    let j = &a.job;
+    let Some((model, program, _)) =
+        super::run::load_program(&j.input, &j.model, j.cluster.as_deref())?
+    else {
+        return Ok(ExitCode::from(1));
+    };
+    let needed = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0);
+    if needed != world || program.ranks.len() as u32 != world {
+        bail!("the program has {needed} ranks, but {world} processes were started");
+    }
+    let cfg = Config::from_model(&model)?;
+    let init = Params::init(&cfg, j.seed)?;
+    let batches = synthetic_batches(&model, &cfg, j.seed, j.steps)?;
+    let timeout = Duration::from_millis(j.timeout_ms);
+    let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, timeout)?;
+    let opts = RunOptions {
+        steps: j.steps,
+        lr: j.lr,
+        timeout,
+    };
+    let s = run_process(ep, &program, &cfg, &init, &batches, &opts)?;
+    if rank == 0 {
+        print_stdout(&report_steps(
+            &program,
+            &batches[0],
+            &s.losses,
+            &s.step_seconds,
+        ));
+    }
+    Ok(ExitCode::SUCCESS)
+}
