@@ -45,6 +45,7 @@ fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
     expect_file!["golden/codegen/main.rs.golden"].assert_eq(&read("src/main.rs"));
     expect_file!["golden/codegen/Cargo.toml.golden"].assert_eq(&read("Cargo.toml"));
     expect_file!["golden/codegen/launch.sh.golden"].assert_eq(&read("launch.sh"));
+    expect_file!["golden/codegen/sbatch.sh.golden"].assert_eq(&read("sbatch.sh"));
     assert_eq!(
         read("model.json"),
         std::fs::read_to_string(root().join(MODEL)).unwrap()

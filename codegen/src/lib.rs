@@ -3,7 +3,8 @@
 //! The crate holds every rank's instructions as straight-line calls into `hetpar-runtime`
 //! (`src/main.rs`), each boundary's fused transfer per micro-batch as a constant table, the
 //! program's header (module grids, boundaries, ranks: `program.json`), the model
-//! (`model.json`) and a launch script. It sees only the IR's program, never the planner.
+//! (`model.json`), a launch script and a SLURM batch script. It sees only the IR's program,
+//! never the planner.
 
 use askama::Template;
 use hetpar_ir::json::to_canonical_json;
@@ -63,6 +64,14 @@ struct Manifest<'a> {
 struct Launch<'a> {
     model: &'a str,
     ranks: usize,
+}
+
+#[derive(Template)]
+#[template(path = "sbatch.sh", escape = "none")]
+struct Sbatch<'a> {
+    model: &'a str,
+    ranks: usize,
+    crate_name: &'a str,
 }
 
 fn rows(r: &[Rows]) -> String {
@@ -258,9 +267,14 @@ pub fn emit(
             }
         })
         .collect();
+    let sbatch = Sbatch {
+        model: &program.model,
+        ranks: program.ranks.len(),
+        crate_name: &crate_name,
+    };
     let manifest = Manifest {
         model: &program.model,
-        crate_name,
+        crate_name: crate_name.clone(),
         runtime_path,
     };
     let launch = Launch {
@@ -297,6 +311,10 @@ pub fn emit(
         File {
             path: "launch.sh",
             contents: render("launch.sh", &launch)?,
+        },
+        File {
+            path: "sbatch.sh",
+            contents: render("sbatch.sh", &sbatch)?,
         },
     ])
 }

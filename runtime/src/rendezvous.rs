@@ -225,3 +225,37 @@ pub fn tcp_endpoint(
     }
     Ok(Endpoint::from_parts(rank, senders, receivers, timeout))
 }
+
+/// This process's rank, the world size and the master address, from hetpar's variables
+/// (`HETPAR_RANK`, `HETPAR_WORLD`, `HETPAR_MASTER`, set by `hetpar launch`) or from SLURM's under
+/// `srun` (`SLURM_PROCID`, `SLURM_NTASKS`, `MASTER_ADDR`, `MASTER_PORT`); `None` when neither
+/// set is complete (not a launched process).
+pub fn placement_from_env() -> Result<Option<(u32, u32, String)>, RuntimeError> {
+    let var = |k: &str| std::env::var(k).ok();
+    let num = |k: &str, v: String| -> Result<u32, RuntimeError> {
+        v.parse().map_err(|_| RuntimeError::Rendezvous {
+            rank: 0,
+            what: format!("{k}={v} is not a number"),
+        })
+    };
+    if let (Some(r), Some(w), Some(m)) = (
+        var("HETPAR_RANK"),
+        var("HETPAR_WORLD"),
+        var("HETPAR_MASTER"),
+    ) {
+        return Ok(Some((num("HETPAR_RANK", r)?, num("HETPAR_WORLD", w)?, m)));
+    }
+    if let (Some(r), Some(w), Some(host), Some(port)) = (
+        var("SLURM_PROCID"),
+        var("SLURM_NTASKS"),
+        var("MASTER_ADDR"),
+        var("MASTER_PORT"),
+    ) {
+        return Ok(Some((
+            num("SLURM_PROCID", r)?,
+            num("SLURM_NTASKS", w)?,
+            format!("{host}:{port}"),
+        )));
+    }
+    Ok(None)
+}

@@ -67,9 +67,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     #[cfg(unix)]
     {
         use std::os::unix::fs::PermissionsExt;
-        let p = a.output.join("launch.sh");
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
-            .with_context(|| format!("cannot make {} executable", p.display()))?;
+        for script in ["launch.sh", "sbatch.sh"] {
+            let p = a.output.join(script);
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))
+                .with_context(|| format!("cannot make {} executable", p.display()))?;
+        }
     }
     eprintln!(
         "wrote {} ({} ranks); run it with {}/launch.sh --steps 10",

@@ -130,37 +130,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rank, world and master from hetpar's variables, or from SLURM's under `srun`
-/// (`SLURM_PROCID`, `SLURM_NTASKS`, `MASTER_ADDR`, `MASTER_PORT`).
+/// Rank, world and master from hetpar's variables, or from SLURM's under `srun`.
 fn placement() -> anyhow::Result<(u32, u32, String)> {
-    let var = |k: &str| std::env::var(k).ok();
-    let num = |k: &str, v: String| -> anyhow::Result<u32> {
-        v.parse()
-            .with_context(|| format!("{k}={v} is not a number"))
-    };
-    if let (Some(r), Some(w), Some(m)) = (
-        var("HETPAR_RANK"),
-        var("HETPAR_WORLD"),
-        var("HETPAR_MASTER"),
-    ) {
-        return Ok((num("HETPAR_RANK", r)?, num("HETPAR_WORLD", w)?, m));
-    }
-    if let (Some(r), Some(w), Some(host), Some(port)) = (
-        var("SLURM_PROCID"),
-        var("SLURM_NTASKS"),
-        var("MASTER_ADDR"),
-        var("MASTER_PORT"),
-    ) {
-        return Ok((
-            num("SLURM_PROCID", r)?,
-            num("SLURM_NTASKS", w)?,
-            format!("{host}:{port}"),
-        ));
-    }
-    bail!(
-        "a worker needs HETPAR_RANK, HETPAR_WORLD and HETPAR_MASTER (set by hetpar launch), or \
-         SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR and MASTER_PORT under srun"
-    )
+    hetpar::runtime::rendezvous::placement_from_env()?.ok_or_else(|| {
+        anyhow::anyhow!(
+            "a worker needs HETPAR_RANK, HETPAR_WORLD and HETPAR_MASTER (set by hetpar launch), \
+             or SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR and MASTER_PORT under srun"
+        )
+    })
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
@@ -185,7 +162,9 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         lr: j.lr,
         timeout,
     };
-    let s = run_process(ep, &program, &cfg, &init, &batches, &opts)?;
+    let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
+        st.interpret()
+    })?;
     if rank == 0 {
         print_stdout(&report_steps(
             &program,

@@ -7,8 +7,9 @@ use std::time::Duration;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::program::{Program, Transfer};
 
-use super::{run_with, RankBody, RunOptions, RunOutput};
+use super::{run_process, run_with, RankBody, RunOptions, RunOutput};
 use crate::reference::{Batch, Config, Params};
+use crate::rendezvous::{placement_from_env, tcp_endpoint};
 use crate::RuntimeError;
 
 /// Rows `(sample, start, end)`.
@@ -136,6 +137,8 @@ pub fn parse_args(args: &[String]) -> Result<(RunOptions, u64), String> {
 
 /// The `main` of a generated program: the program header (modules, boundaries, ranks) and
 /// the model as JSON, every rank's step as `body`. Prints the same report as `hetpar run`.
+/// Started by `hetpar launch` or `srun` (their variables set), it runs its own rank and meets
+/// the others over TCP; otherwise every rank is a thread.
 pub fn main_with(program_json: &str, model_json: &str, body: &RankBody) -> std::process::ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     match main_inner(program_json, model_json, body, &args) {
@@ -162,6 +165,17 @@ fn main_inner(
     let cfg = Config::from_model(&g).map_err(|e| e.to_string())?;
     let init = Params::init(&cfg, seed).map_err(|e| e.to_string())?;
     let batches = synthetic_batches(&g, &cfg, seed, opts.steps).map_err(|e| e.to_string())?;
+    // Launched as one rank of many processes (`hetpar launch`, `srun`): this rank alone.
+    if let Some((rank, world, master)) = placement_from_env().map_err(|e| e.to_string())? {
+        let ep = tcp_endpoint(rank, world, &master, opts.timeout).map_err(|e| e.to_string())?;
+        let s = run_process(ep, &program, &cfg, &init, &batches, &opts, body)
+            .map_err(|e| e.to_string())?;
+        return Ok(if rank == 0 {
+            report_steps(&program, &batches[0], &s.losses, &s.step_seconds)
+        } else {
+            String::new()
+        });
+    }
     let out = run_with(&program, &cfg, &init, &batches, &opts, body).map_err(|e| e.to_string())?;
     Ok(report(&program, &batches[0], &out))
 }

@@ -114,8 +114,9 @@ pub struct Summary {
     pub peak_bytes: Vec<(u32, usize)>,
 }
 
-/// This process's rank of `program` on `ep` (ranks as processes, `crate::rendezvous`): its
-/// steps, then the losses, step times and peaks of every rank, which every rank receives.
+/// This process's rank of `program` on `ep` (ranks as processes, `crate::rendezvous`), each
+/// step running `body`: its steps, then the losses, step times and peaks of every rank, which
+/// every rank receives.
 pub fn run_process(
     ep: crate::transport::Endpoint,
     program: &Program,
@@ -123,6 +124,7 @@ pub fn run_process(
     init: &Params,
     batches: &[Batch],
     opts: &RunOptions,
+    body: &RankBody,
 ) -> Result<Summary, RuntimeError> {
     cfg.validate()?;
     init.check(cfg)?;
@@ -135,7 +137,6 @@ pub fn run_process(
         return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
     }
     let rank = ep.rank();
-    let body: &RankBody = &|st| st.interpret();
     let mut out = run_rank(rank, ep, program, cfg, init, batches, &layouts, opts, body)?;
     // Every rank's figures to every rank: the losses as the bits of each step's f64 (two f32
     // words, so nothing is rounded), the step times, the peak.
