@@ -380,14 +380,15 @@ pub fn autotune(
         .collect();
     let measured: Vec<Measured> = per_round.iter().map(|r| combine(r, &speed)).collect();
 
-    // Predictions: boundary times once per plan (they do not depend on the fitted constants).
+    // Predictions: boundary times once per plan, priced with the constants in force before the
+    // fit (the fit moves the passes' constants; the transfers are a small share).
     let built: Vec<Plan> = candidates
         .iter()
         .map(|(p, _)| build(model, &cluster, p))
         .collect::<anyhow::Result<_>>()?;
     let times: Vec<_> = built
         .iter()
-        .map(|p| hetpar_planner::boundary::boundary_times(model, &cluster, p))
+        .map(|p| hetpar_planner::boundary::boundary_times_with(model, &cluster, p, Some(before)))
         .collect();
     let predict = |c: &Constants, i: usize| -> Option<hetpar_cost::Estimate> {
         let o = Options {
@@ -445,7 +446,8 @@ pub fn autotune(
             let speed: Vec<f64> = pivot.iter().map(|p| p.step_s / levels[0]).collect();
             let m = combine(&fin, &speed);
             let plan = build(model, &cluster, &final_plan)?;
-            let t = hetpar_planner::boundary::boundary_times(model, &cluster, &plan);
+            let t =
+                hetpar_planner::boundary::boundary_times_with(model, &cluster, &plan, Some(before));
             let est = |c: &Constants| {
                 let o = Options {
                     attention: opts.attention,

@@ -21,7 +21,7 @@ use hetpar_ir::program::{
 use hetpar_ir::{Cluster, Plan, Rank};
 
 use crate::boundary::synth::MicroBatchPlan;
-use crate::boundary::{synthesize_all, Limits};
+use crate::boundary::{synthesize_all_with, Limits};
 use crate::PlanError;
 
 pub fn lower(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Program, PlanError> {
@@ -214,18 +214,25 @@ pub fn lower_with(
         }
         out
     };
-    let boundaries = synthesize_all(model, cluster, plan, Limits::default(), None)
-        .into_iter()
-        .zip(model.boundaries())
-        .map(|(r, b)| BoundaryProgram {
-            name: r.name,
-            from: r.from,
-            to: r.to,
-            width: b.width,
-            forward: per_micro_batch(r.forward.plans),
-            backward: per_micro_batch(r.backward.plans),
-        })
-        .collect();
+    let boundaries = synthesize_all_with(
+        model,
+        cluster,
+        plan,
+        Limits::default(),
+        None,
+        opts.constants,
+    )
+    .into_iter()
+    .zip(model.boundaries())
+    .map(|(r, b)| BoundaryProgram {
+        name: r.name,
+        from: r.from,
+        to: r.to,
+        width: b.width,
+        forward: per_micro_batch(r.forward.plans),
+        backward: per_micro_batch(r.backward.plans),
+    })
+    .collect();
     Ok(Program {
         kind: "program".into(),
         format_version: FORMAT_VERSION,

@@ -31,7 +31,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let mut opts = a.attention.options();
     a.calibration.apply(&mut cluster, &mut opts)?;
     // Boundaries priced by their synthesis, as `hetpar plan` does.
-    let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
+    let times =
+        hetpar::planner::boundary::boundary_times_with(&model, &cluster, &plan, opts.constants);
     let est = hetpar::cost::estimate_with_boundaries(&model, &cluster, &plan, &opts, &times)?;
     let report = EstimateReport::new(&model, &est);
     let text = match a.format {

@@ -47,7 +47,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let mut opts = a.attention.options();
     a.calibration.apply(&mut cluster, &mut opts)?;
-    let times = hetpar::planner::boundary::boundary_times(&model, &cluster, &plan);
+    let times =
+        hetpar::planner::boundary::boundary_times_with(&model, &cluster, &plan, opts.constants);
     let (est, (graph, timeline)) = simulate_plan(&model, &cluster, &plan, &opts, Some(&times))?;
     let schedule = Schedule::new(&model, &plan, &est, &graph, &timeline);
     let lanes = a.lanes as usize;

@@ -39,11 +39,24 @@ pub fn synthesize_all(
     limits: Limits,
     only: Option<&str>,
 ) -> Vec<BoundaryReshard> {
+    synthesize_all_with(model, cluster, plan, limits, only, None)
+}
+
+/// [`synthesize_all`] pricing transfers with `constants` (a calibration's), or the cluster's
+/// GPU model's when `None`.
+pub fn synthesize_all_with(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    limits: Limits,
+    only: Option<&str>,
+    constants: Option<Constants>,
+) -> Vec<BoundaryReshard> {
     let cx = Context {
         model,
         cluster,
         plan,
-        constants: Constants::for_gpu(cluster.gpu_model),
+        constants: constants.unwrap_or_else(|| Constants::for_gpu(cluster.gpu_model)),
         limits,
     };
     model
@@ -88,7 +101,18 @@ pub fn boundary_times(
     cluster: &Cluster,
     plan: &Plan,
 ) -> hetpar_cost::BoundaryTimes {
-    synthesize_all(model, cluster, plan, Limits::default(), None)
+    boundary_times_with(model, cluster, plan, None)
+}
+
+/// [`boundary_times`] with `constants` (a calibration's), or the cluster's GPU model's when
+/// `None`.
+pub fn boundary_times_with(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    constants: Option<Constants>,
+) -> hetpar_cost::BoundaryTimes {
+    synthesize_all_with(model, cluster, plan, Limits::default(), None, constants)
         .into_iter()
         .zip(model.boundaries())
         .map(|(r, b)| {

@@ -354,7 +354,12 @@ fn finish(cx: &mut Ctx<'_>, found: &mut Vec<Candidate>) -> Option<Candidate> {
             cx.stats.simulated += 1;
             // Boundaries priced by their synthesis; partially overlapping placements (the
             // homogeneous arrangement) are synthesized the same way.
-            let times = crate::boundary::boundary_times(cx.model, cx.cluster, &plan);
+            let times = crate::boundary::boundary_times_with(
+                cx.model,
+                cx.cluster,
+                &plan,
+                cx.cost_opts.constants,
+            );
             c.estimate =
                 estimate_with_boundaries(cx.model, cx.cluster, &plan, &cx.cost_opts, &times).ok();
         }
