@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hetpar::planner::boundary::{synthesize_all, BoundaryReshard, Limits, Reshard};
+use hetpar::planner::boundary::{synthesize_all_with, BoundaryReshard, Limits, Reshard};
 use hetpar::report::{bytes, Table};
 
 use super::emit;
@@ -35,6 +35,8 @@ pub struct Args {
     /// Write the result here (atomically) instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
+    #[command(flatten)]
+    calibration: super::CalibrationArg,
 }
 
 #[derive(serde::Serialize)]
@@ -43,9 +45,11 @@ struct Report<'a> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, cluster, plan)) = a.inputs.load() else {
+    let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
+    let mut opts = hetpar::cost::Options::default();
+    a.calibration.apply(&mut cluster, &mut opts)?;
     if let Some(name) = &a.boundary {
         if !model.boundaries().iter().any(|b| &b.name == name) {
             let names: Vec<&str> = model.boundaries().iter().map(|b| b.name.as_str()).collect();
@@ -61,7 +65,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         iterations: a.iterations,
         nodes: a.nodes,
     };
-    let all = synthesize_all(&model, &cluster, &plan, limits, a.boundary.as_deref());
+    let all = synthesize_all_with(
+        &model,
+        &cluster,
+        &plan,
+        limits,
+        a.boundary.as_deref(),
+        opts.constants,
+    );
     let text = match a.format {
         Format::Json => {
             let mut v = serde_json::to_value(Report { boundaries: &all })?;
