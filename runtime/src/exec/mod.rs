@@ -64,6 +64,36 @@ struct RankOut {
     peak_bytes: usize,
 }
 
+/// Checks a run's inputs; the layout of every batch.
+fn prepare(
+    program: &Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &[Batch],
+) -> Result<Vec<crate::reference::batch::Layout>, RuntimeError> {
+    cfg.validate()?;
+    init.check(cfg)?;
+    if batches.is_empty() {
+        return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
+    }
+    batches
+        .iter()
+        .map(|b| {
+            check(program, cfg, b.batch_size)?;
+            b.layout(cfg)
+        })
+        .collect()
+}
+
+/// Each step's loss: its cross-entropy summed over the ranks, in rank order, over the target
+/// count of its batch (step `k` runs on batch `k mod len`).
+fn step_losses(sums: &[f64], layouts: &[crate::reference::batch::Layout]) -> Vec<f32> {
+    sums.iter()
+        .enumerate()
+        .map(|(k, s)| (s / layouts[k % layouts.len()].targets as f64) as f32)
+        .collect()
+}
+
 /// One rank's steps on its endpoint.
 #[allow(clippy::too_many_arguments)]
 fn run_rank<'a>(
@@ -126,16 +156,7 @@ pub fn run_process(
     opts: &RunOptions,
     body: &RankBody,
 ) -> Result<Summary, RuntimeError> {
-    cfg.validate()?;
-    init.check(cfg)?;
-    let mut layouts = Vec::with_capacity(batches.len());
-    for b in batches {
-        check(program, cfg, b.batch_size)?;
-        layouts.push(b.layout(cfg)?);
-    }
-    if batches.is_empty() {
-        return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
-    }
+    let layouts = prepare(program, cfg, init, batches)?;
     let rank = ep.rank();
     let mut out = run_rank(rank, ep, program, cfg, init, batches, &layouts, opts, body)?;
     // Every rank's figures to every rank: the losses as the bits of each step's f64 (two f32
@@ -177,13 +198,8 @@ pub fn run_process(
         let lo = u64::from(word(v, 3 * steps + 1)?);
         peaks.push((*r, ((hi << 32) | lo) as usize));
     }
-    let targets: Vec<f64> = layouts.iter().map(|l| l.targets as f64).collect();
     Ok(Summary {
-        losses: sums
-            .iter()
-            .enumerate()
-            .map(|(k, s)| (s / targets[k % targets.len()]) as f32)
-            .collect(),
+        losses: step_losses(&sums, &layouts),
         step_seconds: seconds,
         peak_bytes: peaks,
     })
@@ -294,16 +310,7 @@ pub fn run_with(
     opts: &RunOptions,
     body: &RankBody,
 ) -> Result<RunOutput, RuntimeError> {
-    cfg.validate()?;
-    init.check(cfg)?;
-    let mut layouts = Vec::with_capacity(batches.len());
-    for b in batches {
-        check(program, cfg, b.batch_size)?;
-        layouts.push(b.layout(cfg)?);
-    }
-    if batches.is_empty() {
-        return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
-    }
+    let layouts = prepare(program, cfg, init, batches)?;
     let n = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0) as usize;
     let mut endpoints: Vec<Option<_>> = fabric(n, opts.timeout).into_iter().map(Some).collect();
     let results: Vec<Result<RankOut, RuntimeError>> = std::thread::scope(|scope| {
@@ -347,13 +354,10 @@ pub fn run_with(
         return Err(e.clone());
     }
     outs.sort_by_key(|o| o.rank);
-    let targets: Vec<f64> = layouts.iter().map(|l| l.targets as f64).collect();
-    let losses = (0..opts.steps)
-        .map(|k| {
-            let sum: f64 = outs.iter().map(|o| o.losses[k]).sum();
-            (sum / targets[k % targets.len()]) as f32
-        })
+    let sums: Vec<f64> = (0..opts.steps)
+        .map(|k| outs.iter().map(|o| o.losses[k]).sum())
         .collect();
+    let losses = step_losses(&sums, &layouts);
     let step_seconds = (0..opts.steps)
         .map(|k| outs.iter().map(|o| o.seconds[k]).fold(0.0, f64::max))
         .collect();

@@ -215,6 +215,8 @@ pub struct RankState<'a> {
     pub grads: Grads,
     pub adam: Adam,
     batch: Option<(&'a Batch, Layout)>,
+    /// For this step's batch, per sample and position, the row a placeholder there takes.
+    placeholders: Vec<Vec<u64>>,
     acts: HashMap<(usize, u32, u32), Tensor>,
     dgrads: HashMap<(usize, u32, u32), Tensor>,
     chunks: HashMap<(usize, u32, u32), ChunkState>,
@@ -260,6 +262,7 @@ impl<'a> RankState<'a> {
             grads,
             adam: Adam::new(lr),
             batch: None,
+            placeholders: Vec::new(),
             acts: HashMap::new(),
             dgrads: HashMap::new(),
             chunks: HashMap::new(),
@@ -272,6 +275,7 @@ impl<'a> RankState<'a> {
 
     /// Starts a step on `batch`: gradients and the loss at zero.
     pub fn begin_step(&mut self, batch: &'a Batch, layout: Layout) {
+        self.placeholders = placeholder_index(batch);
         self.batch = Some((batch, layout));
         self.grads = self.params.zeros_like();
         self.loss = 0.0;
@@ -468,14 +472,7 @@ impl<'a> RankState<'a> {
         chunk: u32,
         to: u32,
     ) -> Result<(), RuntimeError> {
-        self.held(m)?;
-        let key = (m, chunk, j);
-        let x = self
-            .acts
-            .remove(&key)
-            .ok_or_else(|| self.missing("activations", key))?;
-        let t = tag(Kind::PipelineActivation, m, j, chunk as usize, 0);
-        self.ep.send(to, t, x.data())
+        self.send_pipe(Kind::PipelineActivation, m, j, chunk, to)
     }
 
     /// `recv_activation`.
@@ -486,13 +483,7 @@ impl<'a> RankState<'a> {
         chunk: u32,
         from: u32,
     ) -> Result<(), RuntimeError> {
-        self.held(m)?;
-        let t = tag(Kind::PipelineActivation, m, j, chunk as usize, 0);
-        let data = self.ep.recv(from, t)?;
-        let x = self.tensor(m, data)?;
-        self.acts.insert((m, chunk, j), x);
-        self.note_memory();
-        Ok(())
+        self.recv_pipe(Kind::PipelineActivation, m, j, chunk, from)
     }
 
     /// `send_gradient`: the gradient of global chunk `chunk`'s output to rank `to`.
@@ -503,14 +494,7 @@ impl<'a> RankState<'a> {
         chunk: u32,
         to: u32,
     ) -> Result<(), RuntimeError> {
-        self.held(m)?;
-        let key = (m, chunk, j);
-        let x = self
-            .dgrads
-            .remove(&key)
-            .ok_or_else(|| self.missing("gradients", key))?;
-        let t = tag(Kind::PipelineGradient, m, j, chunk as usize, 0);
-        self.ep.send(to, t, x.data())
+        self.send_pipe(Kind::PipelineGradient, m, j, chunk, to)
     }
 
     /// `recv_gradient`.
@@ -521,11 +505,51 @@ impl<'a> RankState<'a> {
         chunk: u32,
         from: u32,
     ) -> Result<(), RuntimeError> {
+        self.recv_pipe(Kind::PipelineGradient, m, j, chunk, from)
+    }
+
+    /// The pipeline tensors of `kind`: activations or gradients, by (module, chunk, micro-batch).
+    fn pipe(&mut self, kind: Kind) -> &mut HashMap<(usize, u32, u32), Tensor> {
+        match kind {
+            Kind::PipelineGradient => &mut self.dgrads,
+            _ => &mut self.acts,
+        }
+    }
+
+    fn send_pipe(
+        &mut self,
+        kind: Kind,
+        m: usize,
+        j: u32,
+        chunk: u32,
+        to: u32,
+    ) -> Result<(), RuntimeError> {
         self.held(m)?;
-        let t = tag(Kind::PipelineGradient, m, j, chunk as usize, 0);
-        let data = self.ep.recv(from, t)?;
+        let key = (m, chunk, j);
+        let what = match kind {
+            Kind::PipelineGradient => "gradients",
+            _ => "activations",
+        };
+        let x = self
+            .pipe(kind)
+            .remove(&key)
+            .ok_or_else(|| self.missing(what, key))?;
+        self.ep
+            .send(to, tag(kind, m, j, chunk as usize, 0), x.data())
+    }
+
+    fn recv_pipe(
+        &mut self,
+        kind: Kind,
+        m: usize,
+        j: u32,
+        chunk: u32,
+        from: u32,
+    ) -> Result<(), RuntimeError> {
+        self.held(m)?;
+        let data = self.ep.recv(from, tag(kind, m, j, chunk as usize, 0))?;
         let x = self.tensor(m, data)?;
-        self.dgrads.insert((m, chunk, j), x);
+        self.pipe(kind).insert((m, chunk, j), x);
         self.note_memory();
         Ok(())
     }
@@ -821,7 +845,6 @@ impl<'a> RankState<'a> {
         let table = self.params.t("llm.embed.weight");
         let pos = self.params.t("llm.pos");
         let mut e = Tensor::zeros(&[mine.len(), self.cfg.h]);
-        let ph = placeholder_index(batch);
         for (k, r) in mine.iter().enumerate() {
             let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
             let src: &[f32] = match sources.iter().find(|x| x.0 == tok) {
@@ -831,7 +854,7 @@ impl<'a> RankState<'a> {
                             "placeholders of token {tok} but no boundary brings them"
                         ))
                     })?;
-                    let row = ph[r.sample as usize][r.pos as usize];
+                    let row = self.placeholders[r.sample as usize][r.pos as usize];
                     self.stores
                         .get(&(b, j, true))
                         .and_then(|st| st.get(&(r.sample, row)))
@@ -1026,7 +1049,6 @@ impl<'a> RankState<'a> {
     ) -> Result<(), RuntimeError> {
         let (batch, _) = self.batch();
         let s = batch.seq_len;
-        let ph = placeholder_index(batch);
         let sources = self.placeholder_sources(m, batch);
         let mut dtable = Tensor::zeros(&[self.cfg.v, self.cfg.h]);
         let mut dpos = Tensor::zeros(&[self.cfg.s, self.cfg.h]);
@@ -1036,7 +1058,7 @@ impl<'a> RankState<'a> {
             }
             let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
             if let Some(&(_, b)) = sources.iter().find(|x| x.0 == tok) {
-                let row = ph[r.sample as usize][r.pos as usize];
+                let row = self.placeholders[r.sample as usize][r.pos as usize];
                 let b = b.expect("checked in forward");
                 self.stores
                     .entry((b, j, false))
