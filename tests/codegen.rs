@@ -6,23 +6,10 @@ use std::process::Command;
 use expect_test::expect_file;
 
 mod common;
-use common::{hetpar, root, scratch, stderr, stdout};
-
-const PLAN: &str = "examples/plans/reference-tiny-noncolocated-8.json";
-const MODEL: &str = "examples/models/reference-tiny.json";
-const CLUSTER: &str = "examples/clusters/h100-8.json";
-
-fn losses(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.next()?.parse::<usize>().ok()?;
-            let loss = w.next()?;
-            loss.parse::<f32>().ok()?;
-            Some(loss.to_string())
-        })
-        .collect()
-}
+use common::{
+    hetpar, losses, root, scratch, stderr, stdout, REF_CLUSTER as CLUSTER, REF_MODEL as MODEL,
+    REF_PLAN as PLAN,
+};
 
 #[test]
 fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {

@@ -5,28 +5,10 @@
 use std::process::Command;
 
 mod common;
-use common::{hetpar, root, stderr, stdout};
-
-const PLAN: &str = "examples/plans/reference-tiny-noncolocated-8.json";
-const MODEL: &str = "examples/models/reference-tiny.json";
-const CLUSTER: &str = "examples/clusters/h100-8.json";
-
-fn losses(out: &str) -> Vec<String> {
-    out.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            w.next()?.parse::<usize>().ok()?;
-            let loss = w.next()?;
-            loss.parse::<f32>().ok()?;
-            Some(loss.to_string())
-        })
-        .collect()
-}
-
-fn free_port() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().to_string()
-}
+use common::{
+    free_port, hetpar, losses, root, stderr, stdout, REF_CLUSTER as CLUSTER, REF_MODEL as MODEL,
+    REF_PLAN as PLAN,
+};
 
 fn worker(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
     let mut c = Command::new(env!("CARGO_BIN_EXE_hetpar"));

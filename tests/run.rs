@@ -2,24 +2,10 @@
 //! and bad inputs are refused with what is wrong.
 
 mod common;
-use common::{hetpar, scratch, stderr, stdout};
-
-const PLAN: &str = "examples/plans/reference-tiny-noncolocated-8.json";
-const MODEL: &str = "examples/models/reference-tiny.json";
-const CLUSTER: &str = "examples/clusters/h100-8.json";
-
-/// The losses printed by `hetpar run`, in step order.
-fn losses(out: &str) -> Vec<f32> {
-    out.lines()
-        .filter_map(|l| {
-            let mut w = l.split_whitespace();
-            let step = w.next()?.parse::<usize>().ok()?;
-            let loss = w.next()?.parse::<f32>().ok()?;
-            Some((step, loss))
-        })
-        .map(|(_, l)| l)
-        .collect()
-}
+use common::{
+    hetpar, losses, scratch, stderr, stdout, REF_CLUSTER as CLUSTER, REF_MODEL as MODEL,
+    REF_PLAN as PLAN,
+};
 
 #[test]
 fn a_plan_and_its_lowered_program_train_alike_and_dump_what_they_print() {

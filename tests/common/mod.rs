@@ -34,3 +34,26 @@ pub fn scratch(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).unwrap();
     d
 }
+
+/// The reference model's example files the run, launch and codegen tests share.
+pub const REF_PLAN: &str = "examples/plans/reference-tiny-noncolocated-8.json";
+pub const REF_MODEL: &str = "examples/models/reference-tiny.json";
+pub const REF_CLUSTER: &str = "examples/clusters/h100-8.json";
+
+/// The losses a training report prints (`hetpar run`, `launch`, a generated program), in step
+/// order: lines that start with a step number and a loss.
+pub fn losses(out: &str) -> Vec<f32> {
+    out.lines()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            w.next()?.parse::<usize>().ok()?;
+            w.next()?.parse::<f32>().ok()
+        })
+        .collect()
+}
+
+/// A local address no one listens on now.
+pub fn free_port() -> String {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().to_string()
+}
