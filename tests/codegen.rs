@@ -7,8 +7,8 @@ use expect_test::expect_file;
 
 mod common;
 use common::{
-    hetpar, losses, root, scratch, stderr, stdout, REF_CLUSTER as CLUSTER, REF_MODEL as MODEL,
-    REF_PLAN as PLAN,
+    free_port, hetpar, losses, root, scratch, stderr, stdout, REF_CLUSTER as CLUSTER,
+    REF_MODEL as MODEL, REF_PLAN as PLAN,
 };
 
 #[test]
@@ -83,6 +83,38 @@ fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
     assert_eq!(
         generated, interpreted,
         "generated code and interpreter differ"
+    );
+
+    // The same binary as eight processes, as `hetpar launch` or `srun` start it.
+    let exe = root()
+        .join("target")
+        .join("debug")
+        .join("hetpar-generated-reference-tiny");
+    let master = free_port();
+    let children: Vec<_> = (0..8)
+        .map(|r| {
+            Command::new(&exe)
+                .args(["--steps", "3"])
+                .env("HETPAR_RANK", r.to_string())
+                .env("HETPAR_WORLD", "8")
+                .env("HETPAR_MASTER", &master)
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("the generated binary starts")
+        })
+        .collect();
+    let outs: Vec<_> = children
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    for o in &outs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let processes = losses(&String::from_utf8_lossy(&outs[0].stdout));
+    assert_eq!(
+        processes, interpreted,
+        "generated code as processes differs"
     );
 }
 
