@@ -9,7 +9,7 @@
 //! rank 0 naming it, and on the others when rank 0 gives up: never a hang. A reader thread per
 //! peer turns frames (`tag u64, length u64, f32 values`, little-endian) back into messages.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::{channel, Sender};
 use std::time::{Duration, Instant};
@@ -40,10 +40,7 @@ fn accept_n(
                     .map_err(|e| fail(rank, e.to_string()))?;
                 s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now())))
                     .map_err(|e| fail(rank, e.to_string()))?;
-                let mut line = String::new();
-                BufReader::new(&s)
-                    .read_line(&mut line)
-                    .map_err(|e| fail(rank, format!("{what}: {e}")))?;
+                let line = read_line(&s).map_err(|e| fail(rank, format!("{what}: {e}")))?;
                 out.push((line.trim().to_string(), s));
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -59,6 +56,21 @@ fn accept_n(
         }
     }
     Ok(out)
+}
+
+/// One line from `s`, read a byte at a time: a buffered reader would swallow the frames a
+/// peer may send right after its line, and they belong to the stream's reader thread.
+fn read_line(mut s: &TcpStream) -> std::io::Result<String> {
+    let mut bytes = Vec::new();
+    let mut b = [0u8; 1];
+    loop {
+        s.read_exact(&mut b)?;
+        if b[0] == b'\n' {
+            return String::from_utf8(bytes)
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e));
+        }
+        bytes.push(b[0]);
+    }
 }
 
 /// Connects to `addr`, retrying until `deadline`.
@@ -166,8 +178,7 @@ pub fn tcp_endpoint(
             .map_err(|e| fail(rank, e.to_string()))?;
         s.set_read_timeout(Some(deadline.saturating_duration_since(Instant::now())))
             .map_err(|e| fail(rank, e.to_string()))?;
-        let mut line = String::new();
-        BufReader::new(&s).read_line(&mut line).map_err(|e| {
+        let line = read_line(&s).map_err(|e| {
             fail(
                 rank,
                 format!("no address table from rank 0 before the timeout: {e}"),
