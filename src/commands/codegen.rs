@@ -8,14 +8,8 @@ use anyhow::Context;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// A plan (lowered first) or a program.
-    pub input: PathBuf,
-    /// The model file.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// The cluster file (needed with a plan).
-    #[arg(long)]
-    pub cluster: Option<PathBuf>,
+    #[command(flatten)]
+    pub program: super::run::ProgramInput,
     /// The directory to write the crate into (created if missing).
     #[arg(short, long)]
     pub output: PathBuf,
@@ -41,9 +35,7 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((_, program, model_text)) =
-        super::run::load_program(&a.input, &a.model, a.cluster.as_deref())?
-    else {
+    let Some((_, program, model_text)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };
     std::fs::create_dir_all(a.output.join("src"))

@@ -1,41 +1,24 @@
 //! `hetpar launch`: ranks as processes, one per device slot, on one node or many; and the
 //! hidden `hetpar worker` that each of them runs.
 
-use std::path::PathBuf;
 use std::process::{Command, ExitCode};
-use std::time::Duration;
 
 use anyhow::{bail, Context};
 
 use hetpar::runtime::exec::generated::{report_steps, synthetic_batches};
-use hetpar::runtime::exec::{run_process, RunOptions};
+use hetpar::runtime::exec::run_process;
 use hetpar::runtime::reference::{Config, Params};
 
 use super::print_stdout;
+use super::run::{ProgramInput, Training};
 
 /// What a worker runs (shared by `launch` and `worker`).
 #[derive(clap::Args, Clone)]
 pub struct Job {
-    /// A plan (lowered first) or a program.
-    pub input: PathBuf,
-    /// The model file.
-    #[arg(long)]
-    pub model: PathBuf,
-    /// The cluster file (needed with a plan).
-    #[arg(long)]
-    pub cluster: Option<PathBuf>,
-    /// Training steps.
-    #[arg(long, default_value_t = 10)]
-    pub steps: usize,
-    /// Adam's learning rate.
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
-    /// Seed of the initial weights and of the synthetic batches.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// The longest a rank waits for a peer (the rendezvous, then every message), in ms.
-    #[arg(long, default_value_t = 60_000)]
-    pub timeout_ms: u64,
+    #[command(flatten)]
+    pub program: ProgramInput,
+    #[command(flatten)]
+    pub training: Training,
 }
 
 #[derive(clap::Args)]
@@ -64,20 +47,21 @@ pub struct WorkerArgs {
 }
 
 fn job_args(j: &Job) -> Vec<String> {
+    let (p, t) = (&j.program, &j.training);
     let mut v = vec![
-        j.input.display().to_string(),
+        p.input.display().to_string(),
         "--model".into(),
-        j.model.display().to_string(),
+        p.model.display().to_string(),
         "--steps".into(),
-        j.steps.to_string(),
+        t.steps.to_string(),
         "--lr".into(),
-        j.lr.to_string(),
+        t.lr.to_string(),
         "--seed".into(),
-        j.seed.to_string(),
+        t.seed.to_string(),
         "--timeout-ms".into(),
-        j.timeout_ms.to_string(),
+        t.timeout_ms.to_string(),
     ];
-    if let Some(c) = &j.cluster {
+    if let Some(c) = &p.cluster {
         v.push("--cluster".into());
         v.push(c.display().to_string());
     }
@@ -143,9 +127,7 @@ fn placement() -> anyhow::Result<(u32, u32, String)> {
 pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let (rank, world, master) = placement()?;
     let j = &a.job;
-    let Some((model, program, _)) =
-        super::run::load_program(&j.input, &j.model, j.cluster.as_deref())?
-    else {
+    let Some((model, program, _)) = j.program.load()? else {
         return Ok(ExitCode::from(1));
     };
     let needed = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0);
@@ -153,15 +135,10 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         bail!("the program has {needed} ranks, but {world} processes were started");
     }
     let cfg = Config::from_model(&model)?;
-    let init = Params::init(&cfg, j.seed)?;
-    let batches = synthetic_batches(&model, &cfg, j.seed, j.steps)?;
-    let timeout = Duration::from_millis(j.timeout_ms);
-    let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, timeout)?;
-    let opts = RunOptions {
-        steps: j.steps,
-        lr: j.lr,
-        timeout,
-    };
+    let init = Params::init(&cfg, j.training.seed)?;
+    let batches = synthetic_batches(&model, &cfg, j.training.seed, j.training.steps)?;
+    let opts = j.training.options();
+    let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, opts.timeout)?;
     let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
         st.interpret()
     })?;

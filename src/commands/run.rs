@@ -23,8 +23,10 @@ pub enum Backend {
     Cpu,
 }
 
-#[derive(clap::Args)]
-pub struct Args {
+/// `<plan|program> --model M [--cluster C]`: what the commands that run or generate a
+/// program take.
+#[derive(clap::Args, Clone)]
+pub struct ProgramInput {
     /// A plan (lowered first) or a program (`hetpar lower`'s output).
     pub input: PathBuf,
     /// The model file: the reference model's sizes and the shape of its data.
@@ -33,17 +35,52 @@ pub struct Args {
     /// The cluster file (needed with a plan).
     #[arg(long)]
     pub cluster: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: Backend,
+}
+
+impl ProgramInput {
+    /// The model and the program (a plan lowered), and the model's text; `None` when a file
+    /// was invalid (its diagnostics printed).
+    pub fn load(&self) -> anyhow::Result<Option<(ModelGraph, Program, String)>> {
+        load_program(&self.input, &self.model, self.cluster.as_deref())
+    }
+}
+
+/// `--steps --lr --seed --timeout-ms`: how to train (`run`, `launch`).
+#[derive(clap::Args, Clone)]
+pub struct Training {
     /// Training steps.
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
     /// Adam's learning rate.
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
-    /// Seed of the initial weights (ignored with --weights) and of the synthetic batches.
+    /// Seed of the initial weights (unless --weights gives them) and of the synthetic batches.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
+    /// The longest a rank waits for a peer (a rendezvous, then every message) before the run
+    /// fails, in ms.
+    #[arg(long, default_value_t = 60_000)]
+    pub timeout_ms: u64,
+}
+
+impl Training {
+    pub fn options(&self) -> RunOptions {
+        RunOptions {
+            steps: self.steps,
+            lr: self.lr,
+            timeout: Duration::from_millis(self.timeout_ms),
+        }
+    }
+}
+
+#[derive(clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub program: ProgramInput,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: Backend,
+    #[command(flatten)]
+    pub training: Training,
     /// Initial weights (safetensors, the documented names) instead of seeded ones.
     #[arg(long)]
     pub weights: Option<PathBuf>,
@@ -54,9 +91,6 @@ pub struct Args {
     /// gradients, `grad.` names) here.
     #[arg(long)]
     pub dump: Option<PathBuf>,
-    /// The longest a rank waits for a peer's message before the run fails, in ms.
-    #[arg(long, default_value_t = 60_000)]
-    pub timeout_ms: u64,
 }
 
 fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
@@ -133,13 +167,13 @@ pub fn load_program(
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
-    let Some((model, program, _)) = load_program(&a.input, &a.model, a.cluster.as_deref())? else {
+    let Some((model, program, _)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };
     let cfg = Config::from_model(&model).with_context(|| {
         format!(
             "{}: the runtime computes the reference model",
-            a.model.display()
+            a.program.model.display()
         )
     })?;
     let init = match &a.weights {
@@ -148,18 +182,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("{}", p.display()))?;
             Params::from_tensors(tensors, &cfg).with_context(|| format!("{}", p.display()))?
         }
-        None => Params::init(&cfg, a.seed)?,
+        None => Params::init(&cfg, a.training.seed)?,
     };
     let batches: Vec<Batch> = match &a.batch {
         Some(p) => vec![hetpar::runtime::dump::batch_from_bytes(&read(p)?)
             .with_context(|| format!("{}", p.display()))?],
-        None => synthetic_batches(&model, &cfg, a.seed, a.steps)?,
+        None => synthetic_batches(&model, &cfg, a.training.seed, a.training.steps)?,
     };
-    let opts = RunOptions {
-        steps: a.steps,
-        lr: a.lr,
-        timeout: Duration::from_millis(a.timeout_ms),
-    };
+    let opts = a.training.options();
     let Backend::Cpu = a.backend;
     let out = execute(&program, &cfg, &init, &batches, &opts)?;
     print_stdout(&report(&program, &batches[0], &out));
