@@ -213,45 +213,32 @@ pub fn from_profile(gpu_model: GpuModel, backend: &str, p: &Profile) -> Calibrat
         cal.constants.nvlink_efficiency = 1.0;
     }
     let mut ms = Vec::new();
-    for &(m, k, n, t) in &p.matmuls {
+    let mut record = |kind: &str, what: String, amount: f64, seconds: f64| {
         ms.push(Measurement {
-            kind: "matmul".into(),
-            what: format!("[{m}, {k}] x [{k}, {n}]"),
-            amount: 2.0 * m * k * n,
-            seconds: t,
-        });
+            kind: kind.into(),
+            what,
+            amount,
+            seconds,
+        })
+    };
+    for &(m, k, n, t) in &p.matmuls {
+        record(
+            "matmul",
+            format!("[{m}, {k}] x [{k}, {n}]"),
+            2.0 * m * k * n,
+            t,
+        );
     }
     for &(f, t) in &p.attention {
-        ms.push(Measurement {
-            kind: "attention".into(),
-            what: format!("{f} FLOPs"),
-            amount: f,
-            seconds: t,
-        });
+        record("attention", format!("{f} FLOPs"), f, t);
     }
-    for &(b, t) in &p.memory {
-        ms.push(Measurement {
-            kind: "memory".into(),
-            what: format!("{b} bytes"),
-            amount: b,
-            seconds: t,
-        });
-    }
-    for &(b, t) in &p.p2p {
-        ms.push(Measurement {
-            kind: "p2p".into(),
-            what: format!("{b} bytes"),
-            amount: b,
-            seconds: t,
-        });
+    for (kind, list) in [("memory", &p.memory), ("p2p", &p.p2p)] {
+        for &(b, t) in list {
+            record(kind, format!("{b} bytes"), b, t);
+        }
     }
     for (kind, g, b, t) in &p.collectives {
-        ms.push(Measurement {
-            kind: kind.clone(),
-            what: format!("{b} bytes over {g} ranks"),
-            amount: *b,
-            seconds: *t,
-        });
+        record(kind, format!("{b} bytes over {g} ranks"), *b, *t);
     }
     cal.measurements = ms;
     cal
