@@ -158,6 +158,7 @@ pub fn measure(
             steps,
             lr: 1e-3,
             timeout: Duration::from_secs(120),
+            backend: Default::default(),
         },
     )?;
     let mut t: Vec<f64> = out.step_seconds[1..].to_vec();

@@ -13,8 +13,9 @@ use clap::{Parser, Subcommand, ValueEnum};
     about = "A compiler for heterogeneous parallel training plans of multimodal models",
     long_about = "hetpar plans parallel training of multimodal models on GPU clusters: it reads models \
 (its own JSON or a Hugging Face config.json) and clusters, checks, estimates and searches \
-per-module parallel plans, lowers them to per-rank programs, runs those on the CPU backend or \
-generates them as code, and calibrates its cost model to measurements.\n\n\
+per-module parallel plans, lowers them to per-rank programs, runs those on the CPU backend or a \
+GPU's arithmetic (CUDA, loaded at run time) or generates them as code, and calibrates its cost \
+model to measurements.\n\n\
 Results go to stdout, errors and logs to stderr. Every command that writes a file (-o) writes it \
 atomically.",
     after_help = "Examples:\n  hetpar describe                      # the embedded LLaVA-1.5-7B example\n  \
@@ -95,8 +96,9 @@ Example:\n  hetpar show examples/plans/llama-3-8b-homogeneous-8.json --model exa
 --cluster examples/clusters/h100-8.json --svg schedule.svg --trace schedule.json"
     )]
     Show(commands::show::Args),
-    /// Train the reference model under a plan or a program on the CPU backend (every rank a
-    /// thread, real bytes between them): the loss of every step and the throughput.
+    /// Train the reference model under a plan or a program, every rank a thread with real
+    /// bytes between them, on the CPU or a GPU (--backend cuda): the loss of every step and
+    /// the throughput.
     #[command(
         after_help = "The model must be one the reference model computes (docs/reference-model.md); \
 batches are synthetic, shaped like the model's data, unless --batch gives one.\n\n\
@@ -130,7 +132,8 @@ Example:\n  hetpar autotune --model examples/models/reference-tiny.json --cluste
     )]
     Autotune(commands::autotune::Args),
     /// Run a plan or a program with its ranks as processes, on one node or many: a TCP
-    /// rendezvous at --master, then every rank's instructions on the CPU backend.
+    /// rendezvous at --master, then every rank's instructions on the CPU backend or its
+    /// node-local GPU (--backend cuda).
     #[command(
         after_help = "Each process runs `hetpar worker`, which also reads SLURM's variables \
 (SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT) when started by srun. Rank 0 prints the report.\n\n\
@@ -138,6 +141,14 @@ Example:\n  hetpar launch examples/plans/reference-tiny-noncolocated-8.json --mo
 --cluster examples/clusters/h100-8.json --nproc-per-node 8 --steps 5"
     )]
     Launch(commands::launch::Args),
+    /// Check the CUDA backend on one GPU: every operation against the CPU reference, a
+    /// matrix-product throughput and a device-copy bandwidth figure.
+    #[command(
+        after_help = "Needs an NVIDIA driver; cuBLAS and NVRTC are found on LD_LIBRARY_PATH or in pip's \
+nvidia-* wheels. Exits 1 if an operation is outside its tolerance.\n\n\
+Example:\n  hetpar device-check --gemm-size 4096"
+    )]
+    DeviceCheck(commands::device_check::Args),
     /// One rank of a launched run (started by `hetpar launch` or `srun`).
     #[command(hide = true)]
     Worker(commands::launch::WorkerArgs),
@@ -161,6 +172,7 @@ fn main() -> ExitCode {
         Command::Autotune(a) => commands::autotune::run(a),
         Command::Launch(a) => commands::launch::run(a),
         Command::Worker(a) => commands::launch::worker(a),
+        Command::DeviceCheck(a) => commands::device_check::run(a),
     };
     match result {
         Ok(code) => code,

@@ -113,6 +113,7 @@ fn opts(steps: usize) -> RunOptions {
         steps,
         lr: LR,
         timeout: Duration::from_secs(60),
+        backend: Default::default(),
     }
 }
 
@@ -270,6 +271,7 @@ fn a_missing_message_or_a_missing_rank_is_an_error_not_a_hang() {
         steps: 1,
         lr: LR,
         timeout: Duration::from_millis(300),
+        backend: Default::default(),
     };
     // A pipeline send that never happens: its receiver times out.
     let mut lost = program.clone();

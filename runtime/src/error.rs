@@ -67,6 +67,11 @@ pub enum RuntimeError {
     /// rows its sender does not hold, a module the reference model lacks, ...).
     #[error("invalid program: {0}")]
     InvalidProgram(String),
+    /// The CUDA backend cannot run here or failed: no driver or device, a library that cannot be
+    /// opened (named with where it was looked for), or an error the driver, cuBLAS, NVRTC or
+    /// NCCL reported.
+    #[error("CUDA backend: {0}")]
+    Device(String),
     /// A hetpar model the reference implementation does not compute; every difference is named.
     #[error("the reference model cannot compute this model: {0}")]
     Unsupported(String),

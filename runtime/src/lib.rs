@@ -5,9 +5,12 @@
 //! Adam, in plain `std` f32 code on a minimal row-major [`tensor::Tensor`]. Every parallel
 //! plan's results are to be compared against it.
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod dump;
 pub mod error;
 pub mod exec;
+pub mod libs;
 pub mod profile;
 pub mod reference;
 pub mod rendezvous;

@@ -10,7 +10,7 @@ use hetpar::runtime::exec::run_process;
 use hetpar::runtime::reference::{Config, Params};
 
 use super::print_stdout;
-use super::run::{ProgramInput, Training};
+use super::run::{Backend, DeviceArgs, ProgramInput, Training};
 
 /// What a worker runs (shared by `launch` and `worker`).
 #[derive(clap::Args, Clone)]
@@ -19,6 +19,8 @@ pub struct Job {
     pub program: ProgramInput,
     #[command(flatten)]
     pub training: Training,
+    #[command(flatten)]
+    pub device: DeviceArgs,
 }
 
 #[derive(clap::Args)]
@@ -65,6 +67,7 @@ fn job_args(j: &Job) -> Vec<String> {
         v.push("--cluster".into());
         v.push(c.display().to_string());
     }
+    v.extend(j.device.to_args());
     v
 }
 
@@ -88,15 +91,26 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let world = a.nnodes * a.nproc_per_node;
     let exe = std::env::current_exe().context("cannot find hetpar's own executable")?;
+    // CUDA workers find pip's libraries (and NCCL under the name cudarc loads) from the start.
+    let library_path = match a.job.device.backend {
+        Backend::Cuda => Some(hetpar::runtime::libs::cuda_environment()?.0),
+        Backend::Cpu => None,
+    };
     let mut children = Vec::new();
     for local in 0..a.nproc_per_node {
         let rank = a.node_rank * a.nproc_per_node + local;
-        let child = Command::new(&exe)
-            .arg("worker")
+        let mut cmd = Command::new(&exe);
+        cmd.arg("worker")
             .args(job_args(&a.job))
             .env("HETPAR_RANK", rank.to_string())
             .env("HETPAR_WORLD", world.to_string())
             .env("HETPAR_MASTER", &master)
+            .env("HETPAR_LOCAL_RANK", local.to_string());
+        if let Some(p) = &library_path {
+            cmd.env("LD_LIBRARY_PATH", p)
+                .env(hetpar::runtime::libs::READY_VAR, "1");
+        }
+        let child = cmd
             .spawn()
             .with_context(|| format!("cannot start rank {rank}"))?;
         children.push((rank, child));
@@ -137,7 +151,13 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let cfg = Config::from_model(&model)?;
     let init = Params::init(&cfg, j.training.seed)?;
     let batches = synthetic_batches(&model, &cfg, j.training.seed, j.training.steps)?;
-    let opts = j.training.options();
+    let mut opts = j.training.options();
+    // The GPU of this node's local rank (SLURM_LOCALID under srun).
+    let local = ["HETPAR_LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(0);
+    opts.backend = j.device.backend(local)?;
     let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, opts.timeout)?;
     let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
         st.interpret()
@@ -148,6 +168,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             &batches[0],
             &s.losses,
             &s.step_seconds,
+            &opts.backend.to_string(),
         ));
     }
     Ok(ExitCode::SUCCESS)

@@ -3,6 +3,7 @@
 pub mod autotune;
 pub mod codegen;
 pub mod describe;
+pub mod device_check;
 pub mod estimate;
 pub mod import;
 pub mod launch;

@@ -1,5 +1,5 @@
-//! `hetpar run`: train the reference model under a plan or a program on the CPU backend
-//! (ranks as threads), printing the loss of every step and the throughput.
+//! `hetpar run`: train the reference model under a plan or a program, ranks as threads, on the
+//! CPU backend or one GPU's arithmetic, printing the loss of every step and the throughput.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -21,6 +21,85 @@ use super::{load_inputs, print_diagnostics, print_stdout};
 pub enum Backend {
     /// Every rank a thread on this machine, over the in-process transport.
     Cpu,
+    /// The same, every rank computing on one GPU (its own stream and cuBLAS handle; cuBLAS
+    /// and the NVRTC-compiled kernels), tensors copied to the device and back per operation.
+    Cuda,
+}
+
+/// The matrix products' input precision on a GPU.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Precision {
+    F32,
+    /// bf16 inputs, f32 accumulation and results (master weights and Adam stay f32).
+    Bf16,
+}
+
+/// `--backend --gpu --precision`: where `run` and `launch` compute.
+#[derive(clap::Args, Clone)]
+pub struct DeviceArgs {
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub backend: Backend,
+    /// The GPU of `--backend cuda` (CUDA ordinal; launched ranks default to their local rank
+    /// on the node, modulo the GPUs it has).
+    #[arg(long)]
+    pub gpu: Option<usize>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: Precision,
+}
+
+impl DeviceArgs {
+    /// Command-line arguments giving the same choice (for launched workers).
+    pub fn to_args(&self) -> Vec<String> {
+        let mut v = vec![
+            "--backend".to_string(),
+            match self.backend {
+                Backend::Cpu => "cpu",
+                Backend::Cuda => "cuda",
+            }
+            .to_string(),
+            "--precision".to_string(),
+            match self.precision {
+                Precision::F32 => "f32",
+                Precision::Bf16 => "bf16",
+            }
+            .to_string(),
+        ];
+        if let Some(g) = self.gpu {
+            v.push("--gpu".into());
+            v.push(g.to_string());
+        }
+        v
+    }
+
+    /// The runtime's backend: for CUDA, this process first re-executes itself once with the
+    /// CUDA libraries on `LD_LIBRARY_PATH`, then opens GPU `--gpu` (else `local` modulo the
+    /// GPUs there are).
+    pub fn backend(&self, local: usize) -> anyhow::Result<hetpar::runtime::exec::Backend> {
+        match self.backend {
+            Backend::Cpu => Ok(hetpar::runtime::exec::Backend::Cpu),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda => {
+                use hetpar::runtime::cuda;
+                hetpar::runtime::libs::reexec_with_cuda_libraries()?;
+                let ordinal = match self.gpu {
+                    Some(g) => g,
+                    None => local % cuda::Device::count()?.max(1),
+                };
+                Ok(hetpar::runtime::exec::Backend::Cuda {
+                    device: cuda::Device::open(ordinal)?,
+                    precision: match self.precision {
+                        Precision::F32 => cuda::Precision::F32,
+                        Precision::Bf16 => cuda::Precision::Bf16,
+                    },
+                })
+            }
+            #[cfg(not(feature = "cuda"))]
+            Backend::Cuda => {
+                let _ = local;
+                bail!("this hetpar was built without the `cuda` feature (it is on by default)")
+            }
+        }
+    }
 }
 
 /// `<plan|program> --model M [--cluster C]`: what the commands that run or generate a
@@ -69,6 +148,7 @@ impl Training {
             steps: self.steps,
             lr: self.lr,
             timeout: Duration::from_millis(self.timeout_ms),
+            backend: Default::default(),
         }
     }
 }
@@ -77,8 +157,8 @@ impl Training {
 pub struct Args {
     #[command(flatten)]
     pub program: ProgramInput,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub backend: Backend,
+    #[command(flatten)]
+    pub device: DeviceArgs,
     #[command(flatten)]
     pub training: Training,
     /// Initial weights (safetensors, the documented names) instead of seeded ones.
@@ -189,8 +269,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}", p.display()))?],
         None => synthetic_batches(&model, &cfg, a.training.seed, a.training.steps)?,
     };
-    let opts = a.training.options();
-    let Backend::Cpu = a.backend;
+    let mut opts = a.training.options();
+    opts.backend = a.device.backend(0)?;
     let out = execute(&program, &cfg, &init, &batches, &opts)?;
     print_stdout(&report(&program, &batches[0], &out));
     if let Some(dir) = &a.dump {

@@ -8,10 +8,8 @@
 //! The same mathematics as `reference::block`, with the same f64 accumulation per product.
 
 use super::comm::Env;
-use crate::reference::attention::{attention_core_at, attention_core_backward};
-use crate::reference::layers::{
-    gelu, gelu_backward, norm_named, norm_named_backward, LayerNormCache,
-};
+use super::math::{linear_named, linear_named_backward, norm_named, norm_named_backward, Math};
+use crate::reference::layers::LayerNormCache;
 use crate::reference::params::{Grads, Params};
 use crate::tensor::Tensor;
 use crate::transport::Endpoint;
@@ -29,49 +27,38 @@ pub fn col_sums(dy: &Tensor) -> Tensor {
     Tensor::from_vec(&[c], acc.into_iter().map(|v| v as f32).collect()).expect("c values")
 }
 
-/// A column-parallel linear layer: this rank's output columns.
-fn column(p: &Params, name: &str, x: &Tensor) -> Tensor {
-    Tensor::linear(
-        x,
-        p.t(&format!("{name}.weight")),
-        p.get(&format!("{name}.bias")),
-    )
-}
-
 /// A row-parallel linear layer's partial output; tp rank 0 adds the bias.
-fn row_partial(p: &Params, name: &str, x: &Tensor, t: usize) -> Tensor {
+fn row_partial(
+    mx: &dyn Math,
+    p: &Params,
+    name: &str,
+    x: &Tensor,
+    t: usize,
+) -> Result<Tensor, RuntimeError> {
     let b = if t == 0 {
         p.get(&format!("{name}.bias"))
     } else {
         None
     };
-    Tensor::linear(x, p.t(&format!("{name}.weight")), b)
-}
-
-/// Backward of [`column`]: accumulates weight and bias, returns the partial input gradient.
-fn column_backward(p: &Params, name: &str, x: &Tensor, dy: &Tensor, g: &mut Grads) -> Tensor {
-    let w = format!("{name}.weight");
-    let (dx, dw, db) = Tensor::linear_backward(x, p.t(&w), dy);
-    g.accumulate(&w, &dw);
-    g.accumulate(&format!("{name}.bias"), &db);
-    dx
+    mx.linear(x, p.t(&format!("{name}.weight")), b)
 }
 
 /// Backward of [`row_partial`] from the whole output gradient `dy_all` (all local rows) and
 /// this rank's rows of it `dy_mine` (the bias gradient's share).
 fn row_backward(
+    mx: &dyn Math,
     p: &Params,
     name: &str,
     x: &Tensor,
     dy_all: &Tensor,
     dy_mine: &Tensor,
     g: &mut Grads,
-) -> Tensor {
+) -> Result<Tensor, RuntimeError> {
     let w = format!("{name}.weight");
-    let (dx, dw, _) = Tensor::linear_backward(x, p.t(&w), dy_all);
+    let (dx, dw, _) = mx.linear_backward(x, p.t(&w), dy_all)?;
     g.accumulate(&w, &dw);
     g.accumulate(&format!("{name}.bias"), &col_sums(dy_mine));
-    dx
+    Ok(dx)
 }
 
 /// What a block's backward needs.
@@ -135,6 +122,7 @@ fn unsplit(parts: &[Tensor], rows: &[Vec<usize>], n: usize, c: usize) -> Tensor 
 /// The block `prefix` (block number `index`) over this rank's rows `x`.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
+    mx: &dyn Math,
     ep: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
@@ -145,11 +133,11 @@ pub fn block_forward(
     causal: bool,
 ) -> Result<(Tensor, BlockCache), RuntimeError> {
     let t = env.shard.t;
-    let (h1m, ln1) = norm_named(p, &format!("{prefix}.ln1"), x);
+    let (h1m, ln1) = norm_named(mx, p, &format!("{prefix}.ln1"), x)?;
     let h1 = env.gather(ep, index, 0, &h1m)?;
-    let q = column(p, &format!("{prefix}.attn.q"), &h1);
-    let k = column(p, &format!("{prefix}.attn.k"), &h1);
-    let v = column(p, &format!("{prefix}.attn.v"), &h1);
+    let q = linear_named(mx, p, &format!("{prefix}.attn.q"), &h1)?;
+    let k = linear_named(mx, p, &format!("{prefix}.attn.k"), &h1)?;
+    let v = linear_named(mx, p, &format!("{prefix}.attn.v"), &h1)?;
     let ks = env.sequences(ep, index, 1, &k)?;
     let vs = env.sequences(ep, index, 2, &v)?;
     let seq_rows = env.shard.seq_local_rows();
@@ -160,19 +148,19 @@ pub fn block_forward(
     for (s, idx) in seq_rows.iter().enumerate() {
         let qi = super::comm::gather_rows(&q, idx);
         let pos: Vec<usize> = idx.iter().map(|&i| local[i].pos as usize).collect();
-        let (c, pr) = attention_core_at(&qi, &ks[s], &vs[s], heads, causal, &pos);
+        let (c, pr) = mx.attention_core(&qi, &ks[s], &vs[s], heads, causal, &pos)?;
         qs.push(qi);
         ctxs.push(c);
         probs.push(pr);
     }
     let ctx = unsplit(&ctxs, &seq_rows, q.rows(), q.cols());
-    let o = row_partial(p, &format!("{prefix}.attn.o"), &ctx, t);
+    let o = row_partial(mx, p, &format!("{prefix}.attn.o"), &ctx, t)?;
     let x1 = x.add(&env.reduce(ep, index, 3, o)?);
-    let (h2m, ln2) = norm_named(p, &format!("{prefix}.ln2"), &x1);
+    let (h2m, ln2) = norm_named(mx, p, &format!("{prefix}.ln2"), &x1)?;
     let h2 = env.gather(ep, index, 4, &h2m)?;
-    let a = column(p, &format!("{prefix}.mlp.fc1"), &h2);
-    let g = gelu(&a);
-    let m = row_partial(p, &format!("{prefix}.mlp.fc2"), &g, t);
+    let a = linear_named(mx, p, &format!("{prefix}.mlp.fc1"), &h2)?;
+    let g = mx.gelu(&a)?;
+    let m = row_partial(mx, p, &format!("{prefix}.mlp.fc2"), &g, t)?;
     let y = x1.add(&env.reduce(ep, index, 5, m)?);
     Ok((
         y,
@@ -196,6 +184,7 @@ pub fn block_forward(
 /// The backward of [`block_forward`] from the gradient of this rank's output rows.
 #[allow(clippy::too_many_arguments)]
 pub fn block_backward(
+    mx: &dyn Math,
     ep: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
@@ -206,27 +195,45 @@ pub fn block_backward(
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
     let dy_all = env.gather(ep, index, 10, dy)?;
-    let dg = row_backward(p, &format!("{prefix}.mlp.fc2"), &c.g, &dy_all, dy, grads);
-    let da = gelu_backward(&c.a, &dg);
-    let dh2 = column_backward(p, &format!("{prefix}.mlp.fc1"), &c.h2, &da, grads);
+    let dg = row_backward(
+        mx,
+        p,
+        &format!("{prefix}.mlp.fc2"),
+        &c.g,
+        &dy_all,
+        dy,
+        grads,
+    )?;
+    let da = mx.gelu_backward(&c.a, &dg)?;
+    let dh2 = linear_named_backward(mx, p, &format!("{prefix}.mlp.fc1"), &c.h2, &da, grads)?;
     let dh2 = env.reduce(ep, index, 11, dh2)?;
     let mut dx1 = dy.clone();
     dx1.add_assign(&norm_named_backward(
+        mx,
         p,
         &format!("{prefix}.ln2"),
         &c.ln2,
         &dh2,
         grads,
-    ));
+    )?);
     let do_all = env.gather(ep, index, 12, &dx1)?;
-    let dctx = row_backward(p, &format!("{prefix}.attn.o"), &c.ctx, &do_all, &dx1, grads);
+    let dctx = row_backward(
+        mx,
+        p,
+        &format!("{prefix}.attn.o"),
+        &c.ctx,
+        &do_all,
+        &dx1,
+        grads,
+    )?;
     let (n, w) = (dctx.rows(), dctx.cols());
     let mut dqs = Vec::with_capacity(c.seq_rows.len());
     let mut dks = Vec::with_capacity(c.seq_rows.len());
     let mut dvs = Vec::with_capacity(c.seq_rows.len());
     for (s, idx) in c.seq_rows.iter().enumerate() {
         let dci = super::comm::gather_rows(&dctx, idx);
-        let (dq, dk, dv) = attention_core_backward(&c.q[s], &c.k[s], &c.v[s], &c.probs[s], &dci);
+        let (dq, dk, dv) =
+            mx.attention_core_backward(&c.q[s], &c.k[s], &c.v[s], &c.probs[s], &dci)?;
         dqs.push(dq);
         dks.push(dk);
         dvs.push(dv);
@@ -234,30 +241,33 @@ pub fn block_backward(
     let dq = unsplit(&dqs, &c.seq_rows, n, w);
     let dk = env.unsequences(ep, index, 13, &dks, w)?;
     let dv = env.unsequences(ep, index, 14, &dvs, w)?;
-    let mut dh1 = column_backward(p, &format!("{prefix}.attn.q"), &c.h1, &dq, grads);
-    dh1.add_assign(&column_backward(
+    let mut dh1 = linear_named_backward(mx, p, &format!("{prefix}.attn.q"), &c.h1, &dq, grads)?;
+    dh1.add_assign(&linear_named_backward(
+        mx,
         p,
         &format!("{prefix}.attn.k"),
         &c.h1,
         &dk,
         grads,
-    ));
-    dh1.add_assign(&column_backward(
+    )?);
+    dh1.add_assign(&linear_named_backward(
+        mx,
         p,
         &format!("{prefix}.attn.v"),
         &c.h1,
         &dv,
         grads,
-    ));
+    )?);
     let dh1 = env.reduce(ep, index, 15, dh1)?;
     let mut dx = dx1;
     dx.add_assign(&norm_named_backward(
+        mx,
         p,
         &format!("{prefix}.ln1"),
         &c.ln1,
         &dh1,
         grads,
-    ));
+    )?);
     Ok(dx)
 }
 
@@ -272,6 +282,7 @@ pub struct MlpCache {
 /// The projector `prefix` (`.fc1` column-parallel, GELU, `.fc2` row-parallel) over this
 /// rank's rows.
 pub fn mlp_forward(
+    mx: &dyn Math,
     ep: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
@@ -279,15 +290,17 @@ pub fn mlp_forward(
     x: &Tensor,
 ) -> Result<(Tensor, MlpCache), RuntimeError> {
     let xa = env.gather(ep, 0, 0, x)?;
-    let a = column(p, &format!("{prefix}.fc1"), &xa);
-    let g = gelu(&a);
-    let m = row_partial(p, &format!("{prefix}.fc2"), &g, env.shard.t);
+    let a = linear_named(mx, p, &format!("{prefix}.fc1"), &xa)?;
+    let g = mx.gelu(&a)?;
+    let m = row_partial(mx, p, &format!("{prefix}.fc2"), &g, env.shard.t)?;
     let y = env.reduce(ep, 0, 1, m)?;
     Ok((y, MlpCache { x: xa, a, g }))
 }
 
 /// The backward of [`mlp_forward`].
+#[allow(clippy::too_many_arguments)]
 pub fn mlp_backward(
+    mx: &dyn Math,
     ep: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
@@ -297,8 +310,8 @@ pub fn mlp_backward(
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
     let dy_all = env.gather(ep, 0, 10, dy)?;
-    let dg = row_backward(p, &format!("{prefix}.fc2"), &c.g, &dy_all, dy, grads);
-    let da = gelu_backward(&c.a, &dg);
-    let dx = column_backward(p, &format!("{prefix}.fc1"), &c.x, &da, grads);
+    let dg = row_backward(mx, p, &format!("{prefix}.fc2"), &c.g, &dy_all, dy, grads)?;
+    let da = mx.gelu_backward(&c.a, &dg)?;
+    let dx = linear_named_backward(mx, p, &format!("{prefix}.fc1"), &c.x, &da, grads)?;
     env.reduce(ep, 0, 11, dx)
 }

@@ -68,7 +68,7 @@ pub fn synthetic_batches(
 /// The report of a run: a line per step (loss, time), then the mean step time (the first
 /// step, which warms up allocations, left out when there are others) and throughput.
 pub fn report(program: &Program, batch: &Batch, out: &RunOutput) -> String {
-    report_steps(program, batch, &out.losses, &out.step_seconds)
+    report_steps(program, batch, &out.losses, &out.step_seconds, &out.backend)
 }
 
 /// [`report`] from the losses and step times alone.
@@ -77,9 +77,10 @@ pub fn report_steps(
     batch: &Batch,
     losses: &[f32],
     step_seconds: &[f64],
+    backend: &str,
 ) -> String {
     let mut s = format!(
-        "{} ranks, a batch of {} samples in {} micro-batches per step, CPU backend\n\
+        "{} ranks, a batch of {} samples in {} micro-batches per step, {backend}\n\
          step  loss      time (ms)\n",
         program.ranks.len(),
         batch.batch_size,
@@ -112,6 +113,7 @@ pub fn parse_args(args: &[String]) -> Result<(RunOptions, u64), String> {
         steps: 10,
         lr: 1e-3,
         timeout: Duration::from_secs(60),
+        backend: Default::default(),
     };
     let mut seed = 0u64;
     let mut it = args.iter();
@@ -171,7 +173,13 @@ fn main_inner(
         let s = run_process(ep, &program, &cfg, &init, &batches, &opts, body)
             .map_err(|e| e.to_string())?;
         return Ok(if rank == 0 {
-            report_steps(&program, &batches[0], &s.losses, &s.step_seconds)
+            report_steps(
+                &program,
+                &batches[0],
+                &s.losses,
+                &s.step_seconds,
+                &opts.backend.to_string(),
+            )
         } else {
             String::new()
         });

@@ -11,6 +11,7 @@
 pub mod block;
 pub mod comm;
 pub mod generated;
+pub mod math;
 pub mod rank;
 pub mod shard;
 pub mod shard_params;
@@ -36,6 +37,47 @@ pub struct RunOptions {
     pub lr: f64,
     /// The longest any rank waits for a message.
     pub timeout: Duration,
+    /// Whose arithmetic the ranks use.
+    pub backend: Backend,
+}
+
+/// Where the ranks compute. Either way the interpreter, sharding and transfers are the same
+/// (`math.rs`): the CPU reference's functions, or a GPU's cuBLAS and kernels with every rank
+/// a stream of one shared device, its matrix products' inputs in f32 or bf16.
+#[derive(Clone, Debug, Default)]
+pub enum Backend {
+    #[default]
+    Cpu,
+    #[cfg(feature = "cuda")]
+    Cuda {
+        device: std::sync::Arc<crate::cuda::Device>,
+        precision: crate::cuda::Precision,
+    },
+}
+
+impl Backend {
+    /// A rank's arithmetic on this backend.
+    pub fn math<'a>(&self) -> Result<Box<dyn math::Math + 'a>, RuntimeError> {
+        match self {
+            Backend::Cpu => Ok(Box::new(math::CpuMath)),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda { device, precision } => Ok(Box::new(crate::cuda::GpuMath::new(
+                device.rank()?.with_precision(*precision),
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Backend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Backend::Cpu => write!(f, "CPU backend"),
+            #[cfg(feature = "cuda")]
+            Backend::Cuda { device, precision } => {
+                write!(f, "CUDA backend on {} ({precision})", device.name)
+            }
+        }
+    }
 }
 
 /// What a run produced, assembled whole (as one device would hold it).
@@ -51,6 +93,8 @@ pub struct RunOutput {
     pub step_seconds: Vec<f64>,
     /// Per rank (by rank), the most bytes its tensors held at once.
     pub peak_bytes: Vec<(u32, usize)>,
+    /// The backend it ran on, in words.
+    pub backend: String,
 }
 
 /// One rank's results, and its endpoint back.
@@ -107,7 +151,8 @@ fn run_rank<'a>(
     opts: &RunOptions,
     body: &RankBody,
 ) -> Result<RankOut, RuntimeError> {
-    let mut st = RankState::new(rank, ep, *cfg, program, init, opts.lr);
+    let mut st =
+        RankState::new(rank, ep, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
     let mut losses = Vec::with_capacity(opts.steps);
     let mut seconds = Vec::with_capacity(opts.steps);
     let mut grads = Params::default();
@@ -399,5 +444,6 @@ pub fn run_with(
         grads: assemble(&|o| &o.grads)?,
         step_seconds,
         peak_bytes: outs.iter().map(|o| (o.rank, o.peak_bytes)).collect(),
+        backend: opts.backend.to_string(),
     })
 }

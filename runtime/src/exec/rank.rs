@@ -13,13 +13,13 @@ use super::block::{
     MlpCache,
 };
 use super::comm::{tag, Env, Kind};
+use super::math::{
+    linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
+};
 use super::shard::{sharding, RowRef, Sharding, Unit};
 use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
 use crate::reference::batch::{Layout, IGNORE};
-use crate::reference::layers::{
-    linear_named, linear_named_backward, norm_named, norm_named_backward, LayerNormCache,
-};
-use crate::reference::llm::cross_entropy;
+use crate::reference::layers::LayerNormCache;
 use crate::reference::params::Source;
 use crate::reference::{Adam, Batch, Config, Grads, Params};
 use crate::tensor::Tensor;
@@ -214,6 +214,8 @@ pub struct RankState<'a> {
     pub params: Params,
     pub grads: Grads,
     pub adam: Adam,
+    /// The backend's arithmetic: the CPU reference unless [`RankState::with_math`] says else.
+    math: Box<dyn Math + 'a>,
     batch: Option<(&'a Batch, Layout)>,
     /// For this step's batch, per sample and position, the row a placeholder there takes.
     placeholders: Vec<Vec<u64>>,
@@ -253,6 +255,7 @@ impl<'a> RankState<'a> {
         }
         let grads = params.zeros_like();
         RankState {
+            math: Box::new(CpuMath),
             rank,
             ep,
             cfg,
@@ -271,6 +274,12 @@ impl<'a> RankState<'a> {
             loss: 0.0,
             peak_bytes: 0,
         }
+    }
+
+    /// The same rank computing with `math` (a GPU's, say) instead of the CPU reference.
+    pub fn with_math(mut self, math: Box<dyn Math + 'a>) -> RankState<'a> {
+        self.math = math;
+        self
     }
 
     /// Starts a step on `batch`: gradients and the loss at zero.
@@ -644,7 +653,12 @@ impl<'a> RankState<'a> {
                     let idx: Vec<usize> = mine.iter().map(|r| r.patch as usize).collect();
                     let patches = super::comm::gather_rows(batch.encoder_inputs(src).0, &idx);
                     let pre_name = src.prefix();
-                    let mut x = linear_named(&self.params, &format!("{pre_name}.patch"), &patches);
+                    let mut x = linear_named(
+                        &*self.math,
+                        &self.params,
+                        &format!("{pre_name}.patch"),
+                        &patches,
+                    )?;
                     let pos = self.params.t(&format!("{pre_name}.pos"));
                     for (k, r) in mine.iter().enumerate() {
                         for (v, q) in x.row_mut(k).iter_mut().zip(pos.row(r.pos as usize)) {
@@ -734,6 +748,7 @@ impl<'a> RankState<'a> {
         for (k, b) in blocks.enumerate() {
             let name = format!("{}.blocks.{b}", prefix(unit));
             let (y, cache) = block_forward(
+                &*self.math,
                 &mut self.ep,
                 &env,
                 &self.params,
@@ -765,7 +780,12 @@ impl<'a> RankState<'a> {
         let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
         match unit {
             Unit::Encoder(src) => {
-                let (out, ln) = norm_named(&self.params, &format!("{}.ln_f", src.prefix()), &y);
+                let (out, ln) = norm_named(
+                    &*self.math,
+                    &self.params,
+                    &format!("{}.ln_f", src.prefix()),
+                    &y,
+                )?;
                 post.push(LayerCache::EncoderNorm(ln, src));
                 Ok(Some(out))
             }
@@ -778,21 +798,27 @@ impl<'a> RankState<'a> {
                     module: m,
                     micro_batch: j,
                 };
-                let (out, cache) =
-                    mlp_forward(&mut self.ep, &env, &self.params, &prefix(unit), &y)?;
+                let (out, cache) = mlp_forward(
+                    &*self.math,
+                    &mut self.ep,
+                    &env,
+                    &self.params,
+                    &prefix(unit),
+                    &y,
+                )?;
                 post.push(LayerCache::Mlp(cache));
                 Ok(Some(out))
             }
             Unit::Llm => {
-                let (hf, ln) = norm_named(&self.params, "llm.ln_f", &y);
-                let logits = linear_named(&self.params, "llm.head", &hf);
+                let (hf, ln) = norm_named(&*self.math, &self.params, "llm.ln_f", &y)?;
+                let logits = linear_named(&*self.math, &self.params, "llm.head", &hf)?;
                 let (batch, layout) = self.batch();
                 let s = batch.seq_len;
                 let targets: Vec<i64> = mine
                     .iter()
                     .map(|r| batch.targets[r.sample as usize * s + r.pos as usize])
                     .collect();
-                let (sum, dlogits) = cross_entropy(&logits, &targets, layout.targets);
+                let (sum, dlogits) = self.math.cross_entropy(&logits, &targets, layout.targets)?;
                 // Without sequence parallelism every tp rank computes the same rows.
                 if sp || t == 0 {
                     self.loss += sum;
@@ -930,12 +956,13 @@ impl<'a> RankState<'a> {
         for cache in state.post.iter().rev() {
             dy = Some(match cache {
                 LayerCache::EncoderNorm(ln, src) => norm_named_backward(
+                    &*self.math,
                     &self.params,
                     &format!("{}.ln_f", src.prefix()),
                     ln,
                     dy.as_ref().expect("set above"),
                     &mut self.grads,
-                ),
+                )?,
                 LayerCache::Mlp(mc) => {
                     let env = Env {
                         tp_group: &env_groups.0,
@@ -946,6 +973,7 @@ impl<'a> RankState<'a> {
                         micro_batch: j,
                     };
                     mlp_backward(
+                        &*self.math,
                         &mut self.ep,
                         &env,
                         &self.params,
@@ -957,13 +985,21 @@ impl<'a> RankState<'a> {
                 }
                 LayerCache::Head { ln, hf, dlogits } => {
                     let dhf = linear_named_backward(
+                        &*self.math,
                         &self.params,
                         "llm.head",
                         hf,
                         dlogits,
                         &mut self.grads,
-                    );
-                    norm_named_backward(&self.params, "llm.ln_f", ln, &dhf, &mut self.grads)
+                    )?;
+                    norm_named_backward(
+                        &*self.math,
+                        &self.params,
+                        "llm.ln_f",
+                        ln,
+                        &dhf,
+                        &mut self.grads,
+                    )?
                 }
                 _ => unreachable!("only tails are post layers"),
             });
@@ -993,6 +1029,7 @@ impl<'a> RankState<'a> {
                 let name = format!("{}.blocks.{b}", prefix(unit));
                 let cache = cache.as_ref().expect("rebuilt above");
                 dx = block_backward(
+                    &*self.math,
                     &mut self.ep,
                     &env,
                     &self.params,
@@ -1017,12 +1054,13 @@ impl<'a> RankState<'a> {
                     }
                     self.grads.accumulate(&format!("{pre_name}.pos"), &dpos);
                     linear_named_backward(
+                        &*self.math,
                         &self.params,
                         &format!("{pre_name}.patch"),
                         patches,
                         &dx,
                         &mut self.grads,
-                    );
+                    )?;
                 }
                 LayerCache::LlmEmbed => self.embed_backward(m, j, &mine, &dx)?,
                 _ => unreachable!("only embeddings are pre layers"),

@@ -1,0 +1,24 @@
+//! The CUDA backend (feature `cuda`): device memory per rank, cuBLAS matrix products, the
+//! reference model's other kernels compiled at run time by NVRTC, and NCCL communicators per
+//! process group. Everything is loaded at run time (cudarc's dynamic loading), so the feature
+//! builds and its tests run on machines without CUDA; there they skip, saying so.
+//!
+//! - `device.rs`: opening a GPU (presence checks first: cudarc panics on a missing library),
+//!   compiling the kernels for its architecture, a stream and cuBLAS handle per rank.
+//! - `kernels.cu`: the kernels, mirroring `crate::reference` operation by operation.
+//! - `ops.rs`: the operations on device tensors ([`DTensor`]).
+//! - `math.rs`: those operations as the interpreter's arithmetic (`crate::exec::math::Math`).
+//! - `nccl.rs`: communicators from a unique id exchanged over the TCP rendezvous, collectives
+//!   and grouped point-to-point calls.
+//! - `check.rs`: every operation against the CPU reference, a matrix-product throughput and a
+//!   device-copy bandwidth figure (`hetpar device-check`).
+
+pub mod check;
+pub mod device;
+pub mod math;
+pub mod nccl;
+pub mod ops;
+
+pub use device::{Device, Gpu};
+pub use math::GpuMath;
+pub use ops::{DTensor, Precision};

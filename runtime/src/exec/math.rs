@@ -1,0 +1,200 @@
+//! The arithmetic a rank's interpreter asks of its backend: the matrix products and the
+//! reference model's other operations, on host tensors. [`CpuMath`] is the CPU reference
+//! itself (so the CPU backend is bitwise what it was); `crate::cuda::GpuMath` runs the same
+//! operations on a GPU. Everything else (sharding, row stores, transfers, Adam) is shared.
+
+use crate::reference::attention::{attention_core_at, attention_core_backward};
+use crate::reference::layers::{self, LayerNormCache};
+use crate::reference::llm;
+use crate::reference::params::{Grads, Params};
+use crate::tensor::Tensor;
+use crate::RuntimeError;
+
+/// The operations, each as the CPU reference function of the same name defines it.
+pub trait Math: Send {
+    /// `x · wᵀ + b` ([`Tensor::linear`]).
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, RuntimeError>;
+    /// `(dx, dw, db)` ([`Tensor::linear_backward`]).
+    fn linear_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), RuntimeError>;
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<(Tensor, LayerNormCache), RuntimeError>;
+    fn layer_norm_backward(
+        &self,
+        cache: &LayerNormCache,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), RuntimeError>;
+    fn gelu(&self, x: &Tensor) -> Result<Tensor, RuntimeError>;
+    fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor, RuntimeError>;
+    /// [`attention_core_at`]: the heads' outputs and each head's probabilities.
+    fn attention_core(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        causal: bool,
+        positions: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>), RuntimeError>;
+    fn attention_core_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &[Tensor],
+        dctx: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), RuntimeError>;
+    /// [`llm::cross_entropy`].
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        targets: &[i64],
+        global_targets: usize,
+    ) -> Result<(f64, Tensor), RuntimeError>;
+}
+
+/// The CPU reference's own functions.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuMath;
+
+impl Math for CpuMath {
+    fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, RuntimeError> {
+        Ok(Tensor::linear(x, w, b))
+    }
+
+    fn linear_backward(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
+        Ok(Tensor::linear_backward(x, w, dy))
+    }
+
+    fn layer_norm(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+    ) -> Result<(Tensor, LayerNormCache), RuntimeError> {
+        Ok(layers::layer_norm(x, w, b))
+    }
+
+    fn layer_norm_backward(
+        &self,
+        cache: &LayerNormCache,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
+        Ok(layers::layer_norm_backward(cache, w, dy))
+    }
+
+    fn gelu(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
+        Ok(layers::gelu(x))
+    }
+
+    fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor, RuntimeError> {
+        Ok(layers::gelu_backward(x, dy))
+    }
+
+    fn attention_core(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        heads: usize,
+        causal: bool,
+        positions: &[usize],
+    ) -> Result<(Tensor, Vec<Tensor>), RuntimeError> {
+        Ok(attention_core_at(q, k, v, heads, causal, positions))
+    }
+
+    fn attention_core_backward(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        probs: &[Tensor],
+        dctx: &Tensor,
+    ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
+        Ok(attention_core_backward(q, k, v, probs, dctx))
+    }
+
+    fn cross_entropy(
+        &self,
+        logits: &Tensor,
+        targets: &[i64],
+        global_targets: usize,
+    ) -> Result<(f64, Tensor), RuntimeError> {
+        Ok(llm::cross_entropy(logits, targets, global_targets))
+    }
+}
+
+/// The linear layer `name` (`{name}.weight`, `{name}.bias` if a parameter) on `x`.
+pub fn linear_named(
+    mx: &dyn Math,
+    p: &Params,
+    name: &str,
+    x: &Tensor,
+) -> Result<Tensor, RuntimeError> {
+    let w = p.t(&format!("{name}.weight"));
+    mx.linear(x, w, p.get(&format!("{name}.bias")))
+}
+
+/// Its backward: accumulates the weight's (and bias's) gradient into `g`, returns `dx`.
+pub fn linear_named_backward(
+    mx: &dyn Math,
+    p: &Params,
+    name: &str,
+    x: &Tensor,
+    dy: &Tensor,
+    g: &mut Grads,
+) -> Result<Tensor, RuntimeError> {
+    let wname = format!("{name}.weight");
+    let bname = format!("{name}.bias");
+    let (dx, dw, db) = mx.linear_backward(x, p.t(&wname), dy)?;
+    g.accumulate(&wname, &dw);
+    if p.get(&bname).is_some() {
+        g.accumulate(&bname, &db);
+    }
+    Ok(dx)
+}
+
+/// The LayerNorm `name`.
+pub fn norm_named(
+    mx: &dyn Math,
+    p: &Params,
+    name: &str,
+    x: &Tensor,
+) -> Result<(Tensor, LayerNormCache), RuntimeError> {
+    mx.layer_norm(
+        x,
+        p.t(&format!("{name}.weight")),
+        p.t(&format!("{name}.bias")),
+    )
+}
+
+/// Its backward: accumulates its gradients into `g`, returns `dx`.
+pub fn norm_named_backward(
+    mx: &dyn Math,
+    p: &Params,
+    name: &str,
+    cache: &LayerNormCache,
+    dy: &Tensor,
+    g: &mut Grads,
+) -> Result<Tensor, RuntimeError> {
+    let wname = format!("{name}.weight");
+    let (dx, dw, db) = mx.layer_norm_backward(cache, p.t(&wname), dy)?;
+    g.accumulate(&wname, &dw);
+    g.accumulate(&format!("{name}.bias"), &db);
+    Ok(dx)
+}

@@ -1,0 +1,151 @@
+//! `hetpar device-check`: the CUDA backend on one GPU. Every operation against the CPU
+//! reference, a matrix-product throughput and a device-copy bandwidth figure, then the
+//! reference model trained under two plans on the CPU and on the GPU (f32 and bf16 products),
+//! their losses compared step by step.
+
+// Without the feature only the refusal below is compiled.
+#![cfg_attr(not(feature = "cuda"), allow(dead_code))]
+
+use std::process::ExitCode;
+
+/// The model and the two plans trained (embedded, so a binary copied alone can run them).
+const MODEL: &str = include_str!("../../examples/models/reference-tiny.json");
+const CLUSTER: &str = include_str!("../../examples/clusters/h100-8.json");
+const PLANS: [(&str, &str); 2] = [
+    (
+        "reference-tiny-colocated-4 (encoder dp4 into llm tp2 cp2 sp)",
+        include_str!("../../examples/plans/reference-tiny-colocated-4.json"),
+    ),
+    (
+        "reference-tiny-noncolocated-8 (tp2 sp dp2 | tp2 pp2 sp, recompute)",
+        include_str!("../../examples/plans/reference-tiny-noncolocated-8.json"),
+    ),
+];
+
+/// Largest relative difference of a GPU run's losses from the CPU run's, over all steps:
+/// f32 products, and bf16 products (8 significant bits, compounding over the steps).
+pub const LOSS_TOLERANCE_F32: f64 = 1e-4;
+pub const LOSS_TOLERANCE_BF16: f64 = 2e-2;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// The GPU to check (CUDA ordinal).
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
+    /// Seed of the random inputs, weights and batches.
+    #[arg(long, default_value_t = 7)]
+    pub seed: u64,
+    /// Size n of the n x n x n matrix products timed.
+    #[arg(long, default_value_t = 8192)]
+    pub gemm_size: usize,
+    /// MiB copied device to device, timed.
+    #[arg(long, default_value_t = 1024)]
+    pub copy_mib: usize,
+    /// Training steps per plan and backend (0 skips training).
+    #[arg(long, default_value_t = 20)]
+    pub steps: usize,
+}
+
+/// `max_k |a_k - b_k| / |b_k|`.
+fn loss_error(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).abs() / f64::from(y.abs()).max(1e-30))
+        .fold(0.0, f64::max)
+}
+
+#[cfg(feature = "cuda")]
+pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    use std::fmt::Write as _;
+
+    use hetpar::runtime::cuda::{check, Device, Precision};
+    use hetpar::runtime::exec::{generated::synthetic_batches, run as execute, Backend};
+    use hetpar::runtime::reference::{Config, Params};
+    // The dynamic linker reads LD_LIBRARY_PATH only at start: come back with pip's CUDA
+    // libraries on it (and NCCL linked under the name cudarc loads).
+    hetpar::runtime::libs::reexec_with_cuda_libraries()?;
+    let dev = Device::open(a.gpu)?;
+    let report = check::run(&dev, a.seed, a.gemm_size, a.copy_mib << 20)?;
+    print!("{}", report.render());
+    let mut passed = report.passed();
+    if a.steps > 0 {
+        let (g, _) = hetpar::ir::load_model(MODEL).map_err(|d| anyhow::anyhow!("{d:?}"))?;
+        let cluster = hetpar::ir::load_cluster(CLUSTER).map_err(|d| anyhow::anyhow!("{d:?}"))?;
+        let cfg = Config::from_model(&g)?;
+        let init = Params::init(&cfg, a.seed)?;
+        let batches = synthetic_batches(&g, &cfg, a.seed, a.steps)?;
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "training {} steps: {:<58} {:>9} {:>9} {:>9} {:>9}",
+            a.steps, "plan", "cpu ms", "gpu ms", "f32 err", "bf16 err"
+        );
+        for (name, text) in PLANS {
+            let (plan, _) =
+                hetpar::ir::load_plan(text, &g, &cluster).map_err(|d| anyhow::anyhow!("{d:?}"))?;
+            let program = hetpar::planner::lower::lower(&g, &cluster, &plan)?;
+            let mut opts = hetpar::runtime::exec::RunOptions {
+                steps: a.steps,
+                lr: 1e-3,
+                timeout: std::time::Duration::from_secs(120),
+                backend: Backend::Cpu,
+            };
+            let cpu = execute(&program, &cfg, &init, &batches, &opts)?;
+            let mut gpu_runs = Vec::new();
+            for precision in [Precision::F32, Precision::Bf16] {
+                opts.backend = Backend::Cuda {
+                    device: dev.clone(),
+                    precision,
+                };
+                gpu_runs.push(execute(&program, &cfg, &init, &batches, &opts)?);
+            }
+            let mean_ms =
+                |s: &[f64]| s.iter().skip(1).sum::<f64>() / (s.len().max(2) - 1) as f64 * 1e3;
+            let e32 = loss_error(&gpu_runs[0].losses, &cpu.losses);
+            let e16 = loss_error(&gpu_runs[1].losses, &cpu.losses);
+            let ok = e32 <= LOSS_TOLERANCE_F32 && e16 <= LOSS_TOLERANCE_BF16;
+            passed &= ok;
+            let _ = writeln!(
+                out,
+                "  {name:<73} {:>9.2} {:>9.2} {e32:>9.1e} {e16:>9.1e}  {}",
+                mean_ms(&cpu.step_seconds),
+                mean_ms(&gpu_runs[0].step_seconds),
+                if ok { "ok" } else { "FAILED" }
+            );
+            let _ = writeln!(
+                out,
+                "    losses cpu {:?}\n    losses gpu {:?}",
+                cpu.losses, gpu_runs[0].losses
+            );
+        }
+        let _ = writeln!(
+            out,
+            "tolerances: loss {LOSS_TOLERANCE_F32:.0e} (f32), {LOSS_TOLERANCE_BF16:.0e} (bf16)"
+        );
+        print!("{out}");
+    }
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+#[cfg(not(feature = "cuda"))]
+pub fn run(_: Args) -> anyhow::Result<ExitCode> {
+    anyhow::bail!("this hetpar was built without the `cuda` feature (it is on by default)")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_error_is_the_worst_step_relative_to_the_reference() {
+        assert_eq!(
+            loss_error(&[2.0, 3.3], &[2.0, 3.0]),
+            (3.3f32 as f64 - 3.0) / 3.0
+        );
+        assert_eq!(loss_error(&[1.0], &[1.0]), 0.0);
+    }
+}
