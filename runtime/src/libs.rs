@@ -4,8 +4,9 @@
 //! dynamic loading), so the dynamic linker must find them: it reads `LD_LIBRARY_PATH` once,
 //! when a process starts. Pip's wheels put the libraries under `site-packages/nvidia/*/lib`,
 //! off the default search path, and ship NCCL only as `libnccl.so.2`, a name cudarc does not
-//! try (it asks for `libnccl.so`). This module finds those directories and, where only
-//! `libnccl.so.2` exists, makes a directory holding a `libnccl.so` link to it; the launcher
+//! try (it asks for `libnccl.so`; CUDA 13's `.so.13` names are not tried either). This module
+//! finds those directories and, for a library found only under a versioned name, makes a
+//! directory holding a bare-named link to it (`libnccl.so` → `libnccl.so.2`); the launcher
 //! puts them on its workers' `LD_LIBRARY_PATH`, and a single process re-executes itself once
 //! with them (`reexec_with_cuda_libraries`).
 //!
@@ -109,8 +110,9 @@ pub fn find(library: &'static str, dirs: &[PathBuf]) -> Option<Found> {
 }
 
 /// What to add to `LD_LIBRARY_PATH` so every library in [`LIBRARIES`] that exists in `dirs`
-/// can be opened: the directories holding them, and, when NCCL exists only under a versioned
-/// name, `shim_dir` with a `libnccl.so` link to it (created here). Also says what is missing.
+/// can be opened: the directories holding them, and, for a library found only under a
+/// versioned name, `shim_dir` with a bare-named link to it (created here). Also says what is
+/// missing.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Plan {
     pub dirs: Vec<PathBuf>,
@@ -127,7 +129,10 @@ pub fn plan(dirs: &[PathBuf], shim_dir: &Path) -> std::io::Result<Plan> {
                 if !out.dirs.contains(&dir) {
                     out.dirs.push(dir);
                 }
-                if lib == "libnccl.so" && f.path.file_name() != Some(lib.as_ref()) {
+                // cudarc opens the bare name first; a library found only under a versioned
+                // name it may not try (NCCL's .so.2, a CUDA 13 .so.13) is linked under it. Not
+                // the driver: that is the system's, under names cudarc tries.
+                if lib != "libcuda.so" && f.path.file_name() != Some(lib.as_ref()) {
                     std::fs::create_dir_all(shim_dir)?;
                     let link = shim_dir.join(lib);
                     // Replace a stale link atomically: make the new one aside, then rename.
@@ -135,7 +140,9 @@ pub fn plan(dirs: &[PathBuf], shim_dir: &Path) -> std::io::Result<Plan> {
                     let _ = std::fs::remove_file(&tmp);
                     std::os::unix::fs::symlink(&f.path, &tmp)?;
                     std::fs::rename(&tmp, &link)?;
-                    out.dirs.insert(0, shim_dir.to_path_buf());
+                    if !out.dirs.contains(&shim_dir.to_path_buf()) {
+                        out.dirs.insert(0, shim_dir.to_path_buf());
+                    }
                 }
             }
         }
@@ -230,11 +237,27 @@ mod tests {
     fn a_bare_named_library_needs_no_link() {
         let root = temp("bare");
         std::fs::write(root.join("libnccl.so"), b"elf").unwrap();
-        std::fs::write(root.join("libcublas.so.12"), b"elf").unwrap();
+        std::fs::write(root.join("libnvrtc.so"), b"elf").unwrap();
+        std::fs::write(root.join("libcuda.so.1"), b"elf").unwrap();
         let shim = root.join("shim");
         let p = plan(std::slice::from_ref(&root), &shim).unwrap();
         assert_eq!(p.dirs, vec![root.clone()]);
-        assert!(!shim.exists());
+        assert!(!shim.exists(), "nor does the driver, whatever its name");
+        assert_eq!(p.missing, vec!["libcublas.so"]);
+        std::fs::remove_dir_all(root).unwrap();
+    }
+
+    #[test]
+    fn a_library_of_another_major_version_is_linked_under_the_bare_name() {
+        let root = temp("major");
+        std::fs::write(root.join("libcublas.so.13"), b"elf").unwrap();
+        let shim = root.join("shim");
+        let p = plan(std::slice::from_ref(&root), &shim).unwrap();
+        assert_eq!(p.dirs, vec![shim.clone(), root.clone()]);
+        assert_eq!(
+            std::fs::read_link(shim.join("libcublas.so")).unwrap(),
+            root.join("libcublas.so.13")
+        );
         std::fs::remove_dir_all(root).unwrap();
     }
 

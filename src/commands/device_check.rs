@@ -74,55 +74,63 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         let cfg = Config::from_model(&g)?;
         let init = Params::init(&cfg, a.seed)?;
         let batches = synthetic_batches(&g, &cfg, a.seed, a.steps)?;
-        let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "training {} steps: {:<58} {:>9} {:>9} {:>9} {:>9}",
+        println!(
+            "training, {} steps: {:<66} {:>8} {:>8} {:>8} {:>8}",
             a.steps, "plan", "cpu ms", "gpu ms", "f32 err", "bf16 err"
         );
         for (name, text) in PLANS {
-            let (plan, _) =
-                hetpar::ir::load_plan(text, &g, &cluster).map_err(|d| anyhow::anyhow!("{d:?}"))?;
-            let program = hetpar::planner::lower::lower(&g, &cluster, &plan)?;
-            let mut opts = hetpar::runtime::exec::RunOptions {
-                steps: a.steps,
-                lr: 1e-3,
-                timeout: std::time::Duration::from_secs(120),
-                backend: Backend::Cpu,
-            };
-            let cpu = execute(&program, &cfg, &init, &batches, &opts)?;
-            let mut gpu_runs = Vec::new();
-            for precision in [Precision::F32, Precision::Bf16] {
-                opts.backend = Backend::Cuda {
-                    device: dev.clone(),
-                    precision,
+            // Printed as it goes, so a run stopped by a time limit still says what it did.
+            let row = (|| -> anyhow::Result<(String, bool)> {
+                let (plan, _) = hetpar::ir::load_plan(text, &g, &cluster)
+                    .map_err(|d| anyhow::anyhow!("{d:?}"))?;
+                let program = hetpar::planner::lower::lower(&g, &cluster, &plan)?;
+                let mut opts = hetpar::runtime::exec::RunOptions {
+                    steps: a.steps,
+                    lr: 1e-3,
+                    timeout: std::time::Duration::from_secs(120),
+                    backend: Backend::Cpu,
                 };
-                gpu_runs.push(execute(&program, &cfg, &init, &batches, &opts)?);
+                let cpu = execute(&program, &cfg, &init, &batches, &opts)?;
+                let mut gpu = Vec::new();
+                for precision in [Precision::F32, Precision::Bf16] {
+                    opts.backend = Backend::Cuda {
+                        device: dev.clone(),
+                        precision,
+                    };
+                    gpu.push(execute(&program, &cfg, &init, &batches, &opts)?);
+                }
+                let mean_ms =
+                    |s: &[f64]| s.iter().skip(1).sum::<f64>() / (s.len().max(2) - 1) as f64 * 1e3;
+                let e32 = loss_error(&gpu[0].losses, &cpu.losses);
+                let e16 = loss_error(&gpu[1].losses, &cpu.losses);
+                let ok = e32 <= LOSS_TOLERANCE_F32 && e16 <= LOSS_TOLERANCE_BF16;
+                let mut row = format!(
+                    "  {name:<85} {:>8.2} {:>8.2} {e32:>8.1e} {e16:>8.1e}  {}\n",
+                    mean_ms(&cpu.step_seconds),
+                    mean_ms(&gpu[0].step_seconds),
+                    if ok { "ok" } else { "FAILED" }
+                );
+                let _ = writeln!(
+                    row,
+                    "    losses cpu      {:?}\n    losses gpu f32  {:?}\n    losses gpu bf16 {:?}",
+                    cpu.losses, gpu[0].losses, gpu[1].losses
+                );
+                Ok((row, ok))
+            })();
+            match row {
+                Ok((row, ok)) => {
+                    passed &= ok;
+                    print!("{row}");
+                }
+                Err(e) => {
+                    passed = false;
+                    println!("  {name}: FAILED: {e:#}");
+                }
             }
-            let mean_ms =
-                |s: &[f64]| s.iter().skip(1).sum::<f64>() / (s.len().max(2) - 1) as f64 * 1e3;
-            let e32 = loss_error(&gpu_runs[0].losses, &cpu.losses);
-            let e16 = loss_error(&gpu_runs[1].losses, &cpu.losses);
-            let ok = e32 <= LOSS_TOLERANCE_F32 && e16 <= LOSS_TOLERANCE_BF16;
-            passed &= ok;
-            let _ = writeln!(
-                out,
-                "  {name:<73} {:>9.2} {:>9.2} {e32:>9.1e} {e16:>9.1e}  {}",
-                mean_ms(&cpu.step_seconds),
-                mean_ms(&gpu_runs[0].step_seconds),
-                if ok { "ok" } else { "FAILED" }
-            );
-            let _ = writeln!(
-                out,
-                "    losses cpu {:?}\n    losses gpu {:?}",
-                cpu.losses, gpu_runs[0].losses
-            );
         }
-        let _ = writeln!(
-            out,
+        println!(
             "tolerances: loss {LOSS_TOLERANCE_F32:.0e} (f32), {LOSS_TOLERANCE_BF16:.0e} (bf16)"
         );
-        print!("{out}");
     }
     Ok(if passed {
         ExitCode::SUCCESS

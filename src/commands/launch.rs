@@ -152,12 +152,10 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let init = Params::init(&cfg, j.training.seed)?;
     let batches = synthetic_batches(&model, &cfg, j.training.seed, j.training.steps)?;
     let mut opts = j.training.options();
-    // The GPU of this node's local rank (SLURM_LOCALID under srun).
-    let local = ["HETPAR_LOCAL_RANK", "SLURM_LOCALID"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
-        .unwrap_or(0);
-    opts.backend = j.device.backend(local)?;
+    // The GPU of this node's local rank.
+    opts.backend = j
+        .device
+        .backend(hetpar::runtime::exec::generated::local_rank())?;
     let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, opts.timeout)?;
     let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
         st.interpret()

@@ -53,11 +53,13 @@ pub struct Report {
     /// Bytes copied device to device per second (each byte read once and written once).
     pub copy_bytes: usize,
     pub copy_gbps: f64,
+    /// Why a figure is missing (NaN), if one is.
+    pub notes: Vec<String>,
 }
 
 impl Report {
     pub fn passed(&self) -> bool {
-        self.ops.iter().all(OpCheck::passed)
+        self.ops.iter().all(OpCheck::passed) && self.notes.is_empty()
     }
 
     pub fn render(&self) -> String {
@@ -97,6 +99,9 @@ impl Report {
             self.copy_bytes >> 20,
             self.copy_gbps
         );
+        for n in &self.notes {
+            let _ = writeln!(s, "not measured: {n}");
+        }
         s
     }
 }
@@ -213,36 +218,13 @@ fn products(
     Ok(())
 }
 
-/// Compares every operation against the CPU reference (inputs from `seed`): the matrix
-/// products (linear layers, attention) in f32 and with bf16 inputs, the rest in f32.
-pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeError> {
-    let mut rng = SplitMix64::new(seed);
-    let gpu16 = dev.rank()?.with_precision(Precision::Bf16);
-    let gpu32 = dev.rank()?;
-    let mut ops = Vec::new();
-    for (gpu, tol, tag) in [
-        (&gpu32, F32_TOLERANCE, ""),
-        (&gpu16, BF16_TOLERANCE, ", bf16 inputs"),
-    ] {
-        let mut c = Checker {
-            gpu,
-            ops: Vec::new(),
-        };
-        products(&mut c, &mut rng, tol, tag)?;
-        ops.extend(c.ops);
-    }
-    let gpu = &gpu32;
-    let mut c = Checker { gpu, ops };
-    let tol = F32_TOLERANCE;
-
+fn norms(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // LayerNorm, a width over one block of threads.
     let (rows, cols) = (9, 300);
-    let x = random(&mut rng, &[rows, cols], 2.0);
-    let (w, b) = (
-        random(&mut rng, &[cols], 1.0),
-        random(&mut rng, &[cols], 1.0),
-    );
-    let dy = random(&mut rng, &[rows, cols], 1.0);
+    let x = random(rng, &[rows, cols], 2.0);
+    let (w, b) = (random(rng, &[cols], 1.0), random(rng, &[cols], 1.0));
+    let dy = random(rng, &[rows, cols], 1.0);
     let (y, cache) = gpu.layer_norm(&c.up(&x)?, &c.up(&w)?, &c.up(&b)?)?;
     let (wy, wcache) = layer_norm(&x, &w, &b);
     c.cmp("layer norm", &y, &wy, tol)?;
@@ -251,10 +233,14 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
     c.cmp("layer norm backward: input", &gx, &wx, tol)?;
     c.cmp("layer norm backward: weight", &gw, &ww, tol)?;
     c.cmp("layer norm backward: bias", &gb, &wb, tol)?;
+    Ok(())
+}
 
+fn elementwise(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // GELU.
-    let x = random(&mut rng, &[7, 33], 3.0);
-    let dy = random(&mut rng, &[7, 33], 1.0);
+    let x = random(rng, &[7, 33], 3.0);
+    let dy = random(rng, &[7, 33], 1.0);
     c.cmp("gelu", &gpu.gelu(&c.up(&x)?)?, &gelu(&x), tol)?;
     c.cmp(
         "gelu backward",
@@ -262,9 +248,13 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
         &gelu_backward(&x, &dy),
         tol,
     )?;
+    Ok(())
+}
 
+fn loss(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // Cross-entropy with ignored rows.
-    let logits = random(&mut rng, &[6, 50], 3.0);
+    let logits = random(rng, &[6, 50], 3.0);
     let targets = [3i64, -100, 49, 0, -100, 17];
     let (loss, d) = gpu.cross_entropy(&c.up(&logits)?, &targets, 4)?;
     let (wloss, wd) = cross_entropy(&logits, &targets, 4);
@@ -274,15 +264,19 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
         error: (loss - wloss).abs() / wloss.abs().max(1e-30),
         tolerance: tol,
     });
+    Ok(())
+}
 
+fn optimizer(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // Adam, three updates.
-    let p0 = random(&mut rng, &[5, 40], 1.0);
+    let p0 = random(rng, &[5, 40], 1.0);
     let mut cpu_p = Params::default();
     cpu_p.insert("w", p0.clone());
     let mut adam = Adam::new(1e-2);
     let (mut gp, mut gm, mut gv) = (c.up(&p0)?, gpu.zeros(&[5, 40])?, gpu.zeros(&[5, 40])?);
     for t in 1..=3u64 {
-        let g = random(&mut rng, &[5, 40], 1.0);
+        let g = random(rng, &[5, 40], 1.0);
         let mut grads = Params::default();
         grads.insert("w", g.clone());
         adam.update(&mut cpu_p, &grads)?;
@@ -298,9 +292,13 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
     }
     let want = cpu_p.get("w").expect("inserted above").clone();
     c.cmp("adam, three updates", &gp, &want, tol)?;
+    Ok(())
+}
 
+fn rows(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    let gpu = c.gpu;
     // Row gathers and ordered scatter-adds (embedding lookups and their backward).
-    let table = random(&mut rng, &[10, 24], 1.0);
+    let table = random(rng, &[10, 24], 1.0);
     let index = [3usize, 3, 0, 9, 5];
     let gathered = gpu.gather_rows(&c.up(&table)?, &index)?;
     let mut want = Vec::new();
@@ -309,7 +307,7 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
     }
     let want = Tensor::from_vec(&[index.len(), 24], want)?;
     c.cmp("gather rows", &gathered, &want, 0.0)?;
-    let src = random(&mut rng, &[5, 24], 1.0);
+    let src = random(rng, &[5, 24], 1.0);
     let idx = [3i64, 3, -1, 9, 0];
     let mut gt = c.up(&table)?;
     gpu.scatter_add_rows(&mut gt, &c.up(&src)?, &idx)?;
@@ -323,7 +321,61 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
         }
     }
     c.cmp("scatter-add rows", &gt, &want, 0.0)?;
-    Ok(c.ops)
+    Ok(())
+}
+
+/// One part of the check: comparisons recorded in the checker.
+type Part = fn(&mut Checker<'_>, &mut SplitMix64) -> Result<(), RuntimeError>;
+
+/// Compares every operation against the CPU reference (inputs from `seed`): the matrix
+/// products (linear layers, attention) in f32 and with bf16 inputs, the rest in f32. A part
+/// that fails (a launch error, say) is reported as such and the others still run.
+pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeError> {
+    let mut rng = SplitMix64::new(seed);
+    let gpu16 = dev.rank()?.with_precision(Precision::Bf16);
+    let gpu32 = dev.rank()?;
+    let mut ops = Vec::new();
+    let mut part =
+        |ops: &mut Vec<OpCheck>,
+         gpu: &Gpu,
+         name: &str,
+         tol: f64,
+         f: &dyn Fn(&mut Checker<'_>, &mut SplitMix64) -> Result<(), RuntimeError>| {
+            let mut c = Checker {
+                gpu,
+                ops: Vec::new(),
+            };
+            let r = f(&mut c, &mut rng);
+            ops.extend(c.ops);
+            if let Err(e) = r {
+                ops.push(OpCheck {
+                    op: format!("{name}: {e}"),
+                    error: f64::INFINITY,
+                    tolerance: tol,
+                });
+            }
+        };
+    part(&mut ops, &gpu32, "products", F32_TOLERANCE, &|c, r| {
+        products(c, r, F32_TOLERANCE, "")
+    });
+    part(
+        &mut ops,
+        &gpu16,
+        "products, bf16 inputs",
+        BF16_TOLERANCE,
+        &|c, r| products(c, r, BF16_TOLERANCE, ", bf16 inputs"),
+    );
+    let parts: [(&str, Part); 5] = [
+        ("layer norm", norms),
+        ("gelu", elementwise),
+        ("cross-entropy", loss),
+        ("adam", optimizer),
+        ("rows", rows),
+    ];
+    for (name, f) in parts {
+        part(&mut ops, &gpu32, name, F32_TOLERANCE, &f);
+    }
+    Ok(ops)
 }
 
 /// Milliseconds of `reps` runs of `f` on the rank's stream, after one warm-up run.
@@ -361,26 +413,38 @@ pub fn run(
     let ops = check_ops(dev, seed)?;
     let gpu32 = dev.rank()?;
     let gpu16 = dev.rank()?.with_precision(Precision::Bf16);
-    let gpu = &gpu32;
+    let mut notes = Vec::new();
+    // A figure that cannot be measured is NaN, with the reason in the notes.
+    let mut figure = |what: &str, r: Result<f64, RuntimeError>| {
+        r.unwrap_or_else(|e| {
+            notes.push(format!("{what}: {e}"));
+            f64::NAN
+        })
+    };
     let n = gemm_size;
-    let a = gpu.zeros(&[n, n])?;
-    let b = gpu.zeros(&[n, n])?;
     let flops = 2.0 * (n as f64).powi(3);
-    let ms = time_ms(gpu, 10, || gpu.linear(&a, &b, None).map(drop))?;
-    let f32_tflops = flops / (ms * 1e-3) / 1e12;
-    let ms = time_ms(&gpu16, 10, || gpu16.linear(&a, &b, None).map(drop))?;
+    let products = |gpu: &Gpu| -> Result<f64, RuntimeError> {
+        let a = gpu.zeros(&[n, n])?;
+        let b = gpu.zeros(&[n, n])?;
+        let ms = time_ms(gpu, 10, || gpu.linear(&a, &b, None).map(drop))?;
+        Ok(flops / (ms * 1e-3) / 1e12)
+    };
+    let f32_tflops = figure("f32 products", products(&gpu32));
     // The bf16 figure includes the two conversions to bf16, as the backend pays them.
-    let bf16_tflops = flops / (ms * 1e-3) / 1e12;
+    let bf16_tflops = figure("bf16 products", products(&gpu16));
     let words = copy_bytes / 4;
-    let src = gpu.zeros(&[words])?;
-    let mut dst = gpu.zeros(&[words])?;
-    let ms = time_ms(gpu, 10, || {
-        gpu.stream()
-            .memcpy_dtod(&src.buf, &mut dst.buf)
-            .map_err(|e| device_err("device to device copy", e))
-    })?;
-    let copy_gbps = (words * 4) as f64 / (ms * 1e-3) / 1e9;
-    let dev = gpu.device();
+    let copy = || -> Result<f64, RuntimeError> {
+        let gpu = &gpu32;
+        let src = gpu.zeros(&[words])?;
+        let mut dst = gpu.zeros(&[words])?;
+        let ms = time_ms(gpu, 10, || {
+            gpu.stream()
+                .memcpy_dtod(&src.buf, &mut dst.buf)
+                .map_err(|e| device_err("device to device copy", e))
+        })?;
+        Ok((words * 4) as f64 / (ms * 1e-3) / 1e9)
+    };
+    let copy_gbps = figure("device copy", copy());
     Ok(Report {
         device: dev.name.clone(),
         arch: dev.arch,
@@ -391,6 +455,7 @@ pub fn run(
         bf16_tflops,
         copy_bytes: words * 4,
         copy_gbps,
+        notes,
     })
 }
 

@@ -166,6 +166,9 @@ impl Gpu {
     /// Copies a device tensor to the host (waits for it).
     pub fn download(&self, t: &DTensor) -> Result<Tensor, RuntimeError> {
         let n = t.numel();
+        if n == 0 {
+            return Ok(Tensor::zeros(&t.shape));
+        }
         let v = self
             .stream
             .clone_dtoh(&t.buf.slice(0..n))
@@ -245,6 +248,11 @@ impl Gpu {
         if p.rows == 0 || p.cols == 0 {
             return Ok(());
         }
+        // cuBLAS runs in the thread's current context; a rank's thread may not have made it so.
+        self.stream
+            .context()
+            .bind_to_thread()
+            .map_err(|e| device_err("CUDA context", e))?;
         let transa = if p.form == Form::XWt {
             CUBLAS_OP_T
         } else {

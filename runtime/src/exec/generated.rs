@@ -106,35 +106,101 @@ pub fn report_steps(
     s
 }
 
-/// The options of a generated program's command line: `--steps N` (10), `--lr X` (1e-3),
-/// `--seed S` (0), `--timeout-ms T` (60000).
-pub fn parse_args(args: &[String]) -> Result<(RunOptions, u64), String> {
-    let mut opts = RunOptions {
-        steps: 10,
-        lr: 1e-3,
-        timeout: Duration::from_secs(60),
-        backend: Default::default(),
+/// A generated program's command line: `--steps N` (10), `--lr X` (1e-3), `--seed S` (0),
+/// `--timeout-ms T` (60000), `--backend cpu|cuda` (cpu), `--gpu G` (CUDA; by default the
+/// node-local rank modulo the GPUs), `--precision f32|bf16` (f32).
+#[derive(Clone, Debug)]
+pub struct Args {
+    pub opts: RunOptions,
+    pub seed: u64,
+    pub cuda: bool,
+    pub gpu: Option<usize>,
+    pub bf16: bool,
+}
+
+pub fn parse_args(args: &[String]) -> Result<Args, String> {
+    let mut out = Args {
+        opts: RunOptions {
+            steps: 10,
+            lr: 1e-3,
+            timeout: Duration::from_secs(60),
+            backend: Default::default(),
+        },
+        seed: 0,
+        cuda: false,
+        gpu: None,
+        bf16: false,
     };
-    let mut seed = 0u64;
     let mut it = args.iter();
     while let Some(flag) = it.next() {
         let value = it.next().ok_or_else(|| format!("{flag} needs a value"))?;
         let bad = |e: &dyn std::fmt::Display| format!("{flag} {value}: {e}");
+        let one_of = |choices: [&str; 2]| {
+            choices
+                .iter()
+                .position(|c| c == value)
+                .ok_or_else(|| format!("{flag} {value}: not one of {choices:?}"))
+        };
         match flag.as_str() {
-            "--steps" => opts.steps = value.parse().map_err(|e| bad(&e))?,
-            "--lr" => opts.lr = value.parse().map_err(|e| bad(&e))?,
-            "--seed" => seed = value.parse().map_err(|e| bad(&e))?,
+            "--steps" => out.opts.steps = value.parse().map_err(|e| bad(&e))?,
+            "--lr" => out.opts.lr = value.parse().map_err(|e| bad(&e))?,
+            "--seed" => out.seed = value.parse().map_err(|e| bad(&e))?,
             "--timeout-ms" => {
-                opts.timeout = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
+                out.opts.timeout = Duration::from_millis(value.parse().map_err(|e| bad(&e))?)
             }
+            "--backend" => out.cuda = one_of(["cpu", "cuda"])? == 1,
+            "--gpu" => out.gpu = Some(value.parse().map_err(|e| bad(&e))?),
+            "--precision" => out.bf16 = one_of(["f32", "bf16"])? == 1,
             _ => {
                 return Err(format!(
-                    "unknown option {flag}; options: --steps N --lr X --seed S --timeout-ms T"
+                    "unknown option {flag}; options: --steps N --lr X --seed S --timeout-ms T \
+                     --backend cpu|cuda --gpu G --precision f32|bf16"
                 ))
             }
         }
     }
-    Ok((opts, seed))
+    Ok(out)
+}
+
+impl Args {
+    /// The backend asked for: for CUDA, the process first re-executes itself once with the
+    /// CUDA libraries on `LD_LIBRARY_PATH`, then opens `--gpu` (else `local` modulo the GPUs).
+    pub fn backend(&self, local: usize) -> Result<super::Backend, String> {
+        if !self.cuda {
+            return Ok(super::Backend::Cpu);
+        }
+        #[cfg(feature = "cuda")]
+        {
+            use crate::cuda::{Device, Precision};
+            crate::libs::reexec_with_cuda_libraries().map_err(|e| e.to_string())?;
+            let ordinal = match self.gpu {
+                Some(g) => g,
+                None => local % Device::count().map_err(|e| e.to_string())?.max(1),
+            };
+            Ok(super::Backend::Cuda {
+                device: Device::open(ordinal).map_err(|e| e.to_string())?,
+                precision: if self.bf16 {
+                    Precision::Bf16
+                } else {
+                    Precision::F32
+                },
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = local;
+            Err("--backend cuda: hetpar-runtime was built without its `cuda` feature".into())
+        }
+    }
+}
+
+/// The node-local rank of a launched process (`HETPAR_LOCAL_RANK`, or `SLURM_LOCALID` under
+/// srun); 0 otherwise.
+pub fn local_rank() -> usize {
+    ["HETPAR_LOCAL_RANK", "SLURM_LOCALID"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse::<usize>().ok())
+        .unwrap_or(0)
 }
 
 /// The `main` of a generated program: the program header (modules, boundaries, ranks) and
@@ -161,7 +227,10 @@ fn main_inner(
     body: &RankBody,
     args: &[String],
 ) -> Result<String, String> {
-    let (opts, seed) = parse_args(args)?;
+    let parsed = parse_args(args)?;
+    let seed = parsed.seed;
+    let mut opts = parsed.opts.clone();
+    opts.backend = parsed.backend(local_rank())?;
     let program = hetpar_ir::load_program(program_json).map_err(|d| format!("program: {d:?}"))?;
     let (g, _) = hetpar_ir::load_model(model_json).map_err(|d| format!("model: {d:?}"))?;
     let cfg = Config::from_model(&g).map_err(|e| e.to_string())?;
@@ -186,4 +255,42 @@ fn main_inner(
     }
     let out = run_with(&program, &cfg, &init, &batches, &opts, body).map_err(|e| e.to_string())?;
     Ok(report(&program, &batches[0], &out))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(v: &[&str]) -> Result<Args, String> {
+        parse_args(&v.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+    }
+
+    #[test]
+    fn the_command_line_chooses_the_backend_gpu_and_precision() {
+        let a = args(&[
+            "--steps",
+            "3",
+            "--backend",
+            "cuda",
+            "--gpu",
+            "1",
+            "--precision",
+            "bf16",
+        ])
+        .unwrap();
+        assert_eq!(a.opts.steps, 3);
+        assert!(a.cuda && a.bf16);
+        assert_eq!(a.gpu, Some(1));
+        let d = args(&[]).unwrap();
+        assert!(!d.cuda && !d.bf16 && d.gpu.is_none());
+        assert!(matches!(d.backend(0), Ok(crate::exec::Backend::Cpu)));
+    }
+
+    #[test]
+    fn a_backend_or_precision_that_is_not_offered_is_refused_with_the_choices() {
+        let e = args(&["--backend", "rocm"]).unwrap_err();
+        assert!(e.contains("rocm") && e.contains("\"cuda\""), "{e}");
+        let e = args(&["--precision", "fp8"]).unwrap_err();
+        assert!(e.contains("fp8") && e.contains("\"bf16\""), "{e}");
+    }
 }
