@@ -381,3 +381,157 @@ fn two_encoders_give_the_single_device_gradients_and_50_step_losses() {
         assert!(worst <= 1e-4, "{name}: a loss differs by {worst}");
     }
 }
+
+/// The CPU reference's arithmetic with the storage a GPU backend gives the interpreter: every
+/// result held as device values only, every input read from its device copy when it has one
+/// and otherwise "uploaded" and kept. A place where the interpreter changed a tensor without
+/// dropping its device copy, or read values that never reached the host, changes the numbers.
+mod resident {
+    use std::sync::Arc;
+
+    use hetpar::runtime::exec::math::{CpuMath, Math};
+    use hetpar::runtime::reference::layers::LayerNormCache;
+    use hetpar::runtime::tensor::{DeviceBuffer, Tensor};
+    use hetpar::runtime::RuntimeError;
+
+    #[derive(Debug)]
+    struct Stored(Vec<f32>);
+
+    impl DeviceBuffer for Stored {
+        fn to_host(&self) -> Vec<f32> {
+            self.0.clone()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    /// An input as the device would see it.
+    fn read(t: &Tensor) -> Tensor {
+        match t.device() {
+            Some(d) => Tensor::from_vec(t.shape(), d.to_host()).unwrap(),
+            None => {
+                t.keep_device_copy(Arc::new(Stored(t.data().to_vec())));
+                t.clone()
+            }
+        }
+    }
+
+    /// A result left on the device.
+    fn out(t: Tensor) -> Tensor {
+        let shape = t.shape().to_vec();
+        Tensor::from_device(&shape, Arc::new(Stored(t.into_data())))
+    }
+
+    pub struct Resident;
+
+    type R3 = Result<(Tensor, Tensor, Tensor), RuntimeError>;
+
+    impl Math for Resident {
+        fn linear(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b: Option<&Tensor>,
+        ) -> Result<Tensor, RuntimeError> {
+            let b = b.map(read);
+            CpuMath.linear(&read(x), &read(w), b.as_ref()).map(out)
+        }
+        fn linear_backward(&self, x: &Tensor, w: &Tensor, dy: &Tensor) -> R3 {
+            let (a, b, c) = CpuMath.linear_backward(&read(x), &read(w), &read(dy))?;
+            Ok((out(a), out(b), out(c)))
+        }
+        fn layer_norm(
+            &self,
+            x: &Tensor,
+            w: &Tensor,
+            b: &Tensor,
+        ) -> Result<(Tensor, LayerNormCache), RuntimeError> {
+            let (y, c) = CpuMath.layer_norm(&read(x), &read(w), &read(b))?;
+            let cache = LayerNormCache {
+                xhat: out(c.xhat),
+                rstd: c.rstd,
+            };
+            Ok((out(y), cache))
+        }
+        fn layer_norm_backward(&self, c: &LayerNormCache, w: &Tensor, dy: &Tensor) -> R3 {
+            let cache = LayerNormCache {
+                xhat: read(&c.xhat),
+                rstd: c.rstd.clone(),
+            };
+            let (a, b, d) = CpuMath.layer_norm_backward(&cache, &read(w), &read(dy))?;
+            Ok((out(a), out(b), out(d)))
+        }
+        fn gelu(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
+            CpuMath.gelu(&read(x)).map(out)
+        }
+        fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor, RuntimeError> {
+            CpuMath.gelu_backward(&read(x), &read(dy)).map(out)
+        }
+        fn attention_core(
+            &self,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            heads: usize,
+            causal: bool,
+            positions: &[usize],
+        ) -> Result<(Tensor, Tensor), RuntimeError> {
+            let (c, p) =
+                CpuMath.attention_core(&read(q), &read(k), &read(v), heads, causal, positions)?;
+            Ok((out(c), out(p)))
+        }
+        fn attention_core_backward(
+            &self,
+            q: &Tensor,
+            k: &Tensor,
+            v: &Tensor,
+            probs: &Tensor,
+            dctx: &Tensor,
+        ) -> R3 {
+            let (a, b, c) = CpuMath.attention_core_backward(
+                &read(q),
+                &read(k),
+                &read(v),
+                &read(probs),
+                &read(dctx),
+            )?;
+            Ok((out(a), out(b), out(c)))
+        }
+        fn cross_entropy(
+            &self,
+            logits: &Tensor,
+            targets: &[i64],
+            n: usize,
+        ) -> Result<(f64, Tensor), RuntimeError> {
+            let (l, d) = CpuMath.cross_entropy(&read(logits), targets, n)?;
+            Ok((l, out(d)))
+        }
+    }
+}
+
+#[test]
+fn device_resident_storage_gives_the_cpu_backends_numbers_bit_for_bit() {
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    for (name, schedule, modules) in matrix() {
+        let program = lower(&g, schedule, modules);
+        let plain = run(&program, &cfg, &init, &batches, &opts(3)).unwrap();
+        let resident =
+            hetpar::runtime::exec::run_with(&program, &cfg, &init, &batches, &opts(3), &|st| {
+                st.set_math(Box::new(resident::Resident));
+                st.interpret()
+            })
+            .unwrap();
+        let bits = |o: &RunOutput| -> Vec<u32> {
+            o.losses
+                .iter()
+                .chain(o.grads.iter().flat_map(|(_, t)| t.data()))
+                .chain(o.params.iter().flat_map(|(_, t)| t.data()))
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&plain), bits(&resident), "{name}");
+    }
+}

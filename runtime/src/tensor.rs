@@ -5,14 +5,62 @@
 //! Reductions (dot products, sums over rows) accumulate in f64 in a fixed order and round once
 //! to f32, so results are deterministic and as accurate as f32 storage allows.
 
+use std::sync::{Arc, OnceLock};
+
 use crate::error::RuntimeError;
 
+/// A copy of a tensor's values in a backend's device memory (`crate::cuda`): tensors a GPU
+/// computed live there until the host reads them, and host tensors a GPU reads keep their
+/// upload, until they are changed.
+pub trait DeviceBuffer: Send + Sync + std::fmt::Debug {
+    /// The values, copied to the host. A device that fails here has failed mid-run, past
+    /// anything a caller could recover from: implementations panic, naming the device error.
+    fn to_host(&self) -> Vec<f32>;
+    /// For the backend to recognise its own buffers.
+    fn as_any(&self) -> &dyn std::any::Any;
+}
+
 /// A dense row-major f32 tensor. The last dimension is the row length ("columns"); all earlier
-/// dimensions together count the rows.
-#[derive(Clone, Debug, PartialEq)]
+/// dimensions together count the rows. Its values live on the host, on a device, or both
+/// (`DeviceBuffer`): reading them on the host copies them there once; changing them drops the
+/// device copy.
 pub struct Tensor {
     shape: Vec<usize>,
-    data: Vec<f32>,
+    host: OnceLock<Vec<f32>>,
+    device: OnceLock<Arc<dyn DeviceBuffer>>,
+}
+
+impl Clone for Tensor {
+    fn clone(&self) -> Tensor {
+        let t = Tensor {
+            shape: self.shape.clone(),
+            host: OnceLock::new(),
+            device: OnceLock::new(),
+        };
+        if let Some(h) = self.host.get() {
+            let _ = t.host.set(h.clone());
+        }
+        // Device values are never changed in place, so a copy may share them.
+        if let Some(d) = self.device.get() {
+            let _ = t.device.set(d.clone());
+        }
+        t
+    }
+}
+
+impl PartialEq for Tensor {
+    fn eq(&self, other: &Tensor) -> bool {
+        self.shape == other.shape && self.data() == other.data()
+    }
+}
+
+impl std::fmt::Debug for Tensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tensor")
+            .field("shape", &self.shape)
+            .field("data", &self.data())
+            .finish()
+    }
 }
 
 impl Tensor {
@@ -23,9 +71,14 @@ impl Tensor {
 
     /// A tensor with every value `value`.
     pub fn full(shape: &[usize], value: f32) -> Tensor {
+        Tensor::host(shape.to_vec(), vec![value; shape.iter().product()])
+    }
+
+    fn host(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
         Tensor {
-            shape: shape.to_vec(),
-            data: vec![value; shape.iter().product()],
+            shape,
+            host: OnceLock::from(data),
+            device: OnceLock::new(),
         }
     }
 
@@ -39,31 +92,60 @@ impl Tensor {
                 got: data.len(),
             });
         }
-        Ok(Tensor {
+        Ok(Tensor::host(shape.to_vec(), data))
+    }
+
+    /// A tensor whose values are on a device only (a backend's result).
+    pub fn from_device(shape: &[usize], values: Arc<dyn DeviceBuffer>) -> Tensor {
+        Tensor {
             shape: shape.to_vec(),
-            data,
-        })
+            host: OnceLock::new(),
+            device: OnceLock::from(values),
+        }
+    }
+
+    /// The device copy of the values, if there is one.
+    pub fn device(&self) -> Option<&Arc<dyn DeviceBuffer>> {
+        self.device.get()
+    }
+
+    /// Keeps `values` as this tensor's device copy (a backend's upload of it), unless it has
+    /// one already; until the tensor changes, the backend reads that copy instead.
+    pub fn keep_device_copy(&self, values: Arc<dyn DeviceBuffer>) {
+        let _ = self.device.set(values);
     }
 
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
 
+    /// The values on the host (copied from the device on first use).
     pub fn data(&self) -> &[f32] {
-        &self.data
+        self.host.get_or_init(|| {
+            self.device
+                .get()
+                .expect("a tensor holds its values on the host or a device")
+                .to_host()
+        })
     }
 
+    /// The values on the host, to change: the device copy, now stale, is dropped.
     pub fn data_mut(&mut self) -> &mut [f32] {
-        &mut self.data
+        self.data();
+        self.device = OnceLock::new();
+        self.host
+            .get_mut()
+            .expect("data() put the values on the host")
     }
 
-    pub fn into_data(self) -> Vec<f32> {
-        self.data
+    pub fn into_data(mut self) -> Vec<f32> {
+        self.data();
+        self.host.take().expect("data() put the values on the host")
     }
 
     /// The number of values.
     pub fn numel(&self) -> usize {
-        self.data.len()
+        self.shape.iter().product()
     }
 
     /// The row length: the last dimension (1 for a scalar).
@@ -81,28 +163,28 @@ impl Tensor {
 
     pub fn row(&self, i: usize) -> &[f32] {
         let c = self.cols();
-        &self.data[i * c..(i + 1) * c]
+        &self.data()[i * c..(i + 1) * c]
     }
 
     pub fn row_mut(&mut self, i: usize) -> &mut [f32] {
         let c = self.cols();
-        &mut self.data[i * c..(i + 1) * c]
+        &mut self.data_mut()[i * c..(i + 1) * c]
     }
 
     /// Rows `start..end` of a 2-D tensor, as a new `[end - start, cols]` tensor.
     pub fn slice_rows(&self, start: usize, end: usize) -> Tensor {
         assert_eq!(self.shape.len(), 2, "slice_rows needs a 2-D tensor");
         let c = self.cols();
-        Tensor {
-            shape: vec![end - start, c],
-            data: self.data[start * c..end * c].to_vec(),
-        }
+        Tensor::host(
+            vec![end - start, c],
+            self.data()[start * c..end * c].to_vec(),
+        )
     }
 
     /// `self += other`, elementwise; the shapes must be equal.
     pub fn add_assign(&mut self, other: &Tensor) {
         assert_eq!(self.shape, other.shape, "add_assign: shapes differ");
-        for (a, b) in self.data.iter_mut().zip(&other.data) {
+        for (a, b) in self.data_mut().iter_mut().zip(other.data()) {
             *a += *b;
         }
     }
@@ -122,19 +204,20 @@ impl Tensor {
         if let Some(b) = b {
             assert_eq!(b.numel(), m, "linear: bias length");
         }
-        let mut y = Tensor::zeros(&[n, m]);
+        let mut out = vec![0.0f32; n * m];
+        let bias = b.map(Tensor::data);
         for i in 0..n {
             let xi = x.row(i);
             for o in 0..m {
                 let wo = w.row(o);
-                let mut acc = b.map_or(0.0, |b| f64::from(b.data[o]));
+                let mut acc = bias.map_or(0.0, |b| f64::from(b[o]));
                 for (xv, wv) in xi.iter().zip(wo) {
                     acc += f64::from(*xv) * f64::from(*wv);
                 }
-                y.data[i * m + o] = acc as f32;
+                out[i * m + o] = acc as f32;
             }
         }
-        y
+        Tensor::host(vec![n, m], out)
     }
 
     /// The backward of [`Tensor::linear`] given its input `x`, weight `w` and the gradient `dy`
@@ -145,34 +228,39 @@ impl Tensor {
         let m = w.rows();
         assert_eq!(dy.rows(), n, "linear_backward: dy rows");
         assert_eq!(dy.cols(), m, "linear_backward: dy columns");
-        let mut dx = Tensor::zeros(&[n, k]);
+        let (wd, dyd, xd) = (w.data(), dy.data(), x.data());
+        let mut dx = vec![0.0f32; n * k];
         for i in 0..n {
-            let dyi = dy.row(i);
+            let dyi = &dyd[i * m..(i + 1) * m];
             for c in 0..k {
                 let mut acc = 0.0f64;
                 for (o, g) in dyi.iter().enumerate() {
-                    acc += f64::from(*g) * f64::from(w.data[o * k + c]);
+                    acc += f64::from(*g) * f64::from(wd[o * k + c]);
                 }
-                dx.data[i * k + c] = acc as f32;
+                dx[i * k + c] = acc as f32;
             }
         }
-        let mut dw = Tensor::zeros(&[m, k]);
-        let mut db = Tensor::zeros(&[m]);
+        let mut dw = vec![0.0f32; m * k];
+        let mut db = vec![0.0f32; m];
         for o in 0..m {
             let mut bacc = 0.0f64;
             for i in 0..n {
-                bacc += f64::from(dy.data[i * m + o]);
+                bacc += f64::from(dyd[i * m + o]);
             }
-            db.data[o] = bacc as f32;
+            db[o] = bacc as f32;
             for c in 0..k {
                 let mut acc = 0.0f64;
                 for i in 0..n {
-                    acc += f64::from(dy.data[i * m + o]) * f64::from(x.data[i * k + c]);
+                    acc += f64::from(dyd[i * m + o]) * f64::from(xd[i * k + c]);
                 }
-                dw.data[o * k + c] = acc as f32;
+                dw[o * k + c] = acc as f32;
             }
         }
-        (dx, dw, db)
+        (
+            Tensor::host(vec![n, k], dx),
+            Tensor::host(vec![m, k], dw),
+            Tensor::host(vec![m], db),
+        )
     }
 }
 
@@ -192,6 +280,57 @@ mod tests {
         assert_eq!(dx.data(), &[1., 0., -1., 0.5, 0.5, 0.5]);
         assert_eq!(dw.data(), &[1., 2., 3., 4., 5., 6.]);
         assert_eq!(db.data(), &[1., 1.]);
+    }
+
+    /// A stand-in device: its values, and how often they were copied to the host.
+    #[derive(Debug)]
+    struct Fake(Vec<f32>, std::sync::atomic::AtomicUsize);
+
+    impl DeviceBuffer for Fake {
+        fn to_host(&self) -> Vec<f32> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            self.0.clone()
+        }
+        fn as_any(&self) -> &dyn std::any::Any {
+            self
+        }
+    }
+
+    fn downloads(t: &Tensor) -> usize {
+        let f = t.device().unwrap().as_any().downcast_ref::<Fake>().unwrap();
+        f.1.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    #[test]
+    fn device_values_reach_the_host_once_and_a_change_drops_them() {
+        let dev = Arc::new(Fake(vec![1.0, 2.0, 3.0, 4.0], Default::default()));
+        let mut t = Tensor::from_device(&[2, 2], dev);
+        assert_eq!(downloads(&t), 0, "nothing is copied before it is read");
+        let copy = t.clone();
+        assert_eq!(t.row(1), &[3.0, 4.0]);
+        assert_eq!(t.data(), &[1.0, 2.0, 3.0, 4.0]);
+        assert_eq!(downloads(&t), 1, "read twice, copied once");
+        assert!(copy.device().is_some(), "a clone shares the device values");
+        t.row_mut(0)[0] = 9.0;
+        assert!(t.device().is_none(), "a change drops the stale device copy");
+        assert_eq!(
+            copy.data(),
+            &[1.0, 2.0, 3.0, 4.0],
+            "the clone keeps its values"
+        );
+        assert_eq!(t.into_data(), vec![9.0, 2.0, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn a_kept_upload_is_the_first_one_until_the_tensor_changes() {
+        let mut t = Tensor::from_vec(&[2], vec![1.0, 2.0]).unwrap();
+        t.keep_device_copy(Arc::new(Fake(vec![1.0, 2.0], Default::default())));
+        t.keep_device_copy(Arc::new(Fake(vec![7.0, 7.0], Default::default())));
+        let kept = t.device().unwrap().as_any().downcast_ref::<Fake>().unwrap();
+        assert_eq!(kept.0, vec![1.0, 2.0]);
+        t.data_mut()[1] = 5.0;
+        assert!(t.device().is_none());
+        assert_eq!(t, Tensor::from_vec(&[2], vec![1.0, 5.0]).unwrap());
     }
 
     #[test]

@@ -228,7 +228,8 @@ fn norms(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> 
     let (y, cache) = gpu.layer_norm(&c.up(&x)?, &c.up(&w)?, &c.up(&b)?)?;
     let (wy, wcache) = layer_norm(&x, &w, &b);
     c.cmp("layer norm", &y, &wy, tol)?;
-    let (gx, gw, gb) = gpu.layer_norm_backward(&cache, &c.up(&w)?, &c.up(&dy)?)?;
+    let (gx, gw, gb) =
+        gpu.layer_norm_backward(&cache.xhat, &cache.rstd, &c.up(&w)?, &c.up(&dy)?)?;
     let (wx, ww, wb) = layer_norm_backward(&wcache, &w, &dy);
     c.cmp("layer norm backward: input", &gx, &wx, tol)?;
     c.cmp("layer norm backward: weight", &gw, &ww, tol)?;

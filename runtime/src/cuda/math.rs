@@ -1,14 +1,62 @@
-//! [`Math`] on a GPU: each operation copies its inputs to the rank's device memory, runs there
-//! (cuBLAS and the kernels of `kernels.cu`) and copies its results back. This is the first
-//! step of the CUDA backend: the interpreter, its sharding, row stores and transfers are the
-//! CPU backend's, so every plan runs on the GPU's arithmetic and its numerics can be checked
-//! against the CPU plan by plan. Keeping tensors resident and moving them by NCCL is next.
+//! [`Math`] on a GPU, the interpreter's tensors kept on the device where they can be.
+//!
+//! A result is a tensor whose values are on the rank's GPU only ([`GpuBuf`]); the next
+//! operation reads it there, and the interpreter's host code (row stores, transfers, sums of
+//! gradients) copies it to the host the first time it reads it. A host tensor an operation
+//! reads is uploaded once and keeps its upload until it changes, so weights cross to the
+//! device once per optimizer step, not once per use. The interpreter, its sharding and its
+//! transfers are the CPU backend's, so every plan runs on the GPU's arithmetic and its
+//! numbers can be compared with the CPU's plan by plan; moving the transfers themselves to the
+//! device (NCCL, device copies) is next.
 
-use super::device::Gpu;
+use std::sync::Arc;
+
+use super::device::{Device, Gpu};
+use super::ops::DTensor;
 use crate::exec::math::Math;
 use crate::reference::layers::LayerNormCache;
-use crate::tensor::Tensor;
+use crate::tensor::{DeviceBuffer, Tensor};
 use crate::RuntimeError;
+
+/// A tensor's values on one GPU.
+#[derive(Debug)]
+pub struct GpuBuf {
+    dev: Arc<Device>,
+    t: DTensor,
+}
+
+impl DeviceBuffer for GpuBuf {
+    fn to_host(&self) -> Vec<f32> {
+        let n = self.t.numel();
+        if n == 0 {
+            return Vec::new();
+        }
+        let buf = self.t.slice();
+        buf.stream()
+            .clone_dtoh(&buf.slice(0..n))
+            .unwrap_or_else(|e| panic!("CUDA backend: copying a result to the host failed: {e}"))
+    }
+
+    fn as_any(&self) -> &dyn std::any::Any {
+        self
+    }
+}
+
+/// An operand on the device: the tensor's own device values, or a copy made for this call.
+enum Operand<'t> {
+    Kept(&'t DTensor),
+    Copied(DTensor),
+}
+
+impl std::ops::Deref for Operand<'_> {
+    type Target = DTensor;
+    fn deref(&self) -> &DTensor {
+        match self {
+            Operand::Kept(t) => t,
+            Operand::Copied(t) => t,
+        }
+    }
+}
 
 /// A rank's GPU arithmetic.
 pub struct GpuMath {
@@ -19,14 +67,53 @@ impl GpuMath {
     pub fn new(gpu: Gpu) -> GpuMath {
         GpuMath { gpu }
     }
+
+    fn mine<'t>(&self, t: &'t Tensor) -> Option<&'t DTensor> {
+        let b = t.device()?.as_any().downcast_ref::<GpuBuf>()?;
+        Arc::ptr_eq(&b.dev, self.gpu.device()).then_some(&b.t)
+    }
+
+    /// `t` on this rank's GPU: its device values, or an upload it then keeps.
+    fn on_device<'t>(&self, t: &'t Tensor) -> Result<Operand<'t>, RuntimeError> {
+        if let Some(d) = self.mine(t) {
+            return Ok(Operand::Kept(d));
+        }
+        let up = self.gpu.upload(t)?;
+        if t.device().is_some() {
+            // Values on another device stay there; this call uses a copy.
+            return Ok(Operand::Copied(up));
+        }
+        t.keep_device_copy(Arc::new(GpuBuf {
+            dev: self.gpu.device().clone(),
+            t: up,
+        }));
+        Ok(Operand::Kept(self.mine(t).expect("just kept")))
+    }
+
+    /// A result left on the device.
+    fn result(&self, d: DTensor) -> Tensor {
+        let shape = d.shape().to_vec();
+        Tensor::from_device(
+            &shape,
+            Arc::new(GpuBuf {
+                dev: self.gpu.device().clone(),
+                t: d,
+            }),
+        )
+    }
+
+    fn results3(&self, (a, b, c): (DTensor, DTensor, DTensor)) -> (Tensor, Tensor, Tensor) {
+        (self.result(a), self.result(b), self.result(c))
+    }
 }
 
 impl Math for GpuMath {
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, RuntimeError> {
-        let g = &self.gpu;
-        let b = b.map(|b| g.upload(b)).transpose()?;
-        let y = g.linear(&g.upload(x)?, &g.upload(w)?, b.as_ref())?;
-        g.download(&y)
+        let b = b.map(|b| self.on_device(b)).transpose()?;
+        let y = self
+            .gpu
+            .linear(&*self.on_device(x)?, &*self.on_device(w)?, b.as_deref())?;
+        Ok(self.result(y))
     }
 
     fn linear_backward(
@@ -35,9 +122,12 @@ impl Math for GpuMath {
         w: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
-        let g = &self.gpu;
-        let (dx, dw, db) = g.linear_backward(&g.upload(x)?, &g.upload(w)?, &g.upload(dy)?)?;
-        Ok((g.download(&dx)?, g.download(&dw)?, g.download(&db)?))
+        let r = self.gpu.linear_backward(
+            &*self.on_device(x)?,
+            &*self.on_device(w)?,
+            &*self.on_device(dy)?,
+        )?;
+        Ok(self.results3(r))
     }
 
     fn layer_norm(
@@ -46,13 +136,16 @@ impl Math for GpuMath {
         w: &Tensor,
         b: &Tensor,
     ) -> Result<(Tensor, LayerNormCache), RuntimeError> {
-        let g = &self.gpu;
-        let (y, c) = g.layer_norm(&g.upload(x)?, &g.upload(w)?, &g.upload(b)?)?;
-        let rstd = g.download_f64(&c.rstd, x.rows())?;
+        let (y, c) = self.gpu.layer_norm(
+            &*self.on_device(x)?,
+            &*self.on_device(w)?,
+            &*self.on_device(b)?,
+        )?;
+        let rstd = self.gpu.download_f64(&c.rstd, x.rows())?;
         Ok((
-            g.download(&y)?,
+            self.result(y),
             LayerNormCache {
-                xhat: g.download(&c.xhat)?,
+                xhat: self.result(c.xhat),
                 rstd,
             },
         ))
@@ -65,22 +158,25 @@ impl Math for GpuMath {
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
         let g = &self.gpu;
-        let c = super::ops::DLayerNormCache {
-            xhat: g.upload(&cache.xhat)?,
-            rstd: g.upload_f64(&cache.rstd)?,
-        };
-        let (dx, dw, db) = g.layer_norm_backward(&c, &g.upload(w)?, &g.upload(dy)?)?;
-        Ok((g.download(&dx)?, g.download(&dw)?, g.download(&db)?))
+        let rstd = g.upload_f64(&cache.rstd)?;
+        let r = g.layer_norm_backward(
+            &*self.on_device(&cache.xhat)?,
+            &rstd,
+            &*self.on_device(w)?,
+            &*self.on_device(dy)?,
+        )?;
+        Ok(self.results3(r))
     }
 
     fn gelu(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
-        let g = &self.gpu;
-        g.download(&g.gelu(&g.upload(x)?)?)
+        Ok(self.result(self.gpu.gelu(&*self.on_device(x)?)?))
     }
 
     fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor, RuntimeError> {
-        let g = &self.gpu;
-        g.download(&g.gelu_backward(&g.upload(x)?, &g.upload(dy)?)?)
+        let dx = self
+            .gpu
+            .gelu_backward(&*self.on_device(x)?, &*self.on_device(dy)?)?;
+        Ok(self.result(dx))
     }
 
     fn attention_core(
@@ -91,25 +187,16 @@ impl Math for GpuMath {
         heads: usize,
         causal: bool,
         positions: &[usize],
-    ) -> Result<(Tensor, Vec<Tensor>), RuntimeError> {
-        let g = &self.gpu;
-        let (ctx, probs) = g.attention_core(
-            &g.upload(q)?,
-            &g.upload(k)?,
-            &g.upload(v)?,
+    ) -> Result<(Tensor, Tensor), RuntimeError> {
+        let (ctx, probs) = self.gpu.attention_core(
+            &*self.on_device(q)?,
+            &*self.on_device(k)?,
+            &*self.on_device(v)?,
             heads,
             causal,
             positions,
         )?;
-        let probs = g.download(&probs)?;
-        let (nq, nk) = (q.rows(), k.rows());
-        let per_head = (0..heads)
-            .map(|h| {
-                let part = probs.data()[h * nq * nk..(h + 1) * nq * nk].to_vec();
-                Tensor::from_vec(&[nq, nk], part)
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok((g.download(&ctx)?, per_head))
+        Ok((self.result(ctx), self.result(probs)))
     }
 
     fn attention_core_backward(
@@ -117,24 +204,17 @@ impl Math for GpuMath {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        probs: &[Tensor],
+        probs: &Tensor,
         dctx: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
-        let g = &self.gpu;
-        let (nq, nk) = (q.rows(), k.rows());
-        let mut all = Vec::with_capacity(probs.len() * nq * nk);
-        for p in probs {
-            all.extend_from_slice(p.data());
-        }
-        let p = Tensor::from_vec(&[probs.len(), nq, nk], all)?;
-        let (dq, dk, dv) = g.attention_core_backward(
-            &g.upload(q)?,
-            &g.upload(k)?,
-            &g.upload(v)?,
-            &g.upload(&p)?,
-            &g.upload(dctx)?,
+        let r = self.gpu.attention_core_backward(
+            &*self.on_device(q)?,
+            &*self.on_device(k)?,
+            &*self.on_device(v)?,
+            &*self.on_device(probs)?,
+            &*self.on_device(dctx)?,
         )?;
-        Ok((g.download(&dq)?, g.download(&dk)?, g.download(&dv)?))
+        Ok(self.results3(r))
     }
 
     fn cross_entropy(
@@ -143,8 +223,9 @@ impl Math for GpuMath {
         targets: &[i64],
         global_targets: usize,
     ) -> Result<(f64, Tensor), RuntimeError> {
-        let g = &self.gpu;
-        let (loss, d) = g.cross_entropy(&g.upload(logits)?, targets, global_targets)?;
-        Ok((loss, g.download(&d)?))
+        let (loss, d) =
+            self.gpu
+                .cross_entropy(&*self.on_device(logits)?, targets, global_targets)?;
+        Ok((loss, self.result(d)))
     }
 }

@@ -19,6 +19,12 @@ pub struct DTensor {
     pub(crate) buf: CudaSlice<f32>,
 }
 
+impl std::fmt::Debug for DTensor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DTensor{:?}", self.shape)
+    }
+}
+
 impl DTensor {
     pub fn shape(&self) -> &[usize] {
         &self.shape
@@ -457,10 +463,11 @@ impl Gpu {
         Ok((y, DLayerNormCache { xhat, rstd }))
     }
 
-    /// LayerNorm's backward: `(dx, dw, db)`.
+    /// LayerNorm's backward from its cache (`x̂`, each row's `1/σ`): `(dx, dw, db)`.
     pub fn layer_norm_backward(
         &self,
-        cache: &DLayerNormCache,
+        xhat: &DTensor,
+        rstd: &CudaSlice<f64>,
         w: &DTensor,
         dy: &DTensor,
     ) -> Result<(DTensor, DTensor, DTensor), RuntimeError> {
@@ -470,15 +477,15 @@ impl Gpu {
         let f = self.kernel("layer_norm_bwd");
         let mut l = self.stream.launch_builder(f);
         l.arg(&dy.buf)
-            .arg(&cache.xhat.buf)
-            .arg(&cache.rstd)
+            .arg(&xhat.buf)
+            .arg(rstd)
             .arg(&w.buf)
             .arg(&mut dx.buf)
             .arg(&r)
             .arg(&c);
         // SAFETY: one block per row.
         unsafe { l.launch(per_row(rows, 1)) }.map_err(launch_err("layer_norm_bwd"))?;
-        let dw = self.col_sum(dy, Some(&cache.xhat))?;
+        let dw = self.col_sum(dy, Some(xhat))?;
         let db = self.col_sum(dy, None)?;
         Ok((dx, dw, db))
     }

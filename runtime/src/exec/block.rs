@@ -72,7 +72,8 @@ pub struct BlockCache {
     q: Vec<Tensor>,
     k: Vec<Tensor>,
     v: Vec<Tensor>,
-    probs: Vec<Vec<Tensor>>,
+    /// Per sequence, its heads' probabilities `[heads, queries, keys]`.
+    probs: Vec<Tensor>,
     ctx: Tensor,
     ln2: LayerNormCache,
     h2: Tensor,
@@ -97,7 +98,7 @@ impl BlockCache {
             + norm_bytes(&self.ln2)
             + tensor_bytes([&self.h1, &self.ctx, &self.h2, &self.a, &self.g])
             + tensor_bytes(self.q.iter().chain(&self.k).chain(&self.v))
-            + tensor_bytes(self.probs.iter().flatten())
+            + tensor_bytes(&self.probs)
     }
 }
 

@@ -35,7 +35,7 @@ pub trait Math: Send {
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError>;
     fn gelu(&self, x: &Tensor) -> Result<Tensor, RuntimeError>;
     fn gelu_backward(&self, x: &Tensor, dy: &Tensor) -> Result<Tensor, RuntimeError>;
-    /// [`attention_core_at`]: the heads' outputs and each head's probabilities.
+    /// [`attention_core_at`]: the heads' outputs and their probabilities `[heads, nq, nk]`.
     fn attention_core(
         &self,
         q: &Tensor,
@@ -44,13 +44,14 @@ pub trait Math: Send {
         heads: usize,
         causal: bool,
         positions: &[usize],
-    ) -> Result<(Tensor, Vec<Tensor>), RuntimeError>;
+    ) -> Result<(Tensor, Tensor), RuntimeError>;
+    /// [`attention_core_backward`], the probabilities as `attention_core` gave them.
     fn attention_core_backward(
         &self,
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        probs: &[Tensor],
+        probs: &Tensor,
         dctx: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError>;
     /// [`llm::cross_entropy`].
@@ -114,8 +115,14 @@ impl Math for CpuMath {
         heads: usize,
         causal: bool,
         positions: &[usize],
-    ) -> Result<(Tensor, Vec<Tensor>), RuntimeError> {
-        Ok(attention_core_at(q, k, v, heads, causal, positions))
+    ) -> Result<(Tensor, Tensor), RuntimeError> {
+        let (ctx, probs) = attention_core_at(q, k, v, heads, causal, positions);
+        let (nq, nk) = (q.rows(), k.rows());
+        let mut all = Vec::with_capacity(heads * nq * nk);
+        for p in &probs {
+            all.extend_from_slice(p.data());
+        }
+        Ok((ctx, Tensor::from_vec(&[heads, nq, nk], all)?))
     }
 
     fn attention_core_backward(
@@ -123,10 +130,19 @@ impl Math for CpuMath {
         q: &Tensor,
         k: &Tensor,
         v: &Tensor,
-        probs: &[Tensor],
+        probs: &Tensor,
         dctx: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
-        Ok(attention_core_backward(q, k, v, probs, dctx))
+        let (heads, nq, nk) = (probs.shape()[0], q.rows(), k.rows());
+        let per_head = (0..heads)
+            .map(|h| {
+                Tensor::from_vec(
+                    &[nq, nk],
+                    probs.data()[h * nq * nk..(h + 1) * nq * nk].to_vec(),
+                )
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(attention_core_backward(q, k, v, &per_head, dctx))
     }
 
     fn cross_entropy(

@@ -282,6 +282,11 @@ impl<'a> RankState<'a> {
         self
     }
 
+    /// Computes with `math` from now on.
+    pub fn set_math(&mut self, math: Box<dyn Math + 'a>) {
+        self.math = math;
+    }
+
     /// Starts a step on `batch`: gradients and the loss at zero.
     pub fn begin_step(&mut self, batch: &'a Batch, layout: Layout) {
         self.placeholders = placeholder_index(batch);
