@@ -401,6 +401,9 @@ mod resident {
         fn to_host(&self) -> Vec<f32> {
             self.0.clone()
         }
+        fn duplicate(&self) -> Result<Arc<dyn DeviceBuffer>, RuntimeError> {
+            Ok(Arc::new(Stored(self.0.clone())))
+        }
         fn as_any(&self) -> &dyn std::any::Any {
             self
         }
@@ -428,6 +431,22 @@ mod resident {
     type R3 = Result<(Tensor, Tensor, Tensor), RuntimeError>;
 
     impl Math for Resident {
+        fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError> {
+            CpuMath.gather_rows(&read(x), index).map(out)
+        }
+        fn scatter_rows(
+            &self,
+            parts: &[Tensor],
+            rows: &[Vec<usize>],
+            n: usize,
+            cols: usize,
+        ) -> Result<Tensor, RuntimeError> {
+            let parts: Vec<Tensor> = parts.iter().map(read).collect();
+            CpuMath.scatter_rows(&parts, rows, n, cols).map(out)
+        }
+        fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError> {
+            CpuMath.add(&read(a), &read(b)).map(out)
+        }
         fn linear(
             &self,
             x: &Tensor,

@@ -14,7 +14,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::mpsc::{channel, Sender};
 use std::time::{Duration, Instant};
 
-use crate::transport::{Endpoint, Message, Sink};
+use crate::transport::{Endpoint, Message, Payload, Sink};
 use crate::RuntimeError;
 
 fn fail(rank: u32, what: String) -> RuntimeError {
@@ -102,7 +102,13 @@ fn reader(s: TcpStream, tx: Sender<Message>) {
             .chunks_exact(4)
             .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
             .collect();
-        if tx.send(Message { tag, payload }).is_err() {
+        if tx
+            .send(Message {
+                tag,
+                payload: Payload::Values(payload),
+            })
+            .is_err()
+        {
             return;
         }
     }

@@ -16,6 +16,8 @@ pub trait DeviceBuffer: Send + Sync + std::fmt::Debug {
     /// The values, copied to the host. A device that fails here has failed mid-run, past
     /// anything a caller could recover from: implementations panic, naming the device error.
     fn to_host(&self) -> Vec<f32>;
+    /// A copy on the same device (what a transfer between ranks sharing it carries).
+    fn duplicate(&self) -> Result<Arc<dyn DeviceBuffer>, RuntimeError>;
     /// For the backend to recognise its own buffers.
     fn as_any(&self) -> &dyn std::any::Any;
 }
@@ -107,6 +109,14 @@ impl Tensor {
     /// The device copy of the values, if there is one.
     pub fn device(&self) -> Option<&Arc<dyn DeviceBuffer>> {
         self.device.get()
+    }
+
+    /// A tensor of the same values in new device memory, if its values are on a device.
+    pub fn device_copy(&self) -> Result<Option<Tensor>, RuntimeError> {
+        match self.device.get() {
+            Some(d) => Ok(Some(Tensor::from_device(&self.shape, d.duplicate()?))),
+            None => Ok(None),
+        }
     }
 
     /// Keeps `values` as this tensor's device copy (a backend's upload of it), unless it has
@@ -290,6 +300,9 @@ mod tests {
         fn to_host(&self) -> Vec<f32> {
             self.1.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             self.0.clone()
+        }
+        fn duplicate(&self) -> Result<Arc<dyn DeviceBuffer>, RuntimeError> {
+            Ok(Arc::new(Fake(self.0.clone(), Default::default())))
         }
         fn as_any(&self) -> &dyn std::any::Any {
             self

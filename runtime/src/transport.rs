@@ -18,7 +18,24 @@ pub type Tag = u64;
 
 pub(crate) struct Message {
     pub(crate) tag: Tag,
-    pub(crate) payload: Vec<f32>,
+    pub(crate) payload: Payload,
+}
+
+/// What a message carries: values (always, over TCP), or between threads a tensor whose
+/// values are a device copy made for the message, so they never pass through the host.
+pub enum Payload {
+    Values(Vec<f32>),
+    Tensor(crate::tensor::Tensor),
+}
+
+impl Payload {
+    /// The values, on the host.
+    pub fn into_values(self) -> Vec<f32> {
+        match self {
+            Payload::Values(v) => v,
+            Payload::Tensor(t) => t.into_data(),
+        }
+    }
 }
 
 /// Where a rank's messages to one peer go: a channel (ranks as threads of one process) or a
@@ -34,7 +51,7 @@ pub struct Endpoint {
     senders: Vec<Sink>,
     receivers: Vec<Receiver<Message>>,
     /// Messages that arrived before they were asked for, per peer and tag.
-    pending: Vec<BTreeMap<Tag, VecDeque<Vec<f32>>>>,
+    pending: Vec<BTreeMap<Tag, VecDeque<Payload>>>,
     timeout: Duration,
 }
 
@@ -110,7 +127,7 @@ impl Endpoint {
             Sink::Channel(tx) => tx
                 .send(Message {
                     tag,
-                    payload: data.to_vec(),
+                    payload: Payload::Values(data.to_vec()),
                 })
                 .map_err(|_| gone),
             Sink::Tcp(stream) => {
@@ -129,6 +146,35 @@ impl Endpoint {
 
     /// Receives the message tagged `tag` from `from`, waiting at most the timeout.
     pub fn recv(&mut self, from: u32, tag: Tag) -> Result<Vec<f32>, RuntimeError> {
+        Ok(self.recv_payload(from, tag)?.into_values())
+    }
+
+    /// Sends `t` to `to`. Between threads, values on a device travel as a device copy made
+    /// here (the receiver owns it, as it would own received bytes); otherwise as values.
+    pub fn send_tensor(
+        &self,
+        to: u32,
+        tag: Tag,
+        t: &crate::tensor::Tensor,
+    ) -> Result<(), RuntimeError> {
+        if let (Some(Sink::Channel(tx)), Some(copy)) =
+            (self.senders.get(to as usize), t.device_copy()?)
+        {
+            return tx
+                .send(Message {
+                    tag,
+                    payload: Payload::Tensor(copy),
+                })
+                .map_err(|_| RuntimeError::PeerGone {
+                    rank: self.rank,
+                    peer: to,
+                });
+        }
+        self.send(to, tag, t.data())
+    }
+
+    /// Receives the message tagged `tag` from `from` as it came: values or a tensor.
+    pub fn recv_payload(&mut self, from: u32, tag: Tag) -> Result<Payload, RuntimeError> {
         let f = from as usize;
         let gone = RuntimeError::PeerGone {
             rank: self.rank,

@@ -322,6 +322,16 @@ fn rows(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
         }
     }
     c.cmp("scatter-add rows", &gt, &want, 0.0)?;
+    let mut dst = gpu.zeros(&[10, 24])?;
+    gpu.scatter_rows(&mut dst, &c.up(&src)?, &[7, 1, 4, 0, 9])?;
+    let mut want = Tensor::zeros(&[10, 24]);
+    for (k, &i) in [7usize, 1, 4, 0, 9].iter().enumerate() {
+        want.row_mut(i).copy_from_slice(src.row(k));
+    }
+    c.cmp("scatter rows", &dst, &want, 0.0)?;
+    let mut sum = c.up(&table)?;
+    gpu.add_into(&mut sum, &c.up(&want)?)?;
+    c.cmp("add", &sum, &table.add(&want), 0.0)?;
     Ok(())
 }
 
@@ -376,7 +386,40 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
     for (name, f) in parts {
         part(&mut ops, &gpu32, name, F32_TOLERANCE, &f);
     }
+    part(&mut ops, &gpu32, "nccl", 0.0, &nccl);
     Ok(ops)
+}
+
+/// NCCL on this one GPU: a communicator of one rank (the library loads, the id is made, the
+/// communicator joins) and each call the backend makes, whose results must be exactly their
+/// input. Several ranks need several GPUs (NCCL refuses two ranks on one device).
+fn nccl(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    use super::nccl::Communicator;
+    let gpu = c.gpu;
+    let mut ep = crate::transport::fabric(1, std::time::Duration::from_secs(10))
+        .pop()
+        .expect("one endpoint");
+    let comm = Communicator::new(gpu, &mut ep, &[0], 1)?;
+    let x = random(rng, &[64, 32], 1.0);
+    let mut d = c.up(&x)?;
+    comm.all_reduce_sum(&mut d)?;
+    c.cmp("nccl all-reduce, one rank", &d, &x, 0.0)?;
+    c.cmp(
+        "nccl all-gather, one rank",
+        &comm.all_gather(gpu, &d)?,
+        &x,
+        0.0,
+    )?;
+    c.cmp(
+        "nccl reduce-scatter, one rank",
+        &comm.reduce_scatter(gpu, &d)?,
+        &x,
+        0.0,
+    )?;
+    let mut back = gpu.zeros(&[64, 32])?;
+    comm.exchange(&[(0, &d)], &mut [(0, &mut back)])?;
+    c.cmp("nccl grouped send/receive to itself", &back, &x, 0.0)?;
+    Ok(())
 }
 
 /// Milliseconds of `reps` runs of `f` on the rank's stream, after one warm-up run.

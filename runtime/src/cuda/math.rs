@@ -37,6 +37,18 @@ impl DeviceBuffer for GpuBuf {
             .unwrap_or_else(|e| panic!("CUDA backend: copying a result to the host failed: {e}"))
     }
 
+    fn duplicate(&self) -> Result<Arc<dyn DeviceBuffer>, RuntimeError> {
+        let buf = self.t.slice();
+        let copy = buf
+            .stream()
+            .clone_dtod(buf)
+            .map_err(|e| super::device::device_err("device to device copy", e))?;
+        Ok(Arc::new(GpuBuf {
+            dev: self.dev.clone(),
+            t: DTensor::from_parts(self.t.shape().to_vec(), copy),
+        }))
+    }
+
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
@@ -108,6 +120,31 @@ impl GpuMath {
 }
 
 impl Math for GpuMath {
+    fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError> {
+        let r = self.gpu.gather_rows(&*self.on_device(x)?, index)?;
+        Ok(self.result(r))
+    }
+
+    fn scatter_rows(
+        &self,
+        parts: &[Tensor],
+        rows: &[Vec<usize>],
+        n: usize,
+        cols: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let mut out = self.gpu.zeros(&[n, cols])?;
+        for (t, idx) in parts.iter().zip(rows) {
+            self.gpu.scatter_rows(&mut out, &*self.on_device(t)?, idx)?;
+        }
+        Ok(self.result(out))
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError> {
+        let mut y = self.gpu.copy(&*self.on_device(a)?)?;
+        self.gpu.add_into(&mut y, &*self.on_device(b)?)?;
+        Ok(self.result(y))
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, RuntimeError> {
         let b = b.map(|b| self.on_device(b)).transpose()?;
         let y = self

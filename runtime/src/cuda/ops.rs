@@ -26,6 +26,10 @@ impl std::fmt::Debug for DTensor {
 }
 
 impl DTensor {
+    pub(crate) fn from_parts(shape: Vec<usize>, buf: CudaSlice<f32>) -> DTensor {
+        DTensor { shape, buf }
+    }
+
     pub fn shape(&self) -> &[usize] {
         &self.shape
     }
@@ -631,6 +635,29 @@ impl Gpu {
         // SAFETY: one thread per value of out; indices checked by the caller's row counts.
         unsafe { l.launch(elems(index.len() * cols)) }.map_err(launch_err("gather_rows"))?;
         Ok(out)
+    }
+
+    /// `dst[index[k]] = src[k]` for every row k of `src`.
+    pub fn scatter_rows(
+        &self,
+        dst: &mut DTensor,
+        src: &DTensor,
+        index: &[usize],
+    ) -> Result<(), RuntimeError> {
+        let cols = dst.cols();
+        assert_eq!(src.cols(), cols, "scatter_rows: widths");
+        assert_eq!(src.rows(), index.len(), "scatter_rows: a row index per row");
+        if index.is_empty() {
+            return Ok(());
+        }
+        let idx = self.ints(index)?;
+        let (n, c) = (i32_of(index.len(), "rows")?, i32_of(cols, "columns")?);
+        let f = self.kernel("scatter_rows");
+        let mut l = self.stream.launch_builder(f);
+        l.arg(&src.buf).arg(&idx).arg(&mut dst.buf).arg(&n).arg(&c);
+        // SAFETY: one thread per value of src; the indices are rows of dst.
+        unsafe { l.launch(elems(index.len() * cols)) }.map_err(launch_err("scatter_rows"))?;
+        Ok(())
     }
 
     /// `table[index[k]] += src[k]` in order of k; a negative index skips its row.

@@ -109,17 +109,6 @@ impl MlpCache {
     }
 }
 
-/// Scatters per-sequence rows back into local order.
-fn unsplit(parts: &[Tensor], rows: &[Vec<usize>], n: usize, c: usize) -> Tensor {
-    let mut out = Tensor::zeros(&[n, c]);
-    for (t, idx) in parts.iter().zip(rows) {
-        for (k, &i) in idx.iter().enumerate() {
-            out.row_mut(i).copy_from_slice(t.row(k));
-        }
-    }
-    out
-}
-
 /// The block `prefix` (block number `index`) over this rank's rows `x`.
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
@@ -139,30 +128,30 @@ pub fn block_forward(
     let q = linear_named(mx, p, &format!("{prefix}.attn.q"), &h1)?;
     let k = linear_named(mx, p, &format!("{prefix}.attn.k"), &h1)?;
     let v = linear_named(mx, p, &format!("{prefix}.attn.v"), &h1)?;
-    let ks = env.sequences(ep, index, 1, &k)?;
-    let vs = env.sequences(ep, index, 2, &v)?;
+    let ks = env.sequences(mx, ep, index, 1, &k)?;
+    let vs = env.sequences(mx, ep, index, 2, &v)?;
     let seq_rows = env.shard.seq_local_rows();
     let local = env.shard.local();
     let mut qs = Vec::with_capacity(seq_rows.len());
     let mut ctxs = Vec::with_capacity(seq_rows.len());
     let mut probs = Vec::with_capacity(seq_rows.len());
     for (s, idx) in seq_rows.iter().enumerate() {
-        let qi = super::comm::gather_rows(&q, idx);
+        let qi = mx.gather_rows(&q, idx)?;
         let pos: Vec<usize> = idx.iter().map(|&i| local[i].pos as usize).collect();
         let (c, pr) = mx.attention_core(&qi, &ks[s], &vs[s], heads, causal, &pos)?;
         qs.push(qi);
         ctxs.push(c);
         probs.push(pr);
     }
-    let ctx = unsplit(&ctxs, &seq_rows, q.rows(), q.cols());
+    let ctx = mx.scatter_rows(&ctxs, &seq_rows, q.rows(), q.cols())?;
     let o = row_partial(mx, p, &format!("{prefix}.attn.o"), &ctx, t)?;
-    let x1 = x.add(&env.reduce(ep, index, 3, o)?);
+    let x1 = mx.add(x, &env.reduce(ep, index, 3, o)?)?;
     let (h2m, ln2) = norm_named(mx, p, &format!("{prefix}.ln2"), &x1)?;
     let h2 = env.gather(ep, index, 4, &h2m)?;
     let a = linear_named(mx, p, &format!("{prefix}.mlp.fc1"), &h2)?;
     let g = mx.gelu(&a)?;
     let m = row_partial(mx, p, &format!("{prefix}.mlp.fc2"), &g, t)?;
-    let y = x1.add(&env.reduce(ep, index, 5, m)?);
+    let y = mx.add(&x1, &env.reduce(ep, index, 5, m)?)?;
     Ok((
         y,
         BlockCache {
@@ -208,15 +197,8 @@ pub fn block_backward(
     let da = mx.gelu_backward(&c.a, &dg)?;
     let dh2 = linear_named_backward(mx, p, &format!("{prefix}.mlp.fc1"), &c.h2, &da, grads)?;
     let dh2 = env.reduce(ep, index, 11, dh2)?;
-    let mut dx1 = dy.clone();
-    dx1.add_assign(&norm_named_backward(
-        mx,
-        p,
-        &format!("{prefix}.ln2"),
-        &c.ln2,
-        &dh2,
-        grads,
-    )?);
+    let dln2 = norm_named_backward(mx, p, &format!("{prefix}.ln2"), &c.ln2, &dh2, grads)?;
+    let dx1 = mx.add(dy, &dln2)?;
     let do_all = env.gather(ep, index, 12, &dx1)?;
     let dctx = row_backward(
         mx,
@@ -232,44 +214,24 @@ pub fn block_backward(
     let mut dks = Vec::with_capacity(c.seq_rows.len());
     let mut dvs = Vec::with_capacity(c.seq_rows.len());
     for (s, idx) in c.seq_rows.iter().enumerate() {
-        let dci = super::comm::gather_rows(&dctx, idx);
+        let dci = mx.gather_rows(&dctx, idx)?;
         let (dq, dk, dv) =
             mx.attention_core_backward(&c.q[s], &c.k[s], &c.v[s], &c.probs[s], &dci)?;
         dqs.push(dq);
         dks.push(dk);
         dvs.push(dv);
     }
-    let dq = unsplit(&dqs, &c.seq_rows, n, w);
-    let dk = env.unsequences(ep, index, 13, &dks, w)?;
-    let dv = env.unsequences(ep, index, 14, &dvs, w)?;
+    let dq = mx.scatter_rows(&dqs, &c.seq_rows, n, w)?;
+    let dk = env.unsequences(mx, ep, index, 13, &dks, w)?;
+    let dv = env.unsequences(mx, ep, index, 14, &dvs, w)?;
     let mut dh1 = linear_named_backward(mx, p, &format!("{prefix}.attn.q"), &c.h1, &dq, grads)?;
-    dh1.add_assign(&linear_named_backward(
-        mx,
-        p,
-        &format!("{prefix}.attn.k"),
-        &c.h1,
-        &dk,
-        grads,
-    )?);
-    dh1.add_assign(&linear_named_backward(
-        mx,
-        p,
-        &format!("{prefix}.attn.v"),
-        &c.h1,
-        &dv,
-        grads,
-    )?);
+    for (name, d) in [("k", &dk), ("v", &dv)] {
+        let part = linear_named_backward(mx, p, &format!("{prefix}.attn.{name}"), &c.h1, d, grads)?;
+        dh1 = mx.add(&dh1, &part)?;
+    }
     let dh1 = env.reduce(ep, index, 15, dh1)?;
-    let mut dx = dx1;
-    dx.add_assign(&norm_named_backward(
-        mx,
-        p,
-        &format!("{prefix}.ln1"),
-        &c.ln1,
-        &dh1,
-        grads,
-    )?);
-    Ok(dx)
+    let dln1 = norm_named_backward(mx, p, &format!("{prefix}.ln1"), &c.ln1, &dh1, grads)?;
+    mx.add(&dx1, &dln1)
 }
 
 /// What the projector's backward needs.

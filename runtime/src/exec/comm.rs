@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use super::math::Math;
 use super::shard::Sharding;
 use crate::tensor::Tensor;
 use crate::transport::{Endpoint, Tag};
@@ -63,6 +64,15 @@ pub fn gather_rows(x: &Tensor, index: &[usize]) -> Tensor {
         data.extend_from_slice(x.row(i));
     }
     Tensor::from_vec(&[index.len(), c], data).expect("rows x cols values")
+}
+
+/// Per sequence, by position, the local row that holds it (context parallelism 1: all do).
+fn by_position(sh: &Sharding) -> Vec<Vec<usize>> {
+    let mut out: Vec<Vec<usize>> = sh.seq_len.iter().map(|&n| vec![0; n]).collect();
+    for (k, r) in sh.local().iter().enumerate() {
+        out[r.seq as usize][r.pos as usize] = k;
+    }
+    out
 }
 
 fn wrong(what: &str) -> RuntimeError {
@@ -135,6 +145,7 @@ impl Env<'_> {
     /// context-parallel group).
     pub fn sequences(
         &self,
+        mx: &dyn Math,
         ep: &mut Endpoint,
         index: usize,
         sub: u8,
@@ -142,6 +153,13 @@ impl Env<'_> {
     ) -> Result<Vec<Tensor>, RuntimeError> {
         let c = x.cols();
         let sh = self.shard;
+        if self.cp_group.len() <= 1 {
+            // Every sequence is here whole: its rows in position order, where they are.
+            return by_position(sh)
+                .iter()
+                .map(|idx| mx.gather_rows(x, idx))
+                .collect();
+        }
         let mut out: Vec<Tensor> = sh.seq_len.iter().map(|&n| Tensor::zeros(&[n, c])).collect();
         let parts = if self.cp_group.len() <= 1 {
             vec![x.data().to_vec()]
@@ -165,6 +183,7 @@ impl Env<'_> {
     /// summed onto the local rows of the rank that holds them (reduce-scatter).
     pub fn unsequences(
         &self,
+        mx: &dyn Math,
         ep: &mut Endpoint,
         index: usize,
         sub: u8,
@@ -172,6 +191,9 @@ impl Env<'_> {
         cols: usize,
     ) -> Result<Tensor, RuntimeError> {
         let sh = self.shard;
+        if self.cp_group.len() <= 1 {
+            return mx.scatter_rows(seqs, &by_position(sh), sh.local().len(), cols);
+        }
         let pieces: Vec<Vec<f32>> = sh
             .per_cp
             .iter()

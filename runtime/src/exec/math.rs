@@ -54,6 +54,19 @@ pub trait Math: Send {
         probs: &Tensor,
         dctx: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError>;
+    /// Rows `index` of `x`, in order.
+    fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError>;
+    /// A `[n, cols]` tensor whose row `rows[p][k]` is row `k` of `parts[p]`; rows no part
+    /// writes are zero.
+    fn scatter_rows(
+        &self,
+        parts: &[Tensor],
+        rows: &[Vec<usize>],
+        n: usize,
+        cols: usize,
+    ) -> Result<Tensor, RuntimeError>;
+    /// `a + b`, elementwise ([`Tensor::add`]).
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError>;
     /// [`llm::cross_entropy`].
     fn cross_entropy(
         &self,
@@ -68,6 +81,30 @@ pub trait Math: Send {
 pub struct CpuMath;
 
 impl Math for CpuMath {
+    fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError> {
+        Ok(super::comm::gather_rows(x, index))
+    }
+
+    fn scatter_rows(
+        &self,
+        parts: &[Tensor],
+        rows: &[Vec<usize>],
+        n: usize,
+        cols: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let mut out = Tensor::zeros(&[n, cols]);
+        for (t, idx) in parts.iter().zip(rows) {
+            for (k, &i) in idx.iter().enumerate() {
+                out.row_mut(i).copy_from_slice(t.row(k));
+            }
+        }
+        Ok(out)
+    }
+
+    fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError> {
+        Ok(a.add(b))
+    }
+
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, RuntimeError> {
         Ok(Tensor::linear(x, w, b))
     }

@@ -23,7 +23,7 @@ use crate::reference::layers::LayerNormCache;
 use crate::reference::params::Source;
 use crate::reference::{Adam, Batch, Config, Grads, Params};
 use crate::tensor::Tensor;
-use crate::transport::Endpoint;
+use crate::transport::{Endpoint, Payload};
 use crate::RuntimeError;
 
 /// A module as this rank sees it.
@@ -549,7 +549,7 @@ impl<'a> RankState<'a> {
             .remove(&key)
             .ok_or_else(|| self.missing(what, key))?;
         self.ep
-            .send(to, tag(kind, m, j, chunk as usize, 0), x.data())
+            .send_tensor(to, tag(kind, m, j, chunk as usize, 0), &x)
     }
 
     fn recv_pipe(
@@ -561,8 +561,21 @@ impl<'a> RankState<'a> {
         from: u32,
     ) -> Result<(), RuntimeError> {
         self.held(m)?;
-        let data = self.ep.recv(from, tag(kind, m, j, chunk as usize, 0))?;
-        let x = self.tensor(m, data)?;
+        let x = match self
+            .ep
+            .recv_payload(from, tag(kind, m, j, chunk as usize, 0))?
+        {
+            Payload::Values(data) => self.tensor(m, data)?,
+            Payload::Tensor(t) if t.cols() == self.ctx(m).width => t,
+            Payload::Tensor(t) => {
+                return Err(invalid(format!(
+                    "rank {}: a pipeline tensor of shape {:?} is not rows of {}",
+                    self.rank,
+                    t.shape(),
+                    self.ctx(m).width
+                )))
+            }
+        };
         self.pipe(kind).insert((m, chunk, j), x);
         self.note_memory();
         Ok(())
