@@ -431,6 +431,20 @@ mod resident {
     type R3 = Result<(Tensor, Tensor, Tensor), RuntimeError>;
 
     impl Math for Resident {
+        fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
+            CpuMath.col_sums(&read(x)).map(out)
+        }
+        fn on_device(&self) -> bool {
+            true
+        }
+        fn select_ranges(
+            &self,
+            parts: &[Tensor],
+            ranges: &[std::ops::Range<usize>],
+        ) -> Result<Tensor, RuntimeError> {
+            let parts: Vec<Tensor> = parts.iter().map(read).collect();
+            CpuMath.select_ranges(&parts, ranges).map(out)
+        }
         fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError> {
             CpuMath.gather_rows(&read(x), index).map(out)
         }

@@ -110,6 +110,13 @@ impl Endpoint {
         self.senders.len()
     }
 
+    /// Whether every rank of `group` is a thread of this process (an in-process channel).
+    pub fn all_local(&self, group: &[u32]) -> bool {
+        group
+            .iter()
+            .all(|&r| matches!(self.senders.get(r as usize), Some(Sink::Channel(_))))
+    }
+
     /// Sends a copy of `data` to `to`.
     pub fn send(&self, to: u32, tag: Tag, data: &[f32]) -> Result<(), RuntimeError> {
         let tx = self
@@ -337,6 +344,6 @@ impl Endpoint {
 }
 
 /// Sub-tags of one collective's steps.
-fn tag_of(tag: Tag, step: u64) -> Tag {
+pub(crate) fn tag_of(tag: Tag, step: u64) -> Tag {
     tag.wrapping_mul(1 << 16).wrapping_add(step)
 }

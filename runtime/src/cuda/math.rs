@@ -120,6 +120,28 @@ impl GpuMath {
 }
 
 impl Math for GpuMath {
+    fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
+        let r = self.gpu.col_sum(&*self.on_device(x)?, None)?;
+        Ok(self.result(r))
+    }
+
+    fn on_device(&self) -> bool {
+        true
+    }
+
+    fn select_ranges(
+        &self,
+        parts: &[Tensor],
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<Tensor, RuntimeError> {
+        let mut out = self.gpu.zeros(parts[0].shape())?;
+        for (p, r) in parts.iter().zip(ranges) {
+            self.gpu
+                .copy_range(&mut out, &*self.on_device(p)?, r.clone())?;
+        }
+        Ok(self.result(out))
+    }
+
     fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError> {
         let r = self.gpu.gather_rows(&*self.on_device(x)?, index)?;
         Ok(self.result(r))

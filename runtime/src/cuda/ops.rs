@@ -230,6 +230,27 @@ impl Gpu {
         })
     }
 
+    /// `dst[range] = src[range]` (flat values), on the device.
+    pub fn copy_range(
+        &self,
+        dst: &mut DTensor,
+        src: &DTensor,
+        range: std::ops::Range<usize>,
+    ) -> Result<(), RuntimeError> {
+        assert!(
+            range.end <= dst.numel() && range.end <= src.numel(),
+            "copy_range: {range:?} past the tensors"
+        );
+        if range.is_empty() {
+            return Ok(());
+        }
+        let from = src.buf.slice(range.clone());
+        let mut to = dst.buf.slice_mut(range);
+        self.stream
+            .memcpy_dtod(&from, &mut to)
+            .map_err(|e| device_err("device to device copy", e))
+    }
+
     fn ints(&self, v: &[usize]) -> Result<CudaSlice<i32>, RuntimeError> {
         let mut v: Vec<i32> = v
             .iter()

@@ -8,7 +8,9 @@
 //! The same mathematics as `reference::block`, with the same f64 accumulation per product.
 
 use super::comm::Env;
-use super::math::{linear_named, linear_named_backward, norm_named, norm_named_backward, Math};
+use super::math::{
+    accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, Math,
+};
 use crate::reference::layers::LayerNormCache;
 use crate::reference::params::{Grads, Params};
 use crate::tensor::Tensor;
@@ -56,8 +58,8 @@ fn row_backward(
 ) -> Result<Tensor, RuntimeError> {
     let w = format!("{name}.weight");
     let (dx, dw, _) = mx.linear_backward(x, p.t(&w), dy_all)?;
-    g.accumulate(&w, &dw);
-    g.accumulate(&format!("{name}.bias"), &col_sums(dy_mine));
+    accumulate(mx, g, &w, &dw)?;
+    accumulate(mx, g, &format!("{name}.bias"), &mx.col_sums(dy_mine)?)?;
     Ok(dx)
 }
 
@@ -124,7 +126,7 @@ pub fn block_forward(
 ) -> Result<(Tensor, BlockCache), RuntimeError> {
     let t = env.shard.t;
     let (h1m, ln1) = norm_named(mx, p, &format!("{prefix}.ln1"), x)?;
-    let h1 = env.gather(ep, index, 0, &h1m)?;
+    let h1 = env.gather(mx, ep, index, 0, &h1m)?;
     let q = linear_named(mx, p, &format!("{prefix}.attn.q"), &h1)?;
     let k = linear_named(mx, p, &format!("{prefix}.attn.k"), &h1)?;
     let v = linear_named(mx, p, &format!("{prefix}.attn.v"), &h1)?;
@@ -145,13 +147,13 @@ pub fn block_forward(
     }
     let ctx = mx.scatter_rows(&ctxs, &seq_rows, q.rows(), q.cols())?;
     let o = row_partial(mx, p, &format!("{prefix}.attn.o"), &ctx, t)?;
-    let x1 = mx.add(x, &env.reduce(ep, index, 3, o)?)?;
+    let x1 = mx.add(x, &env.reduce(mx, ep, index, 3, o)?)?;
     let (h2m, ln2) = norm_named(mx, p, &format!("{prefix}.ln2"), &x1)?;
-    let h2 = env.gather(ep, index, 4, &h2m)?;
+    let h2 = env.gather(mx, ep, index, 4, &h2m)?;
     let a = linear_named(mx, p, &format!("{prefix}.mlp.fc1"), &h2)?;
     let g = mx.gelu(&a)?;
     let m = row_partial(mx, p, &format!("{prefix}.mlp.fc2"), &g, t)?;
-    let y = mx.add(&x1, &env.reduce(ep, index, 5, m)?)?;
+    let y = mx.add(&x1, &env.reduce(mx, ep, index, 5, m)?)?;
     Ok((
         y,
         BlockCache {
@@ -184,7 +186,7 @@ pub fn block_backward(
     dy: &Tensor,
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
-    let dy_all = env.gather(ep, index, 10, dy)?;
+    let dy_all = env.gather(mx, ep, index, 10, dy)?;
     let dg = row_backward(
         mx,
         p,
@@ -196,10 +198,10 @@ pub fn block_backward(
     )?;
     let da = mx.gelu_backward(&c.a, &dg)?;
     let dh2 = linear_named_backward(mx, p, &format!("{prefix}.mlp.fc1"), &c.h2, &da, grads)?;
-    let dh2 = env.reduce(ep, index, 11, dh2)?;
+    let dh2 = env.reduce(mx, ep, index, 11, dh2)?;
     let dln2 = norm_named_backward(mx, p, &format!("{prefix}.ln2"), &c.ln2, &dh2, grads)?;
     let dx1 = mx.add(dy, &dln2)?;
-    let do_all = env.gather(ep, index, 12, &dx1)?;
+    let do_all = env.gather(mx, ep, index, 12, &dx1)?;
     let dctx = row_backward(
         mx,
         p,
@@ -229,7 +231,7 @@ pub fn block_backward(
         let part = linear_named_backward(mx, p, &format!("{prefix}.attn.{name}"), &c.h1, d, grads)?;
         dh1 = mx.add(&dh1, &part)?;
     }
-    let dh1 = env.reduce(ep, index, 15, dh1)?;
+    let dh1 = env.reduce(mx, ep, index, 15, dh1)?;
     let dln1 = norm_named_backward(mx, p, &format!("{prefix}.ln1"), &c.ln1, &dh1, grads)?;
     mx.add(&dx1, &dln1)
 }
@@ -252,11 +254,11 @@ pub fn mlp_forward(
     prefix: &str,
     x: &Tensor,
 ) -> Result<(Tensor, MlpCache), RuntimeError> {
-    let xa = env.gather(ep, 0, 0, x)?;
+    let xa = env.gather(mx, ep, 0, 0, x)?;
     let a = linear_named(mx, p, &format!("{prefix}.fc1"), &xa)?;
     let g = mx.gelu(&a)?;
     let m = row_partial(mx, p, &format!("{prefix}.fc2"), &g, env.shard.t)?;
-    let y = env.reduce(ep, 0, 1, m)?;
+    let y = env.reduce(mx, ep, 0, 1, m)?;
     Ok((y, MlpCache { x: xa, a, g }))
 }
 
@@ -272,9 +274,9 @@ pub fn mlp_backward(
     dy: &Tensor,
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
-    let dy_all = env.gather(ep, 0, 10, dy)?;
+    let dy_all = env.gather(mx, ep, 0, 10, dy)?;
     let dg = row_backward(mx, p, &format!("{prefix}.fc2"), &c.g, &dy_all, dy, grads)?;
     let da = mx.gelu_backward(&c.a, &dg)?;
     let dx = linear_named_backward(mx, p, &format!("{prefix}.fc1"), &c.x, &da, grads)?;
-    env.reduce(ep, 0, 11, dx)
+    env.reduce(mx, ep, 0, 11, dx)
 }

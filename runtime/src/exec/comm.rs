@@ -3,6 +3,7 @@
 
 use std::ops::Range;
 
+use super::collective;
 use super::math::Math;
 use super::shard::Sharding;
 use crate::tensor::Tensor;
@@ -75,6 +76,15 @@ fn by_position(sh: &Sharding) -> Vec<Vec<usize>> {
     out
 }
 
+/// Of `rows` (a cp rank's local rows), those of sequence `s`: their indices and positions.
+fn rows_of_sequence(rows: &[super::shard::RowRef], s: usize) -> (Vec<usize>, Vec<usize>) {
+    rows.iter()
+        .enumerate()
+        .filter(|(_, r)| r.seq as usize == s)
+        .map(|(k, r)| (k, r.pos as usize))
+        .unzip()
+}
+
 fn wrong(what: &str) -> RuntimeError {
     RuntimeError::InvalidProgram(format!("a peer sent {what} of the wrong size"))
 }
@@ -84,9 +94,19 @@ impl Env<'_> {
         tag(Kind::Pass, self.module, self.micro_batch, index, sub)
     }
 
+    /// Per tp rank, the local rows its sequence-parallel part holds.
+    fn part_rows(&self) -> Vec<Vec<usize>> {
+        self.shard
+            .parts
+            .iter()
+            .map(|rs| rs.iter().flat_map(Clone::clone).collect())
+            .collect()
+    }
+
     /// This rank's rows (its sequence-parallel part) to all local rows.
     pub fn gather(
         &self,
+        mx: &dyn Math,
         ep: &mut Endpoint,
         index: usize,
         sub: u8,
@@ -94,6 +114,14 @@ impl Env<'_> {
     ) -> Result<Tensor, RuntimeError> {
         if !self.sp || self.tp_group.len() <= 1 {
             return Ok(mine.clone());
+        }
+        if collective::on_device(mx, ep, self.tp_group) {
+            let parts = collective::all_gather(ep, self.tp_group, self.tag(index, sub), mine)?;
+            let rows = self.part_rows();
+            if parts.iter().zip(&rows).any(|(p, r)| p.rows() != r.len()) {
+                return Err(wrong("a part"));
+            }
+            return mx.scatter_rows(&parts, &rows, self.shard.local().len(), mine.cols());
         }
         let parts = ep.all_gather(self.tp_group, self.tag(index, sub), mine.data())?;
         let n = self.shard.local().len();
@@ -115,6 +143,7 @@ impl Env<'_> {
     /// own rows (reduce-scatter) under sequence parallelism, all rows (all-reduce) without.
     pub fn reduce(
         &self,
+        mx: &dyn Math,
         ep: &mut Endpoint,
         index: usize,
         sub: u8,
@@ -125,6 +154,17 @@ impl Env<'_> {
             return Ok(partial);
         }
         let tag = self.tag(index, sub);
+        if collective::on_device(mx, ep, self.tp_group) {
+            if !self.sp {
+                return collective::all_reduce(mx, ep, self.tp_group, tag, partial);
+            }
+            let pieces = self
+                .part_rows()
+                .iter()
+                .map(|rows| mx.gather_rows(&partial, rows))
+                .collect::<Result<Vec<_>, _>>()?;
+            return collective::reduce_scatter(mx, ep, self.tp_group, tag, pieces);
+        }
         if !self.sp {
             let mut t = partial;
             ep.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
@@ -160,12 +200,33 @@ impl Env<'_> {
                 .map(|idx| mx.gather_rows(x, idx))
                 .collect();
         }
+        if collective::on_device(mx, ep, self.cp_group) {
+            let parts = collective::all_gather(ep, self.cp_group, self.tag(index, sub), x)?;
+            if parts
+                .iter()
+                .zip(&sh.per_cp)
+                .any(|(p, r)| p.rows() != r.len())
+            {
+                return Err(wrong("sequence rows"));
+            }
+            // Sequence s takes, from each cp rank's part, its rows of s at their positions.
+            return (0..sh.seq_len.len())
+                .map(|s| {
+                    let mut srcs = Vec::new();
+                    let mut dsts = Vec::new();
+                    for (part, rows) in parts.iter().zip(&sh.per_cp) {
+                        let (ks, pos) = rows_of_sequence(rows, s);
+                        if !ks.is_empty() {
+                            srcs.push(mx.gather_rows(part, &ks)?);
+                            dsts.push(pos);
+                        }
+                    }
+                    mx.scatter_rows(&srcs, &dsts, sh.seq_len[s], c)
+                })
+                .collect();
+        }
         let mut out: Vec<Tensor> = sh.seq_len.iter().map(|&n| Tensor::zeros(&[n, c])).collect();
-        let parts = if self.cp_group.len() <= 1 {
-            vec![x.data().to_vec()]
-        } else {
-            ep.all_gather(self.cp_group, self.tag(index, sub), x.data())?
-        };
+        let parts = ep.all_gather(self.cp_group, self.tag(index, sub), x.data())?;
         for (data, rows) in parts.iter().zip(&sh.per_cp) {
             if data.len() != rows.len() * c {
                 return Err(wrong("sequence rows"));
@@ -194,6 +255,26 @@ impl Env<'_> {
         if self.cp_group.len() <= 1 {
             return mx.scatter_rows(seqs, &by_position(sh), sh.local().len(), cols);
         }
+        if collective::on_device(mx, ep, self.cp_group) {
+            // Each cp rank's piece: its local rows, taken from the sequences that hold them.
+            let pieces = sh
+                .per_cp
+                .iter()
+                .map(|rows| {
+                    let mut srcs = Vec::new();
+                    let mut dsts = Vec::new();
+                    for (s, seq) in seqs.iter().enumerate() {
+                        let (ks, pos) = rows_of_sequence(rows, s);
+                        if !ks.is_empty() {
+                            srcs.push(mx.gather_rows(seq, &pos)?);
+                            dsts.push(ks);
+                        }
+                    }
+                    mx.scatter_rows(&srcs, &dsts, rows.len(), cols)
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            return collective::reduce_scatter(mx, ep, self.cp_group, self.tag(index, sub), pieces);
+        }
         let pieces: Vec<Vec<f32>> = sh
             .per_cp
             .iter()
@@ -205,11 +286,7 @@ impl Env<'_> {
                 v
             })
             .collect();
-        let mine = if self.cp_group.len() <= 1 {
-            pieces.into_iter().next().unwrap_or_default()
-        } else {
-            ep.reduce_scatter(self.cp_group, self.tag(index, sub), &pieces)?
-        };
+        let mine = ep.reduce_scatter(self.cp_group, self.tag(index, sub), &pieces)?;
         Tensor::from_vec(&[sh.local().len(), cols], mine)
     }
 }

@@ -12,6 +12,18 @@ use crate::RuntimeError;
 
 /// The operations, each as the CPU reference function of the same name defines it.
 pub trait Math: Send {
+    /// Whether results stay on a device, so that collectives between threads should move
+    /// them there too (`collective.rs`).
+    fn on_device(&self) -> bool {
+        false
+    }
+    /// The flat values `ranges[c]` of `parts[c]`, for every `c`, as one tensor of the parts'
+    /// shape (the ranges tile it).
+    fn select_ranges(
+        &self,
+        parts: &[Tensor],
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<Tensor, RuntimeError>;
     /// `x · wᵀ + b` ([`Tensor::linear`]).
     fn linear(&self, x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor, RuntimeError>;
     /// `(dx, dw, db)` ([`Tensor::linear_backward`]).
@@ -65,6 +77,13 @@ pub trait Math: Send {
         n: usize,
         cols: usize,
     ) -> Result<Tensor, RuntimeError>;
+    /// `into += delta` (a gradient's accumulation).
+    fn accumulate(&self, into: &mut Tensor, delta: &Tensor) -> Result<(), RuntimeError> {
+        *into = self.add(into, delta)?;
+        Ok(())
+    }
+    /// Per column, the sum over rows in f64, rounded once ([`super::block::col_sums`]).
+    fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError>;
     /// `a + b`, elementwise ([`Tensor::add`]).
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError>;
     /// [`llm::cross_entropy`].
@@ -81,6 +100,27 @@ pub trait Math: Send {
 pub struct CpuMath;
 
 impl Math for CpuMath {
+    fn accumulate(&self, into: &mut Tensor, delta: &Tensor) -> Result<(), RuntimeError> {
+        into.add_assign(delta);
+        Ok(())
+    }
+
+    fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
+        Ok(super::block::col_sums(x))
+    }
+
+    fn select_ranges(
+        &self,
+        parts: &[Tensor],
+        ranges: &[std::ops::Range<usize>],
+    ) -> Result<Tensor, RuntimeError> {
+        let mut out = Tensor::zeros(parts[0].shape());
+        for (p, r) in parts.iter().zip(ranges) {
+            out.data_mut()[r.clone()].copy_from_slice(&p.data()[r.clone()]);
+        }
+        Ok(out)
+    }
+
     fn gather_rows(&self, x: &Tensor, index: &[usize]) -> Result<Tensor, RuntimeError> {
         Ok(super::comm::gather_rows(x, index))
     }
@@ -192,6 +232,19 @@ impl Math for CpuMath {
     }
 }
 
+/// `g[name] += delta`, with `mx`'s arithmetic (the gradient then lives where `mx` computes).
+pub fn accumulate(
+    mx: &dyn Math,
+    g: &mut Grads,
+    name: &str,
+    delta: &Tensor,
+) -> Result<(), RuntimeError> {
+    let into = g
+        .get_mut(name)
+        .unwrap_or_else(|| panic!("gradient `{name}` missing"));
+    mx.accumulate(into, delta)
+}
+
 /// The linear layer `name` (`{name}.weight`, `{name}.bias` if a parameter) on `x`.
 pub fn linear_named(
     mx: &dyn Math,
@@ -215,9 +268,9 @@ pub fn linear_named_backward(
     let wname = format!("{name}.weight");
     let bname = format!("{name}.bias");
     let (dx, dw, db) = mx.linear_backward(x, p.t(&wname), dy)?;
-    g.accumulate(&wname, &dw);
+    accumulate(mx, g, &wname, &dw)?;
     if p.get(&bname).is_some() {
-        g.accumulate(&bname, &db);
+        accumulate(mx, g, &bname, &db)?;
     }
     Ok(dx)
 }
@@ -247,7 +300,7 @@ pub fn norm_named_backward(
 ) -> Result<Tensor, RuntimeError> {
     let wname = format!("{name}.weight");
     let (dx, dw, db) = mx.layer_norm_backward(cache, p.t(&wname), dy)?;
-    g.accumulate(&wname, &dw);
-    g.accumulate(&format!("{name}.bias"), &db);
+    accumulate(mx, g, &wname, &dw)?;
+    accumulate(mx, g, &format!("{name}.bias"), &db)?;
     Ok(dx)
 }

@@ -9,6 +9,7 @@
 //! [`generated`] (what generated programs and `hetpar run` share).
 
 pub mod block;
+pub mod collective;
 pub mod comm;
 pub mod generated;
 pub mod math;

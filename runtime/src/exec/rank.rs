@@ -12,9 +12,10 @@ use super::block::{
     block_backward, block_forward, mlp_backward, mlp_forward, norm_bytes, tensor_bytes, BlockCache,
     MlpCache,
 };
+use super::collective;
 use super::comm::{tag, Env, Kind};
 use super::math::{
-    linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
+    accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
 };
 use super::shard::{sharding, RowRef, Sharding, Unit};
 use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
@@ -1070,7 +1071,12 @@ impl<'a> RankState<'a> {
                             *d += *g;
                         }
                     }
-                    self.grads.accumulate(&format!("{pre_name}.pos"), &dpos);
+                    accumulate(
+                        &*self.math,
+                        &mut self.grads,
+                        &format!("{pre_name}.pos"),
+                        &dpos,
+                    )?;
                     linear_named_backward(
                         &*self.math,
                         &self.params,
@@ -1126,8 +1132,8 @@ impl<'a> RankState<'a> {
                 }
             }
         }
-        self.grads.accumulate("llm.embed.weight", &dtable);
-        self.grads.accumulate("llm.pos", &dpos);
+        accumulate(&*self.math, &mut self.grads, "llm.embed.weight", &dtable)?;
+        accumulate(&*self.math, &mut self.grads, "llm.pos", &dpos)?;
         Ok(())
     }
 
@@ -1249,8 +1255,13 @@ impl<'a> RankState<'a> {
                 .grads
                 .get_mut(name)
                 .expect("the rank holds its stage's gradients");
-            self.ep
-                .all_reduce_sum(group, tag(Kind::GradSync, m, 0, k, 0), g.data_mut())?;
+            let t = tag(Kind::GradSync, m, 0, k, 0);
+            if collective::on_device(&*self.math, &self.ep, group) {
+                let mine = std::mem::replace(g, Tensor::zeros(&[0]));
+                *g = collective::all_reduce(&*self.math, &mut self.ep, group, t, mine)?;
+            } else {
+                self.ep.all_reduce_sum(group, t, g.data_mut())?;
+            }
         }
         Ok(())
     }

@@ -1,0 +1,131 @@
+//! Collectives on device tensors between ranks that are threads of one process: every message
+//! a device-to-device copy (`Endpoint::send_tensor`), every sum the backend's `add`, in the
+//! order the transport's host ring adds, so the device path gives the host path's bits.
+//! `comm.rs` takes this path when the arithmetic is on a device and every peer is a thread;
+//! otherwise the host collectives of `crate::transport`.
+
+use super::math::Math;
+use crate::tensor::Tensor;
+use crate::transport::{tag_of, Endpoint, Payload, Tag};
+use crate::RuntimeError;
+
+/// Whether a collective over `group` runs on the device: the same answer on every member
+/// (they share the backend and the process).
+pub fn on_device(mx: &dyn Math, ep: &Endpoint, group: &[u32]) -> bool {
+    mx.on_device() && ep.all_local(group)
+}
+
+fn received(p: Payload, cols: usize) -> Result<Tensor, RuntimeError> {
+    match p {
+        Payload::Tensor(t) if t.cols() == cols => Ok(t),
+        Payload::Tensor(t) => Err(RuntimeError::InvalidProgram(format!(
+            "a peer sent a tensor of shape {:?}, expected rows of {cols}",
+            t.shape()
+        ))),
+        Payload::Values(v) if v.len() % cols.max(1) == 0 => {
+            Tensor::from_vec(&[v.len() / cols.max(1), cols], v)
+        }
+        Payload::Values(v) => Err(RuntimeError::InvalidProgram(format!(
+            "a peer sent {} values, not rows of {cols}",
+            v.len()
+        ))),
+    }
+}
+
+/// Every member's `x` (rows may differ, columns may not), in group order.
+pub fn all_gather(
+    ep: &mut Endpoint,
+    group: &[u32],
+    tag: Tag,
+    x: &Tensor,
+) -> Result<Vec<Tensor>, RuntimeError> {
+    let me = ep.rank();
+    let t = tag_of(tag, 0);
+    for &r in group.iter().filter(|&&r| r != me) {
+        ep.send_tensor(r, t, x)?;
+    }
+    group
+        .iter()
+        .map(|&r| {
+            if r == me {
+                Ok(x.clone())
+            } else {
+                received(ep.recv_payload(r, t)?, x.cols())
+            }
+        })
+        .collect()
+}
+
+/// The sum of every member's `x`: chunk `c` of the flat values added member by member from
+/// member `c` on, as the host ring adds it.
+pub fn all_reduce(
+    mx: &dyn Math,
+    ep: &mut Endpoint,
+    group: &[u32],
+    tag: Tag,
+    x: Tensor,
+) -> Result<Tensor, RuntimeError> {
+    let n = group.len();
+    if n <= 1 {
+        return Ok(x);
+    }
+    let parts = all_gather(ep, group, tag, &x)?;
+    if let Some(p) = parts.iter().find(|p| p.shape() != x.shape()) {
+        return Err(RuntimeError::InvalidProgram(format!(
+            "all-reduce of shape {:?} met a part of shape {:?}",
+            x.shape(),
+            p.shape()
+        )));
+    }
+    let len = x.numel();
+    let mut sums = Vec::with_capacity(n);
+    let mut ranges = Vec::with_capacity(n);
+    for c in 0..n {
+        let mut acc = parts[c].clone();
+        for k in 1..n {
+            acc = mx.add(&acc, &parts[(c + k) % n])?;
+        }
+        sums.push(acc);
+        ranges.push((c * len / n)..((c + 1) * len / n));
+    }
+    mx.select_ranges(&sums, &ranges)
+}
+
+/// Member `i` gets the sum of every member's `pieces[i]`, added in group order from zero.
+pub fn reduce_scatter(
+    mx: &dyn Math,
+    ep: &mut Endpoint,
+    group: &[u32],
+    tag: Tag,
+    pieces: Vec<Tensor>,
+) -> Result<Tensor, RuntimeError> {
+    let me = ep.rank();
+    let Some(mine) = group.iter().position(|&r| r == me) else {
+        return Err(RuntimeError::InvalidProgram(format!(
+            "rank {me} is not in group {group:?}"
+        )));
+    };
+    let t = tag_of(tag, 0);
+    for (i, &r) in group.iter().enumerate() {
+        if i != mine {
+            ep.send_tensor(r, t, &pieces[i])?;
+        }
+    }
+    let shape = pieces[mine].shape().to_vec();
+    let mut acc = Tensor::zeros(&shape);
+    for (i, &r) in group.iter().enumerate() {
+        let part = if i == mine {
+            pieces[mine].clone()
+        } else {
+            received(ep.recv_payload(r, t)?, pieces[mine].cols())?
+        };
+        if part.shape() != shape.as_slice() {
+            return Err(RuntimeError::InvalidProgram(format!(
+                "rank {me}: a reduce-scatter piece of shape {:?} from rank {r}, expected {shape:?}",
+                part.shape()
+            )));
+        }
+        acc = mx.add(&acc, &part)?;
+    }
+    Ok(acc)
+}
