@@ -14,6 +14,7 @@ pub mod comm;
 pub mod generated;
 pub mod math;
 pub mod rank;
+pub mod rows;
 pub mod shard;
 pub mod shard_params;
 

@@ -17,6 +17,7 @@ use super::comm::{tag, Env, Kind};
 use super::math::{
     accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
 };
+use super::rows::{Key, RowStore, Taken};
 use super::shard::{sharding, RowRef, Sharding, Unit};
 use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
 use crate::reference::batch::{Layout, IGNORE};
@@ -203,9 +204,6 @@ impl ChunkState {
     }
 }
 
-/// Rows of a boundary on this rank, by (sample, row).
-type RowStore = HashMap<(u32, u64), Vec<f32>>;
-
 pub struct RankState<'a> {
     pub rank: u32,
     pub ep: Endpoint,
@@ -336,12 +334,7 @@ impl<'a> RankState<'a> {
         );
         let caches: usize = self.chunks.values().map(ChunkState::bytes).sum();
         let pipes = tensor_bytes(self.acts.values().chain(self.dgrads.values()));
-        let rows: usize = self
-            .stores
-            .values()
-            .flat_map(|s| s.values())
-            .map(|r| r.len() * 4)
-            .sum();
+        let rows: usize = self.stores.values().map(RowStore::bytes).sum();
         2 * params + adam + caches + pipes + rows
     }
 
@@ -713,9 +706,7 @@ impl<'a> RankState<'a> {
                 self.acts.insert((m, i + 1, j), out);
             } else if let Some(b) = self.ctx(m).outgoing {
                 let store = self.stores.entry((b, j, true)).or_default();
-                for (k, r) in mine.iter().enumerate() {
-                    store.insert((r.sample, r.row), out.row(k).to_vec());
-                }
+                store.insert_rows(out, mine.iter().map(|r| (r.sample, r.row)));
             }
         }
         self.chunks.insert(
@@ -858,15 +849,26 @@ impl<'a> RankState<'a> {
             ))
         })?;
         let w = self.program.boundaries[b].width as usize;
-        let store = self.stores.get(&(b, j, true));
-        let mut x = Tensor::zeros(&[mine.len(), w]);
-        for (k, r) in mine.iter().enumerate() {
-            let row = store
-                .and_then(|s| s.get(&(r.sample, r.row)))
-                .ok_or_else(|| self.no_row(b, j, r.sample, r.row, "forward"))?;
-            x.row_mut(k).copy_from_slice(row);
-        }
-        Ok(x)
+        self.rows_of(b, j, true, mine, w)
+    }
+
+    /// The rows of `mine` from boundary `b`'s store (forward or backward) as one tensor.
+    fn rows_of(
+        &self,
+        b: usize,
+        j: u32,
+        forward: bool,
+        mine: &[RowRef],
+        w: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let dir = if forward { "forward" } else { "backward" };
+        let keys: Vec<Key> = mine.iter().map(|r| (r.sample, r.row)).collect();
+        let empty = RowStore::default();
+        let store = self.stores.get(&(b, j, forward)).unwrap_or(&empty);
+        store.take(&*self.math, &keys, w).map_err(|e| match e {
+            Taken::Missing((s, row)) => self.no_row(b, j, s, row, dir),
+            Taken::Error(e) => e,
+        })
     }
 
     fn no_row(&self, b: usize, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
@@ -953,15 +955,7 @@ impl<'a> RankState<'a> {
                 _ => {
                     let b = outgoing.ok_or_else(|| invalid("no outgoing boundary".into()))?;
                     let w = self.ctx(m).width;
-                    let store = self.stores.get(&(b, j, false));
-                    let mut d = Tensor::zeros(&[mine.len(), w]);
-                    for (k, r) in mine.iter().enumerate() {
-                        let row = store
-                            .and_then(|s| s.get(&(r.sample, r.row)))
-                            .ok_or_else(|| self.no_row(b, j, r.sample, r.row, "backward"))?;
-                        d.row_mut(k).copy_from_slice(row);
-                    }
-                    Some(d)
+                    Some(self.rows_of(b, j, false, &mine, w)?)
                 }
             }
         } else {
@@ -1095,9 +1089,7 @@ impl<'a> RankState<'a> {
         } else if matches!(unit, Unit::Projector(_)) {
             let b = self.ctx(m).incoming.expect("checked in forward");
             let store = self.stores.entry((b, j, false)).or_default();
-            for (k, r) in mine.iter().enumerate() {
-                store.insert((r.sample, r.row), dx.row(k).to_vec());
-            }
+            store.insert_rows(dx, mine.iter().map(|r| (r.sample, r.row)));
         }
         Ok(())
     }
@@ -1114,6 +1106,9 @@ impl<'a> RankState<'a> {
         let sources = self.placeholder_sources(m, batch);
         let mut dtable = Tensor::zeros(&[self.cfg.v, self.cfg.h]);
         let mut dpos = Tensor::zeros(&[self.cfg.s, self.cfg.h]);
+        // Placeholder rows' gradients go back through their boundaries, as rows of `de`.
+        let shared = std::sync::Arc::new(de.clone());
+        let mut picks: Vec<(usize, Vec<(Key, usize)>)> = Vec::new();
         for (k, r) in mine.iter().enumerate() {
             for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(de.row(k)) {
                 *d += *g;
@@ -1122,15 +1117,21 @@ impl<'a> RankState<'a> {
             if let Some(&(_, b)) = sources.iter().find(|x| x.0 == tok) {
                 let row = self.placeholders[r.sample as usize][r.pos as usize];
                 let b = b.expect("checked in forward");
-                self.stores
-                    .entry((b, j, false))
-                    .or_default()
-                    .insert((r.sample, row), de.row(k).to_vec());
+                match picks.iter_mut().find(|(x, _)| *x == b) {
+                    Some((_, v)) => v.push(((r.sample, row), k)),
+                    None => picks.push((b, vec![((r.sample, row), k)])),
+                }
             } else {
                 for (d, g) in dtable.row_mut(tok as usize).iter_mut().zip(de.row(k)) {
                     *d += *g;
                 }
             }
+        }
+        for (b, v) in picks {
+            self.stores
+                .entry((b, j, false))
+                .or_default()
+                .insert_picked(shared.clone(), v);
         }
         accumulate(&*self.math, &mut self.grads, "llm.embed.weight", &dtable)?;
         accumulate(&*self.math, &mut self.grads, "llm.pos", &dpos)?;
@@ -1156,33 +1157,41 @@ impl<'a> RankState<'a> {
         let dir = if forward { "forward" } else { "backward" };
         let mut store = self.stores.remove(&(b, j, forward)).unwrap_or_default();
         let (rank, bname) = (self.rank, bp.name.clone());
-        let take = |store: &RowStore, rows: &[hetpar_ir::program::Rows]| {
-            let mut out = Vec::new();
-            for (s, r) in rows {
-                for row in r.clone() {
-                    let v = store
-                        .get(&(*s, row))
-                        .ok_or_else(|| no_row(rank, &bname, j, *s, row, dir))?;
-                    out.extend_from_slice(v);
-                }
-            }
-            Ok::<_, RuntimeError>(out)
+        let mx = &*self.math;
+        let keys = |rows: &[hetpar_ir::program::Rows]| -> Vec<Key> {
+            rows.iter()
+                .flat_map(|(s, r)| r.clone().map(move |row| (*s, row)))
+                .collect()
         };
-        let put = |store: &mut RowStore, rows: &[hetpar_ir::program::Rows], data: Vec<f32>| {
-            let n: u64 = rows.iter().map(|(_, r)| r.end - r.start).sum();
-            if data.len() as u64 != n * w as u64 {
+        let take = |store: &RowStore, rows: &[hetpar_ir::program::Rows]| {
+            store.take(mx, &keys(rows), w).map_err(|e| match e {
+                Taken::Missing((s, row)) => no_row(rank, &bname, j, s, row, dir),
+                Taken::Error(e) => e,
+            })
+        };
+        let put = |store: &mut RowStore, rows: &[hetpar_ir::program::Rows], p: Payload| {
+            let keys = keys(rows);
+            let t = match p {
+                Payload::Tensor(t) => t,
+                Payload::Values(v) => {
+                    if v.len() != keys.len() * w {
+                        return Err(invalid(format!(
+                            "boundary `{name}`: {} values for {} rows of {w}",
+                            v.len(),
+                            keys.len()
+                        )));
+                    }
+                    Tensor::from_vec(&[keys.len(), w], v)?
+                }
+            };
+            if t.shape() != [keys.len(), w] {
                 return Err(invalid(format!(
-                    "boundary `{name}`: {} values for {n} rows of {w}",
-                    data.len()
+                    "boundary `{name}`: a tensor of shape {:?} for {} rows of {w}",
+                    t.shape(),
+                    keys.len()
                 )));
             }
-            let mut k = 0usize;
-            for (s, r) in rows {
-                for row in r.clone() {
-                    store.insert((*s, row), data[k..k + w].to_vec());
-                    k += w;
-                }
-            }
+            store.insert_rows(t, keys);
             Ok(())
         };
         for (k, op) in ops.iter().enumerate() {
@@ -1191,9 +1200,9 @@ impl<'a> RankState<'a> {
                 Transfer::Send { src, dst, rows } => {
                     if *src == me {
                         let data = take(&store, rows)?;
-                        self.ep.send(*dst, t, &data)?;
+                        self.ep.send_tensor(*dst, t, &data)?;
                     } else if *dst == me {
-                        let data = self.ep.recv(*src, t)?;
+                        let data = self.ep.recv_payload(*src, t)?;
                         put(&mut store, rows, data)?;
                     }
                 }
@@ -1201,24 +1210,23 @@ impl<'a> RankState<'a> {
                     if *root == me {
                         let data = take(&store, rows)?;
                         for &r in group.iter().filter(|&&r| r != me) {
-                            self.ep.send(r, t, &data)?;
+                            self.ep.send_tensor(r, t, &data)?;
                         }
                     } else if group.contains(&me) {
-                        let data = self.ep.recv(*root, t)?;
+                        let data = self.ep.recv_payload(*root, t)?;
                         put(&mut store, rows, data)?;
                     }
                 }
                 Transfer::AllGather { group, parts } => {
                     if group.contains(&me) {
-                        for (owner, rows) in parts.iter().filter(|(o, _)| *o == me) {
-                            let _ = owner;
+                        for (_, rows) in parts.iter().filter(|(o, _)| *o == me) {
                             let data = take(&store, rows)?;
                             for &r in group.iter().filter(|&&r| r != me) {
-                                self.ep.send(r, t, &data)?;
+                                self.ep.send_tensor(r, t, &data)?;
                             }
                         }
                         for (owner, rows) in parts.iter().filter(|(o, _)| *o != me) {
-                            let data = self.ep.recv(*owner, t)?;
+                            let data = self.ep.recv_payload(*owner, t)?;
                             put(&mut store, rows, data)?;
                         }
                     }
