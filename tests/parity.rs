@@ -390,6 +390,7 @@ mod resident {
     use std::sync::Arc;
 
     use hetpar::runtime::exec::math::{CpuMath, Math};
+    use hetpar::runtime::reference::adam::AdamStep;
     use hetpar::runtime::reference::layers::LayerNormCache;
     use hetpar::runtime::tensor::{DeviceBuffer, Tensor};
     use hetpar::runtime::RuntimeError;
@@ -431,6 +432,21 @@ mod resident {
     type R3 = Result<(Tensor, Tensor, Tensor), RuntimeError>;
 
     impl Math for Resident {
+        fn adam(
+            &self,
+            p: &mut Tensor,
+            g: &Tensor,
+            m: &mut Tensor,
+            v: &mut Tensor,
+            step: &AdamStep,
+        ) -> Result<(), RuntimeError> {
+            let (mut p2, mut m2, mut v2) = (read(p), read(m), read(v));
+            CpuMath.adam(&mut p2, &read(g), &mut m2, &mut v2, step)?;
+            *p = out(p2);
+            *m = out(m2);
+            *v = out(v2);
+            Ok(())
+        }
         fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
             CpuMath.col_sums(&read(x)).map(out)
         }

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::device::{Device, Gpu};
 use super::ops::DTensor;
 use crate::exec::math::Math;
+use crate::reference::adam::AdamStep;
 use crate::reference::layers::LayerNormCache;
 use crate::tensor::{DeviceBuffer, Tensor};
 use crate::RuntimeError;
@@ -120,6 +121,26 @@ impl GpuMath {
 }
 
 impl Math for GpuMath {
+    fn adam(
+        &self,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamStep,
+    ) -> Result<(), RuntimeError> {
+        // Device values are never changed in place (clones share them): update copies.
+        let gpu = &self.gpu;
+        let mut p2 = gpu.copy(&*self.on_device(p)?)?;
+        let mut m2 = gpu.copy(&*self.on_device(m)?)?;
+        let mut v2 = gpu.copy(&*self.on_device(v)?)?;
+        gpu.adam_step(&mut p2, &*self.on_device(g)?, &mut m2, &mut v2, step)?;
+        *p = self.result(p2);
+        *m = self.result(m2);
+        *v = self.result(v2);
+        Ok(())
+    }
+
     fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError> {
         let r = self.gpu.col_sum(&*self.on_device(x)?, None)?;
         Ok(self.result(r))

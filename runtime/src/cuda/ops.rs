@@ -759,26 +759,23 @@ impl Gpu {
         Ok((per_row.iter().take(rows).sum(), d))
     }
 
-    /// One Adam update of `p` in place, as [`crate::reference::adam::Adam::update`] with
-    /// update count `t`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn adam(
+    /// One Adam update of `p` and its moments in place ([`AdamStep::apply`]).
+    pub fn adam_step(
         &self,
         p: &mut DTensor,
         g: &DTensor,
         m: &mut DTensor,
         v: &mut DTensor,
-        lr: f64,
-        (b1, b2, eps): (f64, f64, f64),
-        t: u64,
+        step: &crate::reference::adam::AdamStep,
     ) -> Result<(), RuntimeError> {
         let n = p.numel();
         assert!(
             g.numel() == n && m.numel() == n && v.numel() == n,
             "adam: sizes"
         );
-        let ti = i32::try_from(t).unwrap_or(i32::MAX);
-        let (bc1, bc2) = (1.0 - b1.powi(ti), 1.0 - b2.powi(ti));
+        if n == 0 {
+            return Ok(());
+        }
         let len = n as i64;
         let f = self.kernel("adam");
         let mut l = self.stream.launch_builder(f);
@@ -787,12 +784,12 @@ impl Gpu {
             .arg(&mut m.buf)
             .arg(&mut v.buf)
             .arg(&len)
-            .arg(&lr)
-            .arg(&b1)
-            .arg(&b2)
-            .arg(&eps)
-            .arg(&bc1)
-            .arg(&bc2);
+            .arg(&step.lr)
+            .arg(&step.beta1)
+            .arg(&step.beta2)
+            .arg(&step.eps)
+            .arg(&step.bc1)
+            .arg(&step.bc2);
         // SAFETY: one thread per value.
         unsafe { l.launch(elems(n)) }.map_err(launch_err("adam"))?;
         Ok(())

@@ -3,6 +3,7 @@
 //! itself (so the CPU backend is bitwise what it was); `crate::cuda::GpuMath` runs the same
 //! operations on a GPU. Everything else (sharding, row stores, transfers, Adam) is shared.
 
+use crate::reference::adam::AdamStep;
 use crate::reference::attention::{attention_core_at, attention_core_backward};
 use crate::reference::layers::{self, LayerNormCache};
 use crate::reference::llm;
@@ -84,6 +85,16 @@ pub trait Math: Send {
     }
     /// Per column, the sum over rows in f64, rounded once ([`super::block::col_sums`]).
     fn col_sums(&self, x: &Tensor) -> Result<Tensor, RuntimeError>;
+    /// One Adam update of `p` and its moments `m`, `v` from the gradient `g`
+    /// ([`AdamStep::apply`]).
+    fn adam(
+        &self,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamStep,
+    ) -> Result<(), RuntimeError>;
     /// `a + b`, elementwise ([`Tensor::add`]).
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError>;
     /// [`llm::cross_entropy`].
@@ -100,6 +111,18 @@ pub trait Math: Send {
 pub struct CpuMath;
 
 impl Math for CpuMath {
+    fn adam(
+        &self,
+        p: &mut Tensor,
+        g: &Tensor,
+        m: &mut Tensor,
+        v: &mut Tensor,
+        step: &AdamStep,
+    ) -> Result<(), RuntimeError> {
+        step.apply(p.data_mut(), g.data(), m.data_mut(), v.data_mut());
+        Ok(())
+    }
+
     fn accumulate(&self, into: &mut Tensor, delta: &Tensor) -> Result<(), RuntimeError> {
         into.add_assign(delta);
         Ok(())

@@ -599,7 +599,11 @@ impl<'a> RankState<'a> {
 
     /// `optimizer_step`.
     pub fn optimizer_step(&mut self) -> Result<(), RuntimeError> {
-        self.adam.update(&mut self.params, &self.grads)
+        let mx = &*self.math;
+        self.adam
+            .update_each(&mut self.params, &self.grads, &mut |p, g, m, v, step| {
+                mx.adam(p, g, m, v, step)
+            })
     }
 
     fn missing(&self, what: &str, key: (usize, u32, u32)) -> RuntimeError {

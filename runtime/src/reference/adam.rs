@@ -9,6 +9,7 @@
 
 use super::params::{Grads, Params};
 use crate::error::RuntimeError;
+use crate::tensor::Tensor;
 
 /// Adam's hyperparameters and state (first and second moments, named like the parameters).
 #[derive(Clone, Debug)]
@@ -55,6 +56,21 @@ impl Adam {
     /// One update of every parameter from its gradient (each must be present with the
     /// parameter's shape).
     pub fn update(&mut self, params: &mut Params, grads: &Grads) -> Result<(), RuntimeError> {
+        self.update_each(params, grads, &mut |p, g, m, v, step| {
+            step.apply(p.data_mut(), g.data(), m.data_mut(), v.data_mut());
+            Ok(())
+        })
+    }
+
+    /// [`Adam::update`] with each tensor's update made by `each(p, g, m, v, step)` (a
+    /// backend's, on its device): the checks, the moments' start and the step count are
+    /// this one's.
+    pub fn update_each(
+        &mut self,
+        params: &mut Params,
+        grads: &Grads,
+        each: &mut TensorUpdate<'_>,
+    ) -> Result<(), RuntimeError> {
         for (name, p) in params.iter() {
             let g = grads
                 .get(name)
@@ -73,27 +89,49 @@ impl Adam {
         }
         self.step += 1;
         let t = i32::try_from(self.step).unwrap_or(i32::MAX);
-        let bc1 = 1.0 - self.beta1.powi(t);
-        let bc2 = 1.0 - self.beta2.powi(t);
+        let step = AdamStep {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            bc1: 1.0 - self.beta1.powi(t),
+            bc2: 1.0 - self.beta2.powi(t),
+        };
         for (name, p) in params.iter_mut() {
             let g = grads.get(name).expect("checked above");
             let m = self.m.get_mut(name).expect("moments follow the parameters");
             let v = self.v.get_mut(name).expect("moments follow the parameters");
-            for (((pv, gv), mv), vv) in p
-                .data_mut()
-                .iter_mut()
-                .zip(g.data())
-                .zip(m.data_mut())
-                .zip(v.data_mut())
-            {
-                let gd = f64::from(*gv);
-                *mv = (self.beta1 * f64::from(*mv) + (1.0 - self.beta1) * gd) as f32;
-                *vv = (self.beta2 * f64::from(*vv) + (1.0 - self.beta2) * gd * gd) as f32;
-                let (m1, v1) = (f64::from(*mv), f64::from(*vv));
-                let upd = self.lr * (m1 / bc1) / ((v1 / bc2).sqrt() + self.eps);
-                *pv = (f64::from(*pv) - upd) as f32;
-            }
+            each(p, g, m, v, &step)?;
         }
         Ok(())
+    }
+}
+
+/// One tensor's update: `(p, g, m, v, step)`.
+pub type TensorUpdate<'a> = dyn FnMut(&mut Tensor, &Tensor, &mut Tensor, &mut Tensor, &AdamStep) -> Result<(), RuntimeError>
+    + 'a;
+
+/// One Adam update's constants: the hyperparameters and the bias corrections `1 - βᵗ`.
+#[derive(Clone, Copy, Debug)]
+pub struct AdamStep {
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    pub bc1: f64,
+    pub bc2: f64,
+}
+
+impl AdamStep {
+    /// The update of one tensor's values, element by element in f64 (the formula above).
+    pub fn apply(&self, p: &mut [f32], g: &[f32], m: &mut [f32], v: &mut [f32]) {
+        for (((pv, gv), mv), vv) in p.iter_mut().zip(g).zip(m).zip(v) {
+            let gd = f64::from(*gv);
+            *mv = (self.beta1 * f64::from(*mv) + (1.0 - self.beta1) * gd) as f32;
+            *vv = (self.beta2 * f64::from(*vv) + (1.0 - self.beta2) * gd * gd) as f32;
+            let (m1, v1) = (f64::from(*mv), f64::from(*vv));
+            let upd = self.lr * (m1 / self.bc1) / ((v1 / self.bc2).sqrt() + self.eps);
+            *pv = (f64::from(*pv) - upd) as f32;
+        }
     }
 }
