@@ -432,6 +432,14 @@ mod resident {
     type R3 = Result<(Tensor, Tensor, Tensor), RuntimeError>;
 
     impl Math for Resident {
+        fn scatter_add_rows(
+            &self,
+            n: usize,
+            src: &Tensor,
+            index: &[usize],
+        ) -> Result<Tensor, RuntimeError> {
+            CpuMath.scatter_add_rows(n, &read(src), index).map(out)
+        }
         fn adam(
             &self,
             p: &mut Tensor,

@@ -121,6 +121,19 @@ impl GpuMath {
 }
 
 impl Math for GpuMath {
+    fn scatter_add_rows(
+        &self,
+        n: usize,
+        src: &Tensor,
+        index: &[usize],
+    ) -> Result<Tensor, RuntimeError> {
+        let mut out = self.gpu.zeros(&[n, src.cols()])?;
+        let index: Vec<i64> = index.iter().map(|&i| i as i64).collect();
+        self.gpu
+            .scatter_add_rows(&mut out, &*self.on_device(src)?, &index)?;
+        Ok(self.result(out))
+    }
+
     fn adam(
         &self,
         p: &mut Tensor,

@@ -95,6 +95,14 @@ pub trait Math: Send {
         v: &mut Tensor,
         step: &AdamStep,
     ) -> Result<(), RuntimeError>;
+    /// A `[n, cols]` tensor of zeros with `src`'s row `k` added to row `index[k]`, for `k`
+    /// in order (an embedding's backward).
+    fn scatter_add_rows(
+        &self,
+        n: usize,
+        src: &Tensor,
+        index: &[usize],
+    ) -> Result<Tensor, RuntimeError>;
     /// `a + b`, elementwise ([`Tensor::add`]).
     fn add(&self, a: &Tensor, b: &Tensor) -> Result<Tensor, RuntimeError>;
     /// [`llm::cross_entropy`].
@@ -111,6 +119,21 @@ pub trait Math: Send {
 pub struct CpuMath;
 
 impl Math for CpuMath {
+    fn scatter_add_rows(
+        &self,
+        n: usize,
+        src: &Tensor,
+        index: &[usize],
+    ) -> Result<Tensor, RuntimeError> {
+        let mut out = Tensor::zeros(&[n, src.cols()]);
+        for (k, &i) in index.iter().enumerate() {
+            for (d, g) in out.row_mut(i).iter_mut().zip(src.row(k)) {
+                *d += *g;
+            }
+        }
+        Ok(out)
+    }
+
     fn adam(
         &self,
         p: &mut Tensor,

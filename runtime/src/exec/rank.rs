@@ -669,18 +669,15 @@ impl<'a> RankState<'a> {
                     let idx: Vec<usize> = mine.iter().map(|r| r.patch as usize).collect();
                     let patches = super::comm::gather_rows(batch.encoder_inputs(src).0, &idx);
                     let pre_name = src.prefix();
-                    let mut x = linear_named(
+                    let x = linear_named(
                         &*self.math,
                         &self.params,
                         &format!("{pre_name}.patch"),
                         &patches,
                     )?;
                     let pos = self.params.t(&format!("{pre_name}.pos"));
-                    for (k, r) in mine.iter().enumerate() {
-                        for (v, q) in x.row_mut(k).iter_mut().zip(pos.row(r.pos as usize)) {
-                            *v += *q;
-                        }
-                    }
+                    let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
+                    let x = self.math.add(&x, &self.math.gather_rows(pos, &at)?)?;
                     pre.push(LayerCache::EncoderEmbed {
                         patches,
                         source: src,
@@ -893,36 +890,52 @@ impl<'a> RankState<'a> {
         let (batch, _) = self.batch();
         let s = batch.seq_len;
         let sources = self.placeholder_sources(m, batch);
-        let table = self.params.t("llm.embed.weight");
-        let pos = self.params.t("llm.pos");
-        let mut e = Tensor::zeros(&[mine.len(), self.cfg.h]);
+        let h = self.cfg.h;
+        // Which rows take a token's embedding and which a boundary's row, and where they go.
+        let (mut toks, mut at_tok) = (Vec::new(), Vec::new());
+        let mut from: Vec<(usize, Vec<Key>, Vec<usize>)> = Vec::new();
         for (k, r) in mine.iter().enumerate() {
             let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
-            let src: &[f32] = match sources.iter().find(|x| x.0 == tok) {
+            match sources.iter().find(|x| x.0 == tok) {
                 Some(&(_, b)) => {
                     let b = b.ok_or_else(|| {
                         invalid(format!(
                             "placeholders of token {tok} but no boundary brings them"
                         ))
                     })?;
-                    let row = self.placeholders[r.sample as usize][r.pos as usize];
-                    self.stores
-                        .get(&(b, j, true))
-                        .and_then(|st| st.get(&(r.sample, row)))
-                        .ok_or_else(|| self.no_row(b, j, r.sample, row, "forward"))?
+                    let key = (
+                        r.sample,
+                        self.placeholders[r.sample as usize][r.pos as usize],
+                    );
+                    match from.iter_mut().find(|(x, _, _)| *x == b) {
+                        Some((_, keys, to)) => {
+                            keys.push(key);
+                            to.push(k);
+                        }
+                        None => from.push((b, vec![key], vec![k])),
+                    }
                 }
-                None => table.row(tok as usize),
-            };
-            for ((v, a), q) in e
-                .row_mut(k)
-                .iter_mut()
-                .zip(src)
-                .zip(pos.row(r.pos as usize))
-            {
-                *v = *a + *q;
+                None => {
+                    toks.push(tok as usize);
+                    at_tok.push(k);
+                }
             }
         }
-        Ok(e)
+        let mx = &*self.math;
+        let mut parts = vec![mx.gather_rows(self.params.t("llm.embed.weight"), &toks)?];
+        let mut places = vec![at_tok];
+        for (b, keys, to) in from {
+            let empty = RowStore::default();
+            let store = self.stores.get(&(b, j, true)).unwrap_or(&empty);
+            parts.push(store.take(mx, &keys, h).map_err(|e| match e {
+                Taken::Missing((s, row)) => self.no_row(b, j, s, row, "forward"),
+                Taken::Error(e) => e,
+            })?);
+            places.push(to);
+        }
+        let rows = mx.scatter_rows(&parts, &places, mine.len(), h)?;
+        let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
+        mx.add(&rows, &mx.gather_rows(self.params.t("llm.pos"), &at)?)
     }
 
     /// The placeholder token of every encoder of the batch and the boundary that brings its
@@ -1063,12 +1076,8 @@ impl<'a> RankState<'a> {
                 LayerCache::EncoderEmbed { patches, source } => {
                     let e = self.cfg.encoder(*source);
                     let pre_name = source.prefix();
-                    let mut dpos = Tensor::zeros(&[e.np, e.h]);
-                    for (k, r) in mine.iter().enumerate() {
-                        for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(dx.row(k)) {
-                            *d += *g;
-                        }
-                    }
+                    let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
+                    let dpos = self.math.scatter_add_rows(e.np, &dx, &at)?;
                     accumulate(
                         &*self.math,
                         &mut self.grads,
@@ -1108,15 +1117,11 @@ impl<'a> RankState<'a> {
         let (batch, _) = self.batch();
         let s = batch.seq_len;
         let sources = self.placeholder_sources(m, batch);
-        let mut dtable = Tensor::zeros(&[self.cfg.v, self.cfg.h]);
-        let mut dpos = Tensor::zeros(&[self.cfg.s, self.cfg.h]);
         // Placeholder rows' gradients go back through their boundaries, as rows of `de`.
         let shared = std::sync::Arc::new(de.clone());
         let mut picks: Vec<(usize, Vec<(Key, usize)>)> = Vec::new();
+        let (mut toks, mut at_tok) = (Vec::new(), Vec::new());
         for (k, r) in mine.iter().enumerate() {
-            for (d, g) in dpos.row_mut(r.pos as usize).iter_mut().zip(de.row(k)) {
-                *d += *g;
-            }
             let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
             if let Some(&(_, b)) = sources.iter().find(|x| x.0 == tok) {
                 let row = self.placeholders[r.sample as usize][r.pos as usize];
@@ -1126,11 +1131,14 @@ impl<'a> RankState<'a> {
                     None => picks.push((b, vec![((r.sample, row), k)])),
                 }
             } else {
-                for (d, g) in dtable.row_mut(tok as usize).iter_mut().zip(de.row(k)) {
-                    *d += *g;
-                }
+                toks.push(tok as usize);
+                at_tok.push(k);
             }
         }
+        let mx = &*self.math;
+        let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
+        let dpos = mx.scatter_add_rows(self.cfg.s, de, &at)?;
+        let dtable = mx.scatter_add_rows(self.cfg.v, &mx.gather_rows(de, &at_tok)?, &toks)?;
         for (b, v) in picks {
             self.stores
                 .entry((b, j, false))
