@@ -48,6 +48,46 @@ fn without_a_gpu_cuda_commands_fail_naming_the_driver() {
     }
 }
 
+#[test]
+fn nccl_is_refused_where_it_cannot_work() {
+    let base = [
+        "--model",
+        REF_MODEL,
+        "--cluster",
+        REF_CLUSTER,
+        "--steps",
+        "1",
+    ];
+    let run = hetpar(
+        &[
+            &["run", REF_PLAN][..],
+            &base,
+            &["--backend", "cuda", "--nccl"],
+        ]
+        .concat(),
+    );
+    assert_eq!(run.status.code(), Some(2));
+    assert!(
+        stderr(&run).contains("--nccl is for `hetpar launch`"),
+        "{}",
+        stderr(&run)
+    );
+    let cpu = hetpar(
+        &[
+            &["launch", REF_PLAN][..],
+            &base,
+            &["--nproc-per-node", "8", "--nccl"],
+        ]
+        .concat(),
+    );
+    assert_eq!(cpu.status.code(), Some(2));
+    assert!(
+        stderr(&cpu).contains("--nccl needs --backend cuda"),
+        "{}",
+        stderr(&cpu)
+    );
+}
+
 fn train(program_path: &str, backend: Backend, steps: usize) -> RunOutput {
     let root = common::root();
     let read = |p: &str| std::fs::read_to_string(root.join(p)).unwrap();
@@ -109,6 +149,7 @@ fn the_gpu_trains_two_plans_as_the_cpu_does() {
                 Backend::Cuda {
                     device: dev.clone(),
                     precision,
+                    nccl: false,
                 },
                 5,
             );
@@ -117,6 +158,7 @@ fn the_gpu_trains_two_plans_as_the_cpu_does() {
                 Backend::Cuda {
                     device: dev.clone(),
                     precision,
+                    nccl: false,
                 },
                 1,
             );

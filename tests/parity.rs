@@ -592,3 +592,134 @@ fn device_resident_storage_gives_the_cpu_backends_numbers_bit_for_bit() {
         assert_eq!(bits(&plain), bits(&resident), "{name}");
     }
 }
+
+/// Group collectives with NCCL's shape (equal parts, calls matched in order per group), run
+/// on a second host fabric: the padding of unequal parts and the routing of every collective
+/// and gradient sum through them, checked on the CPU.
+mod host_groups {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    use hetpar::runtime::exec::collective::GroupCollectives;
+    use hetpar::runtime::tensor::Tensor;
+    use hetpar::runtime::transport::Endpoint;
+    use hetpar::runtime::RuntimeError;
+
+    /// One rank's second endpoint and, per group, how many calls it made (the tag of the next).
+    pub type Shared = Arc<Mutex<(Endpoint, HashMap<Vec<u32>, u64>)>>;
+
+    pub struct HostGroups(pub Shared);
+
+    impl HostGroups {
+        fn call<T>(
+            &self,
+            group: &[u32],
+            f: impl FnOnce(&mut Endpoint, u64) -> Result<T, RuntimeError>,
+        ) -> Result<T, RuntimeError> {
+            let mut g = self.0.lock().unwrap();
+            let (ep, calls) = &mut *g;
+            let n = calls.entry(group.to_vec()).or_insert(0);
+            let key = group.iter().fold(7u64, |h, &r| h * 31 + u64::from(r));
+            let tag = (key % (1 << 20)) << 20 | *n;
+            *n += 1;
+            f(ep, tag)
+        }
+    }
+
+    impl GroupCollectives for HostGroups {
+        fn covers(&self, group: &[u32]) -> bool {
+            group.len() > 1
+        }
+
+        fn all_gather(&self, group: &[u32], x: &Tensor) -> Result<Tensor, RuntimeError> {
+            let parts = self.call(group, |ep, t| ep.all_gather(group, t, x.data()))?;
+            let all: Vec<f32> = parts.concat();
+            Tensor::from_vec(&[x.rows() * group.len(), x.cols()], all)
+        }
+
+        fn all_reduce(&self, group: &[u32], mut x: Tensor) -> Result<Tensor, RuntimeError> {
+            self.call(group, |ep, t| ep.all_reduce_sum(group, t, x.data_mut()))?;
+            Ok(x)
+        }
+
+        fn reduce_scatter(&self, group: &[u32], x: &Tensor) -> Result<Tensor, RuntimeError> {
+            let per = x.numel() / group.len();
+            let pieces: Vec<Vec<f32>> = (0..group.len())
+                .map(|i| x.data()[i * per..(i + 1) * per].to_vec())
+                .collect();
+            let mine = self.call(group, |ep, t| ep.reduce_scatter(group, t, &pieces))?;
+            Tensor::from_vec(&[x.rows() / group.len(), x.cols()], mine)
+        }
+    }
+}
+
+#[test]
+fn group_collectives_with_equal_parts_give_the_cpu_backends_numbers_bit_for_bit() {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    for (name, schedule, modules) in matrix() {
+        let program = lower(&g, schedule, modules);
+        let plain = run(&program, &cfg, &init, &batches, &opts(2)).unwrap();
+        let n = program.ranks.len();
+        let shared: Vec<host_groups::Shared> =
+            hetpar::runtime::transport::fabric(n, Duration::from_secs(60))
+                .into_iter()
+                .map(|ep| Arc::new(Mutex::new((ep, HashMap::new()))))
+                .collect();
+        let grouped = hetpar::runtime::exec::run_with(
+            &program,
+            &cfg,
+            &init,
+            &batches,
+            &opts(2),
+            &move |st| {
+                let mine = shared[st.rank as usize].clone();
+                st.set_math(Box::new(resident::Resident));
+                st.set_groups(Box::new(host_groups::HostGroups(mine)));
+                st.interpret()
+            },
+        )
+        .unwrap();
+        let bits = |o: &RunOutput| -> Vec<u32> {
+            o.losses
+                .iter()
+                .chain(o.grads.iter().flat_map(|(_, t)| t.data()))
+                .chain(o.params.iter().flat_map(|(_, t)| t.data()))
+                .map(|v| v.to_bits())
+                .collect()
+        };
+        assert_eq!(bits(&plain), bits(&grouped), "{name}");
+    }
+}
+
+#[test]
+fn every_group_a_rank_sums_over_has_a_communicator_created_once_in_one_order() {
+    use hetpar::runtime::exec::rank::{program_groups, ModuleCtx};
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    for (name, schedule, modules) in matrix() {
+        let program = lower(&g, schedule, modules);
+        let groups = program_groups(&program);
+        assert_eq!(groups, program_groups(&program), "{name}: one order");
+        for (i, a) in groups.iter().enumerate() {
+            assert!(a.len() > 1 && !groups[i + 1..].contains(a), "{name}: {a:?}");
+        }
+        for rp in &program.ranks {
+            for m in 0..program.modules.len() {
+                let Some(c) = ModuleCtx::new(&program, m, &cfg, &init, rp.rank) else {
+                    continue;
+                };
+                for grp in [&c.tp_group, &c.cp_group, &c.dp_cp_group, &c.stage_group] {
+                    assert!(
+                        grp.len() <= 1 || groups.contains(grp),
+                        "{name}: rank {} sums over {grp:?}, which has no communicator",
+                        rp.rank
+                    );
+                }
+            }
+        }
+    }
+}

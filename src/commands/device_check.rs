@@ -96,6 +96,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     opts.backend = Backend::Cuda {
                         device: dev.clone(),
                         precision,
+                        nccl: false,
                     };
                     gpu.push(execute(&program, &cfg, &init, &batches, &opts)?);
                 }

@@ -81,6 +81,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             a.node_rank
         );
     }
+    a.job.device.check()?;
     let master = match &a.master {
         Some(m) => m.clone(),
         None if a.nnodes == 1 => {

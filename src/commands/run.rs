@@ -45,6 +45,10 @@ pub struct DeviceArgs {
     pub gpu: Option<usize>,
     #[arg(long, value_enum, default_value = "f32")]
     pub precision: Precision,
+    /// Collectives and gradient sums by NCCL (with --backend cuda; ranks as processes, each
+    /// on its own GPU: NCCL refuses two ranks of a group on one device).
+    #[arg(long)]
+    pub nccl: bool,
 }
 
 impl DeviceArgs {
@@ -68,13 +72,25 @@ impl DeviceArgs {
             v.push("--gpu".into());
             v.push(g.to_string());
         }
+        if self.nccl {
+            v.push("--nccl".into());
+        }
         v
     }
 
     /// The runtime's backend: for CUDA, this process first re-executes itself once with the
     /// CUDA libraries on `LD_LIBRARY_PATH`, then opens GPU `--gpu` (else `local` modulo the
     /// GPUs there are).
+    /// The combinations refused before anything starts.
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.nccl && matches!(self.backend, Backend::Cpu) {
+            bail!("--nccl needs --backend cuda");
+        }
+        Ok(())
+    }
+
     pub fn backend(&self, local: usize) -> anyhow::Result<hetpar::runtime::exec::Backend> {
+        self.check()?;
         match self.backend {
             Backend::Cpu => Ok(hetpar::runtime::exec::Backend::Cpu),
             #[cfg(feature = "cuda")]
@@ -91,6 +107,7 @@ impl DeviceArgs {
                         Precision::F32 => cuda::Precision::F32,
                         Precision::Bf16 => cuda::Precision::Bf16,
                     },
+                    nccl: self.nccl,
                 })
             }
             #[cfg(not(feature = "cuda"))]
@@ -269,6 +286,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("{}", p.display()))?],
         None => synthetic_batches(&model, &cfg, a.training.seed, a.training.steps)?,
     };
+    if a.device.nccl {
+        bail!(
+            "--nccl is for `hetpar launch`: NCCL needs the ranks as processes, each on its own \
+             GPU, and `run` makes them threads of one process on one GPU"
+        );
+    }
     let mut opts = a.training.options();
     opts.backend = a.device.backend(0)?;
     let out = execute(&program, &cfg, &init, &batches, &opts)?;

@@ -56,7 +56,7 @@ impl DeviceBuffer for GpuBuf {
 }
 
 /// An operand on the device: the tensor's own device values, or a copy made for this call.
-enum Operand<'t> {
+pub(crate) enum Operand<'t> {
     Kept(&'t DTensor),
     Copied(DTensor),
 }
@@ -81,43 +81,54 @@ impl GpuMath {
         GpuMath { gpu }
     }
 
-    fn mine<'t>(&self, t: &'t Tensor) -> Option<&'t DTensor> {
-        let b = t.device()?.as_any().downcast_ref::<GpuBuf>()?;
-        Arc::ptr_eq(&b.dev, self.gpu.device()).then_some(&b.t)
-    }
-
     /// `t` on this rank's GPU: its device values, or an upload it then keeps.
     fn on_device<'t>(&self, t: &'t Tensor) -> Result<Operand<'t>, RuntimeError> {
-        if let Some(d) = self.mine(t) {
-            return Ok(Operand::Kept(d));
-        }
-        let up = self.gpu.upload(t)?;
-        if t.device().is_some() {
-            // Values on another device stay there; this call uses a copy.
-            return Ok(Operand::Copied(up));
-        }
-        t.keep_device_copy(Arc::new(GpuBuf {
-            dev: self.gpu.device().clone(),
-            t: up,
-        }));
-        Ok(Operand::Kept(self.mine(t).expect("just kept")))
+        operand(&self.gpu, t)
     }
 
     /// A result left on the device.
     fn result(&self, d: DTensor) -> Tensor {
-        let shape = d.shape().to_vec();
-        Tensor::from_device(
-            &shape,
-            Arc::new(GpuBuf {
-                dev: self.gpu.device().clone(),
-                t: d,
-            }),
-        )
+        result(&self.gpu, d)
     }
 
     fn results3(&self, (a, b, c): (DTensor, DTensor, DTensor)) -> (Tensor, Tensor, Tensor) {
         (self.result(a), self.result(b), self.result(c))
     }
+}
+
+/// `t`'s device values if they are on `gpu`'s device.
+fn mine<'t>(gpu: &Gpu, t: &'t Tensor) -> Option<&'t DTensor> {
+    let b = t.device()?.as_any().downcast_ref::<GpuBuf>()?;
+    Arc::ptr_eq(&b.dev, gpu.device()).then_some(&b.t)
+}
+
+/// `t` on `gpu`'s device: its device values, or an upload it then keeps.
+pub(crate) fn operand<'t>(gpu: &Gpu, t: &'t Tensor) -> Result<Operand<'t>, RuntimeError> {
+    if let Some(d) = mine(gpu, t) {
+        return Ok(Operand::Kept(d));
+    }
+    let up = gpu.upload(t)?;
+    if t.device().is_some() {
+        // Values on another device stay there; this call uses a copy.
+        return Ok(Operand::Copied(up));
+    }
+    t.keep_device_copy(Arc::new(GpuBuf {
+        dev: gpu.device().clone(),
+        t: up,
+    }));
+    Ok(Operand::Kept(mine(gpu, t).expect("just kept")))
+}
+
+/// A tensor whose values are `d`, on `gpu`'s device.
+pub(crate) fn result(gpu: &Gpu, d: DTensor) -> Tensor {
+    let shape = d.shape().to_vec();
+    Tensor::from_device(
+        &shape,
+        Arc::new(GpuBuf {
+            dev: gpu.device().clone(),
+            t: d,
+        }),
+    )
 }
 
 impl Math for GpuMath {

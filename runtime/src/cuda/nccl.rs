@@ -62,6 +62,10 @@ pub struct Communicator {
     members: Vec<u32>,
 }
 
+// SAFETY: an NCCL communicator may be used from any thread as long as no two calls on it
+// run at once; a rank's interpreter owns it and calls it from one thread at a time.
+unsafe impl Send for Communicator {}
+
 impl Communicator {
     /// Creates the group's communicator: the first member makes the unique id and sends it to
     /// the others over `ep` under `tag`; every member then joins (collective over `members`).
@@ -119,6 +123,9 @@ impl Communicator {
 
     /// Sums `x` over the group, in place.
     pub fn all_reduce_sum(&self, x: &mut DTensor) -> Result<(), RuntimeError> {
+        if x.numel() == 0 {
+            return Ok(());
+        }
         self.comm
             .all_reduce_in_place(&mut x.buf, &cudarc::nccl::ReduceOp::Sum)
             .map_err(nccl_err("all-reduce"))?;
@@ -129,6 +136,9 @@ impl Communicator {
     pub fn all_gather(&self, gpu: &Gpu, x: &DTensor) -> Result<DTensor, RuntimeError> {
         let n = self.members.len();
         let mut out = gpu.zeros(&[x.rows() * n, x.cols()])?;
+        if x.numel() == 0 {
+            return Ok(out);
+        }
         self.comm
             .all_gather(&x.buf, &mut out.buf)
             .map_err(nccl_err("all-gather"))?;
@@ -146,6 +156,9 @@ impl Communicator {
             )));
         }
         let mut out = gpu.zeros(&[x.rows() / n, x.cols()])?;
+        if out.numel() == 0 {
+            return Ok(out);
+        }
         self.comm
             .reduce_scatter(&x.buf, &mut out.buf, &cudarc::nccl::ReduceOp::Sum)
             .map_err(nccl_err("reduce-scatter"))?;
@@ -196,6 +209,78 @@ impl Communicator {
         Ok(())
     }
 }
+/// A communicator for every group of more than one rank this rank is in (a process with its
+/// own GPU), created at the start in the order of `groups`, which every rank computes alike
+/// (`crate::exec::rank::program_groups`), so that creation cannot deadlock. Collectives run
+/// on their own stream; buffers carry their events, so the arithmetic's stream and this one
+/// wait for each other where they share a tensor.
+pub struct NcclGroups {
+    gpu: Gpu,
+    comms: std::collections::BTreeMap<Vec<u32>, Communicator>,
+}
+
+impl NcclGroups {
+    pub fn new(
+        dev: &std::sync::Arc<super::Device>,
+        ep: &mut Endpoint,
+        groups: &[Vec<u32>],
+    ) -> Result<NcclGroups, RuntimeError> {
+        use crate::exec::comm::{tag, Kind};
+        let gpu = dev.rank()?;
+        let mut comms = std::collections::BTreeMap::new();
+        for (k, g) in groups.iter().enumerate() {
+            if g.len() > 1 && g.contains(&ep.rank()) {
+                let c = Communicator::new(&gpu, ep, g, tag(Kind::Setup, 0, 0, k, 0))?;
+                comms.insert(g.clone(), c);
+            }
+        }
+        Ok(NcclGroups { gpu, comms })
+    }
+
+    fn comm(&self, group: &[u32]) -> Result<&Communicator, RuntimeError> {
+        self.comms.get(group).ok_or_else(|| {
+            RuntimeError::InvalidProgram(format!("no NCCL communicator for group {group:?}"))
+        })
+    }
+}
+
+impl crate::exec::collective::GroupCollectives for NcclGroups {
+    fn covers(&self, group: &[u32]) -> bool {
+        self.comms.contains_key(group)
+    }
+
+    fn all_gather(
+        &self,
+        group: &[u32],
+        x: &crate::tensor::Tensor,
+    ) -> Result<crate::tensor::Tensor, RuntimeError> {
+        let d = super::math::operand(&self.gpu, x)?;
+        let out = self.comm(group)?.all_gather(&self.gpu, &d)?;
+        Ok(super::math::result(&self.gpu, out))
+    }
+
+    fn all_reduce(
+        &self,
+        group: &[u32],
+        x: crate::tensor::Tensor,
+    ) -> Result<crate::tensor::Tensor, RuntimeError> {
+        // Device values are never changed in place (clones share them): sum a copy.
+        let mut d = self.gpu.copy(&*super::math::operand(&self.gpu, &x)?)?;
+        self.comm(group)?.all_reduce_sum(&mut d)?;
+        Ok(super::math::result(&self.gpu, d))
+    }
+
+    fn reduce_scatter(
+        &self,
+        group: &[u32],
+        x: &crate::tensor::Tensor,
+    ) -> Result<crate::tensor::Tensor, RuntimeError> {
+        let d = super::math::operand(&self.gpu, x)?;
+        let out = self.comm(group)?.reduce_scatter(&self.gpu, &d)?;
+        Ok(super::math::result(&self.gpu, out))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -129,3 +129,71 @@ pub fn reduce_scatter(
     }
     Ok(acc)
 }
+
+/// Collectives over fixed groups with equal parts, NCCL's shape: for ranks as processes, each
+/// with its own GPU (`crate::cuda::nccl::NcclGroups`). Unequal parts (sequence-parallel rows
+/// that do not divide evenly) are padded by [`gather_parts`] and [`reduce_scatter_parts`].
+pub trait GroupCollectives: Send {
+    /// Whether this runs collectives over `group`.
+    fn covers(&self, group: &[u32]) -> bool;
+    /// Every member's `x` (all of one shape) stacked by rows, in group order.
+    fn all_gather(&self, group: &[u32], x: &Tensor) -> Result<Tensor, RuntimeError>;
+    /// The sum of every member's `x`.
+    fn all_reduce(&self, group: &[u32], x: Tensor) -> Result<Tensor, RuntimeError>;
+    /// `x`'s rows in as many equal parts as members: member `i` gets the sum of parts `i`.
+    fn reduce_scatter(&self, group: &[u32], x: &Tensor) -> Result<Tensor, RuntimeError>;
+}
+
+fn range_rows(start: usize, n: usize) -> Vec<usize> {
+    (start..start + n).collect()
+}
+
+/// Every member's `x`, member `i` holding `rows[i]` rows: padded to the most, gathered, cut.
+pub fn gather_parts(
+    gc: &dyn GroupCollectives,
+    mx: &dyn Math,
+    group: &[u32],
+    x: &Tensor,
+    rows: &[usize],
+) -> Result<Vec<Tensor>, RuntimeError> {
+    let most = rows.iter().copied().max().unwrap_or(0);
+    let c = x.cols();
+    let padded = if x.rows() == most {
+        x.clone()
+    } else {
+        mx.scatter_rows(std::slice::from_ref(x), &[range_rows(0, x.rows())], most, c)?
+    };
+    let all = gc.all_gather(group, &padded)?;
+    if all.rows() != most * group.len() {
+        return Err(RuntimeError::InvalidProgram(format!(
+            "an all-gather of {most} rows over {} ranks gave {}",
+            group.len(),
+            all.rows()
+        )));
+    }
+    rows.iter()
+        .enumerate()
+        .map(|(i, &n)| mx.gather_rows(&all, &range_rows(i * most, n)))
+        .collect()
+}
+
+/// Member `me` (an index into `group`) gets the sum of every member's `pieces[me]`: the
+/// pieces padded to the most rows, stacked, reduce-scattered, cut.
+pub fn reduce_scatter_parts(
+    gc: &dyn GroupCollectives,
+    mx: &dyn Math,
+    group: &[u32],
+    me: usize,
+    pieces: Vec<Tensor>,
+) -> Result<Tensor, RuntimeError> {
+    let most = pieces.iter().map(Tensor::rows).max().unwrap_or(0);
+    let c = pieces.first().map_or(1, Tensor::cols);
+    let places: Vec<Vec<usize>> = pieces
+        .iter()
+        .enumerate()
+        .map(|(i, p)| range_rows(i * most, p.rows()))
+        .collect();
+    let stacked = mx.scatter_rows(&pieces, &places, most * pieces.len(), c)?;
+    let mine = gc.reduce_scatter(group, &stacked)?;
+    mx.gather_rows(&mine, &range_rows(0, pieces[me].rows()))
+}

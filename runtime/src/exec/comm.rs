@@ -20,6 +20,8 @@ pub enum Kind {
     PipelineGradient = 3,
     Boundary = 4,
     GradSync = 5,
+    /// Setting up a run: index = the group whose communicator is being created.
+    Setup = 6,
 }
 
 /// Limits of the tag's fields.
@@ -39,6 +41,8 @@ pub fn tag(kind: Kind, owner: usize, micro_batch: u32, index: usize, sub: u8) ->
 
 /// A module pass's view of its groups on one micro-batch.
 pub struct Env<'a> {
+    /// Collectives over fixed groups (NCCL, ranks as processes), where the run has them.
+    pub groups: Option<&'a dyn collective::GroupCollectives>,
     pub tp_group: &'a [u32],
     pub cp_group: &'a [u32],
     pub sp: bool,
@@ -94,6 +98,57 @@ impl Env<'_> {
         tag(Kind::Pass, self.module, self.micro_batch, index, sub)
     }
 
+    /// The group collectives for `group`, if the run has them.
+    fn groups_for(&self, group: &[u32]) -> Option<&dyn collective::GroupCollectives> {
+        self.groups.filter(|g| g.covers(group))
+    }
+
+    /// Every member's part (`rows[i]` rows of member `i`) on a device path: the run's group
+    /// collectives, or device copies between threads; `None` for the host path.
+    fn gather_on_device(
+        &self,
+        mx: &dyn Math,
+        ep: &mut Endpoint,
+        group: &[u32],
+        tag: Tag,
+        x: &Tensor,
+        rows: &[usize],
+    ) -> Result<Option<Vec<Tensor>>, RuntimeError> {
+        let parts = if let Some(gc) = self.groups_for(group) {
+            collective::gather_parts(gc, mx, group, x, rows)?
+        } else if collective::on_device(mx, ep, group) {
+            collective::all_gather(ep, group, tag, x)?
+        } else {
+            return Ok(None);
+        };
+        if parts.iter().zip(rows).any(|(p, &r)| p.rows() != r) {
+            return Err(wrong("a part"));
+        }
+        Ok(Some(parts))
+    }
+
+    /// On a device path (as [`Env::gather_on_device`] decides), member `me`'s sum of every
+    /// member's `pieces[me]`.
+    fn reduce_scatter_on_device(
+        &self,
+        mx: &dyn Math,
+        ep: &mut Endpoint,
+        group: &[u32],
+        tag: Tag,
+        me: usize,
+        pieces: Vec<Tensor>,
+    ) -> Result<Tensor, RuntimeError> {
+        match self.groups_for(group) {
+            Some(gc) => collective::reduce_scatter_parts(gc, mx, group, me, pieces),
+            None => collective::reduce_scatter(mx, ep, group, tag, pieces),
+        }
+    }
+
+    /// Whether collectives over `group` take a device path.
+    fn device_path(&self, mx: &dyn Math, ep: &Endpoint, group: &[u32]) -> bool {
+        self.groups_for(group).is_some() || collective::on_device(mx, ep, group)
+    }
+
     /// Per tp rank, the local rows its sequence-parallel part holds.
     fn part_rows(&self) -> Vec<Vec<usize>> {
         self.shard
@@ -115,12 +170,10 @@ impl Env<'_> {
         if !self.sp || self.tp_group.len() <= 1 {
             return Ok(mine.clone());
         }
-        if collective::on_device(mx, ep, self.tp_group) {
-            let parts = collective::all_gather(ep, self.tp_group, self.tag(index, sub), mine)?;
-            let rows = self.part_rows();
-            if parts.iter().zip(&rows).any(|(p, r)| p.rows() != r.len()) {
-                return Err(wrong("a part"));
-            }
+        let rows = self.part_rows();
+        let counts: Vec<usize> = rows.iter().map(Vec::len).collect();
+        let tag = self.tag(index, sub);
+        if let Some(parts) = self.gather_on_device(mx, ep, self.tp_group, tag, mine, &counts)? {
             return mx.scatter_rows(&parts, &rows, self.shard.local().len(), mine.cols());
         }
         let parts = ep.all_gather(self.tp_group, self.tag(index, sub), mine.data())?;
@@ -154,16 +207,20 @@ impl Env<'_> {
             return Ok(partial);
         }
         let tag = self.tag(index, sub);
-        if collective::on_device(mx, ep, self.tp_group) {
+        if self.device_path(mx, ep, self.tp_group) {
             if !self.sp {
-                return collective::all_reduce(mx, ep, self.tp_group, tag, partial);
+                return match self.groups_for(self.tp_group) {
+                    Some(gc) => gc.all_reduce(self.tp_group, partial),
+                    None => collective::all_reduce(mx, ep, self.tp_group, tag, partial),
+                };
             }
             let pieces = self
                 .part_rows()
                 .iter()
                 .map(|rows| mx.gather_rows(&partial, rows))
                 .collect::<Result<Vec<_>, _>>()?;
-            return collective::reduce_scatter(mx, ep, self.tp_group, tag, pieces);
+            let me = self.shard.t;
+            return self.reduce_scatter_on_device(mx, ep, self.tp_group, tag, me, pieces);
         }
         if !self.sp {
             let mut t = partial;
@@ -200,15 +257,9 @@ impl Env<'_> {
                 .map(|idx| mx.gather_rows(x, idx))
                 .collect();
         }
-        if collective::on_device(mx, ep, self.cp_group) {
-            let parts = collective::all_gather(ep, self.cp_group, self.tag(index, sub), x)?;
-            if parts
-                .iter()
-                .zip(&sh.per_cp)
-                .any(|(p, r)| p.rows() != r.len())
-            {
-                return Err(wrong("sequence rows"));
-            }
+        let counts: Vec<usize> = sh.per_cp.iter().map(Vec::len).collect();
+        let tag = self.tag(index, sub);
+        if let Some(parts) = self.gather_on_device(mx, ep, self.cp_group, tag, x, &counts)? {
             // Sequence s takes, from each cp rank's part, its rows of s at their positions.
             return (0..sh.seq_len.len())
                 .map(|s| {
@@ -255,7 +306,7 @@ impl Env<'_> {
         if self.cp_group.len() <= 1 {
             return mx.scatter_rows(seqs, &by_position(sh), sh.local().len(), cols);
         }
-        if collective::on_device(mx, ep, self.cp_group) {
+        if self.device_path(mx, ep, self.cp_group) {
             // Each cp rank's piece: its local rows, taken from the sequences that hold them.
             let pieces = sh
                 .per_cp
@@ -273,7 +324,8 @@ impl Env<'_> {
                     mx.scatter_rows(&srcs, &dsts, rows.len(), cols)
                 })
                 .collect::<Result<Vec<_>, _>>()?;
-            return collective::reduce_scatter(mx, ep, self.cp_group, self.tag(index, sub), pieces);
+            let tag = self.tag(index, sub);
+            return self.reduce_scatter_on_device(mx, ep, self.cp_group, tag, sh.c, pieces);
         }
         let pieces: Vec<Vec<f32>> = sh
             .per_cp

@@ -108,7 +108,8 @@ pub fn report_steps(
 
 /// A generated program's command line: `--steps N` (10), `--lr X` (1e-3), `--seed S` (0),
 /// `--timeout-ms T` (60000), `--backend cpu|cuda` (cpu), `--gpu G` (CUDA; by default the
-/// node-local rank modulo the GPUs), `--precision f32|bf16` (f32).
+/// node-local rank modulo the GPUs), `--precision f32|bf16` (f32), `--collectives host|nccl`
+/// (host; nccl: ranks as processes, one GPU each).
 #[derive(Clone, Debug)]
 pub struct Args {
     pub opts: RunOptions,
@@ -116,6 +117,8 @@ pub struct Args {
     pub cuda: bool,
     pub gpu: Option<usize>,
     pub bf16: bool,
+    /// Collectives and gradient sums by NCCL (`--collectives nccl`).
+    pub nccl: bool,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -130,6 +133,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         cuda: false,
         gpu: None,
         bf16: false,
+        nccl: false,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -151,10 +155,11 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             "--backend" => out.cuda = one_of(["cpu", "cuda"])? == 1,
             "--gpu" => out.gpu = Some(value.parse().map_err(|e| bad(&e))?),
             "--precision" => out.bf16 = one_of(["f32", "bf16"])? == 1,
+            "--collectives" => out.nccl = one_of(["host", "nccl"])? == 1,
             _ => {
                 return Err(format!(
                     "unknown option {flag}; options: --steps N --lr X --seed S --timeout-ms T \
-                     --backend cpu|cuda --gpu G --precision f32|bf16"
+                     --backend cpu|cuda --gpu G --precision f32|bf16 --collectives host|nccl"
                 ))
             }
         }
@@ -184,6 +189,7 @@ impl Args {
                 } else {
                     Precision::F32
                 },
+                nccl: self.nccl,
             })
         }
         #[cfg(not(feature = "cuda"))]
@@ -279,7 +285,8 @@ mod tests {
         ])
         .unwrap();
         assert_eq!(a.opts.steps, 3);
-        assert!(a.cuda && a.bf16);
+        assert!(a.cuda && a.bf16 && !a.nccl);
+        assert!(args(&["--collectives", "nccl"]).unwrap().nccl);
         assert_eq!(a.gpu, Some(1));
         let d = args(&[]).unwrap();
         assert!(!d.cuda && !d.bf16 && d.gpu.is_none());

@@ -54,6 +54,8 @@ pub enum Backend {
     Cuda {
         device: std::sync::Arc<crate::cuda::Device>,
         precision: crate::cuda::Precision,
+        /// Collectives and gradient sums by NCCL: ranks as processes, one GPU each.
+        nccl: bool,
     },
 }
 
@@ -63,7 +65,9 @@ impl Backend {
         match self {
             Backend::Cpu => Ok(Box::new(math::CpuMath)),
             #[cfg(feature = "cuda")]
-            Backend::Cuda { device, precision } => Ok(Box::new(crate::cuda::GpuMath::new(
+            Backend::Cuda {
+                device, precision, ..
+            } => Ok(Box::new(crate::cuda::GpuMath::new(
                 device.rank()?.with_precision(*precision),
             ))),
         }
@@ -75,8 +79,13 @@ impl std::fmt::Display for Backend {
         match self {
             Backend::Cpu => write!(f, "CPU backend"),
             #[cfg(feature = "cuda")]
-            Backend::Cuda { device, precision } => {
-                write!(f, "CUDA backend on {} ({precision})", device.name)
+            Backend::Cuda {
+                device,
+                precision,
+                nccl,
+            } => {
+                let how = if *nccl { ", NCCL collectives" } else { "" };
+                write!(f, "CUDA backend on {} ({precision}{how})", device.name)
             }
         }
     }
@@ -155,6 +164,15 @@ fn run_rank<'a>(
 ) -> Result<RankOut, RuntimeError> {
     let mut st =
         RankState::new(rank, ep, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
+    #[cfg(feature = "cuda")]
+    if let Backend::Cuda {
+        device, nccl: true, ..
+    } = &opts.backend
+    {
+        let groups = rank::program_groups(program);
+        let nccl = crate::cuda::nccl::NcclGroups::new(device, &mut st.ep, &groups)?;
+        st.set_groups(Box::new(nccl));
+    }
     let mut losses = Vec::with_capacity(opts.steps);
     let mut seconds = Vec::with_capacity(opts.steps);
     let mut grads = Params::default();

@@ -12,7 +12,7 @@ use super::block::{
     block_backward, block_forward, mlp_backward, mlp_forward, norm_bytes, tensor_bytes, BlockCache,
     MlpCache,
 };
-use super::collective;
+use super::collective::{self, GroupCollectives};
 use super::comm::{tag, Env, Kind};
 use super::math::{
     accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
@@ -77,6 +77,48 @@ pub fn unit_of(program: &Program, idx: usize) -> Option<Unit> {
     }
 }
 
+/// The groups of the rank at `coord` (tp, cp, dp, pp) of module `m`: its tensor-parallel
+/// group, context-parallel group, data × context group (where gradients are summed) and whole
+/// stage (where replicated gradients are summed under sequence parallelism).
+fn groups_at(m: &ModuleProgram, [t, c, d, s]: [u32; 4]) -> [Vec<u32>; 4] {
+    let tp_group = (0..m.tp).map(|x| m.rank_at(x, c, d, s)).collect();
+    let cp_group = (0..m.cp).map(|x| m.rank_at(t, x, d, s)).collect();
+    let mut dp_cp_group = Vec::new();
+    let mut stage_group = Vec::new();
+    for dd in 0..m.dp {
+        for cc in 0..m.cp {
+            dp_cp_group.push(m.rank_at(t, cc, dd, s));
+            for tt in 0..m.tp {
+                stage_group.push(m.rank_at(tt, cc, dd, s));
+            }
+        }
+    }
+    [tp_group, cp_group, dp_cp_group, stage_group]
+}
+
+/// Every group of more than one rank that a collective of `program` may run over, each once,
+/// in one order every rank computes alike (modules in program order, then grid coordinates):
+/// the order in which group communicators are created, so creation cannot deadlock.
+pub fn program_groups(program: &Program) -> Vec<Vec<u32>> {
+    let mut out: Vec<Vec<u32>> = Vec::new();
+    for m in &program.modules {
+        for s in 0..m.pp {
+            for d in 0..m.dp {
+                for c in 0..m.cp {
+                    for t in 0..m.tp {
+                        for g in groups_at(m, [t, c, d, s]) {
+                            if g.len() > 1 && !out.contains(&g) {
+                                out.push(g);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
 impl<'a> ModuleCtx<'a> {
     pub fn new(
         program: &'a Program,
@@ -88,19 +130,8 @@ impl<'a> ModuleCtx<'a> {
         let m = &program.modules[idx];
         let coord = m.coord_of(rank)?;
         let unit = unit_of(program, idx)?;
-        let [t, c, d, s] = coord;
-        let tp_group = (0..m.tp).map(|x| m.rank_at(x, c, d, s)).collect();
-        let cp_group = (0..m.cp).map(|x| m.rank_at(t, x, d, s)).collect();
-        let mut dp_cp_group = Vec::new();
-        let mut stage_group = Vec::new();
-        for dd in 0..m.dp {
-            for cc in 0..m.cp {
-                dp_cp_group.push(m.rank_at(t, cc, dd, s));
-                for tt in 0..m.tp {
-                    stage_group.push(m.rank_at(tt, cc, dd, s));
-                }
-            }
-        }
+        let s = coord[3];
+        let [tp_group, cp_group, dp_cp_group, stage_group] = groups_at(m, coord);
         let names = full
             .iter()
             .map(|(n, _)| n.clone())
@@ -215,6 +246,8 @@ pub struct RankState<'a> {
     pub adam: Adam,
     /// The backend's arithmetic: the CPU reference unless [`RankState::with_math`] says else.
     math: Box<dyn Math + 'a>,
+    /// Collectives over fixed groups (NCCL), when the run has them.
+    groups: Option<Box<dyn GroupCollectives + 'a>>,
     batch: Option<(&'a Batch, Layout)>,
     /// For this step's batch, per sample and position, the row a placeholder there takes.
     placeholders: Vec<Vec<u64>>,
@@ -255,6 +288,7 @@ impl<'a> RankState<'a> {
         let grads = params.zeros_like();
         RankState {
             math: Box::new(CpuMath),
+            groups: None,
             rank,
             ep,
             cfg,
@@ -279,6 +313,11 @@ impl<'a> RankState<'a> {
     pub fn with_math(mut self, math: Box<dyn Math + 'a>) -> RankState<'a> {
         self.math = math;
         self
+    }
+
+    /// Runs the collectives `groups` covers with it from now on.
+    pub fn set_groups(&mut self, groups: Box<dyn GroupCollectives + 'a>) {
+        self.groups = Some(groups);
     }
 
     /// Computes with `math` from now on.
@@ -747,6 +786,7 @@ impl<'a> RankState<'a> {
         let (unit, heads, sp) = (c.unit, c.heads, p.sequence_parallel);
         let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
         let env = Env {
+            groups: self.groups.as_deref(),
             tp_group: &tp_group,
             cp_group: &cp_group,
             sp,
@@ -802,6 +842,7 @@ impl<'a> RankState<'a> {
             }
             Unit::Projector(_) => {
                 let env = Env {
+                    groups: self.groups.as_deref(),
                     tp_group: &tp_group,
                     cp_group: &cp_group,
                     sp,
@@ -995,6 +1036,7 @@ impl<'a> RankState<'a> {
                 )?,
                 LayerCache::Mlp(mc) => {
                     let env = Env {
+                        groups: self.groups.as_deref(),
                         tp_group: &env_groups.0,
                         cp_group: &env_groups.1,
                         sp,
@@ -1048,6 +1090,7 @@ impl<'a> RankState<'a> {
         let blocks = chunk_blocks(self.ctx(m).prog, i as usize);
         if !matches!(unit, Unit::Projector(_)) {
             let env = Env {
+                groups: self.groups.as_deref(),
                 tp_group: &env_groups.0,
                 cp_group: &env_groups.1,
                 sp,
@@ -1276,7 +1319,10 @@ impl<'a> RankState<'a> {
                 .get_mut(name)
                 .expect("the rank holds its stage's gradients");
             let t = tag(Kind::GradSync, m, 0, k, 0);
-            if collective::on_device(&*self.math, &self.ep, group) {
+            if let Some(gc) = self.groups.as_ref().filter(|g| g.covers(group)) {
+                let mine = std::mem::replace(g, Tensor::zeros(&[0]));
+                *g = gc.all_reduce(group, mine)?;
+            } else if collective::on_device(&*self.math, &self.ep, group) {
                 let mine = std::mem::replace(g, Tensor::zeros(&[0]));
                 *g = collective::all_reduce(&*self.math, &mut self.ep, group, t, mine)?;
             } else {
