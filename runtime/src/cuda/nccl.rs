@@ -217,6 +217,7 @@ impl Communicator {
 pub struct NcclGroups {
     gpu: Gpu,
     comms: std::collections::BTreeMap<Vec<u32>, Communicator>,
+    world_size: usize,
 }
 
 impl NcclGroups {
@@ -234,7 +235,19 @@ impl NcclGroups {
                 comms.insert(g.clone(), c);
             }
         }
-        Ok(NcclGroups { gpu, comms })
+        Ok(NcclGroups {
+            gpu,
+            comms,
+            world_size: ep.size(),
+        })
+    }
+
+    /// The communicator of every rank (the widest group), if there is one.
+    fn world(&self) -> Option<&Communicator> {
+        self.comms
+            .values()
+            .max_by_key(|c| c.members().len())
+            .filter(|c| c.members().len() == self.world_size)
     }
 
     fn comm(&self, group: &[u32]) -> Result<&Communicator, RuntimeError> {
@@ -247,6 +260,44 @@ impl NcclGroups {
 impl crate::exec::collective::GroupCollectives for NcclGroups {
     fn covers(&self, group: &[u32]) -> bool {
         self.comms.contains_key(group)
+    }
+
+    fn exchanges(&self) -> bool {
+        self.world().is_some()
+    }
+
+    fn exchange(
+        &self,
+        sends: &[(u32, &crate::tensor::Tensor)],
+        recvs: &[(u32, [usize; 2])],
+    ) -> Result<Vec<crate::tensor::Tensor>, RuntimeError> {
+        let world = self.world().ok_or_else(|| {
+            RuntimeError::InvalidProgram("no NCCL communicator of every rank".into())
+        })?;
+        let ops = sends
+            .iter()
+            .map(|(_, t)| super::math::operand(&self.gpu, t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let send_refs: Vec<(u32, &DTensor)> = sends
+            .iter()
+            .zip(&ops)
+            .map(|((r, _), d)| (*r, &**d))
+            .collect();
+        let mut bufs = recvs
+            .iter()
+            .map(|(_, shape)| self.gpu.zeros(shape))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut recv_refs: Vec<(u32, &mut DTensor)> = recvs
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|((r, _), b)| (*r, b))
+            .collect();
+        world.exchange(&send_refs, &mut recv_refs)?;
+        drop(recv_refs);
+        Ok(bufs
+            .into_iter()
+            .map(|b| super::math::result(&self.gpu, b))
+            .collect())
     }
 
     fn all_gather(

@@ -142,6 +142,22 @@ pub trait GroupCollectives: Send {
     fn all_reduce(&self, group: &[u32], x: Tensor) -> Result<Tensor, RuntimeError>;
     /// `x`'s rows in as many equal parts as members: member `i` gets the sum of parts `i`.
     fn reduce_scatter(&self, group: &[u32], x: &Tensor) -> Result<Tensor, RuntimeError>;
+    /// Whether [`GroupCollectives::exchange`] is offered (a communicator of every rank).
+    fn exchanges(&self) -> bool {
+        false
+    }
+    /// Point-to-point messages as one call: `sends` (to rank, tensor) and `recvs` (from rank,
+    /// shape), the receipts in `recvs`' order. Between one pair, messages match in order.
+    fn exchange(
+        &self,
+        sends: &[(u32, &Tensor)],
+        recvs: &[(u32, [usize; 2])],
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        let _ = (sends, recvs);
+        Err(RuntimeError::InvalidProgram(
+            "these group collectives exchange no messages".into(),
+        ))
+    }
 }
 
 fn range_rows(start: usize, n: usize) -> Vec<usize> {

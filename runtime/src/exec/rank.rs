@@ -97,8 +97,9 @@ fn groups_at(m: &ModuleProgram, [t, c, d, s]: [u32; 4]) -> [Vec<u32>; 4] {
 }
 
 /// Every group of more than one rank that a collective of `program` may run over, each once,
-/// in one order every rank computes alike (modules in program order, then grid coordinates):
-/// the order in which group communicators are created, so creation cannot deadlock.
+/// in one order every rank computes alike (modules in program order, then grid coordinates,
+/// then every rank, for point-to-point messages): the order in which group communicators are
+/// created, so creation cannot deadlock.
 pub fn program_groups(program: &Program) -> Vec<Vec<u32>> {
     let mut out: Vec<Vec<u32>> = Vec::new();
     for m in &program.modules {
@@ -115,6 +116,12 @@ pub fn program_groups(program: &Program) -> Vec<Vec<u32>> {
                 }
             }
         }
+    }
+    // Every rank, for point-to-point messages (a boundary's fused transfer).
+    let mut all: Vec<u32> = program.ranks.iter().map(|r| r.rank).collect();
+    all.sort_unstable();
+    if all.len() > 1 && !out.contains(&all) {
+        out.push(all);
     }
     out
 }
@@ -1249,6 +1256,51 @@ impl<'a> RankState<'a> {
             store.insert_rows(t, keys);
             Ok(())
         };
+        if let Some(gc) = self.groups.as_deref().filter(|g| g.exchanges()) {
+            // The whole fused transfer as one call: every send and receive of this rank.
+            let mut sends: Vec<(u32, Tensor)> = Vec::new();
+            let mut recvs: Vec<(u32, Vec<Key>)> = Vec::new();
+            let mut send = |to: &[u32], rows: &[hetpar_ir::program::Rows]| {
+                let data = take(&store, rows)?;
+                for &r in to.iter().filter(|&&r| r != me) {
+                    sends.push((r, data.clone()));
+                }
+                Ok::<_, RuntimeError>(())
+            };
+            for op in ops {
+                match op {
+                    Transfer::Send { src, dst, rows } if *src == me => send(&[*dst], rows)?,
+                    Transfer::Send { src, dst, rows } if *dst == me => {
+                        recvs.push((*src, keys(rows)))
+                    }
+                    Transfer::Broadcast { root, group, rows } if *root == me => send(group, rows)?,
+                    Transfer::Broadcast { root, group, rows } if group.contains(&me) => {
+                        recvs.push((*root, keys(rows)))
+                    }
+                    Transfer::AllGather { group, parts } if group.contains(&me) => {
+                        for (owner, rows) in parts {
+                            if *owner == me {
+                                send(group, rows)?;
+                            } else {
+                                recvs.push((*owner, keys(rows)));
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            sends.retain(|(_, t)| t.rows() > 0);
+            recvs.retain(|(_, k)| !k.is_empty());
+            let sends_ref: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
+            let shapes: Vec<(u32, [usize; 2])> =
+                recvs.iter().map(|(r, k)| (*r, [k.len(), w])).collect();
+            let got = gc.exchange(&sends_ref, &shapes)?;
+            for ((_, keys), t) in recvs.into_iter().zip(got) {
+                store.insert_rows(t, keys);
+            }
+            self.stores.insert((b, j, forward), store);
+            return Ok(());
+        }
         for (k, op) in ops.iter().enumerate() {
             let t = tag(Kind::Boundary, b, j, k, u8::from(!forward));
             match op {
