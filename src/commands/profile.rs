@@ -10,7 +10,7 @@ use super::{emit, print_diagnostics};
 pub enum Backend {
     /// This machine's cores running the CPU backend (a cluster of `cpu_thread` ranks).
     Cpu,
-    /// NVIDIA GPUs with NCCL (not in this build yet).
+    /// NVIDIA GPUs with NCCL (not profiled yet: `hetpar device-check` measures one GPU).
     Cuda,
 }
 
@@ -44,8 +44,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let cal = match a.backend {
         Backend::Cpu => hetpar::autotune::profile_cpu(&cluster)?,
         Backend::Cuda => anyhow::bail!(
-            "the CUDA backend is not in this build yet; profile a cluster of cpu_thread ranks \
-             with --backend cpu"
+            "profiling the CUDA backend into a calibration file is not implemented yet; \
+             `hetpar device-check` measures a GPU's matrix-product throughput and copy \
+             bandwidth, and --backend cpu profiles a cluster of cpu_thread ranks"
         ),
     };
     let h = &cal.hardware;
