@@ -76,10 +76,10 @@ pub fn compile(arch: &str) -> Result<Ptx, RuntimeError> {
     let src = CString::new(SOURCE).expect("the kernel source has no NUL");
     let name = CString::new("hetpar_kernels.cu").expect("no NUL");
     let prog = result::create_program(&src, Some(&name)).map_err(|e| device_err("NVRTC", e))?;
+    // No language standard pinned: the kernels are plain C, and NVRTC releases drop old ones.
     let options = [
         format!("--gpu-architecture={arch}"),
         "--fmad=false".to_string(),
-        "--std=c++14".to_string(),
     ];
     // SAFETY: `prog` was just created and is destroyed once, below, on every path.
     let out = unsafe {
