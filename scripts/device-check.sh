@@ -6,8 +6,10 @@
 #
 # Finds the CUDA libraries (LD_LIBRARY_PATH, the CUDA toolkit, pip's nvidia-* wheels; the
 # binary links pip's libnccl.so.2 under the name it loads), then runs `hetpar device-check`:
-# every operation against the CPU reference, a matrix-product throughput and a device-copy
-# bandwidth figure. Everything has a time limit; the whole script stays under 5 minutes.
+# every operation against the CPU reference, NCCL on one GPU, a matrix-product throughput and
+# a device-copy bandwidth figure, the reference model trained 20 steps under two plans on the
+# CPU and the GPU (f32 and bf16 products); then the same plan as 8 processes sharing the GPU
+# against 8 threads. Everything has a time limit; the whole script stays under 5 minutes.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-}"
@@ -47,10 +49,25 @@ fi
   echo
   echo "## operations against the CPU reference; throughput; bandwidth"
   timeout 240 "$bin" device-check --gemm-size 8192 --copy-mib 1024
-  echo "exit status: $?"
+  checked=$?
+  echo "exit status: $checked"
+  # 2: no device or library; nothing more to learn here.
+  [ "$checked" = 2 ] && exit 0
   echo
-  echo "## training on the GPU"
-  echo "not in this build: the CUDA executor of per-rank programs is the next step (issue 7)"
+  echo "## ranks as processes on the GPU: launch (8 processes, TCP) against run (8 threads)"
+  ex="$here/../examples"
+  args=("$ex/plans/reference-tiny-noncolocated-8.json" --model "$ex/models/reference-tiny.json"
+        --cluster "$ex/clusters/h100-8.json" --steps 3 --backend cuda --gpu 0)
+  threads="$(timeout 60 "$bin" run "${args[@]}" 2>&1)"; echo "$threads"
+  procs="$(timeout 60 "$bin" launch "${args[@]}" --nproc-per-node 8 2>&1)"; echo "$procs"
+  losses() { awk '$1 ~ /^[0-9]+$/ && NF >= 3 {print $2}'; }
+  if [ -n "$(echo "$threads" | losses)" ] && \
+     [ "$(echo "$threads" | losses)" = "$(echo "$procs" | losses)" ]; then
+    echo "launch status: same losses"
+  else
+    echo "launch status: FAILED (the losses differ or a run failed)"
+  fi
 } 2>&1 | tee "$report"
 status="$(grep -m1 '^exit status:' "$report" | awk '{print $3}')"
+if grep -q '^launch status: FAILED' "$report"; then status=1; fi
 exit "${status:-1}"
