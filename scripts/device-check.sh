@@ -48,7 +48,7 @@ fi
   fi
   echo
   echo "## operations against the CPU reference; throughput; bandwidth"
-  timeout 240 "$bin" device-check --gemm-size 8192 --copy-mib 1024
+  timeout 180 "$bin" device-check --gemm-size 8192 --copy-mib 1024
   checked=$?
   echo "exit status: $checked"
   # 2: no device or library; nothing more to learn here.
@@ -58,8 +58,8 @@ fi
   ex="$here/../examples"
   args=("$ex/plans/reference-tiny-noncolocated-8.json" --model "$ex/models/reference-tiny.json"
         --cluster "$ex/clusters/h100-8.json" --steps 3 --backend cuda --gpu 0)
-  threads="$(timeout 60 "$bin" run "${args[@]}" 2>&1)"; echo "$threads"
-  procs="$(timeout 60 "$bin" launch "${args[@]}" --nproc-per-node 8 2>&1)"; echo "$procs"
+  threads="$(timeout 45 "$bin" run "${args[@]}" 2>&1)"; echo "$threads"
+  procs="$(timeout 45 "$bin" launch "${args[@]}" --nproc-per-node 8 2>&1)"; echo "$procs"
   losses() { awk '$1 ~ /^[0-9]+$/ && NF >= 3 {print $2}'; }
   if [ -n "$(echo "$threads" | losses)" ] && \
      [ "$(echo "$threads" | losses)" = "$(echo "$procs" | losses)" ]; then
