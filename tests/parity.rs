@@ -134,6 +134,16 @@ fn rel_err(a: &[f32], b: &[f32], floor: f64) -> f64 {
     diff / max_abs(b).max(floor)
 }
 
+/// Every bit a run produced: losses, final weights, last gradients.
+fn bits(o: &RunOutput) -> Vec<u32> {
+    o.losses
+        .iter()
+        .chain(o.params.iter().flat_map(|(_, t)| t.data()))
+        .chain(o.grads.iter().flat_map(|(_, t)| t.data()))
+        .map(|v| v.to_bits())
+        .collect()
+}
+
 fn single_device_losses(cfg: &Config, init: &Params, batches: &[Batch]) -> Vec<f32> {
     let mut params = init.clone();
     let mut adam = Adam::new(LR);
@@ -239,22 +249,6 @@ fn runs_are_bitwise_reproducible() {
     let program = lower(&g, schedule, modules);
     let a = run(&program, &cfg, &init, &batches, &opts(3)).unwrap();
     let b = run(&program, &cfg, &init, &batches, &opts(3)).unwrap();
-    let bits = |o: &RunOutput| -> Vec<u32> {
-        o.losses
-            .iter()
-            .map(|l| l.to_bits())
-            .chain(
-                o.params
-                    .iter()
-                    .flat_map(|(_, t)| t.data().iter().map(|v| v.to_bits())),
-            )
-            .chain(
-                o.grads
-                    .iter()
-                    .flat_map(|(_, t)| t.data().iter().map(|v| v.to_bits())),
-            )
-            .collect()
-    };
     assert_eq!(bits(&a), bits(&b), "{name}: two runs differ");
 }
 
@@ -581,14 +575,6 @@ fn device_resident_storage_gives_the_cpu_backends_numbers_bit_for_bit() {
                 st.interpret()
             })
             .unwrap();
-        let bits = |o: &RunOutput| -> Vec<u32> {
-            o.losses
-                .iter()
-                .chain(o.grads.iter().flat_map(|(_, t)| t.data()))
-                .chain(o.params.iter().flat_map(|(_, t)| t.data()))
-                .map(|v| v.to_bits())
-                .collect()
-        };
         assert_eq!(bits(&plain), bits(&resident), "{name}");
     }
 }
@@ -714,14 +700,6 @@ fn group_collectives_with_equal_parts_give_the_cpu_backends_numbers_bit_for_bit(
             },
         )
         .unwrap();
-        let bits = |o: &RunOutput| -> Vec<u32> {
-            o.losses
-                .iter()
-                .chain(o.grads.iter().flat_map(|(_, t)| t.data()))
-                .chain(o.params.iter().flat_map(|(_, t)| t.data()))
-                .map(|v| v.to_bits())
-                .collect()
-        };
         assert_eq!(bits(&plain), bits(&grouped), "{name}");
     }
 }

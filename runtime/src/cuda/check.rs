@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use super::device::{device_err, Device, Gpu};
 use super::ops::{DTensor, Precision};
-use crate::reference::adam::{Adam, AdamStep};
+use crate::reference::adam::Adam;
 use crate::reference::attention::{attention_core_at, attention_core_backward};
 use crate::reference::layers::{gelu, gelu_backward, layer_norm, layer_norm_backward};
 use crate::reference::llm::cross_entropy;
@@ -281,16 +281,7 @@ fn optimizer(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeErr
         let mut grads = Params::default();
         grads.insert("w", g.clone());
         adam.update(&mut cpu_p, &grads)?;
-        let ti = i32::try_from(t).expect("three");
-        let step = AdamStep {
-            lr: adam.lr,
-            beta1: adam.beta1,
-            beta2: adam.beta2,
-            eps: adam.eps,
-            bc1: 1.0 - adam.beta1.powi(ti),
-            bc2: 1.0 - adam.beta2.powi(ti),
-        };
-        gpu.adam_step(&mut gp, &c.up(&g)?, &mut gm, &mut gv, &step)?;
+        gpu.adam_step(&mut gp, &c.up(&g)?, &mut gm, &mut gv, &adam.step_at(t))?;
     }
     let want = cpu_p.get("w").expect("inserted above").clone();
     c.cmp("adam, three updates", &gp, &want, tol)?;

@@ -43,6 +43,19 @@ impl Adam {
         self.step
     }
 
+    /// The constants of update number `t` (from 1).
+    pub fn step_at(&self, t: u64) -> AdamStep {
+        let t = i32::try_from(t).unwrap_or(i32::MAX);
+        AdamStep {
+            lr: self.lr,
+            beta1: self.beta1,
+            beta2: self.beta2,
+            eps: self.eps,
+            bc1: 1.0 - self.beta1.powi(t),
+            bc2: 1.0 - self.beta2.powi(t),
+        }
+    }
+
     /// The first moments.
     pub fn exp_avg(&self) -> &Params {
         &self.m
@@ -88,15 +101,7 @@ impl Adam {
             self.v = params.zeros_like();
         }
         self.step += 1;
-        let t = i32::try_from(self.step).unwrap_or(i32::MAX);
-        let step = AdamStep {
-            lr: self.lr,
-            beta1: self.beta1,
-            beta2: self.beta2,
-            eps: self.eps,
-            bc1: 1.0 - self.beta1.powi(t),
-            bc2: 1.0 - self.beta2.powi(t),
-        };
+        let step = self.step_at(self.step);
         for (name, p) in params.iter_mut() {
             let g = grads.get(name).expect("checked above");
             let m = self.m.get_mut(name).expect("moments follow the parameters");
