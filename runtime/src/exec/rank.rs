@@ -255,6 +255,10 @@ pub struct RankState<'a> {
     math: Box<dyn Math + 'a>,
     /// Collectives over fixed groups (NCCL), when the run has them.
     groups: Option<Box<dyn GroupCollectives + 'a>>,
+    /// Pipeline sends held back to go out with the next receive as one grouped call (group
+    /// collectives that exchange messages only): a lone send would hold the stream until its
+    /// receive is posted, and pipeline schedules have both neighbours send before receiving.
+    held_sends: Vec<(u32, Tensor)>,
     batch: Option<(&'a Batch, Layout)>,
     /// For this step's batch, per sample and position, the row a placeholder there takes.
     placeholders: Vec<Vec<u64>>,
@@ -296,6 +300,7 @@ impl<'a> RankState<'a> {
         RankState {
             math: Box::new(CpuMath),
             groups: None,
+            held_sends: Vec::new(),
             rank,
             ep,
             cfg,
@@ -343,6 +348,7 @@ impl<'a> RankState<'a> {
 
     /// Ends a step: every pipeline tensor must have been consumed.
     pub fn end_step(&mut self) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
         self.stores.clear();
         if let Some(k) = self.acts.keys().chain(self.dgrads.keys()).next() {
             return Err(invalid(format!(
@@ -491,6 +497,22 @@ impl<'a> RankState<'a> {
         }
     }
 
+    /// Sends the held pipeline sends now, as one call (before any other communication, so
+    /// messages between a pair keep the program's order).
+    fn flush_sends(&mut self) -> Result<(), RuntimeError> {
+        if self.held_sends.is_empty() {
+            return Ok(());
+        }
+        let sends = std::mem::take(&mut self.held_sends);
+        let gc = self
+            .groups
+            .as_deref()
+            .expect("only group exchanges hold sends");
+        let refs: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
+        gc.exchange(&refs, &[])?;
+        Ok(())
+    }
+
     /// `forward` of module `m` (by index in the program), chunk `chunk` of stage `stage`,
     /// micro-batch `j`.
     pub fn forward(
@@ -501,6 +523,7 @@ impl<'a> RankState<'a> {
         j: u32,
     ) -> Result<(), RuntimeError> {
         let i = chunk * self.held(m)?.prog.pp + stage;
+        self.flush_sends()?;
         self.forward_chunk(m, i, j)?;
         self.note_memory();
         Ok(())
@@ -515,6 +538,7 @@ impl<'a> RankState<'a> {
         j: u32,
     ) -> Result<(), RuntimeError> {
         let i = chunk * self.held(m)?.prog.pp + stage;
+        self.flush_sends()?;
         self.backward_chunk(m, i, j)
     }
 
@@ -588,6 +612,12 @@ impl<'a> RankState<'a> {
             .pipe(kind)
             .remove(&key)
             .ok_or_else(|| self.missing(what, key))?;
+        if self.groups.as_deref().is_some_and(|g| g.exchanges()) {
+            if x.rows() > 0 {
+                self.held_sends.push((to, x));
+            }
+            return Ok(());
+        }
         self.ep
             .send_tensor(to, tag(kind, m, j, chunk as usize, 0), &x)
     }
@@ -601,6 +631,25 @@ impl<'a> RankState<'a> {
         from: u32,
     ) -> Result<(), RuntimeError> {
         self.held(m)?;
+        if self.groups.as_deref().is_some_and(|g| g.exchanges()) {
+            // With the held sends, as one call. The sender's stage holds the same rows.
+            let rows = self.shard(m, j).mine().len();
+            let shape = [rows, self.ctx(m).width];
+            let x = if rows == 0 {
+                self.flush_sends()?;
+                Tensor::zeros(&shape)
+            } else {
+                let sends = std::mem::take(&mut self.held_sends);
+                let gc = self.groups.as_deref().expect("checked above");
+                let refs: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
+                gc.exchange(&refs, &[(from, shape)])?
+                    .pop()
+                    .expect("one receipt per receive")
+            };
+            self.pipe(kind).insert((m, chunk, j), x);
+            self.note_memory();
+            return Ok(());
+        }
         let x = match self
             .ep
             .recv_payload(from, tag(kind, m, j, chunk as usize, 0))?
@@ -628,6 +677,7 @@ impl<'a> RankState<'a> {
         j: u32,
         ops: &[Transfer],
     ) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
         self.boundary(b, j, true, ops)?;
         self.note_memory();
         Ok(())
@@ -640,11 +690,13 @@ impl<'a> RankState<'a> {
         j: u32,
         ops: &[Transfer],
     ) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
         self.boundary(b, j, false, ops)
     }
 
     /// `optimizer_step`.
     pub fn optimizer_step(&mut self) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
         let mx = &*self.math;
         self.adam
             .update_each(&mut self.params, &self.grads, &mut |p, g, m, v, step| {
@@ -1347,6 +1399,7 @@ impl<'a> RankState<'a> {
     /// `grad_sync`: sums a module stage's gradients: over dp x cp, and for tensors whole on every tp rank
     /// under sequence parallelism (each computed its rows' share) over the whole stage.
     pub fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
         let c = self.held(m)?;
         if c.coord[3] != stage {
             return Err(invalid(format!(
