@@ -732,3 +732,41 @@ fn every_group_a_rank_sums_over_has_a_communicator_created_once_in_one_order() {
         }
     }
 }
+
+#[test]
+fn messages_between_each_pair_come_in_one_order_and_a_swap_is_named() {
+    use hetpar::ir::program::Instruction;
+    use hetpar::runtime::exec::order::check_pair_order;
+    let (g, _) = model();
+    let mut swapped = None;
+    for (name, schedule, modules) in matrix() {
+        let program = lower(&g, schedule, modules);
+        assert_eq!(check_pair_order(&program), Ok(()), "{name}");
+        // Swap a rank's first two receives from one peer: NCCL would pair them wrongly.
+        let mut p = program.clone();
+        for rp in &mut p.ranks {
+            let from = |i: &Instruction| match i {
+                Instruction::RecvActivation { from, .. }
+                | Instruction::RecvGradient { from, .. } => Some(*from),
+                _ => None,
+            };
+            let recvs: Vec<usize> = (0..rp.instructions.len())
+                .filter(|&k| from(&rp.instructions[k]).is_some())
+                .collect();
+            let pair = recvs.iter().enumerate().find_map(|(x, &a)| {
+                recvs[x + 1..]
+                    .iter()
+                    .find(|&&b| from(&rp.instructions[b]) == from(&rp.instructions[a]))
+                    .map(|&b| (a, b))
+            });
+            if let Some((a, b)) = pair {
+                rp.instructions.swap(a, b);
+                swapped = Some(p.clone());
+                break;
+            }
+        }
+    }
+    let p = swapped.expect("a pipelined plan receives twice from one peer");
+    let e = check_pair_order(&p).expect_err("a swap breaks the order");
+    assert!(e.contains("first differ") && e.contains("by order"), "{e}");
+}

@@ -13,6 +13,7 @@ pub mod collective;
 pub mod comm;
 pub mod generated;
 pub mod math;
+pub mod order;
 pub mod rank;
 pub mod rows;
 pub mod shard;
@@ -169,6 +170,7 @@ fn run_rank<'a>(
         device, nccl: true, ..
     } = &opts.backend
     {
+        order::check_pair_order(program).map_err(RuntimeError::InvalidProgram)?;
         let groups = rank::program_groups(program);
         let nccl = crate::cuda::nccl::NcclGroups::new(device, &mut st.ep, &groups)?;
         st.set_groups(Box::new(nccl));
