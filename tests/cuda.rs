@@ -58,34 +58,22 @@ fn nccl_is_refused_where_it_cannot_work() {
         "--steps",
         "1",
     ];
-    let run = hetpar(
-        &[
-            &["run", REF_PLAN][..],
-            &base,
-            &["--backend", "cuda", "--nccl"],
-        ]
-        .concat(),
-    );
-    assert_eq!(run.status.code(), Some(2));
-    assert!(
-        stderr(&run).contains("--nccl is for `hetpar launch`"),
-        "{}",
-        stderr(&run)
-    );
-    let cpu = hetpar(
-        &[
-            &["launch", REF_PLAN][..],
-            &base,
-            &["--nproc-per-node", "8", "--nccl"],
-        ]
-        .concat(),
-    );
-    assert_eq!(cpu.status.code(), Some(2));
-    assert!(
-        stderr(&cpu).contains("--nccl needs --backend cuda"),
-        "{}",
-        stderr(&cpu)
-    );
+    for (first, extra, says) in [
+        (
+            "run",
+            &["--backend", "cuda", "--nccl"][..],
+            "--nccl is for `hetpar launch`",
+        ),
+        (
+            "launch",
+            &["--nproc-per-node", "8", "--nccl"][..],
+            "--nccl needs --backend cuda",
+        ),
+    ] {
+        let o = hetpar(&[&[first, REF_PLAN][..], &base, extra].concat());
+        assert_eq!(o.status.code(), Some(2), "{first}: {}", stderr(&o));
+        assert!(stderr(&o).contains(says), "{first}: {}", stderr(&o));
+    }
 }
 
 fn train(program_path: &str, backend: Backend, steps: usize) -> RunOutput {
