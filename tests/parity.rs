@@ -502,6 +502,7 @@ mod resident {
             let cache = LayerNormCache {
                 xhat: out(c.xhat),
                 rstd: c.rstd,
+                device_rstd: None,
             };
             Ok((out(y), cache))
         }
@@ -509,6 +510,7 @@ mod resident {
             let cache = LayerNormCache {
                 xhat: read(&c.xhat),
                 rstd: c.rstd.clone(),
+                device_rstd: None,
             };
             let (a, b, d) = CpuMath.layer_norm_backward(&cache, &read(w), &read(dy))?;
             Ok((out(a), out(b), out(d)))

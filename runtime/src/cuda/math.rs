@@ -15,7 +15,7 @@ use super::device::{Device, Gpu};
 use super::ops::DTensor;
 use crate::exec::math::Math;
 use crate::reference::adam::AdamStep;
-use crate::reference::layers::LayerNormCache;
+use crate::reference::layers::{DeviceRstd, LayerNormCache};
 use crate::tensor::{DeviceBuffer, Tensor};
 use crate::RuntimeError;
 
@@ -53,6 +53,12 @@ impl DeviceBuffer for GpuBuf {
     fn as_any(&self) -> &dyn std::any::Any {
         self
     }
+}
+
+/// A LayerNorm's rows' 1/σ on one GPU.
+struct GpuRstd {
+    dev: Arc<Device>,
+    values: cudarc::driver::CudaSlice<f64>,
 }
 
 /// An operand on the device: the tensor's own device values, or a copy made for this call.
@@ -245,12 +251,17 @@ impl Math for GpuMath {
             &*self.on_device(w)?,
             &*self.on_device(b)?,
         )?;
-        let rstd = self.gpu.download_f64(&c.rstd, x.rows())?;
+        // The rows' 1/σ stay on the device: reading them here would wait for the stream.
+        let rstd = GpuRstd {
+            dev: self.gpu.device().clone(),
+            values: c.rstd,
+        };
         Ok((
             self.result(y),
             LayerNormCache {
                 xhat: self.result(c.xhat),
-                rstd,
+                rstd: Vec::new(),
+                device_rstd: Some(DeviceRstd(Arc::new(rstd))),
             },
         ))
     }
@@ -262,10 +273,22 @@ impl Math for GpuMath {
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
         let g = &self.gpu;
-        let rstd = g.upload_f64(&cache.rstd)?;
+        let kept = cache
+            .device_rstd
+            .as_ref()
+            .and_then(|d| d.0.downcast_ref::<GpuRstd>())
+            .filter(|r| Arc::ptr_eq(&r.dev, g.device()));
+        let uploaded;
+        let rstd = match kept {
+            Some(r) => &r.values,
+            None => {
+                uploaded = g.upload_f64(&cache.rstd)?;
+                &uploaded
+            }
+        };
         let r = g.layer_norm_backward(
             &*self.on_device(&cache.xhat)?,
-            &rstd,
+            rstd,
             &*self.on_device(w)?,
             &*self.on_device(dy)?,
         )?;

@@ -199,16 +199,6 @@ impl Gpu {
             .map_err(|e| device_err("host to device copy", e))
     }
 
-    /// The first `n` f64 values of `s`, on the host.
-    pub fn download_f64(&self, s: &CudaSlice<f64>, n: usize) -> Result<Vec<f64>, RuntimeError> {
-        if n == 0 {
-            return Ok(Vec::new());
-        }
-        self.stream
-            .clone_dtoh(&s.slice(0..n))
-            .map_err(|e| device_err("device to host copy", e))
-    }
-
     pub fn zeros(&self, shape: &[usize]) -> Result<DTensor, RuntimeError> {
         let n: usize = shape.iter().product();
         let buf = self

@@ -90,7 +90,7 @@ pub fn tensor_bytes<'a>(ts: impl IntoIterator<Item = &'a Tensor>) -> usize {
 
 /// Bytes a LayerNorm's cache holds.
 pub fn norm_bytes(c: &LayerNormCache) -> usize {
-    c.xhat.numel() * 4 + c.rstd.len() * 8
+    c.xhat.numel() * 4 + c.xhat.rows() * 8
 }
 
 impl BlockCache {

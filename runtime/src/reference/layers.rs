@@ -19,7 +19,20 @@ const GELU_A: f64 = 0.044_715;
 #[derive(Clone, Debug)]
 pub struct LayerNormCache {
     pub xhat: Tensor,
+    /// Each row's `1/σ` on the host; empty when a backend keeps it on its device instead.
     pub rstd: Vec<f64>,
+    /// A backend's device copy of each row's `1/σ` (`crate::cuda`), opaque here.
+    pub device_rstd: Option<DeviceRstd>,
+}
+
+/// A backend's device values of a LayerNorm's `1/σ` per row.
+#[derive(Clone)]
+pub struct DeviceRstd(pub std::sync::Arc<dyn std::any::Any + Send + Sync>);
+
+impl std::fmt::Debug for DeviceRstd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DeviceRstd")
+    }
 }
 
 /// Per row: `(x - mean) / √(var + eps) · w + b`, the variance biased (divided by the width).
@@ -46,7 +59,14 @@ pub fn layer_norm(x: &Tensor, w: &Tensor, b: &Tensor) -> (Tensor, LayerNormCache
             xhat.row_mut(i)[j] = h as f32;
         }
     }
-    (y, LayerNormCache { xhat, rstd })
+    (
+        y,
+        LayerNormCache {
+            xhat,
+            rstd,
+            device_rstd: None,
+        },
+    )
 }
 
 /// LayerNorm's backward: `(dx, dw, db)` with
