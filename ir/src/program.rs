@@ -126,6 +126,52 @@ pub enum Transfer {
     },
 }
 
+/// What one rank does in a [`Transfer`], in the order the transfer lists it: every backend and
+/// check that executes or inspects transfers reads them through this.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Roles<'t> {
+    /// Rows this rank sends, the ranks it sends them to (never itself), and which part of the
+    /// transfer they are (0 but for an all-gather's parts).
+    pub sends: Vec<(Vec<Rank>, &'t [Rows], usize)>,
+    /// Rows this rank receives, the rank they come from, and which part.
+    pub receives: Vec<(Rank, &'t [Rows], usize)>,
+}
+
+impl Transfer {
+    /// Rank `me`'s sends and receives in this transfer.
+    pub fn roles(&self, me: Rank) -> Roles<'_> {
+        let others = |group: &[Rank]| group.iter().copied().filter(|&r| r != me).collect();
+        let mut out = Roles::default();
+        match self {
+            Transfer::Send { src, dst, rows } => {
+                if *src == me {
+                    out.sends.push((vec![*dst], rows, 0));
+                } else if *dst == me {
+                    out.receives.push((*src, rows, 0));
+                }
+            }
+            Transfer::Broadcast { root, group, rows } => {
+                if *root == me {
+                    out.sends.push((others(group), rows, 0));
+                } else if group.contains(&me) {
+                    out.receives.push((*root, rows, 0));
+                }
+            }
+            Transfer::AllGather { group, parts } if group.contains(&me) => {
+                for (p, (owner, rows)) in parts.iter().enumerate() {
+                    if *owner == me {
+                        out.sends.push((others(group), rows, p));
+                    } else {
+                        out.receives.push((*owner, rows, p));
+                    }
+                }
+            }
+            Transfer::AllGather { .. } => {}
+        }
+        out
+    }
+}
+
 /// A boundary's fused transfers: per micro-batch, the operations in order, forward
 /// (activations, source holders to destination needers) and backward (gradients, back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -164,5 +210,37 @@ impl ModuleProgram {
         let (tp, rest) = (i % self.tp, i / self.tp);
         let (cp, rest) = (rest % self.cp, rest / self.cp);
         Some([tp, cp, rest % self.dp, rest / self.dp])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_rank_sees_its_own_sends_and_receives_of_a_transfer() {
+        let (a, b) = (vec![(0u32, 0..2u64)], vec![(1u32, 0..1u64)]);
+        let gather = Transfer::AllGather {
+            group: vec![3, 5, 7],
+            parts: vec![(3, a.clone()), (5, b.clone())],
+        };
+        let r = gather.roles(5);
+        assert_eq!(r.sends, vec![(vec![3, 7], &b[..], 1)]);
+        assert_eq!(r.receives, vec![(3, &a[..], 0)]);
+        assert_eq!(gather.roles(9), Roles::default(), "not a member");
+        let cast = Transfer::Broadcast {
+            root: 2,
+            group: vec![2, 4],
+            rows: a.clone(),
+        };
+        assert_eq!(cast.roles(2).sends, vec![(vec![4], &a[..], 0)]);
+        assert_eq!(cast.roles(4).receives, vec![(2, &a[..], 0)]);
+        let send = Transfer::Send {
+            src: 1,
+            dst: 6,
+            rows: b.clone(),
+        };
+        assert_eq!(send.roles(6).receives, vec![(1, &b[..], 0)]);
+        assert!(send.roles(1).receives.is_empty());
     }
 }

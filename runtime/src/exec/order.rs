@@ -3,7 +3,7 @@
 //! whose ranks send and receive a pair's messages in different orders would pair the wrong
 //! ones; the TCP and thread transports match by tag and do not need this.
 
-use hetpar_ir::program::{Instruction, Program, Transfer};
+use hetpar_ir::program::{Instruction, Program};
 
 /// One message: what it carries, as both sides name it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -51,39 +51,14 @@ fn boundary_messages(
         part,
     };
     for (k, op) in ops.iter().enumerate() {
-        let mut send = |to: u32, m: Msg| pairs.entry((me, to)).or_default().0.push(m);
-        match op {
-            Transfer::Send { src, dst, .. } if *src == me => send(*dst, msg(k, 0)),
-            Transfer::Broadcast { root, group, .. } if *root == me => {
-                for &r in group.iter().filter(|&&r| r != me) {
-                    send(r, msg(k, 0));
-                }
+        let roles = op.roles(me);
+        for (to, _, part) in roles.sends {
+            for r in to {
+                pairs.entry((me, r)).or_default().0.push(msg(k, part));
             }
-            Transfer::AllGather { group, parts } if group.contains(&me) => {
-                for (p, (owner, _)) in parts.iter().enumerate() {
-                    if *owner == me {
-                        for &r in group.iter().filter(|&&r| r != me) {
-                            send(r, msg(k, p));
-                        }
-                    }
-                }
-            }
-            _ => {}
         }
-        let mut recv = |from: u32, m: Msg| pairs.entry((from, me)).or_default().1.push(m);
-        match op {
-            Transfer::Send { src, dst, .. } if *dst == me => recv(*src, msg(k, 0)),
-            Transfer::Broadcast { root, group, .. } if *root != me && group.contains(&me) => {
-                recv(*root, msg(k, 0))
-            }
-            Transfer::AllGather { group, parts } if group.contains(&me) => {
-                for (p, (owner, _)) in parts.iter().enumerate() {
-                    if *owner != me {
-                        recv(*owner, msg(k, p));
-                    }
-                }
-            }
-            _ => {}
+        for (from, _, part) in roles.receives {
+            pairs.entry((from, me)).or_default().1.push(msg(k, part));
         }
     }
     Ok(())

@@ -1312,34 +1312,18 @@ impl<'a> RankState<'a> {
             // The whole fused transfer as one call: every send and receive of this rank.
             let mut sends: Vec<(u32, Tensor)> = Vec::new();
             let mut recvs: Vec<(u32, Vec<Key>)> = Vec::new();
-            let mut send = |to: &[u32], rows: &[hetpar_ir::program::Rows]| {
-                let data = take(&store, rows)?;
-                for &r in to.iter().filter(|&&r| r != me) {
-                    sends.push((r, data.clone()));
-                }
-                Ok::<_, RuntimeError>(())
-            };
             for op in ops {
-                match op {
-                    Transfer::Send { src, dst, rows } if *src == me => send(&[*dst], rows)?,
-                    Transfer::Send { src, dst, rows } if *dst == me => {
-                        recvs.push((*src, keys(rows)))
-                    }
-                    Transfer::Broadcast { root, group, rows } if *root == me => send(group, rows)?,
-                    Transfer::Broadcast { root, group, rows } if group.contains(&me) => {
-                        recvs.push((*root, keys(rows)))
-                    }
-                    Transfer::AllGather { group, parts } if group.contains(&me) => {
-                        for (owner, rows) in parts {
-                            if *owner == me {
-                                send(group, rows)?;
-                            } else {
-                                recvs.push((*owner, keys(rows)));
-                            }
-                        }
-                    }
-                    _ => {}
+                let roles = op.roles(me);
+                for (to, rows, _) in roles.sends {
+                    let data = take(&store, rows)?;
+                    sends.extend(to.into_iter().map(|r| (r, data.clone())));
                 }
+                recvs.extend(
+                    roles
+                        .receives
+                        .into_iter()
+                        .map(|(r, rows, _)| (r, keys(rows))),
+                );
             }
             sends.retain(|(_, t)| t.rows() > 0);
             recvs.retain(|(_, k)| !k.is_empty());
@@ -1350,45 +1334,19 @@ impl<'a> RankState<'a> {
             for ((_, keys), t) in recvs.into_iter().zip(got) {
                 store.insert_rows(t, keys);
             }
-            self.stores.insert((b, j, forward), store);
-            return Ok(());
-        }
-        for (k, op) in ops.iter().enumerate() {
-            let t = tag(Kind::Boundary, b, j, k, u8::from(!forward));
-            match op {
-                Transfer::Send { src, dst, rows } => {
-                    if *src == me {
-                        let data = take(&store, rows)?;
-                        self.ep.send_tensor(*dst, t, &data)?;
-                    } else if *dst == me {
-                        let data = self.ep.recv_payload(*src, t)?;
-                        put(&mut store, rows, data)?;
+        } else {
+            for (k, op) in ops.iter().enumerate() {
+                let t = tag(Kind::Boundary, b, j, k, u8::from(!forward));
+                let roles = op.roles(me);
+                for (to, rows, _) in &roles.sends {
+                    let data = take(&store, rows)?;
+                    for &r in to {
+                        self.ep.send_tensor(r, t, &data)?;
                     }
                 }
-                Transfer::Broadcast { root, group, rows } => {
-                    if *root == me {
-                        let data = take(&store, rows)?;
-                        for &r in group.iter().filter(|&&r| r != me) {
-                            self.ep.send_tensor(r, t, &data)?;
-                        }
-                    } else if group.contains(&me) {
-                        let data = self.ep.recv_payload(*root, t)?;
-                        put(&mut store, rows, data)?;
-                    }
-                }
-                Transfer::AllGather { group, parts } => {
-                    if group.contains(&me) {
-                        for (_, rows) in parts.iter().filter(|(o, _)| *o == me) {
-                            let data = take(&store, rows)?;
-                            for &r in group.iter().filter(|&&r| r != me) {
-                                self.ep.send_tensor(r, t, &data)?;
-                            }
-                        }
-                        for (owner, rows) in parts.iter().filter(|(o, _)| *o != me) {
-                            let data = self.ep.recv_payload(*owner, t)?;
-                            put(&mut store, rows, data)?;
-                        }
-                    }
+                for (from, rows, _) in roles.receives {
+                    let data = self.ep.recv_payload(from, t)?;
+                    put(&mut store, rows, data)?;
                 }
             }
         }
