@@ -36,6 +36,22 @@ impl Payload {
             Payload::Tensor(t) => t.into_data(),
         }
     }
+
+    /// The message as rows of `cols` values (where they are); what is wrong if it is not.
+    pub fn into_rows(self, cols: usize) -> Result<crate::tensor::Tensor, String> {
+        match self {
+            Payload::Tensor(t) if t.cols() == cols => Ok(t),
+            Payload::Tensor(t) => Err(format!(
+                "a tensor of shape {:?} is not rows of {cols}",
+                t.shape()
+            )),
+            Payload::Values(v) if cols > 0 && v.len() % cols == 0 => {
+                crate::tensor::Tensor::from_vec(&[v.len() / cols, cols], v)
+                    .map_err(|e| e.to_string())
+            }
+            Payload::Values(v) => Err(format!("{} values are not rows of {cols}", v.len())),
+        }
+    }
 }
 
 /// Where a rank's messages to one peer go: a channel (ranks as threads of one process) or a

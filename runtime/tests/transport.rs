@@ -125,3 +125,14 @@ fn a_peer_that_has_exited_is_reported_as_gone() {
     });
     assert_eq!(out[1], Err(RuntimeError::PeerGone { rank: 1, peer: 0 }));
 }
+
+#[test]
+fn a_message_becomes_rows_of_its_width_or_says_why_not() {
+    use hetpar_runtime::transport::Payload;
+    let t = Payload::Values(vec![1.0; 6]).into_rows(3).unwrap();
+    assert_eq!(t.shape(), &[2, 3]);
+    let e = Payload::Values(vec![1.0; 5]).into_rows(3).unwrap_err();
+    assert!(e.contains("5 values") && e.contains("rows of 3"), "{e}");
+    let e = Payload::Tensor(t).into_rows(2).unwrap_err();
+    assert!(e.contains("[2, 3]"), "{e}");
+}

@@ -16,20 +16,8 @@ pub fn on_device(mx: &dyn Math, ep: &Endpoint, group: &[u32]) -> bool {
 }
 
 fn received(p: Payload, cols: usize) -> Result<Tensor, RuntimeError> {
-    match p {
-        Payload::Tensor(t) if t.cols() == cols => Ok(t),
-        Payload::Tensor(t) => Err(RuntimeError::InvalidProgram(format!(
-            "a peer sent a tensor of shape {:?}, expected rows of {cols}",
-            t.shape()
-        ))),
-        Payload::Values(v) if v.len() % cols.max(1) == 0 => {
-            Tensor::from_vec(&[v.len() / cols.max(1), cols], v)
-        }
-        Payload::Values(v) => Err(RuntimeError::InvalidProgram(format!(
-            "a peer sent {} values, not rows of {cols}",
-            v.len()
-        ))),
-    }
+    p.into_rows(cols)
+        .map_err(|e| RuntimeError::InvalidProgram(format!("a peer sent {e}")))
 }
 
 /// Every member's `x` (rows may differ, columns may not), in group order.

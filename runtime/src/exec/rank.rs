@@ -650,21 +650,12 @@ impl<'a> RankState<'a> {
             self.note_memory();
             return Ok(());
         }
-        let x = match self
+        let w = self.ctx(m).width;
+        let x = self
             .ep
             .recv_payload(from, tag(kind, m, j, chunk as usize, 0))?
-        {
-            Payload::Values(data) => self.tensor(m, data)?,
-            Payload::Tensor(t) if t.cols() == self.ctx(m).width => t,
-            Payload::Tensor(t) => {
-                return Err(invalid(format!(
-                    "rank {}: a pipeline tensor of shape {:?} is not rows of {}",
-                    self.rank,
-                    t.shape(),
-                    self.ctx(m).width
-                )))
-            }
-        };
+            .into_rows(w)
+            .map_err(|e| invalid(format!("rank {}: a pipeline message: {e}", self.rank)))?;
         self.pipe(kind).insert((m, chunk, j), x);
         self.note_memory();
         Ok(())
@@ -709,18 +700,6 @@ impl<'a> RankState<'a> {
             "rank {}: no {what} of module `{}` chunk {} micro-batch {} to send",
             self.rank, self.program.modules[key.0].name, key.1, key.2
         ))
-    }
-
-    fn tensor(&self, m: usize, data: Vec<f32>) -> Result<Tensor, RuntimeError> {
-        let w = self.ctx(m).width;
-        if !data.len().is_multiple_of(w) {
-            return Err(invalid(format!(
-                "rank {}: a pipeline message of {} values is not rows of {w}",
-                self.rank,
-                data.len()
-            )));
-        }
-        Tensor::from_vec(&[data.len() / w, w], data)
     }
 
     fn batch(&self) -> (&'a Batch, &Layout) {
@@ -1285,23 +1264,13 @@ impl<'a> RankState<'a> {
         };
         let put = |store: &mut RowStore, rows: &[hetpar_ir::program::Rows], p: Payload| {
             let keys = keys(rows);
-            let t = match p {
-                Payload::Tensor(t) => t,
-                Payload::Values(v) => {
-                    if v.len() != keys.len() * w {
-                        return Err(invalid(format!(
-                            "boundary `{name}`: {} values for {} rows of {w}",
-                            v.len(),
-                            keys.len()
-                        )));
-                    }
-                    Tensor::from_vec(&[keys.len(), w], v)?
-                }
-            };
-            if t.shape() != [keys.len(), w] {
+            let t = p
+                .into_rows(w)
+                .map_err(|e| invalid(format!("boundary `{name}`: {e}")))?;
+            if t.rows() != keys.len() {
                 return Err(invalid(format!(
-                    "boundary `{name}`: a tensor of shape {:?} for {} rows of {w}",
-                    t.shape(),
+                    "boundary `{name}`: {} rows for {} rows of {w}",
+                    t.rows(),
                     keys.len()
                 )));
             }
