@@ -500,17 +500,21 @@ impl<'a> RankState<'a> {
     /// Sends the held pipeline sends now, as one call (before any other communication, so
     /// messages between a pair keep the program's order).
     fn flush_sends(&mut self) -> Result<(), RuntimeError> {
-        if self.held_sends.is_empty() {
-            return Ok(());
+        if !self.held_sends.is_empty() {
+            self.exchange_held(&[])?;
         }
+        Ok(())
+    }
+
+    /// The held pipeline sends and `recvs` as one group exchange; the receipts.
+    fn exchange_held(&mut self, recvs: &[(u32, [usize; 2])]) -> Result<Vec<Tensor>, RuntimeError> {
         let sends = std::mem::take(&mut self.held_sends);
         let gc = self
             .groups
             .as_deref()
-            .expect("only group exchanges hold sends");
+            .expect("only group exchanges hold sends or receive this way");
         let refs: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
-        gc.exchange(&refs, &[])?;
-        Ok(())
+        gc.exchange(&refs, recvs)
     }
 
     /// `forward` of module `m` (by index in the program), chunk `chunk` of stage `stage`,
@@ -639,10 +643,7 @@ impl<'a> RankState<'a> {
                 self.flush_sends()?;
                 Tensor::zeros(&shape)
             } else {
-                let sends = std::mem::take(&mut self.held_sends);
-                let gc = self.groups.as_deref().expect("checked above");
-                let refs: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
-                gc.exchange(&refs, &[(from, shape)])?
+                self.exchange_held(&[(from, shape)])?
                     .pop()
                     .expect("one receipt per receive")
             };
