@@ -78,9 +78,6 @@ impl DeviceArgs {
         v
     }
 
-    /// The runtime's backend: for CUDA, this process first re-executes itself once with the
-    /// CUDA libraries on `LD_LIBRARY_PATH`, then opens GPU `--gpu` (else `local` modulo the
-    /// GPUs there are).
     /// The combinations refused before anything starts.
     pub fn check(&self) -> anyhow::Result<()> {
         if self.nccl && matches!(self.backend, Backend::Cpu) {
@@ -89,33 +86,19 @@ impl DeviceArgs {
         Ok(())
     }
 
+    /// The runtime's backend (`exec::Backend::cuda` for CUDA: GPU `--gpu`, else `local`
+    /// modulo the GPUs there are).
     pub fn backend(&self, local: usize) -> anyhow::Result<hetpar::runtime::exec::Backend> {
         self.check()?;
-        match self.backend {
-            Backend::Cpu => Ok(hetpar::runtime::exec::Backend::Cpu),
-            #[cfg(feature = "cuda")]
-            Backend::Cuda => {
-                use hetpar::runtime::cuda;
-                hetpar::runtime::libs::reexec_with_cuda_libraries()?;
-                let ordinal = match self.gpu {
-                    Some(g) => g,
-                    None => local % cuda::Device::count()?.max(1),
-                };
-                Ok(hetpar::runtime::exec::Backend::Cuda {
-                    device: cuda::Device::open(ordinal)?,
-                    precision: match self.precision {
-                        Precision::F32 => cuda::Precision::F32,
-                        Precision::Bf16 => cuda::Precision::Bf16,
-                    },
-                    nccl: self.nccl,
-                })
-            }
-            #[cfg(not(feature = "cuda"))]
-            Backend::Cuda => {
-                let _ = local;
-                bail!("this hetpar was built without the `cuda` feature (it is on by default)")
-            }
-        }
+        Ok(match self.backend {
+            Backend::Cpu => hetpar::runtime::exec::Backend::Cpu,
+            Backend::Cuda => hetpar::runtime::exec::Backend::cuda(
+                self.gpu,
+                local,
+                matches!(self.precision, Precision::Bf16),
+                self.nccl,
+            )?,
+        })
     }
 }
 

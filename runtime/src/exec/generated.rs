@@ -174,29 +174,7 @@ impl Args {
         if !self.cuda {
             return Ok(super::Backend::Cpu);
         }
-        #[cfg(feature = "cuda")]
-        {
-            use crate::cuda::{Device, Precision};
-            crate::libs::reexec_with_cuda_libraries().map_err(|e| e.to_string())?;
-            let ordinal = match self.gpu {
-                Some(g) => g,
-                None => local % Device::count().map_err(|e| e.to_string())?.max(1),
-            };
-            Ok(super::Backend::Cuda {
-                device: Device::open(ordinal).map_err(|e| e.to_string())?,
-                precision: if self.bf16 {
-                    Precision::Bf16
-                } else {
-                    Precision::F32
-                },
-                nccl: self.nccl,
-            })
-        }
-        #[cfg(not(feature = "cuda"))]
-        {
-            let _ = local;
-            Err("--backend cuda: hetpar-runtime was built without its `cuda` feature".into())
-        }
+        super::Backend::cuda(self.gpu, local, self.bf16, self.nccl).map_err(|e| e.to_string())
     }
 }
 

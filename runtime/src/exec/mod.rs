@@ -61,6 +61,44 @@ pub enum Backend {
 }
 
 impl Backend {
+    /// The CUDA backend on GPU `gpu`, else on this node's `local` rank modulo the GPUs there
+    /// are, its products' inputs bf16 or f32, its collectives by NCCL or not. The process first
+    /// re-executes itself once with the CUDA libraries on `LD_LIBRARY_PATH` (`crate::libs`).
+    pub fn cuda(
+        gpu: Option<usize>,
+        local: usize,
+        bf16: bool,
+        nccl: bool,
+    ) -> Result<Backend, RuntimeError> {
+        #[cfg(feature = "cuda")]
+        {
+            use crate::cuda::{Device, Precision};
+            crate::libs::reexec_with_cuda_libraries().map_err(|e| {
+                RuntimeError::Device(format!("re-executing with the CUDA libraries: {e}"))
+            })?;
+            let ordinal = match gpu {
+                Some(g) => g,
+                None => local % Device::count()?.max(1),
+            };
+            Ok(Backend::Cuda {
+                device: Device::open(ordinal)?,
+                precision: if bf16 {
+                    Precision::Bf16
+                } else {
+                    Precision::F32
+                },
+                nccl,
+            })
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = (gpu, local, bf16, nccl);
+            Err(RuntimeError::Device(
+                "hetpar-runtime was built without its `cuda` feature".into(),
+            ))
+        }
+    }
+
     /// A rank's arithmetic on this backend.
     pub fn math<'a>(&self) -> Result<Box<dyn math::Math + 'a>, RuntimeError> {
         match self {
