@@ -93,6 +93,27 @@ fn wrong(what: &str) -> RuntimeError {
     RuntimeError::InvalidProgram(format!("a peer sent {what} of the wrong size"))
 }
 
+impl<'e> Env<'e> {
+    /// Module `module`'s view on micro-batch `micro_batch` for the rank `c` describes.
+    pub fn new(
+        groups: Option<&'e dyn collective::GroupCollectives>,
+        c: &'e super::rank::ModuleCtx<'_>,
+        shard: &'e Sharding,
+        module: usize,
+        micro_batch: u32,
+    ) -> Env<'e> {
+        Env {
+            groups,
+            tp_group: &c.tp_group,
+            cp_group: &c.cp_group,
+            sp: c.prog.sequence_parallel,
+            shard,
+            module,
+            micro_batch,
+        }
+    }
+}
+
 impl Env<'_> {
     fn tag(&self, index: usize, sub: u8) -> Tag {
         tag(Kind::Pass, self.module, self.micro_batch, index, sub)

@@ -822,17 +822,14 @@ impl<'a> RankState<'a> {
             RecomputePolicy::None => 0,
             _ => p.recompute.layers.map_or(blocks.len(), |n| n as usize),
         };
-        let (unit, heads, sp) = (c.unit, c.heads, p.sequence_parallel);
-        let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
-        let env = Env {
-            groups: self.groups.as_deref(),
-            tp_group: &tp_group,
-            cp_group: &cp_group,
-            sp,
+        let (unit, heads) = (c.unit, c.heads);
+        let env = Env::new(
+            self.groups.as_deref(),
+            self.modules[m].as_ref().expect("held"),
             shard,
-            module: m,
-            micro_batch: j,
-        };
+            m,
+            j,
+        );
         let mut x = x.clone();
         let mut caches = Vec::with_capacity(blocks.len());
         for (k, b) in blocks.enumerate() {
@@ -867,7 +864,6 @@ impl<'a> RankState<'a> {
     ) -> Result<Option<Tensor>, RuntimeError> {
         let c = self.ctx(m);
         let (unit, sp, t) = (c.unit, c.prog.sequence_parallel, c.coord[0]);
-        let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
         match unit {
             Unit::Encoder(src) => {
                 let (out, ln) = norm_named(
@@ -880,15 +876,13 @@ impl<'a> RankState<'a> {
                 Ok(Some(out))
             }
             Unit::Projector(_) => {
-                let env = Env {
-                    groups: self.groups.as_deref(),
-                    tp_group: &tp_group,
-                    cp_group: &cp_group,
-                    sp,
+                let env = Env::new(
+                    self.groups.as_deref(),
+                    self.modules[m].as_ref().expect("held"),
                     shard,
-                    module: m,
-                    micro_batch: j,
-                };
+                    m,
+                    j,
+                );
                 let (out, cache) = mlp_forward(
                     &*self.math,
                     &mut self.ep,
@@ -1036,8 +1030,7 @@ impl<'a> RankState<'a> {
         let shard = self.shard(m, j);
         let mine = shard.mine();
         let c = self.ctx(m);
-        let (unit, last, sp) = (c.unit, c.last_chunk(), c.prog.sequence_parallel);
-        let (tp_group, cp_group) = (c.tp_group.clone(), c.cp_group.clone());
+        let (unit, last) = (c.unit, c.last_chunk());
         let outgoing = c.outgoing;
         let state = self.chunks.remove(&(m, i, j)).ok_or_else(|| {
             invalid(format!(
@@ -1062,7 +1055,6 @@ impl<'a> RankState<'a> {
                     .ok_or_else(|| self.missing("output gradients", (m, i, j)))?,
             )
         };
-        let env_groups = (tp_group, cp_group);
         for cache in state.post.iter().rev() {
             dy = Some(match cache {
                 LayerCache::EncoderNorm(ln, src) => norm_named_backward(
@@ -1074,15 +1066,13 @@ impl<'a> RankState<'a> {
                     &mut self.grads,
                 )?,
                 LayerCache::Mlp(mc) => {
-                    let env = Env {
-                        groups: self.groups.as_deref(),
-                        tp_group: &env_groups.0,
-                        cp_group: &env_groups.1,
-                        sp,
-                        shard: &shard,
-                        module: m,
-                        micro_batch: j,
-                    };
+                    let env = Env::new(
+                        self.groups.as_deref(),
+                        self.modules[m].as_ref().expect("held"),
+                        &shard,
+                        m,
+                        j,
+                    );
                     mlp_backward(
                         &*self.math,
                         &mut self.ep,
@@ -1128,15 +1118,13 @@ impl<'a> RankState<'a> {
         }
         let blocks = chunk_blocks(self.ctx(m).prog, i as usize);
         if !matches!(unit, Unit::Projector(_)) {
-            let env = Env {
-                groups: self.groups.as_deref(),
-                tp_group: &env_groups.0,
-                cp_group: &env_groups.1,
-                sp,
-                shard: &shard,
-                module: m,
-                micro_batch: j,
-            };
+            let env = Env::new(
+                self.groups.as_deref(),
+                self.modules[m].as_ref().expect("held"),
+                &shard,
+                m,
+                j,
+            );
             for (b, cache) in blocks.zip(&caches).rev() {
                 let name = format!("{}.blocks.{b}", prefix(unit));
                 let cache = cache.as_ref().expect("rebuilt above");
