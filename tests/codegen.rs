@@ -121,18 +121,7 @@ fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
 #[test]
 fn codegen_of_a_program_equals_codegen_of_its_plan() {
     let dir = scratch("codegen-program");
-    let program = dir.join("program.json");
-    let o = hetpar(&[
-        "lower",
-        PLAN,
-        "--model",
-        MODEL,
-        "--cluster",
-        CLUSTER,
-        "-o",
-        program.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let program = common::lowered_reference(&dir);
     let (a, b) = (dir.join("a"), dir.join("b"));
     for (input, out) in [(PLAN, &a), (program.to_str().unwrap(), &b)] {
         let o = hetpar(&[

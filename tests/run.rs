@@ -10,18 +10,7 @@ use common::{
 #[test]
 fn a_plan_and_its_lowered_program_train_alike_and_dump_what_they_print() {
     let dir = scratch("run-plan-and-program");
-    let program = dir.join("program.json");
-    let o = hetpar(&[
-        "lower",
-        PLAN,
-        "--model",
-        MODEL,
-        "--cluster",
-        CLUSTER,
-        "-o",
-        program.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let program = common::lowered_reference(&dir);
     let dump = dir.join("dump");
     let a = hetpar(&[
         "run",
@@ -126,18 +115,7 @@ fn run_refuses_a_plan_without_cluster_and_a_model_the_reference_cannot_compute()
 #[test]
 fn a_program_for_another_model_is_refused_naming_both() {
     let dir = scratch("run-other-model");
-    let program = dir.join("program.json");
-    let o = hetpar(&[
-        "lower",
-        PLAN,
-        "--model",
-        MODEL,
-        "--cluster",
-        CLUSTER,
-        "-o",
-        program.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let program = common::lowered_reference(&dir);
     let o = hetpar(&[
         "run",
         program.to_str().unwrap(),

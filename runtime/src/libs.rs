@@ -26,9 +26,7 @@ pub const LIBRARIES: [&str; 4] = ["libcuda.so", "libcublas.so", "libnvrtc.so", "
 /// the distribution's, and every `nvidia/*/lib` of the Python environments found from
 /// `VIRTUAL_ENV`, `CONDA_PREFIX`, `PYTHONPATH`, the user's and the system's site-packages.
 pub fn candidate_dirs() -> Vec<PathBuf> {
-    let mut dirs: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default();
+    let mut dirs: Vec<PathBuf> = library_path();
     for d in [
         "/usr/local/cuda/lib64",
         "/usr/local/nvidia/lib64",
@@ -77,6 +75,13 @@ fn list_dir(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default();
     v.sort();
     v
+}
+
+/// `LD_LIBRARY_PATH`'s directories, in order.
+fn library_path() -> Vec<PathBuf> {
+    std::env::var_os("LD_LIBRARY_PATH")
+        .map(|v| std::env::split_paths(&v).collect())
+        .unwrap_or_default()
 }
 
 /// Where one library was found.
@@ -158,9 +163,7 @@ pub fn default_shim_dir() -> PathBuf {
 
 /// `LD_LIBRARY_PATH` with `dirs` in front of its current entries (each once).
 pub fn library_path_with(dirs: &[PathBuf]) -> OsString {
-    let current: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default();
+    let current: Vec<PathBuf> = library_path();
     let mut all: Vec<PathBuf> = dirs.to_vec();
     for c in current {
         if !all.contains(&c) {
@@ -185,9 +188,7 @@ pub fn reexec_with_cuda_libraries() -> std::io::Result<()> {
         return Ok(());
     }
     let (path, plan) = cuda_environment()?;
-    let current: Vec<PathBuf> = std::env::var_os("LD_LIBRARY_PATH")
-        .map(|v| std::env::split_paths(&v).collect())
-        .unwrap_or_default();
+    let current: Vec<PathBuf> = library_path();
     if plan.dirs.iter().all(|d| current.contains(d)) {
         return Ok(());
     }

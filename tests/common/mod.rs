@@ -57,3 +57,20 @@ pub fn free_port() -> String {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().to_string()
 }
+
+/// The reference plan lowered to a program file in `dir` (`hetpar lower`), its path.
+pub fn lowered_reference(dir: &std::path::Path) -> PathBuf {
+    let program = dir.join("program.json");
+    let o = hetpar(&[
+        "lower",
+        REF_PLAN,
+        "--model",
+        REF_MODEL,
+        "--cluster",
+        REF_CLUSTER,
+        "-o",
+        program.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    program
+}
