@@ -785,7 +785,7 @@ impl<'a> RankState<'a> {
                 self.acts.insert((m, i + 1, j), out);
             } else if let Some(b) = self.ctx(m).outgoing {
                 let store = self.stores.entry((b, j, true)).or_default();
-                store.insert_rows(out, mine.iter().map(|r| (r.sample, r.row)));
+                store.insert_rows(out, keys_of(&mine));
             }
         }
         self.chunks.insert(
@@ -924,23 +924,22 @@ impl<'a> RankState<'a> {
             ))
         })?;
         let w = self.program.boundaries[b].width as usize;
-        self.rows_of(b, j, true, mine, w)
+        self.rows_of(b, j, true, &keys_of(mine), w)
     }
 
-    /// The rows of `mine` from boundary `b`'s store (forward or backward) as one tensor.
+    /// The rows `keys` from boundary `b`'s store (forward or backward) as one tensor.
     fn rows_of(
         &self,
         b: usize,
         j: u32,
         forward: bool,
-        mine: &[RowRef],
+        keys: &[Key],
         w: usize,
     ) -> Result<Tensor, RuntimeError> {
         let dir = if forward { "forward" } else { "backward" };
-        let keys: Vec<Key> = mine.iter().map(|r| (r.sample, r.row)).collect();
         let empty = RowStore::default();
         let store = self.stores.get(&(b, j, forward)).unwrap_or(&empty);
-        store.take(&*self.math, &keys, w).map_err(|e| match e {
+        store.take(&*self.math, keys, w).map_err(|e| match e {
             Taken::Missing((s, row)) => self.no_row(b, j, s, row, dir),
             Taken::Error(e) => e,
         })
@@ -999,12 +998,7 @@ impl<'a> RankState<'a> {
         let mut parts = vec![mx.gather_rows(self.params.t("llm.embed.weight"), &toks)?];
         let mut places = vec![at_tok];
         for (b, keys, to) in from {
-            let empty = RowStore::default();
-            let store = self.stores.get(&(b, j, true)).unwrap_or(&empty);
-            parts.push(store.take(mx, &keys, h).map_err(|e| match e {
-                Taken::Missing((s, row)) => self.no_row(b, j, s, row, "forward"),
-                Taken::Error(e) => e,
-            })?);
+            parts.push(self.rows_of(b, j, true, &keys, h)?);
             places.push(to);
         }
         let rows = mx.scatter_rows(&parts, &places, mine.len(), h)?;
@@ -1045,7 +1039,7 @@ impl<'a> RankState<'a> {
                 _ => {
                     let b = outgoing.ok_or_else(|| invalid("no outgoing boundary".into()))?;
                     let w = self.ctx(m).width;
-                    Some(self.rows_of(b, j, false, &mine, w)?)
+                    Some(self.rows_of(b, j, false, &keys_of(&mine), w)?)
                 }
             }
         } else {
@@ -1172,7 +1166,7 @@ impl<'a> RankState<'a> {
         } else if matches!(unit, Unit::Projector(_)) {
             let b = self.ctx(m).incoming.expect("checked in forward");
             let store = self.stores.entry((b, j, false)).or_default();
-            store.insert_rows(dx, mine.iter().map(|r| (r.sample, r.row)));
+            store.insert_rows(dx, keys_of(&mine));
         }
         Ok(())
     }
@@ -1371,6 +1365,11 @@ fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
                 .collect()
         })
         .collect()
+}
+
+/// The boundary rows `rows` stand for, by (sample, row).
+fn keys_of(rows: &[RowRef]) -> Vec<Key> {
+    rows.iter().map(|r| (r.sample, r.row)).collect()
 }
 
 fn no_row(rank: u32, boundary: &str, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
