@@ -17,9 +17,8 @@ use crate::RuntimeError;
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel the backend launches, by its `extern "C"` name in [`SOURCE`].
-pub const KERNELS: [&str; 16] = [
+pub const KERNELS: [&str; 15] = [
     "add_into",
-    "scale",
     "add_bias",
     "col_sum",
     "layer_norm_fwd",

@@ -43,12 +43,6 @@ extern "C" __global__ void add_into(float* y, const float* x, long long n) {
     if (i < n) y[i] = y[i] + x[i];
 }
 
-// x[i] *= a
-extern "C" __global__ void scale(float* x, float a, long long n) {
-    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    if (i < n) x[i] = x[i] * a;
-}
-
 // y[r, c] += b[c]
 extern "C" __global__ void add_bias(float* y, const float* b, int rows, int cols) {
     long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;

@@ -436,18 +436,6 @@ impl Gpu {
         Ok(())
     }
 
-    /// `x *= a`, elementwise.
-    pub fn scale(&self, x: &mut DTensor, a: f32) -> Result<(), RuntimeError> {
-        let count = x.numel();
-        let n = count as i64;
-        let f = self.kernel("scale");
-        let mut l = self.stream.launch_builder(f);
-        l.arg(&mut x.buf).arg(&a).arg(&n);
-        // SAFETY: one thread per value.
-        unsafe { l.launch(elems(count)) }.map_err(launch_err("scale"))?;
-        Ok(())
-    }
-
     /// LayerNorm as [`crate::reference::layers::layer_norm`].
     pub fn layer_norm(
         &self,
