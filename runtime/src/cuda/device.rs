@@ -235,13 +235,6 @@ impl Gpu {
         &self.stream
     }
 
-    /// Waits for everything queued on this rank's stream.
-    pub fn synchronize(&self) -> Result<(), RuntimeError> {
-        self.stream
-            .synchronize()
-            .map_err(|e| device_err("synchronize", e))
-    }
-
     pub(crate) fn kernel(&self, name: &'static str) -> &CudaFunction {
         self.dev
             .kernels
