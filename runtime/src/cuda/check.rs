@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use super::device::{device_err, Device, Gpu};
-use super::ops::{DTensor, Precision};
+use super::engine::Engine;
+use super::ops::{Ops, Precision, DT};
 use crate::reference::adam::Adam;
 use crate::reference::attention::{attention_core_at, attention_core_backward};
 use crate::reference::layers::{gelu, gelu_backward, layer_norm, layer_norm_backward};
@@ -80,7 +81,7 @@ impl Report {
         for c in &self.ops {
             let _ = writeln!(
                 s,
-                "{:<34} {:>10.2e} {:>10.0e}  {}",
+                "{:<34} {:>10.2e} {:>10.1e}  {}",
                 c.op,
                 c.error,
                 c.tolerance,
@@ -128,23 +129,17 @@ fn random(rng: &mut SplitMix64, shape: &[usize], std: f64) -> Tensor {
         .expect("n values for the shape")
 }
 
-struct Checker<'a> {
-    gpu: &'a Gpu,
+struct Checker<'a, E: Engine = Gpu> {
+    gpu: &'a E,
     ops: Vec<OpCheck>,
 }
 
-impl Checker<'_> {
-    fn up(&self, t: &Tensor) -> Result<DTensor, RuntimeError> {
+impl<E: Engine> Checker<'_, E> {
+    fn up(&self, t: &Tensor) -> Result<DT<E>, RuntimeError> {
         self.gpu.upload(t)
     }
 
-    fn cmp(
-        &mut self,
-        op: &str,
-        got: &DTensor,
-        want: &Tensor,
-        tol: f64,
-    ) -> Result<(), RuntimeError> {
+    fn cmp(&mut self, op: &str, got: &DT<E>, want: &Tensor, tol: f64) -> Result<(), RuntimeError> {
         let got = self.gpu.download(got)?;
         self.ops.push(OpCheck {
             op: op.to_string(),
@@ -156,8 +151,8 @@ impl Checker<'_> {
 }
 
 /// The operations built on matrix products, on `c`'s rank (f32 or bf16 inputs).
-fn products(
-    c: &mut Checker<'_>,
+fn products<E: Engine>(
+    c: &mut Checker<'_, E>,
     rng: &mut SplitMix64,
     tol: f64,
     tag: &str,
@@ -218,7 +213,7 @@ fn products(
     Ok(())
 }
 
-fn norms(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+fn norms<E: Engine>(c: &mut Checker<'_, E>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // LayerNorm, a width over one block of threads.
     let (rows, cols) = (9, 300);
@@ -237,7 +232,10 @@ fn norms(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> 
     Ok(())
 }
 
-fn elementwise(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+fn elementwise<E: Engine>(
+    c: &mut Checker<'_, E>,
+    rng: &mut SplitMix64,
+) -> Result<(), RuntimeError> {
     let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // GELU.
     let x = random(rng, &[7, 33], 3.0);
@@ -252,7 +250,7 @@ fn elementwise(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeE
     Ok(())
 }
 
-fn loss(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+fn loss<E: Engine>(c: &mut Checker<'_, E>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // Cross-entropy with ignored rows.
     let logits = random(rng, &[6, 50], 3.0);
@@ -268,7 +266,7 @@ fn loss(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-fn optimizer(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+fn optimizer<E: Engine>(c: &mut Checker<'_, E>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     let (gpu, tol) = (c.gpu, F32_TOLERANCE);
     // Adam, three updates.
     let p0 = random(rng, &[5, 40], 1.0);
@@ -288,7 +286,7 @@ fn optimizer(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeErr
     Ok(())
 }
 
-fn rows(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+fn rows<E: Engine>(c: &mut Checker<'_, E>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     let gpu = c.gpu;
     // Row gathers and ordered scatter-adds (embedding lookups and their backward).
     let table = random(rng, &[10, 24], 1.0);
@@ -327,65 +325,71 @@ fn rows(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     Ok(())
 }
 
-/// One part of the check: comparisons recorded in the checker.
-type Part = fn(&mut Checker<'_>, &mut SplitMix64) -> Result<(), RuntimeError>;
+/// Runs one part of the check, recording its comparisons, or its error as a failed one (a
+/// launch error, say) so the other parts still run.
+fn part<E: Engine>(
+    ops: &mut Vec<OpCheck>,
+    gpu: &E,
+    rng: &mut SplitMix64,
+    name: &str,
+    tol: f64,
+    f: impl FnOnce(&mut Checker<'_, E>, &mut SplitMix64) -> Result<(), RuntimeError>,
+) {
+    let mut c = Checker {
+        gpu,
+        ops: Vec::new(),
+    };
+    let r = f(&mut c, rng);
+    ops.extend(c.ops);
+    if let Err(e) = r {
+        ops.push(OpCheck {
+            op: format!("{name}: {e}"),
+            error: f64::INFINITY,
+            tolerance: tol,
+        });
+    }
+}
 
-/// Compares every operation against the CPU reference (inputs from `seed`): the matrix
-/// products (linear layers, attention) in f32 and with bf16 inputs, the rest in f32. A part
-/// that fails (a launch error, say) is reported as such and the others still run.
-pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeError> {
-    let mut rng = SplitMix64::new(seed);
-    let gpu16 = dev.rank()?.with_precision(Precision::Bf16);
-    let gpu32 = dev.rank()?;
+/// Every operation of `ops.rs` against the CPU reference on one device: the matrix products
+/// (linear layers, attention) on `f32` and on `bf16` (a rank whose products take bf16 inputs),
+/// the rest on `f32`.
+pub(crate) fn compare_ops<E: Engine>(f32: &E, bf16: &E, rng: &mut SplitMix64) -> Vec<OpCheck> {
     let mut ops = Vec::new();
-    let mut part =
-        |ops: &mut Vec<OpCheck>,
-         gpu: &Gpu,
-         name: &str,
-         tol: f64,
-         f: &dyn Fn(&mut Checker<'_>, &mut SplitMix64) -> Result<(), RuntimeError>| {
-            let mut c = Checker {
-                gpu,
-                ops: Vec::new(),
-            };
-            let r = f(&mut c, &mut rng);
-            ops.extend(c.ops);
-            if let Err(e) = r {
-                ops.push(OpCheck {
-                    op: format!("{name}: {e}"),
-                    error: f64::INFINITY,
-                    tolerance: tol,
-                });
-            }
-        };
-    part(&mut ops, &gpu32, "products", F32_TOLERANCE, &|c, r| {
+    part(&mut ops, f32, rng, "products", F32_TOLERANCE, |c, r| {
         products(c, r, F32_TOLERANCE, "")
     });
     part(
         &mut ops,
-        &gpu16,
+        bf16,
+        rng,
         "products, bf16 inputs",
         BF16_TOLERANCE,
-        &|c, r| products(c, r, BF16_TOLERANCE, ", bf16 inputs"),
+        |c, r| products(c, r, BF16_TOLERANCE, ", bf16 inputs"),
     );
-    let parts: [(&str, Part); 5] = [
-        ("layer norm", norms),
-        ("gelu", elementwise),
-        ("cross-entropy", loss),
-        ("adam", optimizer),
-        ("rows", rows),
-    ];
-    for (name, f) in parts {
-        part(&mut ops, &gpu32, name, F32_TOLERANCE, &f);
-    }
-    part(&mut ops, &gpu32, "nccl", 0.0, &nccl);
+    part(&mut ops, f32, rng, "layer norm", F32_TOLERANCE, norms);
+    part(&mut ops, f32, rng, "gelu", F32_TOLERANCE, elementwise);
+    part(&mut ops, f32, rng, "cross-entropy", F32_TOLERANCE, loss);
+    part(&mut ops, f32, rng, "adam", F32_TOLERANCE, optimizer);
+    part(&mut ops, f32, rng, "rows", F32_TOLERANCE, rows);
+    ops
+}
+
+/// Compares every operation against the CPU reference (inputs from `seed`), then NCCL's
+/// calls on a one-rank communicator. A part that fails is reported as such and the others
+/// still run.
+pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeError> {
+    let mut rng = SplitMix64::new(seed);
+    let gpu16 = dev.rank()?.with_precision(Precision::Bf16);
+    let gpu32 = dev.rank()?;
+    let mut ops = compare_ops(&gpu32, &gpu16, &mut rng);
+    part(&mut ops, &gpu32, &mut rng, "nccl", 0.0, nccl);
     Ok(ops)
 }
 
 /// NCCL on this one GPU: a communicator of one rank (the library loads, the id is made, the
 /// communicator joins) and each call the backend makes, whose results must be exactly their
 /// input. Several ranks need several GPUs (NCCL refuses two ranks on one device).
-fn nccl(c: &mut Checker<'_>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+fn nccl(c: &mut Checker<'_, Gpu>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     use super::nccl::Communicator;
     let gpu = c.gpu;
     let mut ep = crate::transport::fabric(1, std::time::Duration::from_secs(10))

@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use super::device::{Device, Gpu};
-use super::ops::DTensor;
+use super::ops::{DTensor, Ops};
 use crate::exec::math::Math;
 use crate::reference::adam::AdamStep;
 use crate::reference::layers::{DeviceRstd, LayerNormCache};

@@ -6,7 +6,10 @@
 //! - `device.rs`: opening a GPU (presence checks first: cudarc panics on a missing library),
 //!   compiling the kernels for its architecture, a stream and cuBLAS handle per rank.
 //! - `kernels.cu`: the kernels, mirroring `crate::reference` operation by operation.
-//! - `ops.rs`: the operations on device tensors ([`DTensor`]).
+//! - `engine.rs`: what the operations need from a device ([`Engine`]: memory, kernel launches,
+//!   cuBLAS's product), implemented by [`Gpu`] and, in the tests, by an emulated device that
+//!   runs `kernels.cu` compiled for the CPU (`emulated.rs`).
+//! - `ops.rs`: the operations on device tensors ([`DTensor`]), on any [`Engine`] ([`Ops`]).
 //! - `math.rs`: those operations as the interpreter's arithmetic (`crate::exec::math::Math`).
 //! - `nccl.rs`: communicators from a unique id exchanged over the TCP rendezvous, collectives
 //!   and grouped point-to-point calls.
@@ -15,10 +18,14 @@
 
 pub mod check;
 pub mod device;
+#[cfg(test)]
+mod emulated;
+pub mod engine;
 pub mod math;
 pub mod nccl;
 pub mod ops;
 
 pub use device::{Device, Gpu};
+pub use engine::Engine;
 pub use math::GpuMath;
-pub use ops::{DTensor, Precision};
+pub use ops::{DTensor, Ops, Precision};

@@ -12,6 +12,8 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nr, Comm, Id};
 
+use super::ops::Ops;
+
 use super::device::Gpu;
 use super::ops::DTensor;
 use crate::transport::{Endpoint, Tag};
