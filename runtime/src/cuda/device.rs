@@ -227,10 +227,6 @@ impl Gpu {
         self
     }
 
-    pub fn device(&self) -> &Arc<Device> {
-        &self.dev
-    }
-
     pub fn stream(&self) -> &Arc<CudaStream> {
         &self.stream
     }

@@ -7,8 +7,9 @@
 //! after each launch. Without a C++ compiler its tests skip, saying so.
 
 use std::ffi::{c_char, c_int, c_uint, c_void, CString};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::Arc;
 
 use cudarc::driver::LaunchConfig;
 use libloading::Library;
@@ -87,9 +88,14 @@ impl<T: Elem> EmuBuf<T> {
     }
 }
 
-/// The emulated device (one rank's view: its product precision).
-pub struct Emu {
+/// The emulated device: the compiled kernels, shared by the ranks that use it.
+pub struct EmuDevice {
     lib: Library,
+}
+
+/// One rank's view of the emulated device: its product precision.
+pub struct Emu {
+    dev: Arc<EmuDevice>,
     precision: Precision,
 }
 
@@ -104,29 +110,25 @@ enum Built {
 /// processes building it at once do not see half a file.
 fn build() -> Built {
     use std::hash::{Hash, Hasher};
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/cuda");
+    const HARNESS: &str = include_str!("emulated.cpp");
     let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
     let mut h = std::collections::hash_map::DefaultHasher::new();
-    (
-        include_str!("emulated.cpp"),
-        super::device::SOURCE,
-        cxx.as_str(),
-    )
-        .hash(&mut h);
-    let out = std::env::temp_dir().join(format!("hetpar-kernels-emulated-{:016x}.so", h.finish()));
+    (HARNESS, super::device::SOURCE, cxx.as_str()).hash(&mut h);
+    let dir = std::env::temp_dir().join(format!("hetpar-kernels-emulated-{:016x}", h.finish()));
+    let out = dir.join("kernels.so");
     if out.exists() {
         return Built::At(out);
     }
-    let tmp = out.with_extension(format!("{}.tmp", std::process::id()));
+    let write = |name: &str, text: &str| {
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join(name), text))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", dir.join(name).display()))
+    };
+    write("kernels.cu", super::device::SOURCE);
+    write("emulated.cpp", HARNESS);
+    let tmp = dir.join(format!("kernels.so.{}.tmp", std::process::id()));
     let run = Command::new(&cxx)
-        .args([
-            "-std=c++20",
-            "-O2",
-            "-ffp-contract=off",
-            "-shared",
-            "-fPIC",
-            "-pthread",
-        ])
+        .args(["-std=c++20", "-O2", "-ffp-contract=off", "-shared", "-fPIC"])
         .arg("-o")
         .arg(&tmp)
         .arg(dir.join("emulated.cpp"))
@@ -144,9 +146,9 @@ fn build() -> Built {
     }
 }
 
-impl Emu {
-    /// The emulated device, or why it cannot be had here.
-    pub fn open(precision: Precision) -> Result<Emu, String> {
+impl EmuDevice {
+    /// The emulated device, or why it cannot be had here (no C++ compiler).
+    pub fn open() -> Result<Arc<EmuDevice>, String> {
         let path = match build() {
             Built::At(p) => p,
             Built::NoCompiler(why) => return Err(why),
@@ -154,7 +156,22 @@ impl Emu {
         // SAFETY: the library is ours, built above; loading runs no initialisers with effects.
         let lib = unsafe { Library::new(&path) }
             .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-        Ok(Emu { lib, precision })
+        Ok(Arc::new(EmuDevice { lib }))
+    }
+
+    /// A rank on this device, its products' inputs in `precision`.
+    pub fn rank(self: &Arc<EmuDevice>, precision: Precision) -> Emu {
+        Emu {
+            dev: self.clone(),
+            precision,
+        }
+    }
+}
+
+impl Emu {
+    /// A rank on a device of its own.
+    pub fn open(precision: Precision) -> Result<Emu, String> {
+        Ok(EmuDevice::open()?.rank(precision))
     }
 
     /// Kernel `name`'s parameters as `emulated.cpp` describes them.
@@ -165,6 +182,7 @@ impl Emu {
         // SAFETY: the symbol has this C signature; `out` holds 32.
         let n = unsafe {
             let f = self
+                .dev
                 .lib
                 .get::<Sig>(b"emu_signature")
                 .expect("emu_signature");
@@ -224,6 +242,25 @@ fn fits(a: &Arg<'_, Emu>, got: c_int, want: c_int) -> bool {
 
 impl Engine for Emu {
     type Buf<T: Elem> = EmuBuf<T>;
+    type Device = EmuDevice;
+
+    fn device(&self) -> &Arc<EmuDevice> {
+        &self.dev
+    }
+
+    fn read_back(b: &EmuBuf<f32>, n: usize) -> Result<Vec<f32>, RuntimeError> {
+        if n > b.len {
+            return Err(emu_err(format!(
+                "{n} values read from a buffer of {}",
+                b.len
+            )));
+        }
+        Ok(b.values()[..n].to_vec())
+    }
+
+    fn clone_buf(b: &EmuBuf<f32>) -> Result<EmuBuf<f32>, RuntimeError> {
+        Ok(EmuBuf::new(b.values()))
+    }
 
     fn precision(&self) -> Precision {
         self.precision
@@ -322,7 +359,11 @@ impl Engine for Emu {
         // SAFETY: the arguments were checked against the kernel's parameters above; the
         // buffers outlive the call (borrowed by `args`).
         let rc = unsafe {
-            let f = self.lib.get::<Launch>(b"emu_launch").expect("emu_launch");
+            let f = self
+                .dev
+                .lib
+                .get::<Launch>(b"emu_launch")
+                .expect("emu_launch");
             f(c.as_ptr(), g.0, g.1, g.2, b.0, b.1, b.2, ptrs.as_mut_ptr())
         };
         if rc != 0 {
@@ -374,7 +415,9 @@ impl Engine for Emu {
             ("B", last(g.stride_b, g.ldb, rb, cb), b.len()),
             ("C", last(g.stride_c, g.ldc, g.m, g.n), c.len),
         ] {
-            if g.m * g.n * g.batch > 0 && end >= len {
+            // With k = 0 cuBLAS reads neither A nor B (C = beta·C).
+            let read = what == "C" || g.k > 0;
+            if g.m * g.n * g.batch > 0 && read && end >= len {
                 return Err(emu_err(format!(
                     "product reads {what} up to {end}, past its {len} values: {g:?}"
                 )));

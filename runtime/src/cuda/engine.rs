@@ -71,9 +71,17 @@ impl Gemm {
 }
 
 /// A device the operations run on.
-pub trait Engine {
+pub trait Engine: Send + Sync + 'static {
     /// `n` values of `T` in this device's memory.
-    type Buf<T: Elem>;
+    type Buf<T: Elem>: Send + Sync + 'static;
+    /// The device the engine's buffers live on, shared by the ranks that use it.
+    type Device: Send + Sync + 'static;
+
+    fn device(&self) -> &std::sync::Arc<Self::Device>;
+    /// A buffer's first `n` values on the host, with no engine at hand (waits for the device).
+    fn read_back(b: &Self::Buf<f32>, n: usize) -> Result<Vec<f32>, RuntimeError>;
+    /// A copy of a buffer on its own device, with no engine at hand.
+    fn clone_buf(b: &Self::Buf<f32>) -> Result<Self::Buf<f32>, RuntimeError>;
 
     /// The matrix products' input precision.
     fn precision(&self) -> Precision;
@@ -109,6 +117,23 @@ pub trait Engine {
 
 impl Engine for Gpu {
     type Buf<T: Elem> = CudaSlice<T>;
+    type Device = super::device::Device;
+
+    fn device(&self) -> &std::sync::Arc<super::device::Device> {
+        &self.dev
+    }
+
+    fn read_back(b: &CudaSlice<f32>, n: usize) -> Result<Vec<f32>, RuntimeError> {
+        b.stream()
+            .clone_dtoh(&b.slice(0..n))
+            .map_err(|e| device_err("device to host copy", e))
+    }
+
+    fn clone_buf(b: &CudaSlice<f32>) -> Result<CudaSlice<f32>, RuntimeError> {
+        b.stream()
+            .clone_dtod(b)
+            .map_err(|e| device_err("device to device copy", e))
+    }
 
     fn precision(&self) -> Precision {
         self.precision

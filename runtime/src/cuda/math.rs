@@ -11,42 +11,42 @@
 
 use std::sync::Arc;
 
-use super::device::{Device, Gpu};
-use super::ops::{DTensor, Ops};
+use super::device::Gpu;
+use super::engine::Engine;
+use super::ops::{Ops, DT, DT3};
 use crate::exec::math::Math;
 use crate::reference::adam::AdamStep;
 use crate::reference::layers::{DeviceRstd, LayerNormCache};
 use crate::tensor::{DeviceBuffer, Tensor};
 use crate::RuntimeError;
 
-/// A tensor's values on one GPU.
-#[derive(Debug)]
-pub struct GpuBuf {
-    dev: Arc<Device>,
-    t: DTensor,
+/// A tensor's values on one device of engine `E`.
+pub struct GpuBuf<E: Engine = Gpu> {
+    dev: Arc<E::Device>,
+    t: DT<E>,
 }
 
-impl DeviceBuffer for GpuBuf {
+impl<E: Engine> std::fmt::Debug for GpuBuf<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "GpuBuf({:?})", self.t)
+    }
+}
+
+impl<E: Engine> DeviceBuffer for GpuBuf<E> {
     fn to_host(&self) -> Vec<f32> {
         let n = self.t.numel();
         if n == 0 {
             return Vec::new();
         }
-        let buf = self.t.slice();
-        buf.stream()
-            .clone_dtoh(&buf.slice(0..n))
+        E::read_back(self.t.slice(), n)
             .unwrap_or_else(|e| panic!("CUDA backend: copying a result to the host failed: {e}"))
     }
 
     fn duplicate(&self) -> Result<Arc<dyn DeviceBuffer>, RuntimeError> {
-        let buf = self.t.slice();
-        let copy = buf
-            .stream()
-            .clone_dtod(buf)
-            .map_err(|e| super::device::device_err("device to device copy", e))?;
-        Ok(Arc::new(GpuBuf {
+        let copy = E::clone_buf(self.t.slice())?;
+        Ok(Arc::new(GpuBuf::<E> {
             dev: self.dev.clone(),
-            t: DTensor::from_parts(self.t.shape().to_vec(), copy),
+            t: super::ops::DTensor::from_parts(self.t.shape().to_vec(), copy),
         }))
     }
 
@@ -55,21 +55,21 @@ impl DeviceBuffer for GpuBuf {
     }
 }
 
-/// A LayerNorm's rows' 1/σ on one GPU.
-struct GpuRstd {
-    dev: Arc<Device>,
-    values: cudarc::driver::CudaSlice<f64>,
+/// A LayerNorm's rows' 1/σ on one device.
+struct GpuRstd<E: Engine> {
+    dev: Arc<E::Device>,
+    values: E::Buf<f64>,
 }
 
 /// An operand on the device: the tensor's own device values, or a copy made for this call.
-pub(crate) enum Operand<'t> {
-    Kept(&'t DTensor),
-    Copied(DTensor),
+pub(crate) enum Operand<'t, E: Engine> {
+    Kept(&'t DT<E>),
+    Copied(DT<E>),
 }
 
-impl std::ops::Deref for Operand<'_> {
-    type Target = DTensor;
-    fn deref(&self) -> &DTensor {
+impl<E: Engine> std::ops::Deref for Operand<'_, E> {
+    type Target = DT<E>;
+    fn deref(&self) -> &DT<E> {
         match self {
             Operand::Kept(t) => t,
             Operand::Copied(t) => t,
@@ -77,39 +77,42 @@ impl std::ops::Deref for Operand<'_> {
     }
 }
 
-/// A rank's GPU arithmetic.
-pub struct GpuMath {
-    gpu: Gpu,
+/// A rank's GPU arithmetic (on `E`: the GPU, or the tests' emulated one).
+pub struct GpuMath<E: Engine = Gpu> {
+    gpu: E,
 }
 
-impl GpuMath {
-    pub fn new(gpu: Gpu) -> GpuMath {
+impl<E: Engine> GpuMath<E> {
+    pub fn new(gpu: E) -> GpuMath<E> {
         GpuMath { gpu }
     }
 
     /// `t` on this rank's GPU: its device values, or an upload it then keeps.
-    fn on_device<'t>(&self, t: &'t Tensor) -> Result<Operand<'t>, RuntimeError> {
+    fn on_device<'t>(&self, t: &'t Tensor) -> Result<Operand<'t, E>, RuntimeError> {
         operand(&self.gpu, t)
     }
 
     /// A result left on the device.
-    fn result(&self, d: DTensor) -> Tensor {
+    fn result(&self, d: DT<E>) -> Tensor {
         result(&self.gpu, d)
     }
 
-    fn results3(&self, (a, b, c): (DTensor, DTensor, DTensor)) -> (Tensor, Tensor, Tensor) {
+    fn results3(&self, (a, b, c): DT3<E>) -> (Tensor, Tensor, Tensor) {
         (self.result(a), self.result(b), self.result(c))
     }
 }
 
 /// `t`'s device values if they are on `gpu`'s device.
-fn mine<'t>(gpu: &Gpu, t: &'t Tensor) -> Option<&'t DTensor> {
-    let b = t.device()?.as_any().downcast_ref::<GpuBuf>()?;
+fn mine<'t, E: Engine>(gpu: &E, t: &'t Tensor) -> Option<&'t DT<E>> {
+    let b = t.device()?.as_any().downcast_ref::<GpuBuf<E>>()?;
     Arc::ptr_eq(&b.dev, gpu.device()).then_some(&b.t)
 }
 
 /// `t` on `gpu`'s device: its device values, or an upload it then keeps.
-pub(crate) fn operand<'t>(gpu: &Gpu, t: &'t Tensor) -> Result<Operand<'t>, RuntimeError> {
+pub(crate) fn operand<'t, E: Engine>(
+    gpu: &E,
+    t: &'t Tensor,
+) -> Result<Operand<'t, E>, RuntimeError> {
     if let Some(d) = mine(gpu, t) {
         return Ok(Operand::Kept(d));
     }
@@ -118,7 +121,7 @@ pub(crate) fn operand<'t>(gpu: &Gpu, t: &'t Tensor) -> Result<Operand<'t>, Runti
         // Values on another device stay there; this call uses a copy.
         return Ok(Operand::Copied(up));
     }
-    t.keep_device_copy(Arc::new(GpuBuf {
+    t.keep_device_copy(Arc::new(GpuBuf::<E> {
         dev: gpu.device().clone(),
         t: up,
     }));
@@ -126,18 +129,18 @@ pub(crate) fn operand<'t>(gpu: &Gpu, t: &'t Tensor) -> Result<Operand<'t>, Runti
 }
 
 /// A tensor whose values are `d`, on `gpu`'s device.
-pub(crate) fn result(gpu: &Gpu, d: DTensor) -> Tensor {
+pub(crate) fn result<E: Engine>(gpu: &E, d: DT<E>) -> Tensor {
     let shape = d.shape().to_vec();
     Tensor::from_device(
         &shape,
-        Arc::new(GpuBuf {
+        Arc::new(GpuBuf::<E> {
             dev: gpu.device().clone(),
             t: d,
         }),
     )
 }
 
-impl Math for GpuMath {
+impl<E: Engine> Math for GpuMath<E> {
     fn scatter_add_rows(
         &self,
         n: usize,
@@ -252,7 +255,7 @@ impl Math for GpuMath {
             &*self.on_device(b)?,
         )?;
         // The rows' 1/σ stay on the device: reading them here would wait for the stream.
-        let rstd = GpuRstd {
+        let rstd = GpuRstd::<E> {
             dev: self.gpu.device().clone(),
             values: c.rstd,
         };
@@ -276,7 +279,7 @@ impl Math for GpuMath {
         let kept = cache
             .device_rstd
             .as_ref()
-            .and_then(|d| d.0.downcast_ref::<GpuRstd>())
+            .and_then(|d| d.0.downcast_ref::<GpuRstd<E>>())
             .filter(|r| Arc::ptr_eq(&r.dev, g.device()));
         let uploaded;
         let rstd = match kept {

@@ -18,8 +18,8 @@
 
 pub mod check;
 pub mod device;
-#[cfg(test)]
-mod emulated;
+#[cfg(any(test, feature = "emulator"))]
+pub mod emulated;
 pub mod engine;
 pub mod math;
 pub mod nccl;

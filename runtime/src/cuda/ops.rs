@@ -799,7 +799,8 @@ fn product<E: Engine + ?Sized>(
     w: &E::Buf<f32>,
     y: &mut E::Buf<f32>,
 ) -> Result<(), RuntimeError> {
-    if p.rows == 0 || p.cols == 0 {
+    // `y` comes zeroed: an empty sum (a rank's shard with no rows) leaves it so.
+    if p.rows == 0 || p.cols == 0 || p.inner == 0 {
         return Ok(());
     }
     let g = p.gemm();
