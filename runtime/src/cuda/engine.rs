@@ -277,3 +277,31 @@ impl Engine for Gpu {
         .map_err(|e| device_err("cuBLAS", e))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    /// The Architecture Invariant that makes the emulated device meaningful: the operations
+    /// and the interpreter's GPU arithmetic reach the device only through [`super::Engine`].
+    #[test]
+    fn the_operations_reach_the_device_only_through_engine() {
+        for (file, text) in [
+            ("ops.rs", include_str!("ops.rs")),
+            ("math.rs", include_str!("math.rs")),
+        ] {
+            for word in [
+                ".stream",
+                "launch_builder",
+                "cublas::",
+                "clone_dtoh",
+                "clone_htod",
+                "memcpy_",
+                "device_ptr",
+            ] {
+                assert!(
+                    !text.contains(word),
+                    "cuda/{file} uses `{word}`: go through Engine, so the emulated device runs it"
+                );
+            }
+        }
+    }
+}

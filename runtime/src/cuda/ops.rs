@@ -629,17 +629,16 @@ pub trait Ops: Engine {
             src.rows()
         );
         let idx = self.ints(index)?;
-        let (n, c) = (i32_of(index.len(), "rows")?, i32_of(cols, "columns")?);
-        self.launch(
+        let cfg = elems(index.len() * cols);
+        row_kernel(
+            self,
             "gather_rows",
-            elems(index.len() * cols),
-            &mut [
-                Arg::F32(&src.buf),
-                Arg::I32s(&idx),
-                Arg::F32Mut(&mut out.buf),
-                Arg::I32(n),
-                Arg::I32(c),
-            ],
+            cfg,
+            &src.buf,
+            &idx,
+            &mut out.buf,
+            index.len(),
+            cols,
         )?;
         Ok(out)
     }
@@ -663,17 +662,16 @@ pub trait Ops: Engine {
             dst.rows()
         );
         let idx = self.ints(index)?;
-        let (n, c) = (i32_of(index.len(), "rows")?, i32_of(cols, "columns")?);
-        self.launch(
+        let cfg = elems(index.len() * cols);
+        row_kernel(
+            self,
             "scatter_rows",
-            elems(index.len() * cols),
-            &mut [
-                Arg::F32(&src.buf),
-                Arg::I32s(&idx),
-                Arg::F32Mut(&mut dst.buf),
-                Arg::I32(n),
-                Arg::I32(c),
-            ],
+            cfg,
+            &src.buf,
+            &idx,
+            &mut dst.buf,
+            index.len(),
+            cols,
         )
     }
 
@@ -700,17 +698,16 @@ pub trait Ops: Engine {
         );
         let v: Vec<i32> = index.iter().map(|&i| i.max(-1) as i32).collect();
         let idx = self.htod(&v)?;
-        let (n, c) = (i32_of(index.len(), "rows")?, i32_of(cols, "columns")?);
-        self.launch(
+        let (n, cfg) = (index.len(), elems(cols));
+        row_kernel(
+            self,
             "scatter_add_rows",
-            elems(cols),
-            &mut [
-                Arg::F32(&src.buf),
-                Arg::I32s(&idx),
-                Arg::F32Mut(&mut table.buf),
-                Arg::I32(n),
-                Arg::I32(c),
-            ],
+            cfg,
+            &src.buf,
+            &idx,
+            &mut table.buf,
+            n,
+            cols,
         )
     }
 
@@ -788,6 +785,32 @@ pub trait Ops: Engine {
 }
 
 impl<E: Engine + ?Sized> Ops for E {}
+
+/// Launches one of the row kernels, which all take `(src, index, dst, rows, cols)`.
+#[allow(clippy::too_many_arguments)]
+fn row_kernel<E: Engine + ?Sized>(
+    e: &E,
+    name: &'static str,
+    cfg: LaunchConfig,
+    src: &E::Buf<f32>,
+    index: &E::Buf<i32>,
+    dst: &mut E::Buf<f32>,
+    rows: usize,
+    cols: usize,
+) -> Result<(), RuntimeError> {
+    let (n, c) = (i32_of(rows, "rows")?, i32_of(cols, "columns")?);
+    e.launch(
+        name,
+        cfg,
+        &mut [
+            Arg::F32(src),
+            Arg::I32s(index),
+            Arg::F32Mut(dst),
+            Arg::I32(n),
+            Arg::I32(c),
+        ],
+    )
+}
 
 /// `y = p(x, w)` in this rank's [`Precision`]: f32 throughout, or `x` and `w` rounded to
 /// bf16 with f32 accumulation and output. Column-major cuBLAS computes `Yᵀ = op(W)·op(X)`,
