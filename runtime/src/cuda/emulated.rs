@@ -119,21 +119,27 @@ fn build() -> Built {
     if out.exists() {
         return Built::At(out);
     }
+    // Tests build it from several threads and processes at once: each writes and compiles in
+    // a folder of its own and renames the result into place (atomic; the last one wins, all
+    // alike).
+    let thread = format!("{:?}", std::thread::current().id());
+    let me: String = thread.chars().filter(char::is_ascii_digit).collect();
+    let work = dir.join(format!("build-{}-{me}", std::process::id()));
     let write = |name: &str, text: &str| {
-        std::fs::create_dir_all(&dir)
-            .and_then(|()| std::fs::write(dir.join(name), text))
-            .unwrap_or_else(|e| panic!("writing {}: {e}", dir.join(name).display()))
+        std::fs::create_dir_all(&work)
+            .and_then(|()| std::fs::write(work.join(name), text))
+            .unwrap_or_else(|e| panic!("writing {}: {e}", work.join(name).display()))
     };
     write("kernels.cu", super::device::SOURCE);
     write("emulated.cpp", HARNESS);
-    let tmp = dir.join(format!("kernels.so.{}.tmp", std::process::id()));
+    let tmp = work.join("kernels.so");
     let run = Command::new(&cxx)
         .args(["-std=c++20", "-O2", "-ffp-contract=off", "-shared", "-fPIC"])
         .arg("-o")
         .arg(&tmp)
-        .arg(dir.join("emulated.cpp"))
+        .arg(work.join("emulated.cpp"))
         .output();
-    match run {
+    let built = match run {
         Err(e) => Built::NoCompiler(format!("the C++ compiler `{cxx}` could not be run: {e}")),
         Ok(o) if !o.status.success() => panic!(
             "{cxx} could not compile the kernels for the CPU:\n{}",
@@ -143,7 +149,9 @@ fn build() -> Built {
             std::fs::rename(&tmp, &out).expect("rename the emulated kernels into place");
             Built::At(out)
         }
-    }
+    };
+    let _ = std::fs::remove_dir_all(&work);
+    built
 }
 
 impl EmuDevice {
