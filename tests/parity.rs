@@ -1,7 +1,8 @@
 //! Parity of the CPU backend with one device: every plan of the matrix, lowered and run with
 //! ranks as threads, gives the single-device gradients (1e-5 relative, per tensor) after one
 //! step and the single-device losses (1e-4) at each of 50 steps; runs are bitwise
-//! reproducible. The single-device loss curve is the golden file
+//! reproducible. The CUDA backend's arithmetic on the emulated GPU gives the single-device
+//! gradients for every plan too (1e-4). The single-device loss curve is the golden file
 //! `tests/golden/losses-reference-tiny.json` (`UPDATE_EXPECT=1` rewrites it).
 
 use std::time::Duration;
@@ -156,6 +157,10 @@ fn single_device_losses(cfg: &Config, init: &Params, batches: &[Batch]) -> Vec<f
 }
 
 fn assert_grads_match(name: &str, got: &RunOutput, want: &Params) {
+    assert_grads_within(name, got, want, 1e-5);
+}
+
+fn assert_grads_within(name: &str, got: &RunOutput, want: &Params, tol: f64) {
     let mut worst = (0.0f64, String::new());
     // 1e-4 of the largest gradient of the model.
     let floor = 1e-4
@@ -182,7 +187,7 @@ fn assert_grads_match(name: &str, got: &RunOutput, want: &Params) {
         eprintln!("{name}: worst gradient {} at {:.2e}", worst.1, worst.0);
     }
     assert!(
-        worst.0 <= 1e-5,
+        worst.0 <= tol,
         "{name}: gradient {} differs by {:.3e} relative",
         worst.1,
         worst.0
@@ -771,4 +776,43 @@ fn messages_between_each_pair_come_in_one_order_and_a_swap_is_named() {
     let p = swapped.expect("a pipelined plan receives twice from one peer");
     let e = check_pair_order(&p).expect_err("a swap breaks the order");
     assert!(e.contains("first differ") && e.contains("by order"), "{e}");
+}
+
+/// Every plan of both matrices on the emulated GPU (the CUDA backend's `GpuMath`, operations
+/// and kernels, the kernels compiled for the CPU): the single device's gradients within 1e-4
+/// after one step, the CUDA backend's f32 tolerance. Skipped without a C++ compiler.
+#[test]
+fn every_plan_of_both_matrices_gives_the_single_device_gradients_on_the_emulated_gpu() {
+    use hetpar::runtime::cuda::emulated::EmuDevice;
+    use hetpar::runtime::cuda::{GpuMath, Precision};
+    let dev = match EmuDevice::open() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    for (model, plans) in [(MODEL, matrix()), (TWO_ENCODERS, two_encoder_matrix())] {
+        let (g, cfg) = model_of(model);
+        let init = Params::init(&cfg, SEED).unwrap();
+        let batches = batches(&g, &cfg);
+        let (_, want) = loss_and_grads(&cfg, &init, &batches[0]).unwrap();
+        for (name, schedule, modules) in plans {
+            let program = lower(&g, schedule, modules);
+            let dev = dev.clone();
+            let out = hetpar::runtime::exec::run_with(
+                &program,
+                &cfg,
+                &init,
+                &batches[..1],
+                &opts(1),
+                &move |st| {
+                    st.set_math(Box::new(GpuMath::new(dev.rank(Precision::F32))));
+                    st.interpret()
+                },
+            )
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_grads_within(name, &out, &want, 1e-4);
+        }
+    }
 }
