@@ -14,8 +14,8 @@ use common::{hetpar, losses, stderr, stdout, REF_CLUSTER, REF_MODEL, REF_PLAN};
 use std::sync::Arc;
 
 use hetpar::runtime::cuda::emulated::EmuDevice;
-use hetpar::runtime::cuda::{Device, GpuMath, Precision};
-use hetpar::runtime::exec::{run, run_with, Backend, RunOptions, RunOutput};
+use hetpar::runtime::cuda::{Device, Precision};
+use hetpar::runtime::exec::{run, Backend, RunOptions, RunOutput};
 use hetpar::runtime::reference::{Batch, Config, Params};
 
 const COLOCATED: &str = "examples/plans/reference-tiny-colocated-4.json";
@@ -118,40 +118,11 @@ fn train(program_path: &str, on: &On, steps: usize) -> RunOutput {
     };
     match on {
         On::Emulated(dev, precision) => {
-            let (dev, precision) = (dev.clone(), *precision);
-            run_with(&program, &cfg, &init, &batches, &opts, &move |st| {
-                st.set_math(Box::new(GpuMath::new(dev.rank(precision))));
-                st.interpret()
-            })
+            common::run_emulated(dev, *precision, &program, &cfg, &init, &batches, &opts)
         }
         _ => run(&program, &cfg, &init, &batches, &opts),
     }
     .unwrap()
-}
-
-fn max_abs(t: &[f32]) -> f64 {
-    t.iter().fold(0.0f64, |m, v| m.max(f64::from(v.abs())))
-}
-
-/// The worst gradient: max |a - b| over max |b| per tensor, the denominator at least 1e-4 of
-/// the model's largest gradient (`tests/parity.rs`'s metric: some gradients are zero in exact
-/// arithmetic, an attention key bias's, and their values are rounding noise).
-fn worst_relative(a: &Params, b: &Params) -> (f64, String) {
-    let floor = 1e-4 * b.iter().map(|(_, t)| max_abs(t.data())).fold(0.0, f64::max);
-    let mut worst = (0.0, String::new());
-    for (name, t) in b.iter() {
-        let u = a.get(name).unwrap();
-        let diff = u
-            .data()
-            .iter()
-            .zip(t.data())
-            .fold(0.0f64, |m, (x, y)| m.max(f64::from((x - y).abs())));
-        let e = diff / max_abs(t.data()).max(floor);
-        if e > worst.0 {
-            worst = (e, name.clone());
-        }
-    }
-    worst
 }
 
 /// Two plans trained three steps on `device(precision)` as on the CPU, in f32 and with bf16
@@ -164,7 +135,7 @@ fn trains_two_plans_as_the_cpu_does(device: impl Fn(Precision) -> On) {
             [(Precision::F32, 1e-4, 1e-4), (Precision::Bf16, 5e-2, 2e-2)]
         {
             let gpu = train(plan, &device(precision), STEPS);
-            let (e, name) = worst_relative(&gpu.grads, &cpu.grads);
+            let (e, name) = common::worst_gradient(plan, &gpu.grads, &cpu.grads);
             eprintln!("{plan} {precision}: worst gradient {name}, {e:.2e}");
             assert!(
                 e <= tol_grad,
@@ -196,12 +167,8 @@ fn the_gpu_trains_two_plans_as_the_cpu_does() {
 
 #[test]
 fn the_emulated_gpu_trains_two_plans_as_the_cpu_does() {
-    let dev = match EmuDevice::open() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(dev) = common::emulated_gpu() else {
+        return;
     };
     trains_two_plans_as_the_cpu_does(|p| On::Emulated(dev.clone(), p));
 }

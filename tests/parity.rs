@@ -7,6 +7,8 @@
 
 use std::time::Duration;
 
+mod common;
+
 use hetpar::ir::model::ModelGraph;
 use hetpar::ir::program::Program;
 use hetpar::runtime::exec::{run, RunOptions, RunOutput};
@@ -118,23 +120,6 @@ fn opts(steps: usize) -> RunOptions {
     }
 }
 
-fn max_abs(v: &[f32]) -> f64 {
-    v.iter().map(|y| f64::from(y.abs())).fold(0.0, f64::max)
-}
-
-/// max |a - b| / max |b| over one tensor, the denominator at least `floor`. The floor serves
-/// gradients that are zero in exact arithmetic (an attention key bias: softmax ignores a shift
-/// shared by every key), whose f32 values are rounding noise, 1e-13 on one device and up to 1e-11 when context
-/// parallelism sums partial key gradients.
-fn rel_err(a: &[f32], b: &[f32], floor: f64) -> f64 {
-    let diff = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| f64::from((x - y).abs()))
-        .fold(0.0, f64::max);
-    diff / max_abs(b).max(floor)
-}
-
 /// Every bit a run produced: losses, final weights, last gradients.
 fn bits(o: &RunOutput) -> Vec<u32> {
     o.losses
@@ -161,31 +146,7 @@ fn assert_grads_match(name: &str, got: &RunOutput, want: &Params) {
 }
 
 fn assert_grads_within(name: &str, got: &RunOutput, want: &Params, tol: f64) {
-    let mut worst = (0.0f64, String::new());
-    // 1e-4 of the largest gradient of the model.
-    let floor = 1e-4
-        * want
-            .iter()
-            .map(|(_, w)| max_abs(w.data()))
-            .fold(0.0, f64::max);
-    for (t, w) in want.iter() {
-        let g = got
-            .grads
-            .get(t)
-            .unwrap_or_else(|| panic!("{name}: no gradient {t}"));
-        assert_eq!(g.shape(), w.shape(), "{name}: {t}");
-        let e = rel_err(g.data(), w.data(), floor);
-        if std::env::var("PARITY_VERBOSE").is_ok() {
-            let scale = w.data().iter().map(|y| y.abs()).fold(0.0f32, f32::max);
-            eprintln!("  {t}: {e:.3e} (scale {scale:.3e})");
-        }
-        if e > worst.0 {
-            worst = (e, t.clone());
-        }
-    }
-    if std::env::var("PARITY_VERBOSE").is_ok() {
-        eprintln!("{name}: worst gradient {} at {:.2e}", worst.1, worst.0);
-    }
+    let worst = common::worst_gradient(name, &got.grads, want);
     assert!(
         worst.0 <= tol,
         "{name}: gradient {} differs by {:.3e} relative",
@@ -783,14 +744,9 @@ fn messages_between_each_pair_come_in_one_order_and_a_swap_is_named() {
 /// after one step, the CUDA backend's f32 tolerance. Skipped without a C++ compiler.
 #[test]
 fn every_plan_of_both_matrices_gives_the_single_device_gradients_on_the_emulated_gpu() {
-    use hetpar::runtime::cuda::emulated::EmuDevice;
-    use hetpar::runtime::cuda::{GpuMath, Precision};
-    let dev = match EmuDevice::open() {
-        Ok(d) => d,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+    use hetpar::runtime::cuda::Precision;
+    let Some(dev) = common::emulated_gpu() else {
+        return;
     };
     for (model, plans) in [(MODEL, matrix()), (TWO_ENCODERS, two_encoder_matrix())] {
         let (g, cfg) = model_of(model);
@@ -799,17 +755,14 @@ fn every_plan_of_both_matrices_gives_the_single_device_gradients_on_the_emulated
         let (_, want) = loss_and_grads(&cfg, &init, &batches[0]).unwrap();
         for (name, schedule, modules) in plans {
             let program = lower(&g, schedule, modules);
-            let dev = dev.clone();
-            let out = hetpar::runtime::exec::run_with(
+            let out = common::run_emulated(
+                &dev,
+                Precision::F32,
                 &program,
                 &cfg,
                 &init,
                 &batches[..1],
                 &opts(1),
-                &move |st| {
-                    st.set_math(Box::new(GpuMath::new(dev.rank(Precision::F32))));
-                    st.interpret()
-                },
             )
             .unwrap_or_else(|e| panic!("{name}: {e}"));
             assert_grads_within(name, &out, &want, 1e-4);

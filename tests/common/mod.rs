@@ -74,3 +74,85 @@ pub fn lowered_reference(dir: &std::path::Path) -> PathBuf {
     assert!(o.status.success(), "{}", stderr(&o));
     program
 }
+
+fn max_abs(v: &[f32]) -> f64 {
+    v.iter().map(|y| f64::from(y.abs())).fold(0.0, f64::max)
+}
+
+/// max |a - b| / max |b| over one tensor, the denominator at least `floor`. The floor serves
+/// gradients that are zero in exact arithmetic (an attention key bias: softmax ignores a shift
+/// shared by every key), whose f32 values are rounding noise, 1e-13 on one device and up to
+/// 1e-11 when context parallelism sums partial key gradients.
+fn rel_err(a: &[f32], b: &[f32], floor: f64) -> f64 {
+    let diff = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| f64::from((x - y).abs()))
+        .fold(0.0, f64::max);
+    diff / max_abs(b).max(floor)
+}
+
+/// The worst of `got`'s gradients against `want`'s and its name: each tensor's [`rel_err`],
+/// floored at 1e-4 of the model's largest gradient. `PARITY_VERBOSE` prints every tensor's.
+pub fn worst_gradient(
+    name: &str,
+    got: &hetpar::runtime::reference::Params,
+    want: &hetpar::runtime::reference::Params,
+) -> (f64, String) {
+    let verbose = std::env::var("PARITY_VERBOSE").is_ok();
+    let mut worst = (0.0f64, String::new());
+    let floor = 1e-4
+        * want
+            .iter()
+            .map(|(_, w)| max_abs(w.data()))
+            .fold(0.0, f64::max);
+    for (t, w) in want.iter() {
+        let g = got
+            .get(t)
+            .unwrap_or_else(|| panic!("{name}: no gradient {t}"));
+        assert_eq!(g.shape(), w.shape(), "{name}: {t}");
+        let e = rel_err(g.data(), w.data(), floor);
+        if verbose {
+            eprintln!("  {t}: {e:.3e} (scale {:.3e})", max_abs(w.data()));
+        }
+        if e > worst.0 {
+            worst = (e, t.clone());
+        }
+    }
+    if verbose {
+        eprintln!("{name}: worst gradient {} at {:.2e}", worst.1, worst.0);
+    }
+    worst
+}
+
+/// The emulated GPU (`kernels.cu` compiled for the CPU), or `None` after saying why the test
+/// is skipped (no C++ compiler).
+pub fn emulated_gpu() -> Option<std::sync::Arc<hetpar::runtime::cuda::emulated::EmuDevice>> {
+    match hetpar::runtime::cuda::emulated::EmuDevice::open() {
+        Ok(d) => Some(d),
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            None
+        }
+    }
+}
+
+/// `program` run with every rank's arithmetic the CUDA backend's (`GpuMath`) on the emulated
+/// GPU `dev`, ranks as threads sharing it.
+pub fn run_emulated(
+    dev: &std::sync::Arc<hetpar::runtime::cuda::emulated::EmuDevice>,
+    precision: hetpar::runtime::cuda::Precision,
+    program: &hetpar::ir::program::Program,
+    cfg: &hetpar::runtime::reference::Config,
+    init: &hetpar::runtime::reference::Params,
+    batches: &[hetpar::runtime::reference::Batch],
+    opts: &hetpar::runtime::exec::RunOptions,
+) -> Result<hetpar::runtime::exec::RunOutput, hetpar::runtime::RuntimeError> {
+    let dev = dev.clone();
+    hetpar::runtime::exec::run_with(program, cfg, init, batches, opts, &move |st| {
+        st.set_math(Box::new(hetpar::runtime::cuda::GpuMath::new(
+            dev.rank(precision),
+        )));
+        st.interpret()
+    })
+}
