@@ -3,9 +3,10 @@
 // one OS thread, each run until it reaches __syncthreads or returns, round after round, so a
 // round ends only when every thread has arrived: the barrier's meaning, without the cost of OS
 // threads. On x86-64 a fiber switch is a few instructions (callee-saved registers and the
-// stack pointer); elsewhere it is ucontext's, which also saves the signal mask by a syscall. A kernel's __shared__ arrays (statics here) thus belong to one block
-// at a time; launches run one at a time. Each kernel's C parameters are described to the
-// caller, which checks its arguments against them before launching.
+// stack pointer); elsewhere it is ucontext's, which also saves the signal mask by a syscall.
+// A kernel's __shared__ arrays (statics here) thus belong to one block at a time; launches run
+// one at a time. Each kernel's C parameters are described to the caller, which checks its
+// arguments against them before launching.
 
 #include <math.h>
 #include <ucontext.h>
@@ -43,7 +44,7 @@ static Fiber* running;
 
 #if defined(__x86_64__)
 // Saves the callee-saved registers on the current stack, stores its pointer in *save, and
-// continues on `next` (a stack this function saved, or one made by `fiber_stack`).
+// continues on `next` (a stack this function saved, or one made by `start`).
 extern "C" __attribute__((visibility("hidden"))) void emu_switch(void** save, void* next);
 asm(R"(
     .text

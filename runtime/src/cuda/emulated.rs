@@ -1,6 +1,6 @@
 //! An emulated device for the tests, so `ops.rs` runs on every machine: `kernels.cu` compiled
-//! for the CPU by the system's C++ compiler (`emulated.cpp`: a block's threads are threads,
-//! `__syncthreads` a barrier), and cuBLAS's strided batched product by its definition. It also
+//! for the CPU by the system's C++ compiler (`emulated.cpp`: a block's threads are fibers that
+//! meet at `__syncthreads`), and cuBLAS's strided batched product by its definition. It also
 //! checks what a GPU would let pass silently: each launch's arguments against the kernel's C
 //! parameters (count, size, float or integer, pointer, const), each product's dimensions
 //! against cuBLAS's rules and its operands' extents, and guard values around every buffer
@@ -72,6 +72,17 @@ impl<T: Elem> EmuBuf<T> {
         &mut self.data[GUARD..GUARD + self.len]
     }
 
+    /// The first `n` values, on the host.
+    fn first(&self, n: usize) -> Result<Vec<T>, RuntimeError> {
+        if n > self.len {
+            return Err(emu_err(format!(
+                "{n} values read from a buffer of {}",
+                self.len
+            )));
+        }
+        Ok(self.values()[..n].to_vec())
+    }
+
     fn ptr(&self) -> u64 {
         self.values().as_ptr() as u64
     }
@@ -88,9 +99,24 @@ impl<T: Elem> EmuBuf<T> {
     }
 }
 
+type SignatureFn = unsafe extern "C" fn(*const c_char, *mut c_int, c_int) -> c_int;
+type LaunchFn = unsafe extern "C" fn(
+    *const c_char,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    c_uint,
+    *mut *mut c_void,
+) -> c_int;
+
 /// The emulated device: the compiled kernels, shared by the ranks that use it.
 pub struct EmuDevice {
-    lib: Library,
+    /// `emulated.cpp`'s entry points, looked up once; valid while `_lib` is loaded.
+    signature: SignatureFn,
+    launch: LaunchFn,
+    _lib: Library,
 }
 
 /// One rank's view of the emulated device: its product precision.
@@ -106,8 +132,7 @@ enum Built {
 }
 
 /// Compiles `emulated.cpp` (with `kernels.cu`) into a shared library named by a hash of the
-/// sources, unless it is already there; written to a temporary name and renamed, so test
-/// processes building it at once do not see half a file.
+/// sources and the compiler, unless it is already there.
 fn build() -> Built {
     use std::hash::{Hash, Hasher};
     const HARNESS: &str = include_str!("emulated.cpp");
@@ -161,10 +186,23 @@ impl EmuDevice {
             Built::At(p) => p,
             Built::NoCompiler(why) => return Err(why),
         };
-        // SAFETY: the library is ours, built above; loading runs no initialisers with effects.
-        let lib = unsafe { Library::new(&path) }
-            .unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
-        Ok(Arc::new(EmuDevice { lib }))
+        // SAFETY: the library is ours, built above; loading runs no initialisers with effects,
+        // and the two symbols have these C signatures. The pointers are kept beside the library,
+        // which stays loaded as long as they do.
+        let (signature, launch, lib) = unsafe {
+            let lib =
+                Library::new(&path).unwrap_or_else(|e| panic!("loading {}: {e}", path.display()));
+            let signature = *lib
+                .get::<SignatureFn>(b"emu_signature")
+                .expect("emu_signature");
+            let launch = *lib.get::<LaunchFn>(b"emu_launch").expect("emu_launch");
+            (signature, launch, lib)
+        };
+        Ok(Arc::new(EmuDevice {
+            signature,
+            launch,
+            _lib: lib,
+        }))
     }
 
     /// A rank on this device, its products' inputs in `precision`.
@@ -184,18 +222,10 @@ impl Emu {
 
     /// Kernel `name`'s parameters as `emulated.cpp` describes them.
     fn signature(&self, name: &str) -> Option<Vec<c_int>> {
-        type Sig = unsafe extern "C" fn(*const c_char, *mut c_int, c_int) -> c_int;
         let c = CString::new(name).expect("no NUL");
         let mut out = [0 as c_int; 32];
-        // SAFETY: the symbol has this C signature; `out` holds 32.
-        let n = unsafe {
-            let f = self
-                .dev
-                .lib
-                .get::<Sig>(b"emu_signature")
-                .expect("emu_signature");
-            f(c.as_ptr(), out.as_mut_ptr(), out.len() as c_int)
-        };
+        // SAFETY: `out` holds the 32 the call is told of.
+        let n = unsafe { (self.dev.signature)(c.as_ptr(), out.as_mut_ptr(), out.len() as c_int) };
         (n >= 0).then(|| out[..n as usize].to_vec())
     }
 }
@@ -257,13 +287,7 @@ impl Engine for Emu {
     }
 
     fn read_back(b: &EmuBuf<f32>, n: usize) -> Result<Vec<f32>, RuntimeError> {
-        if n > b.len {
-            return Err(emu_err(format!(
-                "{n} values read from a buffer of {}",
-                b.len
-            )));
-        }
-        Ok(b.values()[..n].to_vec())
+        b.first(n)
     }
 
     fn clone_buf(b: &EmuBuf<f32>) -> Result<EmuBuf<f32>, RuntimeError> {
@@ -287,17 +311,11 @@ impl Engine for Emu {
     }
 
     fn dtoh<T: Elem>(&self, b: &EmuBuf<T>, n: usize) -> Result<Vec<T>, RuntimeError> {
-        if n > b.len {
-            return Err(emu_err(format!(
-                "{n} values read from a buffer of {}",
-                b.len
-            )));
-        }
-        Ok(b.values()[..n].to_vec())
+        b.first(n)
     }
 
     fn dtod(&self, b: &EmuBuf<f32>) -> Result<EmuBuf<f32>, RuntimeError> {
-        Ok(EmuBuf::new(b.values()))
+        Self::clone_buf(b)
     }
 
     fn dtod_range(
@@ -322,16 +340,6 @@ impl Engine for Emu {
         cfg: LaunchConfig,
         args: &mut [Arg<'_, Self>],
     ) -> Result<(), RuntimeError> {
-        type Launch = unsafe extern "C" fn(
-            *const c_char,
-            c_uint,
-            c_uint,
-            c_uint,
-            c_uint,
-            c_uint,
-            c_uint,
-            *mut *mut c_void,
-        ) -> c_int;
         let params = self
             .signature(name)
             .ok_or_else(|| emu_err(format!("no kernel {name}")))?;
@@ -367,12 +375,7 @@ impl Engine for Emu {
         // SAFETY: the arguments were checked against the kernel's parameters above; the
         // buffers outlive the call (borrowed by `args`).
         let rc = unsafe {
-            let f = self
-                .dev
-                .lib
-                .get::<Launch>(b"emu_launch")
-                .expect("emu_launch");
-            f(c.as_ptr(), g.0, g.1, g.2, b.0, b.1, b.2, ptrs.as_mut_ptr())
+            (self.dev.launch)(c.as_ptr(), g.0, g.1, g.2, b.0, b.1, b.2, ptrs.as_mut_ptr())
         };
         if rc != 0 {
             return Err(emu_err(format!("kernel {name} did not run ({rc})")));
@@ -475,7 +478,7 @@ mod tests {
         };
         let ops = compare_ops(&f32, &bf16, &mut SplitMix64::new(7));
         for c in &ops {
-            eprintln!("{:<40} {:>10.2e} {:>8.0e}", c.op, c.error, c.tolerance);
+            eprintln!("{:<40} {:>10.2e} {:>8.1e}", c.op, c.error, c.tolerance);
         }
         assert!(ops.len() >= 30, "every operation compared: {ops:#?}");
         let failed: Vec<_> = ops.iter().filter(|c| !c.passed()).collect();

@@ -12,10 +12,8 @@
 use cudarc::driver::{DevicePtr, DevicePtrMut};
 use cudarc::nccl::{result as nr, Comm, Id};
 
-use super::ops::Ops;
-
 use super::device::Gpu;
-use super::ops::DTensor;
+use super::ops::{DTensor, Ops};
 use crate::transport::{Endpoint, Tag};
 use crate::RuntimeError;
 
