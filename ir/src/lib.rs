@@ -24,6 +24,7 @@ pub mod placement;
 pub mod plan;
 pub mod program;
 pub mod rule;
+pub mod shard;
 
 pub use cluster::{Cluster, ClusterFile};
 pub use diag::{Diagnostic, Diagnostics, Severity};

@@ -30,6 +30,7 @@ use crate::layout::{Layout, LayoutSpec, RecomputePolicy};
 use crate::model::{AttentionKind, Body, ModelGraph, Module, ModuleKind};
 use crate::placement::{Axis, Coord, PlacementSpec, RankGrid};
 use crate::rule::Rule;
+use crate::shard::Passes;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -115,6 +116,7 @@ pub struct Plan {
     modules: Vec<ModulePlan>,
     pub schedule: ScheduleSpec,
     pub placement_kind: PlacementKind,
+    language_model: ModuleId,
 }
 
 impl Plan {
@@ -129,6 +131,24 @@ impl Plan {
 
     pub fn modules(&self) -> &[ModulePlan] {
         &self.modules
+    }
+
+    /// The language model's micro-batches per step (every module after it takes as many).
+    pub fn micro_batches(&self) -> u32 {
+        self.modules
+            .iter()
+            .find(|m| m.module == self.language_model)
+            .map_or(1, |m| m.layout.micro_batches)
+    }
+
+    /// The encoder passes of a step: every module processing encoder items (encoders,
+    /// projectors) runs `passes().count()` passes per replica, each over the items of
+    /// `encoder_chunk` language-model micro-batches (`crate::shard`).
+    pub fn passes(&self) -> Passes {
+        Passes::new(
+            self.micro_batches(),
+            chunk_of(&self.schedule, self.micro_batches()),
+        )
     }
 
     /// Every rank some module runs on, sorted.
@@ -207,17 +227,42 @@ impl Plan {
         if ds.has_errors() {
             return Err(ds);
         }
-        let modules: Vec<ModulePlan> = built.into_iter().flatten().collect();
+        let mut modules: Vec<ModulePlan> = built.into_iter().flatten().collect();
+        let passes = passes_of(&file.schedule, model, &modules);
+        for m in modules.iter_mut() {
+            if model.item_origin(m.module).is_some() {
+                m.layout.micro_batches = passes.count();
+            }
+        }
         Ok((
             Plan {
                 schedule: file.schedule.clone(),
                 file,
                 modules,
                 placement_kind,
+                language_model: model.language_model(),
             },
             ds,
         ))
     }
+}
+
+/// The language-model micro-batches an encoder pass covers: `encoder_chunk` where given, every
+/// micro-batch of the step under `colocated_three_phase`, else 1.
+fn chunk_of(s: &ScheduleSpec, micro_batches: u32) -> u32 {
+    match (s.kind, s.encoder_chunk) {
+        (_, Some(k)) => k,
+        (ScheduleKind::ColocatedThreePhase, None) => micro_batches,
+        _ => 1,
+    }
+}
+
+fn passes_of(s: &ScheduleSpec, model: &ModelGraph, modules: &[ModulePlan]) -> Passes {
+    let m = modules
+        .iter()
+        .find(|m| m.module == model.language_model())
+        .map_or(1, |m| m.layout.micro_batches);
+    Passes::new(m, chunk_of(s, m))
 }
 
 /// Pipeline chunks a layout may have (far above any real pipeline; bounds allocations).
@@ -327,19 +372,33 @@ fn check_schedule(
         (ScheduleKind::ColocatedChunked, None) => ds.error(
             "schedule.encoder_chunk",
             Rule::ScheduleChunk,
-            "the chunked schedule needs encoder_chunk (micro-batches per encoder run)",
+            "the chunked schedule needs encoder_chunk (micro-batches per encoder pass)",
         ),
-        (ScheduleKind::ColocatedChunked, Some(0)) => ds.error(
+        (_, Some(0)) => ds.error(
             "schedule.encoder_chunk",
             Rule::ScheduleChunk,
             "must be at least 1",
         ),
-        (ScheduleKind::ColocatedChunked, Some(_)) => {}
-        (_, Some(_)) => ds.error(
+        (ScheduleKind::ColocatedThreePhase, Some(_)) => ds.error(
             "schedule.encoder_chunk",
             Rule::ScheduleChunk,
-            "only the colocated_chunked schedule takes encoder_chunk",
+            "colocated_three_phase runs the encoders once over the whole step: it takes no encoder_chunk (use colocated_chunked)",
         ),
+        (_, Some(k)) => {
+            let lm = model.language_model();
+            if let Some(m) = built.iter().flatten().find(|m| m.module == lm) {
+                if k > m.layout.micro_batches {
+                    ds.error(
+                        "schedule.encoder_chunk",
+                        Rule::ScheduleChunk,
+                        format!(
+                            "{k} exceeds the {} micro-batches of a step",
+                            m.layout.micro_batches
+                        ),
+                    );
+                }
+            }
+        }
         (_, None) => {}
     }
     let plans: Vec<&ModulePlan> = built.iter().flatten().collect();
@@ -348,6 +407,19 @@ fn check_schedule(
     if let Some(reference) = plans.iter().find(|m| m.module == lm).or(plans.first()) {
         let m0 = reference.layout.micro_batches;
         for m in &plans {
+            if model.item_origin(m.module).is_some() {
+                if m.layout.micro_batch_size != 1 {
+                    ds.error(
+                        join(&join("modules", &model.module(m.module).name), "layout.micro_batch_size"),
+                        Rule::ScheduleMicroBatches,
+                        format!(
+                            "is {}, but encoders and projectors take no micro-batch size: each encoder pass deals the items of encoder_chunk language-model micro-batches over their replicas (leave it out)",
+                            m.layout.micro_batch_size
+                        ),
+                    );
+                }
+                continue;
+            }
             if m.layout.micro_batches != m0 {
                 let name = &model.module(m.module).name;
                 ds.error(
@@ -634,6 +706,11 @@ fn check_module(
     // Batch.
     let batch = u64::from(model.data().global_batch);
     let per_step = u64::from(dp) * u64::from(l.micro_batch_size);
+    let per_step = if model.item_origin(m.id).is_some() {
+        batch.max(1)
+    } else {
+        per_step
+    };
     if batch % per_step != 0 {
         ds.error(join(&lp, "micro_batch_size"), Rule::LayoutBatch, format!("dp x micro_batch_size = {dp} x {} = {per_step} does not divide the global batch {batch}", l.micro_batch_size));
     }

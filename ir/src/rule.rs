@@ -72,9 +72,9 @@ rules! {
     PlacementOverlap = "placement.overlap": "Placements are colocated (identical rank sets) or disjoint, or every module sits inside the language model's ranks under a colocated schedule; other partial overlaps are representable but no schedule runs them (warning).",
     ScheduleKind = "schedule.kind": "The schedule kind fits the placement: colocated kinds need identical rank sets, pipeline kinds need disjoint ones.",
     ScheduleInterleaved = "schedule.interleaved": "vpp > 1 on some module if and only if the schedule is interleaved, and such a module's micro-batches per step are a multiple of its pp.",
-    ScheduleChunk = "schedule.chunk": "`encoder_chunk` is given exactly for the chunked colocated schedule, and is at least 1.",
+    ScheduleChunk = "schedule.chunk": "`encoder_chunk` (language-model micro-batches per encoder pass) is at least 1 and at most the micro-batches of a step; `colocated_chunked` needs it, `colocated_three_phase` takes none.",
     ScheduleColocatedPp = "schedule.colocated_pp": "The per-micro-batch colocated schedule needs pp = 1 on every module.",
-    ScheduleMicroBatches = "schedule.micro_batches": "Every module splits the global batch into the same number of micro-batches (global_batch / (dp x micro_batch_size)), so that micro-batch j means the same samples everywhere.",
+    ScheduleMicroBatches = "schedule.micro_batches": "The language model and every module after it split the global batch into the same number of micro-batches (global_batch / (dp x micro_batch_size)), so that micro-batch j means the same samples everywhere; encoders and projectors take no micro_batch_size (their items are dealt per encoder pass).",
     ScheduleGroups = "schedule.groups": "In a pipeline schedule, modules on the same ranks (an encoder with its projector) run unpipelined (pp = vpp = 1).",
 }
 

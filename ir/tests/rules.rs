@@ -1257,9 +1257,19 @@ const CASES: &[Case] = &[
         "schedule.encoder_chunk",
     ),
     case(
-        "encoder_chunk on a pipeline schedule is rejected",
+        "an encoder_chunk above the micro-batches of a step is rejected",
         TinyPipeline,
-        &[Set("/schedule/encoder_chunk", "2")],
+        &[Set("/schedule/encoder_chunk", "3")],
+        Rule::ScheduleChunk,
+        "schedule.encoder_chunk",
+    ),
+    case(
+        "an encoder_chunk under colocated_three_phase is rejected",
+        TinyColocated,
+        &[
+            Set("/schedule/kind", "\"colocated_three_phase\""),
+            Set("/schedule/encoder_chunk", "1"),
+        ],
         Rule::ScheduleChunk,
         "schedule.encoder_chunk",
     ),
@@ -1276,16 +1286,16 @@ const CASES: &[Case] = &[
     ),
     // schedule.micro_batches
     case(
-        "an LLM taking 2 micro-batches next to encoders taking 1 is rejected",
+        "an encoder given a micro-batch size of 2 is rejected: passes deal its items",
         TinyColocated,
-        &[Set("/modules/llm/layout/micro_batch_size", "1")],
+        &[Set("/modules/vision/layout/micro_batch_size", "2")],
         Rule::ScheduleMicroBatches,
         "modules.vision.layout.micro_batch_size",
     ),
     case(
-        "an LLM taking 8 micro-batches next to encoders taking 2 is rejected",
+        "a projector given a micro-batch size of 4 is rejected",
         TinyPipeline,
-        &[Set("/modules/llm/layout/micro_batch_size", "1")],
+        &[Set("/modules/projector/layout/micro_batch_size", "4")],
         Rule::ScheduleMicroBatches,
         "modules.projector.layout.micro_batch_size",
     ),

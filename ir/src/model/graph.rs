@@ -242,6 +242,22 @@ impl ModelGraph {
         self.items.get(&encoder)
     }
 
+    /// The encoder whose items module `m` processes: itself for an encoder, the encoder at the
+    /// start of its rows for a projector; `None` for the language model and what follows it.
+    /// Such modules run in encoder passes (`crate::shard`).
+    pub fn item_origin(&self, m: ModuleId) -> Option<ModuleId> {
+        let module = self.module(m);
+        if module.kind.is_encoder() {
+            return Some(m);
+        }
+        if module.kind != ModuleKind::Projector {
+            return None;
+        }
+        let b = *self.incoming(m).first()?;
+        let origin = self.boundary(b).origin;
+        self.module(origin).kind.is_encoder().then_some(origin)
+    }
+
     /// Boundaries entering `m`, in id order.
     pub fn incoming(&self, m: ModuleId) -> Vec<BoundaryId> {
         self.edges(m, Direction::Incoming)
