@@ -423,6 +423,8 @@ pub struct Quick {
     /// Largest per-rank memory: static memory of the modules sharing the rank plus their
     /// activations times the micro-batches the schedule keeps alive, plus the reserve.
     pub peak_memory_bytes: f64,
+    /// Each module's own terms, for `crate::combine`.
+    pub modules: Vec<crate::combine::ModuleQuick>,
 }
 
 /// A closed-form estimate of the iteration time (no simulation): per-stage times of a mean
@@ -462,6 +464,7 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
     // Memory per rank (modules sharing a rank add up).
     let mut memory: std::collections::HashMap<Rank, f64> = std::collections::HashMap::new();
     let mut tail = 0.0f64;
+    let mut terms = Vec::new();
     for (m, mp) in plan.modules().iter().enumerate() {
         let l = &mp.layout;
         let id = hetpar_ir::ModuleId::new(m);
@@ -475,6 +478,7 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
         };
         let comp = &priced.computes[m];
         let mut per_stage = Vec::new();
+        let mut stage_memory = Vec::new();
         for s in 0..l.pp {
             let mut t = 0.0;
             let mut act_chunk = 0.0f64;
@@ -509,15 +513,21 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
                 f64::from(pipe.depth.saturating_sub(g).clamp(1, m_count))
             };
             let bytes = priced.statics[m][s as usize].total() + act_chunk * alive;
+            stage_memory.push(bytes);
             // Every rank of this stage: add to each (modules sharing ranks add up).
             for r in stage_ranks(mp, s) {
                 *memory.entry(r).or_default() += bytes;
             }
         }
-        tail = tail.max(
-            priced.grad_sync[m].iter().copied().fold(0.0, f64::max)
-                + priced.optimizer[m].iter().copied().fold(0.0, f64::max),
-        );
+        let own_tail = priced.grad_sync[m].iter().copied().fold(0.0, f64::max)
+            + priced.optimizer[m].iter().copied().fold(0.0, f64::max);
+        tail = tail.max(own_tail);
+        terms.push(crate::combine::ModuleQuick {
+            units: l.micro_batches,
+            stage_time: per_stage.clone(),
+            stage_memory,
+            tail: own_tail,
+        });
         stage_times.push(per_stage);
     }
     let t = if colocated {
@@ -558,6 +568,7 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
         time: Cost::seconds(t + tail),
         module_time: stage_times.iter().map(|v| v.iter().sum()).collect(),
         peak_memory_bytes: peak,
+        modules: terms,
     }
 }
 

@@ -10,6 +10,7 @@
 
 pub mod calibration;
 pub mod collective;
+pub mod combine;
 pub mod compute;
 pub mod constants;
 pub mod cost;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use hetpar::planner::search::{
-    search, Candidate, Objective, PlacementChoice, SearchOptions, SearchResult,
+    search, Candidate, CandidateKind, Objective, PlacementChoice, SearchOptions, SearchResult,
 };
 use hetpar::report::{bytes, Table};
 use hetpar::{examples, io};
@@ -202,6 +202,7 @@ fn json_report(r: &SearchResult) -> serde_json::Value {
         },
         "gain": gain(r),
         "top": r.top.iter().map(|c| serde_json::json!({"plan": &c.plan, "kind": c.kind, "metrics": metrics(c)})).collect::<Vec<_>>(),
+        "warnings": &r.warnings,
         "stats": &r.stats,
     })
 }
@@ -255,6 +256,66 @@ pub fn describe_plan(c: &Candidate) -> String {
     s
 }
 
+fn kind_label(k: CandidateKind) -> &'static str {
+    match k {
+        CandidateKind::Heterogeneous => "heterogeneous",
+        CandidateKind::Homogeneous => "homogeneous",
+        CandidateKind::SingleModule => "one module",
+    }
+}
+
+fn placement_label(c: &Candidate) -> &'static str {
+    let ranks: std::collections::BTreeSet<(Option<u32>, Option<u32>)> = c
+        .plan
+        .modules
+        .values()
+        .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
+        .collect();
+    if ranks.len() == 1 {
+        "colocated"
+    } else if c.plan.schedule.kind.is_colocated() {
+        "nested"
+    } else {
+        "split"
+    }
+}
+
+fn schedule_label(sch: &hetpar::ir::plan::ScheduleSpec) -> String {
+    let kind = serde_json::to_value(sch.kind)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    match sch.encoder_chunk {
+        Some(k) => format!("{kind} k{k}"),
+        None => kind,
+    }
+}
+
+/// Every module's layout in a few characters: `name tp cp pp dp [vpp ep] mbs recompute`.
+fn layouts_label(c: &Candidate) -> String {
+    c.plan
+        .modules
+        .iter()
+        .map(|(n, m)| {
+            let l = &m.layout;
+            let mut v = format!("{n} {}/{}/{}/{}", l.tp, l.cp, l.pp, l.dp.unwrap_or(0));
+            if l.vpp > 1 {
+                let _ = write!(v, " v{}", l.vpp);
+            }
+            if l.ep > 1 {
+                let _ = write!(v, " e{}", l.ep);
+            }
+            let _ = write!(v, " m{}", l.micro_batch_size);
+            let r = format!("{:?}", l.recompute.policy).to_lowercase();
+            if r != "none" {
+                let _ = write!(v, " {r}");
+            }
+            v
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn line(label: &str, c: &Candidate) -> String {
     match &c.estimate {
         Some(e) => format!(
@@ -272,7 +333,13 @@ fn line(label: &str, c: &Candidate) -> String {
 fn human(r: &SearchResult, explain: bool) -> String {
     let mut s = String::new();
     if let Some(b) = &r.best {
-        s += &line(&format!("best plan ({:?})", b.kind).to_lowercase(), b);
+        let label = match b.kind {
+            CandidateKind::SingleModule => {
+                "best plan (one module: heterogeneity does not apply)".to_string()
+            }
+            k => format!("best plan ({})", kind_label(k)),
+        };
+        s += &line(&label, b);
         s += &describe_plan(b);
     }
     if let Some(h) = &r.homogeneous {
@@ -289,51 +356,16 @@ fn human(r: &SearchResult, explain: bool) -> String {
     if !r.top.is_empty() {
         let _ = writeln!(s, "\nalternatives:");
         let mut t = Table::new(&[
-            "#",
-            "kind",
-            "placement",
-            "schedule",
-            "llm layout",
-            "time (s)",
-            "memory",
-            "MFU",
+            "#", "kind", "placement", "schedule", "layouts", "time (s)", "memory", "MFU",
         ]);
         for (i, c) in r.top.iter().enumerate() {
             let e = c.estimate.as_ref();
-            let llm = c
-                .plan
-                .modules
-                .iter()
-                .find(|(_, m)| m.layout.pp > 1 || m.layout.tp > 1)
-                .or(c.plan.modules.iter().last());
-            let ranks: std::collections::BTreeSet<(Option<u32>, Option<u32>)> = c
-                .plan
-                .modules
-                .values()
-                .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
-                .collect();
             t.row(vec![
-                (i + 2).to_string(),
-                format!("{:?}", c.kind).to_lowercase(),
-                if ranks.len() == 1 {
-                    "colocated".into()
-                } else {
-                    "split".into()
-                },
-                serde_json::to_value(c.plan.schedule.kind)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default(),
-                llm.map(|(n, m)| {
-                    format!(
-                        "{n}: tp{} cp{} pp{} dp{}",
-                        m.layout.tp,
-                        m.layout.cp,
-                        m.layout.pp,
-                        m.layout.dp.unwrap_or(0)
-                    )
-                })
-                .unwrap_or_default(),
+                (i + 1).to_string(),
+                kind_label(c.kind).into(),
+                placement_label(c).into(),
+                schedule_label(&c.plan.schedule),
+                layouts_label(c),
                 e.map_or(format!("~{:.3}", c.quick_time_s), |e| {
                     format!("{:.3}", e.iteration_time_s)
                 }),
@@ -343,11 +375,14 @@ fn human(r: &SearchResult, explain: bool) -> String {
         }
         s += &t.render();
     }
+    for w in &r.warnings {
+        let _ = writeln!(s, "warning: {w}");
+    }
     let st = &r.stats;
     let _ = writeln!(
         s,
-        "\nsearch: {} plans priced, {} over memory, {} dominated, {} rejected, {} simulated, {:.2} s ({})",
-        st.candidates, st.pruned_memory, st.pruned_dominated, st.invalid, st.simulated, st.elapsed_s, st.stop_reason
+        "\nsearch: {} module options priced, {} joint choices evaluated, {} boundaries synthesized, {} without a fitting choice, {} bounded out, {} rejected, {} simulated, {:.2} s ({})",
+        st.candidates, st.evaluations, st.synthesized, st.pruned_memory, st.pruned_bound, st.invalid, st.simulated, st.elapsed_s, st.stop_reason
     );
     if explain {
         s += &explanation(r);

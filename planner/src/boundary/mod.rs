@@ -127,3 +127,28 @@ pub fn boundary_times_with(
         })
         .collect()
 }
+
+/// Boundary `b`'s synthesized time over a whole step: forward plus backward of every unit, s.
+pub fn boundary_step_time(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    constants: Option<Constants>,
+    b: BoundaryId,
+) -> f64 {
+    let name = &model.boundary(b).name;
+    synthesize_all_with(
+        model,
+        cluster,
+        plan,
+        Limits::default(),
+        Some(name),
+        constants,
+    )
+    .iter()
+    .map(|r| {
+        r.forward.micro_batch_times.iter().sum::<f64>()
+            + r.backward.micro_batch_times.iter().sum::<f64>()
+    })
+    .sum()
+}

@@ -1,21 +1,23 @@
-//! The search space of one module: layouts it may take on a given number of GPUs for a given
-//! number of micro-batches per step. Exact filters only (each candidate passes the verifier's
-//! layout rules); choices the cost model can only lose with are left out where stated.
+//! The search space of one module: the layouts it may take on a given number of GPUs. Exact
+//! filters only (each candidate passes the verifier's layout rules); what is left out is
+//! stated on each function and in `docs/planner.md`.
 
 use hetpar_ir::layout::{LayoutSpec, RecomputePolicy, RecomputeSpec};
-use hetpar_ir::model::{Body, ModelGraph, Module, ModuleKind};
+use hetpar_ir::model::{Body, ModelGraph, Module};
 
 /// What a module may use.
 #[derive(Clone, Copy, Debug)]
 pub struct Bounds {
     /// GPUs per node: tensor parallelism stays inside a node.
     pub gpus_per_node: u32,
-    /// Whether pipeline parallelism is allowed (not for modules sharing ranks in a pipeline).
-    pub allow_pp: bool,
-    /// Whether interleaving (vpp 2) is allowed (pipeline schedules only).
-    pub allow_vpp: bool,
+    /// Largest pipeline depth (1: no pipeline).
+    pub max_pp: u32,
+    /// Largest virtual pipeline chunks per stage (1: no interleaving).
+    pub max_vpp: u32,
     /// Whether context parallelism is allowed.
     pub allow_cp: bool,
+    /// Largest micro-batch size tried.
+    pub max_mbs: u32,
 }
 
 fn divides(a: u32, b: u32) -> bool {
@@ -26,93 +28,122 @@ fn powers_of_two(max: u32) -> impl Iterator<Item = u32> {
     (0..16).map(|i| 1u32 << i).take_while(move |&x| x <= max)
 }
 
-/// Every layout of `module` over `gpus` GPUs with `micro_batches` micro-batches per step.
-pub fn layouts(
-    model: &ModelGraph,
-    module: &Module,
-    gpus: u32,
-    micro_batches: u32,
-    b: Bounds,
-) -> Vec<LayoutSpec> {
-    let batch = model.data().global_batch;
-    let seq = model.data().sequence_length;
-    let layers = module.layer_count();
-    let mut out = Vec::new();
-    let tps: Vec<u32> = powers_of_two(b.gpus_per_node.min(gpus))
-        .filter(|&tp| tp_ok(module, tp))
-        .collect();
-    let is_lm = module.kind == ModuleKind::LanguageModel;
-    let cps: Vec<u32> = if b.allow_cp && is_lm {
-        powers_of_two(8)
-            .filter(|&cp| divides(2 * cp, seq))
-            .collect()
-    } else {
-        vec![1]
-    };
-    let pps: Vec<u32> = if b.allow_pp && !matches!(module.body, Body::Projector(_)) {
-        powers_of_two(64)
-            .filter(|&pp| pp <= layers && divides(pp, layers))
-            .collect()
-    } else {
-        vec![1]
-    };
-    let recomputes: Vec<RecomputePolicy> = match module.body {
+fn recomputes(module: &Module) -> Vec<RecomputePolicy> {
+    match module.body {
         Body::Projector(_) => vec![RecomputePolicy::None],
         _ => vec![
             RecomputePolicy::None,
             RecomputePolicy::Selective,
             RecomputePolicy::Full,
         ],
+    }
+}
+
+fn spec(tp: u32, cp: u32, pp: u32, dp: u32, mbs: u32, policy: RecomputePolicy) -> LayoutSpec {
+    LayoutSpec {
+        tp,
+        cp,
+        pp,
+        dp: Some(dp),
+        ep: 1,
+        vpp: 1,
+        sequence_parallel: tp > 1,
+        recompute: RecomputeSpec {
+            policy,
+            layers: None,
+        },
+        distributed_optimizer: dp * cp > 1,
+        micro_batch_size: mbs,
+        stage_layers: None,
+    }
+}
+
+/// Tensor-parallel degrees of a module on `gpus` GPUs: powers of two within a node that divide
+/// what the module splits.
+pub fn tps(module: &Module, gpus: u32, gpus_per_node: u32) -> Vec<u32> {
+    powers_of_two(gpus_per_node.min(gpus))
+        .filter(|&tp| tp_ok(module, tp))
+        .collect()
+}
+
+/// Layouts of a module that runs in encoder passes (an encoder or a projector) on `gpus` GPUs:
+/// every tp, cp for an encoder whose every item splits into 2 cp chunks, any dp (items are
+/// dealt, so dp need not divide anything), every recompute policy. Unpipelined: an encoder
+/// shares its ranks with its projector, and both run whole per pass.
+pub fn item_layouts(model: &ModelGraph, module: &Module, gpus: u32, b: Bounds) -> Vec<LayoutSpec> {
+    let mut out = Vec::new();
+    let items = model.items(module.id);
+    let cps: Vec<u32> = match items {
+        Some(it) if b.allow_cp => powers_of_two(8)
+            .filter(|&cp| {
+                it.distinct_item_tokens()
+                    .iter()
+                    .all(|&t| divides(2 * cp, t))
+            })
+            .collect(),
+        _ => vec![1],
     };
-    for &tp in &tps {
+    for tp in tps(module, gpus, b.gpus_per_node) {
         for &cp in &cps {
-            for &pp in &pps {
-                let per = tp * cp * pp;
-                if !divides(per, gpus) {
-                    continue;
-                }
-                let dp = gpus / per;
-                if !divides(dp * micro_batches, batch) {
-                    continue;
-                }
-                let mbs = batch / (dp * micro_batches);
-                let vpps: Vec<u32> = if b.allow_vpp
-                    && pp > 1
-                    && divides(pp, micro_batches)
-                    && divides(2 * pp, layers)
-                {
-                    vec![1, 2]
-                } else {
-                    vec![1]
-                };
-                // Expert parallelism for a mixture of experts: powers of two dividing the
-                // experts and dp x cp.
-                let experts = module
-                    .transformer()
-                    .and_then(|t| t.moe.as_ref())
-                    .map_or(1, |m| m.experts);
-                let eps: Vec<u32> = powers_of_two(experts)
-                    .filter(|&ep| divides(ep, experts) && divides(ep, dp * cp))
-                    .collect();
-                for &vpp in &vpps {
-                    for &ep in &eps {
-                        for &policy in &recomputes {
-                            out.push(LayoutSpec {
-                                tp,
-                                cp,
-                                pp,
-                                dp: Some(dp),
-                                ep,
-                                vpp,
-                                sequence_parallel: tp > 1,
-                                recompute: RecomputeSpec {
-                                    policy,
-                                    layers: None,
-                                },
-                                distributed_optimizer: dp * cp > 1,
-                                micro_batch_size: mbs,
-                                stage_layers: None,
-                            });
+            if !divides(tp * cp, gpus) {
+                continue;
+            }
+            let dp = gpus / (tp * cp);
+            for policy in recomputes(module) {
+                out.push(spec(tp, cp, 1, dp, 1, policy));
+            }
+        }
+    }
+    out
+}
+
+/// Expert-parallel degrees of a layout: 1, and for a mixture of experts every power of two
+/// dividing the experts and dp x cp.
+fn eps(module: &Module, dp: u32, cp: u32) -> Vec<u32> {
+    let experts = module
+        .transformer()
+        .and_then(|t| t.moe.as_ref())
+        .map_or(1, |m| m.experts);
+    powers_of_two(experts)
+        .filter(|&ep| divides(ep, experts) && divides(ep, dp * cp))
+        .collect()
+}
+
+/// Layouts of the language model (or a module after it) with exactly `dp` replicas: every tp,
+/// cp (2 cp dividing the sequence), pp up to the bound and the layers (uneven stages are set
+/// by the caller), micro-batch sizes with dp x mbs dividing the global batch, vpp where the
+/// interleaved order allows it (micro-batches a multiple of pp, 2 layers per chunk at least),
+/// ep for a mixture of experts, every recompute policy. The GPU count is tp cp pp dp.
+pub fn lm_layouts(model: &ModelGraph, module: &Module, dp: u32, b: Bounds) -> Vec<LayoutSpec> {
+    let batch = model.data().global_batch;
+    let seq = model.data().sequence_length;
+    let layers = module.layer_count();
+    let mut out = Vec::new();
+    if !divides(dp, batch) {
+        return out;
+    }
+    let cps: Vec<u32> = if b.allow_cp {
+        powers_of_two(8).filter(|&cp| divides(2 * cp, seq)).collect()
+    } else {
+        vec![1]
+    };
+    let max_pp = b.max_pp.min(layers).max(1);
+    for tp in tps(module, b.gpus_per_node, b.gpus_per_node) {
+        for &cp in &cps {
+            for pp in 1..=max_pp {
+                for mbs in (1..=b.max_mbs).filter(|&x| divides(dp * x, batch)) {
+                    let m = batch / (dp * mbs);
+                    let vpps = (1..=b.max_vpp).filter(|&v| {
+                        v == 1 || (pp > 1 && divides(pp, m) && pp * v * 2 <= layers)
+                    });
+                    for vpp in vpps {
+                        for ep in eps(module, dp, cp) {
+                            for policy in recomputes(module) {
+                                let mut l = spec(tp, cp, pp, dp, mbs, policy);
+                                l.vpp = vpp;
+                                l.ep = ep;
+                                out.push(l);
+                            }
                         }
                     }
                 }
@@ -138,9 +169,19 @@ pub fn tp_ok(module: &Module, tp: u32) -> bool {
     }
 }
 
-/// Micro-batch counts worth trying: divisors of the global batch up to 256.
-pub fn micro_batch_counts(batch: u32) -> Vec<u32> {
-    (1..=batch.min(256))
-        .filter(|m| batch.is_multiple_of(*m))
+/// Data-parallel degrees worth trying for the language model: divisors of the global batch.
+pub fn lm_dps(batch: u32, max: u32) -> Vec<u32> {
+    (1..=batch.min(max))
+        .filter(|d| batch.is_multiple_of(*d))
         .collect()
+}
+
+/// Encoder chunks worth trying for M micro-batches: divisors of M up to `max` (a last short
+/// pass only adds imbalance), and M itself (one pass per step).
+pub fn encoder_chunks(m: u32, max: u32) -> Vec<u32> {
+    let mut v: Vec<u32> = (1..=m.min(max)).filter(|k| m.is_multiple_of(*k)).collect();
+    if !v.contains(&m) {
+        v.push(m);
+    }
+    v
 }

@@ -1,0 +1,233 @@
+//! The joint search of one arrangement: every language-model option with every encoder chunk,
+//! and for each the best joint choice of the other modules, exact with respect to the closed
+//! form (`hetpar_cost::combine`).
+//!
+//! 1. Lower bounds: for every (language-model option, k), the best choice of the others with
+//!    boundaries left out (a boundary never takes negative time), from the frontier of each
+//!    module's options (without boundaries a chain's terms are the sums of its modules').
+//! 2. In increasing order of that bound, the exact best with every boundary synthesized (the
+//!    frontier of each chain's joint options, boundary times included, then of the chains
+//!    together), until the bound reaches the `keep`-th best exact plan found: nothing left can
+//!    enter the best `keep`.
+
+use std::collections::BTreeMap;
+
+use hetpar_cost::combine::{combine, Arrangement, Others};
+use hetpar_ir::layout::LayoutSpec;
+use hetpar_ir::plan::PlanFile;
+use hetpar_ir::ModuleId;
+
+use super::frontier::{Frontier, Point};
+use super::lm::{schedule, LmOption};
+use super::price::Pricer;
+use super::space::{encoder_chunks, item_layouts, Bounds};
+use super::upstream::{chains, joint_frontier, points, Chain, Choice, Context};
+
+/// A complete plan priced in closed form.
+#[derive(Clone, Debug)]
+pub struct Scored {
+    pub time: f64,
+    pub memory: f64,
+    pub plan: PlanFile,
+}
+
+/// What the joint search needs besides the pricer.
+pub struct Setup {
+    pub arrangement: Arrangement,
+    pub max_chunk: u32,
+    /// GPU memory less the framework reserve, bytes.
+    pub capacity: f64,
+    /// Plans to keep.
+    pub keep: usize,
+    /// Closed-form evaluations before stopping.
+    pub max_evaluations: usize,
+}
+
+/// Counters of one search.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Counts {
+    pub evaluations: usize,
+    pub over_memory: usize,
+    pub bounded: usize,
+    pub exhausted: bool,
+}
+
+/// The options of the modules before the language model beside one of its options.
+pub type ItemOptions = BTreeMap<ModuleId, Vec<LayoutSpec>>;
+
+/// Every layout of `space::item_layouts` on the others' GPUs (the heterogeneous space).
+pub fn free_options(pricer: &Pricer<'_>, o: &LmOption, b: Bounds) -> ItemOptions {
+    let model = pricer.model;
+    let gpus = o.ranks.others.1;
+    model
+        .modules()
+        .iter()
+        .filter(|m| model.item_origin(m.id).is_some())
+        .map(|m| (m.id, item_layouts(model, m, gpus, b)))
+        .collect()
+}
+
+/// The best `keep` plans of the arrangement over `lms`, best first, and the counters; the
+/// other modules' options beside a language-model option come from `options_of`.
+pub fn search(
+    pricer: &mut Pricer<'_>,
+    lms: &[LmOption],
+    s: &Setup,
+    options_of: &dyn Fn(&Pricer<'_>, &LmOption) -> ItemOptions,
+) -> (Vec<Scored>, Counts) {
+    let model = pricer.model;
+    let chains = chains(model);
+    let mut counts = Counts {
+        exhausted: true,
+        ..Counts::default()
+    };
+    let all: Vec<ItemOptions> = lms.iter().map(|o| options_of(pricer, o)).collect();
+    let mut bounds: Vec<(f64, usize, u32)> = Vec::new();
+    for (i, o) in lms.iter().enumerate() {
+        let opts = &all[i];
+        let ks = if chains.is_empty() {
+            vec![1]
+        } else {
+            encoder_chunks(o.terms.units, s.max_chunk)
+        };
+        for k in ks {
+            if counts.evaluations >= s.max_evaluations {
+                counts.exhausted = false;
+                break;
+            }
+            let sched = schedule(model, s.arrangement, &o.layout, k);
+            let cx = Context {
+                ranks: o.ranks,
+                lm: &o.layout,
+                schedule: &sched,
+            };
+            let per_module: Vec<Vec<Point<Choice>>> = chains
+                .iter()
+                .flat_map(|c| &c.modules)
+                .map(|&m| {
+                    let single = Chain {
+                        modules: vec![m],
+                        inner: Vec::new(),
+                        into_lm: None,
+                    };
+                    points(pricer, &single, opts, cx, false)
+                })
+                .collect();
+            let f = joint_frontier(per_module);
+            let Some(fixed) = followers(pricer, o, &sched, false) else {
+                continue;
+            };
+            match best(&f, o, k, s, fixed, &mut counts) {
+                Some((t, _, _)) => bounds.push((t, i, k)),
+                None => counts.over_memory += 1,
+            }
+        }
+    }
+    bounds.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
+    let mut top: Vec<Scored> = Vec::new();
+    for (lb, i, k) in bounds {
+        if top.len() >= s.keep && top.last().is_some_and(|w| lb >= w.time) {
+            counts.bounded += 1;
+            continue;
+        }
+        let o = &lms[i];
+        let sched = schedule(model, s.arrangement, &o.layout, k);
+        let opts = &all[i];
+        let cx = Context {
+            ranks: o.ranks,
+            lm: &o.layout,
+            schedule: &sched,
+        };
+        let per_chain: Vec<Vec<Point<Choice>>> = chains
+            .iter()
+            .map(|c| points(pricer, c, opts, cx, true))
+            .collect();
+        let f = joint_frontier(per_chain);
+        let Some(fixed) = followers(pricer, o, &sched, true) else {
+            continue;
+        };
+        let Some((time, memory, choice)) = best(&f, o, k, s, fixed, &mut counts) else {
+            continue;
+        };
+        let layouts: BTreeMap<ModuleId, LayoutSpec> = chains
+            .iter()
+            .zip(choice)
+            .flat_map(|(c, ch)| c.modules.iter().copied().zip(ch))
+            .collect();
+        if let Some((plan, _)) = pricer.plan(o.ranks, &o.layout, &layouts, &sched) {
+            insert(&mut top, Scored { time, memory, plan }, s.keep);
+        }
+    }
+    (top, counts)
+}
+
+/// The fastest point of a frontier of the others' choices that fits beside `o`.
+fn best<T: Clone>(
+    f: &Frontier<T>,
+    o: &LmOption,
+    k: u32,
+    s: &Setup,
+    fixed: Others,
+    counts: &mut Counts,
+) -> Option<(f64, f64, T)> {
+    let mut out: Option<(f64, f64, T)> = None;
+    for p in f.points() {
+        counts.evaluations += 1;
+        let others = Others {
+            work: p.time + fixed.work,
+            memory: p.memory + fixed.memory,
+            tail: p.tail + fixed.tail,
+        };
+        let (t, mem) = combine(s.arrangement, &o.terms, o.layout.vpp, k, others);
+        if mem > s.capacity || !t.is_finite() {
+            continue;
+        }
+        if out.as_ref().is_none_or(|b| t < b.0) {
+            out = Some((t, mem, p.value.clone()));
+        }
+    }
+    out
+}
+
+/// What the modules after the language model (generators, on its ranks with a derived
+/// layout) add beside option `o`, with their boundaries when `boundaries`; `None` when no
+/// layout gives them the language model's micro-batches.
+fn followers(
+    pricer: &mut Pricer<'_>,
+    o: &LmOption,
+    sched: &hetpar_ir::plan::ScheduleSpec,
+    boundaries: bool,
+) -> Option<Others> {
+    let model = pricer.model;
+    let lm = model.language_model();
+    let mut out = Others::default();
+    for m in model.modules() {
+        if m.id == lm || model.item_origin(m.id).is_some() {
+            continue;
+        }
+        let l = super::price::follower(model, m, &o.layout, o.ranks.lm.1)?;
+        let t = pricer.terms(m.id, &l, o.ranks, &o.layout, sched)?;
+        out.work += t.work();
+        out.memory += t.peak_memory();
+        out.tail += t.tail;
+        if boundaries {
+            for b in model.incoming(m.id).into_iter().chain(model.outgoing(m.id)) {
+                let bd = model.boundary(b);
+                let side = |x: hetpar_ir::ModuleId| if x == m.id { l.clone() } else { o.layout.clone() };
+                out.work += pricer.boundary(b, &side(bd.from), &side(bd.to), o.ranks, &o.layout, sched);
+            }
+        }
+    }
+    Some(out)
+}
+
+/// Inserts `c` into the sorted `top`, without duplicates, keeping at most `keep`.
+pub fn insert(top: &mut Vec<Scored>, c: Scored, keep: usize) {
+    if top.iter().any(|x| x.plan == c.plan) {
+        return;
+    }
+    let at = top.partition_point(|x| x.time <= c.time);
+    top.insert(at, c);
+    top.truncate(keep);
+}
+

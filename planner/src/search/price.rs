@@ -1,0 +1,269 @@
+//! Pricing: each module option's closed-form terms (`hetpar_cost::combine::ModuleQuick`),
+//! computed once per context that decides them and cached, and each boundary's synthesized
+//! step time, cached per pair of layout shapes.
+//!
+//! A module's terms depend on its own layout and ranks, the micro-batch count M, the encoder
+//! chunk k and the language model's pipeline (pp, vpp: how many units the schedule keeps in
+//! flight); never on another module's layout. They are read from a probe plan: the option in
+//! question beside every other module at a fixed probe layout (tp 1, recompute none), or the
+//! context's language-model layout.
+
+use std::collections::BTreeMap;
+
+use hetpar_cost::combine::ModuleQuick;
+use hetpar_cost::{estimate_quick, Options};
+use hetpar_ir::json::FORMAT_VERSION;
+use hetpar_ir::layout::{LayoutSpec, RecomputeSpec};
+use hetpar_ir::model::ModelGraph;
+use hetpar_ir::placement::{PlacementSpec, RanksSpec};
+use hetpar_ir::plan::{ModulePlanSpec, PlanFile, ScheduleSpec};
+use hetpar_ir::{BoundaryId, Cluster, ModuleId, Plan};
+
+/// Where the modules sit: the language model's ranks and the others' ranks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Ranks {
+    pub lm: (u32, u32),
+    pub others: (u32, u32),
+}
+
+/// A module plan on the contiguous ranks `[offset, offset + count)`.
+pub fn entry(layout: LayoutSpec, offset: u32, count: u32) -> ModulePlanSpec {
+    ModulePlanSpec {
+        layout,
+        placement: PlacementSpec {
+            ranks: RanksSpec {
+                offset: Some(offset),
+                count: Some(count),
+                list: None,
+            },
+            axis_order: None,
+        },
+    }
+}
+
+/// The probe layout of a module on `gpus` GPUs: tp 1, every GPU a replica.
+pub fn probe(gpus: u32) -> LayoutSpec {
+    LayoutSpec {
+        tp: 1,
+        cp: 1,
+        pp: 1,
+        dp: Some(gpus),
+        ep: 1,
+        vpp: 1,
+        sequence_parallel: false,
+        recompute: RecomputeSpec::default(),
+        distributed_optimizer: gpus > 1,
+        micro_batch_size: 1,
+        stage_layers: None,
+    }
+}
+
+/// A module after the language model (a generator): on the language model's ranks with its
+/// tp where that divides the module (else 1), unpipelined, the same micro-batches. `None` when
+/// no micro-batch size gives them.
+pub fn follower(
+    model: &ModelGraph,
+    m: &hetpar_ir::model::Module,
+    lm: &LayoutSpec,
+    gpus: u32,
+) -> Option<LayoutSpec> {
+    let tp = if super::space::tp_ok(m, lm.tp) { lm.tp } else { 1 };
+    let dp = gpus / tp;
+    let batch = model.data().global_batch;
+    let m_count = batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+    let per = dp.checked_mul(m_count)?;
+    if per == 0 || !batch.is_multiple_of(per) {
+        return None;
+    }
+    let mut l = probe(dp);
+    l.tp = tp;
+    l.sequence_parallel = tp > 1;
+    l.micro_batch_size = batch / per;
+    Some(l)
+}
+
+/// The shape of a layout that boundary synthesis sees: (tp, cp, pp, dp, sp, mbs).
+pub type Shape = (u32, u32, u32, u32, bool, u32);
+
+pub fn shape(l: &LayoutSpec) -> Shape {
+    (
+        l.tp,
+        l.cp,
+        l.pp,
+        l.dp.unwrap_or(0),
+        l.sequence_parallel,
+        l.micro_batch_size,
+    )
+}
+
+type TermKey = (ModuleId, String, Ranks, String, String);
+type BoundaryKey = (BoundaryId, Shape, Shape, Ranks, u32, u32);
+
+/// Caches of module terms and boundary times, with counters for the statistics.
+pub struct Pricer<'a> {
+    pub model: &'a ModelGraph,
+    pub cluster: &'a Cluster,
+    pub opts: Options,
+    terms: BTreeMap<TermKey, Option<ModuleQuick>>,
+    boundaries: BTreeMap<BoundaryKey, f64>,
+    /// Probe plans priced in closed form.
+    pub priced: usize,
+    /// Probe plans the verifier rejected.
+    pub invalid: usize,
+    /// Boundaries synthesized.
+    pub synthesized: usize,
+}
+
+impl<'a> Pricer<'a> {
+    pub fn new(model: &'a ModelGraph, cluster: &'a Cluster, opts: Options) -> Self {
+        Pricer {
+            model,
+            cluster,
+            opts,
+            terms: BTreeMap::new(),
+            boundaries: BTreeMap::new(),
+            priced: 0,
+            invalid: 0,
+            synthesized: 0,
+        }
+    }
+
+    /// A full plan: `layouts` where given, the language model at `lm`, others at the probe.
+    pub fn plan(
+        &mut self,
+        ranks: Ranks,
+        lm: &LayoutSpec,
+        layouts: &BTreeMap<ModuleId, LayoutSpec>,
+        schedule: &ScheduleSpec,
+    ) -> Option<(PlanFile, Plan)> {
+        let model = self.model;
+        let lm_id = model.language_model();
+        let mut modules = BTreeMap::new();
+        for m in model.modules() {
+            let spec = if m.id == lm_id {
+                entry(lm.clone(), ranks.lm.0, ranks.lm.1)
+            } else if model.item_origin(m.id).is_some() {
+                let l = layouts
+                    .get(&m.id)
+                    .cloned()
+                    .unwrap_or_else(|| probe(ranks.others.1));
+                entry(l, ranks.others.0, ranks.others.1)
+            } else {
+                let l = follower(model, m, lm, ranks.lm.1)?;
+                entry(l, ranks.lm.0, ranks.lm.1)
+            };
+            modules.insert(m.name.clone(), spec);
+        }
+        let file = PlanFile {
+            kind: "plan".into(),
+            format_version: FORMAT_VERSION,
+            model: Some(model.name().to_string()),
+            cluster: Some(self.cluster.name.clone()),
+            schedule: schedule.clone(),
+            modules,
+        };
+        match Plan::build(file.clone(), model, self.cluster) {
+            Ok((p, _)) => Some((file, p)),
+            Err(_) => {
+                self.invalid += 1;
+                None
+            }
+        }
+    }
+
+    /// Module `m`'s terms at `layout` (the language model's own layout when `m` is it) in
+    /// the context (ranks, language model, schedule).
+    pub fn terms(
+        &mut self,
+        m: ModuleId,
+        layout: &LayoutSpec,
+        ranks: Ranks,
+        lm: &LayoutSpec,
+        schedule: &ScheduleSpec,
+    ) -> Option<ModuleQuick> {
+        let is_lm = m == self.model.language_model();
+        // What of the language model the others' terms see: M, pp, vpp (units in flight).
+        let lm_key = if is_lm {
+            String::new()
+        } else {
+            format!(
+                "{} {} {} {}",
+                lm.pp,
+                lm.vpp,
+                lm.dp.unwrap_or(0),
+                lm.micro_batch_size
+            )
+        };
+        let key = (
+            m,
+            format!("{layout:?}"),
+            ranks,
+            lm_key,
+            format!("{schedule:?}"),
+        );
+        if let Some(t) = self.terms.get(&key) {
+            return t.clone();
+        }
+        let mut layouts = BTreeMap::new();
+        if !is_lm {
+            layouts.insert(m, layout.clone());
+        }
+        let lm_layout = if is_lm { layout } else { lm };
+        let t = self
+            .plan(ranks, lm_layout, &layouts, schedule)
+            .map(|(_, plan)| {
+                self.priced += 1;
+                estimate_quick(self.model, self.cluster, &plan, &self.opts).modules[m.index()]
+                    .clone()
+            })
+            .filter(|t| t.stage_time.iter().chain(&t.stage_memory).all(|x| x.is_finite()));
+        self.terms.insert(key, t.clone());
+        t
+    }
+
+    /// The synthesized step time (forward + backward over every unit) of boundary `b` between
+    /// its modules at `from` and `to`, in the context.
+    #[allow(clippy::too_many_arguments)]
+    pub fn boundary(
+        &mut self,
+        b: BoundaryId,
+        from: &LayoutSpec,
+        to: &LayoutSpec,
+        ranks: Ranks,
+        lm: &LayoutSpec,
+        schedule: &ScheduleSpec,
+    ) -> f64 {
+        let model = self.model;
+        let bd = model.boundary(b);
+        let chunk = schedule.encoder_chunk.unwrap_or(1);
+        let m_count = model.data().global_batch
+            / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+        let key = (b, shape(from), shape(to), ranks, m_count, chunk);
+        if let Some(&t) = self.boundaries.get(&key) {
+            return t;
+        }
+        let mut layouts = BTreeMap::new();
+        let lm_id = model.language_model();
+        for (m, l) in [(bd.from, from), (bd.to, to)] {
+            if m != lm_id {
+                layouts.insert(m, l.clone());
+            }
+        }
+        let lm_layout = if bd.to == lm_id { to } else { lm };
+        let t = match self.plan(ranks, lm_layout, &layouts, schedule) {
+            Some((_, plan)) => {
+                self.synthesized += 1;
+                crate::boundary::boundary_step_time(
+                    model,
+                    self.cluster,
+                    &plan,
+                    self.opts.constants,
+                    b,
+                )
+            }
+            None => f64::INFINITY,
+        };
+        self.boundaries.insert(key, t);
+        t
+    }
+}
