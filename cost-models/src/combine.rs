@@ -1,44 +1,50 @@
-//! The closed form's combination: a plan's step time and peak memory from each module's own
-//! closed-form terms. `estimate_quick` prices a whole plan through it, and the plan search
-//! combines cached per-module terms through it, so both compute one formula.
+//! The plan search's objective: a plan's step time and peak memory from each module's own
+//! closed-form terms (`ModuleQuick`, read off `estimate_quick`), in a form that adds up over
+//! modules, so that the search can price each module option once and combine them.
 //!
-//! Per module (`ModuleQuick`): units per step (micro-batches, or encoder passes), each pipeline
-//! stage's forward + backward time of one unit on its busiest replica, each stage's memory on
-//! its busiest rank (static + activations alive), and its tail (exposed gradient sync plus
-//! optimizer step of its slowest stage).
+//! Per module: units per step (micro-batches, or encoder passes for encoders and projectors),
+//! per pipeline stage the time of its largest unit and of the whole step (each unit on its
+//! busiest replica), the most any rank holds for it alone (static, activations alive, its
+//! buffers), and its tail (gradient sync plus optimizer step of its slowest stage).
 //!
-//! - Upstream work: `U` = sum over the other modules of units x stage times, plus the boundary
-//!   transfers of the step. Spread over the language model's M micro-batches it is `u = U / M`
-//!   per micro-batch.
-//! - **Colocated** (every module on every rank): every LM stage runs `t_s + u`; the step is
-//!   the 1F1B formula `(M - 1) max_s + sum_s` (the bubble part divided by vpp), plus the tails
-//!   of every module (they share the ranks, so they run one after another).
-//! - **Nested** (the homogeneous arrangement: the others on the first stage's ranks): only
-//!   stage 0 carries `u`; the tails add on stage 0, the slowest rank's tails count.
-//! - **Disjoint** (the others on GPUs of their own, upstream): the others form one pipeline
-//!   stage of `u` ahead of the LM's stages, and the first pass (k micro-batches of it) fills
-//!   the pipeline: `(M - 1) max + k u + sum_s t_s` with the LM's bubble divided by vpp; tails
-//!   are per group, the slower group's counts.
-//! - Memory: colocated, a rank holds one LM stage and every other module; nested, stage 0's
-//!   ranks hold the others too; disjoint, each group its own. Plus the framework reserve.
+//! The formulas are `quick.rs`'s for the three arrangements the search produces:
+//! - **Colocated** (every module on every rank): the other modules' step work `W` (plus the
+//!   step's boundary transfers) spread over the language model's M micro-batches adds onto
+//!   each of its stages; `(M - 1) x slowest + sum of stages`; the tails add up.
+//! - **Nested** (the homogeneous arrangement: the others on the first stage's ranks): as
+//!   colocated with `W` on stage 0 only.
+//! - **Disjoint** (the others on GPUs of their own, upstream): the others are one pipeline
+//!   stage (step `W`, one unit `W / P` for P passes) ahead of the language model's; with the
+//!   stage whose step is longest as the bottleneck, `its step + (one unit of every other
+//!   stage) / vpp`; the slower group's tail counts.
+//! - **Memory**: each module's most per rank, summed over the modules a rank holds (colocated:
+//!   one language-model stage and every other module; nested: stage 0 holds the others;
+//!   disjoint: each group its own).
+//!
+//! Where every replica of a module gets equal work and every pass is equal, the time equals
+//! `estimate_quick`'s; the memory never falls below it (a rank's buffers are the largest of its
+//! modules' there, summed here). `tests/combine.rs` checks both.
 
 /// One module's closed-form terms.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ModuleQuick {
     /// Units per step: micro-batches, or encoder passes for encoders and projectors.
     pub units: u32,
-    /// Per pipeline stage: forward + backward of one unit on the busiest replica, s.
-    pub stage_time: Vec<f64>,
-    /// Per pipeline stage: bytes on the busiest rank (static + activations alive).
+    /// Per pipeline stage: forward + backward of its largest unit on the busiest replica, s.
+    pub stage_unit: Vec<f64>,
+    /// Per pipeline stage: the whole step, each unit on its busiest replica, s.
+    pub stage_step: Vec<f64>,
+    /// Per pipeline stage: the most a rank holds for this module (static memory, activations
+    /// alive at the schedule's peak, its buffers), bytes.
     pub stage_memory: Vec<f64>,
-    /// Exposed gradient sync plus optimizer step of the slowest stage, s.
+    /// Exposed gradient sync plus optimizer step of its slowest stage, s.
     pub tail: f64,
 }
 
 impl ModuleQuick {
-    /// The module's work per step: units x its stage times, s.
+    /// The module's work per step over its stages, s.
     pub fn work(&self) -> f64 {
-        f64::from(self.units) * self.stage_time.iter().sum::<f64>()
+        self.stage_step.iter().sum()
     }
 
     /// Its largest per-rank memory over stages, bytes.
@@ -75,24 +81,22 @@ impl Others {
 }
 
 /// The step time and peak memory per rank (without the reserve) of a plan: the language
-/// model's terms (`lm`, with `vpp` chunks per stage), the others' sums, the arrangement and
-/// the encoder chunk `k` (micro-batches per pass).
-pub fn combine(arr: Arrangement, lm: &ModuleQuick, vpp: u32, k: u32, others: Others) -> (f64, f64) {
+/// model's terms (`lm`, with `vpp` chunks per stage), the others' sums and their passes per
+/// step, in an arrangement.
+pub fn combine(arr: Arrangement, lm: &ModuleQuick, vpp: u32, passes: u32, others: Others) -> (f64, f64) {
     let m = f64::from(lm.units.max(1));
     let u = others.work / m;
-    let vpp = f64::from(vpp.max(1));
     let lm_peak = lm.peak_memory();
     match arr {
         Arrangement::Colocated | Arrangement::Nested => {
-            let stages: Vec<f64> = lm
-                .stage_time
+            let slots: Vec<f64> = lm
+                .stage_unit
                 .iter()
                 .enumerate()
                 .map(|(s, &t)| t + if arr == Arrangement::Colocated || s == 0 { u } else { 0.0 })
                 .collect();
-            let slow = stages.iter().copied().fold(0.0, f64::max);
-            let sum: f64 = stages.iter().sum();
-            let time = (m - 1.0) * slow + slow + (sum - slow) / vpp + lm.tail + others.tail;
+            let slow = slots.iter().copied().fold(0.0, f64::max);
+            let time = (m - 1.0) * slow + slots.iter().sum::<f64>() + lm.tail + others.tail;
             let memory = match arr {
                 Arrangement::Colocated => lm_peak + others.memory,
                 _ => lm
@@ -105,12 +109,16 @@ pub fn combine(arr: Arrangement, lm: &ModuleQuick, vpp: u32, k: u32, others: Oth
             (time, memory)
         }
         Arrangement::Disjoint => {
-            let slow = lm.stage_time.iter().copied().fold(u, f64::max);
-            let lm_sum: f64 = lm.stage_time.iter().sum();
-            let lm_slow = lm.stage_time.iter().copied().fold(0.0, f64::max);
-            let fill = f64::from(k.max(1)) * u;
-            let time = (m - 1.0) * slow + fill + lm_slow + (lm_sum - lm_slow) / vpp
-                + lm.tail.max(others.tail);
+            // (step, unit) of every stage, the others' first.
+            let up = (others.work, others.work / f64::from(passes.max(1)));
+            let stages: Vec<(f64, f64)> = std::iter::once(up)
+                .chain(lm.stage_step.iter().copied().zip(lm.stage_unit.iter().copied()))
+                .collect();
+            let b = (0..stages.len())
+                .max_by(|&x, &y| stages[x].0.total_cmp(&stages[y].0))
+                .unwrap_or(0);
+            let rest: f64 = stages.iter().map(|s| s.1).sum::<f64>() - stages[b].1;
+            let time = stages[b].0 + rest / f64::from(vpp.max(1)) + lm.tail.max(others.tail);
             (time, lm_peak.max(others.memory))
         }
     }
@@ -123,7 +131,8 @@ mod tests {
     fn lm(times: &[f64], units: u32) -> ModuleQuick {
         ModuleQuick {
             units,
-            stage_time: times.to_vec(),
+            stage_unit: times.to_vec(),
+            stage_step: times.iter().map(|t| t * f64::from(units)).collect(),
             stage_memory: vec![10.0; times.len()],
             tail: 0.0,
         }
@@ -131,7 +140,7 @@ mod tests {
 
     #[test]
     fn a_single_stage_runs_its_micro_batches_back_to_back() {
-        let (t, _) = combine(Arrangement::Colocated, &lm(&[2.0], 4), 1, 1, Others::default());
+        let (t, _) = combine(Arrangement::Colocated, &lm(&[2.0], 4), 1, 4, Others::default());
         assert_eq!(t, 8.0);
     }
 
@@ -144,23 +153,24 @@ mod tests {
         };
         let l = lm(&[1.0, 1.0], 4);
         // u = 2 per micro-batch: colocated stages 3, 3 -> 3 x 3 + 6 = 15.
-        let (tc, mc) = combine(Arrangement::Colocated, &l, 1, 1, others);
+        let (tc, mc) = combine(Arrangement::Colocated, &l, 1, 4, others);
         assert_eq!((tc, mc), (15.0, 15.0));
         // Nested: stages 3, 1 -> 3 x 3 + 4 = 13; only stage 0 holds the others.
-        let (tn, mn) = combine(Arrangement::Nested, &l, 1, 1, others);
+        let (tn, mn) = combine(Arrangement::Nested, &l, 1, 4, others);
         assert_eq!((tn, mn), (13.0, 15.0));
     }
 
     #[test]
-    fn a_disjoint_upstream_stage_overlaps_and_its_first_pass_fills_the_pipeline() {
+    fn a_disjoint_pipeline_takes_its_bottleneck_step_and_one_unit_of_every_other_stage() {
         let others = Others {
             work: 4.0,
             memory: 50.0,
             tail: 0.0,
         };
-        // u = 1 per micro-batch, LM stage 2: 3 x 2 + k u + 2.
+        // LM step 8 is the bottleneck; the others' unit is 4 / 4 passes = 1.
         let l = lm(&[2.0], 4);
-        assert_eq!(combine(Arrangement::Disjoint, &l, 1, 1, others), (9.0, 50.0));
-        assert_eq!(combine(Arrangement::Disjoint, &l, 1, 4, others).0, 12.0);
+        assert_eq!(combine(Arrangement::Disjoint, &l, 1, 4, others), (9.0, 50.0));
+        // One pass of everything: its unit is the whole 4.
+        assert_eq!(combine(Arrangement::Disjoint, &l, 1, 1, others).0, 12.0);
     }
 }

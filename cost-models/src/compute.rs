@@ -11,7 +11,7 @@ use crate::collective::{collective_time, p2p_time, CollectiveKind, Link};
 use crate::constants::Constants;
 use crate::memory::AttentionKernel;
 
-/// The work of one micro-batch on one data-parallel replica.
+/// The work of one unit (a micro-batch, or an encoder pass) on one data-parallel replica.
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Work {
     /// Rows (tokens) the replica processes.

@@ -2,16 +2,20 @@
 //! and the metrics of `docs/cost-model.md`.
 
 use hetpar_ir::layout::Layout;
-use hetpar_ir::model::{module_flops, Body, ModelGraph, ModuleKind};
+use hetpar_ir::model::{module_flops, ModelGraph};
 use hetpar_ir::placement::Axis;
 use hetpar_ir::plan::ModulePlan;
 use hetpar_ir::{Cluster, Plan, Rank};
 
 use crate::collective::{collective_time, CollectiveKind, Link};
-use crate::compute::{Hardware, ModuleCompute, PassTime, Work};
+use crate::compute::{Hardware, ModuleCompute, PassTime};
 use crate::constants::Constants;
 use crate::cost::Cost;
-use crate::memory::{stage_parameters, static_memory, AttentionKernel, StaticMemory};
+use crate::memory::{
+    rank_memory, stage_parameters, static_memory, AttentionKernel, InFlight, RankInputs,
+    StaticMemory,
+};
+use crate::schedule::units::units;
 use crate::schedule::{self, Inputs};
 use crate::simulate::simulate;
 use crate::tasks::{TaskGraph, TaskKind};
@@ -34,20 +38,7 @@ impl Default for Options {
     }
 }
 
-/// Memory of one rank, bytes.
-#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
-pub struct MemoryBreakdown {
-    pub weights: f64,
-    pub gradients: f64,
-    pub optimizer: f64,
-    /// Peak activations alive for backward under the schedule.
-    pub activations: f64,
-    /// Boundary receive/send buffers and the language model's fp32 logits of one micro-batch.
-    pub buffers: f64,
-    /// CUDA context, NCCL and allocator reserve.
-    pub reserve: f64,
-    pub total: f64,
-}
+pub use crate::memory::MemoryBreakdown;
 
 /// Where one lane's time goes, s.
 #[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
@@ -141,15 +132,15 @@ fn dp_cp_group(mp: &ModulePlan) -> Vec<Rank> {
         .collect()
 }
 
-struct Priced<'a> {
-    computes: Vec<ModuleCompute<'a>>,
-    statics: Vec<Vec<StaticMemory>>,
-    grad_sync: Vec<Vec<f64>>,
-    optimizer: Vec<Vec<f64>>,
-    constants: Constants,
+pub(crate) struct Priced<'a> {
+    pub computes: Vec<ModuleCompute<'a>>,
+    pub statics: Vec<Vec<StaticMemory>>,
+    pub grad_sync: Vec<Vec<f64>>,
+    pub optimizer: Vec<Vec<f64>>,
+    pub constants: Constants,
 }
 
-fn price<'a>(
+pub(crate) fn price<'a>(
     model: &'a ModelGraph,
     cluster: &Cluster,
     plan: &'a Plan,
@@ -263,6 +254,7 @@ pub fn simulate_plan(
     boundary_times: Option<&crate::schedule::BoundaryTimes>,
 ) -> Result<(Estimate, (TaskGraph, crate::simulate::Timeline)), CostError> {
     let priced = price(model, cluster, plan, opts);
+    let units = units(model, plan);
     let inputs = Inputs {
         model,
         cluster,
@@ -270,6 +262,7 @@ pub fn simulate_plan(
         constants: priced.constants,
         kernel: opts.attention,
         computes: priced.computes,
+        units: &units,
         grad_sync: priced.grad_sync,
         optimizer: priced.optimizer,
         boundary_times,
@@ -278,71 +271,18 @@ pub fn simulate_plan(
     let timeline = simulate(&graph)?;
     let t = timeline.makespan;
     let data = model.data();
-    let act_bytes = data.precision.activation_bytes() as f64;
-
-    let rows_per_mb: Vec<f64> = plan
-        .modules()
-        .iter()
-        .enumerate()
-        .map(|(m, mp)| mean_rows_per_micro_batch(model, mp, m))
-        .collect();
+    let rank_inputs = RankInputs {
+        model,
+        plan,
+        statics: &priced.statics,
+        units: &units,
+        reserve: priced.constants.framework_reserve_bytes,
+    };
     let mut per_rank = Vec::new();
     for (l, lane) in graph.lanes.iter().enumerate() {
-        let r0 = lane.ranks[0];
-        let mut mem = MemoryBreakdown {
-            reserve: priced.constants.framework_reserve_bytes,
-            ..Default::default()
-        };
-        let mut buffers = 0.0f64;
-        for (m, mp) in plan.modules().iter().enumerate() {
-            let Some(c) = mp.grid.coord_of(r0) else {
-                continue;
-            };
-            let sm = &priced.statics[m][c.pp as usize];
-            mem.weights += sm.weights;
-            mem.gradients += sm.gradients;
-            mem.optimizer += sm.optimizer;
-            let module = model.module(hetpar_ir::ModuleId::new(m));
-            let rows_per_mb = rows_per_mb[m];
-            if c.pp == 0 {
-                if let Some(w) = module.input_width() {
-                    buffers = buffers.max(2.0 * rows_per_mb * f64::from(w) * act_bytes);
-                }
-            }
-            if let Body::LanguageModel { vocab_size, .. } = &module.body {
-                if c.pp + 1 == mp.layout.pp {
-                    let logits = rows_per_mb / f64::from(mp.layout.cp) * f64::from(*vocab_size)
-                        / f64::from(mp.layout.tp)
-                        * 4.0;
-                    buffers = buffers.max(logits);
-                }
-            }
-        }
-        mem.buffers = buffers;
-        mem.activations = timeline.peak_activations[l];
-        mem.total = mem.weights
-            + mem.gradients
-            + mem.optimizer
-            + mem.activations
-            + mem.buffers
-            + mem.reserve;
-        let mut time = TimeBreakdown::default();
-        for &tid in &graph.orders[l] {
-            let task = &graph.tasks[tid as usize];
-            match task.kind {
-                TaskKind::Forward | TaskKind::Backward => {
-                    let p: &PassTime = &task.parts;
-                    time.compute += p.compute;
-                    time.recompute += p.recompute;
-                    time.tp_comm += p.tp_comm;
-                    time.cp_comm += p.cp_comm;
-                    time.ep_comm += p.ep_comm;
-                }
-                TaskKind::GradSync => time.grad_sync += task.duration,
-                TaskKind::Optimizer => time.optimizer += task.duration,
-            }
-        }
-        time.idle = (t - timeline.busy[l]).max(0.0);
+        let peak = InFlight::Simulated(timeline.peak_activations[l]);
+        let mem = rank_memory(&rank_inputs, lane.ranks[0], &peak);
+        let time = lane_time(&graph, l, (t - timeline.busy[l]).max(0.0));
         per_rank.push(RankEntry {
             ranks: lane.ranks.clone(),
             memory: mem,
@@ -406,182 +346,30 @@ pub fn simulate_plan(
     Ok((est, (graph, timeline)))
 }
 
+/// Where lane `l`'s time goes, given its idle seconds.
+fn lane_time(graph: &TaskGraph, l: usize, idle: f64) -> TimeBreakdown {
+    let mut time = TimeBreakdown {
+        idle,
+        ..Default::default()
+    };
+    for &tid in &graph.orders[l] {
+        let task = &graph.tasks[tid as usize];
+        match task.kind {
+            TaskKind::Forward | TaskKind::Backward => {
+                let p: &PassTime = &task.parts;
+                time.compute += p.compute;
+                time.recompute += p.recompute;
+                time.tp_comm += p.tp_comm;
+                time.cp_comm += p.cp_comm;
+                time.ep_comm += p.ep_comm;
+            }
+            TaskKind::GradSync => time.grad_sync += task.duration,
+            TaskKind::Optimizer => time.optimizer += task.duration,
+        }
+    }
+    time
+}
+
 fn gib(x: f64) -> f64 {
     x / (1u64 << 30) as f64
-}
-
-fn mean_rows_per_micro_batch(model: &ModelGraph, mp: &ModulePlan, m: usize) -> f64 {
-    model.mean_rows_per_sample(hetpar_ir::ModuleId::new(m)) * f64::from(mp.layout.micro_batch_size)
-}
-
-/// A closed-form estimate: time and peak memory per rank, no simulation.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Quick {
-    pub time: Cost,
-    /// Per module: forward + backward of one micro-batch summed over its stages, s.
-    pub module_time: Vec<f64>,
-    /// Largest per-rank memory: static memory of the modules sharing the rank plus their
-    /// activations times the micro-batches the schedule keeps alive, plus the reserve.
-    pub peak_memory_bytes: f64,
-    /// Each module's own terms, for `crate::combine`.
-    pub modules: Vec<crate::combine::ModuleQuick>,
-}
-
-/// A closed-form estimate of the iteration time (no simulation): per-stage times of a mean
-/// micro-batch, combined by the 1F1B formula `(M - 1) x slowest + sum of stages` (bubble
-/// divided by vpp when interleaved); colocated modules add up on shared GPUs.
-pub fn estimate_analytic(
-    model: &ModelGraph,
-    cluster: &Cluster,
-    plan: &Plan,
-    opts: &Options,
-) -> Cost {
-    estimate_quick(model, cluster, plan, opts).time
-}
-
-/// `estimate_analytic` with a closed-form peak memory, for pruning searches. In flight: 1F1B
-/// stage g of depth D holds min(D - g, M) micro-batches, interleaved stage s holds Megatron's
-/// warm-up count of chunks plus one; colocated upstream modules hold 1 (sequential), M
-/// (three-phase) or k (1 + ceil((p - 1) / k)) micro-batches (chunked).
-pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
-    let priced = price(model, cluster, plan, opts);
-    let data = model.data();
-    let act_bytes = data.precision.activation_bytes() as f64;
-    let lm = model.language_model().index();
-    let colocated = plan.schedule.kind.is_colocated();
-    let pipe = crate::schedule::pipeline_groups(model, plan);
-    let m_count = plan.modules().first().map_or(1, |p| p.layout.micro_batches);
-    let mf = f64::from(m_count);
-    let p_lm = plan.modules()[lm].layout.pp;
-    let k = match plan.schedule.kind {
-        hetpar_ir::plan::ScheduleKind::ColocatedThreePhase => m_count,
-        hetpar_ir::plan::ScheduleKind::ColocatedChunked => {
-            plan.schedule.encoder_chunk.unwrap_or(1).max(1)
-        }
-        _ => 1,
-    };
-    let mut stage_times: Vec<Vec<f64>> = Vec::new();
-    // Memory per rank (modules sharing a rank add up).
-    let mut memory: std::collections::HashMap<Rank, f64> = std::collections::HashMap::new();
-    let mut tail = 0.0f64;
-    let mut terms = Vec::new();
-    for (m, mp) in plan.modules().iter().enumerate() {
-        let l = &mp.layout;
-        let id = hetpar_ir::ModuleId::new(m);
-        let module = model.module(id);
-        let rows = model.mean_rows_per_sample(id);
-        let pairs = model.mean_pairs_per_sample(id);
-        let mbs = f64::from(l.micro_batch_size);
-        let w = Work {
-            rows: rows * mbs,
-            pairs: pairs * mbs,
-        };
-        let comp = &priced.computes[m];
-        let mut per_stage = Vec::new();
-        let mut stage_memory = Vec::new();
-        for s in 0..l.pp {
-            let mut t = 0.0;
-            let mut act_chunk = 0.0f64;
-            for c in 0..l.vpp {
-                let chunk = (c * l.pp + s) as usize;
-                let ct = comp.chunk(chunk, w);
-                t += ct.forward.total() + ct.backward.total();
-                act_chunk = act_chunk.max(crate::memory::chunk_activations(
-                    module,
-                    l,
-                    chunk,
-                    w,
-                    act_bytes,
-                    opts.attention,
-                ));
-            }
-            per_stage.push(t);
-            let alive = if colocated && m != lm {
-                match plan.schedule.kind {
-                    hetpar_ir::plan::ScheduleKind::ColocatedThreePhase => mf,
-                    hetpar_ir::plan::ScheduleKind::ColocatedChunked => {
-                        f64::from((k * (1 + (p_lm - 1).div_ceil(k))).min(m_count))
-                    }
-                    _ => 1.0,
-                }
-            } else if colocated {
-                f64::from((p_lm - s).min(m_count))
-            } else if l.vpp > 1 {
-                f64::from(((l.pp - s - 1) * 2 + (l.vpp - 1) * l.pp + 1).min(l.vpp * m_count))
-            } else {
-                let g = pipe.offset[pipe.group_of[m]] + s;
-                f64::from(pipe.depth.saturating_sub(g).clamp(1, m_count))
-            };
-            let bytes = priced.statics[m][s as usize].total() + act_chunk * alive;
-            stage_memory.push(bytes);
-            // Every rank of this stage: add to each (modules sharing ranks add up).
-            for r in stage_ranks(mp, s) {
-                *memory.entry(r).or_default() += bytes;
-            }
-        }
-        let own_tail = priced.grad_sync[m].iter().copied().fold(0.0, f64::max)
-            + priced.optimizer[m].iter().copied().fold(0.0, f64::max);
-        tail = tail.max(own_tail);
-        terms.push(crate::combine::ModuleQuick {
-            units: l.micro_batches,
-            stage_time: per_stage.clone(),
-            stage_memory,
-            tail: own_tail,
-        });
-        stage_times.push(per_stage);
-    }
-    let t = if colocated {
-        // Upstream work adds to the LLM stage whose ranks run it (every stage when colocated
-        // on all ranks, the first when nested on it).
-        let lm_plan = &plan.modules()[lm];
-        let mut llm = stage_times[lm].clone();
-        for (m, v) in stage_times.iter().enumerate().filter(|(m, _)| *m != lm) {
-            let work: f64 = v.iter().sum();
-            let grid = &plan.modules()[m].grid;
-            for (s, slot) in llm.iter_mut().enumerate() {
-                let on_stage = stage_ranks(lm_plan, s as u32)
-                    .into_iter()
-                    .any(|r| grid.coord_of(r).is_some());
-                if on_stage {
-                    *slot += work;
-                }
-            }
-        }
-        let slow = llm.iter().copied().fold(0.0, f64::max);
-        (mf - 1.0) * slow + llm.iter().sum::<f64>()
-    } else {
-        let mut all: Vec<f64> = Vec::new();
-        let mut vpp = 1.0f64;
-        for (m, v) in stage_times.iter().enumerate() {
-            if model.module(hetpar_ir::ModuleId::new(m)).kind == ModuleKind::LanguageModel {
-                vpp = f64::from(plan.modules()[m].layout.vpp);
-            }
-            all.extend(v.iter().copied());
-        }
-        let slow = all.iter().copied().fold(0.0, f64::max);
-        let sum: f64 = all.iter().sum();
-        (mf - 1.0) * slow + slow + (sum - slow) / vpp
-    };
-    let peak =
-        memory.values().copied().fold(0.0, f64::max) + priced.constants.framework_reserve_bytes;
-    Quick {
-        time: Cost::seconds(t + tail),
-        module_time: stage_times.iter().map(|v| v.iter().sum()).collect(),
-        peak_memory_bytes: peak,
-        modules: terms,
-    }
-}
-
-/// The ranks of pipeline stage `s` of a module.
-fn stage_ranks(mp: &ModulePlan, s: u32) -> Vec<Rank> {
-    let g = &mp.grid;
-    let mut out = Vec::new();
-    for dp in 0..g.size(Axis::Dp) {
-        for cp in 0..g.size(Axis::Cp) {
-            for tp in 0..g.size(Axis::Tp) {
-                out.push(g.rank_at(hetpar_ir::placement::Coord { tp, cp, dp, pp: s }));
-            }
-        }
-    }
-    out
 }

@@ -4,7 +4,8 @@
 //! - `estimate`: builds the plan's task graph (schedules as data, `schedule`), prices every
 //!   task (`compute`, `collective`), simulates it (`simulate`) and reports metrics and memory
 //!   per rank (`memory`);
-//! - `estimate_analytic`: closed forms over per-stage times, for ranking many candidates fast.
+//! - `estimate_quick` / `estimate_analytic` (`quick`): closed forms over per-stage times and
+//!   the same per-rank memory, for ranking many candidates fast.
 //!
 //! The efficiency constants live in `constants`; `docs/cost-model.md` defines every metric.
 
@@ -16,16 +17,16 @@ pub mod constants;
 pub mod cost;
 pub mod estimate;
 pub mod memory;
+pub mod quick;
 pub mod schedule;
 pub mod simulate;
 pub mod tasks;
 
 pub use constants::Constants;
 pub use cost::Cost;
-pub use estimate::{
-    estimate, estimate_analytic, estimate_quick, estimate_with_boundaries, Estimate, Options, Quick,
-};
+pub use estimate::{estimate, estimate_with_boundaries, Estimate, Options};
 pub use memory::AttentionKernel;
+pub use quick::{estimate_analytic, estimate_quick, Quick};
 pub use schedule::BoundaryTimes;
 
 /// Errors of the cost model.

@@ -1,6 +1,8 @@
-//! Memory per rank: weights, gradients and optimizer state of the layers a rank holds, and the
-//! activations one micro-batch leaves for backward in one pipeline chunk (Korthikanti et al.
-//! 2022). How many micro-batches are alive at once follows from the schedule (see `simulate`).
+//! Memory per rank: weights, gradients and optimizer state of the layers a rank holds, the
+//! activations one unit (micro-batch or encoder pass) leaves for backward in one pipeline
+//! chunk (Korthikanti et al. 2022), buffers, and `rank_memory`, the one sum of them that the
+//! simulation and the closed form share. How many units are alive at once follows from the
+//! schedule (`simulate` along each lane's order; `schedule::steps` for the closed form).
 //!
 //! Bytes per parameter with mixed precision and Adam: 2 (16-bit weight) + 4 (fp32 main
 //! gradient) + 12 (fp32 master weight, first and second moments) = 18; the 12 are divided over
@@ -8,9 +10,98 @@
 
 use hetpar_ir::layout::{Layout, RecomputePolicy};
 use hetpar_ir::model::counts::{attention_params, ffn_layer_params, module_params};
-use hetpar_ir::model::{AttentionKind, Body, FfnKind, Module, Optimizer, Precision};
+use hetpar_ir::model::{AttentionKind, Body, FfnKind, ModelGraph, Module, Optimizer, Precision};
+use hetpar_ir::{ModuleId, Plan, Rank};
 
 use crate::compute::Work;
+use crate::schedule::units::ModuleUnits;
+
+/// Memory of one rank, bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, serde::Serialize)]
+pub struct MemoryBreakdown {
+    pub weights: f64,
+    pub gradients: f64,
+    pub optimizer: f64,
+    /// Peak activations alive for backward under the schedule.
+    pub activations: f64,
+    /// Boundary receive/send buffers and the language model's fp32 logits of one unit.
+    pub buffers: f64,
+    /// CUDA context, NCCL and allocator reserve.
+    pub reserve: f64,
+    pub total: f64,
+}
+
+/// The activations a rank holds at its peak.
+#[derive(Clone, Debug, PartialEq)]
+pub enum InFlight {
+    /// Found by the simulation along the rank's order.
+    Simulated(f64),
+    /// The closed form's: per module stage on the rank, (activation bytes of its largest
+    /// unit, units alive at once).
+    Counted(Vec<(f64, f64)>),
+}
+
+/// What `rank_memory` reads besides the rank and its activations.
+pub struct RankInputs<'a> {
+    pub model: &'a ModelGraph,
+    pub plan: &'a Plan,
+    /// Per module and stage.
+    pub statics: &'a [Vec<StaticMemory>],
+    pub units: &'a [ModuleUnits],
+    pub reserve: f64,
+}
+
+/// One rank's memory: the static memory of every module stage it holds, its activations
+/// in flight, the largest buffer of one unit of any of its modules (its replica's largest
+/// unit) and the reserve. The simulation and the closed form both call it, so they differ
+/// only in the activations.
+pub fn rank_memory(inp: &RankInputs<'_>, rank: Rank, in_flight: &InFlight) -> MemoryBreakdown {
+    let act_bytes = inp.model.data().precision.activation_bytes() as f64;
+    let mut mem = MemoryBreakdown {
+        reserve: inp.reserve,
+        ..Default::default()
+    };
+    for (m, mp) in inp.plan.modules().iter().enumerate() {
+        let Some(c) = mp.grid.coord_of(rank) else {
+            continue;
+        };
+        let sm = &inp.statics[m][c.pp as usize];
+        mem.weights += sm.weights;
+        mem.gradients += sm.gradients;
+        mem.optimizer += sm.optimizer;
+        let module = inp.model.module(ModuleId::new(m));
+        let rows = inp.units[m].peak(c.dp).rows;
+        mem.buffers = mem
+            .buffers
+            .max(unit_buffers(module, &mp.layout, c.pp, rows, act_bytes));
+    }
+    mem.activations = match in_flight {
+        InFlight::Simulated(peak) => *peak,
+        InFlight::Counted(terms) => terms.iter().map(|(unit, alive)| unit * alive).sum(),
+    };
+    mem.total =
+        mem.weights + mem.gradients + mem.optimizer + mem.activations + mem.buffers + mem.reserve;
+    mem
+}
+
+/// The largest buffer one unit of `rows` rows needs on `stage`: a boundary's receive and send
+/// buffers on the first stage of a module taking rows in, the language model's fp32 logits on
+/// its last stage.
+pub fn unit_buffers(module: &Module, l: &Layout, stage: u32, rows: f64, act_bytes: f64) -> f64 {
+    let mut out = 0.0f64;
+    if stage == 0 {
+        if let Some(w) = module.input_width() {
+            out = out.max(2.0 * rows * f64::from(w) * act_bytes);
+        }
+    }
+    if let Body::LanguageModel { vocab_size, .. } = &module.body {
+        if stage + 1 == l.pp {
+            let logits = rows / f64::from(l.cp) * f64::from(*vocab_size) / f64::from(l.tp) * 4.0;
+            out = out.max(logits);
+        }
+    }
+    out
+}
 
 /// How attention stores what backward needs.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]

@@ -2,8 +2,8 @@
 //!
 //! A *lane* is a set of ranks that do exactly the same work (they differ only in tp or cp
 //! coordinates of every module they run), so it is simulated once. A *task* is the forward or
-//! backward of one pipeline chunk of one module for one micro-batch on one data-parallel
-//! replica, a gradient synchronization, or an optimizer step; it occupies every lane whose ranks
+//! backward of one pipeline chunk of one module for one unit (a micro-batch, or an encoder
+//! pass for encoders and projectors) on one data-parallel replica, a gradient synchronization, or an optimizer step; it occupies every lane whose ranks
 //! run it (a task spanning lanes starts when all of them reach it).
 
 use hetpar_ir::{ModuleId, Rank};
@@ -24,7 +24,7 @@ pub enum TaskKind {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum DepKind {
-    /// The same micro-batch on the previous (forward) or next (backward) pipeline chunk: a
+    /// The same unit on the previous (forward) or next (backward) pipeline chunk: a
     /// point-to-point transfer between stages.
     Pipeline,
     /// Rows crossing a module boundary.
@@ -50,6 +50,9 @@ pub struct Task {
     pub stage: u32,
     /// Virtual chunk index within the stage (0 without interleaving).
     pub chunk: u32,
+    /// The unit of work: the language-model micro-batch for the language model and the
+    /// modules after it; the encoder pass (`Plan::passes`) for encoders and projectors
+    /// (`ModelGraph::item_origin`). Lowering reads it as the instruction's micro-batch.
     pub micro_batch: u32,
     pub lanes: Vec<LaneId>,
     pub deps: Vec<Dep>,

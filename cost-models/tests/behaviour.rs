@@ -645,10 +645,13 @@ fn a_plan_over_memory_capacity_is_infeasible_and_says_which_rank_and_why() {
 // Uneven data.
 
 #[test]
-fn uneven_images_per_sample_let_the_most_loaded_replica_set_the_pace() {
-    // Colocated on 2 GPUs, every module dp2: replica d takes samples 2j + d of micro-batch j.
-    // Even: 2 images of 512 patches in every sample. Uneven: samples 0 and 2 (replica 0) have
-    // 4 images, samples 1 and 3 (replica 1) none. The same 4096 encoder tokens in total.
+fn an_item_too_large_to_share_lets_the_replica_holding_it_set_the_pace() {
+    // Colocated on 2 GPUs, every module dp2. Encoder passes deal a pass's items over the
+    // replicas balanced by tokens, but never split an item. Even: one image of 1024 patches in
+    // every sample, one per replica per pass. Uneven: samples 0 and 2 have one image of 2048
+    // patches, samples 1 and 3 none: each pass has one image, which replica 1 gets (replica
+    // 0's run ends at the nearest item boundary to half the tokens, ties to the earlier: 0).
+    // The same 4096 encoder tokens in total.
     let c = h100(1);
     let run_items = |per_sample: Value| {
         let m = model(&multimodal(
@@ -671,8 +674,8 @@ fn uneven_images_per_sample_let_the_most_loaded_replica_set_the_pace() {
         );
         run(&m, &c, &p)
     };
-    let even = run_items(json!([[512, 512], [512, 512], [512, 512], [512, 512]]));
-    let uneven = run_items(json!([[512, 512, 512, 512], [], [512, 512, 512, 512], []]));
+    let even = run_items(json!([[1024], [1024], [1024], [1024]]));
+    let uneven = run_items(json!([[2048], [], [2048], []]));
     let lane = |e: &Estimate, r: u32| {
         e.per_rank
             .iter()
@@ -680,13 +683,13 @@ fn uneven_images_per_sample_let_the_most_loaded_replica_set_the_pace() {
             .unwrap()
             .clone()
     };
-    let extra = busy(&lane(&uneven, 0)) - busy(&lane(&even, 0));
+    let extra = busy(&lane(&uneven, 1)) - busy(&lane(&even, 1));
     println!(
-        "even {:.4} s, uneven {:.4} s; replica 0 works {:.4} s more, replica 1 idles {:.4} s",
+        "even {:.4} s, uneven {:.4} s; replica 1 works {:.4} s more, replica 0 idles {:.4} s",
         even.iteration_time_s,
         uneven.iteration_time_s,
         extra,
-        lane(&uneven, 1).time.idle
+        lane(&uneven, 0).time.idle
     );
     assert!(extra > 0.0);
     // The step ends when the loaded replica does (gradient synchronization waits for it):
@@ -698,7 +701,7 @@ fn uneven_images_per_sample_let_the_most_loaded_replica_set_the_pace() {
         even.iteration_time_s
     );
     // ... and the other replica waits for it.
-    assert!(lane(&uneven, 1).time.idle > extra);
+    assert!(lane(&uneven, 0).time.idle > extra);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -178,7 +178,8 @@ fn best<T: Clone>(
             memory: p.memory + fixed.memory,
             tail: p.tail + fixed.tail,
         };
-        let (t, mem) = combine(s.arrangement, &o.terms, o.layout.vpp, k, others);
+        let passes = o.terms.units.div_ceil(k.max(1));
+        let (t, mem) = combine(s.arrangement, &o.terms, o.layout.vpp, passes, others);
         if mem > s.capacity || !t.is_finite() {
             continue;
         }

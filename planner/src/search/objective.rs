@@ -65,7 +65,7 @@ pub fn closed_form(
         arr,
         &q.modules[lm.index()],
         plan.module(lm).layout.vpp,
-        plan.passes().chunk,
+        plan.passes().count(),
         Others::of(&others, boundary),
     );
     let reserve = opts

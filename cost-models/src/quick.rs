@@ -1,0 +1,389 @@
+//! The closed form: iteration time and peak memory per rank without a simulation, for ranking
+//! many candidates fast (the planner's search).
+//!
+//! - **Per module stage**: a micro-batch module's mean micro-batch; an item module (encoder,
+//!   projector) per encoder pass, each pass priced on its busiest replica (its dealt items),
+//!   summed over the P passes. A stage has the time of its largest unit and of the step.
+//! - **Colocated**: every other module's step time, spread over the M micro-batches, adds onto
+//!   each language-model stage sharing its ranks; `(M - 1) x slowest + sum of stages`.
+//! - **Pipelines**: modules on identical ranks add up per group stage; with the stage whose
+//!   step is longest as the bottleneck, `its step + (sum of one unit of every other stage) /
+//!   vpp` (the 1F1B formula when every stage has M units).
+//! - **Memory**: `memory::rank_memory`, as the simulation, with each module's activations its
+//!   replica's largest unit times the units the schedule keeps alive at its peak, read off
+//!   the same steps the simulation orders (`schedule::steps`). Each unit is taken at its
+//!   replica's largest and every module's peak is added as though they coincided, so the
+//!   closed form never reports less than the simulation.
+
+use std::collections::{BTreeMap, HashMap};
+
+use hetpar_ir::placement::{Axis, Coord};
+use hetpar_ir::plan::ModulePlan;
+use hetpar_ir::{Cluster, ModelGraph, ModuleId, Plan, Rank};
+
+use crate::compute::Work;
+use crate::cost::Cost;
+use crate::estimate::{price, Options, Priced};
+use crate::memory::{chunk_activations, rank_memory, InFlight, RankInputs};
+use crate::schedule::steps::{alive, colocated_steps, PipelineSteps, Step};
+use crate::schedule::units::{units, ModuleUnits, UnitKind};
+
+/// A closed-form estimate: time and peak memory per rank, no simulation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Quick {
+    pub time: Cost,
+    /// Per module: forward + backward of one whole step, every unit (micro-batch or encoder
+    /// pass) on its busiest replica, summed over the module's pipeline stages, s. It ranks a
+    /// module's layouts: more replicas share the items of a pass.
+    pub module_time: Vec<f64>,
+    /// Largest per-rank memory (`memory::rank_memory`), bytes.
+    pub peak_memory_bytes: f64,
+    /// Each module's own terms, for `crate::combine` (the plan search's objective).
+    pub modules: Vec<crate::combine::ModuleQuick>,
+}
+
+/// A closed-form estimate of the iteration time (no simulation); see `estimate_quick`.
+pub fn estimate_analytic(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    opts: &Options,
+) -> Cost {
+    estimate_quick(model, cluster, plan, opts).time
+}
+
+/// Time of one module stage, s.
+#[derive(Clone, Copy, Debug, Default)]
+struct StageTime {
+    /// Its largest unit (busiest replica).
+    unit: f64,
+    /// The step's units, each on its busiest replica.
+    step: f64,
+}
+
+/// One module, priced.
+struct ModuleQuick {
+    stages: Vec<StageTime>,
+    /// Item modules: per replica, forward + backward of all its passes over all stages (empty
+    /// for micro-batch modules, whose replicas do alike).
+    replica_step: Vec<f64>,
+    /// Per replica and stage: activation bytes of its largest unit in its largest chunk.
+    act: Vec<Vec<f64>>,
+}
+
+/// Forward + backward seconds of work `w` on stage `s` of module `m`, all its chunks.
+fn stage_work_time(p: &Priced<'_>, m: usize, s: u32, w: Work) -> f64 {
+    let l = p.computes[m].layout;
+    (0..l.vpp)
+        .map(|c| {
+            let t = p.computes[m].chunk((c * l.pp + s) as usize, w);
+            t.forward.total() + t.backward.total()
+        })
+        .sum()
+}
+
+/// An item module's stages, each pass on its busiest replica; and every replica's step.
+fn pass_times(p: &Priced<'_>, u: &ModuleUnits, m: usize, pp: u32) -> (Vec<StageTime>, Vec<f64>) {
+    let mut cache: HashMap<(u32, u64, u64), f64> = HashMap::new();
+    let mut stages = vec![StageTime::default(); pp as usize];
+    let mut replica_step = vec![0.0; u.dp as usize];
+    for pass in 0..u.count {
+        for (s, st) in stages.iter_mut().enumerate() {
+            let mut busiest = 0.0f64;
+            for (d, total) in replica_step.iter_mut().enumerate() {
+                let w = u.work(pass, d as u32);
+                let t = *cache
+                    .entry((s as u32, w.rows.to_bits(), w.pairs.to_bits()))
+                    .or_insert_with(|| stage_work_time(p, m, s as u32, w));
+                *total += t;
+                busiest = busiest.max(t);
+            }
+            st.unit = st.unit.max(busiest);
+            st.step += busiest;
+        }
+    }
+    (stages, replica_step)
+}
+
+fn price_module(
+    model: &ModelGraph,
+    plan: &Plan,
+    p: &Priced<'_>,
+    u: &ModuleUnits,
+    m: usize,
+    opts: &Options,
+) -> ModuleQuick {
+    let id = ModuleId::new(m);
+    let l = &plan.modules()[m].layout;
+    let act_bytes = model.data().precision.activation_bytes() as f64;
+    let mut replica_step = Vec::new();
+    let stages = match u.kind {
+        UnitKind::MicroBatch => {
+            let mbs = f64::from(l.micro_batch_size);
+            let w = Work {
+                rows: model.mean_rows_per_sample(id) * mbs,
+                pairs: model.mean_pairs_per_sample(id) * mbs,
+            };
+            (0..l.pp)
+                .map(|s| {
+                    let t = stage_work_time(p, m, s, w);
+                    StageTime {
+                        unit: t,
+                        step: t * f64::from(u.count),
+                    }
+                })
+                .collect()
+        }
+        UnitKind::Pass => {
+            let (stages, per_replica) = pass_times(p, u, m, l.pp);
+            replica_step = per_replica;
+            stages
+        }
+    };
+    let module = model.module(id);
+    let act = (0..l.dp)
+        .map(|d| {
+            (0..l.pp)
+                .map(|s| {
+                    (0..l.vpp)
+                        .map(|c| {
+                            let chunk = (c * l.pp + s) as usize;
+                            chunk_activations(
+                                module,
+                                l,
+                                chunk,
+                                u.peak(d),
+                                act_bytes,
+                                opts.attention,
+                            )
+                        })
+                        .fold(0.0, f64::max)
+                })
+                .collect()
+        })
+        .collect();
+    ModuleQuick {
+        stages,
+        replica_step,
+        act,
+    }
+}
+
+/// `estimate_analytic` with a closed-form peak memory, for pruning searches (module comment).
+pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
+    let priced = price(model, cluster, plan, opts);
+    let units = units(model, plan);
+    let modules: Vec<ModuleQuick> = (0..plan.modules().len())
+        .map(|m| price_module(model, plan, &priced, &units[m], m, opts))
+        .collect();
+    let module_time = modules
+        .iter()
+        .map(|q| q.stages.iter().map(|s| s.step).sum())
+        .collect();
+    let pipeline = if plan.schedule.kind.is_colocated() {
+        None
+    } else {
+        match PipelineSteps::new(model, plan) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                return Quick {
+                    time: Cost::Infeasible,
+                    module_time,
+                    peak_memory_bytes: f64::INFINITY,
+                    modules: Vec::new(),
+                }
+            }
+        }
+    };
+    let t = match &pipeline {
+        None => colocated_time(plan, model.language_model().index(), &modules),
+        Some(ps) => pipeline_time(model, plan, ps, &modules),
+    };
+    let (peak, tail, module_memory) =
+        per_rank(model, plan, &priced, &units, &modules, pipeline.as_ref());
+    let terms = modules
+        .iter()
+        .zip(module_memory)
+        .enumerate()
+        .map(|(m, (q, stage_memory))| crate::combine::ModuleQuick {
+            units: units[m].count,
+            stage_unit: q.stages.iter().map(|s| s.unit).collect(),
+            stage_step: q.stages.iter().map(|s| s.step).collect(),
+            stage_memory,
+            tail: priced.grad_sync[m]
+                .iter()
+                .zip(&priced.optimizer[m])
+                .map(|(g, o)| g + o)
+                .fold(0.0, f64::max),
+        })
+        .collect();
+    Quick {
+        time: Cost::seconds(t + tail),
+        module_time,
+        peak_memory_bytes: peak,
+        modules: terms,
+    }
+}
+
+/// `(M - 1) x slowest + sum of stages` over the language model's stages, each with the work
+/// of the other modules sharing its ranks spread over the M micro-batches: a micro-batch
+/// module's mean micro-batch, an item module's step on the busiest of its replicas there.
+fn colocated_time(plan: &Plan, lm: usize, modules: &[ModuleQuick]) -> f64 {
+    let lm_plan = &plan.modules()[lm];
+    let mf = f64::from(plan.micro_batches());
+    let mut slots: Vec<f64> = modules[lm].stages.iter().map(|s| s.unit).collect();
+    for (m, q) in modules.iter().enumerate().filter(|(m, _)| *m != lm) {
+        let grid = &plan.modules()[m].grid;
+        let step: f64 = q.stages.iter().map(|s| s.step).sum();
+        for (s, slot) in slots.iter_mut().enumerate() {
+            // The busiest replica of m on this stage's ranks, if m runs there.
+            let here = stage_ranks(lm_plan, s as u32)
+                .into_iter()
+                .filter_map(|r| grid.coord_of(r))
+                .map(|c| q.replica_step.get(c.dp as usize).copied().unwrap_or(step))
+                .reduce(f64::max);
+            *slot += here.unwrap_or(0.0) / mf;
+        }
+    }
+    let slow = slots.iter().copied().fold(0.0, f64::max);
+    (mf - 1.0) * slow + slots.iter().sum::<f64>()
+}
+
+fn pipeline_time(
+    model: &ModelGraph,
+    plan: &Plan,
+    ps: &PipelineSteps,
+    modules: &[ModuleQuick],
+) -> f64 {
+    let vpp = f64::from(plan.module(model.language_model()).layout.vpp);
+    let mut stages: Vec<StageTime> = Vec::new();
+    for members in &ps.pipe.groups {
+        let pp = modules[members[0]].stages.len();
+        for s in 0..pp {
+            let mut st = StageTime::default();
+            for &m in members {
+                let x = modules[m].stages.get(s).copied().unwrap_or_default();
+                st.unit += x.unit;
+                st.step += x.step;
+            }
+            stages.push(st);
+        }
+    }
+    let Some(b) = (0..stages.len()).max_by(|&a, &b| stages[a].step.total_cmp(&stages[b].step))
+    else {
+        return 0.0;
+    };
+    let rest: f64 = stages.iter().map(|s| s.unit).sum::<f64>() - stages[b].unit;
+    stages[b].step + rest / vpp
+}
+
+/// The largest `rank_memory` of any rank, with the units alive at each lane's peak; the
+/// longest gradient synchronization and optimizer step of any rank, which runs those of every
+/// module stage it holds one after the other at the end of the step; and per module stage the
+/// most any rank holds for it alone (static, activations alive, its buffers).
+fn per_rank(
+    model: &ModelGraph,
+    plan: &Plan,
+    priced: &Priced<'_>,
+    units: &[ModuleUnits],
+    modules: &[ModuleQuick],
+    pipeline: Option<&PipelineSteps>,
+) -> (f64, f64, Vec<Vec<f64>>) {
+    let mut own: Vec<Vec<f64>> = plan
+        .modules()
+        .iter()
+        .map(|mp| vec![0.0; mp.layout.pp as usize])
+        .collect();
+    let act_bytes = model.data().precision.activation_bytes() as f64;
+    let inputs = RankInputs {
+        model,
+        plan,
+        statics: &priced.statics,
+        units,
+        reserve: priced.constants.framework_reserve_bytes,
+    };
+    let lm = model.language_model().index();
+    // (units of passes, of micro-batches) alive, per lane kind: colocated by language-model
+    // stage, pipelines by (group, stage).
+    let mut counts: BTreeMap<(usize, u32), (f64, f64)> = BTreeMap::new();
+    let mut count = |key: (usize, u32), steps: &dyn Fn() -> Vec<Step>| {
+        *counts.entry(key).or_insert_with(|| {
+            let s = steps();
+            (
+                f64::from(alive(&s, UnitKind::Pass)),
+                f64::from(alive(&s, UnitKind::MicroBatch)),
+            )
+        })
+    };
+    let (mut peak, mut tail) = (0.0f64, 0.0f64);
+    for r in plan.used_ranks() {
+        let on: Vec<(usize, Coord)> = plan
+            .modules()
+            .iter()
+            .enumerate()
+            .filter_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))
+            .collect();
+        let (passes_alive, micro_alive) = match pipeline {
+            None => {
+                let Some(sl) = plan.modules()[lm].grid.coord_of(r).map(|c| c.pp) else {
+                    continue;
+                };
+                let p = plan.modules()[lm].layout.pp;
+                count((usize::MAX, sl), &|| colocated_steps(p, sl, plan.passes()))
+            }
+            Some(ps) => {
+                let Some(&(m0, c0)) = on.first() else {
+                    continue;
+                };
+                let g = ps.pipe.group_of[m0];
+                count((g, c0.pp), &|| ps.steps(g, c0.pp))
+            }
+        };
+        let terms: Vec<(f64, f64)> = on
+            .iter()
+            .map(|&(m, c)| {
+                let alive = match units[m].kind {
+                    UnitKind::Pass => passes_alive,
+                    UnitKind::MicroBatch => micro_alive,
+                };
+                (modules[m].act[c.dp as usize][c.pp as usize], alive)
+            })
+            .collect();
+        for (&(m, c), &(act, alive)) in on.iter().zip(&terms) {
+            let mp = &plan.modules()[m];
+            let module = model.module(ModuleId::new(m));
+            let rows = units[m].peak(c.dp).rows;
+            let bytes = priced.statics[m][c.pp as usize].total()
+                + act * alive
+                + crate::memory::unit_buffers(module, &mp.layout, c.pp, rows, act_bytes);
+            let slot = &mut own[m][c.pp as usize];
+            *slot = slot.max(bytes);
+        }
+        let mem = rank_memory(&inputs, r, &InFlight::Counted(terms));
+        peak = peak.max(mem.total);
+        let end: f64 = on
+            .iter()
+            .map(|&(m, c)| {
+                let s = c.pp as usize;
+                priced.grad_sync[m].get(s).copied().unwrap_or(0.0)
+                    + priced.optimizer[m].get(s).copied().unwrap_or(0.0)
+            })
+            .sum();
+        tail = tail.max(end);
+    }
+    (peak, tail, own)
+}
+
+/// The ranks of pipeline stage `s` of a module.
+fn stage_ranks(mp: &ModulePlan, s: u32) -> Vec<Rank> {
+    let g = &mp.grid;
+    let mut out = Vec::new();
+    for dp in 0..g.size(Axis::Dp) {
+        for cp in 0..g.size(Axis::Cp) {
+            for tp in 0..g.size(Axis::Tp) {
+                out.push(g.rank_at(Coord { tp, cp, dp, pp: s }));
+            }
+        }
+    }
+    out
+}
