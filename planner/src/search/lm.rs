@@ -140,7 +140,7 @@ fn splits(
     let Some(tb) = price(pricer, arr, &moved, ranks) else {
         return out;
     };
-    let Some((t, mut extras)) = stages::per_layer_model(&ta.stage_time, &na, &tb.stage_time, &nb)
+    let Some((t, mut extras)) = stages::per_layer_model(&ta.stage_unit, &na, &tb.stage_unit, &nb)
     else {
         return out;
     };

@@ -216,7 +216,7 @@ impl<'a> Pricer<'a> {
                 estimate_quick(self.model, self.cluster, &plan, &self.opts).modules[m.index()]
                     .clone()
             })
-            .filter(|t| t.stage_time.iter().chain(&t.stage_memory).all(|x| x.is_finite()));
+            .filter(|t| t.stage_step.iter().chain(&t.stage_memory).all(|x| x.is_finite()));
         self.terms.insert(key, t.clone());
         t
     }
