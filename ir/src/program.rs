@@ -266,4 +266,14 @@ mod tests {
         assert_eq!(send.roles(6).receives, vec![(1, &b[..], 0)]);
         assert!(send.roles(1).receives.is_empty());
     }
+
+    #[test]
+    fn a_program_written_before_encoder_passes_loads_with_one_micro_batch_per_pass() {
+        let text = r#"{"kind": "program", "format_version": 1, "model": "m", "cluster": "c",
+            "micro_batches": 4, "modules": [], "boundaries": [], "ranks": []}"#;
+        let p = crate::load_program(text).expect("an older program loads");
+        assert_eq!(p.encoder_chunk, 1);
+        assert_eq!(p.passes().count(), 4);
+        assert_eq!(p.passes().micro_batches_of(3), 3..4);
+    }
 }
