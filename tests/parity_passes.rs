@@ -207,3 +207,52 @@ fn one_encoder_pass_over_the_whole_step_gives_the_single_device_numbers() {
         modules,
     );
 }
+
+#[test]
+fn a_pass_outside_the_step_or_a_chunk_above_its_micro_batches_is_refused_with_the_reason() {
+    let (g, cfg) = model();
+    let program = lower_with(
+        &g,
+        json!({"kind": "colocated_sequential"}),
+        json!({
+            "vision": at(json!({"dp": 4}), 0, 4),
+            "projector": at(json!({"dp": 4}), 0, 4),
+            "llm": at(json!({"dp": 4, "micro_batch_size": 1}), 0, 4),
+        }),
+    );
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let refused = |p: &Program| match run(p, &cfg, &init, &batches[..1], &opts(1)) {
+        Err(e) => e.to_string(),
+        Ok(_) => panic!("the program runs"),
+    };
+    // 2 micro-batches, 2 passes: a forward of vision's pass 2 is outside the step.
+    let mut far = program.clone();
+    let ins = far.ranks[1]
+        .instructions
+        .iter_mut()
+        .find_map(|i| match i {
+            Instruction::Forward {
+                module,
+                micro_batch,
+                ..
+            } if module == "vision" => Some(micro_batch),
+            _ => None,
+        })
+        .unwrap();
+    *ins = 2;
+    let e = refused(&far);
+    assert!(
+        e.contains(
+            "rank 1: module `vision` runs 2 encoder passes, but an instruction names number 2"
+        ),
+        "{e}"
+    );
+    let mut big = program.clone();
+    big.encoder_chunk = 3;
+    let e = refused(&big);
+    assert!(
+        e.contains("encoder_chunk 3 is not between 1 and the 2"),
+        "{e}"
+    );
+}
