@@ -21,7 +21,7 @@ use serde_json::{json, Value};
 fn matrix() -> Vec<(&'static str, &'static str, Value)> {
     vec![
         (
-            "homogeneous tp2 dp2, every module alike",
+            "tp2 dp2 for every module",
             "colocated_sequential",
             json!({
                 "vision": at(json!({"tp": 2, "dp": 2}), 0, 4),

@@ -37,6 +37,15 @@ fn parity(name: &str, schedule: Value, modules: Value) {
     let reference = single_device_losses(&cfg, &init, &batches);
     let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
+    if std::env::var("PARITY_VERBOSE").is_ok() {
+        let worst = out
+            .losses
+            .iter()
+            .zip(&reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!("{name}: largest loss difference over {STEPS} steps {worst:.2e}");
+    }
     for (k, (a, b)) in out.losses.iter().zip(&reference).enumerate() {
         assert!(
             (a - b).abs() <= 1e-4,
@@ -54,7 +63,7 @@ fn parity(name: &str, schedule: Value, modules: Value) {
         let f32 = hetpar::runtime::cuda::Precision::F32;
         let gpu = common::run_emulated(&dev, f32, &program, &cfg, &init, &batches[..1], &opts(1))
             .unwrap_or_else(|e| panic!("{name} on the emulated GPU: {e}"));
-        assert_grads_within(name, &gpu, &want, 1e-4);
+        assert_grads_within(&format!("{name} (emulated GPU)"), &gpu, &want, 1e-4);
     }
 }
 

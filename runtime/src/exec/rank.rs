@@ -436,9 +436,12 @@ impl<'a> RankState<'a> {
         let program = self.program;
         let bp = &program.boundaries[b];
         let ops = if forward { &bp.forward } else { &bp.backward };
-        ops.get(j as usize)
-            .map(Vec::as_slice)
-            .ok_or_else(|| invalid(format!("boundary `{}` has no micro-batch {j}", bp.name)))
+        ops.get(j as usize).map(Vec::as_slice).ok_or_else(|| {
+            invalid(format!(
+                "boundary `{}` has no unit {j} (encoder pass or micro-batch)",
+                bp.name
+            ))
+        })
     }
 
     fn exec(&mut self, ins: &Instruction) -> Result<(), RuntimeError> {
@@ -1387,7 +1390,7 @@ fn keys_of(rows: &[RowRef]) -> Vec<Key> {
 
 fn no_row(rank: u32, boundary: &str, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
     invalid(format!(
-        "rank {rank}: boundary `{boundary}` ({dir}) micro-batch {j}: row {row} of sample \
+        "rank {rank}: boundary `{boundary}` ({dir}) unit {j}: row {row} of sample \
          {sample} is not here"
     ))
 }
