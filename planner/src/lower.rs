@@ -15,9 +15,10 @@
 //!   source's last chunk's backward of x, for every unit x covers (its gradients of every
 //!   micro-batch of the pass).
 //!
-//! Every transfer's sender reaches it after the forward (or backward) that made its rows and
-//! without waiting for its receivers, so no order of the cost model that respects the
-//! boundaries' dependencies deadlocks.
+//! Every transfer's sender reaches it right after the pass that made its rows, so with
+//! buffered sends no order of the cost model that respects the boundaries' dependencies
+//! deadlocks; NCCL, whose grouped calls wait for their peers, also needs each pair's messages
+//! in one order on both sides, which the runtime checks before it runs (`exec/order.rs`).
 
 use std::collections::BTreeSet;
 use std::ops::Range;
