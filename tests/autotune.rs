@@ -48,9 +48,8 @@ fn held_out() -> Vec<PlanFile> {
         plan(
             "colocated_sequential",
             json!({
-                "vision": at(json!({"tp": 2, "dp": 1, "sequence_parallel": true,
-                                    "micro_batch_size": 8}), 0, 2),
-                "projector": at(json!({"dp": 2, "micro_batch_size": 4}), 0, 2),
+                "vision": at(json!({"tp": 2, "dp": 1, "sequence_parallel": true}), 0, 2),
+                "projector": at(json!({"dp": 2}), 0, 2),
                 "llm": at(json!({"tp": 2, "dp": 1, "sequence_parallel": true,
                                  "micro_batch_size": 8}), 0, 2),
             }),

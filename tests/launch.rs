@@ -100,8 +100,8 @@ fn a_worker_started_by_srun_reads_slurm_variables() {
             "kind": "plan", "format_version": 1, "model": "reference-tiny", "cluster": "h100-8",
             "schedule": {"kind": "colocated_sequential"},
             "modules": {
-                "vision": {"layout": {"micro_batch_size": 8}, "placement": {"ranks": {"offset": 0, "count": 1}}},
-                "projector": {"layout": {"micro_batch_size": 8}, "placement": {"ranks": {"offset": 0, "count": 1}}},
+                "vision": {"layout": {}, "placement": {"ranks": {"offset": 0, "count": 1}}},
+                "projector": {"layout": {}, "placement": {"ranks": {"offset": 0, "count": 1}}},
                 "llm": {"layout": {"micro_batch_size": 8}, "placement": {"ranks": {"offset": 0, "count": 1}}},
             },
         })

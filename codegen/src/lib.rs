@@ -1,10 +1,10 @@
 //! hetpar-codegen: a lowered program as a Rust crate (askama templates in `templates/`).
 //!
 //! The crate holds every rank's instructions as straight-line calls into `hetpar-runtime`
-//! (`src/main.rs`), each boundary's fused transfer per micro-batch as a constant table, the
-//! program's header (module grids, boundaries, ranks: `program.json`), the model
-//! (`model.json`), a launch script and a SLURM batch script. It sees only the IR's program,
-//! never the planner.
+//! (`src/main.rs`), each boundary's fused transfer per unit (its destination's encoder pass or
+//! micro-batch) as a constant table, the program's header (module grids, boundaries, ranks:
+//! `program.json`), the model (`model.json`), a launch script and a SLURM batch script. It sees
+//! only the IR's program, never the planner.
 
 use askama::Template;
 use hetpar_ir::json::to_canonical_json;
@@ -13,7 +13,7 @@ use hetpar_ir::program::{Instruction, Program, Rows, Transfer};
 /// What code generation refuses.
 #[derive(Debug, thiserror::Error)]
 pub enum CodegenError {
-    /// The program names a module or boundary it does not define, or lacks a micro-batch's
+    /// The program names a module or boundary it does not define, or lacks a unit's
     /// transfers.
     #[error("invalid program: {0}")]
     InvalidProgram(String),
@@ -231,9 +231,12 @@ pub fn emit(
     for (b, forward, j) in used {
         let bp = &program.boundaries[b];
         let per_mb = if forward { &bp.forward } else { &bp.backward };
-        let ops = per_mb
-            .get(j as usize)
-            .ok_or_else(|| invalid(format!("boundary `{}` has no micro-batch {j}", bp.name)))?;
+        let ops = per_mb.get(j as usize).ok_or_else(|| {
+            invalid(format!(
+                "boundary `{}` has no unit {j} (encoder pass or micro-batch)",
+                bp.name
+            ))
+        })?;
         tables.push(Table {
             name: table_name(b, forward, j),
             boundary: bp.name.clone(),

@@ -28,7 +28,7 @@ fn rank_{{ r.rank }}(r: &mut RankState<'_>) -> Result<(), RuntimeError> {
 }
 {% endfor %}
 {%- for t in tables %}
-/// Boundary `{{ t.boundary }}`, {{ t.direction }}, micro-batch {{ t.micro_batch }}.
+/// Boundary `{{ t.boundary }}`, {{ t.direction }}, unit {{ t.micro_batch }} (its destination's encoder pass or micro-batch).
 #[rustfmt::skip]
 const {{ t.name }}: &[Op] = &[
 {%- for op in t.ops %}

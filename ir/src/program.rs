@@ -18,7 +18,10 @@ use crate::model::ModuleKind;
 
 /// One instruction. In transfers, `chunk` is the global pipeline chunk (`c x pp + s`) of the
 /// receiving side: the forward that takes the activations, the backward that takes the
-/// gradients.
+/// gradients. `micro_batch` is the language model's micro-batch, except for a module that
+/// processes encoder items (an encoder, a projector), where it is the encoder pass, and for a
+/// boundary transfer, where it is its destination's unit: the pass for a boundary into an
+/// encoder or projector, else the micro-batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Instruction {
@@ -90,6 +93,8 @@ pub struct ModuleProgram {
     pub dp: u32,
     pub vpp: u32,
     pub sequence_parallel: bool,
+    /// Samples per data-parallel replica and micro-batch; 1 and unused for encoders and
+    /// projectors, whose items are dealt per encoder pass.
     pub micro_batch_size: u32,
     /// Layers of every pipeline chunk, chunk `c` of stage `s` at index `c x pp + s`.
     pub chunk_layers: Vec<u32>,
@@ -172,7 +177,8 @@ impl Transfer {
     }
 }
 
-/// A boundary's fused transfers: per micro-batch, the operations in order, forward
+/// A boundary's fused transfers: per unit of its destination (encoder pass into an encoder or
+/// projector, micro-batch into the language model), the operations in order, forward
 /// (activations, source holders to destination needers) and backward (gradients, back).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BoundaryProgram {
@@ -192,10 +198,27 @@ pub struct Program {
     pub format_version: u32,
     pub model: String,
     pub cluster: String,
+    /// The language model's micro-batches per step.
     pub micro_batches: u32,
+    /// Language-model micro-batches per encoder pass (`crate::shard::Passes`); programs
+    /// written before encoder passes have none and mean 1.
+    #[serde(default = "one")]
+    pub encoder_chunk: u32,
     pub modules: Vec<ModuleProgram>,
     pub boundaries: Vec<BoundaryProgram>,
     pub ranks: Vec<RankProgram>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+impl Program {
+    /// The encoder passes of a step: encoders and projectors run one pass per
+    /// `encoder_chunk` micro-batches, and their instructions' `micro_batch` is the pass.
+    pub fn passes(&self) -> crate::shard::Passes {
+        crate::shard::Passes::new(self.micro_batches, self.encoder_chunk)
+    }
 }
 
 impl ModuleProgram {
@@ -242,5 +265,15 @@ mod tests {
         };
         assert_eq!(send.roles(6).receives, vec![(1, &b[..], 0)]);
         assert!(send.roles(1).receives.is_empty());
+    }
+
+    #[test]
+    fn a_program_written_before_encoder_passes_loads_with_one_micro_batch_per_pass() {
+        let text = r#"{"kind": "program", "format_version": 1, "model": "m", "cluster": "c",
+            "micro_batches": 4, "modules": [], "boundaries": [], "ranks": []}"#;
+        let p = crate::load_program(text).expect("an older program loads");
+        assert_eq!(p.encoder_chunk, 1);
+        assert_eq!(p.passes().count(), 4);
+        assert_eq!(p.passes().micro_batches_of(3), 3..4);
     }
 }

@@ -398,6 +398,8 @@ struct Case {
     enc: (u32, u32, u32, bool),
     llm: (u32, u32, u32, bool),
     micro_batches: u32,
+    /// Micro-batches per encoder pass (capped at the micro-batches of a step).
+    chunk: u32,
     placement: u8,
 }
 
@@ -424,54 +426,62 @@ fn case() -> impl Strategy<Value = Case> {
         enc,
         llm,
         prop::sample::select(vec![1u32, 2, 4]),
-        0u8..3,
+        prop::sample::select(vec![1u32, 2, 4]),
+        0u8..4,
     )
-        .prop_map(|(items, merge, enc, llm, micro_batches, placement)| Case {
-            items,
-            merge,
-            enc,
-            llm,
-            micro_batches,
-            placement,
-        })
+        .prop_map(
+            |(items, merge, enc, llm, micro_batches, chunk, placement)| Case {
+                items,
+                merge,
+                enc,
+                llm,
+                micro_batches,
+                chunk,
+                placement,
+            },
+        )
 }
 
+/// A random plan: colocated on 8 ranks, disjoint halves, partially overlapping, or an
+/// encoder of dp 3 (items that do not divide) beside the language model; encoders and
+/// projectors deal their items per encoder pass of `chunk` micro-batches.
 fn build(case: &Case) -> Option<(ModelGraph, Cluster, Plan)> {
     let seq = 256;
     let m = model(&case.items, case.merge, seq, false);
     let c = cluster(2, 4);
     let (ranks_e, off_e, ranks_l, off_l, kind) = match case.placement {
-        0 => (8, 0, 8, 0, "colocated_three_phase"),
+        0 => (8u32, 0, 8u32, 0, "colocated_chunked"),
         1 => (4, 0, 4, 4, "pipeline_1f1b"),
-        _ => (4, 0, 4, 2, "pipeline_1f1b"),
+        2 => (4, 0, 4, 2, "pipeline_1f1b"),
+        _ => (3, 0, 4, 4, "pipeline_1f1b"),
     };
-    let lay = |(tp, cp, pp, sp): (u32, u32, u32, bool), ranks: u32| -> Option<Value> {
-        let per = tp * cp * pp;
-        if !ranks.is_multiple_of(per) {
-            return None;
-        }
-        let dp = ranks / per;
-        let b = case.items.len() as u32;
-        if !b.is_multiple_of(case.micro_batches * dp) {
-            return None;
-        }
-        Some(layout(
-            tp,
-            cp,
-            pp,
-            dp,
-            sp && tp > 1,
-            b / (case.micro_batches * dp),
-        ))
+    let b = case.items.len() as u32;
+    let enc_axes = if ranks_e == 3 {
+        (1, 1, 1, false)
+    } else {
+        case.enc
     };
-    let enc = lay(case.enc, ranks_e)?;
+    let (tp, cp, pp, sp) = enc_axes;
+    if !ranks_e.is_multiple_of(tp * cp * pp) {
+        return None;
+    }
+    let enc = layout(tp, cp, pp, ranks_e / (tp * cp * pp), sp && tp > 1, 1);
     let mut proj = enc.clone();
     proj["cp"] = json!(1);
-    proj["dp"] = json!(ranks_e / (case.enc.0 * case.enc.2));
-    proj["micro_batch_size"] =
-        json!(case.items.len() as u32 / (case.micro_batches * ranks_e / (case.enc.0 * case.enc.2)));
-    let llm = lay(case.llm, ranks_l)?;
-    let p = json!({"kind": "plan", "format_version": 1, "schedule": {"kind": kind},
+    proj["dp"] = json!(ranks_e / (tp * pp));
+    let (tp, cp, pp, sp) = case.llm;
+    let per = tp * cp * pp;
+    if !ranks_l.is_multiple_of(per) {
+        return None;
+    }
+    let dp = ranks_l / per;
+    if !b.is_multiple_of(case.micro_batches * dp) {
+        return None;
+    }
+    let llm = layout(tp, cp, pp, dp, sp && tp > 1, b / (case.micro_batches * dp));
+    let chunk = case.chunk.min(case.micro_batches);
+    let p = json!({"kind": "plan", "format_version": 1,
+        "schedule": {"kind": kind, "encoder_chunk": chunk},
         "modules": {"vision": {"layout": enc, "placement": placement(off_e, ranks_e)},
                     "projector": {"layout": proj, "placement": placement(off_e, ranks_e)},
                     "llm": {"layout": llm, "placement": placement(off_l, ranks_l)}}});

@@ -9,7 +9,7 @@ use hetpar_cost::collective::{collective_time, CollectiveKind, Link};
 use hetpar_ir::placement::Coord;
 use hetpar_ir::{BoundaryId, Rank};
 
-use super::ownership::{slot, Segment};
+use super::ownership::Segment;
 use super::synth::Context;
 
 #[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
@@ -23,7 +23,6 @@ pub fn leader_broadcast(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -
     let bd = cx.model.boundary(b);
     let mp = cx.plan.module(bd.to);
     let l = &mp.layout;
-    let batch = cx.model.data().global_batch;
     let row_bytes = u64::from(bd.width) * cx.model.data().precision.activation_bytes();
     let mut out = Baseline::default();
     // Modules on the same ranks with the same data parallelism need no boundary at all in the
@@ -40,7 +39,15 @@ pub fn leader_broadcast(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -
         let mut held: BTreeMap<(u32, Rank), u64> = BTreeMap::new();
         let mut colocated: BTreeSet<u32> = BTreeSet::new();
         for s in segs {
-            let d = slot(mp, batch, s.sample).replica;
+            // The destination replica that needs the rows (one per row, forward).
+            let Some(d) = s
+                .needers
+                .first()
+                .and_then(|&q| mp.grid.coord_of(q))
+                .map(|c| c.dp)
+            else {
+                continue;
+            };
             let n = s.rows.end - s.rows.start;
             *rows.entry(d).or_default() += n;
             for &h in s.holders.iter() {

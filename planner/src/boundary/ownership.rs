@@ -3,18 +3,25 @@
 //!
 //! Rows are numbered per sample (the boundary's rows of sample s, items in order). Both maps
 //! are computed as row ranges, never row by row, so that a 1024-rank boundary is synthesized
-//! in milliseconds.
+//! in milliseconds. The sharding arithmetic is `hetpar_ir::shard`'s.
 //!
-//! Source (module u, last pipeline stage, the data-parallel replica owning the sample): with
-//! cp > 1 each item's rows split into 2 cp equal chunks, cp rank c owning chunks c and
-//! 2 cp - 1 - c; under sequence parallel a cp rank's rows of the micro-batch (samples in order)
-//! split into tp contiguous parts, part t holding local rows i with floor(i tp / n) = t;
-//! without it every tp rank holds them all.
+//! **Units.** A boundary is synthesized per unit of its destination: per encoder pass for a
+//! boundary into an encoder or a projector (`ModelGraph::item_origin`), per language-model
+//! micro-batch otherwise. The rows of micro-batch j coming from an item module are held by the
+//! replicas that got their items in pass `passes.pass_of(j)`.
 //!
-//! Destination (module v, first stage): placeholder rows go to their sequence positions
-//! (`ir::model::placeholders`); with cp > 1 the sequence splits into 2 cp chunks as above;
-//! under sequence parallel a cp rank's local sequence of each sample splits into tp parts;
-//! rows landing as rows (a projector's input) split like the source side.
+//! **A replica's rows** are a list of runs (an item's rows, or a whole sample's for a module
+//! after the language model), in order: an item module's replica holds the items
+//! `shard::pass_deal` gives it in the pass; any other module's replica the samples
+//! `shard::replica_samples` gives it. With cp > 1 each run splits into the 2 cp chunks of
+//! `shard::chunk`, cp rank c holding chunks c and 2 cp - 1 - c (its local rows: run after run);
+//! under sequence parallel a cp rank's local rows split into the tp parts of `shard::sp_part`;
+//! without it every tp rank holds them all. This gives the source side (last pipeline stage)
+//! and the destination side of rows landing as rows (first stage).
+//!
+//! **Placeholders** (the language model's input): rows go to their sequence positions
+//! (`ir::model::placeholders`), the sequence splitting into cp chunks as above and, under
+//! sequence parallel, a cp rank's local sequence of each sample into tp parts.
 
 use std::collections::HashMap;
 use std::ops::Range;
@@ -24,7 +31,8 @@ use hetpar_ir::model::placeholders::placeholder_spans;
 use hetpar_ir::model::{Landing, ModelGraph};
 use hetpar_ir::placement::Coord;
 use hetpar_ir::plan::ModulePlan;
-use hetpar_ir::{BoundaryId, Plan, Rank};
+use hetpar_ir::shard;
+use hetpar_ir::{BoundaryId, ModuleId, Plan, Rank};
 
 /// A range of one sample's rows and the ranks that own it on one side.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,38 +44,39 @@ pub struct Owned {
 /// A shared, immutable rank list (segments share them; cloning is a reference count).
 pub type Ranks = Arc<[Rank]>;
 
-/// Where a sample sits in a module's micro-batching.
+/// Per sample of a unit (in order), its row ranges and their owners.
+pub type SideMap = Vec<(u32, Vec<Owned>)>;
+
+/// Rows `row0..row0 + len` of one sample, held together by one replica.
 #[derive(Clone, Copy, Debug)]
-pub struct Slot {
-    pub micro_batch: u32,
-    pub replica: u32,
-    /// Index of the sample within the replica's micro-batch.
-    pub index: u32,
+struct Run {
+    sample: u32,
+    row0: u64,
+    len: u64,
 }
 
-pub fn slot(mp: &ModulePlan, batch: u32, s: u32) -> Slot {
-    let per_mb = batch / mp.layout.micro_batches.max(1);
-    let within = s % per_mb.max(1);
-    let mbs = mp.layout.micro_batch_size.max(1);
-    Slot {
-        micro_batch: s / per_mb.max(1),
-        replica: within / mbs,
-        index: within % mbs,
+/// Whether module `m` runs in encoder passes.
+fn in_passes(g: &ModelGraph, m: ModuleId) -> bool {
+    g.item_origin(m).is_some()
+}
+
+/// The units of boundary `b`: its destination's encoder passes or micro-batches.
+pub fn units(g: &ModelGraph, plan: &Plan, b: BoundaryId) -> u32 {
+    if in_passes(g, g.boundary(b).to) {
+        plan.passes().count()
+    } else {
+        plan.micro_batches()
     }
 }
 
-/// Samples of micro-batch `j`.
-pub fn micro_batch_samples(mp: &ModulePlan, batch: u32, j: u32) -> Range<u32> {
-    let per_mb = batch / mp.layout.micro_batches.max(1);
-    j * per_mb..(j + 1) * per_mb
-}
-
-/// Samples of replica `d` in micro-batch `j` (the inverse of `slot`).
-pub fn replica_samples(mp: &ModulePlan, batch: u32, j: u32, d: u32) -> Range<u32> {
-    let per_mb = batch / mp.layout.micro_batches.max(1);
-    let mbs = mp.layout.micro_batch_size;
-    let start = j * per_mb + d * mbs;
-    start..start + mbs
+/// The samples unit `u` of boundary `b` covers.
+pub fn unit_samples(g: &ModelGraph, plan: &Plan, b: BoundaryId, u: u32) -> Range<u32> {
+    let batch = g.data().global_batch;
+    if in_passes(g, g.boundary(b).to) {
+        plan.passes().samples_of(batch, u)
+    } else {
+        shard::micro_batch_samples(batch, plan.micro_batches(), u)
+    }
 }
 
 /// The ranks of (replica, stage, cp rank), and one tp rank or all of them, built once each.
@@ -78,30 +87,26 @@ impl RankCache {
     fn get(&mut self, mp: &ModulePlan, d: u32, s: u32, c: u32, tp: Option<u32>) -> Ranks {
         self.0
             .entry((d, s, c, tp))
-            .or_insert_with(|| match tp {
-                Some(t) => Arc::from([mp.grid.rank_at(Coord {
-                    tp: t,
-                    cp: c,
-                    dp: d,
-                    pp: s,
-                })]),
-                None => (0..mp.layout.tp)
-                    .map(|t| {
-                        mp.grid.rank_at(Coord {
-                            tp: t,
-                            cp: c,
-                            dp: d,
-                            pp: s,
-                        })
+            .or_insert_with(|| {
+                let at = |t: u32| {
+                    mp.grid.rank_at(Coord {
+                        tp: t,
+                        cp: c,
+                        dp: d,
+                        pp: s,
                     })
-                    .collect(),
+                };
+                match tp {
+                    Some(t) => Arc::from([at(t)]),
+                    None => (0..mp.layout.tp).map(at).collect(),
+                }
             })
             .clone()
     }
 }
 
 /// Splits a cp rank's local range `[lo, hi)` (of `n` local rows) at sequence-parallel part
-/// boundaries, calling `emit(local_range, tp_part)`.
+/// boundaries (`shard::sp_part`), calling `emit(local_range, tp_part)`.
 fn sp_split(
     lo: u64,
     hi: u64,
@@ -117,15 +122,34 @@ fn sp_split(
     let tp64 = u64::from(tp);
     let mut a = lo;
     while a < hi {
+        // Part t holds local rows [ceil(t n / tp), ceil((t + 1) n / tp)).
         let t = a * tp64 / n;
-        // First local index of part t + 1: ceil((t + 1) n / tp).
         let next = ((t + 1) * n).div_ceil(tp64).min(hi);
         emit(a..next, Some(t as u32));
         a = next;
     }
 }
 
-/// Row counts of the items of sample `s` on boundary `b` (rows after token merges).
+/// Chunk `q` of `2 cp` of a run of `len` rows (the whole run without cp).
+fn cp_chunk(len: u64, cp: u64, q: u64) -> Range<u64> {
+    if cp <= 1 {
+        return 0..len;
+    }
+    let r = shard::chunk(len as usize, 2 * cp as usize, q as usize);
+    r.start as u64..r.end as u64
+}
+
+/// The cp rank holding chunk `q` of `2 cp`.
+fn cp_rank(cp: u64, q: u64) -> u64 {
+    if q < cp {
+        q
+    } else {
+        2 * cp - 1 - q
+    }
+}
+
+/// Row counts of the items of sample `s` on boundary `b` (rows after token merges); for a
+/// boundary whose rows are a language model's sequence, one run of them.
 fn item_rows(g: &ModelGraph, b: BoundaryId, s: usize) -> Vec<u64> {
     let bd = g.boundary(b);
     let merge = u64::from(bd.merge.max(1));
@@ -135,173 +159,253 @@ fn item_rows(g: &ModelGraph, b: BoundaryId, s: usize) -> Vec<u64> {
             .iter()
             .map(|&t| u64::from(t) / merge)
             .collect(),
-        // Rows of a language model's sequence (a generator's input): one unit.
         None => vec![g.boundary_rows_of_sample(b, s)],
     }
 }
 
-/// Source ownership of every sample of micro-batch `j`: per sample, row ranges and holders.
-pub fn source_map(g: &ModelGraph, plan: &Plan, b: BoundaryId, j: u32) -> Vec<(u32, Vec<Owned>)> {
-    let bd = g.boundary(b);
-    let mp = plan.module(bd.from);
+/// Every replica's runs of module `m` (one side of boundary `b`) in its unit `index`: an item
+/// module's pass `index` (its dealt items), any other module's micro-batch `index` (its
+/// samples).
+fn replica_runs(
+    g: &ModelGraph,
+    plan: &Plan,
+    b: BoundaryId,
+    m: ModuleId,
+    index: u32,
+) -> Vec<Vec<Run>> {
+    let l = &plan.module(m).layout;
     let batch = g.data().global_batch;
-    let l = &mp.layout;
-    let (cp, tp) = (u64::from(l.cp), l.tp);
-    let stage = l.pp - 1;
-    let samples = micro_batch_samples(mp, batch, j);
-    let mut cache = RankCache::default();
-    let mut out: Vec<(u32, Vec<Owned>)> = samples.clone().map(|s| (s, Vec::new())).collect();
-    for d in 0..l.dp {
-        // Samples of this replica, in micro-batch order.
-        let mine: Vec<u32> = replica_samples(mp, batch, j, d).collect();
-        let items: Vec<Vec<u64>> = mine.iter().map(|&s| item_rows(g, b, s as usize)).collect();
-        let total: u64 = items.iter().flatten().sum();
-        let n_local = total / cp;
-        let mut local = vec![0u64; cp as usize];
-        for (k, &s) in mine.iter().enumerate() {
-            let entry = &mut out[(s - samples.start) as usize].1;
-            let mut row = 0u64;
-            for &len in &items[k] {
-                let chunk = len / (2 * cp);
-                for q in 0..2 * cp {
-                    let c = if q < cp { q } else { 2 * cp - 1 - q };
-                    let (a, z) = if cp == 1 {
-                        (0, len)
-                    } else {
-                        (
-                            q * chunk,
-                            if q + 1 == 2 * cp {
-                                len
-                            } else {
-                                (q + 1) * chunk
-                            },
-                        )
-                    };
-                    if cp == 1 && q > 0 {
-                        break;
-                    }
-                    let lo = local[c as usize];
-                    sp_split(
-                        lo,
-                        lo + (z - a),
-                        n_local.max(1),
-                        tp,
-                        l.sequence_parallel,
-                        |r, t| {
-                            let start = row + a + (r.start - lo);
-                            entry.push(Owned {
-                                rows: start..start + (r.end - r.start),
-                                ranks: cache.get(mp, d, stage, c as u32, t),
-                            });
-                        },
-                    );
-                    local[c as usize] += z - a;
+    let mut rows: HashMap<u32, Vec<u64>> = HashMap::new();
+    let mut rows_of = |s: u32| -> Vec<u64> {
+        rows.entry(s)
+            .or_insert_with(|| item_rows(g, b, s as usize))
+            .clone()
+    };
+    if in_passes(g, m) {
+        return shard::pass_deal(g, m, plan.passes(), l.dp, index)
+            .into_iter()
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|it| {
+                        let r = rows_of(it.sample);
+                        let k = it.item as usize;
+                        Run {
+                            sample: it.sample,
+                            row0: r[..k].iter().sum(),
+                            len: r.get(k).copied().unwrap_or(0),
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+    }
+    (0..l.dp)
+        .map(|d| {
+            let mut runs = Vec::new();
+            let samples =
+                shard::replica_samples(batch, plan.micro_batches(), l.micro_batch_size, index, d);
+            for s in samples {
+                let mut row0 = 0;
+                for len in rows_of(s) {
+                    runs.push(Run {
+                        sample: s,
+                        row0,
+                        len,
+                    });
+                    row0 += len;
                 }
-                row += len;
+            }
+            runs
+        })
+        .collect()
+}
+
+/// An empty map of `samples`.
+fn empty(samples: Range<u32>) -> SideMap {
+    samples.map(|s| (s, Vec::new())).collect()
+}
+
+fn sorted(mut map: SideMap) -> SideMap {
+    for (_, v) in &mut map {
+        v.sort_by_key(|o| o.rows.start);
+    }
+    map
+}
+
+/// Adds to `out` (the samples `keep`, in order) the owners of every run of `replicas` on
+/// pipeline stage `stage` of `mp`, split by cp chunks and sequence-parallel parts.
+fn own_runs(
+    mp: &ModulePlan,
+    stage: u32,
+    replicas: &[Vec<Run>],
+    keep: Range<u32>,
+    out: &mut SideMap,
+) {
+    let l = &mp.layout;
+    let cp = u64::from(l.cp);
+    let pieces = if cp > 1 { 2 * cp } else { 1 };
+    let mut cache = RankCache::default();
+    for (d, runs) in replicas.iter().enumerate() {
+        // Local rows of each cp rank over every run of the replica (the sp parts' extent).
+        let mut n_local = vec![0u64; cp as usize];
+        for r in runs {
+            for q in 0..pieces {
+                let ch = cp_chunk(r.len, cp, q);
+                n_local[cp_rank(cp, q) as usize] += ch.end - ch.start;
+            }
+        }
+        let mut local = vec![0u64; cp as usize];
+        for r in runs {
+            for q in 0..pieces {
+                let c = cp_rank(cp, q) as usize;
+                let ch = cp_chunk(r.len, cp, q);
+                let (lo, n) = (local[c], ch.end - ch.start);
+                local[c] += n;
+                if n == 0 || !keep.contains(&r.sample) {
+                    continue;
+                }
+                let entry = &mut out[(r.sample - keep.start) as usize].1;
+                sp_split(
+                    lo,
+                    lo + n,
+                    n_local[c],
+                    l.tp,
+                    l.sequence_parallel,
+                    |lr, t| {
+                        let start = r.row0 + ch.start + (lr.start - lo);
+                        entry.push(Owned {
+                            rows: start..start + (lr.end - lr.start),
+                            ranks: cache.get(mp, d as u32, stage, c as u32, t),
+                        });
+                    },
+                );
             }
         }
     }
-    for (_, v) in &mut out {
-        v.sort_by_key(|o| o.rows.start);
+}
+
+/// Source ownership of every unit of boundary `b`: per unit, per sample, row ranges and
+/// holders (the source's last pipeline stage). An item module's pass is computed once and
+/// split into its micro-batches when the destination takes micro-batches.
+pub fn source_maps(g: &ModelGraph, plan: &Plan, b: BoundaryId) -> Vec<SideMap> {
+    let bd = g.boundary(b);
+    let mp = plan.module(bd.from);
+    let stage = mp.layout.pp - 1;
+    let batch = g.data().global_batch;
+    let mut out = Vec::new();
+    if !in_passes(g, bd.from) {
+        for j in 0..units(g, plan, b) {
+            let samples = unit_samples(g, plan, b, j);
+            let mut map = empty(samples.clone());
+            own_runs(
+                mp,
+                stage,
+                &replica_runs(g, plan, b, bd.from, j),
+                samples,
+                &mut map,
+            );
+            out.push(sorted(map));
+        }
+        return out;
+    }
+    let passes = plan.passes();
+    let per = batch / plan.micro_batches().max(1);
+    for p in 0..passes.count() {
+        let samples = passes.samples_of(batch, p);
+        let mut map = empty(samples.clone());
+        own_runs(
+            mp,
+            stage,
+            &replica_runs(g, plan, b, bd.from, p),
+            samples,
+            &mut map,
+        );
+        let map = sorted(map);
+        if in_passes(g, bd.to) {
+            out.push(map);
+        } else {
+            let mut rest = map.into_iter();
+            for _ in passes.micro_batches_of(p) {
+                out.push(rest.by_ref().take(per as usize).collect());
+            }
+        }
     }
     out
 }
 
-/// Destination needs of every sample of micro-batch `j`: per sample, row ranges and needers.
-pub fn destination_map(
-    g: &ModelGraph,
-    plan: &Plan,
-    b: BoundaryId,
-    j: u32,
-) -> Vec<(u32, Vec<Owned>)> {
+/// Destination needs of unit `u` of boundary `b`: per sample, row ranges and needers (the
+/// destination's first pipeline stage).
+pub fn destination_map(g: &ModelGraph, plan: &Plan, b: BoundaryId, u: u32) -> SideMap {
     let bd = g.boundary(b);
-    let mp = plan.module(bd.to);
-    let batch = g.data().global_batch;
-    let l = &mp.layout;
-    let (cp, tp) = (u64::from(l.cp), l.tp);
-    let samples = micro_batch_samples(mp, batch, j);
-    let mut cache = RankCache::default();
-    let mut out: Vec<(u32, Vec<Owned>)> = samples.clone().map(|s| (s, Vec::new())).collect();
+    let samples = unit_samples(g, plan, b, u);
     match bd.landing {
-        Landing::Placeholders => {
-            let seq = u64::from(g.data().sequence_length);
-            let chunk = seq / (2 * cp);
-            let local_len = seq / cp;
-            for s in samples.clone() {
-                let d = slot(mp, batch, s).replica;
-                let entry = &mut out[(s - samples.start) as usize].1;
-                for span in placeholder_spans(g, s as usize)
-                    .into_iter()
-                    .filter(|sp| sp.boundary == b)
-                {
-                    let mut p = span.position;
-                    let end = span.position + span.len;
-                    while p < end {
-                        let (q, next) = if cp == 1 {
-                            (0, end)
-                        } else {
-                            (p / chunk, ((p / chunk + 1) * chunk).min(end))
-                        };
-                        let c = if q < cp { q } else { 2 * cp - 1 - q };
-                        let local_start = if q < cp {
-                            p - q * chunk
-                        } else {
-                            chunk + (p - q * chunk)
-                        };
-                        let row0 = span.first_row + (p - span.position);
-                        sp_split(
-                            local_start,
-                            local_start + (next - p),
-                            local_len.max(1),
-                            tp,
-                            l.sequence_parallel,
-                            |r, t| {
-                                let start = row0 + (r.start - local_start);
-                                entry.push(Owned {
-                                    rows: start..start + (r.end - r.start),
-                                    ranks: cache.get(mp, d, 0, c as u32, t),
-                                });
-                            },
-                        );
-                        p = next;
-                    }
-                }
-            }
-        }
+        Landing::Placeholders => placeholder_needs(g, plan, b, samples),
         Landing::Rows => {
-            for d in 0..l.dp {
-                let mine: Vec<u32> = replica_samples(mp, batch, j, d).collect();
-                let rows: Vec<u64> = mine
-                    .iter()
-                    .map(|&s| g.boundary_rows_of_sample(b, s as usize))
-                    .collect();
-                let total: u64 = rows.iter().sum();
-                let mut local = 0u64;
-                for (k, &s) in mine.iter().enumerate() {
-                    let entry = &mut out[(s - samples.start) as usize].1;
-                    sp_split(
-                        local,
-                        local + rows[k],
-                        total.max(1),
-                        tp,
-                        l.sequence_parallel,
-                        |r, t| {
-                            let start = r.start - local;
-                            entry.push(Owned {
-                                rows: start..start + (r.end - r.start),
-                                ranks: cache.get(mp, d, 0, 0, t),
-                            });
-                        },
-                    );
-                    local += rows[k];
-                }
+            let mut map = empty(samples.clone());
+            let runs = replica_runs(g, plan, b, bd.to, u);
+            own_runs(plan.module(bd.to), 0, &runs, samples, &mut map);
+            sorted(map)
+        }
+    }
+}
+
+/// Needs of placeholder rows: each row at its sequence position, on the replica holding its
+/// sample, the cp rank holding that position and, under sequence parallel, the tp part of
+/// the cp rank's local sequence.
+fn placeholder_needs(g: &ModelGraph, plan: &Plan, b: BoundaryId, samples: Range<u32>) -> SideMap {
+    let mp = plan.module(g.boundary(b).to);
+    let l = &mp.layout;
+    let batch = g.data().global_batch;
+    let cp = u64::from(l.cp);
+    let pieces = if cp > 1 { 2 * cp } else { 1 };
+    let seq = u64::from(g.data().sequence_length);
+    let chunks: Vec<Range<u64>> = (0..pieces).map(|q| cp_chunk(seq, cp, q)).collect();
+    let len = |q: u64| chunks[q as usize].end - chunks[q as usize].start;
+    // A chunk's first local row: the second chunk of a cp rank follows its first.
+    let local_start = |q: u64| if q < cp { 0 } else { len(2 * cp - 1 - q) };
+    let local_len = |c: u64| {
+        if cp > 1 {
+            len(c) + len(2 * cp - 1 - c)
+        } else {
+            seq
+        }
+    };
+    let mut cache = RankCache::default();
+    let mut out = empty(samples.clone());
+    for s in samples.clone() {
+        let (_, d, _) = shard::sample_slot(batch, plan.micro_batches(), l.micro_batch_size, s);
+        let entry = &mut out[(s - samples.start) as usize].1;
+        for span in placeholder_spans(g, s as usize)
+            .into_iter()
+            .filter(|sp| sp.boundary == b)
+        {
+            let (mut p, end) = (span.position, span.position + span.len);
+            while p < end {
+                let q = chunks.partition_point(|r| r.end <= p) as u64;
+                let next = chunks[q as usize].end.min(end);
+                let c = cp_rank(cp, q);
+                let ls = local_start(q) + (p - chunks[q as usize].start);
+                let row0 = span.first_row + (p - span.position);
+                sp_split(
+                    ls,
+                    ls + (next - p),
+                    local_len(c),
+                    l.tp,
+                    l.sequence_parallel,
+                    |r, t| {
+                        let start = row0 + (r.start - ls);
+                        entry.push(Owned {
+                            rows: start..start + (r.end - r.start),
+                            ranks: cache.get(mp, d, 0, c as u32, t),
+                        });
+                    },
+                );
+                p = next;
             }
         }
     }
-    for (_, v) in &mut out {
-        v.sort_by_key(|o| o.rows.start);
-    }
-    out
+    sorted(out)
 }
 
 /// A range of rows of one sample with its holders and its needers.
@@ -313,7 +417,7 @@ pub struct Segment {
     pub needers: Ranks,
 }
 
-/// Intersects the two maps of one micro-batch into segments.
+/// Intersects the two maps of one unit into segments.
 pub fn segments(src: &[(u32, Vec<Owned>)], dst: &[(u32, Vec<Owned>)]) -> Vec<Segment> {
     let mut out = Vec::new();
     for ((s, a), (_, b)) in src.iter().zip(dst) {

@@ -1,6 +1,6 @@
 //! Synthesis: from ownership maps to a transfer plan, lowered into operations and fused calls.
 //!
-//! For every micro-batch: segments (rows with holders and needers); every (row, needing rank)
+//! For every unit (the destination's encoder pass or micro-batch, `ownership`): segments (rows with holders and needers); every (row, needing rank)
 //! pair whose rank does not hold the row is a delivery. Deliveries are grouped into flows: the
 //! same holders, the needers of one destination node, every row range they share. A flow with
 //! a holder on the destination node is sent directly over NVLink; otherwise the e-graph picks
@@ -15,14 +15,16 @@ use hetpar_ir::model::ModelGraph;
 use hetpar_ir::{BoundaryId, Cluster, Plan, Rank};
 
 use super::egraph::{choose, FlowInfo, Limits, Links, Stats, Strategy};
-use super::ownership::{destination_map, segments, source_map, Segment};
+use super::ownership::{destination_map, segments, source_maps, Segment};
 
 /// One operation of a lowered boundary (the program's transfer operation).
 pub use hetpar_ir::program::{Rows, Transfer as Op};
 
-/// The lowered plan of one micro-batch.
+/// The lowered plan of one unit of the boundary's destination: an encoder pass for a boundary
+/// into an encoder or projector, a micro-batch otherwise.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MicroBatchPlan {
+    /// The unit's index (the program's `micro_batch` of the boundary instruction).
     pub micro_batch: u32,
     pub ops: Vec<Op>,
 }
@@ -61,7 +63,7 @@ pub struct Reshard {
     pub stats: Stats,
     #[serde(skip)]
     pub plans: Vec<MicroBatchPlan>,
-    /// Predicted time of each micro-batch, s.
+    /// Predicted time of each unit (encoder pass or micro-batch, as `plans`), s.
     #[serde(skip)]
     pub micro_batch_times: Vec<f64>,
     #[serde(skip)]
@@ -86,15 +88,12 @@ impl Context<'_> {
     }
 }
 
-/// Segments of every micro-batch of a boundary, forward.
+/// Segments of every unit of a boundary (its destination's passes or micro-batches), forward.
 pub fn forward_segments(cx: &Context<'_>, b: BoundaryId) -> Vec<Vec<Segment>> {
-    let m = cx.plan.module(cx.model.boundary(b).to).layout.micro_batches;
-    (0..m)
-        .map(|j| {
-            let src = source_map(cx.model, cx.plan, b, j);
-            let dst = destination_map(cx.model, cx.plan, b, j);
-            segments(&src, &dst)
-        })
+    source_maps(cx.model, cx.plan, b)
+        .iter()
+        .enumerate()
+        .map(|(u, src)| segments(src, &destination_map(cx.model, cx.plan, b, u as u32)))
         .collect()
 }
 

@@ -22,7 +22,7 @@ pub mod shard_params;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hetpar_ir::program::Program;
+use hetpar_ir::program::{Instruction, Program};
 
 use self::rank::unit_of;
 pub use self::rank::RankState;
@@ -347,7 +347,9 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
                 m.ranks.len()
             ));
         }
-        if (m.dp * m.micro_batch_size * program.micro_batches) as usize != batch_size {
+        if unit == Unit::Llm
+            && (m.dp * m.micro_batch_size * program.micro_batches) as usize != batch_size
+        {
             problems.push(format!(
                 "module `{who}`: dp {} x micro-batch size {} x {} micro-batches is not the \
                  batch of {batch_size}",
@@ -382,10 +384,76 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
             problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
         }
     }
+    check_units(program, &units, &mut problems);
     if problems.is_empty() {
         Ok(())
     } else {
         Err(RuntimeError::InvalidProgram(problems.join("; ")))
+    }
+}
+
+/// Checks the encoder passes and that every instruction names a unit of its module or
+/// boundary: a pass for an encoder or projector, a micro-batch for the language model.
+fn check_units(program: &Program, units: &[Option<Unit>], problems: &mut Vec<String>) {
+    let (m, k) = (program.micro_batches, program.encoder_chunk);
+    if k == 0 || k > m {
+        problems.push(format!(
+            "encoder_chunk {k} is not between 1 and the {m} micro-batches of a step"
+        ));
+        return;
+    }
+    let passes = program.passes().count();
+    let limit = |name: &str| -> Option<(u32, &'static str)> {
+        let i = program.modules.iter().position(|x| x.name == name)?;
+        Some(match units.get(i).copied().flatten() {
+            Some(Unit::Llm) | None => (m, "micro-batches"),
+            _ => (passes, "encoder passes"),
+        })
+    };
+    for r in &program.ranks {
+        for ins in &r.instructions {
+            let (module, j) = match ins {
+                Instruction::Forward {
+                    module,
+                    micro_batch,
+                    ..
+                }
+                | Instruction::Backward {
+                    module,
+                    micro_batch,
+                    ..
+                }
+                | Instruction::SendActivation {
+                    module,
+                    micro_batch,
+                    ..
+                }
+                | Instruction::RecvActivation {
+                    module,
+                    micro_batch,
+                    ..
+                }
+                | Instruction::SendGradient {
+                    module,
+                    micro_batch,
+                    ..
+                }
+                | Instruction::RecvGradient {
+                    module,
+                    micro_batch,
+                    ..
+                } => (module, *micro_batch),
+                _ => continue,
+            };
+            if let Some((n, what)) = limit(module).filter(|&(n, _)| j >= n) {
+                problems.push(format!(
+                    "rank {}: module `{module}` runs {n} {what}, but an instruction names \
+                     number {j}",
+                    r.rank
+                ));
+                return;
+            }
+        }
     }
 }
 

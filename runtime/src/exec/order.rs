@@ -40,9 +40,9 @@ fn boundary_messages(
         .find(|b| b.name == boundary)
         .ok_or_else(|| format!("no boundary `{boundary}`"))?;
     let ops = if forward { &b.forward } else { &b.backward };
-    let ops = ops
-        .get(micro_batch as usize)
-        .ok_or_else(|| format!("boundary `{boundary}` has no micro-batch {micro_batch}"))?;
+    let ops = ops.get(micro_batch as usize).ok_or_else(|| {
+        format!("boundary `{boundary}` has no unit {micro_batch} (encoder pass or micro-batch)")
+    })?;
     let msg = |op, part| Msg::Boundary {
         boundary: boundary.to_string(),
         micro_batch,

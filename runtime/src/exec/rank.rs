@@ -18,7 +18,7 @@ use super::math::{
     accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
 };
 use super::rows::{Key, RowStore, Taken};
-use super::shard::{sharding, RowRef, Sharding, Unit};
+use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
 use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
 use crate::reference::batch::{Layout, IGNORE};
 use crate::reference::layers::LayerNormCache;
@@ -265,7 +265,10 @@ pub struct RankState<'a> {
     acts: HashMap<(usize, u32, u32), Tensor>,
     dgrads: HashMap<(usize, u32, u32), Tensor>,
     chunks: HashMap<(usize, u32, u32), ChunkState>,
-    stores: HashMap<(usize, u32, bool), RowStore>,
+    /// Each boundary's rows (forward) and their gradients (backward) on this rank, by
+    /// (boundary, forward?): keys (sample, row) are unique in a step, whatever unit brought
+    /// them, so a pass's rows and the micro-batches they feed share one store.
+    stores: HashMap<(usize, bool), RowStore>,
     shards: HashMap<(usize, u32), Sharding>,
     /// This step's share of the summed cross-entropy (f64, before normalisation).
     pub loss: f64,
@@ -433,9 +436,12 @@ impl<'a> RankState<'a> {
         let program = self.program;
         let bp = &program.boundaries[b];
         let ops = if forward { &bp.forward } else { &bp.backward };
-        ops.get(j as usize)
-            .map(Vec::as_slice)
-            .ok_or_else(|| invalid(format!("boundary `{}` has no micro-batch {j}", bp.name)))
+        ops.get(j as usize).map(Vec::as_slice).ok_or_else(|| {
+            invalid(format!(
+                "boundary `{}` has no unit {j} (encoder pass or micro-batch)",
+                bp.name
+            ))
+        })
     }
 
     fn exec(&mut self, ins: &Instruction) -> Result<(), RuntimeError> {
@@ -708,28 +714,39 @@ impl<'a> RankState<'a> {
         (b, l)
     }
 
-    /// The sharding of micro-batch `j` of module `m` on this rank.
+    /// The sharding of module `m` on this rank in its pass `j`: an encoder pass for an
+    /// encoder or projector, a micro-batch for the language model.
     fn shard(&mut self, m: usize, j: u32) -> Sharding {
         if let Some(s) = self.shards.get(&(m, j)) {
             return s.clone();
         }
+        let program = self.program;
         let c = self.ctx(m);
         let p = c.prog;
         let [t, cc, d, _] = c.coord;
-        let per_mb = p.dp * p.micro_batch_size;
-        let start = j * per_mb + d * p.micro_batch_size;
         let (batch, layout) = self.batch();
-        let s = sharding(
-            c.unit,
-            layout,
-            batch.seq_len,
-            start..start + p.micro_batch_size,
-            p.cp as usize,
-            cc as usize,
-            p.tp as usize,
-            t as usize,
-            p.sequence_parallel,
-        );
+        let n = batch.batch_size as u32;
+        let (work, items) = match c.unit {
+            Unit::Llm => {
+                let mbs = p.micro_batch_size;
+                let samples =
+                    hetpar_ir::shard::replica_samples(n, program.micro_batches, mbs, j, d);
+                (Work::Samples(samples), None)
+            }
+            Unit::Encoder(src) | Unit::Projector(src) => {
+                let items = layout.encoder(src);
+                let dealt = pass_items(&items, program.passes(), n, p.dp, d, j);
+                (Work::Items(dealt), Some(items))
+            }
+        };
+        let place = Place {
+            cp: p.cp as usize,
+            c: cc as usize,
+            tp: p.tp as usize,
+            t: t as usize,
+            sp: p.sequence_parallel,
+        };
+        let s = sharding(c.unit, items.as_ref(), batch.seq_len, &work, place);
         self.shards.insert((m, j), s.clone());
         s
     }
@@ -784,7 +801,7 @@ impl<'a> RankState<'a> {
             if i < last {
                 self.acts.insert((m, i + 1, j), out);
             } else if let Some(b) = self.ctx(m).outgoing {
-                let store = self.stores.entry((b, j, true)).or_default();
+                let store = self.stores.entry((b, true)).or_default();
                 store.insert_rows(out, keys_of(&mine));
             }
         }
@@ -938,7 +955,7 @@ impl<'a> RankState<'a> {
     ) -> Result<Tensor, RuntimeError> {
         let dir = if forward { "forward" } else { "backward" };
         let empty = RowStore::default();
-        let store = self.stores.get(&(b, j, forward)).unwrap_or(&empty);
+        let store = self.stores.get(&(b, forward)).unwrap_or(&empty);
         store.take(&*self.math, keys, w).map_err(|e| match e {
             Taken::Missing((s, row)) => self.no_row(b, j, s, row, dir),
             Taken::Error(e) => e,
@@ -1157,7 +1174,7 @@ impl<'a> RankState<'a> {
                         &mut self.grads,
                     )?;
                 }
-                LayerCache::LlmEmbed => self.embed_backward(m, j, &mine, &dx)?,
+                LayerCache::LlmEmbed => self.embed_backward(m, &mine, &dx)?,
                 _ => unreachable!("only embeddings are pre layers"),
             }
         }
@@ -1165,7 +1182,7 @@ impl<'a> RankState<'a> {
             self.dgrads.insert((m, i - 1, j), dx);
         } else if matches!(unit, Unit::Projector(_)) {
             let b = self.ctx(m).incoming.expect("checked in forward");
-            let store = self.stores.entry((b, j, false)).or_default();
+            let store = self.stores.entry((b, false)).or_default();
             store.insert_rows(dx, keys_of(&mine));
         }
         Ok(())
@@ -1174,7 +1191,6 @@ impl<'a> RankState<'a> {
     fn embed_backward(
         &mut self,
         m: usize,
-        j: u32,
         mine: &[RowRef],
         de: &Tensor,
     ) -> Result<(), RuntimeError> {
@@ -1205,7 +1221,7 @@ impl<'a> RankState<'a> {
         let dtable = mx.scatter_add_rows(self.cfg.v, &mx.gather_rows(de, &at_tok)?, &toks)?;
         for (b, v) in picks {
             self.stores
-                .entry((b, j, false))
+                .entry((b, false))
                 .or_default()
                 .insert_picked(shared.clone(), v);
         }
@@ -1231,7 +1247,7 @@ impl<'a> RankState<'a> {
         let w = bp.width as usize;
         let me = self.rank;
         let dir = if forward { "forward" } else { "backward" };
-        let mut store = self.stores.remove(&(b, j, forward)).unwrap_or_default();
+        let mut store = self.stores.remove(&(b, forward)).unwrap_or_default();
         let (rank, bname) = (self.rank, bp.name.clone());
         let mx = &*self.math;
         let keys = |rows: &[hetpar_ir::program::Rows]| -> Vec<Key> {
@@ -1302,7 +1318,7 @@ impl<'a> RankState<'a> {
                 }
             }
         }
-        self.stores.insert((b, j, forward), store);
+        self.stores.insert((b, forward), store);
         Ok(())
     }
 
@@ -1374,7 +1390,7 @@ fn keys_of(rows: &[RowRef]) -> Vec<Key> {
 
 fn no_row(rank: u32, boundary: &str, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
     invalid(format!(
-        "rank {rank}: boundary `{boundary}` ({dir}) micro-batch {j}: row {row} of sample \
+        "rank {rank}: boundary `{boundary}` ({dir}) unit {j}: row {row} of sample \
          {sample} is not here"
     ))
 }

@@ -1,18 +1,24 @@
-//! Which rows of a micro-batch a rank holds in a module: the convention of `docs/boundary.md`,
-//! the same the boundary synthesis assumes (`planner/src/boundary/ownership.rs`), so the
-//! synthesized row lists address exactly the rows the runtime holds.
+//! Which rows a rank holds in a module's pass: the convention of `docs/boundary.md`, the same
+//! the boundary synthesis assumes (`planner/src/boundary/ownership.rs`), so the synthesized
+//! row lists address exactly the rows the runtime holds. The arithmetic is
+//! `hetpar_ir::shard`'s, the planner's own.
 //!
-//! A module's attention units ("sequences") are an encoder's images, a projector's samples
-//! (its rows, no attention) and the language model's samples. With cp > 1 each sequence splits
-//! into 2 cp equal chunks and cp rank c holds chunks c and 2 cp - 1 - c, in that order; a cp
-//! rank's local rows are its chunks of every sequence, sequence after sequence. Under sequence
-//! parallelism the local rows split into tp contiguous parts (part t: local rows i with
-//! floor(i tp / n) = t): over all local rows for encoders and projectors, per sample for the
+//! What a replica processes: the language model, micro-batch j's samples of its replica
+//! (`shard::replica_samples`); an encoder or projector, in encoder pass p, the items
+//! `shard::deal` gives it of the pass's items (the batch's own item lists, in (sample, item)
+//! order). Its attention units ("sequences") are an encoder's items, a projector's items (its
+//! rows, no attention) and the language model's samples. With cp > 1 each sequence splits into
+//! the 2 cp chunks of `shard::cp_positions`, cp rank c holding chunks c and 2 cp - 1 - c, in
+//! that order; a cp rank's local rows are its chunks of every sequence, sequence after
+//! sequence. Under sequence parallelism the local rows split into the tp parts of
+//! `shard::sp_part`: over all local rows for encoders and projectors, per sample for the
 //! language model. Without it every tp rank holds every local row.
 
 use std::ops::Range;
 
-use crate::reference::batch::Layout;
+use hetpar_ir::shard::{self, ItemRef, Passes};
+
+use crate::reference::batch::EncoderLayout;
 use crate::reference::params::Source;
 
 /// What a module computes, which decides its sequences.
@@ -39,7 +45,7 @@ pub struct RowRef {
     pub patch: u32,
 }
 
-/// The rows of one micro-batch replica on one (cp, tp) coordinate.
+/// The rows of one replica's pass on one (cp, tp) coordinate.
 #[derive(Clone, Debug)]
 pub struct Sharding {
     pub seq_len: Vec<usize>,
@@ -53,69 +59,97 @@ pub struct Sharding {
     pub t: usize,
 }
 
-/// The positions cp rank `c` holds of a sequence of `n`, in local order.
-fn cp_positions(n: usize, cp: usize, c: usize) -> Vec<usize> {
-    if cp == 1 {
-        return (0..n).collect();
-    }
-    let chunk = n / (2 * cp);
-    let q2 = 2 * cp - 1 - c;
-    (c * chunk..(c + 1) * chunk)
-        .chain(q2 * chunk..(q2 + 1) * chunk)
-        .collect()
+/// What one replica processes in one pass.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Work {
+    /// The language model's samples of a micro-batch.
+    Samples(Range<u32>),
+    /// An encoder's or projector's items of an encoder pass.
+    Items(Vec<ItemRef>),
 }
 
-/// Part `t` of `n` rows split into `tp` contiguous parts.
-fn sp_part(n: usize, tp: usize, t: usize) -> Range<usize> {
-    (t * n).div_ceil(tp)..((t + 1) * n).div_ceil(tp)
-}
-
-/// The sharding of samples `samples` of a module.
-#[allow(clippy::too_many_arguments)]
-pub fn sharding(
-    unit: Unit,
-    layout: &Layout,
-    seq_len: usize,
-    samples: Range<u32>,
-    cp: usize,
-    c: usize,
-    tp: usize,
-    t: usize,
-    sp: bool,
-) -> Sharding {
-    // (sample, length, first boundary row of the sequence in its sample, first patch row).
-    let mut seqs: Vec<(u32, usize, u64, u32)> = Vec::new();
-    let items = match unit {
-        Unit::Encoder(src) | Unit::Projector(src) => layout.encoder(src),
-        Unit::Llm => Default::default(),
-    };
-    for s in samples {
+/// The items replica `d` of `dp` processes in pass `p` of a batch of `batch` samples: the
+/// pass's items, tokens from `items` (the batch's own), dealt as `shard::deal` deals them.
+pub fn pass_items(
+    items: &EncoderLayout,
+    passes: Passes,
+    batch: u32,
+    dp: u32,
+    d: u32,
+    p: u32,
+) -> Vec<ItemRef> {
+    let mut all = Vec::new();
+    for s in passes.samples_of(batch, p) {
         let images = items
             .sample_images
             .get(s as usize)
             .cloned()
             .unwrap_or_default();
-        match unit {
-            Unit::Encoder(_) => {
-                let mut row = 0u64;
-                for i in images {
-                    let r = &items.images[i];
-                    seqs.push((s, r.len(), row, r.start as u32));
-                    row += r.len() as u64;
-                }
-            }
-            Unit::Projector(_) => {
-                let n: usize = images.map(|i| items.images[i].len()).sum();
-                seqs.push((s, n, 0, 0));
-            }
-            Unit::Llm => seqs.push((s, seq_len, 0, 0)),
+        for (k, i) in images.enumerate() {
+            all.push(ItemRef {
+                sample: s,
+                item: k as u32,
+                tokens: items.images[i].len() as u32,
+            });
         }
     }
+    let runs = shard::deal(&all, dp);
+    runs.get(d as usize)
+        .map_or_else(Vec::new, |r| all[r.clone()].to_vec())
+}
+
+/// A sequence: (sample, length, first boundary row in its sample, first patch row).
+type Seq = (u32, usize, u64, u32);
+
+fn sequences(unit: Unit, items: Option<&EncoderLayout>, seq_len: usize, work: &Work) -> Vec<Seq> {
+    match (work, items) {
+        (Work::Samples(samples), _) => samples.clone().map(|s| (s, seq_len, 0, 0)).collect(),
+        (Work::Items(dealt), Some(items)) => dealt
+            .iter()
+            .map(|it| {
+                let images = items.sample_images[it.sample as usize].clone();
+                let first = images.start + it.item as usize;
+                let row0: usize = (images.start..first).map(|i| items.images[i].len()).sum();
+                let r = &items.images[first];
+                let patch0 = if matches!(unit, Unit::Encoder(_)) {
+                    r.start as u32
+                } else {
+                    0
+                };
+                (it.sample, r.len(), row0 as u64, patch0)
+            })
+            .collect(),
+        (Work::Items(_), None) => Vec::new(),
+    }
+}
+
+/// A rank's place in a module: cp rank `c` of `cp`, tp rank `t` of `tp`, with or without
+/// sequence parallelism.
+#[derive(Clone, Copy, Debug)]
+pub struct Place {
+    pub cp: usize,
+    pub c: usize,
+    pub tp: usize,
+    pub t: usize,
+    pub sp: bool,
+}
+
+/// The sharding of `work` of a module computing `unit` (`items`: its encoder's items in the
+/// batch, for an encoder or projector) at `place`.
+pub fn sharding(
+    unit: Unit,
+    items: Option<&EncoderLayout>,
+    seq_len: usize,
+    work: &Work,
+    place: Place,
+) -> Sharding {
+    let Place { cp, c, tp, t, sp } = place;
+    let seqs = sequences(unit, items, seq_len, work);
     let per_cp: Vec<Vec<RowRef>> = (0..cp)
         .map(|cc| {
             let mut rows = Vec::new();
             for (k, &(sample, n, row0, patch0)) in seqs.iter().enumerate() {
-                for pos in cp_positions(n, cp, cc) {
+                for pos in shard::cp_positions(n, cp, cc) {
                     rows.push(RowRef {
                         sample,
                         seq: k as u32,
@@ -129,20 +163,28 @@ pub fn sharding(
         })
         .collect();
     let n = per_cp[c].len();
+    // The language model's local rows of each sample (contiguous, sample after sample).
+    let mut per_seq = Vec::with_capacity(seqs.len());
+    let mut at = 0;
+    for &(_, len, _, _) in &seqs {
+        let k = shard::cp_positions(len, cp, c).len();
+        per_seq.push(at..at + k);
+        at += k;
+    }
     let parts: Vec<Vec<Range<usize>>> = (0..tp)
         .map(|tt| {
             if !sp || tp == 1 {
                 std::iter::once(0..n).collect()
             } else if unit == Unit::Llm {
-                let per = seq_len / cp;
-                (0..seqs.len())
-                    .map(|k| {
-                        let r = sp_part(per, tp, tt);
-                        k * per + r.start..k * per + r.end
+                per_seq
+                    .iter()
+                    .map(|r| {
+                        let p = shard::sp_part(r.len(), tp, tt);
+                        r.start + p.start..r.start + p.end
                     })
                     .collect()
             } else {
-                vec![sp_part(n, tp, tt)]
+                vec![shard::sp_part(n, tp, tt)]
             }
         })
         .collect();
@@ -179,32 +221,5 @@ impl Sharding {
             out[r.seq as usize].push(i);
         }
         out
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cp_chunks_pair_the_ends_of_the_sequence() {
-        assert_eq!(cp_positions(8, 2, 0), vec![0, 1, 6, 7]);
-        assert_eq!(cp_positions(8, 2, 1), vec![2, 3, 4, 5]);
-        assert_eq!(cp_positions(5, 1, 0), vec![0, 1, 2, 3, 4]);
-    }
-
-    #[test]
-    fn sequence_parallel_parts_cover_the_rows_once() {
-        for n in 0..20 {
-            for tp in 1..5 {
-                let all: Vec<usize> = (0..tp).flat_map(|t| sp_part(n, tp, t)).collect();
-                assert_eq!(all, (0..n).collect::<Vec<_>>(), "n {n} tp {tp}");
-                for t in 0..tp {
-                    for i in sp_part(n, tp, t) {
-                        assert_eq!(i * tp / n, t, "row {i} of {n} in part {t} of {tp}");
-                    }
-                }
-            }
-        }
     }
 }
