@@ -164,7 +164,6 @@ fn items_that_do_not_divide_over_three_encoder_replicas_give_the_single_device_n
 }
 
 #[test]
-#[ignore = "needs pass tasks from the cost model"]
 fn two_micro_batches_per_encoder_pass_in_a_pipeline_give_the_single_device_numbers() {
     let modules = json!({
         "vision": at(json!({"tp": 2, "dp": 2, "sequence_parallel": true}), 0, 4),
@@ -187,7 +186,6 @@ fn two_micro_batches_per_encoder_pass_in_a_pipeline_give_the_single_device_numbe
 }
 
 #[test]
-#[ignore = "needs pass tasks from the cost model"]
 fn two_micro_batches_per_encoder_pass_colocated_give_the_single_device_numbers() {
     let modules = json!({
         "vision": at(json!({"cp": 2, "dp": 2}), 0, 4),
@@ -203,7 +201,6 @@ fn two_micro_batches_per_encoder_pass_colocated_give_the_single_device_numbers()
 }
 
 #[test]
-#[ignore = "needs pass tasks from the cost model"]
 fn one_encoder_pass_over_the_whole_step_gives_the_single_device_numbers() {
     let modules = json!({
         "vision": at(json!({"dp": 4}), 0, 4),

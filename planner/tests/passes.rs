@@ -195,7 +195,6 @@ fn boundary_calls_sit_between_the_pass_that_makes_the_rows_and_the_one_that_take
 }
 
 #[test]
-#[ignore = "needs pass tasks from the cost model"]
 fn a_pass_of_two_micro_batches_sends_both_after_its_forward_and_takes_both_gradients_before_its_backward(
 ) {
     let (g, c, p) = uneven(2);

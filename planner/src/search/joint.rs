@@ -67,8 +67,29 @@ pub fn free_options(pricer: &Pricer<'_>, o: &LmOption, b: Bounds) -> ItemOptions
         .collect()
 }
 
+/// A bound's level: the language model alone, or with the others but no boundaries.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Level {
+    Alone,
+    NoBoundaries,
+}
+
+/// One (language-model option, k) pair in the queue, by bound.
+struct Entry {
+    bound: f64,
+    level: Level,
+    lm: usize,
+    k: u32,
+}
+
 /// The best `keep` plans of the arrangement over `lms`, best first, and the counters; the
 /// other modules' options beside a language-model option come from `options_of`.
+///
+/// Best-first branch and bound over (language-model option, k): every pair starts with the
+/// bound of the language model alone (the others only add work and memory), is refined to
+/// the bound with the others but without boundaries, and from there to its exact best, which
+/// joins the best plans kept. The search stops when the `keep`-th best exact plan is no worse
+/// than every bound left: nothing left can enter.
 pub fn search(
     pricer: &mut Pricer<'_>,
     lms: &[LmOption],
@@ -81,84 +102,152 @@ pub fn search(
         exhausted: true,
         ..Counts::default()
     };
-    let all: Vec<ItemOptions> = lms.iter().map(|o| options_of(pricer, o)).collect();
-    let mut bounds: Vec<(f64, usize, u32)> = Vec::new();
+    let mut queue: Vec<Entry> = Vec::new();
     for (i, o) in lms.iter().enumerate() {
-        let opts = &all[i];
         let ks = if chains.is_empty() {
             vec![1]
         } else {
             encoder_chunks(o.terms.units, s.max_chunk)
         };
         for k in ks {
-            if counts.evaluations >= s.max_evaluations {
-                counts.exhausted = false;
-                break;
-            }
-            let sched = schedule(model, s.arrangement, &o.layout, k);
-            let cx = Context {
-                ranks: o.ranks,
-                lm: &o.layout,
-                schedule: &sched,
-            };
-            let per_module: Vec<Vec<Point<Choice>>> = chains
-                .iter()
-                .flat_map(|c| &c.modules)
-                .map(|&m| {
-                    let single = Chain {
-                        modules: vec![m],
-                        inner: Vec::new(),
-                        into_lm: None,
-                    };
-                    points(pricer, &single, opts, cx, false)
-                })
-                .collect();
-            let f = joint_frontier(per_module);
-            let Some(fixed) = followers(pricer, o, &sched, false) else {
-                continue;
-            };
-            match best(&f, o, k, s, fixed, &mut counts) {
-                Some((t, _, _)) => bounds.push((t, i, k)),
+            let f: Frontier<()> = Frontier::new(vec![Point {
+                time: 0.0,
+                tail: 0.0,
+                memory: 0.0,
+                value: (),
+            }]);
+            match best(&f, o, k, s, Others::default(), &mut counts) {
+                Some((bound, _, _)) => queue.push(Entry {
+                    bound,
+                    level: Level::Alone,
+                    lm: i,
+                    k,
+                }),
                 None => counts.over_memory += 1,
             }
         }
     }
-    bounds.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2)));
     let mut top: Vec<Scored> = Vec::new();
-    for (lb, i, k) in bounds {
-        if top.len() >= s.keep && top.last().is_some_and(|w| lb >= w.time) {
-            counts.bounded += 1;
-            continue;
+    let mut options: Vec<Option<ItemOptions>> = vec![None; lms.len()];
+    // A min-heap by (bound, level, option, k), kept as a sorted vector popped from the back.
+    let order = |a: &Entry, b: &Entry| {
+        b.bound
+            .total_cmp(&a.bound)
+            .then(b.level.cmp(&a.level))
+            .then(b.lm.cmp(&a.lm))
+            .then(b.k.cmp(&a.k))
+    };
+    queue.sort_by(order);
+    while let Some(e) = queue.pop() {
+        if top.len() >= s.keep && top.last().is_some_and(|w| e.bound >= w.time) {
+            counts.bounded += queue.len() + 1;
+            break;
         }
-        let o = &lms[i];
-        let sched = schedule(model, s.arrangement, &o.layout, k);
-        let opts = &all[i];
-        let cx = Context {
-            ranks: o.ranks,
-            lm: &o.layout,
-            schedule: &sched,
+        if counts.evaluations >= s.max_evaluations {
+            counts.exhausted = false;
+            break;
+        }
+        let o = &lms[e.lm];
+        let opts = options[e.lm].get_or_insert_with(|| options_of(pricer, o)).clone();
+        let next = match e.level {
+            Level::Alone => refine(pricer, &chains, o, e.k, s, &opts, false, &mut counts)
+                .map(|(b, ..)| (b, Level::NoBoundaries)),
+            Level::NoBoundaries => {
+                match refine(pricer, &chains, o, e.k, s, &opts, true, &mut counts) {
+                    Some((time, memory, choice)) => {
+                        let sched = schedule(model, s.arrangement, &o.layout, e.k);
+                        let layouts: BTreeMap<ModuleId, LayoutSpec> = chains
+                            .iter()
+                            .zip(choice)
+                            .flat_map(|(c, ch)| c.modules.iter().copied().zip(ch))
+                            .collect();
+                        if let Some((plan, _)) = pricer.plan(o.ranks, &o.layout, &layouts, &sched) {
+                            insert(&mut top, Scored { time, memory, plan }, s.keep);
+                        }
+                        None
+                    }
+                    None => None,
+                }
+            }
         };
-        let per_chain: Vec<Vec<Point<Choice>>> = chains
-            .iter()
-            .map(|c| points(pricer, c, opts, cx, true))
-            .collect();
-        let f = joint_frontier(per_chain);
-        let Some(fixed) = followers(pricer, o, &sched, true) else {
-            continue;
-        };
-        let Some((time, memory, choice)) = best(&f, o, k, s, fixed, &mut counts) else {
-            continue;
-        };
-        let layouts: BTreeMap<ModuleId, LayoutSpec> = chains
-            .iter()
-            .zip(choice)
-            .flat_map(|(c, ch)| c.modules.iter().copied().zip(ch))
-            .collect();
-        if let Some((plan, _)) = pricer.plan(o.ranks, &o.layout, &layouts, &sched) {
-            insert(&mut top, Scored { time, memory, plan }, s.keep);
+        match next {
+            Some((bound, level)) => {
+                let at = queue.partition_point(|x| {
+                    order(
+                        x,
+                        &Entry {
+                            bound,
+                            level,
+                            lm: e.lm,
+                            k: e.k,
+                        },
+                    )
+                    .is_lt()
+                });
+                queue.insert(
+                    at,
+                    Entry {
+                        bound,
+                        level,
+                        lm: e.lm,
+                        k: e.k,
+                    },
+                );
+            }
+            None if e.level == Level::Alone => counts.over_memory += 1,
+            None => {}
         }
     }
     (top, counts)
+}
+
+/// The best choice of the others beside option `o` with chunk `k`: without boundaries from
+/// each module's own options (a lower bound), or exact with every boundary from each chain's
+/// joint options.
+#[allow(clippy::too_many_arguments)]
+fn refine(
+    pricer: &mut Pricer<'_>,
+    chains: &[Chain],
+    o: &LmOption,
+    k: u32,
+    s: &Setup,
+    opts: &ItemOptions,
+    boundaries: bool,
+    counts: &mut Counts,
+) -> Option<(f64, f64, Vec<Choice>)> {
+    let sched = schedule(pricer.model, s.arrangement, &o.layout, k);
+    let cx = Context {
+        ranks: o.ranks,
+        lm: &o.layout,
+        schedule: &sched,
+    };
+    let per: Vec<Vec<Point<Choice>>> = if boundaries {
+        chains
+            .iter()
+            .map(|c| points(pricer, c, opts, cx, true))
+            .collect()
+    } else {
+        chains
+            .iter()
+            .flat_map(|c| &c.modules)
+            .map(|&m| {
+                let single = Chain {
+                    modules: vec![m],
+                    inner: Vec::new(),
+                    into_lm: None,
+                };
+                points(pricer, &single, opts, cx, false)
+            })
+            .collect()
+    };
+    let fixed = followers(pricer, o, &sched, boundaries)?;
+    let f = joint_frontier(per);
+    let (t, mem, choice) = best(&f, o, k, s, fixed, counts)?;
+    if boundaries {
+        return Some((t, mem, choice));
+    }
+    // Without boundaries the choice is per module, not per chain: only the bound counts.
+    Some((t, mem, Vec::new()))
 }
 
 /// The fastest point of a frontier of the others' choices that fits beside `o`.

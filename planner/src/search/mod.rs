@@ -159,6 +159,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
     let mut arrs = Vec::new();
     if opts.heterogeneous && others && opts.placement != PlacementChoice::NonColocated {
         arrs.push(Arrangement::Colocated);
+        arrs.push(Arrangement::Nested);
     }
     if opts.heterogeneous && others && !downstream && opts.placement != PlacementChoice::Colocated {
         arrs.push(Arrangement::Disjoint);
@@ -166,7 +167,13 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
     let mut found: Vec<Scored> = Vec::new();
     for arr in arrs {
         let b = bounds(&opts, cluster, arr, others);
-        let lms = lm::options(&mut pricer, arr, world, b, &|_, _| 0.0);
+        let lms = if arr == Arrangement::Nested {
+            lm::options(&mut pricer, arr, world, b, &|p, l| {
+                baseline::first_stage_load(p, l, b)
+            })
+        } else {
+            lm::options(&mut pricer, arr, world, b, &|_, _| 0.0)
+        };
         let (top, c) = joint::search(&mut pricer, &lms, &setup(arr), &|p, o| {
             joint::free_options(p, o, b)
         });
