@@ -201,9 +201,12 @@ pub fn search(
     (top, counts)
 }
 
+/// Joint choices enumerated one by one for the exact best; past this, frontiers with every
+/// boundary synthesized.
+const JOINT_LIMIT: usize = 100_000;
+
 /// The best choice of the others beside option `o` with chunk `k`: without boundaries from
-/// each module's own options (a lower bound), or exact with every boundary from each chain's
-/// joint options.
+/// each module's own options (a lower bound), or exact with every boundary.
 #[allow(clippy::too_many_arguments)]
 fn refine(
     pricer: &mut Pricer<'_>,
@@ -221,13 +224,8 @@ fn refine(
         lm: &o.layout,
         schedule: &sched,
     };
-    let per: Vec<Vec<Point<Choice>>> = if boundaries {
-        chains
-            .iter()
-            .map(|c| points(pricer, c, opts, cx, true))
-            .collect()
-    } else {
-        chains
+    if !boundaries {
+        let per: Vec<Vec<Point<Choice>>> = chains
             .iter()
             .flat_map(|c| &c.modules)
             .map(|&m| {
@@ -238,16 +236,93 @@ fn refine(
                 };
                 points(pricer, &single, opts, cx, false)
             })
-            .collect()
-    };
-    let fixed = followers(pricer, o, &sched, boundaries)?;
-    let f = joint_frontier(per);
-    let (t, mem, choice) = best(&f, o, k, s, fixed, counts)?;
-    if boundaries {
-        return Some((t, mem, choice));
+            .collect();
+        let fixed = followers(pricer, o, &sched, false)?;
+        let (t, mem, _) = best(&joint_frontier(per), o, k, s, fixed, counts)?;
+        // Per module, not per chain: only the bound counts.
+        return Some((t, mem, Vec::new()));
     }
-    // Without boundaries the choice is per module, not per chain: only the bound counts.
-    Some((t, mem, Vec::new()))
+    let per: Vec<Vec<Point<Choice>>> = chains
+        .iter()
+        .map(|c| points(pricer, c, opts, cx, false))
+        .collect();
+    let size = per.iter().map(Vec::len).try_fold(1usize, |a, n| a.checked_mul(n));
+    if size.is_none_or(|n| n > JOINT_LIMIT) {
+        let per: Vec<Vec<Point<Choice>>> = chains
+            .iter()
+            .map(|c| points(pricer, c, opts, cx, true))
+            .collect();
+        let fixed = followers(pricer, o, &sched, true)?;
+        return best(&joint_frontier(per), o, k, s, fixed, counts);
+    }
+    lazy_exact(pricer, chains, o, k, s, per, cx, counts)
+}
+
+/// The exact best joint choice, synthesizing boundaries only where needed: every joint
+/// choice is ordered by its value without boundaries (a lower bound of its exact value), and
+/// choices are made exact in that order until the bound reaches the best exact value found.
+#[allow(clippy::too_many_arguments)]
+fn lazy_exact(
+    pricer: &mut Pricer<'_>,
+    chains: &[Chain],
+    o: &LmOption,
+    k: u32,
+    s: &Setup,
+    per: Vec<Vec<Point<Choice>>>,
+    cx: Context<'_>,
+    counts: &mut Counts,
+) -> Option<(f64, f64, Vec<Choice>)> {
+    let nb = followers(pricer, o, cx.schedule, false)?;
+    let with_b = followers(pricer, o, cx.schedule, true)?;
+    let passes = o.terms.units.div_ceil(k.max(1));
+    let eval = |others: Others| combine(s.arrangement, &o.terms, o.layout.vpp, passes, others);
+    // Every joint choice (one point per chain) with its value without boundaries.
+    let mut joint: Vec<(f64, f64, Vec<usize>)> = Vec::new();
+    let total: usize = per.iter().map(Vec::len).product();
+    for i in 0..total {
+        // Mixed-radix digits of i: one point per chain.
+        let mut rest = i;
+        let idx: Vec<usize> = per
+            .iter()
+            .map(|pts| {
+                let x = rest % pts.len();
+                rest /= pts.len();
+                x
+            })
+            .collect();
+        let mut sum = nb;
+        for (pts, &x) in per.iter().zip(&idx) {
+            sum.work += pts[x].time;
+            sum.tail += pts[x].tail;
+            sum.memory += pts[x].memory;
+        }
+        counts.evaluations += 1;
+        let (t, mem) = eval(sum);
+        if mem <= s.capacity && t.is_finite() {
+            joint.push((t, mem, idx));
+        }
+    }
+    joint.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.2.cmp(&b.2)));
+    let mut out: Option<(f64, f64, Vec<Choice>)> = None;
+    for (bound, mem, idx) in joint {
+        if out.as_ref().is_some_and(|b| bound >= b.0) {
+            break;
+        }
+        let mut sum = with_b;
+        let mut choice = Vec::with_capacity(idx.len());
+        for ((pts, &i), c) in per.iter().zip(&idx).zip(chains) {
+            let p = &pts[i];
+            sum.work += p.time + super::upstream::boundary_time(pricer, c, &p.value, cx)?;
+            sum.tail += p.tail;
+            sum.memory += p.memory;
+            choice.push(p.value.clone());
+        }
+        let (t, _) = eval(sum);
+        if out.as_ref().is_none_or(|b| t < b.0) {
+            out = Some((t, mem, choice));
+        }
+    }
+    out
 }
 
 /// The fastest point of a frontier of the others' choices that fits beside `o`.

@@ -182,17 +182,14 @@ impl<'a> Pricer<'a> {
         schedule: &ScheduleSpec,
     ) -> Option<ModuleQuick> {
         let is_lm = m == self.model.language_model();
-        // What of the language model the others' terms see: M, pp, vpp (units in flight).
+        // What of the language model the others' terms see: its micro-batches per step (the
+        // passes and their items) and its pp and vpp (the units in flight).
         let lm_key = if is_lm {
             String::new()
         } else {
-            format!(
-                "{} {} {} {}",
-                lm.pp,
-                lm.vpp,
-                lm.dp.unwrap_or(0),
-                lm.micro_batch_size
-            )
+            let m = self.model.data().global_batch
+                / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+            format!("{m} {} {}", lm.pp, lm.vpp)
         };
         let key = (
             m,

@@ -115,7 +115,7 @@ fn point(
 }
 
 /// The synthesized step time of a chain's boundaries, inside it and into the language model.
-fn boundary_time(
+pub fn boundary_time(
     pricer: &mut Pricer<'_>,
     chain: &Chain,
     choice: &Choice,
