@@ -83,7 +83,13 @@ impl Others {
 /// The step time and peak memory per rank (without the reserve) of a plan: the language
 /// model's terms (`lm`, with `vpp` chunks per stage), the others' sums and their passes per
 /// step, in an arrangement.
-pub fn combine(arr: Arrangement, lm: &ModuleQuick, vpp: u32, passes: u32, others: Others) -> (f64, f64) {
+pub fn combine(
+    arr: Arrangement,
+    lm: &ModuleQuick,
+    vpp: u32,
+    passes: u32,
+    others: Others,
+) -> (f64, f64) {
     let m = f64::from(lm.units.max(1));
     let u = others.work / m;
     let lm_peak = lm.peak_memory();
@@ -93,7 +99,13 @@ pub fn combine(arr: Arrangement, lm: &ModuleQuick, vpp: u32, passes: u32, others
                 .stage_unit
                 .iter()
                 .enumerate()
-                .map(|(s, &t)| t + if arr == Arrangement::Colocated || s == 0 { u } else { 0.0 })
+                .map(|(s, &t)| {
+                    t + if arr == Arrangement::Colocated || s == 0 {
+                        u
+                    } else {
+                        0.0
+                    }
+                })
                 .collect();
             let slow = slots.iter().copied().fold(0.0, f64::max);
             let time = (m - 1.0) * slow + slots.iter().sum::<f64>() + lm.tail + others.tail;
@@ -112,7 +124,12 @@ pub fn combine(arr: Arrangement, lm: &ModuleQuick, vpp: u32, passes: u32, others
             // (step, unit) of every stage, the others' first.
             let up = (others.work, others.work / f64::from(passes.max(1)));
             let stages: Vec<(f64, f64)> = std::iter::once(up)
-                .chain(lm.stage_step.iter().copied().zip(lm.stage_unit.iter().copied()))
+                .chain(
+                    lm.stage_step
+                        .iter()
+                        .copied()
+                        .zip(lm.stage_unit.iter().copied()),
+                )
                 .collect();
             let b = (0..stages.len())
                 .max_by(|&x, &y| stages[x].0.total_cmp(&stages[y].0))
@@ -140,7 +157,13 @@ mod tests {
 
     #[test]
     fn a_single_stage_runs_its_micro_batches_back_to_back() {
-        let (t, _) = combine(Arrangement::Colocated, &lm(&[2.0], 4), 1, 4, Others::default());
+        let (t, _) = combine(
+            Arrangement::Colocated,
+            &lm(&[2.0], 4),
+            1,
+            4,
+            Others::default(),
+        );
         assert_eq!(t, 8.0);
     }
 
@@ -169,7 +192,10 @@ mod tests {
         };
         // LM step 8 is the bottleneck; the others' unit is 4 / 4 passes = 1.
         let l = lm(&[2.0], 4);
-        assert_eq!(combine(Arrangement::Disjoint, &l, 1, 4, others), (9.0, 50.0));
+        assert_eq!(
+            combine(Arrangement::Disjoint, &l, 1, 4, others),
+            (9.0, 50.0)
+        );
         // One pass of everything: its unit is the whole 4.
         assert_eq!(combine(Arrangement::Disjoint, &l, 1, 1, others).0, 12.0);
     }

@@ -199,22 +199,13 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
         None => colocated_time(plan, model.language_model().index(), &modules),
         Some(ps) => pipeline_time(model, plan, ps, &modules),
     };
-    let (peak, tail, module_memory) =
-        per_rank(model, plan, &priced, &units, &modules, pipeline.as_ref());
+    let (peak, tail) = per_rank(model, plan, &priced, &units, &modules, pipeline.as_ref());
     let terms = modules
         .iter()
-        .zip(module_memory)
         .enumerate()
-        .map(|(m, (q, stage_memory))| crate::combine::ModuleQuick {
-            units: units[m].count,
-            stage_unit: q.stages.iter().map(|s| s.unit).collect(),
-            stage_step: q.stages.iter().map(|s| s.step).collect(),
-            stage_memory,
-            tail: priced.grad_sync[m]
-                .iter()
-                .zip(&priced.optimizer[m])
-                .map(|(g, o)| g + o)
-                .fold(0.0, f64::max),
+        .map(|(m, q)| {
+            let memory = own_memory(model, plan, &priced, m, &units[m], q, pipeline.as_ref());
+            terms_of(&priced, m, &units[m], q, memory)
         })
         .collect();
     Quick {
@@ -277,10 +268,9 @@ fn pipeline_time(
     stages[b].step + rest / vpp
 }
 
-/// The largest `rank_memory` of any rank, with the units alive at each lane's peak; the
+/// The largest `rank_memory` of any rank, with the units alive at each lane's peak; and the
 /// longest gradient synchronization and optimizer step of any rank, which runs those of every
-/// module stage it holds one after the other at the end of the step; and per module stage the
-/// most any rank holds for it alone (static, activations alive, its buffers).
+/// module stage it holds one after the other at the end of the step.
 fn per_rank(
     model: &ModelGraph,
     plan: &Plan,
@@ -288,13 +278,7 @@ fn per_rank(
     units: &[ModuleUnits],
     modules: &[ModuleQuick],
     pipeline: Option<&PipelineSteps>,
-) -> (f64, f64, Vec<Vec<f64>>) {
-    let mut own: Vec<Vec<f64>> = plan
-        .modules()
-        .iter()
-        .map(|mp| vec![0.0; mp.layout.pp as usize])
-        .collect();
-    let act_bytes = model.data().precision.activation_bytes() as f64;
+) -> (f64, f64) {
     let inputs = RankInputs {
         model,
         plan,
@@ -349,16 +333,6 @@ fn per_rank(
                 (modules[m].act[c.dp as usize][c.pp as usize], alive)
             })
             .collect();
-        for (&(m, c), &(act, alive)) in on.iter().zip(&terms) {
-            let mp = &plan.modules()[m];
-            let module = model.module(ModuleId::new(m));
-            let rows = units[m].peak(c.dp).rows;
-            let bytes = priced.statics[m][c.pp as usize].total()
-                + act * alive
-                + crate::memory::unit_buffers(module, &mp.layout, c.pp, rows, act_bytes);
-            let slot = &mut own[m][c.pp as usize];
-            *slot = slot.max(bytes);
-        }
         let mem = rank_memory(&inputs, r, &InFlight::Counted(terms));
         peak = peak.max(mem.total);
         let end: f64 = on
@@ -371,7 +345,127 @@ fn per_rank(
             .sum();
         tail = tail.max(end);
     }
-    (peak, tail, own)
+    (peak, tail)
+}
+
+/// Units alive on a rank's lane, (passes, micro-batches): colocated by the language model's
+/// stage the rank holds, in a pipeline by the (group, stage) of its first module.
+fn alive_on(
+    model: &ModelGraph,
+    plan: &Plan,
+    pipeline: Option<&PipelineSteps>,
+    r: Rank,
+    cache: &mut BTreeMap<(usize, u32), (f64, f64)>,
+) -> Option<(f64, f64)> {
+    let key = match pipeline {
+        None => {
+            let lm = &plan.modules()[model.language_model().index()];
+            (usize::MAX, lm.grid.coord_of(r)?.pp)
+        }
+        Some(ps) => {
+            let (m0, c0) = plan
+                .modules()
+                .iter()
+                .enumerate()
+                .find_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))?;
+            (ps.pipe.group_of[m0], c0.pp)
+        }
+    };
+    if let Some(&v) = cache.get(&key) {
+        return Some(v);
+    }
+    let steps = match pipeline {
+        None => {
+            let p = plan.modules()[model.language_model().index()].layout.pp;
+            colocated_steps(p, key.1, plan.passes())
+        }
+        Some(ps) => ps.steps(key.0, key.1),
+    };
+    let v = (
+        f64::from(alive(&steps, UnitKind::Pass)),
+        f64::from(alive(&steps, UnitKind::MicroBatch)),
+    );
+    cache.insert(key, v);
+    Some(v)
+}
+
+/// Per stage of module `m`, the most any of its ranks holds for it alone: static memory,
+/// activations alive at its lane's peak, its buffers.
+fn own_memory(
+    model: &ModelGraph,
+    plan: &Plan,
+    priced: &Priced<'_>,
+    m: usize,
+    u: &ModuleUnits,
+    q: &ModuleQuick,
+    pipeline: Option<&PipelineSteps>,
+) -> Vec<f64> {
+    let mp = &plan.modules()[m];
+    let module = model.module(ModuleId::new(m));
+    let act_bytes = model.data().precision.activation_bytes() as f64;
+    let mut own = vec![0.0f64; mp.layout.pp as usize];
+    let mut cache = BTreeMap::new();
+    for &r in mp.grid.ranks() {
+        let Some(c) = mp.grid.coord_of(r) else {
+            continue;
+        };
+        let Some((passes, micro)) = alive_on(model, plan, pipeline, r, &mut cache) else {
+            continue;
+        };
+        let alive = match u.kind {
+            UnitKind::Pass => passes,
+            UnitKind::MicroBatch => micro,
+        };
+        let rows = u.peak(c.dp).rows;
+        let bytes = priced.statics[m][c.pp as usize].total()
+            + q.act[c.dp as usize][c.pp as usize] * alive
+            + crate::memory::unit_buffers(module, &mp.layout, c.pp, rows, act_bytes);
+        let slot = &mut own[c.pp as usize];
+        *slot = slot.max(bytes);
+    }
+    own
+}
+
+/// Module `m`'s own closed-form terms in `plan` (`crate::combine`), pricing that module only;
+/// `None` when the plan's pipeline cannot be ordered.
+pub fn module_terms(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    opts: &Options,
+    m: ModuleId,
+) -> Option<crate::combine::ModuleQuick> {
+    let priced = price(model, cluster, plan, opts);
+    let i = m.index();
+    let u = crate::schedule::units::module_units(model, plan, m);
+    let q = price_module(model, plan, &priced, &u, i, opts);
+    let pipeline = if plan.schedule.kind.is_colocated() {
+        None
+    } else {
+        Some(PipelineSteps::new(model, plan).ok()?)
+    };
+    let memory = own_memory(model, plan, &priced, i, &u, &q, pipeline.as_ref());
+    Some(terms_of(&priced, i, &u, &q, memory))
+}
+
+fn terms_of(
+    priced: &Priced<'_>,
+    m: usize,
+    u: &ModuleUnits,
+    q: &ModuleQuick,
+    stage_memory: Vec<f64>,
+) -> crate::combine::ModuleQuick {
+    crate::combine::ModuleQuick {
+        units: u.count,
+        stage_unit: q.stages.iter().map(|s| s.unit).collect(),
+        stage_step: q.stages.iter().map(|s| s.step).collect(),
+        stage_memory,
+        tail: priced.grad_sync[m]
+            .iter()
+            .zip(&priced.optimizer[m])
+            .map(|(g, o)| g + o)
+            .fold(0.0, f64::max),
+    }
 }
 
 /// The ranks of pipeline stage `s` of a module.

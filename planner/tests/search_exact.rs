@@ -34,7 +34,9 @@ fn small() -> (ModelGraph, Cluster) {
         "boundaries": [{"from": "vision", "to": "projector", "landing": "rows"}, {"from": "projector", "to": "llm", "landing": "placeholders"}],
         "data": {"global_batch": 4, "sequence_length": 1024, "precision": "bf16", "optimizer": "adam",
                  "encoders": {"vision": {"items_per_sample": 3, "tokens_per_item": 128}}}});
-    let model = load_model(&m.to_string()).unwrap_or_else(|d| panic!("{d}")).0;
+    let model = load_model(&m.to_string())
+        .unwrap_or_else(|d| panic!("{d}"))
+        .0;
     let c = json!({"kind": "cluster", "format_version": 1, "name": "c", "nodes": 1, "gpus_per_node": 4, "gpu": {"model": "h100_sxm_80gb"}});
     (model, load_cluster(&c.to_string()).unwrap())
 }
@@ -42,7 +44,11 @@ fn small() -> (ModelGraph, Cluster) {
 /// Every composition of `layers` into `pp` stages of at least `min` layers.
 fn compositions(layers: u32, pp: u32, min: u32) -> Vec<Vec<u32>> {
     if pp == 1 {
-        return if layers >= min { vec![vec![layers]] } else { vec![] };
+        return if layers >= min {
+            vec![vec![layers]]
+        } else {
+            vec![]
+        };
     }
     let mut out = Vec::new();
     for first in min..=layers.saturating_sub(min * (pp - 1)) {
@@ -82,11 +88,19 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
         .map(|m| m.id)
         .collect();
     let mut out = Vec::new();
-    for arr in [Arrangement::Colocated, Arrangement::Disjoint, Arrangement::Nested] {
+    for arr in [
+        Arrangement::Colocated,
+        Arrangement::Disjoint,
+        Arrangement::Nested,
+    ] {
         let b = Bounds {
             gpus_per_node: cluster.gpus_per_node,
             max_pp: opts.max_pp,
-            max_vpp: if arr == Arrangement::Disjoint { opts.max_vpp } else { 1 },
+            max_vpp: if arr == Arrangement::Disjoint {
+                opts.max_vpp
+            } else {
+                1
+            },
             allow_cp: true,
             max_mbs: opts.max_micro_batch_size,
         };

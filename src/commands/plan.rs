@@ -356,7 +356,14 @@ fn human(r: &SearchResult, explain: bool) -> String {
     if !r.top.is_empty() {
         let _ = writeln!(s, "\nalternatives:");
         let mut t = Table::new(&[
-            "#", "kind", "placement", "schedule", "layouts", "time (s)", "memory", "MFU",
+            "#",
+            "kind",
+            "placement",
+            "schedule",
+            "layouts",
+            "time (s)",
+            "memory",
+            "MFU",
         ]);
         for (i, c) in r.top.iter().enumerate() {
             let e = c.estimate.as_ref();

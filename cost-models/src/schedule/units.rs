@@ -106,14 +106,17 @@ fn item_merge(model: &ModelGraph, m: ModuleId) -> u32 {
 pub fn units(model: &ModelGraph, plan: &Plan) -> Vec<ModuleUnits> {
     plan.modules()
         .iter()
-        .map(|mp| {
-            if model.item_origin(mp.module).is_some() {
-                pass_units(model, mp.module, plan.passes(), mp.layout.dp)
-            } else {
-                micro_batch_units(model, plan, mp.module)
-            }
-        })
+        .map(|mp| module_units(model, plan, mp.module))
         .collect()
+}
+
+/// One module's units and every replica's work in each.
+pub fn module_units(model: &ModelGraph, plan: &Plan, m: ModuleId) -> ModuleUnits {
+    if model.item_origin(m).is_some() {
+        pass_units(model, m, plan.passes(), plan.module(m).layout.dp)
+    } else {
+        micro_batch_units(model, plan, m)
+    }
 }
 
 /// Work of the items `items` at module `m`, `merge` origin tokens per row.

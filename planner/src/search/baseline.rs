@@ -55,7 +55,8 @@ pub fn first_stage_load(pricer: &mut Pricer<'_>, lm: &LayoutSpec, b: Bounds) -> 
         terms: Default::default(),
     };
     let sched = schedule(pricer.model, Arrangement::Nested, lm, 1);
-    let units = pricer.model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+    let units =
+        pricer.model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
     let mut work = 0.0;
     for (m, ls) in options_for(pricer.model, &o, b) {
         let light = ls

@@ -102,7 +102,12 @@ mod tests {
 
     #[test]
     fn dominated_points_are_dropped_and_the_rest_ordered() {
-        let f = Frontier::new(vec![p(3.0, 1.0, 0), p(2.0, 2.0, 1), p(2.5, 3.0, 2), p(1.0, 4.0, 3)]);
+        let f = Frontier::new(vec![
+            p(3.0, 1.0, 0),
+            p(2.0, 2.0, 1),
+            p(2.5, 3.0, 2),
+            p(1.0, 4.0, 3),
+        ]);
         let kept: Vec<u32> = f.points().iter().map(|q| q.value).collect();
         assert_eq!(kept, vec![0, 1, 3], "2 is slower and heavier than 1");
     }

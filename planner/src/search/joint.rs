@@ -148,7 +148,9 @@ pub fn search(
             break;
         }
         let o = &lms[e.lm];
-        let opts = options[e.lm].get_or_insert_with(|| options_of(pricer, o)).clone();
+        let opts = options[e.lm]
+            .get_or_insert_with(|| options_of(pricer, o))
+            .clone();
         let next = match e.level {
             Level::Alone => refine(pricer, &chains, o, e.k, s, &opts, false, &mut counts)
                 .map(|(b, ..)| (b, Level::NoBoundaries)),
@@ -246,7 +248,10 @@ fn refine(
         .iter()
         .map(|c| points(pricer, c, opts, cx, false))
         .collect();
-    let size = per.iter().map(Vec::len).try_fold(1usize, |a, n| a.checked_mul(n));
+    let size = per
+        .iter()
+        .map(Vec::len)
+        .try_fold(1usize, |a, n| a.checked_mul(n));
     if size.is_none_or(|n| n > JOINT_LIMIT) {
         let per: Vec<Vec<Point<Choice>>> = chains
             .iter()
@@ -378,8 +383,15 @@ fn followers(
         if boundaries {
             for b in model.incoming(m.id).into_iter().chain(model.outgoing(m.id)) {
                 let bd = model.boundary(b);
-                let side = |x: hetpar_ir::ModuleId| if x == m.id { l.clone() } else { o.layout.clone() };
-                out.work += pricer.boundary(b, &side(bd.from), &side(bd.to), o.ranks, &o.layout, sched);
+                let side = |x: hetpar_ir::ModuleId| {
+                    if x == m.id {
+                        l.clone()
+                    } else {
+                        o.layout.clone()
+                    }
+                };
+                out.work +=
+                    pricer.boundary(b, &side(bd.from), &side(bd.to), o.ranks, &o.layout, sched);
             }
         }
     }
@@ -395,4 +407,3 @@ pub fn insert(top: &mut Vec<Scored>, c: Scored, keep: usize) {
     top.insert(at, c);
     top.truncate(keep);
 }
-

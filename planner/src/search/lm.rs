@@ -96,7 +96,12 @@ pub fn options(
     out
 }
 
-fn price(pricer: &mut Pricer<'_>, arr: Arrangement, l: &LayoutSpec, ranks: Ranks) -> Option<ModuleQuick> {
+fn price(
+    pricer: &mut Pricer<'_>,
+    arr: Arrangement,
+    l: &LayoutSpec,
+    ranks: Ranks,
+) -> Option<ModuleQuick> {
     let lm = pricer.model.language_model();
     pricer.terms(lm, l, ranks, l, &schedule(pricer.model, arr, l, 1))
 }
@@ -117,7 +122,10 @@ fn splits(
     ranks: Ranks,
     extra0: &dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64,
 ) -> Vec<LayoutSpec> {
-    let layers = pricer.model.module(pricer.model.language_model()).layer_count();
+    let layers = pricer
+        .model
+        .module(pricer.model.language_model())
+        .layer_count();
     if l.pp == 1 {
         return vec![l];
     }

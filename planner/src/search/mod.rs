@@ -133,7 +133,10 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         .unwrap_or_else(|| Constants::for_gpu(cluster.gpu_model));
     let mut pricer = Pricer::new(model, cluster, cost_opts);
     let world = u32::try_from(cluster.world_size()).unwrap_or(u32::MAX);
-    let others = model.modules().iter().any(|m| model.item_origin(m.id).is_some());
+    let others = model
+        .modules()
+        .iter()
+        .any(|m| model.item_origin(m.id).is_some());
     let downstream = model
         .modules()
         .iter()
@@ -187,9 +190,10 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
     let lms = lm::options(&mut pricer, Arrangement::Nested, world, hb, &|p, l| {
         baseline::first_stage_load(p, l, hb)
     });
-    let (homogeneous, c) = joint::search(&mut pricer, &lms, &setup(Arrangement::Nested), &|p, o| {
-        baseline::options_for(p.model, o, hb)
-    });
+    let (homogeneous, c) =
+        joint::search(&mut pricer, &lms, &setup(Arrangement::Nested), &|p, o| {
+            baseline::options_for(p.model, o, hb)
+        });
     add(c);
     let stats = SearchStats {
         candidates: pricer.priced,

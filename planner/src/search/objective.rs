@@ -25,8 +25,8 @@ pub fn arrangement(model: &ModelGraph, plan: &Plan) -> Option<Arrangement> {
         PlacementKind::Colocated | PlacementKind::Single => Some(Arrangement::Colocated),
         PlacementKind::Disjoint => Some(Arrangement::Disjoint),
         PlacementKind::PartialOverlap => {
-            let stage0: Vec<_> = lm.grid.ranks()[..lm.grid.ranks().len() / lm.layout.pp as usize]
-                .to_vec();
+            let stage0: Vec<_> =
+                lm.grid.ranks()[..lm.grid.ranks().len() / lm.layout.pp as usize].to_vec();
             let nested = item.iter().all(|m| {
                 let mut r = m.grid.ranks().to_vec();
                 r.sort_unstable();

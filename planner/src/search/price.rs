@@ -11,7 +11,8 @@
 use std::collections::BTreeMap;
 
 use hetpar_cost::combine::ModuleQuick;
-use hetpar_cost::{estimate_quick, Options};
+use hetpar_cost::quick::module_terms;
+use hetpar_cost::Options;
 use hetpar_ir::json::FORMAT_VERSION;
 use hetpar_ir::layout::{LayoutSpec, RecomputeSpec};
 use hetpar_ir::model::ModelGraph;
@@ -67,7 +68,11 @@ pub fn follower(
     lm: &LayoutSpec,
     gpus: u32,
 ) -> Option<LayoutSpec> {
-    let tp = if super::space::tp_ok(m, lm.tp) { lm.tp } else { 1 };
+    let tp = if super::space::tp_ok(m, lm.tp) {
+        lm.tp
+    } else {
+        1
+    };
     let dp = gpus / tp;
     let batch = model.data().global_batch;
     let m_count = batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
@@ -187,8 +192,8 @@ impl<'a> Pricer<'a> {
         let lm_key = if is_lm {
             String::new()
         } else {
-            let m = self.model.data().global_batch
-                / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+            let m =
+                self.model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
             format!("{m} {} {}", lm.pp, lm.vpp)
         };
         let key = (
@@ -208,12 +213,16 @@ impl<'a> Pricer<'a> {
         let lm_layout = if is_lm { layout } else { lm };
         let t = self
             .plan(ranks, lm_layout, &layouts, schedule)
-            .map(|(_, plan)| {
+            .and_then(|(_, plan)| {
                 self.priced += 1;
-                estimate_quick(self.model, self.cluster, &plan, &self.opts).modules[m.index()]
-                    .clone()
+                module_terms(self.model, self.cluster, &plan, &self.opts, m)
             })
-            .filter(|t| t.stage_step.iter().chain(&t.stage_memory).all(|x| x.is_finite()));
+            .filter(|t| {
+                t.stage_step
+                    .iter()
+                    .chain(&t.stage_memory)
+                    .all(|x| x.is_finite())
+            });
         self.terms.insert(key, t.clone());
         t
     }
@@ -233,8 +242,7 @@ impl<'a> Pricer<'a> {
         let model = self.model;
         let bd = model.boundary(b);
         let chunk = schedule.encoder_chunk.unwrap_or(1);
-        let m_count = model.data().global_batch
-            / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+        let m_count = model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
         let key = (b, shape(from), shape(to), ranks, m_count, chunk);
         if let Some(&t) = self.boundaries.get(&key) {
             return t;

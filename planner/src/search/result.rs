@@ -124,14 +124,16 @@ fn kind_of(model: &ModelGraph, file: &PlanFile) -> CandidateKind {
 }
 
 fn simulate(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions, s: Scored) -> Candidate {
-    let estimate = Plan::build(s.plan.clone(), model, cluster).ok().and_then(|(plan, _)| {
-        let times = crate::boundary::boundary_times_with(model, cluster, &plan, opts.constants);
-        let o = Options {
-            attention: opts.attention,
-            constants: opts.constants,
-        };
-        estimate_with_boundaries(model, cluster, &plan, &o, &times).ok()
-    });
+    let estimate = Plan::build(s.plan.clone(), model, cluster)
+        .ok()
+        .and_then(|(plan, _)| {
+            let times = crate::boundary::boundary_times_with(model, cluster, &plan, opts.constants);
+            let o = Options {
+                attention: opts.attention,
+                constants: opts.constants,
+            };
+            estimate_with_boundaries(model, cluster, &plan, &o, &times).ok()
+        });
     Candidate {
         kind: kind_of(model, &s.plan),
         plan: s.plan,
@@ -200,7 +202,8 @@ pub fn finish(
     };
     let mut all = sim(found);
     let mut homo = sim(homogeneous);
-    let by = |a: &Candidate, b: &Candidate| a.score(opts.objective).total_cmp(&b.score(opts.objective));
+    let by =
+        |a: &Candidate, b: &Candidate| a.score(opts.objective).total_cmp(&b.score(opts.objective));
     homo.sort_by(by);
     let homogeneous = homo.iter().find(|c| c.feasible()).cloned();
     all.extend(homo);

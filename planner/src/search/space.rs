@@ -123,7 +123,9 @@ pub fn lm_layouts(model: &ModelGraph, module: &Module, dp: u32, b: Bounds) -> Ve
         return out;
     }
     let cps: Vec<u32> = if b.allow_cp {
-        powers_of_two(8).filter(|&cp| divides(2 * cp, seq)).collect()
+        powers_of_two(8)
+            .filter(|&cp| divides(2 * cp, seq))
+            .collect()
     } else {
         vec![1]
     };
@@ -133,9 +135,8 @@ pub fn lm_layouts(model: &ModelGraph, module: &Module, dp: u32, b: Bounds) -> Ve
             for pp in 1..=max_pp {
                 for mbs in (1..=b.max_mbs).filter(|&x| divides(dp * x, batch)) {
                     let m = batch / (dp * mbs);
-                    let vpps = (1..=b.max_vpp).filter(|&v| {
-                        v == 1 || (pp > 1 && divides(pp, m) && pp * v * 2 <= layers)
-                    });
+                    let vpps = (1..=b.max_vpp)
+                        .filter(|&v| v == 1 || (pp > 1 && divides(pp, m) && pp * v * 2 <= layers));
                     for vpp in vpps {
                         for ep in eps(module, dp, cp) {
                             for policy in recomputes(module) {

@@ -106,7 +106,10 @@ mod tests {
         // Truth: t = 0.5, extras [0.2, 0, 1.0].
         let f = |n: &[u32]| -> Vec<f64> {
             let e = [0.2, 0.0, 1.0];
-            n.iter().zip(e).map(|(&k, e)| f64::from(k) * 0.5 + e).collect()
+            n.iter()
+                .zip(e)
+                .map(|(&k, e)| f64::from(k) * 0.5 + e)
+                .collect()
         };
         let (na, nb) = ([4, 4, 4], [5, 4, 3]);
         let (t, e) = per_layer_model(&f(&na), &na, &f(&nb), &nb).unwrap();

@@ -121,7 +121,13 @@ pub fn boundary_time(
     choice: &Choice,
     cx: Context<'_>,
 ) -> Option<f64> {
-    let layout_of = |m: ModuleId| chain.modules.iter().position(|&x| x == m).map(|i| &choice[i]);
+    let layout_of = |m: ModuleId| {
+        chain
+            .modules
+            .iter()
+            .position(|&x| x == m)
+            .map(|i| &choice[i])
+    };
     let model = pricer.model;
     let mut time = 0.0;
     for b in chain.inner.iter().copied().chain(chain.into_lm) {
