@@ -82,6 +82,33 @@ fn stage_work_time(p: &Priced<'_>, m: usize, s: u32, w: Work) -> f64 {
         .sum()
 }
 
+/// Per stage, the pipeline transfers of one micro-batch of `rows` rows it waits for: the
+/// activations into each of its chunks from the previous stage and the gradients back, as the
+/// simulation's pipeline dependencies price them (replica 0's links).
+fn pipeline_hops(cluster: &Cluster, plan: &Plan, p: &Priced<'_>, m: usize, rows: f64) -> Vec<f64> {
+    let mp = &plan.modules()[m];
+    let l = &mp.layout;
+    let mut out = vec![0.0; l.pp as usize];
+    if l.pp < 2 {
+        return out;
+    }
+    let act_bytes = p.computes[m].act_bytes;
+    let hidden = p.computes[m].module.output_width() as f64;
+    let bytes = rows / f64::from(l.cp) * hidden * act_bytes / f64::from(l.tp);
+    let positions: Vec<u32> = (0..l.vpp).flat_map(|_| 0..l.pp).collect();
+    for w in positions.windows(2) {
+        let (from, to) = (w[0], w[1]);
+        let link = crate::collective::Link::between(
+            cluster,
+            &p.constants,
+            crate::schedule::lanes::first_rank(mp, 0, from),
+            crate::schedule::lanes::first_rank(mp, 0, to),
+        );
+        out[to as usize] += 2.0 * crate::collective::p2p_time(bytes, link);
+    }
+    out
+}
+
 /// An item module's stages, each pass on its busiest replica; and every replica's step.
 fn pass_times(p: &Priced<'_>, u: &ModuleUnits, m: usize, pp: u32) -> (Vec<StageTime>, Vec<f64>) {
     let mut cache: HashMap<(u32, u64, u64), f64> = HashMap::new();
@@ -107,6 +134,7 @@ fn pass_times(p: &Priced<'_>, u: &ModuleUnits, m: usize, pp: u32) -> (Vec<StageT
 
 fn price_module(
     model: &ModelGraph,
+    cluster: &Cluster,
     plan: &Plan,
     p: &Priced<'_>,
     u: &ModuleUnits,
@@ -124,9 +152,10 @@ fn price_module(
                 rows: model.mean_rows_per_sample(id) * mbs,
                 pairs: model.mean_pairs_per_sample(id) * mbs,
             };
+            let hops = pipeline_hops(cluster, plan, p, m, w.rows);
             (0..l.pp)
                 .map(|s| {
-                    let t = stage_work_time(p, m, s, w);
+                    let t = stage_work_time(p, m, s, w) + hops[s as usize];
                     StageTime {
                         unit: t,
                         step: t * f64::from(u.count),
@@ -174,7 +203,7 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
     let priced = price(model, cluster, plan, opts);
     let units = units(model, plan);
     let modules: Vec<ModuleQuick> = (0..plan.modules().len())
-        .map(|m| price_module(model, plan, &priced, &units[m], m, opts))
+        .map(|m| price_module(model, cluster, plan, &priced, &units[m], m, opts))
         .collect();
     let module_time = modules
         .iter()
@@ -438,7 +467,7 @@ pub fn module_terms(
     let priced = price(model, cluster, plan, opts);
     let i = m.index();
     let u = crate::schedule::units::module_units(model, plan, m);
-    let q = price_module(model, plan, &priced, &u, i, opts);
+    let q = price_module(model, cluster, plan, &priced, &u, i, opts);
     let pipeline = if plan.schedule.kind.is_colocated() {
         None
     } else {

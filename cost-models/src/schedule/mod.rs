@@ -10,7 +10,7 @@
 //! (`boundary`). Orders: `steps`.
 
 mod boundary;
-mod lanes;
+pub(crate) mod lanes;
 pub mod steps;
 pub mod units;
 
