@@ -147,3 +147,82 @@ fn the_check_rejects_a_forbidden_and_an_unlisted_dependency() {
         "{v:?}"
     );
 }
+
+/// Names of the sharding arithmetic's functions, defined only in `ir/src/shard.rs`.
+const SHARDING: &[&str] = &[
+    "micro_batch_samples",
+    "replica_samples",
+    "sample_slot",
+    "deal",
+    "pass_deal",
+    "cp_positions",
+    "sp_part",
+];
+
+/// `fn NAME` definitions of the sharding arithmetic in `text`.
+fn sharding_definitions(text: &str) -> Vec<&'static str> {
+    SHARDING
+        .iter()
+        .copied()
+        .filter(|name| {
+            text.match_indices(&format!("fn {name}")).any(|(i, m)| {
+                let next = text[i + m.len()..].chars().next();
+                next.is_some_and(|c| c == '(' || c == '<')
+            })
+        })
+        .collect()
+}
+
+fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        let name = e.file_name();
+        if name == "target" || name.to_string_lossy().starts_with('.') {
+            continue;
+        }
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+/// Architecture Invariant: which samples, items, context-parallel chunks and
+/// sequence-parallel parts a rank holds is computed only in `ir/src/shard.rs`.
+#[test]
+fn the_sharding_arithmetic_is_defined_only_in_ir_shard() {
+    let home = root().join("ir/src/shard.rs");
+    // This file names them in its own check's example.
+    let me = root().join("tests/architecture.rs");
+    let mut files = Vec::new();
+    rust_files(root(), &mut files);
+    let mut found = Vec::new();
+    for f in files.iter().filter(|f| **f != home && **f != me) {
+        let text = std::fs::read_to_string(f).unwrap_or_default();
+        for name in sharding_definitions(&text) {
+            found.push(format!("{}: fn {name}", f.display()));
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "defined outside ir/src/shard.rs:\n{}",
+        found.join("\n")
+    );
+    let home_text = std::fs::read_to_string(&home).unwrap();
+    assert_eq!(
+        sharding_definitions(&home_text).len(),
+        SHARDING.len(),
+        "ir/src/shard.rs defines them all"
+    );
+}
+
+#[test]
+fn the_sharding_check_sees_a_copy() {
+    let copy = "fn helper() {}\npub fn cp_positions(n: usize) -> Vec<usize> { vec![] }\n";
+    assert_eq!(sharding_definitions(copy), vec!["cp_positions"]);
+    assert!(sharding_definitions("fn cp_positions_of_x() {}").is_empty());
+}

@@ -1,0 +1,79 @@
+//! Planted cases: models built so that the winning plan needs what the old space could not
+//! express. A mixture of experts gets expert parallelism; a non-power-of-two split of the GPUs
+//! between the encoder and the language model is found where it is the fastest split.
+
+use hetpar_ir::{load_cluster, load_model, Cluster, ModelGraph};
+use hetpar_planner::search::{search, PlacementChoice, SearchOptions};
+use serde_json::json;
+
+fn cluster(nodes: u32, gpus: u32) -> Cluster {
+    load_cluster(&json!({"kind": "cluster", "format_version": 1, "name": "c", "nodes": nodes, "gpus_per_node": gpus, "gpu": {"model": "h100_sxm_80gb"}}).to_string()).unwrap()
+}
+
+fn model(v: serde_json::Value) -> ModelGraph {
+    load_model(&v.to_string())
+        .unwrap_or_else(|d| panic!("{d}"))
+        .0
+}
+
+/// A Mixtral-shaped mixture of experts (8 experts, top 2) on 16 GPUs: its experts hold most of
+/// its parameters, and sharding them over expert-parallel ranks is what fits and wins.
+#[test]
+fn a_mixture_of_experts_gets_expert_parallelism() {
+    let m = model(json!({"kind": "model", "format_version": 1, "name": "moe",
+        "modules": {"llm": {"kind": "language_model",
+            "transformer": {"layers": 8, "hidden": 4096, "heads": 32, "kv_heads": 8, "ffn_hidden": 14336,
+                "ffn_kind": "swiglu", "norm": "rms_norm", "attention": "causal",
+                "moe": {"experts": 8, "top_k": 2, "expert_ffn_hidden": 14336}},
+            "positions": {"kind": "rope"}, "vocab_size": 32000}},
+        "boundaries": [],
+        "data": {"global_batch": 64, "sequence_length": 4096, "precision": "bf16", "optimizer": "adam"}}));
+    let r = search(&m, &cluster(2, 8), SearchOptions::default());
+    let best = r.best.expect("a plan");
+    let ep = best.plan.modules["llm"].layout.ep;
+    assert!(
+        ep > 1,
+        "the mixture of experts got ep {ep}: {:?}",
+        best.plan.modules["llm"].layout
+    );
+}
+
+/// A large encoder beside a small language model on 8 GPUs, placed apart: the encoder's share
+/// of the work is about 5/8, so the fastest split gives it 5 GPUs (not 4, the nearest power of
+/// two the old space offered).
+#[test]
+fn a_non_power_of_two_split_is_found_where_it_is_fastest() {
+    let m = model(
+        json!({"kind": "model", "format_version": 1, "name": "split",
+        "modules": {
+            "vision": {"kind": "vision_encoder",
+                "transformer": {"layers": 24, "hidden": 2048, "heads": 16, "ffn_hidden": 8192, "ffn_kind": "gelu_mlp", "norm": "layer_norm", "attention": "bidirectional", "qkv_bias": true, "linear_bias": true},
+                "embedding": {"kind": "patch", "patch_size": 14, "channels": 3}, "positions": {"kind": "rope"}},
+            "projector": {"kind": "projector", "mlp": {"widths": [2048, 2048, 2048], "activation": "gelu"}},
+            "llm": {"kind": "language_model",
+                "transformer": {"layers": 10, "hidden": 2048, "heads": 16, "ffn_hidden": 8192, "ffn_kind": "swiglu", "norm": "rms_norm", "attention": "causal"},
+                "positions": {"kind": "rope"}, "vocab_size": 32000}},
+        "boundaries": [{"from": "vision", "to": "projector", "landing": "rows"}, {"from": "projector", "to": "llm", "landing": "placeholders"}],
+        "data": {"global_batch": 30, "sequence_length": 4096, "precision": "bf16", "optimizer": "adam",
+                 "encoders": {"vision": {"items_per_sample": 4, "tokens_per_item": 1024}}}}),
+    );
+    let r = search(
+        &m,
+        &cluster(1, 8),
+        SearchOptions {
+            placement: PlacementChoice::NonColocated,
+            ..SearchOptions::default()
+        },
+    );
+    let best = r.best.expect("a plan");
+    let up = best.plan.modules["vision"]
+        .placement
+        .ranks
+        .count
+        .unwrap_or(0);
+    assert!(
+        !up.is_power_of_two(),
+        "the encoder got {up} GPUs: {:#?}",
+        best.plan.modules
+    );
+}
