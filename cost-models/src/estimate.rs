@@ -121,15 +121,18 @@ fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
 /// The ranks of the data-parallel gradient group (dp x cp) of the first replica group.
 fn dp_cp_group(mp: &ModulePlan) -> Vec<Rank> {
     let g = &mp.grid;
-    (0..g.size(Axis::Dp))
-        .flat_map(|dp| {
-            let at = hetpar_ir::placement::Coord {
+    let (dps, cps) = (g.size(Axis::Dp), g.size(Axis::Cp));
+    let mut out = Vec::with_capacity((dps * cps) as usize);
+    for dp in 0..dps {
+        for cp in 0..cps {
+            out.push(g.rank_at(hetpar_ir::placement::Coord {
                 dp,
+                cp,
                 ..Default::default()
-            };
-            g.group_at(Axis::Cp, at)
-        })
-        .collect()
+            }));
+        }
+    }
+    out
 }
 
 pub(crate) struct Priced<'a> {
@@ -146,6 +149,18 @@ pub(crate) fn price<'a>(
     plan: &'a Plan,
     opts: &Options,
 ) -> Priced<'a> {
+    price_some(model, cluster, plan, opts, None)
+}
+
+/// `price`, with the gradient synchronization and optimizer step of module `only` alone
+/// (the others' left at zero) when given: pricing one module of a large plan.
+pub(crate) fn price_some<'a>(
+    model: &'a ModelGraph,
+    cluster: &Cluster,
+    plan: &'a Plan,
+    opts: &Options,
+    only: Option<usize>,
+) -> Priced<'a> {
     let c = opts
         .constants
         .unwrap_or_else(|| Constants::for_gpu(cluster.gpu_model));
@@ -155,7 +170,7 @@ pub(crate) fn price<'a>(
     let mut statics = Vec::new();
     let mut grad_sync = Vec::new();
     let mut optimizer = Vec::new();
-    for (m, mp) in model.modules().iter().zip(plan.modules()) {
+    for (i, (m, mp)) in model.modules().iter().zip(plan.modules()).enumerate() {
         let l: &Layout = &mp.layout;
         computes.push(ModuleCompute {
             module: m,
@@ -164,6 +179,18 @@ pub(crate) fn price<'a>(
             act_bytes,
             kernel: opts.attention,
         });
+        if only.is_some_and(|o| o != i) {
+            statics.push(
+                (0..l.pp)
+                    .map(|s| {
+                        static_memory(stage_parameters(m, l, s), l, data.precision, data.optimizer)
+                    })
+                    .collect(),
+            );
+            grad_sync.push(vec![0.0; l.pp as usize]);
+            optimizer.push(vec![0.0; l.pp as usize]);
+            continue;
+        }
         let group = dp_cp_group(mp);
         let link = Link::of_group(cluster, &c, &group);
         let n = group.len() as u32;

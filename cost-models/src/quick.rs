@@ -464,8 +464,8 @@ pub fn module_terms(
     opts: &Options,
     m: ModuleId,
 ) -> Option<crate::combine::ModuleQuick> {
-    let priced = price(model, cluster, plan, opts);
     let i = m.index();
+    let priced = crate::estimate::price_some(model, cluster, plan, opts, Some(i));
     let u = crate::schedule::units::module_units(model, plan, m);
     let q = price_module(model, cluster, plan, &priced, &u, i, opts);
     let pipeline = if plan.schedule.kind.is_colocated() {

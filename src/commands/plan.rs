@@ -424,5 +424,26 @@ fn explanation(r: &SearchResult) -> String {
     if let Some(o) = r.homogeneous.as_ref().and_then(|c| c.estimate.as_ref()) {
         versus("the homogeneous plan", o);
     }
+    for (label, c) in [
+        ("best plan", r.best.as_ref()),
+        ("homogeneous plan", r.homogeneous.as_ref()),
+    ] {
+        let Some(c) = c else { continue };
+        let _ = writeln!(
+            s,
+            "  {label}, per module (closed form: step work on the busiest replica, units, most memory on one rank for it alone, tail):"
+        );
+        for m in &c.modules {
+            let _ = writeln!(
+                s,
+                "    {:<16} {:>8.3} s  {:>4} units  {:>10}  tail {:.3} s",
+                m.name,
+                m.work_s,
+                m.units,
+                bytes(m.memory_bytes),
+                m.tail_s
+            );
+        }
+    }
     s
 }

@@ -66,32 +66,60 @@ pub fn ranks_of(arr: Arrangement, l: &LayoutSpec, world: u32) -> Option<Ranks> {
 }
 
 /// Every priced language-model option of an arrangement; `extra0` is work per micro-batch the
-/// first stage carries besides its layers (the nested encoders), for balancing.
+/// first stage carries besides its layers (the nested encoders), for balancing. The options
+/// are priced on both cores, each half by a pricer of its own, and returned in one order.
 pub fn options(
     pricer: &mut Pricer<'_>,
     arr: Arrangement,
     world: u32,
     b: Bounds,
-    extra0: &dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64,
+    extra0: &(dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64 + Sync),
 ) -> Vec<LmOption> {
     let model = pricer.model;
     let lm = model.module(model.language_model());
-    let mut out = Vec::new();
+    let mut layouts: Vec<(LayoutSpec, Ranks)> = Vec::new();
     for dp in lm_dps(model.data().global_batch, world) {
         for l in lm_layouts(model, lm, dp, b) {
-            let Some(ranks) = ranks_of(arr, &l, world) else {
-                continue;
-            };
-            for layout in splits(pricer, arr, l, ranks, extra0) {
-                if let Some(terms) = price(pricer, arr, &layout, ranks) {
-                    out.push(LmOption {
-                        layout,
-                        ranks,
-                        terms,
-                    });
-                }
+            if let Some(ranks) = ranks_of(arr, &l, world) {
+                layouts.push((l, ranks));
             }
         }
+    }
+    let (cluster, opts) = (pricer.cluster, pricer.opts);
+    let half = layouts.len().div_ceil(2).max(1);
+    let parts: Vec<(Vec<LmOption>, [usize; 3])> = std::thread::scope(|scope| {
+        let handles: Vec<_> = layouts
+            .chunks(half)
+            .map(|part| {
+                scope.spawn(move || {
+                    let mut p = Pricer::new(model, cluster, opts);
+                    let mut out = Vec::new();
+                    for (l, ranks) in part {
+                        for layout in splits(&mut p, arr, l.clone(), *ranks, extra0) {
+                            if let Some(terms) = price(&mut p, arr, &layout, *ranks) {
+                                out.push(LmOption {
+                                    layout,
+                                    ranks: *ranks,
+                                    terms,
+                                });
+                            }
+                        }
+                    }
+                    (out, [p.priced, p.invalid, p.synthesized])
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+            .collect()
+    });
+    let mut out = Vec::new();
+    for (v, [priced, invalid, synthesized]) in parts {
+        pricer.priced += priced;
+        pricer.invalid += invalid;
+        pricer.synthesized += synthesized;
+        out.extend(v);
     }
     out
 }
@@ -120,7 +148,7 @@ fn splits(
     arr: Arrangement,
     l: LayoutSpec,
     ranks: Ranks,
-    extra0: &dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64,
+    extra0: &(dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64 + Sync),
 ) -> Vec<LayoutSpec> {
     let layers = pricer
         .model

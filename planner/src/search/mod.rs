@@ -33,7 +33,7 @@ use hetpar_ir::model::{ModelGraph, ModuleKind};
 use hetpar_ir::Cluster;
 
 pub use price::entry;
-pub use result::{Candidate, CandidateKind, SearchResult, SearchStats};
+pub use result::{Candidate, CandidateKind, ModuleSummary, SearchResult, SearchStats};
 
 use joint::{Counts, Scored, Setup};
 use price::Pricer;

@@ -32,6 +32,22 @@ pub struct Candidate {
     pub quick_peak_memory_bytes: f64,
     /// The simulation, for candidates that were simulated.
     pub estimate: Option<Estimate>,
+    /// Each module's own closed-form terms, for explaining where time and memory go.
+    pub modules: Vec<ModuleSummary>,
+}
+
+/// One module's share of a plan in closed form.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct ModuleSummary {
+    pub name: String,
+    /// Forward + backward of the step, every unit on the busiest replica, over its stages, s.
+    pub work_s: f64,
+    /// Units per step: micro-batches, or encoder passes.
+    pub units: u32,
+    /// The most a rank holds for it alone (static, activations alive, buffers), bytes.
+    pub memory_bytes: f64,
+    /// Gradient sync and optimizer step of its slowest stage, s.
+    pub tail_s: f64,
 }
 
 impl Candidate {
@@ -124,22 +140,38 @@ fn kind_of(model: &ModelGraph, file: &PlanFile) -> CandidateKind {
 }
 
 fn simulate(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions, s: Scored) -> Candidate {
-    let estimate = Plan::build(s.plan.clone(), model, cluster)
-        .ok()
-        .and_then(|(plan, _)| {
-            let times = crate::boundary::boundary_times_with(model, cluster, &plan, opts.constants);
-            let o = Options {
-                attention: opts.attention,
-                constants: opts.constants,
-            };
-            estimate_with_boundaries(model, cluster, &plan, &o, &times).ok()
-        });
+    let o = Options {
+        attention: opts.attention,
+        constants: opts.constants,
+    };
+    let built = Plan::build(s.plan.clone(), model, cluster).ok();
+    let estimate = built.as_ref().and_then(|(plan, _)| {
+        let times = crate::boundary::boundary_times_with(model, cluster, plan, opts.constants);
+        estimate_with_boundaries(model, cluster, plan, &o, &times).ok()
+    });
+    let modules = built
+        .map(|(plan, _)| {
+            let q = hetpar_cost::estimate_quick(model, cluster, &plan, &o);
+            q.modules
+                .iter()
+                .zip(model.modules())
+                .map(|(t, m)| ModuleSummary {
+                    name: m.name.clone(),
+                    work_s: t.work(),
+                    units: t.units,
+                    memory_bytes: t.peak_memory(),
+                    tail_s: t.tail,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
     Candidate {
         kind: kind_of(model, &s.plan),
         plan: s.plan,
         quick_time_s: s.time,
         quick_peak_memory_bytes: s.memory,
         estimate,
+        modules,
     }
 }
 
