@@ -75,6 +75,7 @@ enum Level {
 }
 
 /// One (language-model option, k) pair in the queue, by bound.
+#[derive(Clone, Copy)]
 struct Entry {
     bound: f64,
     level: Level,
@@ -96,48 +97,14 @@ pub fn search(
     s: &Setup,
     options_of: &dyn Fn(&Pricer<'_>, &LmOption) -> ItemOptions,
 ) -> (Vec<Scored>, Counts) {
-    let model = pricer.model;
-    let chains = chains(model);
+    let chains = chains(pricer.model);
     let mut counts = Counts {
         exhausted: true,
         ..Counts::default()
     };
-    let mut queue: Vec<Entry> = Vec::new();
-    for (i, o) in lms.iter().enumerate() {
-        let ks = if chains.is_empty() {
-            vec![1]
-        } else {
-            encoder_chunks(o.terms.units, s.max_chunk)
-        };
-        for k in ks {
-            let f: Frontier<()> = Frontier::new(vec![Point {
-                time: 0.0,
-                tail: 0.0,
-                memory: 0.0,
-                value: (),
-            }]);
-            match best(&f, o, k, s, Others::default(), &mut counts) {
-                Some((bound, _, _)) => queue.push(Entry {
-                    bound,
-                    level: Level::Alone,
-                    lm: i,
-                    k,
-                }),
-                None => counts.over_memory += 1,
-            }
-        }
-    }
+    let mut queue = seed(lms, &chains, s, &mut counts);
     let mut top: Vec<Scored> = Vec::new();
     let mut options: Vec<Option<ItemOptions>> = vec![None; lms.len()];
-    // A min-heap by (bound, level, option, k), kept as a sorted vector popped from the back.
-    let order = |a: &Entry, b: &Entry| {
-        b.bound
-            .total_cmp(&a.bound)
-            .then(b.level.cmp(&a.level))
-            .then(b.lm.cmp(&a.lm))
-            .then(b.k.cmp(&a.k))
-    };
-    queue.sort_by(order);
     while let Some(e) = queue.pop() {
         if top.len() >= s.keep && top.last().is_some_and(|w| e.bound >= w.time) {
             counts.bounded += queue.len() + 1;
@@ -151,56 +118,92 @@ pub fn search(
         let opts = options[e.lm]
             .get_or_insert_with(|| options_of(pricer, o))
             .clone();
-        let next = match e.level {
-            Level::Alone => refine(pricer, &chains, o, e.k, s, &opts, false, &mut counts)
-                .map(|(b, ..)| (b, Level::NoBoundaries)),
-            Level::NoBoundaries => {
-                match refine(pricer, &chains, o, e.k, s, &opts, true, &mut counts) {
-                    Some((time, memory, choice)) => {
-                        let sched = schedule(model, s.arrangement, &o.layout, e.k);
-                        let layouts: BTreeMap<ModuleId, LayoutSpec> = chains
-                            .iter()
-                            .zip(choice)
-                            .flat_map(|(c, ch)| c.modules.iter().copied().zip(ch))
-                            .collect();
-                        if let Some((plan, _)) = pricer.plan(o.ranks, &o.layout, &layouts, &sched) {
-                            insert(&mut top, Scored { time, memory, plan }, s.keep);
-                        }
-                        None
-                    }
-                    None => None,
-                }
+        let exact = e.level == Level::NoBoundaries;
+        match refine(pricer, &chains, o, e.k, s, &opts, exact, &mut counts) {
+            Some((time, memory, choice)) if exact => {
+                settle(pricer, &chains, o, e.k, s, (time, memory, choice), &mut top);
             }
-        };
-        match next {
-            Some((bound, level)) => {
-                let at = queue.partition_point(|x| {
-                    order(
-                        x,
-                        &Entry {
-                            bound,
-                            level,
-                            lm: e.lm,
-                            k: e.k,
-                        },
-                    )
-                    .is_lt()
-                });
-                queue.insert(
-                    at,
-                    Entry {
-                        bound,
-                        level,
-                        lm: e.lm,
-                        k: e.k,
-                    },
-                );
-            }
-            None if e.level == Level::Alone => counts.over_memory += 1,
+            Some((bound, ..)) => push(
+                &mut queue,
+                Entry {
+                    bound,
+                    level: Level::NoBoundaries,
+                    ..e
+                },
+            ),
+            None if !exact => counts.over_memory += 1,
             None => {}
         }
     }
     (top, counts)
+}
+
+/// Queue order: a min-heap by (bound, level, option, k) kept as a vector sorted so that the
+/// smallest is last (popped first).
+fn order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
+    b.bound
+        .total_cmp(&a.bound)
+        .then(b.level.cmp(&a.level))
+        .then(b.lm.cmp(&a.lm))
+        .then(b.k.cmp(&a.k))
+}
+
+fn push(queue: &mut Vec<Entry>, e: Entry) {
+    let at = queue.partition_point(|x| order(x, &e).is_lt());
+    queue.insert(at, e);
+}
+
+/// Every (language-model option, k) with the bound of the language model alone; the ones
+/// over memory alone are counted and left out.
+fn seed(lms: &[LmOption], chains: &[Chain], s: &Setup, counts: &mut Counts) -> Vec<Entry> {
+    let mut queue = Vec::new();
+    let alone: Frontier<()> = Frontier::new(vec![Point {
+        time: 0.0,
+        tail: 0.0,
+        memory: 0.0,
+        value: (),
+    }]);
+    for (i, o) in lms.iter().enumerate() {
+        let ks = if chains.is_empty() {
+            vec![1]
+        } else {
+            encoder_chunks(o.terms.units, s.max_chunk)
+        };
+        for k in ks {
+            match best(&alone, o, k, s, Others::default(), counts) {
+                Some((bound, _, _)) => queue.push(Entry {
+                    bound,
+                    level: Level::Alone,
+                    lm: i,
+                    k,
+                }),
+                None => counts.over_memory += 1,
+            }
+        }
+    }
+    queue.sort_by(order);
+    queue
+}
+
+/// An exact best joint choice beside `o`, as a plan among the best kept.
+fn settle(
+    pricer: &mut Pricer<'_>,
+    chains: &[Chain],
+    o: &LmOption,
+    k: u32,
+    s: &Setup,
+    (time, memory, choice): (f64, f64, Vec<Choice>),
+    top: &mut Vec<Scored>,
+) {
+    let sched = schedule(pricer.model, s.arrangement, &o.layout, k);
+    let layouts: BTreeMap<ModuleId, LayoutSpec> = chains
+        .iter()
+        .zip(choice)
+        .flat_map(|(c, ch)| c.modules.iter().copied().zip(ch))
+        .collect();
+    if let Some((plan, _)) = pricer.plan(o.ranks, &o.layout, &layouts, &sched) {
+        insert(top, Scored { time, memory, plan }, s.keep);
+    }
 }
 
 /// Joint choices enumerated one by one for the exact best; past this, frontiers with every
