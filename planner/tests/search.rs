@@ -158,3 +158,26 @@ fn the_same_inputs_give_the_same_plans() {
     };
     assert_eq!(plans(&a), plans(&b));
 }
+
+#[test]
+fn a_plan_is_labelled_homogeneous_only_when_every_encoder_takes_the_language_models_layout() {
+    use hetpar_planner::search::result::is_homogeneous;
+    let m = vlm((12, 768, 12), (16, 2048, 16), 32, 2048, 1, 576);
+    let r = search(
+        &m,
+        &cluster(1, 8),
+        SearchOptions {
+            heterogeneous: false,
+            ..SearchOptions::default()
+        },
+    );
+    let h = r.homogeneous.expect("a homogeneous plan").plan;
+    assert!(is_homogeneous(&m, &h), "{:#?}", h.modules);
+    let lm = h.modules["llm"].layout.clone();
+    let mut tp = h.clone();
+    tp.modules.get_mut("vision").unwrap().layout.tp = if lm.tp == 1 { 2 } else { 1 };
+    assert!(!is_homogeneous(&m, &tp), "another tp");
+    let mut cp = h.clone();
+    cp.modules.get_mut("vision").unwrap().layout.cp = lm.cp * 2;
+    assert!(!is_homogeneous(&m, &cp), "another cp");
+}

@@ -102,7 +102,8 @@ pub struct SearchResult {
 }
 
 /// Whether every module other than the language model sits as the homogeneous baseline puts
-/// it: the language model's tp (where it divides) on its first stage's ranks.
+/// it: the language model's tp (where it divides) and cp (where its items split), on its first
+/// stage's ranks.
 pub fn is_homogeneous(model: &ModelGraph, file: &PlanFile) -> bool {
     let lm = model.module(model.language_model());
     let Some(l) = file.modules.get(&lm.name) else {
@@ -123,7 +124,16 @@ pub fn is_homogeneous(model: &ModelGraph, file: &PlanFile) -> bool {
             } else {
                 1
             };
+            // The language model's cp where every item splits into 2 cp chunks, else 1.
+            let splits = l.layout.cp > 1
+                && model.items(m.id).is_some_and(|it| {
+                    it.distinct_item_tokens()
+                        .iter()
+                        .all(|&t| t.is_multiple_of(2 * l.layout.cp))
+                });
+            let cp = if splits { l.layout.cp } else { 1 };
             p.layout.tp == tp
+                && p.layout.cp == cp
                 && p.placement.ranks.offset == l.placement.ranks.offset
                 && p.placement.ranks.count == Some(stage0)
         })
