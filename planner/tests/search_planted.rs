@@ -1,6 +1,8 @@
 //! Planted cases: models built so that the winning plan needs what the old space could not
 //! express. A mixture of experts gets expert parallelism; a non-power-of-two split of the GPUs
-//! between the encoder and the language model is found where it is the fastest split.
+//! between the encoder and the language model is found where it is the fastest split; an
+//! uneven split of layers over stages where the head makes the last stage slow (on a sequence
+//! of odd length, which left the old space without any layout).
 
 use hetpar_ir::{load_cluster, load_model, Cluster, ModelGraph};
 use hetpar_planner::search::{search, PlacementChoice, SearchOptions};
@@ -75,5 +77,37 @@ fn a_non_power_of_two_split_is_found_where_it_is_fastest() {
         !up.is_power_of_two(),
         "the encoder got {up} GPUs: {:#?}",
         best.plan.modules
+    );
+}
+
+/// A language model whose 256k-word head makes its last pipeline stage as slow as five layers,
+/// on 2 GPUs where only a pipeline splits it (3 heads: tp 1; an odd sequence: cp 1; one
+/// replica): the search balances the stages, and the even split is slower in simulation.
+#[test]
+fn an_uneven_stage_split_is_chosen_where_the_head_makes_the_last_stage_slow() {
+    let m = model(json!({"kind": "model", "format_version": 1, "name": "head",
+        "modules": {"llm": {"kind": "language_model",
+            "transformer": {"layers": 12, "hidden": 4095, "heads": 3, "ffn_hidden": 16380, "ffn_kind": "swiglu", "norm": "rms_norm", "attention": "causal"},
+            "positions": {"kind": "rope"}, "vocab_size": 256000, "tied_embeddings": false}},
+        "boundaries": [],
+        "data": {"global_batch": 8, "sequence_length": 8191, "precision": "bf16", "optimizer": "adam"}}));
+    let c = cluster(1, 2);
+    let r = search(&m, &c, SearchOptions::default());
+    let best = r.best.expect("a plan");
+    let l = &best.plan.modules["llm"].layout;
+    let split = l.stage_layers.clone().expect("an uneven split");
+    assert!(
+        l.pp == 2 && split[0] > split[1],
+        "the head's stage should hold fewer layers: {l:?}"
+    );
+    let mut even = best.plan.clone();
+    even.modules.get_mut("llm").unwrap().layout.stage_layers = None;
+    let (plan, _) = hetpar_ir::Plan::build(even, &m, &c).expect("the even split is a plan");
+    let e = hetpar_cost::estimate(&m, &c, &plan, &hetpar_cost::Options::default()).unwrap();
+    let t = best.estimate.expect("simulated").iteration_time_s;
+    assert!(
+        !e.feasible || e.iteration_time_s > t,
+        "the even split takes {:.3} s, the balanced one {t:.3} s",
+        e.iteration_time_s
     );
 }

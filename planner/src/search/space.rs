@@ -75,10 +75,13 @@ pub fn item_layouts(model: &ModelGraph, module: &Module, gpus: u32, b: Bounds) -
     let items = model.items(module.id);
     let cps: Vec<u32> = match items {
         Some(it) if b.allow_cp => powers_of_two(8)
+            // cp 1 always; more where every item splits into 2 cp chunks.
             .filter(|&cp| {
-                it.distinct_item_tokens()
-                    .iter()
-                    .all(|&t| divides(2 * cp, t))
+                cp == 1
+                    || it
+                        .distinct_item_tokens()
+                        .iter()
+                        .all(|&t| divides(2 * cp, t))
             })
             .collect(),
         _ => vec![1],
@@ -123,8 +126,9 @@ pub fn lm_layouts(model: &ModelGraph, module: &Module, dp: u32, b: Bounds) -> Ve
         return out;
     }
     let cps: Vec<u32> = if b.allow_cp {
+        // cp 1 always; more where 2 cp chunks split the sequence.
         powers_of_two(8)
-            .filter(|&cp| divides(2 * cp, seq))
+            .filter(|&cp| cp == 1 || divides(2 * cp, seq))
             .collect()
     } else {
         vec![1]
