@@ -111,3 +111,53 @@ fn an_uneven_stage_split_is_chosen_where_the_head_makes_the_last_stage_slow() {
         e.iteration_time_s
     );
 }
+
+/// A small encoder beside a 16-layer, 8192-wide language model on 8 colocated GPUs, one image
+/// per sample: the encoder is fastest with a replica per GPU, more replicas than a language-
+/// model micro-batch has images, so a pass covers several micro-batches (k > 1); with k = 1
+/// some replicas would idle every pass.
+#[test]
+fn an_encoder_chunk_above_one_is_chosen_where_encoder_replicas_outnumber_a_micro_batch() {
+    let m = model(
+        json!({"kind": "model", "format_version": 1, "name": "chunk",
+        "modules": {
+            "vision": {"kind": "vision_encoder",
+                "transformer": {"layers": 24, "hidden": 1024, "heads": 16, "ffn_hidden": 4096, "ffn_kind": "gelu_mlp", "norm": "layer_norm", "attention": "bidirectional", "qkv_bias": true, "linear_bias": true},
+                "embedding": {"kind": "patch", "patch_size": 14, "channels": 3}, "positions": {"kind": "rope"}},
+            "projector": {"kind": "projector", "mlp": {"widths": [1024, 8192, 8192], "activation": "gelu"}},
+            "llm": {"kind": "language_model",
+                "transformer": {"layers": 16, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn_hidden": 28672, "ffn_kind": "swiglu", "norm": "rms_norm", "attention": "causal"},
+                "positions": {"kind": "rope"}, "vocab_size": 32000}},
+        "boundaries": [{"from": "vision", "to": "projector", "landing": "rows"}, {"from": "projector", "to": "llm", "landing": "placeholders"}],
+        "data": {"global_batch": 8, "sequence_length": 4096, "precision": "bf16", "optimizer": "adam",
+                 "encoders": {"vision": {"items_per_sample": 1, "tokens_per_item": 1024}}}}),
+    );
+    let c = cluster(1, 8);
+    let r = search(
+        &m,
+        &c,
+        SearchOptions {
+            placement: PlacementChoice::Colocated,
+            ..SearchOptions::default()
+        },
+    );
+    let best = r.best.expect("a plan");
+    let k = best.plan.schedule.encoder_chunk.unwrap_or(1);
+    let lm = &best.plan.modules["llm"].layout;
+    let per_micro_batch = lm.dp.unwrap_or(1) * lm.micro_batch_size;
+    let vision_dp = best.plan.modules["vision"].layout.dp.unwrap_or(1);
+    assert!(
+        k > 1 && vision_dp > per_micro_batch,
+        "k {k}, vision dp {vision_dp}, images per micro-batch {per_micro_batch}"
+    );
+    let mut one = best.plan.clone();
+    one.schedule.encoder_chunk = None;
+    let (plan, _) = hetpar_ir::Plan::build(one, &m, &c).expect("k = 1 is a plan");
+    let e = hetpar_cost::estimate(&m, &c, &plan, &hetpar_cost::Options::default()).unwrap();
+    let t = best.estimate.expect("simulated").iteration_time_s;
+    assert!(
+        !e.feasible || e.iteration_time_s > t,
+        "k = 1 takes {:.4} s, k = {k} {t:.4} s",
+        e.iteration_time_s
+    );
+}
