@@ -1,5 +1,6 @@
 //! Full plan search speed (targets: a two-encoder VLM on 64 GPUs under 1 s, on 1024 GPUs under
-//! 5 s; 16384 GPUs reported): both placements, every schedule kind, the homogeneous baseline.
+//! 5 s; 16384 GPUs reported from one run): every arrangement, schedule kind and encoder chunk,
+//! and the homogeneous baseline.
 //!
 //! `cargo bench -p hetpar-planner --bench plan`
 
@@ -31,9 +32,12 @@ fn bench(c: &mut Criterion) {
             r.stats.elapsed_s,
             r.best.as_ref().and_then(|b| b.estimate.as_ref()).map_or(f64::NAN, |e| e.iteration_time_s)
         );
-        g.bench_function(format!("vision_audio_7b_{}_gpus", nodes * 8), |b| {
-            b.iter(|| search(&model, &cluster, SearchOptions::default()))
-        });
+        // 16,384 GPUs: the single run above is the figure (minutes per search).
+        if nodes <= 128 {
+            g.bench_function(format!("vision_audio_7b_{}_gpus", nodes * 8), |b| {
+                b.iter(|| search(&model, &cluster, SearchOptions::default()))
+            });
+        }
     }
     g.finish();
 }

@@ -121,6 +121,29 @@ fn bounds(opts: &SearchOptions, cluster: &Cluster, arr: Arrangement, others: boo
     }
 }
 
+/// The language model's options in an arrangement; the nested arrangement's, which both the
+/// heterogeneous and the homogeneous search use, priced once (stages balanced with the
+/// encoders' load on the first).
+fn lm_options(
+    pricer: &mut Pricer<'_>,
+    arr: Arrangement,
+    world: u32,
+    b: Bounds,
+    nested: &mut Option<Vec<lm::LmOption>>,
+) -> Vec<lm::LmOption> {
+    if arr != Arrangement::Nested {
+        return lm::options(pricer, arr, world, b, &|_, _| 0.0);
+    }
+    if let Some(v) = nested {
+        return v.clone();
+    }
+    let v = lm::options(pricer, arr, world, b, &|p, l| {
+        baseline::first_stage_load(p, l, b)
+    });
+    *nested = Some(v.clone());
+    v
+}
+
 /// Searches plans for `model` on `cluster`.
 pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> SearchResult {
     let start = Instant::now();
@@ -168,15 +191,10 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         arrs.push(Arrangement::Disjoint);
     }
     let mut found: Vec<Scored> = Vec::new();
+    let mut nested: Option<Vec<lm::LmOption>> = None;
     for arr in arrs {
         let b = bounds(&opts, cluster, arr, others);
-        let lms = if arr == Arrangement::Nested {
-            lm::options(&mut pricer, arr, world, b, &|p, l| {
-                baseline::first_stage_load(p, l, b)
-            })
-        } else {
-            lm::options(&mut pricer, arr, world, b, &|_, _| 0.0)
-        };
+        let lms = lm_options(&mut pricer, arr, world, b, &mut nested);
         let (top, c) = joint::search(&mut pricer, &lms, &setup(arr), &|p, o| {
             joint::free_options(p, o, b)
         });
@@ -185,11 +203,10 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
             joint::insert(&mut found, s, setup(arr).keep);
         }
     }
-    // The homogeneous baseline (for a lone language model: its whole search).
+    // The homogeneous baseline (for a lone language model: its whole search), over the nested
+    // arrangement's language-model options.
     let hb = bounds(&opts, cluster, Arrangement::Nested, others);
-    let lms = lm::options(&mut pricer, Arrangement::Nested, world, hb, &|p, l| {
-        baseline::first_stage_load(p, l, hb)
-    });
+    let lms = lm_options(&mut pricer, Arrangement::Nested, world, hb, &mut nested);
     let (homogeneous, c) =
         joint::search(&mut pricer, &lms, &setup(Arrangement::Nested), &|p, o| {
             baseline::options_for(p.model, o, hb)
