@@ -25,7 +25,7 @@ use crate::compute::Work;
 use crate::cost::Cost;
 use crate::estimate::{price, Options, Priced};
 use crate::memory::{chunk_activations, rank_memory, InFlight, RankInputs};
-use crate::schedule::steps::{alive, colocated_steps, PipelineSteps, Step};
+use crate::schedule::steps::{alive, colocated_steps, PipelineSteps};
 use crate::schedule::units::{units, ModuleUnits, UnitKind};
 
 /// A closed-form estimate: time and peak memory per rank, no simulation.
@@ -228,12 +228,14 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
         None => colocated_time(plan, model.language_model().index(), &modules),
         Some(ps) => pipeline_time(model, plan, ps, &modules),
     };
-    let (peak, tail) = per_rank(model, plan, &priced, &units, &modules, pipeline.as_ref());
+    // Units alive per lane, counted once for the peak and for every module's own terms.
+    let mut lanes = Lanes::new(pipeline.as_ref());
+    let (peak, tail) = per_rank(model, plan, &priced, &units, &modules, &mut lanes);
     let terms = modules
         .iter()
         .enumerate()
         .map(|(m, q)| {
-            let memory = own_memory(model, plan, &priced, m, &units[m], q, pipeline.as_ref());
+            let memory = own_memory(model, plan, &priced, m, &units[m], q, &mut lanes);
             terms_of(&priced, m, &units[m], q, memory)
         })
         .collect();
@@ -306,7 +308,7 @@ fn per_rank(
     priced: &Priced<'_>,
     units: &[ModuleUnits],
     modules: &[ModuleQuick],
-    pipeline: Option<&PipelineSteps>,
+    lanes: &mut Lanes<'_>,
 ) -> (f64, f64) {
     let inputs = RankInputs {
         model,
@@ -314,19 +316,6 @@ fn per_rank(
         statics: &priced.statics,
         units,
         reserve: priced.constants.framework_reserve_bytes,
-    };
-    let lm = model.language_model().index();
-    // (units of passes, of micro-batches) alive, per lane kind: colocated by language-model
-    // stage, pipelines by (group, stage).
-    let mut counts: BTreeMap<(usize, u32), (f64, f64)> = BTreeMap::new();
-    let mut count = |key: (usize, u32), steps: &dyn Fn() -> Vec<Step>| {
-        *counts.entry(key).or_insert_with(|| {
-            let s = steps();
-            (
-                f64::from(alive(&s, UnitKind::Pass)),
-                f64::from(alive(&s, UnitKind::MicroBatch)),
-            )
-        })
     };
     let (mut peak, mut tail) = (0.0f64, 0.0f64);
     for r in plan.used_ranks() {
@@ -336,21 +325,8 @@ fn per_rank(
             .enumerate()
             .filter_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))
             .collect();
-        let (passes_alive, micro_alive) = match pipeline {
-            None => {
-                let Some(sl) = plan.modules()[lm].grid.coord_of(r).map(|c| c.pp) else {
-                    continue;
-                };
-                let p = plan.modules()[lm].layout.pp;
-                count((usize::MAX, sl), &|| colocated_steps(p, sl, plan.passes()))
-            }
-            Some(ps) => {
-                let Some(&(m0, c0)) = on.first() else {
-                    continue;
-                };
-                let g = ps.pipe.group_of[m0];
-                count((g, c0.pp), &|| ps.steps(g, c0.pp))
-            }
+        let Some((passes_alive, micro_alive)) = lanes.alive_on(model, plan, r) else {
+            continue;
         };
         let terms: Vec<(f64, f64)> = on
             .iter()
@@ -377,45 +353,57 @@ fn per_rank(
     (peak, tail)
 }
 
-/// Units alive on a rank's lane, (passes, micro-batches): colocated by the language model's
-/// stage the rank holds, in a pipeline by the (group, stage) of its first module.
-fn alive_on(
-    model: &ModelGraph,
-    plan: &Plan,
-    pipeline: Option<&PipelineSteps>,
-    r: Rank,
-    cache: &mut BTreeMap<(usize, u32), (f64, f64)>,
-) -> Option<(f64, f64)> {
-    let key = match pipeline {
-        None => {
-            let lm = &plan.modules()[model.language_model().index()];
-            (usize::MAX, lm.grid.coord_of(r)?.pp)
+/// The lanes of a plan for the closed form's memory: the pipeline's steps (none for a
+/// colocated schedule) and the units alive per lane kind, counted once each.
+struct Lanes<'p> {
+    pipeline: Option<&'p PipelineSteps>,
+    /// (passes, micro-batches) alive: colocated by the language model's stage
+    /// (`usize::MAX`, stage), in a pipeline by (group, stage).
+    alive: BTreeMap<(usize, u32), (f64, f64)>,
+}
+
+impl<'p> Lanes<'p> {
+    fn new(pipeline: Option<&'p PipelineSteps>) -> Self {
+        Lanes {
+            pipeline,
+            alive: BTreeMap::new(),
         }
-        Some(ps) => {
-            let (m0, c0) = plan
-                .modules()
-                .iter()
-                .enumerate()
-                .find_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))?;
-            (ps.pipe.group_of[m0], c0.pp)
-        }
-    };
-    if let Some(&v) = cache.get(&key) {
-        return Some(v);
     }
-    let steps = match pipeline {
-        None => {
-            let p = plan.modules()[model.language_model().index()].layout.pp;
-            colocated_steps(p, key.1, plan.passes())
+
+    /// Units alive on rank `r`'s lane, (passes, micro-batches): colocated by the language
+    /// model's stage the rank holds, in a pipeline by the (group, stage) of its first module.
+    fn alive_on(&mut self, model: &ModelGraph, plan: &Plan, r: Rank) -> Option<(f64, f64)> {
+        let key = match self.pipeline {
+            None => {
+                let lm = &plan.modules()[model.language_model().index()];
+                (usize::MAX, lm.grid.coord_of(r)?.pp)
+            }
+            Some(ps) => {
+                let (m0, c0) = plan
+                    .modules()
+                    .iter()
+                    .enumerate()
+                    .find_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))?;
+                (ps.pipe.group_of[m0], c0.pp)
+            }
+        };
+        if let Some(&v) = self.alive.get(&key) {
+            return Some(v);
         }
-        Some(ps) => ps.steps(key.0, key.1),
-    };
-    let v = (
-        f64::from(alive(&steps, UnitKind::Pass)),
-        f64::from(alive(&steps, UnitKind::MicroBatch)),
-    );
-    cache.insert(key, v);
-    Some(v)
+        let steps = match self.pipeline {
+            None => {
+                let p = plan.modules()[model.language_model().index()].layout.pp;
+                colocated_steps(p, key.1, plan.passes())
+            }
+            Some(ps) => ps.steps(key.0, key.1),
+        };
+        let v = (
+            f64::from(alive(&steps, UnitKind::Pass)),
+            f64::from(alive(&steps, UnitKind::MicroBatch)),
+        );
+        self.alive.insert(key, v);
+        Some(v)
+    }
 }
 
 /// Per stage of module `m`, the most any of its ranks holds for it alone: static memory,
@@ -427,18 +415,17 @@ fn own_memory(
     m: usize,
     u: &ModuleUnits,
     q: &ModuleQuick,
-    pipeline: Option<&PipelineSteps>,
+    lanes: &mut Lanes<'_>,
 ) -> Vec<f64> {
     let mp = &plan.modules()[m];
     let module = model.module(ModuleId::new(m));
     let act_bytes = model.data().precision.activation_bytes() as f64;
     let mut own = vec![0.0f64; mp.layout.pp as usize];
-    let mut cache = BTreeMap::new();
     for &r in mp.grid.ranks() {
         let Some(c) = mp.grid.coord_of(r) else {
             continue;
         };
-        let Some((passes, micro)) = alive_on(model, plan, pipeline, r, &mut cache) else {
+        let Some((passes, micro)) = lanes.alive_on(model, plan, r) else {
             continue;
         };
         let alive = match u.kind {
@@ -473,7 +460,15 @@ pub fn module_terms(
     } else {
         Some(PipelineSteps::new(model, plan).ok()?)
     };
-    let memory = own_memory(model, plan, &priced, i, &u, &q, pipeline.as_ref());
+    let memory = own_memory(
+        model,
+        plan,
+        &priced,
+        i,
+        &u,
+        &q,
+        &mut Lanes::new(pipeline.as_ref()),
+    );
     Some(terms_of(&priced, i, &u, &q, memory))
 }
 
