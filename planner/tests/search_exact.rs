@@ -17,7 +17,9 @@ use hetpar_planner::boundary::boundary_times;
 use hetpar_planner::search::lm::{ranks_of, schedule};
 use hetpar_planner::search::objective::closed_form;
 use hetpar_planner::search::price::entry;
-use hetpar_planner::search::space::{encoder_chunks, item_layouts, lm_dps, lm_layouts, Bounds};
+use hetpar_planner::search::space::{
+    encoder_chunks, item_layouts, lm_dps, lm_layouts, micro_batches, Bounds,
+};
 use hetpar_planner::search::{baseline, lm, search, SearchOptions};
 use serde_json::json;
 
@@ -124,7 +126,7 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                         .map(|&m| (m, item_layouts(model, model.module(m), ranks.others.1, b)))
                         .collect(),
                 };
-                let m_count = model.data().global_batch / (dp * l.micro_batch_size);
+                let m_count = micro_batches(model, &l);
                 for lx in splits(&l, layers) {
                     for k in encoder_chunks(m_count, opts.max_encoder_chunk) {
                         let sched = schedule(model, arr, &lx, k);

@@ -6,12 +6,12 @@
 //! recompute per module, micro-batch size and encoder chunk.
 
 use hetpar_ir::layout::{LayoutSpec, RecomputePolicy};
-use hetpar_ir::model::{Body, ModelGraph};
+use hetpar_ir::model::ModelGraph;
 
 use super::joint::ItemOptions;
-use super::lm::{schedule, LmOption};
-use super::price::{Pricer, Ranks};
-use super::space::{item_layouts, tp_ok, Bounds};
+use super::lm::{ranks_of, schedule, LmOption};
+use super::price::Pricer;
+use super::space::{item_layouts, micro_batches, tp_ok, Bounds};
 use hetpar_cost::combine::Arrangement;
 
 /// Each module's homogeneous layouts beside the language-model option `o` (one per recompute
@@ -45,9 +45,8 @@ pub fn options_for(model: &ModelGraph, o: &LmOption, b: Bounds) -> ItemOptions {
 /// recompute), for balancing its stages.
 pub fn first_stage_load(pricer: &mut Pricer<'_>, lm: &LayoutSpec, b: Bounds) -> f64 {
     let world = lm.tp * lm.cp * lm.pp * lm.dp.unwrap_or(1);
-    let ranks = Ranks {
-        lm: (0, world),
-        others: (0, world / lm.pp.max(1)),
+    let Some(ranks) = ranks_of(Arrangement::Nested, lm, world) else {
+        return 0.0;
     };
     let o = LmOption {
         layout: lm.clone(),
@@ -55,16 +54,13 @@ pub fn first_stage_load(pricer: &mut Pricer<'_>, lm: &LayoutSpec, b: Bounds) -> 
         terms: Default::default(),
     };
     let sched = schedule(pricer.model, Arrangement::Nested, lm, 1);
-    let units =
-        pricer.model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+    let units = micro_batches(pricer.model, lm);
     let mut work = 0.0;
     for (m, ls) in options_for(pricer.model, &o, b) {
+        // Every layout comes with recompute none (a projector's only policy).
         let light = ls
             .iter()
-            .find(|l| {
-                l.recompute.policy == RecomputePolicy::None
-                    || matches!(pricer.model.module(m).body, Body::Projector(_))
-            })
+            .find(|l| l.recompute.policy == RecomputePolicy::None)
             .cloned();
         if let Some(l) = light {
             if let Some(t) = pricer.terms(m, &l, ranks, lm, &sched) {

@@ -2,13 +2,16 @@
 //! and for each the best joint choice of the other modules, exact with respect to the closed
 //! form (`hetpar_cost::combine`).
 //!
-//! 1. Lower bounds: for every (language-model option, k), the best choice of the others with
-//!    boundaries left out (a boundary never takes negative time), from the frontier of each
-//!    module's options (without boundaries a chain's terms are the sums of its modules').
-//! 2. In increasing order of that bound, the exact best with every boundary synthesized (the
-//!    frontier of each chain's joint options, boundary times included, then of the chains
-//!    together), until the bound reaches the `keep`-th best exact plan found: nothing left can
-//!    enter the best `keep`.
+//! A best-first branch and bound over (language-model option, k), with three values per pair:
+//! 1. the language model alone (the others only add work and memory): a lower bound;
+//! 2. with the others but without boundaries (a boundary never takes negative time), from the
+//!    frontier of each module's own options (without boundaries a chain's terms are the sums
+//!    of its modules'): a tighter lower bound;
+//! 3. exact, every boundary synthesized: joint choices made exact in the order of their value
+//!    without boundaries until that reaches the best exact value (`lazy_exact`), or past
+//!    `JOINT_LIMIT` choices the frontier of each chain's joint options with boundaries.
+//!
+//! The search stops when the `keep`-th best exact plan is no worse than every bound left.
 
 use std::collections::BTreeMap;
 
@@ -282,8 +285,6 @@ fn lazy_exact(
 ) -> Option<(f64, f64, Vec<Choice>)> {
     let nb = followers(pricer, o, cx.schedule, false)?;
     let with_b = followers(pricer, o, cx.schedule, true)?;
-    let passes = o.terms.units.div_ceil(k.max(1));
-    let eval = |others: Others| combine(s.arrangement, &o.terms, o.layout.vpp, passes, others);
     // Every joint choice (one point per chain) with its value without boundaries.
     let mut joint: Vec<(f64, f64, Vec<usize>)> = Vec::new();
     let total: usize = per.iter().map(Vec::len).product();
@@ -298,14 +299,12 @@ fn lazy_exact(
                 x
             })
             .collect();
-        let mut sum = nb;
-        for (pts, &x) in per.iter().zip(&idx) {
-            sum.work += pts[x].time;
-            sum.tail += pts[x].tail;
-            sum.memory += pts[x].memory;
-        }
+        let sum = per
+            .iter()
+            .zip(&idx)
+            .fold(nb, |acc, (pts, &x)| plus(acc, &pts[x]));
         counts.evaluations += 1;
-        let (t, mem) = eval(sum);
+        let (t, mem) = evaluate(o, k, s, sum);
         if mem <= s.capacity && t.is_finite() {
             joint.push((t, mem, idx));
         }
@@ -320,17 +319,30 @@ fn lazy_exact(
         let mut choice = Vec::with_capacity(idx.len());
         for ((pts, &i), c) in per.iter().zip(&idx).zip(chains) {
             let p = &pts[i];
-            sum.work += p.time + super::upstream::boundary_time(pricer, c, &p.value, cx)?;
-            sum.tail += p.tail;
-            sum.memory += p.memory;
+            sum = plus(sum, p);
+            sum.work += super::upstream::boundary_time(pricer, c, &p.value, cx)?;
             choice.push(p.value.clone());
         }
-        let (t, _) = eval(sum);
+        let (t, _) = evaluate(o, k, s, sum);
         if out.as_ref().is_none_or(|b| t < b.0) {
             out = Some((t, mem, choice));
         }
     }
     out
+}
+
+/// Adds a point of the others' choices to what they add together.
+fn plus<T>(mut o: Others, p: &Point<T>) -> Others {
+    o.work += p.time;
+    o.tail += p.tail;
+    o.memory += p.memory;
+    o
+}
+
+/// The closed-form step time and memory of option `o` with chunk `k` beside `others`.
+fn evaluate(o: &LmOption, k: u32, s: &Setup, others: Others) -> (f64, f64) {
+    let passes = o.terms.units.div_ceil(k.max(1));
+    combine(s.arrangement, &o.terms, o.layout.vpp, passes, others)
 }
 
 /// The fastest point of a frontier of the others' choices that fits beside `o`.
@@ -345,13 +357,7 @@ fn best<T: Clone>(
     let mut out: Option<(f64, f64, T)> = None;
     for p in f.points() {
         counts.evaluations += 1;
-        let others = Others {
-            work: p.time + fixed.work,
-            memory: p.memory + fixed.memory,
-            tail: p.tail + fixed.tail,
-        };
-        let passes = o.terms.units.div_ceil(k.max(1));
-        let (t, mem) = combine(s.arrangement, &o.terms, o.layout.vpp, passes, others);
+        let (t, mem) = evaluate(o, k, s, plus(fixed, p));
         if mem > s.capacity || !t.is_finite() {
             continue;
         }

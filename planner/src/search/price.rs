@@ -75,8 +75,7 @@ pub fn follower(
     };
     let dp = gpus / tp;
     let batch = model.data().global_batch;
-    let m_count = batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
-    let per = dp.checked_mul(m_count)?;
+    let per = dp.checked_mul(super::space::micro_batches(model, lm))?;
     if per == 0 || !batch.is_multiple_of(per) {
         return None;
     }
@@ -192,8 +191,7 @@ impl<'a> Pricer<'a> {
         let lm_key = if is_lm {
             String::new()
         } else {
-            let m =
-                self.model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
+            let m = super::space::micro_batches(self.model, lm);
             format!("{m} {} {}", lm.pp, lm.vpp)
         };
         let key = (
@@ -242,8 +240,14 @@ impl<'a> Pricer<'a> {
         let model = self.model;
         let bd = model.boundary(b);
         let chunk = schedule.encoder_chunk.unwrap_or(1);
-        let m_count = model.data().global_batch / (lm.dp.unwrap_or(1) * lm.micro_batch_size).max(1);
-        let key = (b, shape(from), shape(to), ranks, m_count, chunk);
+        let key = (
+            b,
+            shape(from),
+            shape(to),
+            ranks,
+            super::space::micro_batches(model, lm),
+            chunk,
+        );
         if let Some(&t) = self.boundaries.get(&key) {
             return t;
         }

@@ -174,6 +174,11 @@ pub fn tp_ok(module: &Module, tp: u32) -> bool {
     }
 }
 
+/// Micro-batches per step of a language-model layout: global batch / (dp x mbs).
+pub fn micro_batches(model: &ModelGraph, l: &LayoutSpec) -> u32 {
+    model.data().global_batch / (l.dp.unwrap_or(1) * l.micro_batch_size).max(1)
+}
+
 /// Data-parallel degrees worth trying for the language model: divisors of the global batch.
 pub fn lm_dps(batch: u32, max: u32) -> Vec<u32> {
     (1..=batch.min(max))

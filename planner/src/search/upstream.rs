@@ -1,7 +1,7 @@
 //! The modules before the language model as chains (an encoder and the projectors its rows
-//! pass through), and the frontier of a chain's joint options in one context: every
-//! combination of its modules' layouts priced once, with the boundaries inside the chain and,
-//! when asked, the one into the language model.
+//! pass through), and a chain's joint options in one context: every combination of its
+//! modules' layouts priced once, with its boundaries (inside the chain and into the language
+//! model) when asked.
 
 use std::collections::BTreeMap;
 
