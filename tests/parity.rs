@@ -10,8 +10,9 @@ use std::time::Duration;
 mod common;
 
 use common::parity::{
-    assert_grads_match, assert_grads_within, at, batches, bits, host_groups, lower, model,
-    model_of, opts, resident, single_device_losses, LR, MODEL, SEED, STEPS, TWO_ENCODERS,
+    assert_grads_match, assert_grads_within, assert_losses_match, at, batches, bits, host_groups,
+    lower, model, model_of, opts, resident, single_device_losses, LR, MODEL, SEED, STEPS,
+    TWO_ENCODERS,
 };
 use hetpar::runtime::exec::{run, RunOptions};
 use hetpar::runtime::reference::{loss_and_grads, Params};
@@ -104,21 +105,7 @@ fn every_plan_of_the_matrix_follows_the_golden_single_device_losses_for_50_steps
         let program = lower(&g, schedule, modules);
         let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        if std::env::var("PARITY_VERBOSE").is_ok() {
-            let worst = out
-                .losses
-                .iter()
-                .zip(&reference)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            eprintln!("{name}: largest loss difference over {STEPS} steps {worst:.2e}");
-        }
-        for (k, (a, b)) in out.losses.iter().zip(&reference).enumerate() {
-            assert!(
-                (a - b).abs() <= 1e-4,
-                "{name}: step {k}: loss {a} against the single device's {b}"
-            );
-        }
+        assert_losses_match(name, &out, &reference);
     }
 }
 
@@ -244,16 +231,7 @@ fn two_encoders_give_the_single_device_gradients_and_50_step_losses() {
         assert_grads_match(name, &one, &want);
         let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
             .unwrap_or_else(|e| panic!("{name}: {e}"));
-        let worst = out
-            .losses
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        if std::env::var("PARITY_VERBOSE").is_ok() {
-            eprintln!("{name}: largest loss difference over {STEPS} steps {worst:.2e}");
-        }
-        assert!(worst <= 1e-4, "{name}: a loss differs by {worst}");
+        assert_losses_match(name, &out, &reference);
     }
 }
 

@@ -14,8 +14,8 @@ use std::time::Duration;
 mod common;
 
 use common::parity::{
-    assert_grads_match, assert_grads_within, at, batches, bits, host_groups, lower_with, model,
-    opts, resident, single_device_losses, SEED, STEPS,
+    assert_grads_match, assert_grads_within, assert_losses_match, at, batches, bits, host_groups,
+    lower_with, model, opts, resident, single_device_losses, SEED, STEPS,
 };
 use hetpar::ir::program::{Instruction, Program};
 use hetpar::ir::shard::{pass_deal, Passes};
@@ -37,21 +37,7 @@ fn parity(name: &str, schedule: Value, modules: Value) {
     let reference = single_device_losses(&cfg, &init, &batches);
     let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
         .unwrap_or_else(|e| panic!("{name}: {e}"));
-    if std::env::var("PARITY_VERBOSE").is_ok() {
-        let worst = out
-            .losses
-            .iter()
-            .zip(&reference)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
-        eprintln!("{name}: largest loss difference over {STEPS} steps {worst:.2e}");
-    }
-    for (k, (a, b)) in out.losses.iter().zip(&reference).enumerate() {
-        assert!(
-            (a - b).abs() <= 1e-4,
-            "{name}: step {k}: loss {a} against the single device's {b}"
-        );
-    }
+    assert_losses_match(name, &out, &reference);
     assert_eq!(check_pair_order(&program), Ok(()), "{name}");
     let plain = run(&program, &cfg, &init, &batches, &opts(2)).unwrap();
     assert_eq!(

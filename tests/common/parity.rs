@@ -88,6 +88,29 @@ pub fn single_device_losses(cfg: &Config, init: &Params, batches: &[Batch]) -> V
         .collect()
 }
 
+/// Every step's loss within 1e-4 of the single device's; with `PARITY_VERBOSE` the largest
+/// difference is printed.
+pub fn assert_losses_match(name: &str, got: &RunOutput, reference: &[f32]) {
+    if std::env::var("PARITY_VERBOSE").is_ok() {
+        let worst = got
+            .losses
+            .iter()
+            .zip(reference)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max);
+        eprintln!(
+            "{name}: largest loss difference over {} steps {worst:.2e}",
+            got.losses.len()
+        );
+    }
+    for (k, (a, b)) in got.losses.iter().zip(reference).enumerate() {
+        assert!(
+            (a - b).abs() <= 1e-4,
+            "{name}: step {k}: loss {a} against the single device's {b}"
+        );
+    }
+}
+
 pub fn assert_grads_match(name: &str, got: &RunOutput, want: &Params) {
     assert_grads_within(name, got, want, 1e-5);
 }
