@@ -135,20 +135,14 @@ impl Plan {
 
     /// The language model's micro-batches per step (every module after it takes as many).
     pub fn micro_batches(&self) -> u32 {
-        self.modules
-            .iter()
-            .find(|m| m.module == self.language_model)
-            .map_or(1, |m| m.layout.micro_batches)
+        lm_micro_batches(&self.modules, self.language_model)
     }
 
     /// The encoder passes of a step: every module processing encoder items (encoders,
     /// projectors) runs `passes().count()` passes per replica, each over the items of
     /// `encoder_chunk` language-model micro-batches (`crate::shard`).
     pub fn passes(&self) -> Passes {
-        Passes::new(
-            self.micro_batches(),
-            chunk_of(&self.schedule, self.micro_batches()),
-        )
+        passes_of(&self.schedule, self.micro_batches())
     }
 
     /// Every rank some module runs on, sorted.
@@ -228,7 +222,10 @@ impl Plan {
             return Err(ds);
         }
         let mut modules: Vec<ModulePlan> = built.into_iter().flatten().collect();
-        let passes = passes_of(&file.schedule, model, &modules);
+        let passes = passes_of(
+            &file.schedule,
+            lm_micro_batches(&modules, model.language_model()),
+        );
         for m in modules.iter_mut() {
             if model.item_origin(m.module).is_some() {
                 m.layout.micro_batches = passes.count();
@@ -247,22 +244,23 @@ impl Plan {
     }
 }
 
-/// The language-model micro-batches an encoder pass covers: `encoder_chunk` where given, every
-/// micro-batch of the step under `colocated_three_phase`, else 1.
-fn chunk_of(s: &ScheduleSpec, micro_batches: u32) -> u32 {
-    match (s.kind, s.encoder_chunk) {
+/// The language model's micro-batches per step among built module plans.
+fn lm_micro_batches(modules: &[ModulePlan], lm: ModuleId) -> u32 {
+    modules
+        .iter()
+        .find(|m| m.module == lm)
+        .map_or(1, |m| m.layout.micro_batches)
+}
+
+/// The encoder passes of a step of `micro_batches`: each covers `encoder_chunk` of them where
+/// given, every micro-batch of the step under `colocated_three_phase`, else one.
+fn passes_of(s: &ScheduleSpec, micro_batches: u32) -> Passes {
+    let chunk = match (s.kind, s.encoder_chunk) {
         (_, Some(k)) => k,
         (ScheduleKind::ColocatedThreePhase, None) => micro_batches,
         _ => 1,
-    }
-}
-
-fn passes_of(s: &ScheduleSpec, model: &ModelGraph, modules: &[ModulePlan]) -> Passes {
-    let m = modules
-        .iter()
-        .find(|m| m.module == model.language_model())
-        .map_or(1, |m| m.layout.micro_batches);
-    Passes::new(m, chunk_of(s, m))
+    };
+    Passes::new(micro_batches, chunk)
 }
 
 /// Pipeline chunks a layout may have (far above any real pipeline; bounds allocations).
