@@ -1,9 +1,12 @@
 //! Collective and point-to-point communication times, ring or tree, per link class.
 //!
 //! A group whose ranks sit on one node talks over NVLink; a group spanning nodes is limited by
-//! each GPU's network share (NCCL runs one ring per GPU of a node, each crossing the network
-//! through its own NIC), and pays the network latency per step. Ring and tree are both priced;
-//! the cheaper is taken, as NCCL's tuner does.
+//! the network, and pays the network latency per step. NCCL runs one ring per NIC, each
+//! crossing the network through its own NIC, so a group with `g` ranks on each node moves its
+//! data through `g` GPUs' network shares at once (capped by NVLink, which the rings also
+//! cross): a data-parallel group of whole nodes gets the nodes' whole network bandwidth, one
+//! rank per node only that rank's share. Ring and tree are both priced; the cheaper is taken,
+//! as NCCL's tuner does.
 
 use hetpar_ir::{Cluster, Rank};
 
@@ -31,11 +34,22 @@ pub struct Link {
 }
 
 impl Link {
-    /// The link class of a group of ranks.
+    /// The link of a group of ranks: NVLink within a node; across nodes the network, times
+    /// the fewest ranks the group has on one of its nodes (module comment).
     pub fn of_group(cluster: &Cluster, c: &Constants, ranks: &[Rank]) -> Link {
         let first = ranks.first().map(|&r| cluster.node_of(r));
         let spans = ranks.iter().any(|&r| Some(cluster.node_of(r)) != first);
-        Link::of_class(cluster, c, spans)
+        let mut link = Link::of_class(cluster, c, spans);
+        if spans {
+            let mut per_node = std::collections::BTreeMap::new();
+            for &r in ranks {
+                *per_node.entry(cluster.node_of(r)).or_insert(0u32) += 1;
+            }
+            let g = per_node.values().copied().min().unwrap_or(1).max(1);
+            let nvlink = Link::of_class(cluster, c, false).bandwidth;
+            link.bandwidth = (link.bandwidth * f64::from(g)).min(nvlink.max(link.bandwidth));
+        }
+        link
     }
 
     /// The link between two ranks.

@@ -20,7 +20,7 @@ pub struct Constants {
     pub attention_efficiency: f64,
     /// Fraction of HBM bandwidth memory-bound kernels reach.
     pub hbm_efficiency: f64,
-    /// Fixed cost of one kernel launch, s.
+    /// Fixed cost of one kernel launch, s; `compute::kernels` counts a layer's kernels.
     pub kernel_launch_s: f64,
     /// Activation reads and writes of memory-bound kernels per layer, in units of
     /// rows x hidden elements (norms, residuals, dropout-free elementwise work).
@@ -29,8 +29,13 @@ pub struct Constants {
     pub nvlink_efficiency: f64,
     /// Fraction of per-GPU network bandwidth collectives reach across nodes.
     pub network_efficiency: f64,
-    /// Fraction of data-parallel gradient communication hidden behind backward.
+    /// Whether data-parallel communication overlaps compute (1) or not (0): the gradient
+    /// reduction under the last unit's backward, the parameter gather under the first unit's
+    /// forward, as Megatron's `--overlap-grad-reduce` / `--overlap-param-gather` do.
     pub dp_overlap: f64,
+    /// Tokens the busiest expert of a MoE layer receives relative to the mean (routing with
+    /// an auxiliary balancing loss is not perfectly even).
+    pub moe_load_imbalance: f64,
     /// Memory held by the CUDA context, NCCL and the allocator on every rank, bytes.
     pub framework_reserve_bytes: f64,
 }
@@ -53,7 +58,8 @@ impl Constants {
             elementwise_passes: 4.0,
             nvlink_efficiency: 0.80,
             network_efficiency: 0.85,
-            dp_overlap: 0.8,
+            dp_overlap: 1.0,
+            moe_load_imbalance: 1.1,
             framework_reserve_bytes: 3.0 * (1u64 << 30) as f64,
         };
         match gpu {

@@ -8,14 +8,15 @@ use hetpar_ir::plan::ModulePlan;
 use hetpar_ir::{Cluster, Plan, Rank};
 
 use crate::collective::{collective_time, CollectiveKind, Link};
-use crate::compute::{Hardware, ModuleCompute, PassTime};
+use crate::compute::{Hardware, ModuleCompute, PassTime, Work};
 use crate::constants::Constants;
 use crate::cost::Cost;
 use crate::memory::{
     rank_memory, stage_parameters, static_memory, AttentionKernel, InFlight, RankInputs,
     StaticMemory,
 };
-use crate::schedule::units::units;
+use crate::schedule::units::{units, ModuleUnits};
+use crate::sync;
 use crate::schedule::{self, Inputs};
 use crate::simulate::simulate;
 use crate::tasks::{TaskGraph, TaskKind};
@@ -148,18 +149,22 @@ pub(crate) fn price<'a>(
     cluster: &Cluster,
     plan: &'a Plan,
     opts: &Options,
+    units: &[ModuleUnits],
 ) -> Priced<'a> {
-    price_some(model, cluster, plan, opts, None)
+    price_some(model, cluster, plan, opts, None, &|m| units[m].peak(0))
 }
 
 /// `price`, with the gradient synchronization and optimizer step of module `only` alone
-/// (the others' left at zero) when given: pricing one module of a large plan.
+/// (the others' left at zero) when given: pricing one module of a large plan. `unit` gives a
+/// module's largest unit on its first replica: the window data-parallel communication hides
+/// under (`sync`).
 pub(crate) fn price_some<'a>(
     model: &'a ModelGraph,
     cluster: &Cluster,
     plan: &'a Plan,
     opts: &Options,
     only: Option<usize>,
+    unit: &dyn Fn(usize) -> Work,
 ) -> Priced<'a> {
     let c = opts
         .constants
@@ -172,53 +177,27 @@ pub(crate) fn price_some<'a>(
     let mut optimizer = Vec::new();
     for (i, (m, mp)) in model.modules().iter().zip(plan.modules()).enumerate() {
         let l: &Layout = &mp.layout;
-        computes.push(ModuleCompute {
+        let compute = ModuleCompute {
             module: m,
             layout: l,
             hw: hardware(cluster, c, mp),
             act_bytes,
             kernel: opts.attention,
-        });
+        };
+        statics.push(
+            (0..l.pp)
+                .map(|s| static_memory(stage_parameters(m, l, s), l, data.precision, data.optimizer))
+                .collect(),
+        );
         if only.is_some_and(|o| o != i) {
-            statics.push(
-                (0..l.pp)
-                    .map(|s| {
-                        static_memory(stage_parameters(m, l, s), l, data.precision, data.optimizer)
-                    })
-                    .collect(),
-            );
             grad_sync.push(vec![0.0; l.pp as usize]);
             optimizer.push(vec![0.0; l.pp as usize]);
-            continue;
+        } else {
+            let (gs, op) = stage_syncs(model, cluster, mp, &compute, unit(i), &c);
+            grad_sync.push(gs);
+            optimizer.push(op);
         }
-        let group = dp_cp_group(mp);
-        let link = Link::of_group(cluster, &c, &group);
-        let n = group.len() as u32;
-        let mut st = Vec::new();
-        let mut gs = Vec::new();
-        let mut op = Vec::new();
-        for s in 0..l.pp {
-            let params = stage_parameters(m, l, s);
-            let mem = static_memory(params, l, data.precision, data.optimizer);
-            let comm = if l.distributed_optimizer {
-                collective_time(CollectiveKind::ReduceScatter, params * 4.0, n, link)
-                    + collective_time(CollectiveKind::AllGather, params * 2.0, n, link)
-            } else {
-                collective_time(CollectiveKind::AllReduce, params * 4.0, n, link)
-            };
-            gs.push(comm * (1.0 - c.dp_overlap));
-            // Adam touches master weight, moments and gradient (read + write) per shard.
-            let shard = if l.distributed_optimizer {
-                f64::from(n.max(1))
-            } else {
-                1.0
-            };
-            op.push(params / shard * 32.0 / (cluster.gpu.hbm_bandwidth * c.hbm_efficiency));
-            st.push(mem);
-        }
-        statics.push(st);
-        grad_sync.push(gs);
-        optimizer.push(op);
+        computes.push(compute);
     }
     Priced {
         computes,
@@ -227,6 +206,77 @@ pub(crate) fn price_some<'a>(
         optimizer,
         constants: c,
     }
+}
+
+/// Per stage of one module: its exposed gradient synchronization and its optimizer step.
+fn stage_syncs(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    mp: &ModulePlan,
+    compute: &ModuleCompute<'_>,
+    unit: Work,
+    c: &Constants,
+) -> (Vec<f64>, Vec<f64>) {
+    let l = &mp.layout;
+    let m = compute.module;
+    let group = dp_cp_group(mp);
+    let link = Link::of_group(cluster, c, &group);
+    let n = group.len() as u32;
+    let tied = tied_embedding_sync(model, cluster, mp, c);
+    let chunks = l.chunk_layers.len();
+    let mut gs = Vec::new();
+    let mut op = Vec::new();
+    for s in 0..l.pp {
+        let params = stage_parameters(m, l, s);
+        let (mut fwd, mut bwd) = (0.0, 0.0);
+        for chunk in (s as usize..chunks).step_by(l.pp as usize) {
+            let t = compute.chunk(chunk, unit);
+            fwd += t.forward.total();
+            bwd += t.backward.total();
+        }
+        let ends = s == 0 || s + 1 == l.pp;
+        gs.push(sync::grad_sync(
+            &sync::StageSync {
+                params,
+                group: n,
+                link,
+                distributed_optimizer: l.distributed_optimizer,
+                forward_window: fwd,
+                backward_window: bwd,
+                tied_embedding: if ends { tied } else { 0.0 },
+            },
+            c,
+        ));
+        let shard = if l.distributed_optimizer { n } else { 1 };
+        op.push(sync::optimizer_step(params, shard, cluster.gpu.hbm_bandwidth, c));
+    }
+    (gs, op)
+}
+
+/// The tied embedding's gradient all-reduce between a language model's first and last stage
+/// (fp32 gradients of the rank's vocabulary shard), s; 0 without tying or pipeline.
+fn tied_embedding_sync(model: &ModelGraph, cluster: &Cluster, mp: &ModulePlan, c: &Constants) -> f64 {
+    let l = &mp.layout;
+    let m = model.module(mp.module);
+    let tied = matches!(
+        m.body,
+        hetpar_ir::model::Body::LanguageModel {
+            tied_embeddings: true,
+            ..
+        }
+    );
+    if !tied || l.pp <= 1 {
+        return 0.0;
+    }
+    let first = mp.grid.rank_at(hetpar_ir::placement::Coord::default());
+    let last = mp.grid.rank_at(hetpar_ir::placement::Coord {
+        pp: l.pp - 1,
+        ..Default::default()
+    });
+    // The embedding parameters counted once: half of both tables when untied, all when tied.
+    let table = hetpar_ir::model::module_params(m).embedding as f64 / f64::from(l.tp);
+    let link = Link::between(cluster, c, first, last);
+    collective_time(CollectiveKind::AllReduce, table * 4.0, 2, link)
 }
 
 /// Model FLOPs per step: forward + backward of every module over the global batch.
@@ -280,8 +330,8 @@ pub fn simulate_plan(
     opts: &Options,
     boundary_times: Option<&crate::schedule::BoundaryTimes>,
 ) -> Result<(Estimate, (TaskGraph, crate::simulate::Timeline)), CostError> {
-    let priced = price(model, cluster, plan, opts);
     let units = units(model, plan);
+    let priced = price(model, cluster, plan, opts, &units);
     let inputs = Inputs {
         model,
         cluster,

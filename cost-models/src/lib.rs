@@ -16,10 +16,12 @@ pub mod compute;
 pub mod constants;
 pub mod cost;
 pub mod estimate;
+pub mod fit;
 pub mod memory;
 pub mod quick;
 pub mod schedule;
 pub mod simulate;
+pub mod sync;
 pub mod tasks;
 
 pub use constants::Constants;

@@ -104,7 +104,7 @@ pub fn unit_buffers(module: &Module, l: &Layout, stage: u32, rows: f64, act_byte
 }
 
 /// How attention stores what backward needs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AttentionKernel {
     /// Fused (flash) attention: no score matrix is kept.

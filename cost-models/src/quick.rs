@@ -200,8 +200,8 @@ fn price_module(
 
 /// `estimate_analytic` with a closed-form peak memory, for pruning searches (module comment).
 pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
-    let priced = price(model, cluster, plan, opts);
     let units = units(model, plan);
+    let priced = price(model, cluster, plan, opts, &units);
     let modules: Vec<ModuleQuick> = (0..plan.modules().len())
         .map(|m| price_module(model, cluster, plan, &priced, &units[m], m, opts))
         .collect();
@@ -452,8 +452,8 @@ pub fn module_terms(
     m: ModuleId,
 ) -> Option<crate::combine::ModuleQuick> {
     let i = m.index();
-    let priced = crate::estimate::price_some(model, cluster, plan, opts, Some(i));
     let u = crate::schedule::units::module_units(model, plan, m);
+    let priced = crate::estimate::price_some(model, cluster, plan, opts, Some(i), &|_| u.peak(0));
     let q = price_module(model, cluster, plan, &priced, &u, i, opts);
     let pipeline = if plan.schedule.kind.is_colocated() {
         None

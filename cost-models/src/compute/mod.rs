@@ -1,13 +1,19 @@
 //! Time of one forward and one backward of a pipeline chunk of a module for one micro-batch on
 //! one GPU: matrix products with a shape-dependent efficiency, the attention core, memory-bound
-//! kernels by bytes over HBM bandwidth, and the collectives inside layers (TP, CP, EP), which
-//! Megatron-style layers do not overlap with compute (CP's ring is overlapped with attention).
+//! kernels by bytes over HBM bandwidth, a launch overhead per kernel (`kernels`), and the
+//! collectives inside layers: TP with what Megatron overlaps of it (`tp`), CP's key/value
+//! exchange (a ring overlapped with attention, or an exposed all-gather), EP's all-to-alls.
+//! One layer is priced in `layer`.
+
+mod kernels;
+mod layer;
+pub mod tp;
 
 use hetpar_ir::layout::{Layout, RecomputePolicy};
-use hetpar_ir::model::{AttentionKind, Body, EmbeddingKind, FfnKind, Module, TransformerSpec};
+use hetpar_ir::model::{AttentionKind, Body, EmbeddingKind, Module, TransformerSpec};
 use hetpar_ir::Cluster;
 
-use crate::collective::{collective_time, p2p_time, CollectiveKind, Link};
+use crate::collective::{collective_time, CollectiveKind, Link};
 use crate::constants::Constants;
 use crate::memory::AttentionKernel;
 
@@ -77,7 +83,8 @@ impl Hardware {
         x / (x + self.c.matmul_half_dim)
     }
 
-    /// A matrix product [m, k] x [k, n]: compute- or memory-bound, plus a launch.
+    /// A matrix product [m, k] x [k, n]: compute- or memory-bound (its launch is counted by
+    /// the caller).
     pub fn matmul(&self, m: f64, k: f64, n: f64, bytes: f64) -> f64 {
         if m <= 0.0 || k <= 0.0 || n <= 0.0 {
             return 0.0;
@@ -85,15 +92,15 @@ impl Hardware {
         let eff = self.c.matmul_max_efficiency * self.g(m) * self.g(n) * self.g(k);
         let compute = 2.0 * m * n * k / (self.peak * eff);
         let memory = bytes * (m * k + k * n + m * n) / (self.hbm * self.c.hbm_efficiency);
-        compute.max(memory) + self.c.kernel_launch_s
+        compute.max(memory)
     }
 
-    /// A memory-bound kernel moving `bytes`.
+    /// Memory-bound work moving `bytes` (its launches are counted by the caller).
     pub fn memory(&self, bytes: f64) -> f64 {
         if bytes <= 0.0 {
             return 0.0;
         }
-        bytes / (self.hbm * self.c.hbm_efficiency) + self.c.kernel_launch_s
+        bytes / (self.hbm * self.c.hbm_efficiency)
     }
 }
 
@@ -131,6 +138,7 @@ impl ModuleCompute<'_> {
         match &self.module.body {
             Body::Projector(mlp) => {
                 let tp = f64::from(l.tp);
+                let mut first_product = 0.0;
                 for (i, wd) in mlp.widths.windows(2).enumerate() {
                     let i = i as u32;
                     if i < first_layer || i >= first_layer + layers {
@@ -141,23 +149,28 @@ impl ModuleCompute<'_> {
                     } else {
                         w.rows / f64::from(mlp.token_merge.max(1))
                     };
-                    let f = self.hw.matmul(
-                        rows,
-                        f64::from(wd[0]),
-                        f64::from(wd[1]) / tp,
-                        self.act_bytes,
-                    ) + self
-                        .hw
-                        .memory(2.0 * rows * f64::from(wd[1]) / tp * self.act_bytes);
+                    let product =
+                        self.hw
+                            .matmul(rows, f64::from(wd[0]), f64::from(wd[1]) / tp, self.act_bytes);
+                    if first_product == 0.0 {
+                        first_product = product;
+                    }
+                    // The product, its bias and activation.
+                    let f = product
+                        + self
+                            .hw
+                            .memory(2.0 * rows * f64::from(wd[1]) / tp * self.act_bytes)
+                        + self.launches(2.0);
                     t.forward.compute += f;
                     t.backward.compute += 2.0 * f;
                 }
-                let tp_c = self.tp_allreduce(
-                    w.rows / f64::from(mlp.token_merge.max(1))
-                        * f64::from(*mlp.widths.last().unwrap_or(&0)),
-                );
-                t.forward.tp_comm += tp_c;
-                t.backward.tp_comm += tp_c;
+                // Column- then row-parallel: the output reduced forward, the input gradient
+                // reduced under the first linear's weight-gradient product.
+                let out = w.rows / f64::from(mlp.token_merge.max(1))
+                    * f64::from(*mlp.widths.last().unwrap_or(&0));
+                let ar = self.tp_collectives(out).all_reduce;
+                t.forward.tp_comm += ar;
+                t.backward.tp_comm += (ar - first_product).max(0.0);
             }
             _ => {
                 let Some(tr) = self.module.transformer() else {
@@ -199,14 +212,31 @@ impl ModuleCompute<'_> {
         w.rows / f64::from(self.layout.cp)
     }
 
-    fn tp_allreduce(&self, elements: f64) -> f64 {
+    /// The launch overhead of `n` kernels.
+    fn launches(&self, n: f64) -> f64 {
+        n * self.hw.c.kernel_launch_s
+    }
+
+    /// One all-reduce, all-gather and reduce-scatter of `elements` (summed over the whole
+    /// sequence; a rank holds `1 / cp` of it) over the tp group.
+    fn tp_collectives(&self, elements: f64) -> tp::TpCollectives {
         let l = self.layout;
-        collective_time(
-            CollectiveKind::AllReduce,
-            elements / f64::from(l.cp) * self.act_bytes,
-            l.tp,
-            self.hw.tp_link,
-        )
+        let bytes = elements / f64::from(l.cp) * self.act_bytes;
+        let t = |kind| collective_time(kind, bytes, l.tp, self.hw.tp_link);
+        tp::TpCollectives {
+            all_reduce: t(CollectiveKind::AllReduce),
+            all_gather: t(CollectiveKind::AllGather),
+            reduce_scatter: t(CollectiveKind::ReduceScatter),
+        }
+    }
+
+    fn tp_mode(&self) -> tp::TpMode {
+        let l = self.layout;
+        tp::TpMode {
+            tp: l.tp,
+            sequence_parallel: l.sequence_parallel,
+            overlap: l.sequence_parallel && std::env::var("HP_OV").is_ok(),
+        }
     }
 
     /// The attention core: score and context products, and for a materialized kernel the
@@ -230,85 +260,21 @@ impl ModuleCompute<'_> {
         } else {
             0.0
         };
-        flops / (self.hw.peak * self.hw.c.attention_efficiency) + self.hw.c.kernel_launch_s + scores
+        flops / (self.hw.peak * self.hw.c.attention_efficiency) + scores
     }
 
-    /// One transformer layer (dense or MoE), forward and backward, without recompute.
-    fn layer(&self, tr: &TransformerSpec, w: Work, is_moe: bool) -> ChunkTime {
-        let l = self.layout;
-        let hw = &self.hw;
-        let b = self.act_bytes;
-        let tp = f64::from(l.tp);
-        let m = self.rows_local(w);
-        let h = f64::from(tr.hidden);
-        let d = f64::from(tr.head_dim());
-        let q = f64::from(tr.heads) * d;
-        let kv = f64::from(tr.kv_heads()) * d;
-        let mut mm = hw.matmul(m, h, (q + 2.0 * kv) / tp, b) + hw.matmul(m, q / tp, h, b);
-        let mut ep = 0.0;
-        let ffn_mm = |rows: f64, f: f64| match tr.ffn_kind {
-            FfnKind::GeluMlp => hw.matmul(rows, h, f / tp, b) + hw.matmul(rows, f / tp, h, b),
-            FfnKind::Swiglu => hw.matmul(rows, h, 2.0 * f / tp, b) + hw.matmul(rows, f / tp, h, b),
-        };
-        let mut ffn_width = f64::from(tr.ffn_hidden);
-        match (&tr.moe, is_moe) {
-            (Some(moe), true) => {
-                let e = f64::from(moe.experts);
-                let k = f64::from(moe.top_k);
-                let fe = f64::from(moe.expert_ffn_hidden);
-                let local_experts = (e / f64::from(l.ep)).max(1.0);
-                let routed = m * k;
-                // Tokens per local expert; the product runs once per local expert.
-                let per_expert = routed / local_experts;
-                mm += hw.matmul(m, h, e, b) + local_experts * ffn_mm(per_expert, fe);
-                if moe.shared_experts > 0 {
-                    mm += f64::from(moe.shared_experts) * ffn_mm(m, fe);
-                }
-                ffn_width = fe * k;
-                ep = 2.0
-                    * collective_time(CollectiveKind::AllToAll, routed * h * b, l.ep, hw.ep_link);
-            }
-            _ => mm += ffn_mm(m, ffn_width),
-        }
-        let attn = self.attention_core(tr, w);
-        let sp = if l.sequence_parallel { tp } else { 1.0 };
-        let elementwise = hw.memory(hw.c.elementwise_passes * m * h * b / sp)
-            + hw.memory(3.0 * m * ffn_width / tp * b);
-        let tp_comm = 2.0 * self.tp_allreduce(w.rows * h);
-        let (cp_f, cp_b) = if l.cp > 1 {
-            let kv_bytes = 2.0 * m * kv / tp * b;
-            let ring = f64::from(l.cp - 1) * p2p_time(kv_bytes, hw.cp_link);
-            ((ring - attn).max(0.0), (2.0 * ring - 2.5 * attn).max(0.0))
-        } else {
-            (0.0, 0.0)
-        };
-        ChunkTime {
-            forward: PassTime {
-                compute: mm + attn + elementwise,
-                tp_comm,
-                cp_comm: cp_f,
-                ep_comm: ep,
-                recompute: 0.0,
-            },
-            backward: PassTime {
-                compute: 2.0 * mm + 2.5 * attn + 2.0 * elementwise,
-                tp_comm,
-                cp_comm: cp_b,
-                ep_comm: ep,
-                recompute: 0.0,
-            },
-        }
-    }
-
-    /// Embeddings on the first chunk, heads and the loss on the last.
+    /// Embeddings on the first chunk, heads and the loss on the last, with the
+    /// vocabulary-parallel layers' TP communication in the pass that pays it.
     fn ends(&self, tr: &TransformerSpec, w: Work, first: bool, last: bool) -> ChunkTime {
         let hw = &self.hw;
         let b = self.act_bytes;
         let tp = f64::from(self.layout.tp);
         let m = self.rows_local(w);
         let h = f64::from(tr.hidden);
-        let mut f = 0.0;
-        let mut tp_comm = 0.0;
+        let mut t = ChunkTime::default();
+        let coll = self.tp_collectives(w.rows * h);
+        let mode = self.tp_mode();
+        let mut compute = 0.0;
         match &self.module.body {
             Body::Encoder { embedding, .. } if first => {
                 let input = embedding.row_input_len() as f64;
@@ -316,38 +282,44 @@ impl ModuleCompute<'_> {
                     EmbeddingKind::Conv1d => f64::from(embedding.kernel_size.unwrap_or(1)),
                     _ => 1.0,
                 };
-                f += hw.matmul(m, input * k, h, b) + hw.memory(2.0 * m * h * b);
+                compute +=
+                    hw.matmul(m, input * k, h, b) + hw.memory(2.0 * m * h * b) + self.launches(2.0);
             }
             Body::LanguageModel { vocab_size, .. } => {
                 if first {
-                    f += hw.memory(2.0 * m * h * b);
-                    tp_comm += self.tp_allreduce(w.rows * h);
+                    compute += hw.memory(2.0 * m * h * b) + self.launches(1.0);
+                    let (f, bw) = mode.embedding(&coll);
+                    t.forward.tp_comm += f;
+                    t.backward.tp_comm += bw;
                 }
                 if last {
                     let v = f64::from(*vocab_size);
-                    // Head product and an fp32 cross-entropy over the vocabulary shard.
-                    f += hw.matmul(m, h, v / tp, b) + hw.memory(3.0 * m * v / tp * 4.0);
+                    // Head product and an fp32 cross-entropy over the vocabulary shard (max,
+                    // exponent sum, loss: three kernels, each reducing a float per row over tp).
+                    let head = hw.matmul(m, h, v / tp, b);
+                    compute += head + hw.memory(3.0 * m * v / tp * 4.0) + self.launches(4.0);
+                    let (f, bw) = mode.output_layer(&coll, head);
+                    let loss = 3.0
+                        * collective_time(
+                            CollectiveKind::AllReduce,
+                            m * 4.0,
+                            self.layout.tp,
+                            hw.tp_link,
+                        );
+                    t.forward.tp_comm += f + loss;
+                    t.backward.tp_comm += bw;
                 }
             }
             Body::Generator {
                 out_features: Some(o),
                 ..
             } if last => {
-                f += hw.matmul(m, h, f64::from(*o) / tp, b);
+                compute += hw.matmul(m, h, f64::from(*o) / tp, b) + self.launches(1.0);
             }
             _ => {}
         }
-        ChunkTime {
-            forward: PassTime {
-                compute: f,
-                tp_comm,
-                ..PassTime::default()
-            },
-            backward: PassTime {
-                compute: 2.0 * f,
-                tp_comm,
-                ..PassTime::default()
-            },
-        }
+        t.forward.compute += compute;
+        t.backward.compute += 2.0 * compute;
+        t
     }
 }
