@@ -42,16 +42,6 @@ pub struct Quick {
     pub modules: Vec<crate::combine::ModuleQuick>,
 }
 
-/// A closed-form estimate of the iteration time (no simulation); see `estimate_quick`.
-pub fn estimate_analytic(
-    model: &ModelGraph,
-    cluster: &Cluster,
-    plan: &Plan,
-    opts: &Options,
-) -> Cost {
-    estimate_quick(model, cluster, plan, opts).time
-}
-
 /// Time of one module stage, s.
 #[derive(Clone, Copy, Debug, Default)]
 struct StageTime {
@@ -198,7 +188,8 @@ fn price_module(
     }
 }
 
-/// `estimate_analytic` with a closed-form peak memory, for pruning searches (module comment).
+/// A closed-form estimate of the iteration time and peak memory (no simulation), for pruning
+/// searches (module comment).
 pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
     let priced = price(model, cluster, plan, opts);
     let units = units(model, plan);
