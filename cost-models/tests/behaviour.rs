@@ -9,9 +9,7 @@
 use hetpar_cost::collective::Link;
 use hetpar_cost::compute::{ChunkTime, Hardware, ModuleCompute, Work};
 use hetpar_cost::memory::chunk_activations;
-use hetpar_cost::{
-    estimate, estimate_quick, AttentionKernel, Constants, Cost, Estimate, Options,
-};
+use hetpar_cost::{estimate, estimate_quick, AttentionKernel, Constants, Cost, Estimate, Options};
 use hetpar_ir::layout::Layout;
 use hetpar_ir::{load_cluster, load_model, load_plan, Cluster, ModelGraph, Plan};
 use serde_json::{json, Value};
