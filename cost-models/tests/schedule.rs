@@ -89,7 +89,11 @@ fn task_ids_are_a_bijection_onto_every_module_task_and_none_outside_them() {
         }
         ids.sort_unstable();
         let n = ids.len() as u32;
-        assert_eq!(ids, (0..n).collect::<Vec<_>>(), "{kind}: ids 0..{n}, each once");
+        assert_eq!(
+            ids,
+            (0..n).collect::<Vec<_>>(),
+            "{kind}: ids 0..{n}, each once"
+        );
     }
 }
 

@@ -186,8 +186,15 @@ struct Lowering<'a> {
 /// One rank's instructions as they are emitted, with the boundary calls it has made.
 struct Emit {
     out: Vec<Instruction>,
-    /// (boundary, unit, forward?) already called.
-    done: BTreeSet<(u32, u32, bool)>,
+    done: BTreeSet<BoundaryCall>,
+}
+
+/// A boundary's fused call for one unit of its destination, forward or backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BoundaryCall {
+    boundary: BoundaryId,
+    unit: u32,
+    forward: bool,
 }
 
 impl Lowering<'_> {
@@ -235,7 +242,12 @@ impl Lowering<'_> {
     /// Boundary `b`'s fused calls for `units`, in the direction `fwd`, each once per rank.
     fn boundary(&self, e: &mut Emit, b: BoundaryId, units: Range<u32>, fwd: bool) {
         for u in units {
-            if !e.done.insert((b.index() as u32, u, fwd)) {
+            let call = BoundaryCall {
+                boundary: b,
+                unit: u,
+                forward: fwd,
+            };
+            if !e.done.insert(call) {
                 continue;
             }
             let boundary = self.model.boundary(b).name.clone();

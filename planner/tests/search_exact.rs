@@ -123,7 +123,12 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                     Arrangement::Nested => baseline::options_for(model, &o, b),
                     _ => items
                         .iter()
-                        .map(|&m| (m, item_layouts(model, model.module(m), ranks.others.1, b)))
+                        .map(|&m| {
+                            (
+                                m,
+                                item_layouts(model, model.module(m), ranks.others.count, b),
+                            )
+                        })
                         .collect(),
                 };
                 let m_count = micro_batches(model, &l);
@@ -147,13 +152,11 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                             let mut modules = BTreeMap::new();
                             modules.insert(
                                 model.module(lm_id).name.clone(),
-                                entry(lx.clone(), ranks.lm.0, ranks.lm.1),
+                                entry(lx.clone(), ranks.lm),
                             );
                             for (m, x) in c {
-                                modules.insert(
-                                    model.module(m).name.clone(),
-                                    entry(x, ranks.others.0, ranks.others.1),
-                                );
+                                modules
+                                    .insert(model.module(m).name.clone(), entry(x, ranks.others));
                             }
                             out.push(PlanFile {
                                 kind: "plan".into(),

@@ -79,26 +79,36 @@ pub fn unit_samples(g: &ModelGraph, plan: &Plan, b: BoundaryId, u: u32) -> Range
     }
 }
 
-/// The ranks of (replica, stage, cp rank), and one tp rank or all of them, built once each.
+/// Replica `replica`, stage `stage`, cp rank `cp` of a module, and tp rank `tp` of it or
+/// (`None`) all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RanksAt {
+    replica: u32,
+    stage: u32,
+    cp: u32,
+    tp: Option<u32>,
+}
+
+/// The ranks of every `RanksAt` asked for, built once each.
 #[derive(Default)]
-struct RankCache(HashMap<(u32, u32, u32, Option<u32>), Ranks>);
+struct RankCache(HashMap<RanksAt, Ranks>);
 
 impl RankCache {
-    fn get(&mut self, mp: &ModulePlan, d: u32, s: u32, c: u32, tp: Option<u32>) -> Ranks {
+    fn get(&mut self, mp: &ModulePlan, at: RanksAt) -> Ranks {
         self.0
-            .entry((d, s, c, tp))
+            .entry(at)
             .or_insert_with(|| {
-                let at = |t: u32| {
+                let rank = |t: u32| {
                     mp.grid.rank_at(Coord {
                         tp: t,
-                        cp: c,
-                        dp: d,
-                        pp: s,
+                        cp: at.cp,
+                        dp: at.replica,
+                        pp: at.stage,
                     })
                 };
-                match tp {
-                    Some(t) => Arc::from([at(t)]),
-                    None => (0..mp.layout.tp).map(at).collect(),
+                match at.tp {
+                    Some(t) => Arc::from([rank(t)]),
+                    None => (0..mp.layout.tp).map(rank).collect(),
                 }
             })
             .clone()
@@ -276,7 +286,15 @@ fn own_runs(
                         let start = r.row0 + ch.start + (lr.start - lo);
                         entry.push(Owned {
                             rows: start..start + (lr.end - lr.start),
-                            ranks: cache.get(mp, d as u32, stage, c as u32, t),
+                            ranks: cache.get(
+                                mp,
+                                RanksAt {
+                                    replica: d as u32,
+                                    stage,
+                                    cp: c as u32,
+                                    tp: t,
+                                },
+                            ),
                         });
                     },
                 );
@@ -397,7 +415,15 @@ fn placeholder_needs(g: &ModelGraph, plan: &Plan, b: BoundaryId, samples: Range<
                         let start = row0 + (r.start - ls);
                         entry.push(Owned {
                             rows: start..start + (r.end - r.start),
-                            ranks: cache.get(mp, d, 0, c as u32, t),
+                            ranks: cache.get(
+                                mp,
+                                RanksAt {
+                                    replica: d,
+                                    stage: 0,
+                                    cp: c as u32,
+                                    tp: t,
+                                },
+                            ),
                         });
                     },
                 );

@@ -18,7 +18,7 @@ use hetpar_cost::combine::Arrangement;
 /// policy).
 pub fn options_for(model: &ModelGraph, o: &LmOption, b: Bounds) -> ItemOptions {
     let lm = &o.layout;
-    let gpus = o.ranks.others.1;
+    let gpus = o.ranks.others.count;
     let mut out = ItemOptions::new();
     for m in model.modules() {
         if model.item_origin(m.id).is_none() {

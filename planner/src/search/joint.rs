@@ -61,7 +61,7 @@ pub type ItemOptions = BTreeMap<ModuleId, Vec<LayoutSpec>>;
 /// Every layout of `space::item_layouts` on the others' GPUs (the heterogeneous space).
 pub fn free_options(pricer: &Pricer<'_>, o: &LmOption, b: Bounds) -> ItemOptions {
     let model = pricer.model;
-    let gpus = o.ranks.others.1;
+    let gpus = o.ranks.others.count;
     model
         .modules()
         .iter()
@@ -384,7 +384,7 @@ fn followers(
         if m.id == lm || model.item_origin(m.id).is_some() {
             continue;
         }
-        let l = super::price::follower(model, m, &o.layout, o.ranks.lm.1)?;
+        let l = super::price::follower(model, m, &o.layout, o.ranks.lm.count)?;
         let t = pricer.terms(m.id, &l, o.ranks, &o.layout, sched)?;
         out.work += t.work();
         out.memory += t.peak_memory();

@@ -7,7 +7,7 @@ use hetpar_ir::layout::LayoutSpec;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::{ScheduleKind, ScheduleSpec};
 
-use super::price::{Pricer, Ranks};
+use super::price::{Pricer, RankRange, Ranks};
 use super::space::{lm_dps, lm_layouts, Bounds};
 use super::stages;
 
@@ -47,19 +47,19 @@ pub fn ranks_of(arr: Arrangement, l: &LayoutSpec, world: u32) -> Option<Ranks> {
     let n_lm = l.tp * l.cp * l.pp * l.dp.unwrap_or(1);
     match arr {
         Arrangement::Colocated => (n_lm == world).then_some(Ranks {
-            lm: (0, world),
-            others: (0, world),
+            lm: RankRange::new(0, world),
+            others: RankRange::new(0, world),
         }),
         Arrangement::Nested => (n_lm == world).then_some(Ranks {
-            lm: (0, world),
-            others: (0, world / l.pp),
+            lm: RankRange::new(0, world),
+            others: RankRange::new(0, world / l.pp),
         }),
         Arrangement::Disjoint => {
             let up = world.checked_sub(n_lm).filter(|&u| u > 0)?;
             // The language model's tensor-parallel groups must not straddle a node.
             up.is_multiple_of(l.tp).then_some(Ranks {
-                lm: (up, n_lm),
-                others: (0, up),
+                lm: RankRange::new(up, n_lm),
+                others: RankRange::new(0, up),
             })
         }
     }
