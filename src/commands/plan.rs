@@ -265,13 +265,7 @@ fn kind_label(k: CandidateKind) -> &'static str {
 }
 
 fn placement_label(c: &Candidate) -> &'static str {
-    let ranks: std::collections::BTreeSet<(Option<u32>, Option<u32>)> = c
-        .plan
-        .modules
-        .values()
-        .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
-        .collect();
-    if ranks.len() == 1 {
+    if c.placements() == 1 {
         "colocated"
     } else if c.plan.schedule.kind.is_colocated() {
         "nested"

@@ -66,6 +66,26 @@ impl Candidate {
     fn feasible(&self) -> bool {
         self.estimate.as_ref().is_some_and(|e| e.feasible)
     }
+
+    /// How many distinct rank ranges its modules sit on (1: all on the same ranks).
+    pub fn placements(&self) -> usize {
+        self.plan
+            .modules
+            .values()
+            .map(|m| PlacedOn {
+                offset: m.placement.ranks.offset,
+                count: m.placement.ranks.count,
+            })
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}
+
+/// A module plan's first rank and rank count, as its plan file gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PlacedOn {
+    offset: Option<u32>,
+    count: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
@@ -186,15 +206,7 @@ fn simulate(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions, s: Scor
 }
 
 fn allowed(opts: &SearchOptions, c: &Candidate) -> bool {
-    let disjoint = {
-        let sets: BTreeSet<(Option<u32>, Option<u32>)> = c
-            .plan
-            .modules
-            .values()
-            .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
-            .collect();
-        !c.plan.schedule.kind.is_colocated() && sets.len() > 1
-    };
+    let disjoint = !c.plan.schedule.kind.is_colocated() && c.placements() > 1;
     match opts.placement {
         PlacementChoice::Any => true,
         PlacementChoice::Colocated => !disjoint,
