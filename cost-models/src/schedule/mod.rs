@@ -3,9 +3,10 @@
 //!
 //! Units: the language model and every module after it split the global batch into M
 //! micro-batches (`shard::replica_samples`); encoders and projectors run P encoder passes,
-//! each over the items of k = `encoder_chunk` micro-batches dealt over their replicas
-//! (`shard::pass_deal`). A module task is the forward or backward of one pipeline chunk of
-//! one module for one unit (micro-batch or pass, `units`) on one data-parallel replica.
+//! each over the items of k micro-batches (the pass size, `encoder_chunk`) dealt over their
+//! replicas (`shard::pass_deal`). A module task is the forward or backward of one pipeline
+//! chunk of one module for one unit (micro-batch or pass, `units`) on one data-parallel
+//! replica.
 //! Dependencies: along a module's pipeline, backward after forward, and across boundaries
 //! (`boundary`). Orders: `steps`, each schedule kind in its own file (`colocated`,
 //! `pipeline` over `one_f_one_b` and `interleaved`).

@@ -192,7 +192,7 @@ impl PipelineSteps {
                 lag = lag.max(ahead.unwrap_or(0).saturating_sub(p.pass_of(j)));
             }
         }
-        (1 + w0 / p.chunk).max(lag)
+        (1 + w0 / p.per_pass).max(lag)
     }
 
     /// The steps of stage `s` of group `g`.

@@ -19,10 +19,10 @@ pub struct LmOption {
     pub terms: ModuleQuick,
 }
 
-/// The schedule of an arrangement for a language-model layout and an encoder chunk (a lone
+/// The schedule of an arrangement for a language-model layout and a pass size `k` (a lone
 /// language model takes the pipeline schedules).
 pub fn schedule(model: &ModelGraph, arr: Arrangement, l: &LayoutSpec, k: u32) -> ScheduleSpec {
-    let chunk = (k > 1).then_some(k);
+    let per_pass = (k > 1).then_some(k);
     let lone = model.modules().len() == 1;
     let kind = match arr {
         _ if l.vpp > 1 => ScheduleKind::PipelineInterleaved,
@@ -36,7 +36,7 @@ pub fn schedule(model: &ModelGraph, arr: Arrangement, l: &LayoutSpec, k: u32) ->
         encoder_chunk: if kind == ScheduleKind::ColocatedChunked {
             Some(k.max(1))
         } else {
-            chunk
+            per_pass
         },
     }
 }

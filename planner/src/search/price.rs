@@ -2,8 +2,8 @@
 //! computed once per context that decides them and cached, and each boundary's synthesized
 //! step time, cached per pair of layout shapes.
 //!
-//! A module's terms depend on its own layout and ranks, the micro-batch count M, the encoder
-//! chunk k and the language model's pipeline (pp, vpp: how many units the schedule keeps in
+//! A module's terms depend on its own layout and ranks, the micro-batch count M, the pass
+//! size k and the language model's pipeline (pp, vpp: how many units the schedule keeps in
 //! flight); never on another module's layout. They are read from a probe plan: the option in
 //! question beside every other module at a fixed probe layout (tp 1, recompute none), or the
 //! context's language-model layout.

@@ -92,7 +92,7 @@ struct PlacedOn {
 pub struct SearchStats {
     /// Module options priced in closed form (each once per context).
     pub candidates: usize,
-    /// (Language-model option, encoder chunk) pairs with nothing fitting beside them.
+    /// (Language-model option, pass size) pairs with nothing fitting beside them.
     pub pruned_memory: usize,
     /// Pairs whose lower bound could not reach the best plans kept.
     pub pruned_bound: usize,
@@ -144,7 +144,7 @@ pub fn is_homogeneous(model: &ModelGraph, file: &PlanFile) -> bool {
             } else {
                 1
             };
-            // The language model's cp where every item splits into 2 cp chunks, else 1.
+            // The language model's cp where every item splits into 2 cp blocks, else 1.
             let splits = l.layout.cp > 1
                 && model.items(m.id).is_some_and(|it| {
                     it.distinct_item_tokens()
