@@ -250,7 +250,7 @@ pub fn describe_plan(c: &Candidate) -> String {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         sch.encoder_chunk
-            .map(|k| format!(" (encoder chunk {k})"))
+            .map(|k| format!(" (encoder_chunk {k})"))
             .unwrap_or_default()
     );
     s
