@@ -174,15 +174,28 @@ pub fn measure(
     })
 }
 
+/// A measurement's place in the log: the plan's key and the round.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct LogKey {
+    pub plan: String,
+    pub round: usize,
+}
+
 /// The measurements of a log, by key and round (lines that do not parse are skipped: a line
 /// cut by an interruption).
-pub fn read_log(path: &Path) -> BTreeMap<(String, usize), Measured> {
+pub fn read_log(path: &Path) -> BTreeMap<LogKey, Measured> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return BTreeMap::new();
     };
     text.lines()
         .filter_map(|l| serde_json::from_str::<Measured>(l).ok())
-        .map(|m| ((m.key.clone(), m.round), m))
+        .map(|m| {
+            let k = LogKey {
+                plan: m.key.clone(),
+                round: m.round,
+            };
+            (k, m)
+        })
         .collect()
 }
 
@@ -346,15 +359,18 @@ pub fn autotune(
                               n: usize,
                               progress: &mut dyn FnMut(usize, usize, &str)|
      -> anyhow::Result<Measured> {
-        let k = key(model, &cluster, p, opts.steps.max(2));
-        if let Some(m) = logged.get(&(k.clone(), round)) {
+        let k = LogKey {
+            plan: key(model, &cluster, p, opts.steps.max(2)),
+            round,
+        };
+        if let Some(m) = logged.get(&k) {
             return Ok(m.clone());
         }
         progress(round * n + i, rounds * n, &label(p));
         let mut m = measure(model, &cluster, p, opts.steps)?;
         m.round = round;
         append_log(log, &m)?;
-        logged.insert((k, round), m.clone());
+        logged.insert(k, m.clone());
         Ok(m)
     };
     let n = candidates.len();

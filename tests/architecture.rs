@@ -155,6 +155,7 @@ const SHARDING: &[&str] = &[
     "sample_slot",
     "deal",
     "pass_deal",
+    "cp_block",
     "cp_positions",
     "sp_part",
 ];
@@ -191,7 +192,7 @@ fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
     }
 }
 
-/// Architecture Invariant: which samples, items, context-parallel chunks and
+/// Architecture Invariant: which samples, items, context-parallel blocks and
 /// sequence-parallel parts a rank holds is computed only in `ir/src/shard.rs`.
 #[test]
 fn the_sharding_arithmetic_is_defined_only_in_ir_shard() {

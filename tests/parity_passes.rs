@@ -76,10 +76,10 @@ fn grouped(
 }
 
 /// The vision encoder's items per pass and replica (samples), as the plan deals them.
-fn vision_deal(micro_batches: u32, chunk: u32, dp: u32) -> Vec<Vec<Vec<u32>>> {
+fn vision_deal(micro_batches: u32, per_pass: u32, dp: u32) -> Vec<Vec<Vec<u32>>> {
     let (g, _) = model();
     let vision = g.modules().iter().find(|m| m.name == "vision").unwrap().id;
-    let passes = Passes::new(micro_batches, chunk);
+    let passes = Passes::new(micro_batches, per_pass);
     (0..passes.count())
         .map(|p| {
             pass_deal(&g, vision, passes, dp, p)
@@ -201,7 +201,7 @@ fn one_encoder_pass_over_the_whole_step_gives_the_single_device_numbers() {
 }
 
 #[test]
-fn a_pass_outside_the_step_or_a_chunk_above_its_micro_batches_is_refused_with_the_reason() {
+fn a_pass_outside_the_step_or_a_pass_size_above_its_micro_batches_is_refused_with_the_reason() {
     let (g, cfg) = model();
     let program = lower_with(
         &g,

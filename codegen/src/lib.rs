@@ -105,6 +105,15 @@ fn op(t: &Transfer) -> String {
     }
 }
 
+/// One boundary transfer table: boundary `boundary` (by index), its direction and unit. The
+/// field order is the tables' order in the generated code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TableKey {
+    boundary: usize,
+    forward: bool,
+    unit: u32,
+}
+
 fn table_name(b: usize, forward: bool, j: u32) -> String {
     let dir = if forward { "FORWARD" } else { "BACKWARD" };
     format!("BOUNDARY_{b}_{dir}_{j}")
@@ -134,7 +143,7 @@ pub fn emit(
             .position(|b| b.name == name)
             .ok_or_else(|| invalid(format!("no boundary `{name}`")))
     };
-    let mut used = std::collections::BTreeSet::new();
+    let mut used: std::collections::BTreeSet<TableKey> = std::collections::BTreeSet::new();
     let mut rank_code = Vec::with_capacity(program.ranks.len());
     for rp in &program.ranks {
         let mut lines = Vec::with_capacity(rp.instructions.len());
@@ -199,7 +208,11 @@ pub fn emit(
                     micro_batch,
                 } => {
                     let i = boundary(b)?;
-                    used.insert((i, true, *micro_batch));
+                    used.insert(TableKey {
+                        boundary: i,
+                        forward: true,
+                        unit: *micro_batch,
+                    });
                     format!(
                         "r.boundary_forward({i}, {micro_batch}, &transfers({}))?;",
                         table_name(i, true, *micro_batch)
@@ -210,7 +223,11 @@ pub fn emit(
                     micro_batch,
                 } => {
                     let i = boundary(b)?;
-                    used.insert((i, false, *micro_batch));
+                    used.insert(TableKey {
+                        boundary: i,
+                        forward: false,
+                        unit: *micro_batch,
+                    });
                     format!(
                         "r.boundary_backward({i}, {micro_batch}, &transfers({}))?;",
                         table_name(i, false, *micro_batch)
@@ -228,7 +245,12 @@ pub fn emit(
         });
     }
     let mut tables = Vec::with_capacity(used.len());
-    for (b, forward, j) in used {
+    for TableKey {
+        boundary: b,
+        forward,
+        unit: j,
+    } in used
+    {
         let bp = &program.boundaries[b];
         let per_mb = if forward { &bp.forward } else { &bp.backward };
         let ops = per_mb.get(j as usize).ok_or_else(|| {

@@ -1,7 +1,7 @@
-//! Cost-model speed: the planner calls `estimate_analytic` on every candidate and `estimate`
+//! Cost-model speed: the planner calls `estimate_quick` on every candidate and `estimate`
 //! (task graph + event simulation) on the short list.
 //!
-//! - `analytic_estimate`: the vision-audio-7b example plan on 64 GPUs (target: under 1 ms);
+//! - `quick_estimate`: the vision-audio-7b example plan on 64 GPUs (target: under 1 ms);
 //! - `simulate_1024_gpus_128_micro_batches`: `estimate` of Llama-3-8B at tp8 pp4 dp32 on 1024
 //!   GPUs, global batch 4096, micro-batch size 1, so 128 micro-batches (target: under 50 ms);
 //!   `simulate_only_...` times the event simulation of the same task graph alone;
@@ -16,7 +16,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, Criterion};
 use hetpar_cost::estimate::estimate_with_tasks;
 use hetpar_cost::simulate::simulate;
-use hetpar_cost::{estimate, estimate_analytic, Options};
+use hetpar_cost::{estimate, estimate_quick, Options};
 use hetpar_ir::{load_cluster, load_model, load_plan, Cluster, ModelGraph, Plan};
 use serde_json::{json, Value};
 
@@ -72,8 +72,8 @@ fn benches(cr: &mut Criterion) {
     let opts = Options::default();
 
     let (m, c, p) = load(VISION_AUDIO_MODEL, H100_64, VISION_AUDIO_PLAN);
-    cr.bench_function("analytic_estimate", |b| {
-        b.iter(|| estimate_analytic(black_box(&m), black_box(&c), black_box(&p), &opts))
+    cr.bench_function("quick_estimate", |b| {
+        b.iter(|| estimate_quick(black_box(&m), black_box(&c), black_box(&p), &opts))
     });
 
     let (m, c, p) = homogeneous_1024();

@@ -4,8 +4,8 @@
 //! - `estimate`: builds the plan's task graph (schedules as data, `schedule`), prices every
 //!   task (`compute`, `collective`), simulates it (`simulate`) and reports metrics and memory
 //!   per rank (`memory`);
-//! - `estimate_quick` / `estimate_analytic` (`quick`): closed forms over per-stage times and
-//!   the same per-rank memory, for ranking many candidates fast.
+//! - `estimate_quick` (`quick`): a closed form over per-stage times and the same per-rank
+//!   memory, for ranking many candidates fast.
 //!
 //! The efficiency constants live in `constants`; `docs/cost-model.md` defines every metric.
 
@@ -28,7 +28,7 @@ pub use constants::Constants;
 pub use cost::Cost;
 pub use estimate::{estimate, estimate_with_boundaries, Estimate, Options};
 pub use memory::AttentionKernel;
-pub use quick::{estimate_analytic, estimate_quick, Quick};
+pub use quick::{estimate_quick, Quick};
 pub use schedule::BoundaryTimes;
 
 /// Errors of the cost model.

@@ -25,8 +25,9 @@ use crate::compute::Work;
 use crate::cost::Cost;
 use crate::estimate::{price, Options, Priced};
 use crate::memory::{chunk_activations, rank_memory, InFlight, RankInputs};
-use crate::schedule::steps::{alive, colocated_steps, PipelineSteps};
-use crate::schedule::units::{units, ModuleUnits, UnitKind};
+use crate::schedule::pipeline::PipelineSteps;
+use crate::schedule::steps::{alive, Order, Position};
+use crate::schedule::units::{units, ModuleUnits, UnitKind, WorkKey};
 
 /// A closed-form estimate: time and peak memory per rank, no simulation.
 #[derive(Clone, Debug, PartialEq)]
@@ -40,16 +41,6 @@ pub struct Quick {
     pub peak_memory_bytes: f64,
     /// Each module's own terms, for `crate::combine` (the plan search's objective).
     pub modules: Vec<crate::combine::ModuleQuick>,
-}
-
-/// A closed-form estimate of the iteration time (no simulation); see `estimate_quick`.
-pub fn estimate_analytic(
-    model: &ModelGraph,
-    cluster: &Cluster,
-    plan: &Plan,
-    opts: &Options,
-) -> Cost {
-    estimate_quick(model, cluster, plan, opts).time
 }
 
 /// Time of one module stage, s.
@@ -109,9 +100,16 @@ fn pipeline_hops(cluster: &Cluster, plan: &Plan, p: &Priced<'_>, m: usize, rows:
     out
 }
 
+/// A stage's work priced once: stage `stage` over a unit's work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StageWork {
+    stage: u32,
+    work: WorkKey,
+}
+
 /// An item module's stages, each pass on its busiest replica; and every replica's step.
 fn pass_times(p: &Priced<'_>, u: &ModuleUnits, m: usize, pp: u32) -> (Vec<StageTime>, Vec<f64>) {
-    let mut cache: HashMap<(u32, u64, u64), f64> = HashMap::new();
+    let mut cache: HashMap<StageWork, f64> = HashMap::new();
     let mut stages = vec![StageTime::default(); pp as usize];
     let mut replica_step = vec![0.0; u.dp as usize];
     for pass in 0..u.count {
@@ -119,8 +117,12 @@ fn pass_times(p: &Priced<'_>, u: &ModuleUnits, m: usize, pp: u32) -> (Vec<StageT
             let mut busiest = 0.0f64;
             for (d, total) in replica_step.iter_mut().enumerate() {
                 let w = u.work(pass, d as u32);
+                let key = StageWork {
+                    stage: s as u32,
+                    work: WorkKey::of(w),
+                };
                 let t = *cache
-                    .entry((s as u32, w.rows.to_bits(), w.pairs.to_bits()))
+                    .entry(key)
                     .or_insert_with(|| stage_work_time(p, m, s as u32, w));
                 *total += t;
                 busiest = busiest.max(t);
@@ -198,7 +200,8 @@ fn price_module(
     }
 }
 
-/// `estimate_analytic` with a closed-form peak memory, for pruning searches (module comment).
+/// A closed-form estimate of the iteration time and peak memory (no simulation), for pruning
+/// searches (module comment).
 pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
     let units = units(model, plan);
     let priced = price(model, cluster, plan, opts, &units);
@@ -209,27 +212,20 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
         .iter()
         .map(|q| q.stages.iter().map(|s| s.step).sum())
         .collect();
-    let pipeline = if plan.schedule.kind.is_colocated() {
-        None
-    } else {
-        match PipelineSteps::new(model, plan) {
-            Ok(p) => Some(p),
-            Err(_) => {
-                return Quick {
-                    time: Cost::Infeasible,
-                    module_time,
-                    peak_memory_bytes: f64::INFINITY,
-                    modules: Vec::new(),
-                }
-            }
-        }
+    let Ok(order) = Order::new(model, plan) else {
+        return Quick {
+            time: Cost::Infeasible,
+            module_time,
+            peak_memory_bytes: f64::INFINITY,
+            modules: Vec::new(),
+        };
     };
-    let t = match &pipeline {
-        None => colocated_time(plan, model.language_model().index(), &modules),
-        Some(ps) => pipeline_time(model, plan, ps, &modules),
+    let t = match &order {
+        Order::Colocated { lm, .. } => colocated_time(plan, *lm, &modules),
+        Order::Pipeline(ps) => pipeline_time(model, plan, ps, &modules),
     };
     // Units alive per lane, counted once for the peak and for every module's own terms.
-    let mut lanes = Lanes::new(pipeline.as_ref());
+    let mut lanes = Lanes::new(&order);
     let (peak, tail) = per_rank(model, plan, &priced, &units, &modules, &mut lanes);
     let terms = modules
         .iter()
@@ -325,17 +321,16 @@ fn per_rank(
             .enumerate()
             .filter_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))
             .collect();
-        let Some((passes_alive, micro_alive)) = lanes.alive_on(model, plan, r) else {
+        let Some(alive) = lanes.alive_on(plan, r) else {
             continue;
         };
         let terms: Vec<(f64, f64)> = on
             .iter()
             .map(|&(m, c)| {
-                let alive = match units[m].kind {
-                    UnitKind::Pass => passes_alive,
-                    UnitKind::MicroBatch => micro_alive,
-                };
-                (modules[m].act[c.dp as usize][c.pp as usize], alive)
+                (
+                    modules[m].act[c.dp as usize][c.pp as usize],
+                    alive.of(units[m].kind),
+                )
             })
             .collect();
         let mem = rank_memory(&inputs, r, &InFlight::Counted(terms));
@@ -353,55 +348,51 @@ fn per_rank(
     (peak, tail)
 }
 
-/// The lanes of a plan for the closed form's memory: the pipeline's steps (none for a
-/// colocated schedule) and the units alive per lane kind, counted once each.
+/// Units alive at the peak of a lane's steps.
+#[derive(Clone, Copy, Debug)]
+struct Alive {
+    passes: f64,
+    micro_batches: f64,
+}
+
+impl Alive {
+    /// Those of the unit kind `kind`.
+    fn of(self, kind: UnitKind) -> f64 {
+        match kind {
+            UnitKind::Pass => self.passes,
+            UnitKind::MicroBatch => self.micro_batches,
+        }
+    }
+}
+
+/// The lanes of a plan for the closed form's memory: the schedule's order and the units alive
+/// per lane position, counted once each.
 struct Lanes<'p> {
-    pipeline: Option<&'p PipelineSteps>,
-    /// (passes, micro-batches) alive: colocated by the language model's stage
-    /// (`usize::MAX`, stage), in a pipeline by (group, stage).
-    alive: BTreeMap<(usize, u32), (f64, f64)>,
+    order: &'p Order,
+    alive: BTreeMap<Position, Alive>,
 }
 
 impl<'p> Lanes<'p> {
-    fn new(pipeline: Option<&'p PipelineSteps>) -> Self {
+    fn new(order: &'p Order) -> Self {
         Lanes {
-            pipeline,
+            order,
             alive: BTreeMap::new(),
         }
     }
 
-    /// Units alive on rank `r`'s lane, (passes, micro-batches): colocated by the language
-    /// model's stage the rank holds, in a pipeline by the (group, stage) of its first module.
-    fn alive_on(&mut self, model: &ModelGraph, plan: &Plan, r: Rank) -> Option<(f64, f64)> {
-        let key = match self.pipeline {
-            None => {
-                let lm = &plan.modules()[model.language_model().index()];
-                (usize::MAX, lm.grid.coord_of(r)?.pp)
-            }
-            Some(ps) => {
-                let (m0, c0) = plan
-                    .modules()
-                    .iter()
-                    .enumerate()
-                    .find_map(|(m, mp)| mp.grid.coord_of(r).map(|c| (m, c)))?;
-                (ps.pipe.group_of[m0], c0.pp)
-            }
-        };
-        if let Some(&v) = self.alive.get(&key) {
+    /// Units alive on rank `r`'s lane: colocated by the language model's stage the rank
+    /// holds, in a pipeline by the (group, stage) of its first module.
+    fn alive_on(&mut self, plan: &Plan, r: Rank) -> Option<Alive> {
+        let pos = self.order.position_of_rank(plan, r)?;
+        if let Some(&v) = self.alive.get(&pos) {
             return Some(v);
         }
-        let steps = match self.pipeline {
-            None => {
-                let p = plan.modules()[model.language_model().index()].layout.pp;
-                colocated_steps(p, key.1, plan.passes())
-            }
-            Some(ps) => ps.steps(key.0, key.1),
+        let steps = self.order.steps(pos);
+        let v = Alive {
+            passes: f64::from(alive(&steps, UnitKind::Pass)),
+            micro_batches: f64::from(alive(&steps, UnitKind::MicroBatch)),
         };
-        let v = (
-            f64::from(alive(&steps, UnitKind::Pass)),
-            f64::from(alive(&steps, UnitKind::MicroBatch)),
-        );
-        self.alive.insert(key, v);
+        self.alive.insert(pos, v);
         Some(v)
     }
 }
@@ -425,12 +416,8 @@ fn own_memory(
         let Some(c) = mp.grid.coord_of(r) else {
             continue;
         };
-        let Some((passes, micro)) = lanes.alive_on(model, plan, r) else {
+        let Some(alive) = lanes.alive_on(plan, r).map(|a| a.of(u.kind)) else {
             continue;
-        };
-        let alive = match u.kind {
-            UnitKind::Pass => passes,
-            UnitKind::MicroBatch => micro,
         };
         let rows = u.peak(c.dp).rows;
         let bytes = priced.statics[m][c.pp as usize].total()
@@ -455,20 +442,8 @@ pub fn module_terms(
     let u = crate::schedule::units::module_units(model, plan, m);
     let priced = crate::estimate::price_some(model, cluster, plan, opts, Some(i), &|_| u.peak(0));
     let q = price_module(model, cluster, plan, &priced, &u, i, opts);
-    let pipeline = if plan.schedule.kind.is_colocated() {
-        None
-    } else {
-        Some(PipelineSteps::new(model, plan).ok()?)
-    };
-    let memory = own_memory(
-        model,
-        plan,
-        &priced,
-        i,
-        &u,
-        &q,
-        &mut Lanes::new(pipeline.as_ref()),
-    );
+    let order = Order::new(model, plan).ok()?;
+    let memory = own_memory(model, plan, &priced, i, &u, &q, &mut Lanes::new(&order));
     Some(terms_of(&priced, i, &u, &q, memory))
 }
 

@@ -251,7 +251,7 @@ fn many_small_uneven_items_are_dealt_evenly_so_no_replica_straggles() {
 // encoder_chunk: items in flight and task counts.
 
 #[test]
-fn encoder_chunk_k_holds_k_micro_batches_of_items_and_runs_m_over_k_encoder_tasks() {
+fn a_pass_size_k_holds_k_micro_batches_of_items_and_runs_m_over_k_encoder_tasks() {
     // 4 GPUs colocated, the LLM tp1 pp1 dp4 mbs1, 32 samples: M = 8. vision dp4, one image of
     // 1024 patches per sample: each pass gives each replica k images, all alive until the
     // pass's backward.
@@ -351,7 +351,7 @@ fn lm_waits_for_its_pass(m: &ModelGraph, g: &TaskGraph, t: &Timeline, k: u32) ->
 }
 
 #[test]
-fn a_pipeline_with_encoder_chunk_k_runs_without_deadlock_and_the_llm_waits_for_its_pass() {
+fn a_pipeline_with_pass_size_k_runs_without_deadlock_and_the_llm_waits_for_its_pass() {
     // vision + projector tp1 dp2 on ranks 0-1 upstream of the LLM pp2 dp2 (1F1B) or pp2 vpp2
     // (interleaved) on ranks 2-5, 16 samples: M = 8, passes of k micro-batches (k = 3: a
     // short last pass).

@@ -14,7 +14,7 @@
 //!   repeats [placement.duplicate]; axis order a permutation [placement.axis_order];
 //!   partial overlap between modules is a warning [placement.overlap];
 //! - the schedule fits the placement [schedule.kind], interleaving matches vpp, with micro-batches in multiples of pp
-//!   [schedule.interleaved], the chunk is given exactly for the chunked schedule
+//!   [schedule.interleaved], the pass size (`encoder_chunk`) is given exactly for the chunked schedule
 //!   [schedule.chunk], and the per-micro-batch colocated schedule has pp = 1 [schedule.colocated_pp];
 //!   every module takes the same number of micro-batches [schedule.micro_batches]; modules
 //!   sharing ranks in a pipeline schedule run unpipelined [schedule.groups].
@@ -63,6 +63,8 @@ impl ScheduleKind {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScheduleSpec {
     pub kind: ScheduleKind,
+    /// The pass size: language-model micro-batches per encoder pass (`Plan::passes`). The
+    /// format's name; in code this is the pass size k, never a "chunk".
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encoder_chunk: Option<u32>,
 }
@@ -139,8 +141,8 @@ impl Plan {
     }
 
     /// The encoder passes of a step: every module processing encoder items (encoders,
-    /// projectors) runs `passes().count()` passes per replica, each over the items of
-    /// `encoder_chunk` language-model micro-batches (`crate::shard`).
+    /// projectors) runs `passes().count()` passes per replica, each over the items of the
+    /// pass size's (`encoder_chunk`) language-model micro-batches (`crate::shard`).
     pub fn passes(&self) -> Passes {
         passes_of(&self.schedule, self.micro_batches())
     }
@@ -252,15 +254,15 @@ fn lm_micro_batches(modules: &[ModulePlan], lm: ModuleId) -> u32 {
         .map_or(1, |m| m.layout.micro_batches)
 }
 
-/// The encoder passes of a step of `micro_batches`: each covers `encoder_chunk` of them where
+/// The encoder passes of a step of `micro_batches`: the pass size is `encoder_chunk` where
 /// given, every micro-batch of the step under `colocated_three_phase`, else one.
 fn passes_of(s: &ScheduleSpec, micro_batches: u32) -> Passes {
-    let chunk = match (s.kind, s.encoder_chunk) {
+    let per_pass = match (s.kind, s.encoder_chunk) {
         (_, Some(k)) => k,
         (ScheduleKind::ColocatedThreePhase, None) => micro_batches,
         _ => 1,
     };
-    Passes::new(micro_batches, chunk)
+    Passes::new(micro_batches, per_pass)
 }
 
 /// Pipeline chunks a layout may have (far above any real pipeline; bounds allocations).
@@ -672,7 +674,7 @@ fn check_module(
             "sequence parallel splits activations over tp: needs tp > 1",
         );
     }
-    // Context parallel with load-balanced chunks: 2 x cp pieces of the attended sequence.
+    // Context parallel with load-balanced blocks: 2 x cp pieces of the attended sequence.
     if l.cp > 1 && !matches!(m.body, Body::Projector(_)) {
         let pieces = 2 * u64::from(l.cp);
         if m.kind == ModuleKind::LanguageModel

@@ -200,8 +200,8 @@ pub struct Program {
     pub cluster: String,
     /// The language model's micro-batches per step.
     pub micro_batches: u32,
-    /// Language-model micro-batches per encoder pass (`crate::shard::Passes`); programs
-    /// written before encoder passes have none and mean 1.
+    /// The pass size: language-model micro-batches per encoder pass (`crate::shard::Passes`);
+    /// programs written before encoder passes have none and mean 1.
     #[serde(default = "one")]
     pub encoder_chunk: u32,
     pub modules: Vec<ModuleProgram>,

@@ -1,18 +1,18 @@
 //! The sharding arithmetic, in one place: which samples a data-parallel replica holds in a
 //! micro-batch, which micro-batches an encoder pass covers, which items an encoder replica
-//! holds in a pass, the context-parallel chunks of a sequence and the sequence-parallel parts
+//! holds in a pass, the context-parallel blocks of a sequence and the sequence-parallel parts
 //! of a rank's rows. The planner, the cost model and the runtime all call these.
 //!
 //! - **Micro-batches** (the language model and every module after it): micro-batch j is
 //!   samples `[j B/M, (j+1) B/M)`; replica d takes the d-th slice of `micro_batch_size`.
 //! - **Encoder passes** (encoders and projectors): pass p covers the language model's
-//!   micro-batches `[p k, min((p+1) k, M))`, k being `schedule.encoder_chunk`. The items of
-//!   those samples, in (sample, item) order, are dealt to the module's replicas in contiguous
-//!   runs balanced by tokens: replica d's run ends at the item boundary nearest to
+//!   micro-batches `[p k, min((p+1) k, M))`, k being the pass size (the plan's
+//!   `schedule.encoder_chunk`). The items of those samples, in (sample, item) order, are
+//!   dealt to the module's replicas in contiguous runs balanced by tokens: replica d's run ends at the item boundary nearest to
 //!   (d+1) T / dp of the pass's T tokens. A replica may get none; Megatron MIMO's rule
 //!   (`mbs · llm_dp / enc_dp` whole samples each) is the case of equal items that divide.
-//! - **Context parallel**: a sequence of n splits into 2 cp chunks, rank c holding chunks c and
-//!   2 cp - 1 - c; with a remainder, chunk i takes `[i n / 2cp, (i+1) n / 2cp)` (floors).
+//! - **Context parallel**: a sequence of n splits into 2 cp blocks, rank c holding blocks c and
+//!   2 cp - 1 - c; with a remainder, block i takes `[i n / 2cp, (i+1) n / 2cp)` (floors).
 //! - **Sequence parallel**: n rows split into tp contiguous parts, part t holding
 //!   `[ceil(t n / tp), ceil((t+1) n / tp))`.
 
@@ -41,35 +41,36 @@ pub fn sample_slot(batch: u32, micro_batches: u32, mbs: u32, s: u32) -> (u32, u3
     (s / per, within / mbs, within % mbs)
 }
 
-/// The encoder passes of a step: `micro_batches` language-model micro-batches, `chunk` of
-/// them per pass (the last pass may cover fewer).
+/// The encoder passes of a step: `micro_batches` language-model micro-batches, `per_pass` of
+/// them per pass (the pass size k; the last pass may cover fewer).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Passes {
     pub micro_batches: u32,
-    pub chunk: u32,
+    pub per_pass: u32,
 }
 
 impl Passes {
-    pub fn new(micro_batches: u32, chunk: u32) -> Self {
+    pub fn new(micro_batches: u32, per_pass: u32) -> Self {
         Passes {
             micro_batches: micro_batches.max(1),
-            chunk: chunk.clamp(1, micro_batches.max(1)),
+            per_pass: per_pass.clamp(1, micro_batches.max(1)),
         }
     }
 
     /// Passes per step.
     pub fn count(&self) -> u32 {
-        self.micro_batches.div_ceil(self.chunk)
+        self.micro_batches.div_ceil(self.per_pass)
     }
 
     /// The language-model micro-batches pass `p` covers.
     pub fn micro_batches_of(&self, p: u32) -> Range<u32> {
-        (p * self.chunk).min(self.micro_batches)..((p + 1) * self.chunk).min(self.micro_batches)
+        let k = self.per_pass;
+        (p * k).min(self.micro_batches)..((p + 1) * k).min(self.micro_batches)
     }
 
     /// The pass that covers micro-batch `j`.
     pub fn pass_of(&self, j: u32) -> u32 {
-        j / self.chunk
+        j / self.per_pass
     }
 
     /// The samples pass `p` covers.
@@ -190,20 +191,21 @@ pub fn item_replica(
         .map(|d| d as u32)
 }
 
-/// Chunk `i` of a sequence of `n` split into `pieces` chunks.
-pub fn chunk(n: usize, pieces: usize, i: usize) -> Range<usize> {
-    let pieces = pieces.max(1);
-    i * n / pieces..(i + 1) * n / pieces
+/// Context-parallel block `i` of a sequence of `n` split into `blocks` blocks (floors, so
+/// remainders spread).
+pub fn cp_block(n: usize, blocks: usize, i: usize) -> Range<usize> {
+    let blocks = blocks.max(1);
+    i * n / blocks..(i + 1) * n / blocks
 }
 
 /// The positions context-parallel rank `c` of `cp` holds of a sequence of `n`, in local order:
-/// chunks c and 2 cp - 1 - c of 2 cp.
+/// blocks c and 2 cp - 1 - c of 2 cp.
 pub fn cp_positions(n: usize, cp: usize, c: usize) -> Vec<usize> {
     if cp <= 1 {
         return (0..n).collect();
     }
-    chunk(n, 2 * cp, c)
-        .chain(chunk(n, 2 * cp, 2 * cp - 1 - c))
+    cp_block(n, 2 * cp, c)
+        .chain(cp_block(n, 2 * cp, 2 * cp - 1 - c))
         .collect()
 }
 
@@ -283,10 +285,10 @@ mod tests {
     }
 
     #[test]
-    fn cp_chunks_pair_the_ends_and_keep_remainders() {
+    fn cp_blocks_pair_the_ends_and_keep_remainders() {
         assert_eq!(cp_positions(8, 2, 0), vec![0, 1, 6, 7]);
         assert_eq!(cp_positions(8, 2, 1), vec![2, 3, 4, 5]);
-        // 10 over 4 chunks: 0..2, 2..5, 5..7, 7..10; every position exactly once.
+        // 10 over 4 blocks: 0..2, 2..5, 5..7, 7..10; every position exactly once.
         let mut all: Vec<usize> = (0..2).flat_map(|c| cp_positions(10, 2, c)).collect();
         all.sort_unstable();
         assert_eq!(all, (0..10).collect::<Vec<_>>());

@@ -1,5 +1,5 @@
 //! Full plan search speed (targets: a two-encoder VLM on 64 GPUs under 1 s, on 1024 GPUs under
-//! 5 s; 16384 GPUs reported from one run): every arrangement, schedule kind and encoder chunk,
+//! 5 s; 16384 GPUs reported from one run): every arrangement, schedule kind and pass size,
 //! and the homogeneous baseline.
 //!
 //! `cargo bench -p hetpar-planner --bench plan`

@@ -9,7 +9,7 @@
 //!
 //! - **forward**: after the source's last chunk of its pass or micro-batch x, for every unit
 //!   of the boundary x covers (an encoder or projector pass feeding the language model covers
-//!   the `encoder_chunk` micro-batches of the pass, `Passes::micro_batches_of`; otherwise the
+//!   the pass size's micro-batches of the pass, `Passes::micro_batches_of`; otherwise the
 //!   unit is x itself); and before the destination's first chunk of its unit x;
 //! - **backward**: after the destination's first chunk's backward of x; and before the
 //!   source's last chunk's backward of x, for every unit x covers (its gradients of every
@@ -96,7 +96,7 @@ pub fn lower_with(
         model: model.name().to_string(),
         cluster: cluster.name.clone(),
         micro_batches: passes.micro_batches,
-        encoder_chunk: passes.chunk,
+        encoder_chunk: passes.per_pass,
         modules: module_programs(model, plan),
         boundaries,
         ranks,
@@ -125,7 +125,7 @@ fn check_units(model: &ModelGraph, plan: &Plan, graph: &TaskGraph) -> Result<(),
                 model.module(mp.module).name,
                 got.len(),
                 passes.micro_batches,
-                passes.chunk
+                passes.per_pass
             )));
         }
     }
@@ -186,8 +186,15 @@ struct Lowering<'a> {
 /// One rank's instructions as they are emitted, with the boundary calls it has made.
 struct Emit {
     out: Vec<Instruction>,
-    /// (boundary, unit, forward?) already called.
-    done: BTreeSet<(u32, u32, bool)>,
+    done: BTreeSet<BoundaryCall>,
+}
+
+/// A boundary's fused call for one unit of its destination, forward or backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BoundaryCall {
+    boundary: BoundaryId,
+    unit: u32,
+    forward: bool,
 }
 
 impl Lowering<'_> {
@@ -235,7 +242,12 @@ impl Lowering<'_> {
     /// Boundary `b`'s fused calls for `units`, in the direction `fwd`, each once per rank.
     fn boundary(&self, e: &mut Emit, b: BoundaryId, units: Range<u32>, fwd: bool) {
         for u in units {
-            if !e.done.insert((b.index() as u32, u, fwd)) {
+            let call = BoundaryCall {
+                boundary: b,
+                unit: u,
+                forward: fwd,
+            };
+            if !e.done.insert(call) {
                 continue;
             }
             let boundary = self.model.boundary(b).name.clone();

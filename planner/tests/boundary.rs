@@ -398,8 +398,8 @@ struct Case {
     enc: (u32, u32, u32, bool),
     llm: (u32, u32, u32, bool),
     micro_batches: u32,
-    /// Micro-batches per encoder pass (capped at the micro-batches of a step).
-    chunk: u32,
+    /// Micro-batches per encoder pass, the pass size (capped at the micro-batches of a step).
+    per_pass: u32,
     placement: u8,
 }
 
@@ -430,13 +430,13 @@ fn case() -> impl Strategy<Value = Case> {
         0u8..4,
     )
         .prop_map(
-            |(items, merge, enc, llm, micro_batches, chunk, placement)| Case {
+            |(items, merge, enc, llm, micro_batches, per_pass, placement)| Case {
                 items,
                 merge,
                 enc,
                 llm,
                 micro_batches,
-                chunk,
+                per_pass,
                 placement,
             },
         )
@@ -444,7 +444,7 @@ fn case() -> impl Strategy<Value = Case> {
 
 /// A random plan: colocated on 8 ranks, disjoint halves, partially overlapping, or an
 /// encoder of dp 3 (items that do not divide) beside the language model; encoders and
-/// projectors deal their items per encoder pass of `chunk` micro-batches.
+/// projectors deal their items per encoder pass of `per_pass` micro-batches.
 fn build(case: &Case) -> Option<(ModelGraph, Cluster, Plan)> {
     let seq = 256;
     let m = model(&case.items, case.merge, seq, false);
@@ -479,9 +479,9 @@ fn build(case: &Case) -> Option<(ModelGraph, Cluster, Plan)> {
         return None;
     }
     let llm = layout(tp, cp, pp, dp, sp && tp > 1, b / (case.micro_batches * dp));
-    let chunk = case.chunk.min(case.micro_batches);
+    let per_pass = case.per_pass.min(case.micro_batches);
     let p = json!({"kind": "plan", "format_version": 1,
-        "schedule": {"kind": kind, "encoder_chunk": chunk},
+        "schedule": {"kind": kind, "encoder_chunk": per_pass},
         "modules": {"vision": {"layout": enc, "placement": placement(off_e, ranks_e)},
                     "projector": {"layout": proj, "placement": placement(off_e, ranks_e)},
                     "llm": {"layout": llm, "placement": placement(off_l, ranks_l)}}});

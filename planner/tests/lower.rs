@@ -30,48 +30,63 @@ fn examples() -> Vec<Program> {
     ]
 }
 
+/// One pipeline message: an activation (`activation`) or gradient of one chunk and
+/// micro-batch of a module, from one rank to another.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PipeMsg {
+    module: String,
+    micro_batch: u32,
+    chunk: u32,
+    from: u32,
+    to: u32,
+    activation: bool,
+}
+
+/// The message instruction `i` of rank `me` sends (+1) or receives (-1).
+fn pipe_msg(i: &Instruction, me: u32) -> Option<(PipeMsg, i64)> {
+    let msg = |module: &String, micro_batch: u32, chunk: u32, from, to, activation| PipeMsg {
+        module: module.clone(),
+        micro_batch,
+        chunk,
+        from,
+        to,
+        activation,
+    };
+    Some(match i {
+        Instruction::SendActivation {
+            module,
+            micro_batch,
+            chunk,
+            to,
+        } => (msg(module, *micro_batch, *chunk, me, *to, true), 1),
+        Instruction::RecvActivation {
+            module,
+            micro_batch,
+            chunk,
+            from,
+        } => (msg(module, *micro_batch, *chunk, *from, me, true), -1),
+        Instruction::SendGradient {
+            module,
+            micro_batch,
+            chunk,
+            to,
+        } => (msg(module, *micro_batch, *chunk, me, *to, false), 1),
+        Instruction::RecvGradient {
+            module,
+            micro_batch,
+            chunk,
+            from,
+        } => (msg(module, *micro_batch, *chunk, *from, me, false), -1),
+        _ => return None,
+    })
+}
+
 #[test]
 fn every_pipeline_send_has_its_matching_receive() {
     for p in examples() {
-        let mut balance: BTreeMap<(String, u32, u32, u32, u32, bool), i64> = BTreeMap::new();
+        let mut balance: BTreeMap<PipeMsg, i64> = BTreeMap::new();
         for r in &p.ranks {
-            for i in &r.instructions {
-                let (key, d) = match i {
-                    Instruction::SendActivation {
-                        module,
-                        micro_batch,
-                        chunk,
-                        to,
-                    } => ((module.clone(), *micro_batch, *chunk, r.rank, *to, true), 1),
-                    Instruction::RecvActivation {
-                        module,
-                        micro_batch,
-                        chunk,
-                        from,
-                    } => (
-                        (module.clone(), *micro_batch, *chunk, *from, r.rank, true),
-                        -1,
-                    ),
-                    Instruction::SendGradient {
-                        module,
-                        micro_batch,
-                        chunk,
-                        to,
-                    } => (
-                        (module.clone(), *micro_batch, *chunk, r.rank, *to, false),
-                        1,
-                    ),
-                    Instruction::RecvGradient {
-                        module,
-                        micro_batch,
-                        chunk,
-                        from,
-                    } => (
-                        (module.clone(), *micro_batch, *chunk, *from, r.rank, false),
-                        -1,
-                    ),
-                    _ => continue,
-                };
+            for (key, d) in r.instructions.iter().filter_map(|i| pipe_msg(i, r.rank)) {
                 *balance.entry(key).or_default() += d;
             }
         }
@@ -80,35 +95,49 @@ fn every_pipeline_send_has_its_matching_receive() {
     }
 }
 
+/// The forward (`forward`) or backward of one chunk of a module for one micro-batch.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pass {
+    module: String,
+    stage: u32,
+    chunk: u32,
+    micro_batch: u32,
+    forward: bool,
+}
+
+/// The pass instruction `i` runs, if any.
+fn pass_of(i: &Instruction) -> Option<Pass> {
+    let (module, stage, chunk, micro_batch, forward) = match i {
+        Instruction::Forward {
+            module,
+            stage,
+            chunk,
+            micro_batch,
+        } => (module, stage, chunk, micro_batch, true),
+        Instruction::Backward {
+            module,
+            stage,
+            chunk,
+            micro_batch,
+        } => (module, stage, chunk, micro_batch, false),
+        _ => return None,
+    };
+    Some(Pass {
+        module: module.clone(),
+        stage: *stage,
+        chunk: *chunk,
+        micro_batch: *micro_batch,
+        forward,
+    })
+}
+
 #[test]
 fn every_rank_runs_each_forward_and_backward_once_per_micro_batch() {
     for p in examples() {
         for r in &p.ranks {
-            let mut count: BTreeMap<(String, u32, u32, u32, bool), u32> = BTreeMap::new();
-            for i in &r.instructions {
-                match i {
-                    Instruction::Forward {
-                        module,
-                        stage,
-                        chunk,
-                        micro_batch,
-                    } => {
-                        *count
-                            .entry((module.clone(), *stage, *chunk, *micro_batch, true))
-                            .or_default() += 1
-                    }
-                    Instruction::Backward {
-                        module,
-                        stage,
-                        chunk,
-                        micro_batch,
-                    } => {
-                        *count
-                            .entry((module.clone(), *stage, *chunk, *micro_batch, false))
-                            .or_default() += 1
-                    }
-                    _ => {}
-                }
+            let mut count: BTreeMap<Pass, u32> = BTreeMap::new();
+            for k in r.instructions.iter().filter_map(pass_of) {
+                *count.entry(k).or_default() += 1;
             }
             assert!(
                 count.values().all(|&n| n == 1),
@@ -116,7 +145,7 @@ fn every_rank_runs_each_forward_and_backward_once_per_micro_batch() {
                 p.model,
                 r.rank
             );
-            let forwards = count.keys().filter(|k| k.4).count();
+            let forwards = count.keys().filter(|k| k.forward).count();
             assert_eq!(forwards * 2, count.len(), "every forward has its backward");
             let per_mb = forwards as u32 / p.micro_batches;
             assert_eq!(
@@ -127,26 +156,18 @@ fn every_rank_runs_each_forward_and_backward_once_per_micro_batch() {
                 r.rank
             );
             // Each backward comes after its forward.
-            let pos = |fwd: bool, k: &(String, u32, u32, u32, bool)| {
-                r.instructions.iter().position(|i| match i {
-                    Instruction::Forward {
-                        module,
-                        stage,
-                        chunk,
-                        micro_batch,
-                    } if fwd => (module, *stage, *chunk, *micro_batch) == (&k.0, k.1, k.2, k.3),
-                    Instruction::Backward {
-                        module,
-                        stage,
-                        chunk,
-                        micro_batch,
-                    } if !fwd => (module, *stage, *chunk, *micro_batch) == (&k.0, k.1, k.2, k.3),
-                    _ => false,
-                })
+            let pos = |k: &Pass| {
+                r.instructions
+                    .iter()
+                    .position(|i| pass_of(i).as_ref() == Some(k))
             };
-            for k in count.keys().filter(|k| k.4) {
+            for k in count.keys().filter(|k| k.forward) {
+                let back = Pass {
+                    forward: false,
+                    ..k.clone()
+                };
                 assert!(
-                    pos(true, k) < pos(false, k),
+                    pos(k) < pos(&back),
                     "{} rank {}: backward before forward",
                     p.model,
                     r.rank

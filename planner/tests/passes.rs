@@ -34,10 +34,10 @@ fn at(layout: Value, offset: u32, count: u32) -> Value {
 }
 
 /// Vision and its projector dp 3 on 0-2, the language model on 3-6 in 4
-/// micro-batches, `chunk` micro-batches per encoder pass.
-fn uneven(chunk: u32) -> (ModelGraph, Cluster, Plan) {
+/// micro-batches, `k` micro-batches per encoder pass.
+fn uneven(k: u32) -> (ModelGraph, Cluster, Plan) {
     setup(
-        json!({"kind": "pipeline_1f1b", "encoder_chunk": chunk}),
+        json!({"kind": "pipeline_1f1b", "encoder_chunk": k}),
         json!({
             "vision": at(json!({"dp": 3}), 0, 3),
             "projector": at(json!({"dp": 3}), 0, 3),
@@ -48,8 +48,8 @@ fn uneven(chunk: u32) -> (ModelGraph, Cluster, Plan) {
 
 #[test]
 fn an_items_rows_are_held_by_the_replica_its_pass_dealt_it_to() {
-    for chunk in [1, 2, 4] {
-        let (g, c, p) = uneven(chunk);
+    for k in [1, 2, 4] {
+        let (g, c, p) = uneven(k);
         let vision = g.modules().iter().find(|m| m.name == "vision").unwrap().id;
         let all = synthesize_all(&g, &c, &p, Limits::default(), None);
         for (b, bd) in all.iter().zip(g.boundaries()) {
@@ -108,10 +108,38 @@ fn a_boundary_goes_per_pass_into_a_projector_and_per_micro_batch_into_the_llm() 
     }
 }
 
+/// A pass of a first pipeline stage (module `name`) or a boundary call (`call`, boundary
+/// `name`), forward or backward, for one unit.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Event {
+    name: String,
+    unit: u32,
+    forward: bool,
+    call: bool,
+}
+
+impl Event {
+    fn pass(module: &str, unit: u32, forward: bool) -> Self {
+        Event {
+            name: module.into(),
+            unit,
+            forward,
+            call: false,
+        }
+    }
+
+    fn call(boundary: &str, unit: u32, forward: bool) -> Self {
+        Event {
+            call: true,
+            ..Event::pass(boundary, unit, forward)
+        }
+    }
+}
+
 /// Per rank, the position of each boundary call and of each pass of a first pipeline stage
 /// (the projector's only one, the language model's first).
-fn positions(r: &[Instruction]) -> BTreeMap<(String, u32, bool, bool), Vec<usize>> {
-    let mut out: BTreeMap<(String, u32, bool, bool), Vec<usize>> = BTreeMap::new();
+fn positions(r: &[Instruction]) -> BTreeMap<Event, Vec<usize>> {
+    let mut out: BTreeMap<Event, Vec<usize>> = BTreeMap::new();
     for (k, i) in r.iter().enumerate() {
         let key = match i {
             Instruction::Forward {
@@ -119,21 +147,21 @@ fn positions(r: &[Instruction]) -> BTreeMap<(String, u32, bool, bool), Vec<usize
                 micro_batch,
                 stage: 0,
                 chunk: 0,
-            } => (module.clone(), *micro_batch, true, false),
+            } => Event::pass(module, *micro_batch, true),
             Instruction::Backward {
                 module,
                 micro_batch,
                 stage: 0,
                 chunk: 0,
-            } => (module.clone(), *micro_batch, false, false),
+            } => Event::pass(module, *micro_batch, false),
             Instruction::BoundaryForward {
                 boundary,
                 micro_batch,
-            } => (boundary.clone(), *micro_batch, true, true),
+            } => Event::call(boundary, *micro_batch, true),
             Instruction::BoundaryBackward {
                 boundary,
                 micro_batch,
-            } => (boundary.clone(), *micro_batch, false, true),
+            } => Event::call(boundary, *micro_batch, false),
             _ => continue,
         };
         out.entry(key).or_default().push(k);
@@ -142,17 +170,17 @@ fn positions(r: &[Instruction]) -> BTreeMap<(String, u32, bool, bool), Vec<usize
 }
 
 /// On every rank, each boundary call of `projector->llm` for micro-batch j is made once, after
-/// the projector's forward of pass j / chunk and before the language model's forward of j
-/// (where the rank holds them), and backward the other way round.
-fn check_projector_calls(p: &Program, chunk: u32) {
+/// the projector's forward of pass j / k and before the language model's forward of j (where
+/// the rank holds them), and backward the other way round; k is the pass size.
+fn check_projector_calls(p: &Program, k: u32) {
     for r in &p.ranks {
         let at = positions(&r.instructions);
-        let one = |k: (String, u32, bool, bool)| at.get(&k).map(|v| v[0]);
+        let one = |e: Event| at.get(&e).map(|v| v[0]);
         for j in 0..p.micro_batches {
             for fwd in [true, false] {
-                let call = at.get(&("projector->llm".to_string(), j, fwd, true));
-                let proj = one(("projector".into(), j / chunk, fwd, false));
-                let llm = one(("llm".into(), j, fwd, false));
+                let call = at.get(&Event::call("projector->llm", j, fwd));
+                let proj = one(Event::pass("projector", j / k, fwd));
+                let llm = one(Event::pass("llm", j, fwd));
                 if proj.is_none() && llm.is_none() {
                     continue;
                 }

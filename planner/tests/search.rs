@@ -90,7 +90,7 @@ fn long_context_with_a_large_encoder_keeps_the_encoder_at_cp_1() {
         "a 64k sequence needs context parallelism: {:#?}",
         best.plan.modules["llm"].layout
     );
-    // The space offers the encoder cp 2..8 (1024 tokens split into 2 cp chunks): CP on a
+    // The space offers the encoder cp 2..8 (1024 tokens split into 2 cp blocks): CP on a
     // 1024-token image is pure overhead.
     assert_eq!(
         best.plan.modules["vision"].layout.cp, 1,

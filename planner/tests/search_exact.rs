@@ -1,6 +1,6 @@
 //! The search is exact with respect to its closed-form objective: brute force over the whole
 //! space of a small model on 2 nodes of 2 GPUs (every arrangement and split, every language-model
-//! layout with every split of its layers over its stages, every encoder chunk, every layout of
+//! layout with every split of its layers over its stages, every pass size, every layout of
 //! every other module), each plan priced directly (`objective::closed_form`), finds exactly
 //! the search's closed-form optimum; and simulated, finds nothing more than 1% faster than the
 //! search's simulated winner.
@@ -18,7 +18,7 @@ use hetpar_planner::search::lm::{ranks_of, schedule};
 use hetpar_planner::search::objective::closed_form;
 use hetpar_planner::search::price::entry;
 use hetpar_planner::search::space::{
-    encoder_chunks, item_layouts, lm_dps, lm_layouts, micro_batches, Bounds,
+    item_layouts, lm_dps, lm_layouts, micro_batches, pass_sizes, Bounds,
 };
 use hetpar_planner::search::{baseline, lm, search, SearchOptions};
 use serde_json::json;
@@ -123,12 +123,17 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                     Arrangement::Nested => baseline::options_for(model, &o, b),
                     _ => items
                         .iter()
-                        .map(|&m| (m, item_layouts(model, model.module(m), ranks.others.1, b)))
+                        .map(|&m| {
+                            (
+                                m,
+                                item_layouts(model, model.module(m), ranks.others.count, b),
+                            )
+                        })
                         .collect(),
                 };
                 let m_count = micro_batches(model, &l);
                 for lx in splits(&l, layers) {
-                    for k in encoder_chunks(m_count, opts.max_encoder_chunk) {
+                    for k in pass_sizes(m_count, opts.max_pass_size) {
                         let sched = schedule(model, arr, &lx, k);
                         let mut combos: Vec<Vec<(ModuleId, LayoutSpec)>> = vec![vec![]];
                         for &m in &items {
@@ -147,13 +152,11 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                             let mut modules = BTreeMap::new();
                             modules.insert(
                                 model.module(lm_id).name.clone(),
-                                entry(lx.clone(), ranks.lm.0, ranks.lm.1),
+                                entry(lx.clone(), ranks.lm),
                             );
                             for (m, x) in c {
-                                modules.insert(
-                                    model.module(m).name.clone(),
-                                    entry(x, ranks.others.0, ranks.others.1),
-                                );
+                                modules
+                                    .insert(model.module(m).name.clone(), entry(x, ranks.others));
                             }
                             out.push(PlanFile {
                                 kind: "plan".into(),
@@ -202,12 +205,12 @@ fn brute(model: &ModelGraph, cluster: &Cluster, plans: &[PlanFile]) -> (f64, f64
 fn brute_force_finds_exactly_the_searched_closed_form_optimum_and_no_faster_simulated_plan() {
     let (model, cluster) = small();
     // A space brute force covers in seconds: pipelines of up to 3 stages, vpp up to 2,
-    // micro-batches of up to 2 samples, encoder chunks up to 2 (and the whole step).
+    // micro-batches of up to 2 samples, pass sizes up to 2 (and the whole step).
     let opts = SearchOptions {
         max_pp: 3,
         max_vpp: 2,
         max_micro_batch_size: 2,
-        max_encoder_chunk: 2,
+        max_pass_size: 2,
         ..SearchOptions::default()
     };
     let r = search(&model, &cluster, opts);

@@ -117,7 +117,7 @@ fn an_uneven_stage_split_is_chosen_where_the_head_makes_the_last_stage_slow() {
 /// model micro-batch has images, so a pass covers several micro-batches (k > 1); with k = 1
 /// some replicas would idle every pass.
 #[test]
-fn an_encoder_chunk_above_one_is_chosen_where_encoder_replicas_outnumber_a_micro_batch() {
+fn a_pass_size_above_one_is_chosen_where_encoder_replicas_outnumber_a_micro_batch() {
     let m = model(
         json!({"kind": "model", "format_version": 1, "name": "chunk",
         "modules": {

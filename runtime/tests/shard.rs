@@ -83,7 +83,7 @@ fn coverage(
 }
 
 #[test]
-fn an_encoders_dealt_items_split_by_cp_chunks_and_sp_parts_cover_each_row_once() {
+fn an_encoders_dealt_items_split_by_cp_blocks_and_sp_parts_cover_each_row_once() {
     // Sample 0: items of 5 and 8 patches; sample 1: one of 3.
     let items = EncoderLayout {
         images: vec![0..5, 5..13, 13..16],
@@ -132,7 +132,7 @@ fn an_encoders_dealt_items_split_by_cp_chunks_and_sp_parts_cover_each_row_once()
 
 #[test]
 fn the_language_models_samples_split_by_cp_and_per_sample_sp_parts_where_they_do_not_divide() {
-    // A sequence of 10 over cp 2 (chunks of 2, 3, 2, 3) and tp 3: parts of 5 local rows.
+    // A sequence of 10 over cp 2 (CP blocks of 2, 3, 2, 3) and tp 3: parts of 5 local rows.
     let work = Work::Samples(2..4);
     let got = coverage(Unit::Llm, None, 10, &work, 2, 3);
     let want: Vec<(u32, u64)> = (2..4).flat_map(|s| (0..10).map(move |p| (s, p))).collect();

@@ -250,7 +250,7 @@ pub fn describe_plan(c: &Candidate) -> String {
             .and_then(|v| v.as_str().map(str::to_string))
             .unwrap_or_default(),
         sch.encoder_chunk
-            .map(|k| format!(" (encoder chunk {k})"))
+            .map(|k| format!(" (encoder_chunk {k})"))
             .unwrap_or_default()
     );
     s
@@ -265,13 +265,7 @@ fn kind_label(k: CandidateKind) -> &'static str {
 }
 
 fn placement_label(c: &Candidate) -> &'static str {
-    let ranks: std::collections::BTreeSet<(Option<u32>, Option<u32>)> = c
-        .plan
-        .modules
-        .values()
-        .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
-        .collect();
-    if ranks.len() == 1 {
+    if c.placements() == 1 {
         "colocated"
     } else if c.plan.schedule.kind.is_colocated() {
         "nested"

@@ -16,7 +16,7 @@ use hetpar_ir::model::{Boundary, ModelGraph};
 use hetpar_ir::shard;
 use hetpar_ir::{Plan, Rank};
 
-use super::lanes::{first_rank, Lanes, TaskIndex};
+use super::lanes::{first_rank, Lanes, ReplicaStage, TaskIndex};
 use super::units::{ModuleUnits, PassItems, UnitKind};
 use super::Inputs;
 use crate::collective::{p2p_time, Link};
@@ -33,6 +33,14 @@ pub struct BoundaryLink {
     pub rows: f64,
 }
 
+/// Which destination replica's unit a source unit's items feed.
+#[derive(Clone, Copy, Debug)]
+struct LinkTarget {
+    src_unit: u32,
+    dst_unit: u32,
+    dv: u32,
+}
+
 fn overlap(a: &Range<usize>, b: &Range<usize>) -> Range<usize> {
     a.start.max(b.start)..a.end.min(b.end)
 }
@@ -42,7 +50,7 @@ fn item_links(
     pi: &PassItems,
     wanted: &Range<usize>,
     merge: u32,
-    (src_unit, dst_unit, dv): (u32, u32, u32),
+    to: LinkTarget,
     out: &mut Vec<BoundaryLink>,
 ) {
     for (du, run) in pi.runs.iter().enumerate() {
@@ -55,10 +63,10 @@ fn item_links(
             .map(|i| u64::from(i.tokens / merge.max(1)))
             .sum();
         out.push(BoundaryLink {
-            src_unit,
+            src_unit: to.src_unit,
             du: du as u32,
-            dst_unit,
-            dv,
+            dst_unit: to.dst_unit,
+            dv: to.dv,
             rows: rows as f64,
         });
     }
@@ -78,7 +86,12 @@ pub fn links(
         (UnitKind::Pass, UnitKind::Pass) => {
             for (p, (pu, pv)) in u.passes.iter().zip(&v.passes).enumerate() {
                 for (dv, run) in pv.runs.iter().enumerate() {
-                    item_links(pu, run, b.merge, (p as u32, p as u32, dv as u32), &mut out);
+                    let to = LinkTarget {
+                        src_unit: p as u32,
+                        dst_unit: p as u32,
+                        dv: dv as u32,
+                    };
+                    item_links(pu, run, b.merge, to, &mut out);
                 }
             }
         }
@@ -94,7 +107,12 @@ pub fn links(
                     let s = shard::replica_samples(batch, v.count, mbs, j, dv);
                     let a = pu.items.partition_point(|i| i.sample < s.start);
                     let e = pu.items.partition_point(|i| i.sample < s.end);
-                    item_links(pu, &(a..e), b.merge, (p, j, dv), &mut out);
+                    let to = LinkTarget {
+                        src_unit: p,
+                        dst_unit: j,
+                        dv,
+                    };
+                    item_links(pu, &(a..e), b.merge, to, &mut out);
                 }
             }
         }
@@ -165,11 +183,9 @@ pub fn add_deps(
 ) -> Result<(), CostError> {
     let (model, plan) = (inp.model, inp.plan);
     let act_bytes = model.data().precision.activation_bytes() as f64;
-    let mut sets: HashMap<(usize, u32, u32), BTreeSet<Rank>> = HashMap::new();
-    let mut set_of = |m: usize, d: u32, s: u32| -> BTreeSet<Rank> {
-        sets.entry((m, d, s))
-            .or_insert_with(|| lanes.rank_set(m, d, s))
-            .clone()
+    let mut sets: HashMap<ReplicaStage, BTreeSet<Rank>> = HashMap::new();
+    let mut set_of = |at: ReplicaStage| -> BTreeSet<Rank> {
+        sets.entry(at).or_insert_with(|| lanes.rank_set(at)).clone()
     };
     for b in model.boundaries() {
         let (u, v) = (b.from.index(), b.to.index());
@@ -178,7 +194,11 @@ pub fn add_deps(
         let times = inp.boundary_times.and_then(|t| t.get(&b.id));
         for k in links(model, plan, inp.units, b)? {
             let bytes = k.rows * f64::from(b.width) * act_bytes;
-            let lat = if set_of(u, k.du, su) == set_of(v, k.dv, 0) {
+            let (from, to) = (
+                ReplicaStage::new(u, k.du, su),
+                ReplicaStage::new(v, k.dv, 0),
+            );
+            let lat = if set_of(from) == set_of(to) {
                 0.0
             } else {
                 let link = Link::between(
@@ -192,11 +212,10 @@ pub fn add_deps(
             let (lat_f, lat_b) = times
                 .and_then(|t| t.get(k.dst_unit as usize).copied())
                 .unwrap_or((lat, lat));
-            let (u32m, v32m) = (u as u32, v as u32);
-            let fu = index.at((u32m, k.du, su, cu, k.src_unit, true));
-            let bu = index.at((u32m, k.du, su, cu, k.src_unit, false));
-            let fv = index.at((v32m, k.dv, 0, 0, k.dst_unit, true));
-            let bv = index.at((v32m, k.dv, 0, 0, k.dst_unit, false));
+            let fu = index.at(from.task(cu, k.src_unit, true));
+            let bu = index.at(from.task(cu, k.src_unit, false));
+            let fv = index.at(to.task(0, k.dst_unit, true));
+            let bv = index.at(to.task(0, k.dst_unit, false));
             tasks[fv as usize].deps.push(Dep {
                 task: fu,
                 latency: lat_f,

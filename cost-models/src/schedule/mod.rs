@@ -3,18 +3,24 @@
 //!
 //! Units: the language model and every module after it split the global batch into M
 //! micro-batches (`shard::replica_samples`); encoders and projectors run P encoder passes,
-//! each over the items of k = `encoder_chunk` micro-batches dealt over their replicas
-//! (`shard::pass_deal`). A module task is the forward or backward of one pipeline chunk of
-//! one module for one unit (micro-batch or pass, `units`) on one data-parallel replica.
+//! each over the items of k micro-batches (the pass size, `encoder_chunk`) dealt over their
+//! replicas (`shard::pass_deal`). A module task is the forward or backward of one pipeline
+//! chunk of one module for one unit (micro-batch or pass, `units`) on one data-parallel
+//! replica.
 //! Dependencies: along a module's pipeline, backward after forward, and across boundaries
-//! (`boundary`). Orders: `steps`.
+//! (`boundary`). Orders: `steps`, each schedule kind in its own file (`colocated`,
+//! `pipeline` over `one_f_one_b` and `interleaved`).
 
 mod boundary;
-pub(crate) mod lanes;
+pub mod colocated;
+pub mod interleaved;
+pub mod lanes;
+pub mod one_f_one_b;
+pub mod pipeline;
 pub mod steps;
 pub mod units;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::PlacementKind;
@@ -28,9 +34,11 @@ use crate::tasks::{Dep, DepKind, LaneId, Task, TaskGraph, TaskId, TaskKind};
 use crate::CostError;
 
 pub use boundary::{links, BoundaryLink};
-use lanes::{first_rank, lookup, Lanes, TaskIndex};
-use steps::{colocated_steps, PipelineSteps, Step};
-use units::{ModuleUnits, UnitKind};
+pub use interleaved::interleaved;
+use lanes::{first_rank, Lanes, ReplicaStage, TaskIndex};
+pub use one_f_one_b::one_f_one_b;
+use steps::Order;
+use units::{ModuleUnits, UnitKind, WorkKey};
 
 pub struct Inputs<'a> {
     pub model: &'a ModelGraph,
@@ -79,12 +87,19 @@ pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
     })
 }
 
+/// A chunk's work priced once: module `module`'s global chunk `chunk` over a unit's work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ChunkWork {
+    module: usize,
+    chunk: usize,
+    work: WorkKey,
+}
+
 /// Forward and backward tasks of every module, replica, unit, stage and chunk, in the order
 /// `TaskIndex` computes ids in.
 fn module_tasks(inp: &Inputs<'_>, lanes: &Lanes, index: &TaskIndex) -> Vec<Task> {
     let mut tasks: Vec<Task> = Vec::new();
-    let mut cache: std::collections::HashMap<(usize, usize, u64, u64), (ChunkTime, f64)> =
-        std::collections::HashMap::new();
+    let mut cache: HashMap<ChunkWork, (ChunkTime, f64)> = HashMap::new();
     let act_bytes = inp.model.data().precision.activation_bytes() as f64;
     for (m, mp) in inp.plan.modules().iter().enumerate() {
         let l = &mp.layout;
@@ -94,25 +109,23 @@ fn module_tasks(inp: &Inputs<'_>, lanes: &Lanes, index: &TaskIndex) -> Vec<Task>
             for j in 0..units.count {
                 let w = units.work(j, d);
                 for s in 0..l.pp {
-                    let lanes_here = lanes.of_stage(m, d, s);
+                    let at = ReplicaStage::new(m, d, s);
+                    let lanes_here = lanes.of_stage(at);
                     for c in 0..l.vpp {
                         let chunk = (c * l.pp + s) as usize;
-                        let (time, act) = *cache
-                            .entry((m, chunk, w.rows.to_bits(), w.pairs.to_bits()))
-                            .or_insert_with(|| {
-                                let act = chunk_activations(
-                                    comp.module,
-                                    l,
-                                    chunk,
-                                    w,
-                                    act_bytes,
-                                    inp.kernel,
-                                );
-                                (comp.chunk(chunk, w), act)
-                            });
+                        let key = ChunkWork {
+                            module: m,
+                            chunk,
+                            work: WorkKey::of(w),
+                        };
+                        let (time, act) = *cache.entry(key).or_insert_with(|| {
+                            let act =
+                                chunk_activations(comp.module, l, chunk, w, act_bytes, inp.kernel);
+                            (comp.chunk(chunk, w), act)
+                        });
                         for fwd in [true, false] {
                             debug_assert_eq!(
-                                index.get((m as u32, d, s, c, j, fwd)),
+                                index.get(at.task(c, j, fwd)),
                                 Some(tasks.len() as TaskId)
                             );
                             let parts = if fwd { time.forward } else { time.backward };
@@ -157,8 +170,9 @@ fn pipeline_deps(inp: &Inputs<'_>, index: &TaskIndex, tasks: &mut [Task]) {
                 let rows = units.work(j, d).rows;
                 let bytes = rows / f64::from(l.cp) * hidden * act_bytes / f64::from(l.tp);
                 for (i, &(s, c)) in positions.iter().enumerate() {
-                    let f = index.at((m as u32, d, s, c, j, true));
-                    let b = index.at((m as u32, d, s, c, j, false));
+                    let at = ReplicaStage::new(m, d, s);
+                    let f = index.at(at.task(c, j, true));
+                    let b = index.at(at.task(c, j, false));
                     tasks[b as usize].deps.push(Dep {
                         task: f,
                         latency: 0.0,
@@ -168,8 +182,9 @@ fn pipeline_deps(inp: &Inputs<'_>, index: &TaskIndex, tasks: &mut [Task]) {
                         continue;
                     }
                     let (ps, pc) = positions[i - 1];
-                    let pf = index.at((m as u32, d, ps, pc, j, true));
-                    let pb = index.at((m as u32, d, ps, pc, j, false));
+                    let before = ReplicaStage::new(m, d, ps);
+                    let pf = index.at(before.task(pc, j, true));
+                    let pb = index.at(before.task(pc, j, false));
                     let link = Link::between(
                         inp.cluster,
                         &inp.constants,
@@ -200,56 +215,32 @@ fn orders(
     lanes: &Lanes,
     index: &TaskIndex,
 ) -> Result<Vec<Vec<TaskId>>, CostError> {
-    let (model, plan) = (inp.model, inp.plan);
-    let topo: Vec<usize> = model
-        .topological_order()
-        .iter()
-        .map(|m| m.index())
-        .collect();
+    let order = Order::new(inp.model, inp.plan)?;
     let mut orders: Vec<Vec<TaskId>> = vec![Vec::new(); lanes.lanes.len()];
-    let lm = model.language_model().index();
-    let pipeline = if plan.schedule.kind.is_colocated() {
-        None
-    } else {
-        Some(PipelineSteps::new(model, plan)?)
-    };
     for (lane, key) in lanes.keys.iter().enumerate() {
-        // The lane's steps and the modules they run (colocated: every module on the lane).
-        let (steps, members): (Vec<Step>, Vec<usize>) = match &pipeline {
-            None => {
-                let Some((_, sl)) = lookup(key, lm) else {
-                    continue;
-                };
-                let p = plan.modules()[lm].layout.pp;
-                (colocated_steps(p, sl, plan.passes()), topo.clone())
-            }
-            Some(ps) => {
-                let Some(&(m0, _, s)) = key.first() else {
-                    continue;
-                };
-                let g = ps.pipe.group_of[m0 as usize];
-                (ps.steps(g, s), ps.pipe.groups[g].clone())
-            }
+        let Some(pos) = order.position(key) else {
+            continue;
         };
         let of_kind = |kind: UnitKind| -> Vec<usize> {
-            members
+            order
+                .members(pos)
                 .iter()
                 .copied()
-                .filter(|&m| inp.units[m].kind == kind && lookup(key, m).is_some())
+                .filter(|&m| inp.units[m].kind == kind && key.of_module(m).is_some())
                 .collect()
         };
         let (passes, micro) = (of_kind(UnitKind::Pass), of_kind(UnitKind::MicroBatch));
-        let order = &mut orders[lane];
-        for st in steps {
+        let out = &mut orders[lane];
+        for st in order.steps(pos) {
             let ms = if st.kind == UnitKind::Pass {
                 &passes
             } else {
                 &micro
             };
             let mut push = |m: usize| {
-                if let Some((d, s)) = lookup(key, m) {
-                    if let Some(t) = index.get((m as u32, d, s, st.chunk, st.unit, st.forward)) {
-                        order.push(t);
+                if let Some(at) = key.of_module(m) {
+                    if let Some(t) = index.get(at.task(st.chunk, st.unit, st.forward)) {
+                        out.push(t);
                     }
                 }
             };
@@ -276,7 +267,7 @@ fn sync_and_step(
         let mp = &inp.plan.modules()[m];
         for s in 0..mp.layout.pp {
             let mut ls: Vec<LaneId> = (0..mp.layout.dp)
-                .flat_map(|d| lanes.of_stage(m, d, s))
+                .flat_map(|d| lanes.of_stage(ReplicaStage::new(m, d, s)))
                 .collect();
             ls.sort_unstable();
             ls.dedup();
@@ -301,10 +292,11 @@ fn sync_and_step(
     }
     for (lane, key) in lanes.keys.iter().enumerate() {
         let duration: f64 = key
+            .0
             .iter()
-            .map(|&(m, _, s)| {
-                inp.optimizer[m as usize]
-                    .get(s as usize)
+            .map(|at| {
+                inp.optimizer[at.module.index()]
+                    .get(at.stage as usize)
                     .copied()
                     .unwrap_or(0.0)
             })
@@ -342,103 +334,4 @@ pub fn nested_in_language_model(model: &ModelGraph, plan: &Plan) -> bool {
             .modules()
             .iter()
             .all(|mp| mp.grid.ranks().iter().all(|r| lm.contains(r)))
-}
-
-/// Modules on identical ranks grouped, in topological order, with each group's first global
-/// pipeline stage (groups chain as stages, encoders upstream) and the pipeline's depth.
-pub struct Pipeline {
-    pub group_of: Vec<usize>,
-    pub groups: Vec<Vec<usize>>,
-    pub offset: Vec<u32>,
-    pub depth: u32,
-}
-
-pub fn pipeline_groups(model: &ModelGraph, plan: &Plan) -> Pipeline {
-    let topo: Vec<usize> = model
-        .topological_order()
-        .iter()
-        .map(|m| m.index())
-        .collect();
-    let sets: Vec<BTreeSet<Rank>> = plan
-        .modules()
-        .iter()
-        .map(|mp| mp.grid.ranks().iter().copied().collect())
-        .collect();
-    let mut group_of = vec![usize::MAX; sets.len()];
-    let mut groups: Vec<Vec<usize>> = Vec::new();
-    for &m in &topo {
-        match groups.iter().position(|g| sets[g[0]] == sets[m]) {
-            Some(g) => {
-                group_of[m] = g;
-                groups[g].push(m);
-            }
-            None => {
-                group_of[m] = groups.len();
-                groups.push(vec![m]);
-            }
-        }
-    }
-    let mut offset = vec![0u32; groups.len()];
-    for &m in &topo {
-        for bid in model.outgoing(ModuleId::new(m)) {
-            let t = model.boundary(bid).to.index();
-            let (gf, gt) = (group_of[m], group_of[t]);
-            if gf != gt {
-                offset[gt] = offset[gt].max(offset[gf] + plan.modules()[m].layout.pp);
-            }
-        }
-    }
-    let depth = groups
-        .iter()
-        .enumerate()
-        .map(|(g, ms)| offset[g] + plan.modules()[ms[0]].layout.pp)
-        .max()
-        .unwrap_or(1);
-    Pipeline {
-        group_of,
-        groups,
-        offset,
-        depth,
-    }
-}
-
-/// The 1F1B sequence with `w` warm-up forwards: (forward?, micro-batch).
-pub fn one_f_one_b(w: u32, m: u32) -> Vec<(bool, u32)> {
-    let mut v = Vec::with_capacity(2 * m as usize);
-    for j in 0..w {
-        v.push((true, j));
-    }
-    for i in 0..m - w {
-        v.push((true, w + i));
-        v.push((false, i));
-    }
-    for j in m - w..m {
-        v.push((false, j));
-    }
-    v
-}
-
-/// Megatron's interleaved 1F1B for stage `s` of `p` with `v` chunks and `m` micro-batches:
-/// (forward?, micro-batch, chunk).
-pub fn interleaved(p: u32, v: u32, s: u32, m: u32) -> Vec<(bool, u32, u32)> {
-    let total = v * m;
-    let fwd = |k: u32| ((k / (p * v)) * p + k % p, (k / p) % v);
-    let bwd = |k: u32| ((k / (p * v)) * p + k % p, v - 1 - (k / p) % v);
-    let warm = ((p - s - 1) * 2 + (v - 1) * p).min(total);
-    let mut out = Vec::with_capacity(2 * total as usize);
-    for k in 0..warm {
-        let (j, c) = fwd(k);
-        out.push((true, j, c));
-    }
-    for i in 0..total - warm {
-        let (j, c) = fwd(warm + i);
-        out.push((true, j, c));
-        let (j, c) = bwd(i);
-        out.push((false, j, c));
-    }
-    for k in total - warm..total {
-        let (j, c) = bwd(k);
-        out.push((false, j, c));
-    }
-    out
 }

@@ -25,6 +25,22 @@ pub enum UnitKind {
     Pass,
 }
 
+/// A unit's work as a map key: its rows and attention pairs, bit for bit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct WorkKey {
+    rows: u64,
+    pairs: u64,
+}
+
+impl WorkKey {
+    pub fn of(w: Work) -> Self {
+        WorkKey {
+            rows: w.rows.to_bits(),
+            pairs: w.pairs.to_bits(),
+        }
+    }
+}
+
 /// The items of one encoder pass, in (sample, item) order, and each replica's run of them.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PassItems {

@@ -30,6 +30,13 @@ use crate::rule::Rule;
 /// Samples per step hetpar accepts (far above real global batches; bounds per-sample work).
 pub const MAX_GLOBAL_BATCH: u32 = 1 << 20;
 
+/// Two modules a boundary joins, from one to the other.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Joined {
+    from: ModuleId,
+    to: ModuleId,
+}
+
 /// Verifies `file` and builds its graph. `Ok` carries warnings (possibly none); `Err` carries
 /// every error found (and the warnings).
 pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> {
@@ -76,7 +83,7 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
     // Boundaries.
     let mut edges: Vec<(usize, ModuleId, ModuleId, Landing, String)> = Vec::new();
     let mut seen_names: BTreeSet<String> = BTreeSet::new();
-    let mut seen_pairs: BTreeSet<(ModuleId, ModuleId)> = BTreeSet::new();
+    let mut seen_pairs: BTreeSet<Joined> = BTreeSet::new();
     for (i, b) in file.boundaries.iter().enumerate() {
         let path = index("boundaries", i);
         let name = b.name();
@@ -126,7 +133,7 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
             );
             continue;
         }
-        if !seen_pairs.insert((from, to)) {
+        if !seen_pairs.insert(Joined { from, to }) {
             ds.error(
                 &path,
                 Rule::BoundaryDuplicate,

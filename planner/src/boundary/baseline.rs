@@ -36,7 +36,8 @@ pub fn leader_broadcast(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -
     for segs in fwd {
         // Per destination replica: its rows, and what each rank of its group already holds.
         let mut rows: BTreeMap<u32, u64> = BTreeMap::new();
-        let mut held: BTreeMap<(u32, Rank), u64> = BTreeMap::new();
+        // Rows each rank of a destination group holds (a rank is in one replica's group).
+        let mut held: BTreeMap<Rank, u64> = BTreeMap::new();
         let mut colocated: BTreeSet<u32> = BTreeSet::new();
         for s in segs {
             // The destination replica that needs the rows (one per row, forward).
@@ -52,7 +53,7 @@ pub fn leader_broadcast(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -
             *rows.entry(d).or_default() += n;
             for &h in s.holders.iter() {
                 if mp.grid.coord_of(h).is_some_and(|c| c.dp == d && c.pp == 0) {
-                    *held.entry((d, h)).or_default() += n;
+                    *held.entry(h).or_default() += n;
                     colocated.insert(d);
                 }
             }
@@ -73,7 +74,7 @@ pub fn leader_broadcast(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -
             // Each row lies in exactly one segment.
             let bytes: u64 = group
                 .iter()
-                .map(|&q| r.saturating_sub(held.get(&(d, q)).copied().unwrap_or(0)) * row_bytes)
+                .map(|&q| r.saturating_sub(held.get(&q).copied().unwrap_or(0)) * row_bytes)
                 .sum();
             out.bytes += bytes;
             let link = Link::of_group(cx.cluster, &cx.constants, &group);

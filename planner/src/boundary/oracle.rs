@@ -9,12 +9,22 @@ use hetpar_ir::Rank;
 use super::ownership::Segment;
 use super::synth::{MicroBatchPlan, Op, Rows};
 
-/// A row tag: (sample, row).
-type Tag = (u32, u64);
+/// A row tag: row `row` of sample `sample`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Tag {
+    sample: u32,
+    row: u64,
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} of sample {}", self.row, self.sample)
+    }
+}
 
 fn tags(rows: &[Rows]) -> impl Iterator<Item = Tag> + '_ {
     rows.iter()
-        .flat_map(|(s, r)| r.clone().map(move |x| (*s, x)))
+        .flat_map(|(s, r)| r.clone().map(move |row| Tag { sample: *s, row }))
 }
 
 /// Checks one micro-batch's plan against its segments; returns every violation found.
@@ -24,10 +34,16 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
     for s in segments {
         for r in s.rows.clone() {
             for &h in s.holders.iter() {
-                held.entry(h).or_default().insert((s.sample, r));
+                held.entry(h).or_default().insert(Tag {
+                    sample: s.sample,
+                    row: r,
+                });
             }
             for &q in s.needers.iter() {
-                need.entry(q).or_default().insert((s.sample, r));
+                need.entry(q).or_default().insert(Tag {
+                    sample: s.sample,
+                    row: r,
+                });
             }
         }
     }
@@ -39,7 +55,7 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
             let had = initially.get(&dst).is_some_and(|h| h.contains(&t));
             if !wants || had {
                 errors.push(format!(
-                    "rank {dst} receives row {t:?} it does not need or already held"
+                    "rank {dst} receives row {t} it does not need or already held"
                 ));
             }
             held.entry(dst).or_default().insert(t);
@@ -55,7 +71,7 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
             Op::Send { src, dst, rows } => {
                 for t in tags(rows) {
                     if !held.get(src).is_some_and(|h| h.contains(&t)) {
-                        errors.push(format!("rank {src} sends row {t:?} it does not hold"));
+                        errors.push(format!("rank {src} sends row {t} it does not hold"));
                     }
                     receive(&mut held, &mut errors, *dst, t);
                 }
@@ -63,7 +79,7 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
             Op::Broadcast { root, group, rows } => {
                 for t in tags(rows) {
                     if !held.get(root).is_some_and(|h| h.contains(&t)) {
-                        errors.push(format!("broadcast root {root} lacks row {t:?}"));
+                        errors.push(format!("broadcast root {root} lacks row {t}"));
                     }
                     for &q in group.iter().filter(|&&q| q != *root) {
                         receive(&mut held, &mut errors, q, t);
@@ -74,9 +90,8 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
                 for (owner, part) in parts {
                     for t in tags(part) {
                         if !held.get(owner).is_some_and(|h| h.contains(&t)) {
-                            errors.push(format!(
-                                "all-gather member {owner} lacks its part row {t:?}"
-                            ));
+                            errors
+                                .push(format!("all-gather member {owner} lacks its part row {t}"));
                         }
                         for &q in group.iter().filter(|&&q| q != *owner) {
                             receive(&mut held, &mut errors, q, t);

@@ -13,14 +13,14 @@
 //! **A replica's rows** are a list of runs (an item's rows, or a whole sample's for a module
 //! after the language model), in order: an item module's replica holds the items
 //! `shard::pass_deal` gives it in the pass; any other module's replica the samples
-//! `shard::replica_samples` gives it. With cp > 1 each run splits into the 2 cp chunks of
-//! `shard::chunk`, cp rank c holding chunks c and 2 cp - 1 - c (its local rows: run after run);
+//! `shard::replica_samples` gives it. With cp > 1 each run splits into the 2 cp blocks of
+//! `shard::cp_block`, cp rank c holding blocks c and 2 cp - 1 - c (its local rows: run after run);
 //! under sequence parallel a cp rank's local rows split into the tp parts of `shard::sp_part`;
 //! without it every tp rank holds them all. This gives the source side (last pipeline stage)
 //! and the destination side of rows landing as rows (first stage).
 //!
 //! **Placeholders** (the language model's input): rows go to their sequence positions
-//! (`ir::model::placeholders`), the sequence splitting into cp chunks as above and, under
+//! (`ir::model::placeholders`), the sequence splitting into cp blocks as above and, under
 //! sequence parallel, a cp rank's local sequence of each sample into tp parts.
 
 use std::collections::HashMap;
@@ -79,26 +79,36 @@ pub fn unit_samples(g: &ModelGraph, plan: &Plan, b: BoundaryId, u: u32) -> Range
     }
 }
 
-/// The ranks of (replica, stage, cp rank), and one tp rank or all of them, built once each.
+/// Replica `replica`, stage `stage`, cp rank `cp` of a module, and tp rank `tp` of it or
+/// (`None`) all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct RanksAt {
+    replica: u32,
+    stage: u32,
+    cp: u32,
+    tp: Option<u32>,
+}
+
+/// The ranks of every `RanksAt` asked for, built once each.
 #[derive(Default)]
-struct RankCache(HashMap<(u32, u32, u32, Option<u32>), Ranks>);
+struct RankCache(HashMap<RanksAt, Ranks>);
 
 impl RankCache {
-    fn get(&mut self, mp: &ModulePlan, d: u32, s: u32, c: u32, tp: Option<u32>) -> Ranks {
+    fn get(&mut self, mp: &ModulePlan, at: RanksAt) -> Ranks {
         self.0
-            .entry((d, s, c, tp))
+            .entry(at)
             .or_insert_with(|| {
-                let at = |t: u32| {
+                let rank = |t: u32| {
                     mp.grid.rank_at(Coord {
                         tp: t,
-                        cp: c,
-                        dp: d,
-                        pp: s,
+                        cp: at.cp,
+                        dp: at.replica,
+                        pp: at.stage,
                     })
                 };
-                match tp {
-                    Some(t) => Arc::from([at(t)]),
-                    None => (0..mp.layout.tp).map(at).collect(),
+                match at.tp {
+                    Some(t) => Arc::from([rank(t)]),
+                    None => (0..mp.layout.tp).map(rank).collect(),
                 }
             })
             .clone()
@@ -130,16 +140,16 @@ fn sp_split(
     }
 }
 
-/// Chunk `q` of `2 cp` of a run of `len` rows (the whole run without cp).
-fn cp_chunk(len: u64, cp: u64, q: u64) -> Range<u64> {
+/// CP block `q` of `2 cp` of a run of `len` rows (the whole run without cp).
+fn block_rows(len: u64, cp: u64, q: u64) -> Range<u64> {
     if cp <= 1 {
         return 0..len;
     }
-    let r = shard::chunk(len as usize, 2 * cp as usize, q as usize);
+    let r = shard::cp_block(len as usize, 2 * cp as usize, q as usize);
     r.start as u64..r.end as u64
 }
 
-/// The cp rank holding chunk `q` of `2 cp`.
+/// The cp rank holding CP block `q` of `2 cp`.
 fn cp_rank(cp: u64, q: u64) -> u64 {
     if q < cp {
         q
@@ -234,7 +244,7 @@ fn sorted(mut map: SideMap) -> SideMap {
 }
 
 /// Adds to `out` (the samples `keep`, in order) the owners of every run of `replicas` on
-/// pipeline stage `stage` of `mp`, split by cp chunks and sequence-parallel parts.
+/// pipeline stage `stage` of `mp`, split by CP blocks and sequence-parallel parts.
 fn own_runs(
     mp: &ModulePlan,
     stage: u32,
@@ -251,16 +261,16 @@ fn own_runs(
         let mut n_local = vec![0u64; cp as usize];
         for r in runs {
             for q in 0..pieces {
-                let ch = cp_chunk(r.len, cp, q);
-                n_local[cp_rank(cp, q) as usize] += ch.end - ch.start;
+                let block = block_rows(r.len, cp, q);
+                n_local[cp_rank(cp, q) as usize] += block.end - block.start;
             }
         }
         let mut local = vec![0u64; cp as usize];
         for r in runs {
             for q in 0..pieces {
                 let c = cp_rank(cp, q) as usize;
-                let ch = cp_chunk(r.len, cp, q);
-                let (lo, n) = (local[c], ch.end - ch.start);
+                let block = block_rows(r.len, cp, q);
+                let (lo, n) = (local[c], block.end - block.start);
                 local[c] += n;
                 if n == 0 || !keep.contains(&r.sample) {
                     continue;
@@ -273,10 +283,18 @@ fn own_runs(
                     l.tp,
                     l.sequence_parallel,
                     |lr, t| {
-                        let start = r.row0 + ch.start + (lr.start - lo);
+                        let start = r.row0 + block.start + (lr.start - lo);
                         entry.push(Owned {
                             rows: start..start + (lr.end - lr.start),
-                            ranks: cache.get(mp, d as u32, stage, c as u32, t),
+                            ranks: cache.get(
+                                mp,
+                                RanksAt {
+                                    replica: d as u32,
+                                    stage,
+                                    cp: c as u32,
+                                    tp: t,
+                                },
+                            ),
                         });
                     },
                 );
@@ -360,9 +378,9 @@ fn placeholder_needs(g: &ModelGraph, plan: &Plan, b: BoundaryId, samples: Range<
     let cp = u64::from(l.cp);
     let pieces = if cp > 1 { 2 * cp } else { 1 };
     let seq = u64::from(g.data().sequence_length);
-    let chunks: Vec<Range<u64>> = (0..pieces).map(|q| cp_chunk(seq, cp, q)).collect();
-    let len = |q: u64| chunks[q as usize].end - chunks[q as usize].start;
-    // A chunk's first local row: the second chunk of a cp rank follows its first.
+    let blocks: Vec<Range<u64>> = (0..pieces).map(|q| block_rows(seq, cp, q)).collect();
+    let len = |q: u64| blocks[q as usize].end - blocks[q as usize].start;
+    // A block's first local row: the second block of a cp rank follows its first.
     let local_start = |q: u64| if q < cp { 0 } else { len(2 * cp - 1 - q) };
     let local_len = |c: u64| {
         if cp > 1 {
@@ -382,10 +400,10 @@ fn placeholder_needs(g: &ModelGraph, plan: &Plan, b: BoundaryId, samples: Range<
         {
             let (mut p, end) = (span.position, span.position + span.len);
             while p < end {
-                let q = chunks.partition_point(|r| r.end <= p) as u64;
-                let next = chunks[q as usize].end.min(end);
+                let q = blocks.partition_point(|r| r.end <= p) as u64;
+                let next = blocks[q as usize].end.min(end);
                 let c = cp_rank(cp, q);
-                let ls = local_start(q) + (p - chunks[q as usize].start);
+                let ls = local_start(q) + (p - blocks[q as usize].start);
                 let row0 = span.first_row + (p - span.position);
                 sp_split(
                     ls,
@@ -397,7 +415,15 @@ fn placeholder_needs(g: &ModelGraph, plan: &Plan, b: BoundaryId, samples: Range<
                         let start = row0 + (r.start - ls);
                         entry.push(Owned {
                             rows: start..start + (r.end - r.start),
-                            ranks: cache.get(mp, d, 0, c as u32, t),
+                            ranks: cache.get(
+                                mp,
+                                RanksAt {
+                                    replica: d,
+                                    stage: 0,
+                                    cp: c as u32,
+                                    tp: t,
+                                },
+                            ),
                         });
                     },
                 );

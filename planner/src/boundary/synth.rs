@@ -113,6 +113,13 @@ pub fn backward_segments(fwd: &[Vec<Segment>]) -> Vec<Vec<Segment>> {
         .collect()
 }
 
+/// A flow's holders and needers, each interned (`synthesize`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct FlowKey {
+    holders: u32,
+    needers: u32,
+}
+
 struct Flow {
     holders: super::ownership::Ranks,
     needers: Vec<Rank>,
@@ -148,7 +155,7 @@ pub fn synthesize(
         id
     };
     for segs_j in &segs {
-        let mut index: HashMap<(u32, u32), usize> = HashMap::new();
+        let mut index: HashMap<FlowKey, usize> = HashMap::new();
         let mut flows: Vec<Flow> = Vec::new();
         let mut missing: Vec<(u32, Rank)> = Vec::new();
         for s in segs_j {
@@ -166,7 +173,10 @@ pub fn synthesize(
             let hid = intern(&s.holders);
             for group in missing.chunk_by(|a, b| a.0 == b.0) {
                 let needers: Vec<Rank> = group.iter().map(|x| x.1).collect();
-                let key = (hid, intern(&needers));
+                let key = FlowKey {
+                    holders: hid,
+                    needers: intern(&needers),
+                };
                 let i = *index.entry(key).or_insert_with(|| {
                     let n = group[0].0;
                     let cross = !s.holders.iter().any(|&h| node(h) == n);
@@ -342,6 +352,14 @@ pub fn split_rows(rows: &[Rows], k: usize) -> Vec<Vec<Rows>> {
     parts
 }
 
+/// One rank's sends (`sending`) or receives over the network or within its node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Traffic {
+    rank: Rank,
+    sending: bool,
+    network: bool,
+}
+
 /// Bytes and time of one micro-batch: phase 1 (point-to-point) then phase 2 (intra-node
 /// collectives); each phase takes its slowest rank's send or receive volume per link class.
 fn micro_batch_time(
@@ -353,16 +371,28 @@ fn micro_batch_time(
 ) -> f64 {
     let rows_bytes =
         |rows: &[Rows]| rows.iter().map(|x| x.1.end - x.1.start).sum::<u64>() * row_bytes;
-    let mut p1: HashMap<(Rank, bool, bool), u64> = HashMap::new(); // (rank, sending, network)
-    let mut p2: HashMap<(Rank, bool), u64> = HashMap::new();
+    // Bytes per rank, direction and link class: phase 1 over both, phase 2 within nodes.
+    let mut p1: HashMap<Traffic, u64> = HashMap::new();
+    let mut p2: HashMap<Traffic, u64> = HashMap::new();
+    let within = |rank: Rank, sending: bool| Traffic {
+        rank,
+        sending,
+        network: false,
+    };
     let mut callers: std::collections::HashSet<Rank> = Default::default();
     for op in ops {
         match op {
             Op::Send { src, dst, rows } => {
                 let b = rows_bytes(rows);
                 let net = node(*src) != node(*dst);
-                *p1.entry((*src, true, net)).or_default() += b;
-                *p1.entry((*dst, false, net)).or_default() += b;
+                for (rank, sending) in [(*src, true), (*dst, false)] {
+                    let key = Traffic {
+                        rank,
+                        sending,
+                        network: net,
+                    };
+                    *p1.entry(key).or_default() += b;
+                }
                 r.bytes += b;
                 if net {
                     r.network_bytes += b;
@@ -373,10 +403,10 @@ fn micro_batch_time(
             Op::Broadcast { root, group, rows } => {
                 let b = rows_bytes(rows);
                 for &q in group.iter().filter(|&&q| q != *root) {
-                    *p2.entry((q, false)).or_default() += b;
+                    *p2.entry(within(q, false)).or_default() += b;
                     r.bytes += b;
                 }
-                *p2.entry((*root, true)).or_default() += b;
+                *p2.entry(within(*root, true)).or_default() += b;
                 r.broadcasts += 1;
                 callers.extend(group.iter().copied());
             }
@@ -384,8 +414,8 @@ fn micro_batch_time(
                 let total: u64 = parts.iter().map(|p| rows_bytes(&p.1)).sum();
                 for (q, part) in parts {
                     let own = rows_bytes(part);
-                    *p2.entry((*q, false)).or_default() += total - own;
-                    *p2.entry((*q, true)).or_default() += own;
+                    *p2.entry(within(*q, false)).or_default() += total - own;
+                    *p2.entry(within(*q, true)).or_default() += own;
                     r.bytes += total - own;
                 }
                 r.all_gathers += 1;
@@ -396,8 +426,12 @@ fn micro_batch_time(
     r.fused_calls += callers.len();
     let t1 = p1
         .iter()
-        .map(|(&(_, _, net), &b)| {
-            let l = if net { links.network } else { links.nvlink };
+        .map(|(k, &b)| {
+            let l = if k.network {
+                links.network
+            } else {
+                links.nvlink
+            };
             b as f64 / l.bandwidth + l.latency
         })
         .fold(0.0, f64::max);

@@ -1,9 +1,9 @@
 //! The homogeneous baseline: what a Megatron user gets without heterogeneity. Every module on
 //! the language model's tp (where it divides the module, else 1) and cp (where every item
-//! splits into 2 cp chunks, else 1), its replicas filling the language model's first pipeline
+//! splits into 2 cp blocks, else 1), its replicas filling the language model's first pipeline
 //! stage, unpipelined. Searched over everything the heterogeneous search may use there: the
 //! language model's layouts with uneven stages balanced with the encoders' load on stage 0,
-//! recompute per module, micro-batch size and encoder chunk.
+//! recompute per module, micro-batch size and pass size.
 
 use hetpar_ir::layout::{LayoutSpec, RecomputePolicy};
 use hetpar_ir::model::ModelGraph;
@@ -18,7 +18,7 @@ use hetpar_cost::combine::Arrangement;
 /// policy).
 pub fn options_for(model: &ModelGraph, o: &LmOption, b: Bounds) -> ItemOptions {
     let lm = &o.layout;
-    let gpus = o.ranks.others.1;
+    let gpus = o.ranks.others.count;
     let mut out = ItemOptions::new();
     for m in model.modules() {
         if model.item_origin(m.id).is_none() {

@@ -1,4 +1,4 @@
-//! The joint search of one arrangement: every language-model option with every encoder chunk,
+//! The joint search of one arrangement: every language-model option with every pass size,
 //! and for each the best joint choice of the other modules, exact with respect to the closed
 //! form (`hetpar_cost::combine`).
 //!
@@ -23,7 +23,7 @@ use hetpar_ir::ModuleId;
 use super::frontier::{Frontier, Point};
 use super::lm::{schedule, LmOption};
 use super::price::Pricer;
-use super::space::{encoder_chunks, item_layouts, Bounds};
+use super::space::{item_layouts, pass_sizes, Bounds};
 use super::upstream::{chains, joint_frontier, points, Chain, Choice, Context};
 
 /// A complete plan priced in closed form.
@@ -37,7 +37,7 @@ pub struct Scored {
 /// What the joint search needs besides the pricer.
 pub struct Setup {
     pub arrangement: Arrangement,
-    pub max_chunk: u32,
+    pub max_pass_size: u32,
     /// GPU memory less the framework reserve, bytes.
     pub capacity: f64,
     /// Plans to keep.
@@ -61,7 +61,7 @@ pub type ItemOptions = BTreeMap<ModuleId, Vec<LayoutSpec>>;
 /// Every layout of `space::item_layouts` on the others' GPUs (the heterogeneous space).
 pub fn free_options(pricer: &Pricer<'_>, o: &LmOption, b: Bounds) -> ItemOptions {
     let model = pricer.model;
-    let gpus = o.ranks.others.1;
+    let gpus = o.ranks.others.count;
     model
         .modules()
         .iter()
@@ -170,7 +170,7 @@ fn seed(lms: &[LmOption], chains: &[Chain], s: &Setup, counts: &mut Counts) -> V
         let ks = if chains.is_empty() {
             vec![1]
         } else {
-            encoder_chunks(o.terms.units, s.max_chunk)
+            pass_sizes(o.terms.units, s.max_pass_size)
         };
         for k in ks {
             match best(&alone, o, k, s, Others::default(), counts) {
@@ -213,7 +213,7 @@ fn settle(
 /// boundary synthesized.
 const JOINT_LIMIT: usize = 100_000;
 
-/// The best choice of the others beside option `o` with chunk `k`: without boundaries from
+/// The best choice of the others beside option `o` with pass size `k`: without boundaries from
 /// each module's own options (a lower bound), or exact with every boundary.
 #[allow(clippy::too_many_arguments)]
 fn refine(
@@ -339,7 +339,7 @@ fn plus<T>(mut o: Others, p: &Point<T>) -> Others {
     o
 }
 
-/// The closed-form step time and memory of option `o` with chunk `k` beside `others`.
+/// The closed-form step time and memory of option `o` with pass size `k` beside `others`.
 fn evaluate(o: &LmOption, k: u32, s: &Setup, others: Others) -> (f64, f64) {
     let passes = o.terms.units.div_ceil(k.max(1));
     combine(s.arrangement, &o.terms, o.layout.vpp, passes, others)
@@ -384,7 +384,7 @@ fn followers(
         if m.id == lm || model.item_origin(m.id).is_some() {
             continue;
         }
-        let l = super::price::follower(model, m, &o.layout, o.ranks.lm.1)?;
+        let l = super::price::follower(model, m, &o.layout, o.ranks.lm.count)?;
         let t = pricer.terms(m.id, &l, o.ranks, &o.layout, sched)?;
         out.work += t.work();
         out.memory += t.peak_memory();

@@ -7,7 +7,7 @@ use hetpar_ir::layout::LayoutSpec;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::{ScheduleKind, ScheduleSpec};
 
-use super::price::{Pricer, Ranks};
+use super::price::{Pricer, RankRange, Ranks};
 use super::space::{lm_dps, lm_layouts, Bounds};
 use super::stages;
 
@@ -19,10 +19,10 @@ pub struct LmOption {
     pub terms: ModuleQuick,
 }
 
-/// The schedule of an arrangement for a language-model layout and an encoder chunk (a lone
+/// The schedule of an arrangement for a language-model layout and a pass size `k` (a lone
 /// language model takes the pipeline schedules).
 pub fn schedule(model: &ModelGraph, arr: Arrangement, l: &LayoutSpec, k: u32) -> ScheduleSpec {
-    let chunk = (k > 1).then_some(k);
+    let per_pass = (k > 1).then_some(k);
     let lone = model.modules().len() == 1;
     let kind = match arr {
         _ if l.vpp > 1 => ScheduleKind::PipelineInterleaved,
@@ -36,7 +36,7 @@ pub fn schedule(model: &ModelGraph, arr: Arrangement, l: &LayoutSpec, k: u32) ->
         encoder_chunk: if kind == ScheduleKind::ColocatedChunked {
             Some(k.max(1))
         } else {
-            chunk
+            per_pass
         },
     }
 }
@@ -47,19 +47,19 @@ pub fn ranks_of(arr: Arrangement, l: &LayoutSpec, world: u32) -> Option<Ranks> {
     let n_lm = l.tp * l.cp * l.pp * l.dp.unwrap_or(1);
     match arr {
         Arrangement::Colocated => (n_lm == world).then_some(Ranks {
-            lm: (0, world),
-            others: (0, world),
+            lm: RankRange::new(0, world),
+            others: RankRange::new(0, world),
         }),
         Arrangement::Nested => (n_lm == world).then_some(Ranks {
-            lm: (0, world),
-            others: (0, world / l.pp),
+            lm: RankRange::new(0, world),
+            others: RankRange::new(0, world / l.pp),
         }),
         Arrangement::Disjoint => {
             let up = world.checked_sub(n_lm).filter(|&u| u > 0)?;
             // The language model's tensor-parallel groups must not straddle a node.
             up.is_multiple_of(l.tp).then_some(Ranks {
-                lm: (up, n_lm),
-                others: (0, up),
+                lm: RankRange::new(up, n_lm),
+                others: RankRange::new(0, up),
             })
         }
     }

@@ -76,8 +76,8 @@ pub struct SearchOptions {
     pub max_vpp: u32,
     /// Largest language-model micro-batch size tried.
     pub max_micro_batch_size: u32,
-    /// Largest encoder chunk tried besides the whole step.
-    pub max_encoder_chunk: u32,
+    /// Largest pass size (micro-batches per encoder pass) tried besides the whole step.
+    pub max_pass_size: u32,
     pub attention: AttentionKernel,
     /// Efficiency constants (a calibration's); the cluster's GPU model's when `None`.
     pub constants: Option<Constants>,
@@ -98,7 +98,7 @@ impl Default for SearchOptions {
             max_pp: 64,
             max_vpp: 4,
             max_micro_batch_size: 8,
-            max_encoder_chunk: 8,
+            max_pass_size: 8,
             attention: AttentionKernel::Flash,
             constants: None,
             distinct_alternatives: true,
@@ -166,7 +166,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         .any(|m| m.kind == ModuleKind::Generator);
     let setup = |arr: Arrangement| Setup {
         arrangement: arr,
-        max_chunk: opts.max_encoder_chunk,
+        max_pass_size: opts.max_pass_size,
         capacity: cluster.gpu.hbm_bytes - constants.framework_reserve_bytes,
         keep: opts.simulate.max(opts.top_k + 1),
         max_evaluations: opts.max_evaluations,

@@ -2,8 +2,8 @@
 //! computed once per context that decides them and cached, and each boundary's synthesized
 //! step time, cached per pair of layout shapes.
 //!
-//! A module's terms depend on its own layout and ranks, the micro-batch count M, the encoder
-//! chunk k and the language model's pipeline (pp, vpp: how many units the schedule keeps in
+//! A module's terms depend on its own layout and ranks, the micro-batch count M, the pass
+//! size k and the language model's pipeline (pp, vpp: how many units the schedule keeps in
 //! flight); never on another module's layout. They are read from a probe plan: the option in
 //! question beside every other module at a fixed probe layout (tp 1, recompute none), or the
 //! context's language-model layout.
@@ -23,18 +23,31 @@ use hetpar_ir::{BoundaryId, Cluster, ModuleId, Plan};
 /// Where the modules sit: the language model's ranks and the others' ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Ranks {
-    pub lm: (u32, u32),
-    pub others: (u32, u32),
+    pub lm: RankRange,
+    pub others: RankRange,
 }
 
-/// A module plan on the contiguous ranks `[offset, offset + count)`.
-pub fn entry(layout: LayoutSpec, offset: u32, count: u32) -> ModulePlanSpec {
+/// The contiguous ranks `[offset, offset + count)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct RankRange {
+    pub offset: u32,
+    pub count: u32,
+}
+
+impl RankRange {
+    pub fn new(offset: u32, count: u32) -> Self {
+        RankRange { offset, count }
+    }
+}
+
+/// A module plan on the contiguous ranks `at`.
+pub fn entry(layout: LayoutSpec, at: RankRange) -> ModulePlanSpec {
     ModulePlanSpec {
         layout,
         placement: PlacementSpec {
             ranks: RanksSpec {
-                offset: Some(offset),
-                count: Some(count),
+                offset: Some(at.offset),
+                count: Some(at.count),
                 list: None,
             },
             axis_order: None,
@@ -86,22 +99,60 @@ pub fn follower(
     Some(l)
 }
 
-/// The shape of a layout that boundary synthesis sees: (tp, cp, pp, dp, sp, mbs).
-pub type Shape = (u32, u32, u32, u32, bool, u32);
-
-pub fn shape(l: &LayoutSpec) -> Shape {
-    (
-        l.tp,
-        l.cp,
-        l.pp,
-        l.dp.unwrap_or(0),
-        l.sequence_parallel,
-        l.micro_batch_size,
-    )
+/// The shape of a layout that boundary synthesis sees.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Shape {
+    pub tp: u32,
+    pub cp: u32,
+    pub pp: u32,
+    /// 0 where the layout leaves dp to its ranks.
+    pub dp: u32,
+    pub sequence_parallel: bool,
+    pub micro_batch_size: u32,
 }
 
-type TermKey = (ModuleId, String, Ranks, String, String);
-type BoundaryKey = (BoundaryId, Shape, Shape, Ranks, u32, u32);
+pub fn shape(l: &LayoutSpec) -> Shape {
+    Shape {
+        tp: l.tp,
+        cp: l.cp,
+        pp: l.pp,
+        dp: l.dp.unwrap_or(0),
+        sequence_parallel: l.sequence_parallel,
+        micro_batch_size: l.micro_batch_size,
+    }
+}
+
+/// What of the language model another module's terms see: its micro-batches per step (the
+/// passes and their items) and its pp and vpp (the units in flight).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct LmContext {
+    micro_batches: u32,
+    pp: u32,
+    vpp: u32,
+}
+
+/// What decides a module's terms. Layout and schedule by their `Debug` text: every field,
+/// including any added later, takes part.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct TermKey {
+    module: ModuleId,
+    layout: String,
+    ranks: Ranks,
+    /// `None` for the language model itself.
+    lm: Option<LmContext>,
+    schedule: String,
+}
+
+/// What decides a boundary's synthesized time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct BoundaryKey {
+    boundary: BoundaryId,
+    from: Shape,
+    to: Shape,
+    ranks: Ranks,
+    micro_batches: u32,
+    pass_size: u32,
+}
 
 /// Caches of module terms and boundary times, with counters for the statistics.
 pub struct Pricer<'a> {
@@ -145,16 +196,16 @@ impl<'a> Pricer<'a> {
         let mut modules = BTreeMap::new();
         for m in model.modules() {
             let spec = if m.id == lm_id {
-                entry(lm.clone(), ranks.lm.0, ranks.lm.1)
+                entry(lm.clone(), ranks.lm)
             } else if model.item_origin(m.id).is_some() {
                 let l = layouts
                     .get(&m.id)
                     .cloned()
-                    .unwrap_or_else(|| probe(ranks.others.1));
-                entry(l, ranks.others.0, ranks.others.1)
+                    .unwrap_or_else(|| probe(ranks.others.count));
+                entry(l, ranks.others)
             } else {
-                let l = follower(model, m, lm, ranks.lm.1)?;
-                entry(l, ranks.lm.0, ranks.lm.1)
+                let l = follower(model, m, lm, ranks.lm.count)?;
+                entry(l, ranks.lm)
             };
             modules.insert(m.name.clone(), spec);
         }
@@ -186,21 +237,17 @@ impl<'a> Pricer<'a> {
         schedule: &ScheduleSpec,
     ) -> Option<ModuleQuick> {
         let is_lm = m == self.model.language_model();
-        // What of the language model the others' terms see: its micro-batches per step (the
-        // passes and their items) and its pp and vpp (the units in flight).
-        let lm_key = if is_lm {
-            String::new()
-        } else {
-            let m = super::space::micro_batches(self.model, lm);
-            format!("{m} {} {}", lm.pp, lm.vpp)
-        };
-        let key = (
-            m,
-            format!("{layout:?}"),
+        let key = TermKey {
+            module: m,
+            layout: format!("{layout:?}"),
             ranks,
-            lm_key,
-            format!("{schedule:?}"),
-        );
+            lm: (!is_lm).then(|| LmContext {
+                micro_batches: super::space::micro_batches(self.model, lm),
+                pp: lm.pp,
+                vpp: lm.vpp,
+            }),
+            schedule: format!("{schedule:?}"),
+        };
         if let Some(t) = self.terms.get(&key) {
             return t.clone();
         }
@@ -239,15 +286,14 @@ impl<'a> Pricer<'a> {
     ) -> f64 {
         let model = self.model;
         let bd = model.boundary(b);
-        let chunk = schedule.encoder_chunk.unwrap_or(1);
-        let key = (
-            b,
-            shape(from),
-            shape(to),
+        let key = BoundaryKey {
+            boundary: b,
+            from: shape(from),
+            to: shape(to),
             ranks,
-            super::space::micro_batches(model, lm),
-            chunk,
-        );
+            micro_batches: super::space::micro_batches(model, lm),
+            pass_size: schedule.encoder_chunk.unwrap_or(1),
+        };
         if let Some(&t) = self.boundaries.get(&key) {
             return t;
         }

@@ -66,13 +66,33 @@ impl Candidate {
     fn feasible(&self) -> bool {
         self.estimate.as_ref().is_some_and(|e| e.feasible)
     }
+
+    /// How many distinct rank ranges its modules sit on (1: all on the same ranks).
+    pub fn placements(&self) -> usize {
+        self.plan
+            .modules
+            .values()
+            .map(|m| PlacedOn {
+                offset: m.placement.ranks.offset,
+                count: m.placement.ranks.count,
+            })
+            .collect::<BTreeSet<_>>()
+            .len()
+    }
+}
+
+/// A module plan's first rank and rank count, as its plan file gives them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct PlacedOn {
+    offset: Option<u32>,
+    count: Option<u32>,
 }
 
 #[derive(Clone, Debug, Default, serde::Serialize)]
 pub struct SearchStats {
     /// Module options priced in closed form (each once per context).
     pub candidates: usize,
-    /// (Language-model option, encoder chunk) pairs with nothing fitting beside them.
+    /// (Language-model option, pass size) pairs with nothing fitting beside them.
     pub pruned_memory: usize,
     /// Pairs whose lower bound could not reach the best plans kept.
     pub pruned_bound: usize,
@@ -124,7 +144,7 @@ pub fn is_homogeneous(model: &ModelGraph, file: &PlanFile) -> bool {
             } else {
                 1
             };
-            // The language model's cp where every item splits into 2 cp chunks, else 1.
+            // The language model's cp where every item splits into 2 cp blocks, else 1.
             let splits = l.layout.cp > 1
                 && model.items(m.id).is_some_and(|it| {
                     it.distinct_item_tokens()
@@ -186,15 +206,7 @@ fn simulate(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions, s: Scor
 }
 
 fn allowed(opts: &SearchOptions, c: &Candidate) -> bool {
-    let disjoint = {
-        let sets: BTreeSet<(Option<u32>, Option<u32>)> = c
-            .plan
-            .modules
-            .values()
-            .map(|m| (m.placement.ranks.offset, m.placement.ranks.count))
-            .collect();
-        !c.plan.schedule.kind.is_colocated() && sets.len() > 1
-    };
+    let disjoint = !c.plan.schedule.kind.is_colocated() && c.placements() > 1;
     match opts.placement {
         PlacementChoice::Any => true,
         PlacementChoice::Colocated => !disjoint,

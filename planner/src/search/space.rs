@@ -186,9 +186,9 @@ pub fn lm_dps(batch: u32, max: u32) -> Vec<u32> {
         .collect()
 }
 
-/// Encoder chunks worth trying for M micro-batches: divisors of M up to `max` (a last short
+/// Pass sizes worth trying for M micro-batches: divisors of M up to `max` (a last short
 /// pass only adds imbalance), and M itself (one pass per step).
-pub fn encoder_chunks(m: u32, max: u32) -> Vec<u32> {
+pub fn pass_sizes(m: u32, max: u32) -> Vec<u32> {
     let mut v: Vec<u32> = (1..=m.min(max)).filter(|k| m.is_multiple_of(*k)).collect();
     if !v.contains(&m) {
         v.push(m);

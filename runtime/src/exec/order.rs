@@ -23,8 +23,15 @@ enum Msg {
     },
 }
 
-/// Per ordered pair (from, to), the messages in the sender's order and in the receiver's.
-type Pairs = std::collections::BTreeMap<(u32, u32), (Vec<Msg>, Vec<Msg>)>;
+/// An ordered pair of ranks: messages from `from` to `to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pair {
+    from: u32,
+    to: u32,
+}
+
+/// Per ordered pair, the messages in the sender's order and in the receiver's.
+type Pairs = std::collections::BTreeMap<Pair, (Vec<Msg>, Vec<Msg>)>;
 
 fn boundary_messages(
     program: &Program,
@@ -54,11 +61,19 @@ fn boundary_messages(
         let roles = op.roles(me);
         for (to, _, part) in roles.sends {
             for r in to {
-                pairs.entry((me, r)).or_default().0.push(msg(k, part));
+                pairs
+                    .entry(Pair { from: me, to: r })
+                    .or_default()
+                    .0
+                    .push(msg(k, part));
             }
         }
         for (from, _, part) in roles.receives {
-            pairs.entry((from, me)).or_default().1.push(msg(k, part));
+            pairs
+                .entry(Pair { from, to: me })
+                .or_default()
+                .1
+                .push(msg(k, part));
         }
     }
     Ok(())
@@ -83,45 +98,47 @@ pub fn check_pair_order(program: &Program) -> Result<(), String> {
                     micro_batch,
                     chunk,
                     to,
-                } => pairs.entry((me, *to)).or_default().0.push(pipe(
-                    false,
-                    module,
-                    micro_batch,
-                    chunk,
-                )),
+                } => pairs
+                    .entry(Pair { from: me, to: *to })
+                    .or_default()
+                    .0
+                    .push(pipe(false, module, micro_batch, chunk)),
                 Instruction::SendGradient {
                     module,
                     micro_batch,
                     chunk,
                     to,
-                } => pairs.entry((me, *to)).or_default().0.push(pipe(
-                    true,
-                    module,
-                    micro_batch,
-                    chunk,
-                )),
+                } => pairs
+                    .entry(Pair { from: me, to: *to })
+                    .or_default()
+                    .0
+                    .push(pipe(true, module, micro_batch, chunk)),
                 Instruction::RecvActivation {
                     module,
                     micro_batch,
                     chunk,
                     from,
-                } => pairs.entry((*from, me)).or_default().1.push(pipe(
-                    false,
-                    module,
-                    micro_batch,
-                    chunk,
-                )),
+                } => pairs
+                    .entry(Pair {
+                        from: *from,
+                        to: me,
+                    })
+                    .or_default()
+                    .1
+                    .push(pipe(false, module, micro_batch, chunk)),
                 Instruction::RecvGradient {
                     module,
                     micro_batch,
                     chunk,
                     from,
-                } => pairs.entry((*from, me)).or_default().1.push(pipe(
-                    true,
-                    module,
-                    micro_batch,
-                    chunk,
-                )),
+                } => pairs
+                    .entry(Pair {
+                        from: *from,
+                        to: me,
+                    })
+                    .or_default()
+                    .1
+                    .push(pipe(true, module, micro_batch, chunk)),
                 Instruction::BoundaryForward {
                     boundary,
                     micro_batch,
@@ -134,7 +151,7 @@ pub fn check_pair_order(program: &Program) -> Result<(), String> {
             }
         }
     }
-    for ((from, to), (sent, received)) in &pairs {
+    for (Pair { from, to }, (sent, received)) in &pairs {
         if sent != received {
             let at = sent
                 .iter()

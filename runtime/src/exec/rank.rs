@@ -187,6 +187,45 @@ impl<'a> ModuleCtx<'a> {
     }
 }
 
+/// Global chunk `chunk` of module `module` (by index in the program) for unit `unit`: its
+/// pipeline tensors and its state between forward and backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ChunkKey {
+    module: usize,
+    chunk: u32,
+    unit: u32,
+}
+
+impl ChunkKey {
+    fn new(module: usize, chunk: u32, unit: u32) -> Self {
+        ChunkKey {
+            module,
+            chunk,
+            unit,
+        }
+    }
+}
+
+/// Boundary `boundary`'s (by index) rows, `forward`, or their gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StoreKey {
+    boundary: usize,
+    forward: bool,
+}
+
+impl StoreKey {
+    fn new(boundary: usize, forward: bool) -> Self {
+        StoreKey { boundary, forward }
+    }
+}
+
+/// Module `module` (by index) in its unit `unit` (an encoder pass or a micro-batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct UnitKey {
+    module: usize,
+    unit: u32,
+}
+
 /// Caches of one layer of a chunk.
 enum LayerCache {
     EncoderEmbed {
@@ -262,14 +301,14 @@ pub struct RankState<'a> {
     batch: Option<(&'a Batch, Layout)>,
     /// For this step's batch, per sample and position, the row a placeholder there takes.
     placeholders: Vec<Vec<u64>>,
-    acts: HashMap<(usize, u32, u32), Tensor>,
-    dgrads: HashMap<(usize, u32, u32), Tensor>,
-    chunks: HashMap<(usize, u32, u32), ChunkState>,
-    /// Each boundary's rows (forward) and their gradients (backward) on this rank, by
-    /// (boundary, forward?): keys (sample, row) are unique in a step, whatever unit brought
-    /// them, so a pass's rows and the micro-batches they feed share one store.
-    stores: HashMap<(usize, bool), RowStore>,
-    shards: HashMap<(usize, u32), Sharding>,
+    acts: HashMap<ChunkKey, Tensor>,
+    dgrads: HashMap<ChunkKey, Tensor>,
+    chunks: HashMap<ChunkKey, ChunkState>,
+    /// Each boundary's rows (forward) and their gradients (backward) on this rank: keys
+    /// (sample, row) are unique in a step, whatever unit brought them, so a pass's rows and
+    /// the micro-batches they feed share one store.
+    stores: HashMap<StoreKey, RowStore>,
+    shards: HashMap<UnitKey, Sharding>,
     /// This step's share of the summed cross-entropy (f64, before normalisation).
     pub loss: f64,
     /// The most bytes this rank's tensors held at once, measured after every instruction.
@@ -356,7 +395,7 @@ impl<'a> RankState<'a> {
         if let Some(k) = self.acts.keys().chain(self.dgrads.keys()).next() {
             return Err(invalid(format!(
                 "rank {}: a pipeline tensor of module {} chunk {} micro-batch {} was never used",
-                self.rank, k.0, k.1, k.2
+                self.rank, k.module, k.chunk, k.unit
             )));
         }
         Ok(())
@@ -596,8 +635,8 @@ impl<'a> RankState<'a> {
         self.recv_pipe(Kind::PipelineGradient, m, j, chunk, from)
     }
 
-    /// The pipeline tensors of `kind`: activations or gradients, by (module, chunk, micro-batch).
-    fn pipe(&mut self, kind: Kind) -> &mut HashMap<(usize, u32, u32), Tensor> {
+    /// The pipeline tensors of `kind`: activations or gradients.
+    fn pipe(&mut self, kind: Kind) -> &mut HashMap<ChunkKey, Tensor> {
         match kind {
             Kind::PipelineGradient => &mut self.dgrads,
             _ => &mut self.acts,
@@ -613,7 +652,7 @@ impl<'a> RankState<'a> {
         to: u32,
     ) -> Result<(), RuntimeError> {
         self.held(m)?;
-        let key = (m, chunk, j);
+        let key = ChunkKey::new(m, chunk, j);
         let what = match kind {
             Kind::PipelineGradient => "gradients",
             _ => "activations",
@@ -653,7 +692,7 @@ impl<'a> RankState<'a> {
                     .pop()
                     .expect("one receipt per receive")
             };
-            self.pipe(kind).insert((m, chunk, j), x);
+            self.pipe(kind).insert(ChunkKey::new(m, chunk, j), x);
             self.note_memory();
             return Ok(());
         }
@@ -663,7 +702,7 @@ impl<'a> RankState<'a> {
             .recv_payload(from, tag(kind, m, j, chunk as usize, 0))?
             .into_rows(w)
             .map_err(|e| invalid(format!("rank {}: a pipeline message: {e}", self.rank)))?;
-        self.pipe(kind).insert((m, chunk, j), x);
+        self.pipe(kind).insert(ChunkKey::new(m, chunk, j), x);
         self.note_memory();
         Ok(())
     }
@@ -702,10 +741,10 @@ impl<'a> RankState<'a> {
             })
     }
 
-    fn missing(&self, what: &str, key: (usize, u32, u32)) -> RuntimeError {
+    fn missing(&self, what: &str, key: ChunkKey) -> RuntimeError {
         invalid(format!(
             "rank {}: no {what} of module `{}` chunk {} micro-batch {} to send",
-            self.rank, self.program.modules[key.0].name, key.1, key.2
+            self.rank, self.program.modules[key.module].name, key.chunk, key.unit
         ))
     }
 
@@ -717,7 +756,7 @@ impl<'a> RankState<'a> {
     /// The sharding of module `m` on this rank in its pass `j`: an encoder pass for an
     /// encoder or projector, a micro-batch for the language model.
     fn shard(&mut self, m: usize, j: u32) -> Sharding {
-        if let Some(s) = self.shards.get(&(m, j)) {
+        if let Some(s) = self.shards.get(&UnitKey { module: m, unit: j }) {
             return s.clone();
         }
         let program = self.program;
@@ -747,7 +786,8 @@ impl<'a> RankState<'a> {
             sp: p.sequence_parallel,
         };
         let s = sharding(c.unit, items.as_ref(), batch.seq_len, &work, place);
-        self.shards.insert((m, j), s.clone());
+        self.shards
+            .insert(UnitKey { module: m, unit: j }, s.clone());
         s
     }
 
@@ -787,8 +827,8 @@ impl<'a> RankState<'a> {
             }
         } else {
             self.acts
-                .remove(&(m, i, j))
-                .ok_or_else(|| self.missing("input activations", (m, i, j)))?
+                .remove(&ChunkKey::new(m, i, j))
+                .ok_or_else(|| self.missing("input activations", ChunkKey::new(m, i, j)))?
         };
         let (y, blocks) = self.run_blocks(m, i, j, &shard, &x, false)?;
         let mut post = Vec::new();
@@ -799,14 +839,14 @@ impl<'a> RankState<'a> {
         };
         if let Some(out) = out {
             if i < last {
-                self.acts.insert((m, i + 1, j), out);
+                self.acts.insert(ChunkKey::new(m, i + 1, j), out);
             } else if let Some(b) = self.ctx(m).outgoing {
-                let store = self.stores.entry((b, true)).or_default();
+                let store = self.stores.entry(StoreKey::new(b, true)).or_default();
                 store.insert_rows(out, keys_of(&mine));
             }
         }
         self.chunks.insert(
-            (m, i, j),
+            ChunkKey::new(m, i, j),
             ChunkState {
                 pre,
                 blocks_input: x,
@@ -955,9 +995,12 @@ impl<'a> RankState<'a> {
     ) -> Result<Tensor, RuntimeError> {
         let dir = if forward { "forward" } else { "backward" };
         let empty = RowStore::default();
-        let store = self.stores.get(&(b, forward)).unwrap_or(&empty);
+        let store = self
+            .stores
+            .get(&StoreKey::new(b, forward))
+            .unwrap_or(&empty);
         store.take(&*self.math, keys, w).map_err(|e| match e {
-            Taken::Missing((s, row)) => self.no_row(b, j, s, row, dir),
+            Taken::Missing(Key { sample: s, row }) => self.no_row(b, j, s, row, dir),
             Taken::Error(e) => e,
         })
     }
@@ -993,10 +1036,10 @@ impl<'a> RankState<'a> {
                             "placeholders of token {tok} but no boundary brings them"
                         ))
                     })?;
-                    let key = (
-                        r.sample,
-                        self.placeholders[r.sample as usize][r.pos as usize],
-                    );
+                    let key = Key {
+                        sample: r.sample,
+                        row: self.placeholders[r.sample as usize][r.pos as usize],
+                    };
                     match from.iter_mut().find(|(x, _, _)| *x == b) {
                         Some((_, keys, to)) => {
                             keys.push(key);
@@ -1043,7 +1086,7 @@ impl<'a> RankState<'a> {
         let c = self.ctx(m);
         let (unit, last) = (c.unit, c.last_chunk());
         let outgoing = c.outgoing;
-        let state = self.chunks.remove(&(m, i, j)).ok_or_else(|| {
+        let state = self.chunks.remove(&ChunkKey::new(m, i, j)).ok_or_else(|| {
             invalid(format!(
                 "rank {}: backward of module `{}` chunk {i} micro-batch {j} before its forward",
                 self.rank, self.program.modules[m].name
@@ -1062,8 +1105,8 @@ impl<'a> RankState<'a> {
         } else {
             Some(
                 self.dgrads
-                    .remove(&(m, i, j))
-                    .ok_or_else(|| self.missing("output gradients", (m, i, j)))?,
+                    .remove(&ChunkKey::new(m, i, j))
+                    .ok_or_else(|| self.missing("output gradients", ChunkKey::new(m, i, j)))?,
             )
         };
         for cache in state.post.iter().rev() {
@@ -1179,10 +1222,10 @@ impl<'a> RankState<'a> {
             }
         }
         if i > 0 {
-            self.dgrads.insert((m, i - 1, j), dx);
+            self.dgrads.insert(ChunkKey::new(m, i - 1, j), dx);
         } else if matches!(unit, Unit::Projector(_)) {
             let b = self.ctx(m).incoming.expect("checked in forward");
-            let store = self.stores.entry((b, false)).or_default();
+            let store = self.stores.entry(StoreKey::new(b, false)).or_default();
             store.insert_rows(dx, keys_of(&mine));
         }
         Ok(())
@@ -1206,9 +1249,13 @@ impl<'a> RankState<'a> {
             if let Some(&(_, b)) = sources.iter().find(|x| x.0 == tok) {
                 let row = self.placeholders[r.sample as usize][r.pos as usize];
                 let b = b.expect("checked in forward");
+                let key = Key {
+                    sample: r.sample,
+                    row,
+                };
                 match picks.iter_mut().find(|(x, _)| *x == b) {
-                    Some((_, v)) => v.push(((r.sample, row), k)),
-                    None => picks.push((b, vec![((r.sample, row), k)])),
+                    Some((_, v)) => v.push((key, k)),
+                    None => picks.push((b, vec![(key, k)])),
                 }
             } else {
                 toks.push(tok as usize);
@@ -1221,7 +1268,7 @@ impl<'a> RankState<'a> {
         let dtable = mx.scatter_add_rows(self.cfg.v, &mx.gather_rows(de, &at_tok)?, &toks)?;
         for (b, v) in picks {
             self.stores
-                .entry((b, false))
+                .entry(StoreKey::new(b, false))
                 .or_default()
                 .insert_picked(shared.clone(), v);
         }
@@ -1247,17 +1294,20 @@ impl<'a> RankState<'a> {
         let w = bp.width as usize;
         let me = self.rank;
         let dir = if forward { "forward" } else { "backward" };
-        let mut store = self.stores.remove(&(b, forward)).unwrap_or_default();
+        let mut store = self
+            .stores
+            .remove(&StoreKey::new(b, forward))
+            .unwrap_or_default();
         let (rank, bname) = (self.rank, bp.name.clone());
         let mx = &*self.math;
         let keys = |rows: &[hetpar_ir::program::Rows]| -> Vec<Key> {
             rows.iter()
-                .flat_map(|(s, r)| r.clone().map(move |row| (*s, row)))
+                .flat_map(|(s, r)| r.clone().map(move |row| Key { sample: *s, row }))
                 .collect()
         };
         let take = |store: &RowStore, rows: &[hetpar_ir::program::Rows]| {
             store.take(mx, &keys(rows), w).map_err(|e| match e {
-                Taken::Missing((s, row)) => no_row(rank, &bname, j, s, row, dir),
+                Taken::Missing(Key { sample: s, row }) => no_row(rank, &bname, j, s, row, dir),
                 Taken::Error(e) => e,
             })
         };
@@ -1318,7 +1368,7 @@ impl<'a> RankState<'a> {
                 }
             }
         }
-        self.stores.insert((b, forward), store);
+        self.stores.insert(StoreKey::new(b, forward), store);
         Ok(())
     }
 
@@ -1385,7 +1435,12 @@ fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
 
 /// The boundary rows `rows` stand for, by (sample, row).
 fn keys_of(rows: &[RowRef]) -> Vec<Key> {
-    rows.iter().map(|r| (r.sample, r.row)).collect()
+    rows.iter()
+        .map(|r| Key {
+            sample: r.sample,
+            row: r.row,
+        })
+        .collect()
 }
 
 fn no_row(rank: u32, boundary: &str, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {

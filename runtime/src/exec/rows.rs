@@ -10,8 +10,12 @@ use super::math::Math;
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
-/// A row's key: (sample, row of that sample's boundary rows).
-pub type Key = (u32, u64);
+/// A row's key: row `row` of sample `sample`'s boundary rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Key {
+    pub sample: u32,
+    pub row: u64,
+}
 
 #[derive(Default)]
 pub struct RowStore {
@@ -96,15 +100,16 @@ mod tests {
         let mut s = RowStore::default();
         let a = Tensor::from_vec(&[2, 2], vec![1.0, 2.0, 3.0, 4.0]).unwrap();
         let b = Tensor::from_vec(&[1, 2], vec![5.0, 6.0]).unwrap();
-        s.insert_rows(a, [(0, 0), (0, 1)]);
-        s.insert_rows(b, [(1, 0)]);
-        let t = s.take(&CpuMath, &[(1, 0), (0, 1), (0, 0)], 2).unwrap();
+        let k = |sample, row| Key { sample, row };
+        s.insert_rows(a, [k(0, 0), k(0, 1)]);
+        s.insert_rows(b, [k(1, 0)]);
+        let t = s.take(&CpuMath, &[k(1, 0), k(0, 1), k(0, 0)], 2).unwrap();
         assert_eq!(t.data(), &[5.0, 6.0, 3.0, 4.0, 1.0, 2.0]);
-        assert_eq!(s.get(&(0, 1)), Some(&[3.0f32, 4.0][..]));
+        assert_eq!(s.get(&k(0, 1)), Some(&[3.0f32, 4.0][..]));
         assert_eq!(s.bytes(), 3 * 2 * 4);
         assert!(matches!(
-            s.take(&CpuMath, &[(2, 0)], 2),
-            Err(Taken::Missing((2, 0)))
+            s.take(&CpuMath, &[k(2, 0)], 2),
+            Err(Taken::Missing(m)) if m == k(2, 0)
         ));
     }
 }

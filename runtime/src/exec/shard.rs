@@ -8,8 +8,8 @@
 //! `shard::deal` gives it of the pass's items (the batch's own item lists, in (sample, item)
 //! order). Its attention units ("sequences") are an encoder's items, a projector's items (its
 //! rows, no attention) and the language model's samples. With cp > 1 each sequence splits into
-//! the 2 cp chunks of `shard::cp_positions`, cp rank c holding chunks c and 2 cp - 1 - c, in
-//! that order; a cp rank's local rows are its chunks of every sequence, sequence after
+//! the 2 cp CP blocks of `shard::cp_positions`, cp rank c holding blocks c and 2 cp - 1 - c, in
+//! that order; a cp rank's local rows are its blocks of every sequence, sequence after
 //! sequence. Under sequence parallelism the local rows split into the tp parts of
 //! `shard::sp_part`: over all local rows for encoders and projectors, per sample for the
 //! language model. Without it every tp rank holds every local row.
