@@ -131,6 +131,15 @@ Example:\n  hetpar autotune --model examples/models/reference-tiny.json --cluste
 --calibration calibration.json -o calibrated.json"
     )]
     Autotune(commands::autotune::Args),
+    /// Fit the cost model's efficiency constants to published measurements, and report the
+    /// error on the rows held out of the fit and the leave-one-out error over every row.
+    #[command(
+        after_help = "The files under cost-models/data/ hold the public rows hetpar's built-in constants \
+are fitted to (docs/cost-model.md, \"Calibration\"); the fit runs one simulation per row and trial, \
+minutes for the large H100 rows.\n\n\
+Example:\n  hetpar calibrate cost-models/data/megatron-core-h100.json"
+    )]
+    Calibrate(commands::calibrate::Args),
     /// Run a plan or a program with its ranks as processes, on one node or many: a TCP
     /// rendezvous at --master, then every rank's instructions on the CPU backend or its
     /// node-local GPU (--backend cuda).
@@ -170,6 +179,7 @@ fn main() -> ExitCode {
         Command::Codegen(a) => commands::codegen::run(a),
         Command::Profile(a) => commands::profile::run(a),
         Command::Autotune(a) => commands::autotune::run(a),
+        Command::Calibrate(a) => commands::calibrate::run(a),
         Command::Launch(a) => commands::launch::run(a),
         Command::Worker(a) => commands::launch::worker(a),
         Command::DeviceCheck(a) => commands::device_check::run(a),

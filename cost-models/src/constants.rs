@@ -43,11 +43,15 @@ pub struct Constants {
 impl Constants {
     /// The constants of a GPU model.
     ///
-    /// A100: fitted to Korthikanti et al. 2022, Table 5 (eight rows, worst error 3%; see
-    /// `docs/cost-model.md`), whose Megatron-LM materialized the attention scores, so the
-    /// attention efficiency is that of batched score products. Hopper and Blackwell: the A100
-    /// structure with the lower large-GEMM efficiency and larger tiles those chips are known
-    /// for, and fused attention; not yet fitted to measurements (`hetpar autotune` will).
+    /// Only `matmul_max_efficiency` and `attention_efficiency` are fitted (`hetpar calibrate`
+    /// on `cost-models/data/`, `docs/cost-model.md` "Calibration"): the published rows identify
+    /// nothing else. The rest are hardware figures or stated assumptions, each marked below,
+    /// until `hetpar profile` measures them on the device.
+    ///
+    /// A100: fitted to Korthikanti et al. 2022, Table 5, whose Megatron-LM materialized the
+    /// attention scores (so the attention efficiency is that of batched score products).
+    /// Hopper (H100, H200): fitted to the Megatron-Core H100 rows (flash attention). B200: not
+    /// fitted; the A100's structure with a guessed large-GEMM efficiency.
     pub fn for_gpu(gpu: GpuModel) -> Constants {
         let a100 = Constants {
             matmul_max_efficiency: 0.80,
@@ -65,10 +69,28 @@ impl Constants {
         match gpu {
             GpuModel::A10080gb => a100,
             GpuModel::H100Sxm80gb | GpuModel::H200141gb => Constants {
-                matmul_max_efficiency: 0.72,
+                // Fitted: `hetpar calibrate cost-models/data/megatron-core-h100.json`.
+                matmul_max_efficiency: 0.605,
+                attention_efficiency: 0.208,
+                // Assumed: Hopper's larger tiles need larger shapes than the A100's 64; no
+                // public row has small per-GPU products to identify it.
                 matmul_half_dim: 96.0,
-                attention_efficiency: 0.50,
-                ..a100
+                // Assumed: memory-bound kernels at 80% of HBM bandwidth.
+                hbm_efficiency: 0.80,
+                // Assumed: a launch and its tail, a few microseconds.
+                kernel_launch_s: 4e-6,
+                // Korthikanti et al.'s count of a layer's elementwise passes.
+                elementwise_passes: 4.0,
+                // Hardware: NCCL's all-reduce bus bandwidth within a DGX H100, about 360 of
+                // the 450 GB/s NVLink 4 gives one direction.
+                nvlink_efficiency: 0.80,
+                // Assumed: InfiniBand at 85% of line rate.
+                network_efficiency: 0.85,
+                // The rows ran Megatron's gradient-reduce and parameter-gather overlap.
+                dp_overlap: 1.0,
+                // Assumed (no public MoE row): the busiest expert 10% over the mean.
+                moe_load_imbalance: 1.1,
+                framework_reserve_bytes: 3.0 * (1u64 << 30) as f64,
             },
             // Plain loops on one core: no tiles to fill, no launches, no overlap of gradient
             // sums (the CPU backend sums after backward), no framework reserve. `hetpar

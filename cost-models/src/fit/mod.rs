@@ -5,8 +5,7 @@
 //! reproduces them.
 //!
 //! The fit minimizes the mean squared log error of the simulated iteration time over the
-//! training rows by coordinate descent: a golden-section search over each constant in turn,
-//! in log space within its bounds, until no constant moves by more than 0.1%.
+//! training rows, by Nelder-Mead in log space within the bounds [0.05, 1].
 
 pub mod rows;
 
@@ -112,54 +111,81 @@ fn loss(m: &Measurements, cases: &[&Case], c: Constants) -> Result<f64, String> 
 
 const BOUNDS: (f64, f64) = (0.05, 1.0);
 
-/// Golden-section search of `p` in log space within the bounds.
-fn line_search(m: &Measurements, cases: &[&Case], c: Constants, p: Param) -> Result<f64, String> {
-    let phi = (5f64.sqrt() - 1.0) / 2.0;
-    let (mut a, mut b) = (BOUNDS.0.ln(), BOUNDS.1.ln());
-    let at = |x: f64| -> Result<f64, String> {
-        let mut t = c;
-        *p.slot(&mut t) = x.exp();
-        loss(m, cases, t)
-    };
-    let (mut x1, mut x2) = (b - phi * (b - a), a + phi * (b - a));
-    let (mut f1, mut f2) = (at(x1)?, at(x2)?);
-    while b - a > 1e-4 {
-        if f1 <= f2 {
-            b = x2;
-            (x2, f2) = (x1, f1);
-            x1 = b - phi * (b - a);
-            f1 = at(x1)?;
-        } else {
-            a = x1;
-            (x1, f1) = (x2, f2);
-            x2 = a + phi * (b - a);
-            f2 = at(x2)?;
-        }
+/// `base` with `params` set to `exp(x)`, each clamped to the bounds.
+fn with(base: Constants, params: &[Param], x: &[f64]) -> Constants {
+    let mut c = base;
+    for (p, v) in params.iter().zip(x) {
+        *p.slot(&mut c) = v.exp().clamp(BOUNDS.0, BOUNDS.1);
     }
-    Ok(((a + b) / 2.0).exp())
+    c
 }
 
-/// Fits `params` of `base` to `cases`; each fitted value is rounded to three decimals, the
-/// precision `constants.rs` keeps.
+/// Fits `params` of `base` to `cases` by Nelder-Mead in log space (deterministic: the simplex
+/// starts at `base` and one 20% step per constant); each fitted value is rounded to three
+/// decimals, the precision `constants.rs` keeps.
 pub fn fit(
     m: &Measurements,
     cases: &[&Case],
     base: Constants,
     params: &[Param],
 ) -> Result<Constants, String> {
-    let mut c = base;
-    for _round in 0..20 {
-        let mut moved = false;
-        for &p in params {
-            let v = line_search(m, cases, c, p)?;
-            let old = *p.slot(&mut c);
-            moved |= (v / old - 1.0).abs() > 1e-3;
-            *p.slot(&mut c) = v;
-        }
-        if !moved {
+    let n = params.len();
+    let f = |x: &[f64]| loss(m, cases, with(base, params, x));
+    let x0: Vec<f64> = params
+        .iter()
+        .map(|&p| {
+            let mut c = base;
+            p.slot(&mut c).clamp(BOUNDS.0, BOUNDS.1).ln()
+        })
+        .collect();
+    let mut simplex: Vec<(Vec<f64>, f64)> = Vec::with_capacity(n + 1);
+    simplex.push((x0.clone(), f(&x0)?));
+    for i in 0..n {
+        let mut x = x0.clone();
+        x[i] += if x[i] > (BOUNDS.1 / 1.2).ln() { -0.2 } else { 0.2 };
+        let v = f(&x)?;
+        simplex.push((x, v));
+    }
+    for _ in 0..400 {
+        simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+        let size = simplex[1..]
+            .iter()
+            .map(|(x, _)| x.iter().zip(&simplex[0].0).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max))
+            .fold(0.0, f64::max);
+        if size < 1e-4 {
             break;
         }
+        let centroid: Vec<f64> = (0..n)
+            .map(|i| simplex[..n].iter().map(|(x, _)| x[i]).sum::<f64>() / n as f64)
+            .collect();
+        let worst = simplex[n].clone();
+        let along = |t: f64| -> Vec<f64> {
+            centroid.iter().zip(&worst.0).map(|(c, w)| c + t * (c - w)).collect()
+        };
+        let r = along(1.0);
+        let fr = f(&r)?;
+        if fr < simplex[0].1 {
+            let e = along(2.0);
+            let fe = f(&e)?;
+            simplex[n] = if fe < fr { (e, fe) } else { (r, fr) };
+        } else if fr < simplex[n - 1].1 {
+            simplex[n] = (r, fr);
+        } else {
+            let k = along(-0.5);
+            let fk = f(&k)?;
+            if fk < worst.1 {
+                simplex[n] = (k, fk);
+            } else {
+                let best = simplex[0].0.clone();
+                for (x, v) in simplex.iter_mut().skip(1) {
+                    *x = x.iter().zip(&best).map(|(a, b)| b + 0.5 * (a - b)).collect();
+                    *v = f(x)?;
+                }
+            }
+        }
     }
+    simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let mut c = with(base, params, &simplex[0].0);
     for &p in params {
         let s = p.slot(&mut c);
         *s = (*s * 1000.0).round() / 1000.0;
@@ -168,25 +194,53 @@ pub fn fit(
 }
 
 /// Fits the file's constants on its training rows and reports every row's error, held out
-/// and leave-one-out. `progress` hears of each fit as it starts.
+/// and leave-one-out. The fits (training rows, then each row left out) run on up to `threads`
+/// threads; `progress(done, total, what)` hears of each as it ends.
 pub fn calibrate(
     m: &Measurements,
     base: Constants,
-    progress: &mut dyn FnMut(&str),
+    threads: usize,
+    progress: &(dyn Fn(usize, usize, &str) + Sync),
 ) -> Result<FitReport, String> {
     let params: Vec<Param> = m.fit.constants.iter().filter_map(|s| Param::parse(s)).collect();
     let cases: Vec<Case> = m.rows.iter().map(|r| m.case(r)).collect::<Result<_, _>>()?;
     let trained: Vec<bool> = m.rows.iter().map(|r| m.fit.train.contains(&r.name)).collect();
-    progress("fit on the training rows");
-    let train: Vec<&Case> = cases.iter().zip(&trained).filter(|(_, &t)| t).map(|(c, _)| c).collect();
-    let fitted = fit(m, &train, base, &params)?;
+    // Job 0 fits on the training rows, job i + 1 on every row but row i.
+    let jobs: Vec<Vec<&Case>> = std::iter::once(
+        cases.iter().zip(&trained).filter(|(_, &t)| t).map(|(c, _)| c).collect(),
+    )
+    .chain((0..cases.len()).map(|i| {
+        cases.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c).collect()
+    }))
+    .collect();
+    let names: Vec<String> = std::iter::once("the training rows".to_string())
+        .chain(m.rows.iter().map(|r| format!("every row but {}", r.name)))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let done = std::sync::atomic::AtomicUsize::new(0);
+    let results: Vec<std::sync::Mutex<Option<Result<Constants, String>>>> =
+        jobs.iter().map(|_| std::sync::Mutex::new(None)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads.clamp(1, jobs.len().max(1)) {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let Some(job) = jobs.get(i) else { break };
+                let r = fit(m, job, base, &params);
+                *results[i].lock().unwrap_or_else(|e| e.into_inner()) = Some(r);
+                let d = done.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+                progress(d, jobs.len(), &format!("fitted on {}", names[i]));
+            });
+        }
+    });
+    let fits: Vec<Constants> = results
+        .into_iter()
+        .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Err("a fit did not run".into())))
+        .collect::<Result<_, _>>()?;
+    let fitted = fits[0];
     let mut rows = Vec::new();
     for (i, (r, case)) in m.rows.iter().zip(&cases).enumerate() {
-        progress(&format!("leave-one-out fit without {}", r.name));
-        let others: Vec<&Case> = cases.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c).collect();
-        let loo = fit(m, &others, base, &params)?;
         let predicted_s = predict(m, case, fitted)?;
-        let left_out_predicted_s = predict(m, case, loo)?;
+        let left_out_predicted_s = predict(m, case, fits[i + 1])?;
         rows.push(RowError {
             name: r.name.clone(),
             measured_s: case.measured_s,
@@ -201,11 +255,13 @@ pub fn calibrate(
         let v: Vec<f64> = rows.iter().filter_map(f).collect();
         v.iter().map(|e| e.abs()).sum::<f64>() / v.len().max(1) as f64
     };
-    let mut fitted_values = Vec::new();
-    for &p in &params {
-        let mut c = fitted;
-        fitted_values.push((Param::NAMES[p as usize].to_string(), *p.slot(&mut c)));
-    }
+    let fitted_values = params
+        .iter()
+        .map(|&p| {
+            let mut c = fitted;
+            (Param::NAMES[p as usize].to_string(), *p.slot(&mut c))
+        })
+        .collect();
     Ok(FitReport {
         name: m.name.clone(),
         source: m.source.clone(),
