@@ -414,3 +414,22 @@ pub fn rank_list(ranks: &[u32]) -> String {
     }
     out.join(",")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_with_a_band_keep_three_significant_digits() {
+        assert_eq!(significant(12.2228, 3), "12.2");
+        assert_eq!(significant(462.9, 3), "463");
+        assert_eq!(significant(85_788.0, 3), "85788");
+        assert_eq!(significant(0.034_56, 3), "0.0346");
+        // Rounding that carries into another digit keeps three, not four.
+        assert_eq!(significant(9.996, 3), "10.0");
+        assert_eq!(with_band(12.2228, "s", 0.1), "12.2 s ± 10%");
+        assert_eq!(si_band(85_788.0, 0.1), "85.8 k ± 10%");
+        assert_eq!(mfu_band(0.4684, 0.1), "46.8% ± 4.7 points");
+        assert_eq!(bytes3(45.28 * 1024.0 * 1024.0 * 1024.0), "45.3 GiB");
+    }
+}
