@@ -236,6 +236,12 @@ pub fn describe_plan(c: &Candidate) -> String {
         if l.sequence_parallel {
             knobs.push("sp".into());
         }
+        if l.tp_comm_overlap {
+            knobs.push("tp-comm-overlap".into());
+        }
+        if l.cp > 1 && l.cp_comm != Default::default() {
+            knobs.push(format!("cp-comm {}", l.cp_comm.as_str()));
+        }
         knobs.push(format!("mbs{}", l.micro_batch_size));
         knobs.push(format!("recompute {:?}", l.recompute.policy).to_lowercase());
         if let Some(st) = &l.stage_layers {
@@ -299,7 +305,8 @@ fn schedule_label(sch: &hetpar::ir::plan::ScheduleSpec) -> String {
     }
 }
 
-/// Every module's layout in a few characters: `name tp cp pp dp [vpp ep] mbs recompute`.
+/// Every module's layout in a few characters: `name tp cp pp dp [vpp ep overlap ring] mbs
+/// recompute`.
 fn layouts_label(c: &Candidate) -> String {
     c.plan
         .modules
@@ -312,6 +319,12 @@ fn layouts_label(c: &Candidate) -> String {
             }
             if l.ep > 1 {
                 let _ = write!(v, " e{}", l.ep);
+            }
+            if l.tp_comm_overlap {
+                v.push_str(" overlap");
+            }
+            if l.cp > 1 && l.cp_comm != Default::default() {
+                let _ = write!(v, " {}", l.cp_comm.as_str());
             }
             let _ = write!(v, " m{}", l.micro_batch_size);
             let r = format!("{:?}", l.recompute.policy).to_lowercase();
