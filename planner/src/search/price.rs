@@ -175,7 +175,7 @@ impl<'a> Pricer<'a> {
     /// or beats on every term. Of equal ones the first stays, the one the runtime executes, so
     /// plans do not flip between variants that price the same. A knob whose variant prices
     /// exactly as the default once (a cost model that does not read the field) is not priced
-    /// again for the module.
+    /// again for the module; a layout whose default does not price offers no variant.
     pub fn variants(
         &mut self,
         m: ModuleId,
