@@ -20,7 +20,7 @@ use hetpar_ir::placement::{PlacementSpec, RanksSpec};
 use hetpar_ir::plan::{ModulePlanSpec, PlanFile, ScheduleSpec};
 use hetpar_ir::{BoundaryId, Cluster, ModuleId, Plan};
 
-use super::space::{comm_variants, CommKnob};
+use super::space::{with_knobs, CommKnob};
 
 /// Where the modules sit: the language model's ranks and the others' ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -185,38 +185,34 @@ impl<'a> Pricer<'a> {
         schedule: &ScheduleSpec,
     ) -> Vec<(LayoutSpec, ModuleQuick)> {
         let is_lm = m == self.model.language_model();
-        let mut out: Vec<(LayoutSpec, ModuleQuick)> = Vec::new();
-        let mut default: Option<ModuleQuick> = None;
-        let vs = comm_variants(layout, self.runnable);
-        let several = vs.len() > 1;
-        for v in vs {
-            let knobs = if several {
-                CommKnob::set_in(&v)
-            } else {
-                Vec::new()
-            };
-            let skip = |k: &CommKnob| {
-                self.unpriced.contains(&Unpriced {
-                    module: m,
-                    knob: *k,
-                })
-            };
-            if !knobs.is_empty() && (default.is_none() || knobs.iter().any(skip)) {
+        let unpriced =
+            |set: &BTreeSet<Unpriced>, knob: CommKnob| set.contains(&Unpriced { module: m, knob });
+        let knobs: Vec<CommKnob> = CommKnob::of(layout, self.runnable)
+            .into_iter()
+            .filter(|&k| !unpriced(&self.unpriced, k))
+            .collect();
+        let cx = if is_lm { layout } else { lm };
+        let Some(base) = self.terms(m, layout, ranks, cx, schedule) else {
+            return Vec::new();
+        };
+        if knobs.is_empty() {
+            return vec![(layout.clone(), base)];
+        }
+        let mut out = vec![(layout.clone(), base.clone())];
+        for v in with_knobs(layout, &knobs).into_iter().skip(1) {
+            let set = CommKnob::set_in(&v);
+            // A knob found unpriced earlier in this loop.
+            if set.iter().any(|&k| unpriced(&self.unpriced, k)) {
                 continue;
             }
             let cx = if is_lm { &v } else { lm };
             let Some(t) = self.terms(m, &v, ranks, cx, schedule) else {
                 continue;
             };
-            match knobs.as_slice() {
-                [] if several => default = Some(t.clone()),
-                [knob] if default.as_ref() == Some(&t) => {
-                    self.unpriced.insert(Unpriced {
-                        module: m,
-                        knob: *knob,
-                    });
+            if let [knob] = set[..] {
+                if t == base {
+                    self.unpriced.insert(Unpriced { module: m, knob });
                 }
-                _ => {}
             }
             admit(&mut out, v, t);
         }

@@ -170,6 +170,20 @@ pub enum CommKnob {
 }
 
 impl CommKnob {
+    /// The knobs that apply to `l`, each only where it could change the price: TP
+    /// communication overlap where tp > 1 with sequence parallel, CP by ring where cp > 1;
+    /// none when `runnable`.
+    pub fn of(l: &LayoutSpec, runnable: bool) -> Vec<CommKnob> {
+        let mut out = Vec::new();
+        if !runnable && l.tp > 1 && l.sequence_parallel {
+            out.push(CommKnob::TpCommOverlap);
+        }
+        if !runnable && l.cp > 1 {
+            out.push(CommKnob::CpRing);
+        }
+        out
+    }
+
     /// The knobs set in `l`.
     pub fn set_in(l: &LayoutSpec) -> Vec<CommKnob> {
         let mut out = Vec::new();
@@ -181,31 +195,33 @@ impl CommKnob {
         }
         out
     }
+
+    /// `l` with this knob set.
+    fn set(self, l: &LayoutSpec) -> LayoutSpec {
+        let mut out = l.clone();
+        match self {
+            CommKnob::TpCommOverlap => out.tp_comm_overlap = true,
+            CommKnob::CpRing => out.cp_comm = CpComm::Ring,
+        }
+        out
+    }
+}
+
+/// `l` (given with the defaults) with every subset of `knobs` set, the empty one first: the
+/// layout hetpar's runtime executes, then each knob alone, then together.
+pub fn with_knobs(l: &LayoutSpec, knobs: &[CommKnob]) -> Vec<LayoutSpec> {
+    let mut out = vec![l.clone()];
+    for k in knobs {
+        let set: Vec<LayoutSpec> = out.iter().map(|x| k.set(x)).collect();
+        out.extend(set);
+    }
+    out
 }
 
 /// The communication variants of a layout (given with the defaults), the one hetpar's runtime
-/// executes first: TP communication overlap where tp > 1 with sequence parallel, CP by ring
-/// where cp > 1; each only where it could change the price. `runnable`: the first alone.
+/// executes first (`CommKnob::of`, `with_knobs`). `runnable`: that one alone.
 pub fn comm_variants(l: &LayoutSpec, runnable: bool) -> Vec<LayoutSpec> {
-    let mut out = vec![l.clone()];
-    if runnable {
-        return out;
-    }
-    if l.tp > 1 && l.sequence_parallel {
-        let overlap = out.iter().map(|x| LayoutSpec {
-            tp_comm_overlap: true,
-            ..x.clone()
-        });
-        out = out.iter().cloned().chain(overlap).collect();
-    }
-    if l.cp > 1 {
-        let ring = out.iter().map(|x| LayoutSpec {
-            cp_comm: CpComm::Ring,
-            ..x.clone()
-        });
-        out = out.iter().cloned().chain(ring).collect();
-    }
-    out
+    with_knobs(l, &CommKnob::of(l, runnable))
 }
 
 /// Whether `tp` divides what a module splits over tensor parallelism.
