@@ -305,6 +305,8 @@ pub fn autotune(
         attention: opts.attention,
         constants: Some(constants),
         distinct_alternatives: false,
+        // Its candidates run on hetpar's runtime.
+        runnable: true,
         ..SearchOptions::default()
     };
     let first = search(model, &cluster, search_opts(before));

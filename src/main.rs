@@ -61,7 +61,8 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
     Describe(commands::describe::Args),
     /// Predict iteration time, throughput, MFU and memory per rank of a plan.
     #[command(
-        after_help = "Example:\n  hetpar estimate --model examples/models/llava-1.5-7b.json \
+        after_help = "Each predicted figure comes with the cost model's stated error for the GPU \
+model (docs/cost-model.md, \"Stated error\").\n\nExample:\n  hetpar estimate --model examples/models/llava-1.5-7b.json \
 --cluster examples/clusters/h100-8.json --plan examples/plans/llava-1.5-7b-colocated-8.json"
     )]
     Estimate(commands::estimate::Args),
@@ -82,7 +83,9 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
     /// Search the best plan (per-module layouts, placement, schedule) and compare it with the
     /// best homogeneous plan.
     #[command(
-        after_help = "Without --model and --cluster, plans the embedded LLaVA-1.5-7B on one 8 x H100 node.\n\nExample:\n  \
+        after_help = "Without --model and --cluster, plans the embedded LLaVA-1.5-7B on one 8 x H100 node. \
+Figures come with the cost model's stated error; --runnable keeps to plans hetpar's runtime executes \
+(`run`, `launch`).\n\nExample:\n  \
 hetpar plan --model examples/models/vision-audio-7b.json --cluster examples/clusters/h100-64.json --explain -o plan.json"
     )]
     Plan(commands::plan::Args),

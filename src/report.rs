@@ -180,20 +180,52 @@ pub fn si(x: f64) -> String {
     format!("{x:.0}")
 }
 
-/// Bytes with a binary suffix: 4.50 MiB.
-pub fn bytes(x: f64) -> String {
+/// `x` to `digits` significant digits, without an exponent: 12.2, 463, 0.0345.
+pub fn significant(x: f64, digits: u32) -> String {
+    if x == 0.0 || !x.is_finite() {
+        return format!("{x}");
+    }
+    let digits = digits.max(1) as i32;
+    let decimals = |v: f64| (digits - 1 - v.abs().log10().floor() as i32).max(0);
+    // Rounding may carry into another digit (9.996 -> 10.0): count the digits after it.
+    let d = decimals(x);
+    let rounded: f64 = format!("{x:.0$}", d as usize).parse().unwrap_or(x);
+    let d = if rounded == 0.0 { d } else { decimals(rounded) };
+    format!("{rounded:.0$}", d as usize)
+}
+
+/// A figure with its stated error: `12.2 s ± 10%` (3 significant digits; `unit` may be empty).
+pub fn with_band(x: f64, unit: &str, error: f64) -> String {
+    let value = significant(x, 3);
+    let sep = if unit.is_empty() { "" } else { " " };
+    format!("{value}{sep}{unit} ± {:.0}%", 100.0 * error)
+}
+
+/// Bytes with a binary suffix and 3 significant digits, for a figure shown with its error.
+pub fn bytes3(x: f64) -> String {
+    let (v, unit) = scaled_bytes(x);
+    format!("{} {unit}", significant(v, 3))
+}
+
+fn scaled_bytes(x: f64) -> (f64, &'static str) {
     const UNITS: [(f64, &str); 4] = [
         (1024.0 * 1024.0 * 1024.0 * 1024.0, "TiB"),
         (1024.0 * 1024.0 * 1024.0, "GiB"),
         (1024.0 * 1024.0, "MiB"),
         (1024.0, "KiB"),
     ];
-    for (scale, unit) in UNITS {
-        if x.abs() >= scale {
-            return format!("{:.2} {unit}", x / scale);
-        }
+    UNITS
+        .iter()
+        .find(|(scale, _)| x.abs() >= *scale)
+        .map_or((x, "B"), |&(scale, unit)| (x / scale, unit))
+}
+
+/// Bytes with a binary suffix: 4.50 MiB.
+pub fn bytes(x: f64) -> String {
+    match scaled_bytes(x) {
+        (_, "B") => format!("{x:.0} B"),
+        (v, unit) => format!("{v:.2} {unit}"),
     }
-    format!("{x:.0} B")
 }
 
 /// A plain text table with left-aligned columns.
@@ -267,19 +299,31 @@ impl<'a> EstimateReport<'a> {
                 )
             }
         );
-        let _ = writeln!(s, "iteration time   {:.4} s", e.iteration_time_s);
-        let _ = writeln!(s, "tokens/s         {}", si(e.tokens_per_s));
-        let _ = writeln!(s, "samples/s        {:.2}", e.samples_per_s);
-        let _ = writeln!(s, "TFLOP/s per GPU  {:.1}", e.tflops_per_gpu);
-        let _ = writeln!(s, "MFU              {:.1}%", 100.0 * e.mfu);
+        // Figures with an error band to 3 significant digits (`with_band`).
+        let (et, em) = (e.stated_error.time, e.stated_error.memory);
+        let _ = writeln!(
+            s,
+            "iteration time   {}",
+            with_band(e.iteration_time_s, "s", et)
+        );
+        let _ = writeln!(s, "tokens/s         {}", si_band(e.tokens_per_s, et));
+        let _ = writeln!(s, "samples/s        {}", with_band(e.samples_per_s, "", et));
+        let _ = writeln!(
+            s,
+            "TFLOP/s per GPU  {}",
+            with_band(e.tflops_per_gpu, "", et)
+        );
+        let _ = writeln!(s, "MFU              {}", mfu_band(e.mfu, et));
         let _ = writeln!(s, "bubble           {:.1}%", 100.0 * e.bubble_fraction);
         let _ = writeln!(
             s,
-            "peak memory      {} of {} (rank {})",
-            bytes(e.peak_memory_bytes),
+            "peak memory      {} ± {:.0}% of {} (rank {})",
+            bytes3(e.peak_memory_bytes),
+            100.0 * em,
             bytes(e.memory_capacity_bytes),
             e.peak_memory_rank
         );
+        let _ = writeln!(s, "stated error     {}", stated_error_line(&e.stated_error));
         let b = &e.time_breakdown;
         let _ = writeln!(
             s,
@@ -323,6 +367,35 @@ impl<'a> EstimateReport<'a> {
     }
 }
 
+/// The stated error in words: `time ± 10%, memory ± 5% (basis)`.
+pub fn stated_error_line(e: &hetpar_cost::StatedError) -> String {
+    format!(
+        "time ± {:.0}%, memory ± {:.0}% ({})",
+        100.0 * e.time,
+        100.0 * e.memory,
+        e.basis
+    )
+}
+
+/// An MFU with its band in percentage points: `46.8% ± 4.7 points`.
+pub fn mfu_band(mfu: f64, error: f64) -> String {
+    format!(
+        "{}% ± {} points",
+        significant(100.0 * mfu, 3),
+        significant(100.0 * mfu * error, 2)
+    )
+}
+
+/// A number with an SI suffix, 3 significant digits and its band: `85.8 k ± 10%`.
+fn si_band(x: f64, error: f64) -> String {
+    const UNITS: [(f64, &str); 4] = [(1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")];
+    let (v, unit) = UNITS
+        .iter()
+        .find(|(scale, _)| x.abs() >= *scale)
+        .map_or((x, ""), |&(scale, unit)| (x / scale, unit));
+    with_band(v, unit, error)
+}
+
 /// Ranks as compact ranges: 0-3,8-11.
 pub fn rank_list(ranks: &[u32]) -> String {
     let mut out: Vec<String> = Vec::new();
@@ -340,4 +413,23 @@ pub fn rank_list(ranks: &[u32]) -> String {
         i = j + 1;
     }
     out.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn figures_with_a_band_keep_three_significant_digits() {
+        assert_eq!(significant(12.2228, 3), "12.2");
+        assert_eq!(significant(462.9, 3), "463");
+        assert_eq!(significant(85_788.0, 3), "85788");
+        assert_eq!(significant(0.034_56, 3), "0.0346");
+        // Rounding that carries into another digit keeps three, not four.
+        assert_eq!(significant(9.996, 3), "10.0");
+        assert_eq!(with_band(12.2228, "s", 0.1), "12.2 s ± 10%");
+        assert_eq!(si_band(85_788.0, 0.1), "85.8 k ± 10%");
+        assert_eq!(mfu_band(0.4684, 0.1), "46.8% ± 4.7 points");
+        assert_eq!(bytes3(45.28 * 1024.0 * 1024.0 * 1024.0), "45.3 GiB");
+    }
 }

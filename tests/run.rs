@@ -129,3 +129,54 @@ fn a_program_for_another_model_is_refused_naming_both() {
         "{e}"
     );
 }
+
+#[test]
+fn run_and_codegen_refuse_tp_comm_overlap_naming_module_and_field_and_lower_keeps_it() {
+    let dir = scratch("run-not-executed");
+    let plan = dir.join("plan.json");
+    let text = std::fs::read_to_string(common::root().join(PLAN)).unwrap();
+    // The language model's layout (tp 2, sequence parallel) asks for TP communication overlap.
+    let edited = text.replace(
+        r#""pp": 2,"#,
+        r#""pp": 2,
+        "tp_comm_overlap": true,"#,
+    );
+    assert_ne!(edited, text, "the edit applies");
+    std::fs::write(&plan, edited).unwrap();
+    let p = plan.to_str().unwrap();
+    let want = "module `llm`: tp_comm_overlap = true";
+    let o = hetpar(&["run", p, "--model", MODEL, "--cluster", CLUSTER]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "no step ran: {}", stdout(&o));
+    // Lowering keeps the field, so the program is refused too.
+    let program = dir.join("program.json");
+    let o = hetpar(&[
+        "lower",
+        p,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "-o",
+        program.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = hetpar(&["run", program.to_str().unwrap(), "--model", MODEL]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    let out = dir.join("crate");
+    let o = hetpar(&[
+        "codegen",
+        p,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    assert!(!out.exists(), "no crate is written");
+}

@@ -54,9 +54,13 @@ impl Constants {
     /// fitted; the A100's structure with a guessed large-GEMM efficiency.
     pub fn for_gpu(gpu: GpuModel) -> Constants {
         let a100 = Constants {
-            matmul_max_efficiency: 0.80,
+            // Fitted: `hetpar calibrate cost-models/data/korthikanti-2022-a100.json`.
+            matmul_max_efficiency: 0.807,
+            attention_efficiency: 0.253,
+            // Assumed (as for every generation, until `hetpar profile` measures them): the
+            // half dimension of the product efficiency, HBM efficiency, the launch cost, and
+            // link efficiencies (NCCL reaches about 80% of NVLink's and 85% of the network's).
             matmul_half_dim: 64.0,
-            attention_efficiency: 0.30,
             hbm_efficiency: 0.80,
             kernel_launch_s: 4e-6,
             elementwise_passes: 4.0,
@@ -70,7 +74,7 @@ impl Constants {
             GpuModel::A10080gb => a100,
             GpuModel::H100Sxm80gb | GpuModel::H200141gb => Constants {
                 // Fitted: `hetpar calibrate cost-models/data/megatron-core-h100.json`.
-                matmul_max_efficiency: 0.605,
+                matmul_max_efficiency: 0.606,
                 attention_efficiency: 0.208,
                 // Assumed: Hopper's larger tiles need larger shapes than the A100's 64; no
                 // public row has small per-GPU products to identify it.

@@ -11,6 +11,7 @@ use crate::collective::{collective_time, CollectiveKind, Link};
 use crate::compute::{Hardware, ModuleCompute, PassTime, Work};
 use crate::constants::Constants;
 use crate::cost::Cost;
+use crate::error::{stated_error, StatedError};
 use crate::memory::{
     rank_memory, stage_parameters, static_memory, AttentionKernel, InFlight, RankInputs,
     StaticMemory,
@@ -87,6 +88,8 @@ pub struct Estimate {
     /// Breakdown of the rank that finishes last.
     pub time_breakdown: TimeBreakdown,
     pub per_rank: Vec<RankEntry>,
+    /// The cost model's stated error for the cluster's GPU model (`crate::error`).
+    pub stated_error: StatedError,
 }
 
 impl Estimate {
@@ -419,6 +422,7 @@ pub fn simulate_plan(
         bubble_fraction: bubble,
         time_breakdown: per_rank.get(last).map(|e| e.time).unwrap_or_default(),
         per_rank,
+        stated_error: stated_error(cluster.gpu_model),
     };
     Ok((est, (graph, timeline)))
 }

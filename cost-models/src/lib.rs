@@ -7,7 +7,8 @@
 //! - `estimate_quick` (`quick`): a closed form over per-stage times and the same per-rank
 //!   memory, for ranking many candidates fast.
 //!
-//! The efficiency constants live in `constants`; `docs/cost-model.md` defines every metric.
+//! The efficiency constants live in `constants`, the stated error of the predictions in `error`;
+//! `docs/cost-model.md` defines every metric.
 
 pub mod calibration;
 pub mod collective;
@@ -15,6 +16,7 @@ pub mod combine;
 pub mod compute;
 pub mod constants;
 pub mod cost;
+pub mod error;
 pub mod estimate;
 pub mod fit;
 pub mod memory;
@@ -26,6 +28,7 @@ pub mod tasks;
 
 pub use constants::Constants;
 pub use cost::Cost;
+pub use error::{stated_error, StatedError};
 pub use estimate::{estimate, estimate_with_boundaries, Estimate, Options};
 pub use memory::AttentionKernel;
 pub use quick::{estimate_quick, Quick};

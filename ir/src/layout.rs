@@ -41,6 +41,34 @@ impl RecomputeSpec {
     }
 }
 
+/// How context parallelism exchanges keys and values (Megatron-LM's `--cp-comm-type`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum CpComm {
+    /// Every cp rank all-gathers the unit's keys and values before attention (Megatron
+    /// `all_gather`); what hetpar's runtime executes, so the default.
+    #[default]
+    AllGather,
+    /// Keys and values pass around the cp ring, overlapped with attention (Megatron `p2p`).
+    Ring,
+}
+
+impl CpComm {
+    pub fn is_default(&self) -> bool {
+        *self == CpComm::AllGather
+    }
+
+    /// The name the plan format uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CpComm::AllGather => "all_gather",
+            CpComm::Ring => "ring",
+        }
+    }
+}
+
 /// A layout as written in a plan file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayoutSpec {
@@ -60,6 +88,13 @@ pub struct LayoutSpec {
     pub vpp: u32,
     #[serde(default, skip_serializing_if = "is_false")]
     pub sequence_parallel: bool,
+    /// Overlap tensor-parallel communication with compute (Megatron-LM `--tp-comm-overlap`);
+    /// needs sequence parallel and tp > 1.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tp_comm_overlap: bool,
+    /// How cp ranks exchange keys and values; ignored at cp 1.
+    #[serde(default, skip_serializing_if = "CpComm::is_default")]
+    pub cp_comm: CpComm,
     #[serde(default, skip_serializing_if = "RecomputeSpec::is_none")]
     pub recompute: RecomputeSpec,
     /// Shard optimizer state over the data-parallel ranks.
@@ -82,6 +117,8 @@ pub struct Layout {
     pub ep: u32,
     pub vpp: u32,
     pub sequence_parallel: bool,
+    pub tp_comm_overlap: bool,
+    pub cp_comm: CpComm,
     pub recompute: RecomputeSpec,
     pub distributed_optimizer: bool,
     pub micro_batch_size: u32,

@@ -7,7 +7,8 @@
 //!   [layout.degrees]; tp divides heads, KV heads and FFN (projector widths) [layout.tp];
 //!   layers >= pp x vpp and divisible without `stage_layers` [layout.layers]; `stage_layers`
 //!   sound [layout.stage_layers]; vpp > 1 needs pp > 1 [layout.vpp]; ep rules [layout.ep];
-//!   sequence parallel needs tp > 1 [layout.sequence_parallel]; 2 x cp divides the attended
+//!   sequence parallel needs tp > 1 [layout.sequence_parallel]; TP communication overlap
+//!   needs sequence parallel and tp > 1 [layout.tp_comm_overlap]; 2 x cp divides the attended
 //!   sequence, projectors cp = 1 [layout.cp]; dp x micro_batch_size divides the global batch
 //!   [layout.batch]; recompute layers sound [layout.recompute];
 //! - ranks given one way [placement.ranks], inside the cluster [placement.range], without
@@ -674,6 +675,17 @@ fn check_module(
             "sequence parallel splits activations over tp: needs tp > 1",
         );
     }
+    if l.tp_comm_overlap && !(l.sequence_parallel && l.tp > 1) {
+        ds.error(
+            join(&lp, "tp_comm_overlap"),
+            Rule::LayoutTpCommOverlap,
+            format!(
+                "overlapping tensor-parallel communication needs sequence_parallel and tp > 1 \
+                 (as Megatron-LM's --tp-comm-overlap); this layout has tp {} and sequence_parallel {}",
+                l.tp, l.sequence_parallel
+            ),
+        );
+    }
     // Context parallel with load-balanced blocks: 2 x cp pieces of the attended sequence.
     if l.cp > 1 && !matches!(m.body, Body::Projector(_)) {
         let pieces = 2 * u64::from(l.cp);
@@ -752,6 +764,8 @@ fn check_module(
             ep: l.ep,
             vpp: l.vpp,
             sequence_parallel: l.sequence_parallel,
+            tp_comm_overlap: l.tp_comm_overlap,
+            cp_comm: l.cp_comm,
             recompute: l.recompute.clone(),
             distributed_optimizer: l.distributed_optimizer,
             micro_batch_size: l.micro_batch_size,

@@ -13,7 +13,7 @@ use std::ops::Range;
 use serde::{Deserialize, Serialize};
 
 use crate::ids::Rank;
-use crate::layout::RecomputeSpec;
+use crate::layout::{CpComm, RecomputeSpec};
 use crate::model::ModuleKind;
 
 /// One instruction. In transfers, `chunk` is the global pipeline chunk (`c x pp + s`) of the
@@ -93,6 +93,13 @@ pub struct ModuleProgram {
     pub dp: u32,
     pub vpp: u32,
     pub sequence_parallel: bool,
+    /// The plan's TP communication overlap; absent in programs written before the field (and
+    /// when false).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub tp_comm_overlap: bool,
+    /// The plan's CP communication kind; absent when the default (all-gather).
+    #[serde(default, skip_serializing_if = "CpComm::is_default")]
+    pub cp_comm: CpComm,
     /// Samples per data-parallel replica and micro-batch; 1 and unused for encoders and
     /// projectors, whose items are dealt per encoder pass.
     pub micro_batch_size: u32,
@@ -211,6 +218,10 @@ pub struct Program {
 
 fn one() -> u32 {
     1
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl Program {

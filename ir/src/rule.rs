@@ -62,6 +62,7 @@ rules! {
     LayoutVpp = "layout.vpp": "Virtual pipeline chunks (vpp > 1) need pp > 1.",
     LayoutEp = "layout.ep": "ep > 1 needs a mixture of experts, ep divides the experts, and ep divides dp x cp.",
     LayoutSequenceParallel = "layout.sequence_parallel": "Sequence parallel needs tp > 1.",
+    LayoutTpCommOverlap = "layout.tp_comm_overlap": "Tensor-parallel communication overlap needs sequence parallel (and so tp > 1), as Megatron-LM's `--tp-comm-overlap` does.",
     LayoutCp = "layout.cp": "2 x cp divides the sequence a module attends over (the LLM sequence, or every item's tokens for an encoder); projectors take cp = 1.",
     LayoutBatch = "layout.batch": "dp x micro_batch_size divides the global batch.",
     LayoutRecompute = "layout.recompute": "`recompute.layers` is given only with a selective or full policy and is at most the layers of a stage.",

@@ -119,3 +119,37 @@ fn computed_cluster_figures_round_trip_bit_exactly() {
         assert_round_trips(&format!("dense_bf16_tflops {v:?}"), &c, FileKind::Cluster);
     }
 }
+
+/// The communication fields are written only when they differ from what the runtime executes,
+/// so plans written before them keep their bytes; set, they survive a round trip.
+#[test]
+fn communication_fields_are_written_only_when_set_and_round_trip() {
+    let path = examples_dir("plans").join("reference-tiny-noncolocated-8.json");
+    let mut plan: PlanFile = parse_file(&read(&path), FileKind::Plan)
+        .unwrap_or_else(|ds| panic!("{}:\n{ds}", path.display()));
+    let text = to_canonical_json(&plan);
+    assert!(
+        !text.contains("tp_comm_overlap") && !text.contains("cp_comm"),
+        "{text}"
+    );
+    let llm = &mut plan.modules.get_mut("llm").expect("an llm").layout;
+    llm.tp_comm_overlap = true;
+    llm.cp_comm = hetpar_ir::layout::CpComm::Ring;
+    let text = to_canonical_json(&plan);
+    assert!(
+        text.contains(r#""tp_comm_overlap": true"#) && text.contains(r#""cp_comm": "ring""#),
+        "{text}"
+    );
+    assert_round_trips("llm with both fields set", &plan, FileKind::Plan);
+    let explicit = read(&path).replace(
+        r#""sequence_parallel": true,
+        "micro_batch_size": 2"#,
+        r#""sequence_parallel": true,
+        "cp_comm": "all_gather",
+        "micro_batch_size": 2"#,
+    );
+    assert!(explicit.contains("all_gather"), "the edit applies");
+    let parsed: PlanFile = parse_file(&explicit, FileKind::Plan)
+        .unwrap_or_else(|ds| panic!("an explicit default parses:\n{ds}"));
+    assert!(!to_canonical_json(&parsed).contains("cp_comm"));
+}

@@ -265,6 +265,13 @@ const CASES: &[Case] = &[
         "modules.llm.transformer.ffn_kind",
     ),
     case(
+        "a CP communication kind hetpar does not know is a type error at that field",
+        TinyColocated,
+        &[Set("/modules/llm/layout/cp_comm", r#""p2p""#)],
+        Rule::JsonType,
+        "modules.llm.layout.cp_comm",
+    ),
+    case(
         "a GPU model outside the built-in table is a type error at gpu.model",
         Cluster8,
         &[Set("/gpu/model", r#""h100_pcie""#)],
@@ -1068,6 +1075,24 @@ const CASES: &[Case] = &[
         &[Set("/modules/vision/layout/sequence_parallel", "true")],
         Rule::LayoutSequenceParallel,
         "modules.vision.layout.sequence_parallel",
+    ),
+    // layout.tp_comm_overlap
+    case(
+        "tp communication overlap without sequence parallel is rejected",
+        TinyColocated,
+        &[Set("/modules/llm/layout/tp_comm_overlap", "true")],
+        Rule::LayoutTpCommOverlap,
+        "modules.llm.layout.tp_comm_overlap",
+    ),
+    case(
+        "tp communication overlap at tp 1 is rejected",
+        TinyColocated,
+        &[
+            Set("/modules/vision/layout/sequence_parallel", "true"),
+            Set("/modules/vision/layout/tp_comm_overlap", "true"),
+        ],
+        Rule::LayoutTpCommOverlap,
+        "modules.vision.layout.tp_comm_overlap",
     ),
     // layout.cp
     case(

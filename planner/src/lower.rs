@@ -169,6 +169,8 @@ fn module_programs(model: &ModelGraph, plan: &Plan) -> Vec<ModuleProgram> {
                 dp: l.dp,
                 vpp: l.vpp,
                 sequence_parallel: l.sequence_parallel,
+                tp_comm_overlap: l.tp_comm_overlap,
+                cp_comm: l.cp_comm,
                 micro_batch_size: l.micro_batch_size,
                 chunk_layers: l.chunk_layers.clone(),
                 recompute: l.recompute.clone(),

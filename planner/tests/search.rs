@@ -1,7 +1,8 @@
 //! The plan search is sane: its plans pass the verifier and fit memory, it claims no large
 //! gain for a tiny encoder beside a large LLM, it keeps a large encoder's CP at 1 under a
 //! long-context LLM (the space offers encoders CP), it respects the placement constraint,
-//! labels plans by what they are and is deterministic. Exactness against brute force is
+//! labels plans by what they are and is deterministic; told to keep to what the runtime
+//! executes, it prices no communication variant. Exactness against brute force is
 //! `search_exact.rs`.
 
 use hetpar_cost::Options;
@@ -180,4 +181,40 @@ fn a_plan_is_labelled_homogeneous_only_when_every_encoder_takes_the_language_mod
     let mut cp = h.clone();
     cp.modules.get_mut("vision").unwrap().layout.cp = lm.cp * 2;
     assert!(!is_homogeneous(&m, &cp), "another cp");
+}
+
+#[test]
+fn a_runnable_search_prices_no_communication_variant_and_sets_no_knob() {
+    let m = vlm((12, 768, 12), (16, 2048, 16), 32, 2048, 1, 576);
+    let c = cluster(1, 8);
+    let free = search(&m, &c, SearchOptions::default());
+    let runnable = search(
+        &m,
+        &c,
+        SearchOptions {
+            runnable: true,
+            ..SearchOptions::default()
+        },
+    );
+    // The free search prices each knob at least once per module (tp 2 layouts exist here).
+    assert!(
+        runnable.stats.candidates < free.stats.candidates,
+        "runnable {} options priced, free {}",
+        runnable.stats.candidates,
+        free.stats.candidates
+    );
+    let cands = runnable
+        .best
+        .iter()
+        .chain(&runnable.top)
+        .chain(&runnable.homogeneous);
+    for cand in cands {
+        for (name, mp) in &cand.plan.modules {
+            let l = &mp.layout;
+            assert!(
+                !l.tp_comm_overlap && l.cp_comm == Default::default(),
+                "{name}: {l:?}"
+            );
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! The search is exact with respect to its closed-form objective: brute force over the whole
 //! space of a small model on 2 nodes of 2 GPUs (every arrangement and split, every language-model
 //! layout with every split of its layers over its stages, every pass size, every layout of
-//! every other module), each plan priced directly (`objective::closed_form`), finds exactly
+//! every other module, each with every communication variant), each plan priced directly (`objective::closed_form`), finds exactly
 //! the search's closed-form optimum; and simulated, finds nothing more than 1% faster than the
 //! search's simulated winner.
 
@@ -18,7 +18,7 @@ use hetpar_planner::search::lm::{ranks_of, schedule};
 use hetpar_planner::search::objective::closed_form;
 use hetpar_planner::search::price::entry;
 use hetpar_planner::search::space::{
-    item_layouts, lm_dps, lm_layouts, micro_batches, pass_sizes, Bounds,
+    comm_variants, item_layouts, lm_dps, lm_layouts, micro_batches, pass_sizes, Bounds,
 };
 use hetpar_planner::search::{baseline, lm, search, SearchOptions};
 use serde_json::json;
@@ -119,7 +119,7 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                     ranks,
                     terms: Default::default(),
                 };
-                let options: BTreeMap<ModuleId, Vec<LayoutSpec>> = match arr {
+                let mut options: BTreeMap<ModuleId, Vec<LayoutSpec>> = match arr {
                     Arrangement::Nested => baseline::options_for(model, &o, b),
                     _ => items
                         .iter()
@@ -131,8 +131,17 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                         })
                         .collect(),
                 };
+                for v in options.values_mut() {
+                    *v = v
+                        .iter()
+                        .flat_map(|l| comm_variants(l, opts.runnable))
+                        .collect();
+                }
                 let m_count = micro_batches(model, &l);
-                for lx in splits(&l, layers) {
+                for lx in splits(&l, layers)
+                    .iter()
+                    .flat_map(|x| comm_variants(x, opts.runnable))
+                {
                     for k in pass_sizes(m_count, opts.max_pass_size) {
                         let sched = schedule(model, arr, &lx, k);
                         let mut combos: Vec<Vec<(ModuleId, LayoutSpec)>> = vec![vec![]];
@@ -175,9 +184,14 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
     out
 }
 
-/// The best closed-form and the best simulated time of `plans` that fit, and how many of
-/// them the verifier accepts.
-fn brute(model: &ModelGraph, cluster: &Cluster, plans: &[PlanFile]) -> (f64, f64, usize) {
+/// The best closed-form and (when `simulate`) the best simulated time of `plans` that fit,
+/// and how many of them the verifier accepts.
+fn brute(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plans: &[PlanFile],
+    simulate: bool,
+) -> (f64, f64, usize) {
     let cost = Options::default();
     let (mut best_cf, mut best_sim, mut count) = (f64::INFINITY, f64::INFINITY, 0usize);
     for file in plans {
@@ -191,6 +205,9 @@ fn brute(model: &ModelGraph, cluster: &Cluster, plans: &[PlanFile]) -> (f64, f64
         if mem <= cluster.gpu.hbm_bytes {
             best_cf = best_cf.min(t);
         }
+        if !simulate {
+            continue;
+        }
         let times = boundary_times(model, cluster, &plan);
         if let Ok(e) = estimate_with_boundaries(model, cluster, &plan, &cost, &times) {
             if e.feasible {
@@ -201,18 +218,10 @@ fn brute(model: &ModelGraph, cluster: &Cluster, plans: &[PlanFile]) -> (f64, f64
     (best_cf, best_sim, count)
 }
 
-#[test]
-fn brute_force_finds_exactly_the_searched_closed_form_optimum_and_no_faster_simulated_plan() {
+/// The search's closed-form optimum and simulated winner, and brute force's over
+/// `every_plan` (simulated too when `simulate`), on both cores.
+fn compare(opts: SearchOptions, simulate: bool) -> (f64, f64, f64, f64, usize) {
     let (model, cluster) = small();
-    // A space brute force covers in seconds: pipelines of up to 3 stages, vpp up to 2,
-    // micro-batches of up to 2 samples, pass sizes up to 2 (and the whole step).
-    let opts = SearchOptions {
-        max_pp: 3,
-        max_vpp: 2,
-        max_micro_batch_size: 2,
-        max_pass_size: 2,
-        ..SearchOptions::default()
-    };
     let r = search(&model, &cluster, opts);
     let searched = r.stats.closed_form_best_s.expect("the search found plans");
     let winner = r
@@ -222,12 +231,11 @@ fn brute_force_finds_exactly_the_searched_closed_form_optimum_and_no_faster_simu
         .expect("a simulated winner")
         .iteration_time_s;
     let plans = every_plan(&model, &cluster, &opts);
-    // Both cores: each thread prices and simulates half of the plans.
     let half = plans.len().div_ceil(2);
     let results: Vec<(f64, f64, usize)> = std::thread::scope(|scope| {
         let handles: Vec<_> = plans
             .chunks(half.max(1))
-            .map(|part| scope.spawn(|| brute(&model, &cluster, part)))
+            .map(|part| scope.spawn(|| brute(&model, &cluster, part, simulate)))
             .collect();
         handles.into_iter().map(|h| h.join().unwrap()).collect()
     });
@@ -235,6 +243,23 @@ fn brute_force_finds_exactly_the_searched_closed_form_optimum_and_no_faster_simu
     let best_sim = results.iter().map(|r| r.1).fold(f64::INFINITY, f64::min);
     let count: usize = results.iter().map(|r| r.2).sum();
     eprintln!("brute force: {count} plans");
+    (searched, winner, best_cf, best_sim, count)
+}
+
+#[test]
+fn brute_force_finds_exactly_the_searched_closed_form_optimum_and_no_faster_simulated_plan() {
+    // A space brute force covers in seconds: pipelines of up to 3 stages, vpp up to 2,
+    // micro-batches of up to 2 samples, pass sizes up to 2 (and the whole step); the
+    // communication the runtime executes (the variants: the next test).
+    let opts = SearchOptions {
+        max_pp: 3,
+        max_vpp: 2,
+        max_micro_batch_size: 2,
+        max_pass_size: 2,
+        runnable: true,
+        ..SearchOptions::default()
+    };
+    let (searched, winner, best_cf, best_sim, count) = compare(opts, true);
     assert!(count > 500, "brute force covered only {count} plans");
     assert!(
         (searched - best_cf).abs() <= 1e-9 * best_cf,
@@ -243,5 +268,24 @@ fn brute_force_finds_exactly_the_searched_closed_form_optimum_and_no_faster_simu
     assert!(
         winner <= best_sim * 1.01,
         "simulated: the search's winner {winner:.6} s, brute force's best {best_sim:.6} s over {count} plans"
+    );
+}
+
+#[test]
+fn with_communication_variants_brute_force_finds_exactly_the_searched_closed_form_optimum() {
+    // Every module with every communication variant multiplies the plans: a smaller space
+    // (unpipelined, one sample per micro-batch), in closed form.
+    let opts = SearchOptions {
+        max_pp: 1,
+        max_vpp: 1,
+        max_micro_batch_size: 1,
+        max_pass_size: 1,
+        ..SearchOptions::default()
+    };
+    let (searched, _, best_cf, _, count) = compare(opts, false);
+    assert!(count > 500, "brute force covered only {count} plans");
+    assert!(
+        (searched - best_cf).abs() <= 1e-9 * best_cf,
+        "closed form: the search's optimum {searched:.9} s, brute force's {best_cf:.9} s over {count} plans"
     );
 }

@@ -72,6 +72,13 @@ pub enum RuntimeError {
     /// NCCL reported.
     #[error("CUDA backend: {0}")]
     Device(String),
+    /// The program asks for a layout field value the runtime does not execute (TP communication
+    /// overlap, a CP ring): every module and field named. Refused before any work.
+    #[error(
+        "the runtime does not execute {0}; lower a plan that keeps to what it runs \
+         (`hetpar plan --runnable`)"
+    )]
+    NotExecuted(String),
     /// A hetpar model the reference implementation does not compute; every difference is named.
     #[error("the reference model cannot compute this model: {0}")]
     Unsupported(String),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hetpar::planner::search::{
     search, Candidate, CandidateKind, Objective, PlacementChoice, SearchOptions, SearchResult,
 };
-use hetpar::report::{bytes, Table};
+use hetpar::report::{bytes, bytes3, significant, stated_error_line, with_band, Table};
 use hetpar::{examples, io};
 
 use super::{emit, print_diagnostics};
@@ -41,6 +41,11 @@ pub struct Args {
     /// Search the homogeneous plan only (every module takes the language model's layout).
     #[arg(long)]
     homogeneous_only: bool,
+    /// Keep to what hetpar's runtime executes (no TP communication overlap, CP by
+    /// all-gather), so that `hetpar run` and `launch` take the plan; without it the search
+    /// may choose either kind.
+    #[arg(long)]
+    runnable: bool,
     /// Closed-form evaluations before the search stops.
     #[arg(long, default_value_t = SearchOptions::default().max_evaluations)]
     max_evaluations: usize,
@@ -109,6 +114,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         top_k: a.top,
         heterogeneous: !a.homogeneous_only,
         max_evaluations: a.max_evaluations,
+        runnable: a.runnable,
         ..SearchOptions::default()
     };
     // A spinner on stderr for searches longer than a second, in human mode on a terminal.
@@ -171,6 +177,7 @@ struct Metrics {
     mfu: f64,
     peak_memory_bytes: f64,
     bubble_fraction: f64,
+    stated_error: hetpar::cost::StatedError,
 }
 
 fn metrics(c: &Candidate) -> Option<Metrics> {
@@ -182,6 +189,7 @@ fn metrics(c: &Candidate) -> Option<Metrics> {
         mfu: e.mfu,
         peak_memory_bytes: e.peak_memory_bytes,
         bubble_fraction: e.bubble_fraction,
+        stated_error: e.stated_error,
     })
 }
 
@@ -227,6 +235,12 @@ pub fn describe_plan(c: &Candidate) -> String {
         }
         if l.sequence_parallel {
             knobs.push("sp".into());
+        }
+        if l.tp_comm_overlap {
+            knobs.push("tp-comm-overlap".into());
+        }
+        if l.cp > 1 && l.cp_comm != Default::default() {
+            knobs.push(format!("cp-comm {}", l.cp_comm.as_str()));
         }
         knobs.push(format!("mbs{}", l.micro_batch_size));
         knobs.push(format!("recompute {:?}", l.recompute.policy).to_lowercase());
@@ -285,7 +299,8 @@ fn schedule_label(sch: &hetpar::ir::plan::ScheduleSpec) -> String {
     }
 }
 
-/// Every module's layout in a few characters: `name tp cp pp dp [vpp ep] mbs recompute`.
+/// Every module's layout in a few characters: `name tp cp pp dp [vpp ep overlap ring] mbs
+/// recompute`.
 fn layouts_label(c: &Candidate) -> String {
     c.plan
         .modules
@@ -298,6 +313,12 @@ fn layouts_label(c: &Candidate) -> String {
             }
             if l.ep > 1 {
                 let _ = write!(v, " e{}", l.ep);
+            }
+            if l.tp_comm_overlap {
+                v.push_str(" overlap");
+            }
+            if l.cp > 1 && l.cp_comm != Default::default() {
+                let _ = write!(v, " {}", l.cp_comm.as_str());
             }
             let _ = write!(v, " m{}", l.micro_batch_size);
             let r = format!("{:?}", l.recompute.policy).to_lowercase();
@@ -313,11 +334,12 @@ fn layouts_label(c: &Candidate) -> String {
 fn line(label: &str, c: &Candidate) -> String {
     match &c.estimate {
         Some(e) => format!(
-            "{label}: {:.3} s per step, {:.1} TFLOP/s per GPU, MFU {:.1}%, peak memory {}, bubble {:.1}%\n",
-            e.iteration_time_s,
-            e.tflops_per_gpu,
-            100.0 * e.mfu,
-            bytes(e.peak_memory_bytes),
+            "{label}: {} per step, {} TFLOP/s per GPU, MFU {}%, peak memory {} ± {:.0}%, bubble {:.1}%\n",
+            with_band(e.iteration_time_s, "s", e.stated_error.time),
+            significant(e.tflops_per_gpu, 3),
+            significant(100.0 * e.mfu, 3),
+            bytes3(e.peak_memory_bytes),
+            100.0 * e.stated_error.memory,
             100.0 * e.bubble_fraction
         ),
         None => format!("{label}: {:.3} s per step (closed form)\n", c.quick_time_s),
@@ -349,14 +371,26 @@ fn human(r: &SearchResult, explain: bool) -> String {
     }
     if !r.top.is_empty() {
         let _ = writeln!(s, "\nalternatives:");
+        let err = r
+            .top
+            .iter()
+            .find_map(|c| c.estimate.as_ref().map(|e| e.stated_error));
+        let band = |f: fn(&hetpar::cost::StatedError) -> f64| {
+            err.as_ref()
+                .map_or(String::new(), |e| format!(" ± {:.0}%", 100.0 * f(e)))
+        };
+        let (time_head, memory_head) = (
+            format!("time (s{})", band(|e| e.time)),
+            format!("memory{}", band(|e| e.memory)),
+        );
         let mut t = Table::new(&[
             "#",
             "kind",
             "placement",
             "schedule",
             "layouts",
-            "time (s)",
-            "memory",
+            &time_head,
+            &memory_head,
             "MFU",
         ]);
         for (i, c) in r.top.iter().enumerate() {
@@ -367,17 +401,22 @@ fn human(r: &SearchResult, explain: bool) -> String {
                 placement_label(c).into(),
                 schedule_label(&c.plan.schedule),
                 layouts_label(c),
-                e.map_or(format!("~{:.3}", c.quick_time_s), |e| {
-                    format!("{:.3}", e.iteration_time_s)
+                e.map_or(format!("~{}", significant(c.quick_time_s, 3)), |e| {
+                    significant(e.iteration_time_s, 3)
                 }),
-                e.map_or(String::new(), |e| bytes(e.peak_memory_bytes)),
-                e.map_or(String::new(), |e| format!("{:.1}%", 100.0 * e.mfu)),
+                e.map_or(String::new(), |e| bytes3(e.peak_memory_bytes)),
+                e.map_or(String::new(), |e| {
+                    format!("{}%", significant(100.0 * e.mfu, 3))
+                }),
             ]);
         }
         s += &t.render();
     }
     for w in &r.warnings {
         let _ = writeln!(s, "warning: {w}");
+    }
+    if let Some(e) = r.best.as_ref().and_then(|b| b.estimate.as_ref()) {
+        let _ = writeln!(s, "stated error: {}", stated_error_line(&e.stated_error));
     }
     let st = &r.stats;
     let _ = writeln!(

@@ -118,9 +118,15 @@ pub struct ProgramInput {
 
 impl ProgramInput {
     /// The model and the program (a plan lowered), and the model's text; `None` when a file
-    /// was invalid (its diagnostics printed).
+    /// was invalid (its diagnostics printed). A program asking for what the runtime does not
+    /// execute is refused here, before any device or rank starts.
     pub fn load(&self) -> anyhow::Result<Option<(ModelGraph, Program, String)>> {
-        load_program(&self.input, &self.model, self.cluster.as_deref())
+        let out = load_program(&self.input, &self.model, self.cluster.as_deref())?;
+        if let Some((_, program, _)) = &out {
+            hetpar::runtime::exec::check_executed(program)
+                .with_context(|| self.input.display().to_string())?;
+        }
+        Ok(out)
     }
 }
 

@@ -73,6 +73,8 @@ mod tests {
             ep,
             vpp: 1,
             sequence_parallel: sp,
+            tp_comm_overlap: false,
+            cp_comm: Default::default(),
             recompute: RecomputeSpec::default(),
             distributed_optimizer: false,
             micro_batch_size: 1,

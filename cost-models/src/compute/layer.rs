@@ -1,5 +1,6 @@
 //! One transformer layer (dense or MoE), forward and backward, on one GPU, without recompute.
 
+use hetpar_ir::layout::CpComm;
 use hetpar_ir::model::{Body, FfnKind, MoeSpec, PositionKind, TransformerSpec};
 
 use super::tp::LinearPair;
@@ -175,6 +176,6 @@ impl ModuleCompute<'_> {
     }
 
     fn cp_all_gather(&self) -> bool {
-        false
+        self.layout.cp_comm == CpComm::AllGather
     }
 }

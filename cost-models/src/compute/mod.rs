@@ -235,7 +235,7 @@ impl ModuleCompute<'_> {
         tp::TpMode {
             tp: l.tp,
             sequence_parallel: l.sequence_parallel,
-            overlap: l.sequence_parallel && std::env::var("HP_OV").is_ok(),
+            overlap: l.tp_comm_overlap,
         }
     }
 

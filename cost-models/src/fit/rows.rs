@@ -169,6 +169,9 @@ impl Measurements {
         let mut layout = json!({"tp": r.tp, "pp": r.pp, "vpp": r.vpp,
             "micro_batch_size": r.micro_batch_size, "sequence_parallel": r.sequence_parallel,
             "distributed_optimizer": sw.distributed_optimizer});
+        if sw.tp_comm_overlap && r.sequence_parallel && r.tp > 1 {
+            layout["tp_comm_overlap"] = json!(true);
+        }
         if r.recompute != "none" {
             layout["recompute"] = json!({"policy": r.recompute});
         }

@@ -85,7 +85,7 @@ pub fn options(
             }
         }
     }
-    let (cluster, opts) = (pricer.cluster, pricer.opts);
+    let (cluster, opts, runnable) = (pricer.cluster, pricer.opts, pricer.runnable);
     let half = layouts.len().div_ceil(2).max(1);
     let parts: Vec<(Vec<LmOption>, [usize; 3])> = std::thread::scope(|scope| {
         let handles: Vec<_> = layouts
@@ -93,10 +93,14 @@ pub fn options(
             .map(|part| {
                 scope.spawn(move || {
                     let mut p = Pricer::new(model, cluster, opts);
+                    p.runnable = runnable;
                     let mut out = Vec::new();
                     for (l, ranks) in part {
-                        for layout in splits(&mut p, arr, l.clone(), *ranks, extra0) {
-                            if let Some(terms) = price(&mut p, arr, &layout, *ranks) {
+                        for split in splits(&mut p, arr, l.clone(), *ranks, extra0) {
+                            // The communication variants last, per split: few survive.
+                            let sched = schedule(model, arr, &split, 1);
+                            let lm = model.language_model();
+                            for (layout, terms) in p.variants(lm, &split, *ranks, &split, &sched) {
                                 out.push(LmOption {
                                     layout,
                                     ranks: *ranks,

@@ -84,6 +84,9 @@ pub struct SearchOptions {
     /// Alternatives must differ from each other in some module's layout shape, the placement
     /// or the schedule (false: any simulated candidate, as autotune wants to measure many).
     pub distinct_alternatives: bool,
+    /// Keep to what hetpar's runtime executes: no TP communication overlap, CP by all-gather
+    /// (`space::comm_variants`).
+    pub runnable: bool,
 }
 
 impl Default for SearchOptions {
@@ -102,6 +105,7 @@ impl Default for SearchOptions {
             attention: AttentionKernel::Flash,
             constants: None,
             distinct_alternatives: true,
+            runnable: false,
         }
     }
 }
@@ -155,6 +159,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         .constants
         .unwrap_or_else(|| Constants::for_gpu(cluster.gpu_model));
     let mut pricer = Pricer::new(model, cluster, cost_opts);
+    pricer.runnable = opts.runnable;
     let world = u32::try_from(cluster.world_size()).unwrap_or(u32::MAX);
     let others = model
         .modules()

@@ -8,17 +8,19 @@
 //! question beside every other module at a fixed probe layout (tp 1, recompute none), or the
 //! context's language-model layout.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use hetpar_cost::combine::ModuleQuick;
 use hetpar_cost::quick::module_terms;
 use hetpar_cost::Options;
 use hetpar_ir::json::FORMAT_VERSION;
-use hetpar_ir::layout::{LayoutSpec, RecomputeSpec};
+use hetpar_ir::layout::{CpComm, LayoutSpec, RecomputeSpec};
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::placement::{PlacementSpec, RanksSpec};
 use hetpar_ir::plan::{ModulePlanSpec, PlanFile, ScheduleSpec};
 use hetpar_ir::{BoundaryId, Cluster, ModuleId, Plan};
+
+use super::space::{with_knobs, CommKnob};
 
 /// Where the modules sit: the language model's ranks and the others' ranks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -38,6 +40,34 @@ impl RankRange {
     pub fn new(offset: u32, count: u32) -> Self {
         RankRange { offset, count }
     }
+}
+
+/// A knob the cost model does not price for a module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Unpriced {
+    module: ModuleId,
+    knob: CommKnob,
+}
+
+/// Adds variant `v` with terms `t` to `kept` unless a kept one is no worse on every term (so
+/// of equal ones the first stays), dropping those it beats.
+pub fn admit(kept: &mut Vec<(LayoutSpec, ModuleQuick)>, v: LayoutSpec, t: ModuleQuick) {
+    if kept.iter().any(|(_, u)| no_worse(u, &t)) {
+        return;
+    }
+    kept.retain(|(_, u)| !no_worse(&t, u));
+    kept.push((v, t));
+}
+
+/// Whether terms `a` are no worse than `b` in every stage's time and memory and the tail: the
+/// closed form grows with each, so `b` is never the only best choice.
+fn no_worse(a: &ModuleQuick, b: &ModuleQuick) -> bool {
+    let le = |x: &[f64], y: &[f64]| x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p <= q);
+    a.units == b.units
+        && le(&a.stage_unit, &b.stage_unit)
+        && le(&a.stage_step, &b.stage_step)
+        && le(&a.stage_memory, &b.stage_memory)
+        && a.tail <= b.tail
 }
 
 /// A module plan on the contiguous ranks `at`.
@@ -65,6 +95,8 @@ pub fn probe(gpus: u32) -> LayoutSpec {
         ep: 1,
         vpp: 1,
         sequence_parallel: false,
+        tp_comm_overlap: false,
+        cp_comm: CpComm::default(),
         recompute: RecomputeSpec::default(),
         distributed_optimizer: gpus > 1,
         micro_batch_size: 1,
@@ -167,6 +199,10 @@ pub struct Pricer<'a> {
     pub invalid: usize,
     /// Boundaries synthesized.
     pub synthesized: usize,
+    /// Keep to what hetpar's runtime executes (`space::comm_variants`).
+    pub runnable: bool,
+    /// Knobs found to price exactly as the default, per module: not priced again.
+    unpriced: BTreeSet<Unpriced>,
 }
 
 impl<'a> Pricer<'a> {
@@ -180,7 +216,58 @@ impl<'a> Pricer<'a> {
             priced: 0,
             invalid: 0,
             synthesized: 0,
+            runnable: false,
+            unpriced: BTreeSet::new(),
         }
+    }
+
+    /// Module `m`'s communication variants of `layout` (`space::comm_variants`; the language
+    /// model's are their own context) with their terms, keeping those no other variant matches
+    /// or beats on every term. Of equal ones the first stays, the one the runtime executes, so
+    /// plans do not flip between variants that price the same. A knob whose variant prices
+    /// exactly as the default once (a cost model that does not read the field) is not priced
+    /// again for the module; a layout whose default does not price offers no variant.
+    pub fn variants(
+        &mut self,
+        m: ModuleId,
+        layout: &LayoutSpec,
+        ranks: Ranks,
+        lm: &LayoutSpec,
+        schedule: &ScheduleSpec,
+    ) -> Vec<(LayoutSpec, ModuleQuick)> {
+        let is_lm = m == self.model.language_model();
+        let unpriced =
+            |set: &BTreeSet<Unpriced>, knob: CommKnob| set.contains(&Unpriced { module: m, knob });
+        let knobs: Vec<CommKnob> = CommKnob::of(layout, self.runnable)
+            .into_iter()
+            .filter(|&k| !unpriced(&self.unpriced, k))
+            .collect();
+        let cx = if is_lm { layout } else { lm };
+        let Some(base) = self.terms(m, layout, ranks, cx, schedule) else {
+            return Vec::new();
+        };
+        if knobs.is_empty() {
+            return vec![(layout.clone(), base)];
+        }
+        let mut out = vec![(layout.clone(), base.clone())];
+        for v in with_knobs(layout, &knobs).into_iter().skip(1) {
+            let set = CommKnob::set_in(&v);
+            // A knob found unpriced earlier in this loop.
+            if set.iter().any(|&k| unpriced(&self.unpriced, k)) {
+                continue;
+            }
+            let cx = if is_lm { &v } else { lm };
+            let Some(t) = self.terms(m, &v, ranks, cx, schedule) else {
+                continue;
+            };
+            if let [knob] = set[..] {
+                if t == base {
+                    self.unpriced.insert(Unpriced { module: m, knob });
+                }
+            }
+            admit(&mut out, v, t);
+        }
+        out
     }
 
     /// A full plan: `layouts` where given, the language model at `lm`, others at the probe.
@@ -320,5 +407,58 @@ impl<'a> Pricer<'a> {
         };
         self.boundaries.insert(key, t);
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hetpar_ir::layout::CpComm;
+
+    fn terms(step: f64, memory: f64) -> ModuleQuick {
+        ModuleQuick {
+            units: 4,
+            stage_unit: vec![step / 4.0],
+            stage_step: vec![step],
+            stage_memory: vec![memory],
+            tail: 0.1,
+        }
+    }
+
+    fn overlap() -> LayoutSpec {
+        let mut l = probe(8);
+        l.tp_comm_overlap = true;
+        l
+    }
+
+    #[test]
+    fn of_variants_that_price_the_same_the_runtimes_stays() {
+        let mut kept = Vec::new();
+        admit(&mut kept, probe(8), terms(1.0, 5.0));
+        admit(&mut kept, overlap(), terms(1.0, 5.0));
+        assert_eq!(kept.len(), 1);
+        assert!(!kept[0].0.tp_comm_overlap);
+    }
+
+    #[test]
+    fn a_variant_better_on_every_term_replaces_the_default() {
+        let mut kept = Vec::new();
+        admit(&mut kept, probe(8), terms(1.0, 5.0));
+        admit(&mut kept, overlap(), terms(0.9, 5.0));
+        assert_eq!(kept.len(), 1);
+        assert!(kept[0].0.tp_comm_overlap);
+    }
+
+    #[test]
+    fn a_faster_variant_that_needs_more_memory_is_kept_beside_the_default() {
+        let mut kept = Vec::new();
+        admit(&mut kept, probe(8), terms(1.0, 5.0));
+        admit(&mut kept, overlap(), terms(0.9, 6.0));
+        let mut ring = probe(8);
+        ring.cp_comm = CpComm::Ring;
+        // Slower and heavier than the default: never the only best.
+        admit(&mut kept, ring, terms(1.1, 5.5));
+        let overlaps: Vec<bool> = kept.iter().map(|(l, _)| l.tp_comm_overlap).collect();
+        assert_eq!(overlaps, vec![false, true]);
     }
 }

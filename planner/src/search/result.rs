@@ -214,8 +214,8 @@ fn allowed(opts: &SearchOptions, c: &Candidate) -> bool {
     }
 }
 
-/// What distinguishes alternatives: every module's layout but its recompute policy, its
-/// ranks, and the schedule.
+/// What distinguishes alternatives: every module's layout but its recompute policy and its
+/// communication variants, its ranks, and the schedule.
 fn shape(c: &Candidate) -> String {
     let modules: Vec<String> = c
         .plan
@@ -224,6 +224,8 @@ fn shape(c: &Candidate) -> String {
         .map(|(n, m)| {
             let mut l = m.layout.clone();
             l.recompute = Default::default();
+            l.tp_comm_overlap = false;
+            l.cp_comm = Default::default();
             format!("{n} {l:?} {:?}", m.placement.ranks)
         })
         .collect();

@@ -2,7 +2,7 @@
 //! filters only (each candidate passes the verifier's layout rules); what is left out is
 //! stated on each function and in `docs/planner.md`.
 
-use hetpar_ir::layout::{LayoutSpec, RecomputePolicy, RecomputeSpec};
+use hetpar_ir::layout::{CpComm, LayoutSpec, RecomputePolicy, RecomputeSpec};
 use hetpar_ir::model::{Body, ModelGraph, Module};
 
 /// What a module may use.
@@ -48,6 +48,8 @@ fn spec(tp: u32, cp: u32, pp: u32, dp: u32, mbs: u32, policy: RecomputePolicy) -
         ep: 1,
         vpp: 1,
         sequence_parallel: tp > 1,
+        tp_comm_overlap: false,
+        cp_comm: CpComm::default(),
         recompute: RecomputeSpec {
             policy,
             layers: None,
@@ -158,6 +160,70 @@ pub fn lm_layouts(model: &ModelGraph, module: &Module, dp: u32, b: Bounds) -> Ve
     out
 }
 
+/// A communication knob the search may set on a layout, away from what the runtime executes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub enum CommKnob {
+    /// `tp_comm_overlap: true`.
+    TpCommOverlap,
+    /// `cp_comm: "ring"`.
+    CpRing,
+}
+
+impl CommKnob {
+    /// The knobs that apply to `l`, each only where it could change the price: TP
+    /// communication overlap where tp > 1 with sequence parallel, CP by ring where cp > 1;
+    /// none when `runnable`.
+    pub fn of(l: &LayoutSpec, runnable: bool) -> Vec<CommKnob> {
+        let mut out = Vec::new();
+        if !runnable && l.tp > 1 && l.sequence_parallel {
+            out.push(CommKnob::TpCommOverlap);
+        }
+        if !runnable && l.cp > 1 {
+            out.push(CommKnob::CpRing);
+        }
+        out
+    }
+
+    /// The knobs set in `l`.
+    pub fn set_in(l: &LayoutSpec) -> Vec<CommKnob> {
+        let mut out = Vec::new();
+        if l.tp_comm_overlap {
+            out.push(CommKnob::TpCommOverlap);
+        }
+        if l.cp_comm == CpComm::Ring {
+            out.push(CommKnob::CpRing);
+        }
+        out
+    }
+
+    /// `l` with this knob set.
+    fn set(self, l: &LayoutSpec) -> LayoutSpec {
+        let mut out = l.clone();
+        match self {
+            CommKnob::TpCommOverlap => out.tp_comm_overlap = true,
+            CommKnob::CpRing => out.cp_comm = CpComm::Ring,
+        }
+        out
+    }
+}
+
+/// `l` (given with the defaults) with every subset of `knobs` set, the empty one first: the
+/// layout hetpar's runtime executes, then each knob alone, then together.
+pub fn with_knobs(l: &LayoutSpec, knobs: &[CommKnob]) -> Vec<LayoutSpec> {
+    let mut out = vec![l.clone()];
+    for k in knobs {
+        let set: Vec<LayoutSpec> = out.iter().map(|x| k.set(x)).collect();
+        out.extend(set);
+    }
+    out
+}
+
+/// The communication variants of a layout (given with the defaults), the one hetpar's runtime
+/// executes first (`CommKnob::of`, `with_knobs`). `runnable`: that one alone.
+pub fn comm_variants(l: &LayoutSpec, runnable: bool) -> Vec<LayoutSpec> {
+    with_knobs(l, &CommKnob::of(l, runnable))
+}
+
 /// Whether `tp` divides what a module splits over tensor parallelism.
 pub fn tp_ok(module: &Module, tp: u32) -> bool {
     match &module.body {
@@ -194,4 +260,44 @@ pub fn pass_sizes(m: u32, max: u32) -> Vec<u32> {
         v.push(m);
     }
     v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knobs(v: &[LayoutSpec]) -> Vec<Vec<CommKnob>> {
+        v.iter().map(CommKnob::set_in).collect()
+    }
+
+    #[test]
+    fn variants_are_offered_only_where_the_knob_applies_the_runtimes_first() {
+        use CommKnob::{CpRing, TpCommOverlap};
+        let unsplit = spec(1, 1, 1, 8, 1, RecomputePolicy::None);
+        assert_eq!(knobs(&comm_variants(&unsplit, false)), vec![vec![]]);
+        let tp = spec(2, 1, 1, 4, 1, RecomputePolicy::None);
+        assert_eq!(
+            knobs(&comm_variants(&tp, false)),
+            vec![vec![], vec![TpCommOverlap]]
+        );
+        let mut tp_no_sp = tp.clone();
+        tp_no_sp.sequence_parallel = false;
+        assert_eq!(knobs(&comm_variants(&tp_no_sp, false)), vec![vec![]]);
+        let both = spec(2, 2, 1, 2, 1, RecomputePolicy::None);
+        assert_eq!(
+            knobs(&comm_variants(&both, false)),
+            vec![
+                vec![],
+                vec![TpCommOverlap],
+                vec![CpRing],
+                vec![TpCommOverlap, CpRing]
+            ]
+        );
+    }
+
+    #[test]
+    fn runnable_keeps_the_layout_the_runtime_executes() {
+        let both = spec(2, 2, 1, 2, 1, RecomputePolicy::None);
+        assert_eq!(comm_variants(&both, true), vec![both]);
+    }
 }

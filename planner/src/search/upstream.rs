@@ -79,39 +79,62 @@ pub fn points(
     for i in 0..total {
         // Mixed-radix index into the product of the modules' options.
         let mut rest = i;
-        let mut choice: Choice = Vec::with_capacity(lists.len());
+        let mut choice: Vec<&LayoutSpec> = Vec::with_capacity(lists.len());
         for l in &lists {
-            choice.push(l[rest % l.len()].clone());
+            choice.push(&l[rest % l.len()]);
             rest /= l.len();
         }
-        if let Some(p) = point(pricer, chain, choice, cx, boundaries) {
-            out.push(p);
-        }
+        out.extend(point(pricer, chain, &choice, cx, boundaries));
     }
     out
 }
 
+/// The points of one choice: each module's communication variants that survive
+/// (`Pricer::variants`, almost always one), in every combination.
 fn point(
     pricer: &mut Pricer<'_>,
     chain: &Chain,
-    choice: Choice,
+    choice: &[&LayoutSpec],
     cx: Context<'_>,
     boundaries: bool,
-) -> Option<Point<Choice>> {
-    let mut terms: Vec<ModuleQuick> = Vec::new();
-    for (&m, l) in chain.modules.iter().zip(&choice) {
-        terms.push(pricer.terms(m, l, cx.ranks, cx.lm, cx.schedule)?);
+) -> Vec<Point<Choice>> {
+    let mut per: Vec<Vec<(LayoutSpec, ModuleQuick)>> = Vec::with_capacity(choice.len());
+    for (&m, l) in chain.modules.iter().zip(choice) {
+        let vs = pricer.variants(m, l, cx.ranks, cx.lm, cx.schedule);
+        if vs.is_empty() {
+            return Vec::new();
+        }
+        per.push(vs);
     }
-    let mut time: f64 = terms.iter().map(ModuleQuick::work).sum();
-    if boundaries {
-        time += boundary_time(pricer, chain, &choice, cx)?;
+    let total: usize = per.iter().map(Vec::len).product();
+    let mut out = Vec::with_capacity(total);
+    for i in 0..total {
+        // Mixed-radix digits of i: one variant per module.
+        let mut rest = i;
+        let mut value: Choice = Vec::with_capacity(per.len());
+        let (mut time, mut tail, mut memory) = (0.0, 0.0, 0.0);
+        for vs in &per {
+            let (v, q) = &vs[rest % vs.len()];
+            rest /= vs.len();
+            value.push(v.clone());
+            time += q.work();
+            tail += q.tail;
+            memory += q.peak_memory();
+        }
+        if boundaries {
+            let Some(b) = boundary_time(pricer, chain, &value, cx) else {
+                continue;
+            };
+            time += b;
+        }
+        out.push(Point {
+            time,
+            tail,
+            memory,
+            value,
+        });
     }
-    Some(Point {
-        time,
-        tail: terms.iter().map(|t| t.tail).sum(),
-        memory: terms.iter().map(ModuleQuick::peak_memory).sum(),
-        value: choice,
-    })
+    out
 }
 
 /// The synthesized step time of a chain's boundaries, inside it and into the language model.

@@ -1,13 +1,10 @@
 //! Warnings about a chosen plan, in the human and the JSON output.
 
+use hetpar_cost::stated_error;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::Cluster;
 
 use super::result::Candidate;
-
-/// The cost model's stated error: the A100 set's worst error against Korthikanti et al. 2022,
-/// Table 5 (`docs/cost-model.md`). No held-out Hopper error is stated yet.
-pub const COST_MODEL_ERROR: f64 = 0.03;
 
 /// A rank idle for more than this share of the step is worth a warning.
 pub const IDLE_SHARE: f64 = 0.25;
@@ -40,11 +37,15 @@ pub fn warnings(
     }
     if let Some((hp, h)) = homogeneous.and_then(|h| h.estimate.as_ref().map(|e| (&h.plan, e))) {
         let gain = h.iteration_time_s / t - 1.0;
-        if best.plan != *hp && gain < COST_MODEL_ERROR {
+        // The cost model's stated time error for this GPU model (`hetpar_cost::error`).
+        let err = stated_error(cluster.gpu_model);
+        if best.plan != *hp && gain < err.time {
             out.push(format!(
-                "the gain over the homogeneous plan ({:+.1}%) is within the cost model's stated error of {:.0}% (A100, Korthikanti et al. 2022; no held-out Hopper error is stated yet)",
+                "the gain over the homogeneous plan ({:+.1}%) is within the cost model's stated time error of {:.0}% ({}: {})",
                 100.0 * gain,
-                100.0 * COST_MODEL_ERROR
+                100.0 * err.time,
+                cluster.gpu_model.as_str(),
+                err.basis
             ));
         }
     }

@@ -6,11 +6,13 @@
 //! [`shard_params`] (which parameter slices), [`comm`] (tensor collectives over the tp and cp
 //! groups, message tags), [`block`] (the block and projector under TP, SP and CP), [`rank`]
 //! (one rank's interpreter: pipeline transfers, boundary transfers, gradient sums, Adam),
-//! [`generated`] (what generated programs and `hetpar run` share).
+//! [`generated`] (what generated programs and `hetpar run` share), [`executes`] (which layout
+//! field values it executes).
 
 pub mod block;
 pub mod collective;
 pub mod comm;
+pub mod executes;
 pub mod generated;
 pub mod math;
 pub mod order;
@@ -24,6 +26,7 @@ use std::time::Duration;
 
 use hetpar_ir::program::{Instruction, Program};
 
+pub use self::executes::check_executed;
 use self::rank::unit_of;
 pub use self::rank::RankState;
 use self::shard::Unit;
@@ -165,6 +168,7 @@ fn prepare(
     init: &Params,
     batches: &[Batch],
 ) -> Result<Vec<crate::reference::batch::Layout>, RuntimeError> {
+    check_executed(program)?;
     cfg.validate()?;
     init.check(cfg)?;
     if batches.is_empty() {
