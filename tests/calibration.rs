@@ -117,3 +117,98 @@ fn autotune_reports_logs_and_writes_a_calibration_the_planner_reads() {
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
 }
+
+/// The A100 file cut to its two 22B rows (fast to fit), written to `dir`.
+fn small_measurements(dir: &std::path::Path) -> std::path::PathBuf {
+    let text =
+        std::fs::read_to_string(common::root().join("cost-models/data/korthikanti-2022-a100.json"))
+            .unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let rows: Vec<serde_json::Value> = v["rows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["name"].as_str().unwrap().starts_with("22B"))
+        .cloned()
+        .collect();
+    v["rows"] = serde_json::Value::Array(rows);
+    v["fit"]["train"] = serde_json::json!(["22B full"]);
+    let p = dir.join("measurements.json");
+    std::fs::write(&p, serde_json::to_string_pretty(&v).unwrap()).unwrap();
+    p
+}
+
+#[test]
+fn calibrate_fits_the_named_constants_and_reports_held_out_and_leave_one_out_errors() {
+    let dir = scratch("calibrate-fit");
+    let data = small_measurements(&dir);
+    let out = dir.join("constants.json");
+    let o = hetpar(&[
+        "calibrate",
+        data.to_str().unwrap(),
+        "--format",
+        "json",
+        "-o",
+        out.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("fit 3/3"),
+        "one fit on the training row, one per row left out: {}",
+        stderr(&o)
+    );
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).unwrap();
+    let names: Vec<&str> = v["fitted"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f[0].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["matmul_max_efficiency", "attention_efficiency"]);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    assert_eq!(rows[1]["trained"], false, "22B seq+sel is held out");
+    for r in rows {
+        assert!(r["error"].as_f64().unwrap().abs() < 0.5, "{r}");
+        assert!(r["left_out_error"].as_f64().unwrap().is_finite(), "{r}");
+    }
+    assert!(v["held_out_mae"].as_f64().unwrap() >= 0.0);
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        written["matmul_max_efficiency"],
+        v["constants"]["matmul_max_efficiency"]
+    );
+}
+
+#[test]
+fn calibrate_refuses_a_bad_file_naming_it_and_every_problem_and_never_overwrites_it() {
+    let dir = scratch("calibrate-bad");
+    let data = small_measurements(&dir);
+    let text = std::fs::read_to_string(&data)
+        .unwrap()
+        .replace("\"22B full\"\n", "\"22B fuller\"\n")
+        .replace("\"attention_efficiency\"", "\"launch_speed\"");
+    let bad = dir.join("bad.json");
+    std::fs::write(&bad, text).unwrap();
+    let o = hetpar(&["calibrate", bad.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(1), "{}", stderr(&o));
+    let e = stderr(&o);
+    assert!(e.contains("bad.json"), "{e}");
+    assert!(
+        e.contains("fit.train[0]: no row is named \"22B fuller\""),
+        "{e}"
+    );
+    assert!(
+        e.contains("fit.constants[1]: \"launch_speed\" cannot be fitted"),
+        "{e}"
+    );
+    let o = hetpar(&[
+        "calibrate",
+        data.to_str().unwrap(),
+        "-o",
+        data.to_str().unwrap(),
+    ]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("is the input file"), "{}", stderr(&o));
+}

@@ -17,9 +17,9 @@ use crate::memory::{
     StaticMemory,
 };
 use crate::schedule::units::{units, ModuleUnits};
-use crate::sync;
 use crate::schedule::{self, Inputs};
 use crate::simulate::simulate;
+use crate::sync;
 use crate::tasks::{TaskGraph, TaskKind};
 use crate::CostError;
 
@@ -189,7 +189,9 @@ pub(crate) fn price_some<'a>(
         };
         statics.push(
             (0..l.pp)
-                .map(|s| static_memory(stage_parameters(m, l, s), l, data.precision, data.optimizer))
+                .map(|s| {
+                    static_memory(stage_parameters(m, l, s), l, data.precision, data.optimizer)
+                })
                 .collect(),
         );
         if only.is_some_and(|o| o != i) {
@@ -251,14 +253,24 @@ fn stage_syncs(
             c,
         ));
         let shard = if l.distributed_optimizer { n } else { 1 };
-        op.push(sync::optimizer_step(params, shard, cluster.gpu.hbm_bandwidth, c));
+        op.push(sync::optimizer_step(
+            params,
+            shard,
+            cluster.gpu.hbm_bandwidth,
+            c,
+        ));
     }
     (gs, op)
 }
 
 /// The tied embedding's gradient all-reduce between a language model's first and last stage
 /// (fp32 gradients of the rank's vocabulary shard), s; 0 without tying or pipeline.
-fn tied_embedding_sync(model: &ModelGraph, cluster: &Cluster, mp: &ModulePlan, c: &Constants) -> f64 {
+fn tied_embedding_sync(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    mp: &ModulePlan,
+    c: &Constants,
+) -> f64 {
     let l = &mp.layout;
     let m = model.module(mp.module);
     let tied = matches!(

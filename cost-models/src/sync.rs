@@ -52,7 +52,12 @@ pub fn grad_sync(s: &StageSync, c: &Constants) -> f64 {
     let last_bucket = (bucket_params(s.group) / s.params).min(1.0);
     let (reduce, gather) = if s.distributed_optimizer {
         (
-            collective_time(CollectiveKind::ReduceScatter, s.params * 4.0, s.group, s.link),
+            collective_time(
+                CollectiveKind::ReduceScatter,
+                s.params * 4.0,
+                s.group,
+                s.link,
+            ),
             collective_time(CollectiveKind::AllGather, s.params * 2.0, s.group, s.link),
         )
     } else {
@@ -98,7 +103,10 @@ mod tests {
         let whole = grad_sync(&stage(4e8, 0.0), &c);
         let hidden = grad_sync(&stage(4e8, 100.0), &c);
         // 40M of 400M parameters: a tenth of the reduction stays exposed.
-        assert!((hidden - whole / 10.0).abs() < 1e-9 * whole, "{hidden} vs {whole}");
+        assert!(
+            (hidden - whole / 10.0).abs() < 1e-9 * whole,
+            "{hidden} vs {whole}"
+        );
     }
 
     #[test]

@@ -738,10 +738,18 @@ fn a_group_spanning_nodes_moves_data_through_as_many_nics_as_it_has_ranks_on_a_n
     let share = c.gpu.network_bandwidth * k.network_efficiency;
     // One rank per node: that rank's network share.
     let pair = Link::of_group(&c, &k, &[0, 8]);
-    assert!((pair.bandwidth - share).abs() < 1e-6 * share, "{}", pair.bandwidth);
+    assert!(
+        (pair.bandwidth - share).abs() < 1e-6 * share,
+        "{}",
+        pair.bandwidth
+    );
     // Two per node: two NICs' worth.
     let four = Link::of_group(&c, &k, &[0, 1, 8, 9]);
-    assert!((four.bandwidth - 2.0 * share).abs() < 1e-6 * share, "{}", four.bandwidth);
+    assert!(
+        (four.bandwidth - 2.0 * share).abs() < 1e-6 * share,
+        "{}",
+        four.bandwidth
+    );
     // Whole nodes: capped by NVLink, which the rings also cross.
     let all: Vec<u32> = (0..16).collect();
     let nvlink = c.gpu.nvlink_bandwidth * k.nvlink_efficiency;

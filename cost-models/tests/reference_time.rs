@@ -36,11 +36,19 @@ fn errors(m: &Measurements, rows: &[&Row]) -> Vec<(String, f64)> {
 #[test]
 fn h100_rows_held_out_of_the_fit_are_predicted_within_ten_percent_mean_absolute_error() {
     let m = load(H100);
-    let held: Vec<&Row> = m.rows.iter().filter(|r| !m.fit.train.contains(&r.name)).collect();
+    let held: Vec<&Row> = m
+        .rows
+        .iter()
+        .filter(|r| !m.fit.train.contains(&r.name))
+        .collect();
     assert!(held.len() >= 2, "the file holds rows out of the fit");
     let e = errors(&m, &held);
     let mae = e.iter().map(|(_, e)| e.abs()).sum::<f64>() / e.len() as f64;
-    assert!(mae <= 0.10, "held-out mean absolute error {:.1}%: {e:?}", 100.0 * mae);
+    assert!(
+        mae <= 0.10,
+        "held-out mean absolute error {:.1}%: {e:?}",
+        100.0 * mae
+    );
 }
 
 #[test]
@@ -64,7 +72,12 @@ fn h100_mfu_by_megatrons_count_lies_in_the_published_range() {
             / t
             / f64::from(r.gpus)
             / case.cluster.gpu.dense_bf16_flops;
-        assert!((0.35..=0.55).contains(&mfu), "{}: predicted MFU {:.1}%", r.name, 100.0 * mfu);
+        assert!(
+            (0.35..=0.55).contains(&mfu),
+            "{}: predicted MFU {:.1}%",
+            r.name,
+            100.0 * mfu
+        );
     }
 }
 
@@ -96,7 +109,11 @@ fn the_fit_recovers_constants_planted_in_synthetic_measurements() {
             ("matmul", got.matmul_max_efficiency, 0.55),
             ("attention", got.attention_efficiency, 0.33),
         ] {
-            assert!((g - want).abs() <= 0.003, "{}: {what} fitted {g}, planted {want}", m.name);
+            assert!(
+                (g - want).abs() <= 0.003,
+                "{}: {what} fitted {g}, planted {want}",
+                m.name
+            );
         }
     }
 }
@@ -108,7 +125,10 @@ fn a_measurements_file_with_an_unknown_training_row_or_constant_is_refused_with_
         .replace("\"attention_efficiency\"]", "\"warp_speed\"]");
     let e = Measurements::parse(&bad).expect_err("refused");
     assert!(e.contains("fit.train[0]: no row is named \"1.8B\""), "{e}");
-    assert!(e.contains("fit.constants[1]: \"warp_speed\" cannot be fitted"), "{e}");
+    assert!(
+        e.contains("fit.constants[1]: \"warp_speed\" cannot be fitted"),
+        "{e}"
+    );
 }
 
 /// Slow (minutes): refits the built-in Hopper constants and compares. Run with

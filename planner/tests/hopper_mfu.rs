@@ -13,7 +13,11 @@ fn the_best_plan_for_llama_3_8b_on_8_h100s_predicts_an_mfu_between_35_and_50_per
     let cluster = load_cluster(include_str!("../../examples/clusters/h100-8.json"))
         .expect("the example cluster loads");
     let r = search(&model, &cluster, SearchOptions::default());
-    let best = r.best.as_ref().and_then(|b| b.estimate.as_ref()).expect("a plan");
+    let best = r
+        .best
+        .as_ref()
+        .and_then(|b| b.estimate.as_ref())
+        .expect("a plan");
     assert!(
         (0.35..=0.50).contains(&best.mfu),
         "predicted MFU {:.1}%",

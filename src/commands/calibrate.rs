@@ -42,7 +42,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    if a.output.as_ref().is_some_and(|o| hetpar::io::same_file(o, &a.data)) {
+    if a.output
+        .as_ref()
+        .is_some_and(|o| hetpar::io::same_file(o, &a.data))
+    {
         anyhow::bail!("--output {} is the input file", a.data.display());
     }
     let threads = a
@@ -69,7 +72,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    if !report.rows.iter().all(|r| r.predicted_s.is_finite() && r.left_out_predicted_s.is_finite()) {
+    if !report
+        .rows
+        .iter()
+        .all(|r| r.predicted_s.is_finite() && r.left_out_predicted_s.is_finite())
+    {
         anyhow::bail!("a prediction is not a finite number");
     }
     match a.format {
@@ -77,7 +84,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         Format::Json => print_stdout(&hetpar::ir::json::to_canonical_json(&report)),
     }
     if let Some(out) = &a.output {
-        emit(&hetpar::ir::json::to_canonical_json(&report.constants), Some(out))?;
+        emit(
+            &hetpar::ir::json::to_canonical_json(&report.constants),
+            Some(out),
+        )?;
     }
     Ok(ExitCode::SUCCESS)
 }

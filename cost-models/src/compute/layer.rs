@@ -68,9 +68,7 @@ impl ModuleCompute<'_> {
                 recompute: 0.0,
             },
             backward: PassTime {
-                compute: 2.0 * work
-                    + 2.5 * attn
-                    + kernels::BACKWARD_PER_FORWARD * launches,
+                compute: 2.0 * work + 2.5 * attn + kernels::BACKWARD_PER_FORWARD * launches,
                 tp_comm: attn_b + ffn_b,
                 cp_comm: cp_b,
                 ep_comm: ffn.ep_comm,
@@ -91,7 +89,11 @@ impl ModuleCompute<'_> {
     /// The two FFN products of `rows` rows through width `f`.
     fn ffn_pair(&self, tr: &TransformerSpec, rows: f64, f: f64) -> LinearPair {
         let hw = &self.hw;
-        let (b, tp, h) = (self.act_bytes, f64::from(self.layout.tp), f64::from(tr.hidden));
+        let (b, tp, h) = (
+            self.act_bytes,
+            f64::from(self.layout.tp),
+            f64::from(tr.hidden),
+        );
         let up = match tr.ffn_kind {
             FfnKind::GeluMlp => f,
             // Gate and up in one product.

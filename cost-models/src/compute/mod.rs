@@ -149,9 +149,12 @@ impl ModuleCompute<'_> {
                     } else {
                         w.rows / f64::from(mlp.token_merge.max(1))
                     };
-                    let product =
-                        self.hw
-                            .matmul(rows, f64::from(wd[0]), f64::from(wd[1]) / tp, self.act_bytes);
+                    let product = self.hw.matmul(
+                        rows,
+                        f64::from(wd[0]),
+                        f64::from(wd[1]) / tp,
+                        self.act_bytes,
+                    );
                     if first_product == 0.0 {
                         first_product = product;
                     }

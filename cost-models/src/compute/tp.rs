@@ -56,7 +56,8 @@ impl TpMode {
             return (0.0, 0.0);
         }
         if self.sequence_parallel {
-            let fwd = self.pipelined(c.all_gather, p.column) + self.pipelined(c.reduce_scatter, p.row);
+            let fwd =
+                self.pipelined(c.all_gather, p.column) + self.pipelined(c.reduce_scatter, p.row);
             // Row-parallel backward gathers the output gradient before its input-gradient
             // product; column-parallel re-gathers its input under the input-gradient product
             // and reduce-scatters the input gradient under the weight-gradient product.

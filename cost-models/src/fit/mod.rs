@@ -142,7 +142,11 @@ pub fn fit(
     simplex.push((x0.clone(), f(&x0)?));
     for i in 0..n {
         let mut x = x0.clone();
-        x[i] += if x[i] > (BOUNDS.1 / 1.2).ln() { -0.2 } else { 0.2 };
+        x[i] += if x[i] > (BOUNDS.1 / 1.2).ln() {
+            -0.2
+        } else {
+            0.2
+        };
         let v = f(&x)?;
         simplex.push((x, v));
     }
@@ -150,7 +154,12 @@ pub fn fit(
         simplex.sort_by(|a, b| a.1.total_cmp(&b.1));
         let size = simplex[1..]
             .iter()
-            .map(|(x, _)| x.iter().zip(&simplex[0].0).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max))
+            .map(|(x, _)| {
+                x.iter()
+                    .zip(&simplex[0].0)
+                    .map(|(a, b)| (a - b).abs())
+                    .fold(0.0, f64::max)
+            })
             .fold(0.0, f64::max);
         if size < 1e-4 {
             break;
@@ -160,7 +169,11 @@ pub fn fit(
             .collect();
         let worst = simplex[n].clone();
         let along = |t: f64| -> Vec<f64> {
-            centroid.iter().zip(&worst.0).map(|(c, w)| c + t * (c - w)).collect()
+            centroid
+                .iter()
+                .zip(&worst.0)
+                .map(|(c, w)| c + t * (c - w))
+                .collect()
         };
         let r = along(1.0);
         let fr = f(&r)?;
@@ -178,7 +191,11 @@ pub fn fit(
             } else {
                 let best = simplex[0].0.clone();
                 for (x, v) in simplex.iter_mut().skip(1) {
-                    *x = x.iter().zip(&best).map(|(a, b)| b + 0.5 * (a - b)).collect();
+                    *x = x
+                        .iter()
+                        .zip(&best)
+                        .map(|(a, b)| b + 0.5 * (a - b))
+                        .collect();
                     *v = f(x)?;
                 }
             }
@@ -202,15 +219,34 @@ pub fn calibrate(
     threads: usize,
     progress: &(dyn Fn(usize, usize, &str) + Sync),
 ) -> Result<FitReport, String> {
-    let params: Vec<Param> = m.fit.constants.iter().filter_map(|s| Param::parse(s)).collect();
+    let params: Vec<Param> = m
+        .fit
+        .constants
+        .iter()
+        .filter_map(|s| Param::parse(s))
+        .collect();
     let cases: Vec<Case> = m.rows.iter().map(|r| m.case(r)).collect::<Result<_, _>>()?;
-    let trained: Vec<bool> = m.rows.iter().map(|r| m.fit.train.contains(&r.name)).collect();
+    let trained: Vec<bool> = m
+        .rows
+        .iter()
+        .map(|r| m.fit.train.contains(&r.name))
+        .collect();
     // Job 0 fits on the training rows, job i + 1 on every row but row i.
     let jobs: Vec<Vec<&Case>> = std::iter::once(
-        cases.iter().zip(&trained).filter(|(_, &t)| t).map(|(c, _)| c).collect(),
+        cases
+            .iter()
+            .zip(&trained)
+            .filter(|(_, &t)| t)
+            .map(|(c, _)| c)
+            .collect(),
     )
     .chain((0..cases.len()).map(|i| {
-        cases.iter().enumerate().filter(|(j, _)| *j != i).map(|(_, c)| c).collect()
+        cases
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != i)
+            .map(|(_, c)| c)
+            .collect()
     }))
     .collect();
     let names: Vec<String> = std::iter::once("the training rows".to_string())
@@ -234,7 +270,11 @@ pub fn calibrate(
     });
     let fits: Vec<Constants> = results
         .into_iter()
-        .map(|r| r.into_inner().unwrap_or_else(|e| e.into_inner()).unwrap_or_else(|| Err("a fit did not run".into())))
+        .map(|r| {
+            r.into_inner()
+                .unwrap_or_else(|e| e.into_inner())
+                .unwrap_or_else(|| Err("a fit did not run".into()))
+        })
         .collect::<Result<_, _>>()?;
     let fitted = fits[0];
     let mut rows = Vec::new();

@@ -108,7 +108,10 @@ impl Measurements {
         let m: Measurements = serde_json::from_str(text).map_err(|e| e.to_string())?;
         let mut problems = Vec::new();
         if m.kind != "reference_measurements" {
-            problems.push(format!("kind: expected \"reference_measurements\", found \"{}\"", m.kind));
+            problems.push(format!(
+                "kind: expected \"reference_measurements\", found \"{}\"",
+                m.kind
+            ));
         }
         for (i, r) in m.rows.iter().enumerate() {
             let n = u64::from(r.measured.iteration_s.is_some())
@@ -118,7 +121,11 @@ impl Measurements {
                     "rows[{i}].measured: give exactly one of iteration_s and tflops_per_gpu"
                 ));
             }
-            let v = r.measured.iteration_s.or(r.measured.tflops_per_gpu).unwrap_or(1.0);
+            let v = r
+                .measured
+                .iteration_s
+                .or(r.measured.tflops_per_gpu)
+                .unwrap_or(1.0);
             if !(v.is_finite() && v > 0.0) {
                 problems.push(format!("rows[{i}].measured: must be a positive number"));
             }
@@ -158,7 +165,9 @@ impl Measurements {
             "data": {"global_batch": r.global_batch, "sequence_length": r.sequence,
                 "precision": sw.precision, "optimizer": "adam"}
         });
-        let model = load_model(&model.to_string()).map_err(|d| format!("row {}: {d}", r.name))?.0;
+        let model = load_model(&model.to_string())
+            .map_err(|d| format!("row {}: {d}", r.name))?
+            .0;
         let per_node = 8.min(r.gpus);
         let cluster = json!({"kind": "cluster", "format_version": 1, "name": self.name,
             "nodes": r.gpus.div_ceil(per_node), "gpus_per_node": per_node,
@@ -175,7 +184,11 @@ impl Measurements {
         if r.recompute != "none" {
             layout["recompute"] = json!({"policy": r.recompute});
         }
-        let kind = if r.vpp > 1 { "pipeline_interleaved" } else { "pipeline_1f1b" };
+        let kind = if r.vpp > 1 {
+            "pipeline_interleaved"
+        } else {
+            "pipeline_1f1b"
+        };
         let plan = json!({"kind": "plan", "format_version": 1, "schedule": {"kind": kind},
             "modules": {"llm": {"layout": layout,
                 "placement": {"ranks": {"offset": 0, "count": r.gpus}}}}});
