@@ -80,7 +80,7 @@ impl Others {
     }
 }
 
-/// The step time and peak memory per rank (without the reserve) of a plan: the language
+/// The step time and peak memory per rank (without the CUDA context) of a plan: the language
 /// model's terms (`lm`, with `vpp` chunks per stage), the others' sums and their passes per
 /// step, in an arrangement.
 pub fn combine(

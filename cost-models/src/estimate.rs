@@ -198,8 +198,9 @@ pub(crate) fn price_some<'a>(
         let mut gs = Vec::new();
         let mut op = Vec::new();
         for s in 0..l.pp {
-            let params = stage_parameters(m, l, s);
-            let mem = static_memory(params, l, data.precision, data.optimizer);
+            let stage = stage_parameters(m, l, s);
+            let mem = static_memory(stage, l, data.precision, data.optimizer);
+            let params = stage.total();
             let comm = if l.distributed_optimizer {
                 collective_time(CollectiveKind::ReduceScatter, params * 4.0, n, link)
                     + collective_time(CollectiveKind::AllGather, params * 2.0, n, link)
@@ -302,13 +303,13 @@ pub fn simulate_plan(
         model,
         plan,
         statics: &priced.statics,
-        units: &units,
-        reserve: priced.constants.framework_reserve_bytes,
+        constants: priced.constants,
+        kernel: opts.attention,
     };
     let mut per_rank = Vec::new();
     for (l, lane) in graph.lanes.iter().enumerate() {
         let peak = InFlight::Simulated(timeline.peak_activations[l]);
-        let mem = rank_memory(&rank_inputs, lane.ranks[0], &peak);
+        let mem = rank_memory(&rank_inputs, &units, lane.ranks[0], &peak);
         let time = lane_time(&graph, l, (t - timeline.busy[l]).max(0.0));
         per_rank.push(RankEntry {
             ranks: lane.ranks.clone(),
@@ -327,8 +328,9 @@ pub fn simulate_plan(
     let infeasible_reason = (!feasible).then(|| {
         let m = worst.as_ref().map(|w| w.memory).unwrap_or_default();
         format!(
-            "rank {peak_rank} needs {:.2} GiB of {:.2} GiB: weights {:.2}, gradients {:.2}, optimizer {:.2}, activations {:.2}, buffers {:.2}, reserve {:.2} GiB",
-            gib(m.total), gib(capacity), gib(m.weights), gib(m.gradients), gib(m.optimizer), gib(m.activations), gib(m.buffers), gib(m.reserve)
+            "rank {peak_rank} needs {:.2} GiB of {:.2} GiB: weights {:.2}, gradients {:.2}, optimizer {:.2}, activations {:.2}, recompute {:.2}, sp gather {:.2}, logits {:.2}, boundary {:.2}, nccl {:.2}, allocator margin {:.2}, cuda context {:.2} GiB",
+            gib(m.total), gib(capacity), gib(m.weights), gib(m.gradients), gib(m.optimizer), gib(m.activations),
+            gib(m.recompute), gib(m.sp_gather), gib(m.logits), gib(m.boundary), gib(m.nccl), gib(m.allocator_margin), gib(m.cuda_context)
         )
     });
     let gpus = plan.used_ranks().len() as u64;

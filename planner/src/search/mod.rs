@@ -167,7 +167,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
     let setup = |arr: Arrangement| Setup {
         arrangement: arr,
         max_chunk: opts.max_encoder_chunk,
-        capacity: cluster.gpu.hbm_bytes - constants.framework_reserve_bytes,
+        capacity: cluster.gpu.hbm_bytes - constants.cuda_context_bytes,
         keep: opts.simulate.max(opts.top_k + 1),
         max_evaluations: opts.max_evaluations,
     };
