@@ -24,7 +24,9 @@ use hetpar_ir::{Cluster, ModelGraph, ModuleId, Plan, Rank};
 use crate::compute::Work;
 use crate::cost::Cost;
 use crate::estimate::{price, Options, Priced};
-use crate::memory::{chunk_activations, module_memory, rank_memory, InFlight, RankInputs};
+use crate::memory::{
+    chunk_activations, module_memory, module_nccl, rank_memory, InFlight, RankInputs,
+};
 use crate::schedule::steps::{alive, colocated_steps, PipelineSteps};
 use crate::schedule::units::{units, ModuleUnits, UnitKind};
 
@@ -429,6 +431,8 @@ fn own_memory(
     let (model, plan) = (inputs.model, inputs.plan);
     let mp = &plan.modules()[m];
     let mut own = vec![0.0f64; mp.layout.pp as usize];
+    // NCCL's buffers per stage, priced on the stage's first rank.
+    let mut nccl: Vec<Option<f64>> = vec![None; mp.layout.pp as usize];
     for &r in mp.grid.ranks() {
         let Some(c) = mp.grid.coord_of(r) else {
             continue;
@@ -441,7 +445,8 @@ fn own_memory(
             UnitKind::MicroBatch => micro,
         };
         let act = q.act[c.dp as usize][c.pp as usize] * alive;
-        let bytes = module_memory(inputs, m, u, r, act);
+        let n = *nccl[c.pp as usize].get_or_insert_with(|| module_nccl(mp, r, &inputs.constants));
+        let bytes = module_memory(inputs, m, u, r, act, n);
         let slot = &mut own[c.pp as usize];
         *slot = slot.max(bytes);
     }

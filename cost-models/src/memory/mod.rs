@@ -22,6 +22,7 @@ pub use overhead::{add_communicators, nccl_bytes, Communicators};
 pub use statics::{stage_parameters, static_memory, StageParameters, StaticMemory};
 pub use transient::{stage_transient, Moment, Transient};
 
+use hetpar_ir::plan::ModulePlan;
 use hetpar_ir::{ModelGraph, ModuleId, Plan, Rank};
 
 use crate::constants::Constants;
@@ -141,16 +142,17 @@ pub fn rank_memory(
 
 /// What module `m` alone needs on `rank`, without the CUDA context: its static memory,
 /// `activations`, its largest transient moment (at `u`'s largest unit of the rank's replica),
-/// with the allocator margin, and NCCL's buffers of its own communicators. Summed over a
-/// rank's modules it is at least `rank_memory`'s total less the CUDA context (transient
-/// moments and communicators are each counted per module there), which keeps the plan
-/// search's memory (`crate::combine`) from falling below the closed form's.
+/// with the allocator margin, and `nccl`, its own communicators' buffers (`module_nccl`).
+/// Summed over a rank's modules it is at least `rank_memory`'s total less the CUDA context
+/// (transient moments and communicators are each counted per module there), which keeps the
+/// plan search's memory (`crate::combine`) from falling below the closed form's.
 pub fn module_memory(
     inp: &RankInputs<'_>,
     m: usize,
     u: &ModuleUnits,
     rank: Rank,
     activations: f64,
+    nccl: f64,
 ) -> f64 {
     let mp = &inp.plan.modules()[m];
     let Some(c) = mp.grid.coord_of(rank) else {
@@ -167,7 +169,14 @@ pub fn module_memory(
         inp.kernel,
     );
     let allocated = inp.statics[m][c.pp as usize].total() + activations + t.total();
+    allocated * (1.0 + inp.constants.allocator_margin) + nccl
+}
+
+/// NCCL's buffers of the communicators module plan `mp` alone puts `rank` in. Every rank of a
+/// pipeline stage has the same (the groups differ only in their members), so callers may
+/// price one rank per stage.
+pub fn module_nccl(mp: &ModulePlan, rank: Rank, c: &Constants) -> f64 {
     let mut comms = Communicators::new();
     add_communicators(mp, rank, &mut comms);
-    allocated * (1.0 + inp.constants.allocator_margin) + nccl_bytes(&comms, &inp.constants)
+    nccl_bytes(&comms, c)
 }
