@@ -61,7 +61,10 @@ hetpar describe examples/models/qwen2.5-vl-7b.json --format json"
     Describe(commands::describe::Args),
     /// Predict iteration time, throughput, MFU and memory per rank of a plan.
     #[command(
-        after_help = "Each predicted figure comes with the cost model's stated error for the GPU \
+        after_help = "The memory table lists every term of a rank's memory (weights, gradients, \
+optimizer state, activations, the transient terms of its largest moment, NCCL buffers, \
+allocator margin, CUDA context; docs/cost-model.md, \"Memory per rank\"); they add up to its \
+total. Each predicted figure comes with the cost model's stated error for the GPU \
 model (docs/cost-model.md, \"Stated error\").\n\nExample:\n  hetpar estimate --model examples/models/llava-1.5-7b.json \
 --cluster examples/clusters/h100-8.json --plan examples/plans/llava-1.5-7b-colocated-8.json"
     )]

@@ -331,29 +331,19 @@ impl<'a> EstimateReport<'a> {
             b.compute, b.recompute, b.tp_comm, b.cp_comm, b.ep_comm, b.grad_sync, b.optimizer, b.idle
         );
         let _ = writeln!(s);
-        let mut t = Table::new(&[
-            "ranks",
-            "weights",
-            "grads",
-            "optimizer",
-            "activations",
-            "buffers",
-            "total",
-            "busy %",
-        ]);
+        let _ = writeln!(s, "memory per rank, GiB (the terms add up to the total):");
+        let mut t = Table::new(&MEMORY_COLUMNS);
         for r in e.per_rank.iter().take(16) {
-            let m = &r.memory;
             let busy = 1.0 - r.time.idle / e.iteration_time_s.max(f64::MIN_POSITIVE);
-            t.row(vec![
-                rank_list(&r.ranks),
-                bytes(m.weights),
-                bytes(m.gradients),
-                bytes(m.optimizer),
-                bytes(m.activations),
-                bytes(m.buffers),
-                bytes(m.total),
-                format!("{:.1}", 100.0 * busy),
-            ]);
+            let mut row = vec![rank_list(&r.ranks)];
+            row.extend(
+                memory_terms(&r.memory)
+                    .iter()
+                    .map(|x| format!("{:.2}", gib(*x))),
+            );
+            row.push(moment(r.memory.peak_moment).to_string());
+            row.push(format!("{:.1}", 100.0 * busy));
+            t.row(row);
         }
         s.push_str(&t.render());
         if e.per_rank.len() > 16 {
@@ -363,6 +353,7 @@ impl<'a> EstimateReport<'a> {
                 e.per_rank.len() - 16
             );
         }
+        s.push_str(MEMORY_LEGEND);
         s
     }
 }
@@ -394,6 +385,53 @@ fn si_band(x: f64, error: f64) -> String {
         .find(|(scale, _)| x.abs() >= *scale)
         .map_or((x, ""), |&(scale, unit)| (x / scale, unit));
     with_band(v, unit, error)
+}
+
+/// The memory table's columns: the ranks, every term of `memory_terms` in order, the total,
+/// the moment of the transient terms, the busy share.
+const MEMORY_COLUMNS: [&str; 15] = [
+    "ranks", "weights", "grads", "optim", "activ", "recomp", "gather", "logits", "bound", "nccl",
+    "margin", "context", "total", "peak at", "busy %",
+];
+
+const MEMORY_LEGEND: &str = "\
+optim: optimizer state; activ: activations kept for backward. Transient terms, at the rank's
+largest moment (peak at): recomp, the layer a backward rebuilds by recompute; gather, the
+sequence-parallel gathered input; logits, fp32 logits and their gradient; bound, a boundary's
+buffers. nccl: NCCL buffers; margin: caching-allocator fragmentation; context: CUDA context.
+";
+
+/// Every term of a rank's memory in the table's order, then the total: the first eleven add
+/// up to the last.
+fn memory_terms(m: &hetpar_cost::estimate::MemoryBreakdown) -> [f64; 12] {
+    [
+        m.weights,
+        m.gradients,
+        m.optimizer,
+        m.activations,
+        m.recompute,
+        m.sp_gather,
+        m.logits,
+        m.boundary,
+        m.nccl,
+        m.allocator_margin,
+        m.cuda_context,
+        m.total,
+    ]
+}
+
+fn moment(m: hetpar_cost::memory::Moment) -> &'static str {
+    use hetpar_cost::memory::Moment;
+    match m {
+        Moment::None => "-",
+        Moment::Backward => "backward",
+        Moment::Loss => "loss",
+        Moment::Boundary => "boundary",
+    }
+}
+
+fn gib(x: f64) -> f64 {
+    x / (1u64 << 30) as f64
 }
 
 /// Ranks as compact ranges: 0-3,8-11.

@@ -331,6 +331,129 @@ fn estimate_of_the_llava_example_is_stable() {
     expect_file!["golden/estimate-llava-1.5-7b.txt"].assert_eq(&stdout(&o));
 }
 
+/// Every term of a rank's memory, in the JSON's names; they add up to `total`.
+const MEMORY_TERMS: [&str; 11] = [
+    "weights",
+    "gradients",
+    "optimizer",
+    "activations",
+    "recompute",
+    "sp_gather",
+    "logits",
+    "boundary",
+    "nccl",
+    "allocator_margin",
+    "cuda_context",
+];
+
+/// The rows of `estimate`'s human memory table: per rank group, its eleven terms and its
+/// total, in GiB as printed.
+fn memory_table(human: &str) -> Vec<(Vec<f64>, f64)> {
+    let mut lines = human
+        .lines()
+        .skip_while(|l| !l.starts_with("ranks "))
+        .skip(2);
+    let mut out = Vec::new();
+    for line in lines.by_ref() {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if cells.len() != 15 || !cells[0].starts_with(|c: char| c.is_ascii_digit()) {
+            break;
+        }
+        let nums: Vec<f64> = cells[1..13].iter().map(|c| c.parse().unwrap()).collect();
+        out.push((nums[..11].to_vec(), nums[11]));
+    }
+    out
+}
+
+#[test]
+fn estimate_memory_terms_add_up_to_the_total_in_the_human_table_and_the_json() {
+    // Ranks whose transient peak is a layer's backward, the loss or a boundary's buffers.
+    let args = [
+        "estimate",
+        "--model",
+        "examples/models/vit6b-70b-32k.json",
+        "--cluster",
+        "examples/clusters/h100-1024.json",
+        "--plan",
+        "examples/plans/vit6b-70b-32k-noncolocated-1024.json",
+    ];
+    let o = hetpar(&args);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let human = stdout(&o);
+    let rows = memory_table(&human);
+    assert!(!rows.is_empty(), "no memory table in\n{human}");
+    for (terms, total) in &rows {
+        // Each cell is rounded to 0.005 GiB.
+        let sum: f64 = terms.iter().sum();
+        assert!(
+            (sum - total).abs() <= 0.06,
+            "{terms:?} add up to {sum}, not {total}"
+        );
+    }
+    let o = hetpar(&[&args[..], &["--format", "json"]].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&o)).expect("JSON");
+    let mut moments = std::collections::BTreeSet::new();
+    for r in v["per_rank"].as_array().unwrap() {
+        let m = &r["memory"];
+        moments.insert(m["peak_moment"].as_str().unwrap_or_default().to_string());
+        let sum: f64 = MEMORY_TERMS
+            .iter()
+            .map(|t| {
+                m[t].as_f64()
+                    .unwrap_or_else(|| panic!("no memory.{t} in {m}"))
+            })
+            .sum();
+        let total = m["total"].as_f64().unwrap();
+        assert!((sum - total).abs() <= 1e-9 * total, "{m}");
+    }
+    assert_eq!(
+        moments.into_iter().collect::<Vec<_>>(),
+        ["backward", "boundary", "loss"]
+    );
+}
+
+#[test]
+fn estimate_of_mixtral_at_ep8_shows_the_expert_optimizer_state_unsharded() {
+    // Issue 15: Mixtral 8x7B on 8 H100s at tp 1, cp 2, dp 4, ep 8 was reported with 10.1 GiB
+    // of optimizer state. Each rank owns 32 x 3 x 4096 x 14336 expert parameters whose 12
+    // bytes have no replica to shard over (63.0 GiB), plus 12 / 8 bytes of its 1.61 G dense
+    // ones (2.24 GiB): 65.24 GiB (`cost-models/tests/memory.rs` counts it by hand).
+    let dir = scratch("estimate-mixtral");
+    let model = dir.join("mixtral.json");
+    let o = hetpar(&[
+        "import",
+        "hf",
+        "examples/hf/mixtral-8x7b-v0.1.config.json",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = dir.join("plan.json");
+    let p = serde_json::json!({"kind": "plan", "format_version": 1, "schedule": {"kind": "pipeline_1f1b"},
+        "modules": {"llm": {"layout": {"cp": 2, "dp": 4, "ep": 8, "distributed_optimizer": true},
+            "placement": {"ranks": {"offset": 0, "count": 8}}}}});
+    std::fs::write(&plan, p.to_string()).unwrap();
+    let o = hetpar(&[
+        "estimate",
+        "--model",
+        model.to_str().unwrap(),
+        "--cluster",
+        "examples/clusters/h100-8.json",
+        "--plan",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let human = stdout(&o);
+    assert!(human.contains("INFEASIBLE"), "{human}");
+    let rows = memory_table(&human);
+    assert_eq!(rows.len(), 4, "{human}");
+    for (terms, _) in rows {
+        // weights, gradients, optimizer (GiB)
+        assert_eq!(terms[..3], [13.49, 26.98, 65.24], "{human}");
+    }
+}
+
 #[test]
 fn estimate_rejects_a_plan_for_another_model_with_exit_1() {
     let o = hetpar(&[

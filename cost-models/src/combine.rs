@@ -4,8 +4,8 @@
 //!
 //! Per module: units per step (micro-batches, or encoder passes for encoders and projectors),
 //! per pipeline stage the time of its largest unit and of the whole step (each unit on its
-//! busiest replica), the most any rank holds for it alone (static, activations alive, its
-//! buffers), and its tail (gradient sync plus optimizer step of its slowest stage).
+//! busiest replica), the most any rank holds for it alone (`memory::module_memory`: static,
+//! activations alive, its transient moment, margin, its NCCL buffers), and its tail (gradient sync plus optimizer step of its slowest stage).
 //!
 //! The formulas are `quick.rs`'s for the three arrangements the search produces:
 //! - **Colocated** (every module on every rank): the other modules' step work `W` (plus the
@@ -22,8 +22,8 @@
 //!   disjoint: each group its own).
 //!
 //! Where every replica of a module gets equal work and every pass is equal, the time equals
-//! `estimate_quick`'s; the memory never falls below it (a rank's buffers are the largest of its
-//! modules' there, summed here). `tests/combine.rs` checks both.
+//! `estimate_quick`'s; the memory never falls below it (a rank's transient moment is the largest
+//! of its modules' there and its communicators are counted once, both summed here). `tests/combine.rs` checks both.
 
 /// One module's closed-form terms.
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -34,8 +34,8 @@ pub struct ModuleQuick {
     pub stage_unit: Vec<f64>,
     /// Per pipeline stage: the whole step, each unit on its busiest replica, s.
     pub stage_step: Vec<f64>,
-    /// Per pipeline stage: the most a rank holds for this module (static memory, activations
-    /// alive at the schedule's peak, its buffers), bytes.
+    /// Per pipeline stage: the most a rank holds for this module (`memory::module_memory`),
+    /// without the CUDA context, bytes.
     pub stage_memory: Vec<f64>,
     /// Exposed gradient sync plus optimizer step of its slowest stage, s.
     pub tail: f64,
@@ -80,7 +80,7 @@ impl Others {
     }
 }
 
-/// The step time and peak memory per rank (without the reserve) of a plan: the language
+/// The step time and peak memory per rank (without the CUDA context) of a plan: the language
 /// model's terms (`lm`, with `vpp` chunks per stage), the others' sums and their passes per
 /// step, in an arrangement.
 pub fn combine(

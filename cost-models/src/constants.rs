@@ -36,8 +36,17 @@ pub struct Constants {
     /// Tokens the busiest expert of a MoE layer receives relative to the mean (routing with
     /// an auxiliary balancing loss is not perfectly even).
     pub moe_load_imbalance: f64,
-    /// Memory held by the CUDA context, NCCL and the allocator on every rank, bytes.
-    pub framework_reserve_bytes: f64,
+    /// Memory of the CUDA context on every rank (driver state, the library kernels a
+    /// training process loads, cuBLAS workspaces), bytes. Assumed: see `docs/cost-model.md`.
+    pub cuda_context_bytes: f64,
+    /// `NCCL_BUFFSIZE`: one channel's buffer for one peer of a communicator, bytes (NCCL's
+    /// default, 4 MiB).
+    pub nccl_buffer_bytes: f64,
+    /// Channels per NCCL communicator. Assumed: see `docs/cost-model.md`.
+    pub nccl_channels: f64,
+    /// Fraction of the memory the caching allocator holds that fragmentation adds on top.
+    /// Assumed: see `docs/cost-model.md`.
+    pub allocator_margin: f64,
 }
 
 impl Constants {
@@ -68,7 +77,11 @@ impl Constants {
             network_efficiency: 0.85,
             dp_overlap: 1.0,
             moe_load_imbalance: 1.1,
-            framework_reserve_bytes: 3.0 * (1u64 << 30) as f64,
+            // Memory figures: assumed, with their sources, in docs/cost-model.md.
+            cuda_context_bytes: (1u64 << 30) as f64,
+            nccl_buffer_bytes: (4u64 << 20) as f64,
+            nccl_channels: 16.0,
+            allocator_margin: 0.10,
         };
         match gpu {
             GpuModel::A10080gb => a100,
@@ -94,11 +107,15 @@ impl Constants {
                 dp_overlap: 1.0,
                 // Assumed (no public MoE row): the busiest expert 10% over the mean.
                 moe_load_imbalance: 1.1,
-                framework_reserve_bytes: 3.0 * (1u64 << 30) as f64,
+                // Memory figures: assumed, with their sources, in docs/cost-model.md.
+                cuda_context_bytes: (1u64 << 30) as f64,
+                nccl_buffer_bytes: (4u64 << 20) as f64,
+                nccl_channels: 16.0,
+                allocator_margin: 0.10,
             },
             // Plain loops on one core: no tiles to fill, no launches, no overlap of gradient
-            // sums (the CPU backend sums after backward), no framework reserve. `hetpar
-            // profile` and `hetpar autotune` measure what the figures should be.
+            // sums (the CPU backend sums after backward), no CUDA, NCCL or caching allocator.
+            // `hetpar profile` and `hetpar autotune` measure what the figures should be.
             GpuModel::CpuThread => Constants {
                 matmul_max_efficiency: 1.0,
                 matmul_half_dim: 4.0,
@@ -108,7 +125,10 @@ impl Constants {
                 nvlink_efficiency: 1.0,
                 network_efficiency: 1.0,
                 dp_overlap: 0.0,
-                framework_reserve_bytes: 0.0,
+                cuda_context_bytes: 0.0,
+                nccl_buffer_bytes: 0.0,
+                nccl_channels: 0.0,
+                allocator_margin: 0.0,
                 ..a100
             },
             GpuModel::B200 => Constants {

@@ -122,12 +122,13 @@ fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
     )
 }
 
-/// The ranks of the data-parallel gradient group (dp x cp) of the first replica group.
-fn dp_cp_group(mp: &ModulePlan) -> Vec<Rank> {
+/// The ranks of the first gradient group: dp x cp, taking every `step`-th data-parallel
+/// replica (`step` = ep: the replicas holding the same experts).
+fn dp_cp_group(mp: &ModulePlan, step: u32) -> Vec<Rank> {
     let g = &mp.grid;
     let (dps, cps) = (g.size(Axis::Dp), g.size(Axis::Cp));
     let mut out = Vec::with_capacity((dps * cps) as usize);
-    for dp in 0..dps {
+    for dp in (0..dps).step_by(step.max(1) as usize) {
         for cp in 0..cps {
             out.push(g.rank_at(hetpar_ir::placement::Coord {
                 dp,
@@ -213,7 +214,9 @@ pub(crate) fn price_some<'a>(
     }
 }
 
-/// Per stage of one module: its exposed gradient synchronization and its optimizer step.
+/// Per stage of one module: its exposed gradient synchronization and its optimizer step. Dense
+/// parameters reduce over dp x cp, routed experts over the expert-data-parallel group (the
+/// dp x cp ranks holding the same experts: dp x cp / ep).
 fn stage_syncs(
     model: &ModelGraph,
     cluster: &Cluster,
@@ -224,9 +227,8 @@ fn stage_syncs(
 ) -> (Vec<f64>, Vec<f64>) {
     let l = &mp.layout;
     let m = compute.module;
-    let group = dp_cp_group(mp);
-    let link = Link::of_group(cluster, c, &group);
-    let n = group.len() as u32;
+    let groups = [dp_cp_group(mp, 1), dp_cp_group(mp, l.ep)];
+    let links = groups.clone().map(|g| Link::of_group(cluster, c, &g));
     let tied = tied_embedding_sync(model, cluster, mp, c);
     let chunks = l.chunk_layers.len();
     let mut gs = Vec::new();
@@ -240,25 +242,30 @@ fn stage_syncs(
             bwd += t.backward.total();
         }
         let ends = s == 0 || s + 1 == l.pp;
-        gs.push(sync::grad_sync(
-            &sync::StageSync {
-                params,
-                group: n,
-                link,
-                distributed_optimizer: l.distributed_optimizer,
-                forward_window: fwd,
-                backward_window: bwd,
-                tied_embedding: if ends { tied } else { 0.0 },
-            },
-            c,
-        ));
-        let shard = if l.distributed_optimizer { n } else { 1 };
-        op.push(sync::optimizer_step(
-            params,
-            shard,
-            cluster.gpu.hbm_bandwidth,
-            c,
-        ));
+        let mut sync = if ends { tied } else { 0.0 };
+        let mut step = 0.0;
+        for (i, p) in [params.dense, params.expert].into_iter().enumerate() {
+            if p <= 0.0 {
+                continue;
+            }
+            let n = groups[i].len() as u32;
+            sync += sync::grad_sync(
+                &sync::StageSync {
+                    params: p,
+                    group: n,
+                    link: links[i],
+                    distributed_optimizer: l.distributed_optimizer,
+                    forward_window: fwd,
+                    backward_window: bwd,
+                    tied_embedding: 0.0,
+                },
+                c,
+            );
+            let shard = if l.distributed_optimizer { n } else { 1 };
+            step += sync::optimizer_step(p, shard, cluster.gpu.hbm_bandwidth, c);
+        }
+        gs.push(sync);
+        op.push(step);
     }
     (gs, op)
 }
@@ -367,13 +374,13 @@ pub fn simulate_plan(
         model,
         plan,
         statics: &priced.statics,
-        units: &units,
-        reserve: priced.constants.framework_reserve_bytes,
+        constants: priced.constants,
+        kernel: opts.attention,
     };
     let mut per_rank = Vec::new();
     for (l, lane) in graph.lanes.iter().enumerate() {
         let peak = InFlight::Simulated(timeline.peak_activations[l]);
-        let mem = rank_memory(&rank_inputs, lane.ranks[0], &peak);
+        let mem = rank_memory(&rank_inputs, &units, lane.ranks[0], &peak);
         let time = lane_time(&graph, l, (t - timeline.busy[l]).max(0.0));
         per_rank.push(RankEntry {
             ranks: lane.ranks.clone(),
@@ -392,8 +399,9 @@ pub fn simulate_plan(
     let infeasible_reason = (!feasible).then(|| {
         let m = worst.as_ref().map(|w| w.memory).unwrap_or_default();
         format!(
-            "rank {peak_rank} needs {:.2} GiB of {:.2} GiB: weights {:.2}, gradients {:.2}, optimizer {:.2}, activations {:.2}, buffers {:.2}, reserve {:.2} GiB",
-            gib(m.total), gib(capacity), gib(m.weights), gib(m.gradients), gib(m.optimizer), gib(m.activations), gib(m.buffers), gib(m.reserve)
+            "rank {peak_rank} needs {:.2} GiB of {:.2} GiB: weights {:.2}, gradients {:.2}, optimizer {:.2}, activations {:.2}, recompute {:.2}, sp gather {:.2}, logits {:.2}, boundary {:.2}, nccl {:.2}, allocator margin {:.2}, cuda context {:.2} GiB",
+            gib(m.total), gib(capacity), gib(m.weights), gib(m.gradients), gib(m.optimizer), gib(m.activations),
+            gib(m.recompute), gib(m.sp_gather), gib(m.logits), gib(m.boundary), gib(m.nccl), gib(m.allocator_margin), gib(m.cuda_context)
         )
     });
     let gpus = plan.used_ranks().len() as u64;

@@ -24,7 +24,9 @@ use hetpar_ir::{Cluster, ModelGraph, ModuleId, Plan, Rank};
 use crate::compute::Work;
 use crate::cost::Cost;
 use crate::estimate::{price, Options, Priced};
-use crate::memory::{chunk_activations, rank_memory, InFlight, RankInputs};
+use crate::memory::{
+    chunk_activations, module_memory, module_nccl, rank_memory, InFlight, RankInputs,
+};
 use crate::schedule::pipeline::PipelineSteps;
 use crate::schedule::steps::{alive, Order, Position};
 use crate::schedule::units::{units, ModuleUnits, UnitKind, WorkKey};
@@ -226,12 +228,13 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
     };
     // Units alive per lane, counted once for the peak and for every module's own terms.
     let mut lanes = Lanes::new(&order);
-    let (peak, tail) = per_rank(model, plan, &priced, &units, &modules, &mut lanes);
+    let inputs = rank_inputs(model, plan, &priced, opts);
+    let (peak, tail) = per_rank(&inputs, &priced, &units, &modules, &mut lanes);
     let terms = modules
         .iter()
         .enumerate()
         .map(|(m, q)| {
-            let memory = own_memory(model, plan, &priced, m, &units[m], q, &mut lanes);
+            let memory = own_memory(&inputs, m, &units[m], q, &mut lanes);
             terms_of(&priced, m, &units[m], q, memory)
         })
         .collect();
@@ -295,24 +298,33 @@ fn pipeline_time(
     stages[b].step + rest / vpp
 }
 
+/// What `memory::rank_memory` reads, from a priced plan.
+fn rank_inputs<'a>(
+    model: &'a ModelGraph,
+    plan: &'a Plan,
+    priced: &'a Priced<'_>,
+    opts: &Options,
+) -> RankInputs<'a> {
+    RankInputs {
+        model,
+        plan,
+        statics: &priced.statics,
+        constants: priced.constants,
+        kernel: opts.attention,
+    }
+}
+
 /// The largest `rank_memory` of any rank, with the units alive at each lane's peak; and the
 /// longest gradient synchronization and optimizer step of any rank, which runs those of every
 /// module stage it holds one after the other at the end of the step.
 fn per_rank(
-    model: &ModelGraph,
-    plan: &Plan,
+    inputs: &RankInputs<'_>,
     priced: &Priced<'_>,
     units: &[ModuleUnits],
     modules: &[ModuleQuick],
     lanes: &mut Lanes<'_>,
 ) -> (f64, f64) {
-    let inputs = RankInputs {
-        model,
-        plan,
-        statics: &priced.statics,
-        units,
-        reserve: priced.constants.framework_reserve_bytes,
-    };
+    let plan = inputs.plan;
     let (mut peak, mut tail) = (0.0f64, 0.0f64);
     for r in plan.used_ranks() {
         let on: Vec<(usize, Coord)> = plan
@@ -333,7 +345,7 @@ fn per_rank(
                 )
             })
             .collect();
-        let mem = rank_memory(&inputs, r, &InFlight::Counted(terms));
+        let mem = rank_memory(inputs, units, r, &InFlight::Counted(terms));
         peak = peak.max(mem.total);
         let end: f64 = on
             .iter()
@@ -397,21 +409,21 @@ impl<'p> Lanes<'p> {
     }
 }
 
-/// Per stage of module `m`, the most any of its ranks holds for it alone: static memory,
-/// activations alive at its lane's peak, its buffers.
+/// Per stage of module `m`, the most any of its ranks holds for it alone
+/// (`memory::module_memory`: static memory, activations alive at its lane's peak, its largest
+/// transient moment, allocator margin, its NCCL buffers).
 fn own_memory(
-    model: &ModelGraph,
-    plan: &Plan,
-    priced: &Priced<'_>,
+    inputs: &RankInputs<'_>,
     m: usize,
     u: &ModuleUnits,
     q: &ModuleQuick,
     lanes: &mut Lanes<'_>,
 ) -> Vec<f64> {
+    let plan = inputs.plan;
     let mp = &plan.modules()[m];
-    let module = model.module(ModuleId::new(m));
-    let act_bytes = model.data().precision.activation_bytes() as f64;
     let mut own = vec![0.0f64; mp.layout.pp as usize];
+    // NCCL's buffers per stage, priced on the stage's first rank.
+    let mut nccl: Vec<Option<f64>> = vec![None; mp.layout.pp as usize];
     for &r in mp.grid.ranks() {
         let Some(c) = mp.grid.coord_of(r) else {
             continue;
@@ -419,10 +431,9 @@ fn own_memory(
         let Some(alive) = lanes.alive_on(plan, r).map(|a| a.of(u.kind)) else {
             continue;
         };
-        let rows = u.peak(c.dp).rows;
-        let bytes = priced.statics[m][c.pp as usize].total()
-            + q.act[c.dp as usize][c.pp as usize] * alive
-            + crate::memory::unit_buffers(module, &mp.layout, c.pp, rows, act_bytes);
+        let act = q.act[c.dp as usize][c.pp as usize] * alive;
+        let n = *nccl[c.pp as usize].get_or_insert_with(|| module_nccl(mp, r, &inputs.constants));
+        let bytes = module_memory(inputs, m, u, r, act, n);
         let slot = &mut own[c.pp as usize];
         *slot = slot.max(bytes);
     }
@@ -443,7 +454,8 @@ pub fn module_terms(
     let priced = crate::estimate::price_some(model, cluster, plan, opts, Some(i), &|_| u.peak(0));
     let q = price_module(model, cluster, plan, &priced, &u, i, opts);
     let order = Order::new(model, plan).ok()?;
-    let memory = own_memory(model, plan, &priced, i, &u, &q, &mut Lanes::new(&order));
+    let inputs = rank_inputs(model, plan, &priced, opts);
+    let memory = own_memory(&inputs, i, &u, &q, &mut Lanes::new(&order));
     Some(terms_of(&priced, i, &u, &q, memory))
 }
 

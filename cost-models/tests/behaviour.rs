@@ -617,8 +617,13 @@ fn a_plan_over_memory_capacity_is_infeasible_and_says_which_rank_and_why() {
         "gradients",
         "optimizer",
         "activations",
-        "buffers",
-        "reserve",
+        "recompute",
+        "sp gather",
+        "logits",
+        "boundary",
+        "nccl",
+        "allocator margin",
+        "cuda context",
         "GiB",
     ] {
         assert!(reason.contains(part), "reason lacks {part}: {reason}");

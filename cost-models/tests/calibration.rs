@@ -1,9 +1,9 @@
-//! Calibration against published measurements (shared/reference/README.md): Korthikanti et al.
-//! 2022, Table 5 (iteration time, A100 80GB, Megatron-LM) and Figure 1 (memory of the first
-//! pipeline stage). One set of A100 constants predicts every row; the test prints each row's
-//! error and fails beyond 10% on time or 5% on memory.
+//! Memory against Korthikanti et al. 2022, Figure 1 (memory of the first pipeline stage: the
+//! paper's *formula*, not a measurement): the test prints each row's error and fails beyond 5%.
+//! Their Table 5's measured times are checked by `reference_time.rs` from
+//! `cost-models/data/`.
 
-use hetpar_cost::memory::{static_memory, AttentionKernel};
+use hetpar_cost::memory::{static_memory, AttentionKernel, StageParameters};
 use hetpar_cost::schedule::one_f_one_b;
 use hetpar_cost::{estimate, Options};
 use hetpar_ir::{load_cluster, load_model, load_plan};
@@ -19,8 +19,8 @@ struct Row {
     vpp: u32,
     batch: u32,
     mbs: u32,
-    full_s: f64,
-    seq_sel_s: f64,
+    /// Figure 1's memory (GiB): values of the paper's formula (its equations for parameters,
+    /// optimizer state and activations), not measurements.
     params_optimizer_gib: f64,
     activations_none_gib: f64,
     activations_seq_sel_gib: f64,
@@ -37,8 +37,6 @@ const ROWS: &[Row] = &[
         vpp: 1,
         batch: 4,
         mbs: 4,
-        full_s: 1.42,
-        seq_sel_s: 1.10,
         params_optimizer_gib: 45.56,
         activations_none_gib: 59.25,
         activations_seq_sel_gib: 9.56,
@@ -53,8 +51,6 @@ const ROWS: &[Row] = &[
         vpp: 3,
         batch: 64,
         mbs: 1,
-        full_s: 18.13,
-        seq_sel_s: 13.75,
         params_optimizer_gib: 45.56,
         activations_none_gib: 66.84,
         activations_seq_sel_gib: 12.35,
@@ -69,8 +65,6 @@ const ROWS: &[Row] = &[
         vpp: 3,
         batch: 280,
         mbs: 1,
-        full_s: 49.05,
-        seq_sel_s: 37.83,
         params_optimizer_gib: 31.64,
         activations_none_gib: 114.02,
         activations_seq_sel_gib: 23.08,
@@ -85,8 +79,6 @@ const ROWS: &[Row] = &[
         vpp: 1,
         batch: 512,
         mbs: 1,
-        full_s: 94.42,
-        seq_sel_s: 71.49,
         params_optimizer_gib: 32.96,
         activations_none_gib: 131.25,
         activations_seq_sel_gib: 26.56,
@@ -95,8 +87,6 @@ const ROWS: &[Row] = &[
 
 #[derive(Clone, Copy, PartialEq)]
 enum Variant {
-    /// Full activation recompute, TP all-reduce (no sequence parallel).
-    Full,
     /// Sequence parallel plus selective recompute.
     SeqSel,
     /// No recompute, no sequence parallel (Figure 1's "no recompute").
@@ -133,7 +123,6 @@ fn plan(
 ) -> hetpar_ir::Plan {
     let mut layout = json!({"tp": 8, "pp": r.pp, "vpp": r.vpp, "micro_batch_size": r.mbs});
     match v {
-        Variant::Full => layout["recompute"] = json!({"policy": "full"}),
         Variant::SeqSel => {
             layout["sequence_parallel"] = json!(true);
             layout["recompute"] = json!({"policy": "selective"});
@@ -159,41 +148,6 @@ const OPTS: Options = Options {
 };
 
 #[test]
-fn korthikanti_table5_iteration_times_within_ten_percent() {
-    let mut worst: f64 = 0.0;
-    let mut report = String::new();
-    for r in ROWS {
-        let model = gpt(r);
-        let cluster = a100(r.gpus);
-        for (v, measured) in [(Variant::Full, r.full_s), (Variant::SeqSel, r.seq_sel_s)] {
-            let e = estimate(&model, &cluster, &plan(r, v, &model, &cluster), &OPTS)
-                .expect("estimates");
-            let err = (e.iteration_time_s - measured) / measured;
-            worst = worst.max(err.abs());
-            report += &format!(
-                "{:5} {:8} predicted {:8.3} s measured {:6.2} s error {:+6.1}% (MFU {:.1}%)\n",
-                r.name,
-                if v == Variant::Full {
-                    "full"
-                } else {
-                    "seq+sel"
-                },
-                e.iteration_time_s,
-                measured,
-                100.0 * err,
-                100.0 * e.mfu
-            );
-        }
-    }
-    println!("{report}");
-    assert!(
-        worst <= 0.10,
-        "worst time error {:.1}% exceeds 10%:\n{report}",
-        100.0 * worst
-    );
-}
-
-#[test]
 fn korthikanti_figure1_first_stage_memory_within_five_percent() {
     let mut worst: f64 = 0.0;
     let mut report = String::new();
@@ -210,7 +164,7 @@ fn korthikanti_figure1_first_stage_memory_within_five_percent() {
             + 2.0 * t.norm.params(u64::from(t.hidden)) as f64;
         let layers = f64::from(l.stage_layers(0));
         let static_gib = static_memory(
-            per_layer * layers / f64::from(l.tp),
+            StageParameters::dense(per_layer * layers / f64::from(l.tp)),
             l,
             model.data().precision,
             model.data().optimizer,
@@ -218,7 +172,8 @@ fn korthikanti_figure1_first_stage_memory_within_five_percent() {
         .total()
             / GIB;
         let mut rows = vec![("params+optimizer", static_gib, r.params_optimizer_gib)];
-        for (v, measured, what) in [
+        // Activations only: Figure 1 has no transient buffers, NCCL, margin or context.
+        for (v, formula, what) in [
             (Variant::None, r.activations_none_gib, "activations none"),
             (
                 Variant::SeqSel,
@@ -229,17 +184,17 @@ fn korthikanti_figure1_first_stage_memory_within_five_percent() {
             let e = estimate(&model, &cluster, &plan(r, v, &model, &cluster), &OPTS)
                 .expect("estimates");
             let first = e.per_rank.iter().find(|x| x.ranks.contains(&0)).unwrap();
-            rows.push((what, first.memory.activations / GIB, measured));
+            rows.push((what, first.memory.activations / GIB, formula));
         }
-        for (what, predicted, measured) in rows {
-            let err = (predicted - measured) / measured;
+        for (what, predicted, formula) in rows {
+            let err = (predicted - formula) / formula;
             worst = worst.max(err.abs());
             report += &format!(
-                "{:5} {:20} predicted {:7.2} GiB measured {:7.2} GiB error {:+5.1}%\n",
+                "{:5} {:20} predicted {:7.2} GiB paper's formula {:7.2} GiB error {:+5.1}%\n",
                 r.name,
                 what,
                 predicted,
-                measured,
+                formula,
                 100.0 * err
             );
         }

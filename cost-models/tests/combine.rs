@@ -60,11 +60,11 @@ fn the_search_objective_equals_the_closed_form_time_and_bounds_its_memory() {
             (t - quick).abs() <= 1e-9 * quick,
             "{p}: combine {t:.9} s, estimate_quick {quick:.9} s"
         );
-        let reserve = Constants::for_gpu(cluster.gpu_model).framework_reserve_bytes;
+        let context = Constants::for_gpu(cluster.gpu_model).cuda_context_bytes;
         assert!(
-            mem + reserve >= q.peak_memory_bytes * (1.0 - 1e-12),
+            mem + context >= q.peak_memory_bytes * (1.0 - 1e-12),
             "{p}: combine {} bytes < estimate_quick {}",
-            mem + reserve,
+            mem + context,
             q.peak_memory_bytes
         );
     }

@@ -278,6 +278,9 @@ fn a_pass_size_k_holds_k_micro_batches_of_items_and_runs_m_over_k_encoder_tasks(
         image_activations(&m, &p, 1, 1024)
             + chunk_activations(proj, pl, 0, rows, 2.0, AttentionKernel::Flash)
     };
+    // The closed form's peak is a rank's total, whose allocator margin grows with what is
+    // allocated.
+    let margin = 1.0 + hetpar_cost::Constants::for_gpu(c.gpu_model).allocator_margin;
     let mut base: Option<(f64, f64)> = None;
     for k in [1u32, 2, 4, 8] {
         let p = plan(
@@ -305,8 +308,8 @@ fn a_pass_size_k_holds_k_micro_batches_of_items_and_runs_m_over_k_encoder_tasks(
                 sim - sim1
             );
             assert!(
-                rel(closed - closed1, more) < 0.01,
-                "k = {k}: +{} vs {more}",
+                rel(closed - closed1, more * margin) < 0.01,
+                "k = {k}: +{} vs {more} x {margin}",
                 closed - closed1
             );
         }

@@ -38,7 +38,7 @@ pub struct Scored {
 pub struct Setup {
     pub arrangement: Arrangement,
     pub max_pass_size: u32,
-    /// GPU memory less the framework reserve, bytes.
+    /// GPU memory less the CUDA context, bytes.
     pub capacity: f64,
     /// Plans to keep.
     pub keep: usize,

@@ -172,7 +172,7 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
     let setup = |arr: Arrangement| Setup {
         arrangement: arr,
         max_pass_size: opts.max_pass_size,
-        capacity: cluster.gpu.hbm_bytes - constants.framework_reserve_bytes,
+        capacity: cluster.gpu.hbm_bytes - constants.cuda_context_bytes,
         keep: opts.simulate.max(opts.top_k + 1),
         max_evaluations: opts.max_evaluations,
     };

@@ -39,7 +39,7 @@ pub fn arrangement(model: &ModelGraph, plan: &Plan) -> Option<Arrangement> {
     }
 }
 
-/// The closed-form (step time, peak memory per rank with the reserve) of a whole plan.
+/// The closed-form (step time, peak memory per rank with the CUDA context) of a whole plan.
 pub fn closed_form(
     model: &ModelGraph,
     cluster: &Cluster,
@@ -68,9 +68,9 @@ pub fn closed_form(
         plan.passes().count(),
         Others::of(&others, boundary),
     );
-    let reserve = opts
+    let context = opts
         .constants
         .unwrap_or_else(|| Constants::for_gpu(cluster.gpu_model))
-        .framework_reserve_bytes;
-    Some((t, mem + reserve))
+        .cuda_context_bytes;
+    Some((t, mem + context))
 }
