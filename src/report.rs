@@ -198,7 +198,12 @@ pub fn significant(x: f64, digits: u32) -> String {
 pub fn with_band(x: f64, unit: &str, error: f64) -> String {
     let value = significant(x, 3);
     let sep = if unit.is_empty() { "" } else { " " };
-    format!("{value}{sep}{unit} ± {:.0}%", 100.0 * error)
+    format!("{value}{sep}{unit} ± {}", percent(error))
+}
+
+/// A stated error as a percentage to two significant digits: `8.6%`, `10%`.
+pub fn percent(error: f64) -> String {
+    format!("{}%", significant(100.0 * error, 2))
 }
 
 /// Bytes with a binary suffix and 3 significant digits, for a figure shown with its error.
@@ -317,9 +322,9 @@ impl<'a> EstimateReport<'a> {
         let _ = writeln!(s, "bubble           {:.1}%", 100.0 * e.bubble_fraction);
         let _ = writeln!(
             s,
-            "peak memory      {} ± {:.0}% of {} (rank {})",
+            "peak memory      {} ± {} of {} (rank {})",
             bytes3(e.peak_memory_bytes),
-            100.0 * em,
+            percent(em),
             bytes(e.memory_capacity_bytes),
             e.peak_memory_rank
         );
@@ -361,9 +366,9 @@ impl<'a> EstimateReport<'a> {
 /// The stated error in words: `time ± 10%, memory ± 5% (basis)`.
 pub fn stated_error_line(e: &hetpar_cost::StatedError) -> String {
     format!(
-        "time ± {:.0}%, memory ± {:.0}% ({})",
-        100.0 * e.time,
-        100.0 * e.memory,
+        "time ± {}, memory ± {} ({})",
+        percent(e.time),
+        percent(e.memory),
         e.basis
     )
 }

@@ -16,7 +16,8 @@
 //! - **Disjoint** (the others on GPUs of their own, upstream): the others are one pipeline
 //!   stage (step `W`, one unit `W / P` for P passes) ahead of the language model's; with the
 //!   stage whose step is longest as the bottleneck, `its step + (one unit of every other
-//!   stage) / vpp`; the slower group's tail counts.
+//!   stage) / vpp`, where a bottleneck of passes of k micro-batches counts k units of every
+//!   language-model stage (its last pass brackets them); the slower group's tail counts.
 //! - **Memory**: each module's most per rank, summed over the modules a rank holds (colocated:
 //!   one language-model stage and every other module; nested: stage 0 holds the others;
 //!   disjoint: each group its own).
@@ -134,7 +135,19 @@ pub fn combine(
             let b = (0..stages.len())
                 .max_by(|&x, &y| stages[x].0.total_cmp(&stages[y].0))
                 .unwrap_or(0);
-            let rest: f64 = stages.iter().map(|s| s.1).sum::<f64>() - stages[b].1;
+            // Passes of k micro-batches as the bottleneck bracket the k micro-batches of the
+            // last pass on every language-model stage.
+            let k = if b == 0 {
+                (m / f64::from(passes.max(1))).ceil()
+            } else {
+                1.0
+            };
+            let rest: f64 = stages
+                .iter()
+                .enumerate()
+                .filter(|&(i, _)| i != b)
+                .map(|(i, s)| if i == 0 { s.1 } else { k * s.1 })
+                .sum();
             let time = stages[b].0 + rest / f64::from(vpp.max(1)) + lm.tail.max(others.tail);
             (time, lm_peak.max(others.memory))
         }

@@ -111,8 +111,11 @@ fn first_group(mp: &ModulePlan, axis: Axis) -> Vec<Rank> {
 fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
     let tp = first_group(mp, Axis::Tp);
     let cp = first_group(mp, Axis::Cp);
-    let dp = first_group(mp, Axis::Dp);
-    let ep: Vec<Rank> = dp.iter().copied().take(mp.layout.ep as usize).collect();
+    // ep splits the dp x cp ranks: its group is the first ep of them.
+    let ep: Vec<Rank> = dp_cp_group(mp, 1)
+        .into_iter()
+        .take(mp.layout.ep as usize)
+        .collect();
     Hardware::new(
         cluster,
         c,
@@ -122,13 +125,13 @@ fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
     )
 }
 
-/// The ranks of the first gradient group: dp x cp, taking every `step`-th data-parallel
-/// replica (`step` = ep: the replicas holding the same experts).
+/// The ranks of the first gradient group: dp x cp, then every `step`-th of them (`step` =
+/// ep: the ranks holding the same experts, ep splitting the dp x cp ranks).
 fn dp_cp_group(mp: &ModulePlan, step: u32) -> Vec<Rank> {
     let g = &mp.grid;
     let (dps, cps) = (g.size(Axis::Dp), g.size(Axis::Cp));
     let mut out = Vec::with_capacity((dps * cps) as usize);
-    for dp in (0..dps).step_by(step.max(1) as usize) {
+    for dp in 0..dps {
         for cp in 0..cps {
             out.push(g.rank_at(hetpar_ir::placement::Coord {
                 dp,
@@ -137,7 +140,7 @@ fn dp_cp_group(mp: &ModulePlan, step: u32) -> Vec<Rank> {
             }));
         }
     }
-    out
+    out.into_iter().step_by(step.max(1) as usize).collect()
 }
 
 pub(crate) struct Priced<'a> {

@@ -224,7 +224,7 @@ pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: 
     };
     let t = match &order {
         Order::Colocated { lm, .. } => colocated_time(plan, *lm, &modules),
-        Order::Pipeline(ps) => pipeline_time(model, plan, ps, &modules),
+        Order::Pipeline(ps) => pipeline_time(model, plan, ps, &modules, &units),
     };
     // Units alive per lane, counted once for the peak and for every module's own terms.
     let mut lanes = Lanes::new(&order);
@@ -275,11 +275,14 @@ fn pipeline_time(
     plan: &Plan,
     ps: &PipelineSteps,
     modules: &[ModuleQuick],
+    units: &[ModuleUnits],
 ) -> f64 {
     let vpp = f64::from(plan.module(model.language_model()).layout.vpp);
-    let mut stages: Vec<StageTime> = Vec::new();
+    // (stage, whether its units are encoder passes)
+    let mut stages: Vec<(StageTime, bool)> = Vec::new();
     for members in &ps.pipe.groups {
         let pp = modules[members[0]].stages.len();
+        let passes = members.iter().all(|&m| units[m].kind == UnitKind::Pass);
         for s in 0..pp {
             let mut st = StageTime::default();
             for &m in members {
@@ -287,15 +290,27 @@ fn pipeline_time(
                 st.unit += x.unit;
                 st.step += x.step;
             }
-            stages.push(st);
+            stages.push((st, passes));
         }
     }
-    let Some(b) = (0..stages.len()).max_by(|&a, &b| stages[a].step.total_cmp(&stages[b].step))
+    let Some(b) = (0..stages.len()).max_by(|&a, &b| stages[a].0.step.total_cmp(&stages[b].0.step))
     else {
         return 0.0;
     };
-    let rest: f64 = stages.iter().map(|s| s.unit).sum::<f64>() - stages[b].unit;
-    stages[b].step + rest / vpp
+    // A bottleneck running passes of k micro-batches brackets the k micro-batches of its
+    // last pass on every micro-batch stage (forward of the pass before, backward after).
+    let k = if stages[b].1 {
+        f64::from(plan.passes().per_pass.max(1))
+    } else {
+        1.0
+    };
+    let rest: f64 = stages
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != b)
+        .map(|(_, (s, passes))| if *passes { s.unit } else { k * s.unit })
+        .sum();
+    stages[b].0.step + rest / vpp
 }
 
 /// What `memory::rank_memory` reads, from a priced plan.

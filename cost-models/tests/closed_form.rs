@@ -349,3 +349,53 @@ fn every_schedule_runs_a_grid_of_plans_without_deadlock_and_the_closed_form_boun
     }
     println!("{runs} plans");
 }
+
+/// An encoder on GPUs of its own running the whole step as one pass (k = M) ahead of the
+/// language model: nothing of the language model overlaps the encoder's pass, so the step is
+/// the encoder's pass plus the language model's whole step. The closed form once counted one
+/// language-model micro-batch beside the bottleneck pass, 42% short.
+#[test]
+fn a_single_bottleneck_pass_brackets_every_micro_batch_of_the_language_model() {
+    let model = hetpar_ir::load_model(
+        &json!({"kind": "model", "format_version": 1, "name": "split",
+        "modules": {
+            "vision": {"kind": "vision_encoder",
+                "transformer": {"layers": 24, "hidden": 2048, "heads": 16, "ffn_hidden": 8192, "ffn_kind": "gelu_mlp", "norm": "layer_norm", "attention": "bidirectional"},
+                "embedding": {"kind": "patch", "patch_size": 14, "channels": 3}, "positions": {"kind": "rope"}},
+            "projector": {"kind": "projector", "mlp": {"widths": [2048, 2048, 2048], "activation": "gelu"}},
+            "llm": {"kind": "language_model",
+                "transformer": {"layers": 10, "hidden": 2048, "heads": 16, "ffn_hidden": 8192, "ffn_kind": "swiglu", "norm": "rms_norm", "attention": "causal"},
+                "positions": {"kind": "rope"}, "vocab_size": 32000}},
+        "boundaries": [{"from": "vision", "to": "projector", "landing": "rows"}, {"from": "projector", "to": "llm", "landing": "placeholders"}],
+        "data": {"global_batch": 30, "sequence_length": 4096, "precision": "bf16", "optimizer": "adam",
+                 "encoders": {"vision": {"items_per_sample": 4, "tokens_per_item": 1024}}}})
+        .to_string(),
+    )
+    .expect("model")
+    .0;
+    let cluster = h100(1);
+    for k in [30, 5, 1] {
+        let p = hetpar_ir::load_plan(
+            &json!({"kind": "plan", "format_version": 1,
+                "schedule": {"kind": "pipeline_1f1b", "encoder_chunk": k},
+                "modules": {
+                    "vision": {"layout": {"dp": 4}, "placement": {"ranks": {"offset": 0, "count": 4}}},
+                    "projector": {"layout": {"dp": 4}, "placement": {"ranks": {"offset": 0, "count": 4}}},
+                    "llm": {"layout": {"cp": 4}, "placement": {"ranks": {"offset": 4, "count": 4}}}}})
+            .to_string(),
+            &model,
+            &cluster,
+        )
+        .expect("plan")
+        .0;
+        let q = estimate_quick(&model, &cluster, &p, &Options::default());
+        let (s, _, _) = simulate(&model, &cluster, &p);
+        let q = q.time.as_secs().expect("feasible");
+        let e = rel(q, s.iteration_time_s);
+        assert!(
+            e <= 0.06,
+            "k {k}: closed form {q:.3} s, simulation {:.3} s",
+            s.iteration_time_s
+        );
+    }
+}

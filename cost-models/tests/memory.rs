@@ -190,6 +190,8 @@ fn stages(layers: u32, pp: u32) -> Layout {
         ep: 1,
         vpp: 1,
         sequence_parallel: false,
+        tp_comm_overlap: false,
+        cp_comm: Default::default(),
         recompute: Default::default(),
         distributed_optimizer: false,
         micro_batch_size: 1,

@@ -119,7 +119,8 @@ fn an_uneven_stage_split_is_chosen_where_the_head_makes_the_last_stage_slow() {
 /// model micro-batch has images, so a pass covers several micro-batches (k > 1); with k = 1
 /// some replicas would idle every pass. (15 layers: with 16, the encoder's whole weights on
 /// every GPU no longer fit beside the language model once the allocator margin and the CUDA
-/// context are counted.)
+/// context are counted. A sequence of 8192: at 4096 the language model's best micro-batch
+/// holds 4 samples on each of 2 replicas, all 8 images, and one pass per micro-batch serves.)
 #[test]
 fn a_pass_size_above_one_is_chosen_where_encoder_replicas_outnumber_a_micro_batch() {
     let m = model(
@@ -133,7 +134,7 @@ fn a_pass_size_above_one_is_chosen_where_encoder_replicas_outnumber_a_micro_batc
                 "transformer": {"layers": 15, "hidden": 8192, "heads": 64, "kv_heads": 8, "ffn_hidden": 28672, "ffn_kind": "swiglu", "norm": "rms_norm", "attention": "causal"},
                 "positions": {"kind": "rope"}, "vocab_size": 32000}},
         "boundaries": [{"from": "vision", "to": "projector", "landing": "rows"}, {"from": "projector", "to": "llm", "landing": "placeholders"}],
-        "data": {"global_batch": 8, "sequence_length": 4096, "precision": "bf16", "optimizer": "adam",
+        "data": {"global_batch": 8, "sequence_length": 8192, "precision": "bf16", "optimizer": "adam",
                  "encoders": {"vision": {"items_per_sample": 1, "tokens_per_item": 1024}}}}),
     );
     let c = cluster(1, 8);

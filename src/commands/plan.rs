@@ -334,12 +334,12 @@ fn layouts_label(c: &Candidate) -> String {
 fn line(label: &str, c: &Candidate) -> String {
     match &c.estimate {
         Some(e) => format!(
-            "{label}: {} per step, {} TFLOP/s per GPU, MFU {}%, peak memory {} ± {:.0}%, bubble {:.1}%\n",
+            "{label}: {} per step, {} TFLOP/s per GPU, MFU {}%, peak memory {} ± {}, bubble {:.1}%\n",
             with_band(e.iteration_time_s, "s", e.stated_error.time),
             significant(e.tflops_per_gpu, 3),
             significant(100.0 * e.mfu, 3),
             bytes3(e.peak_memory_bytes),
-            100.0 * e.stated_error.memory,
+            hetpar::report::percent(e.stated_error.memory),
             100.0 * e.bubble_fraction
         ),
         None => format!("{label}: {:.3} s per step (closed form)\n", c.quick_time_s),
@@ -376,8 +376,9 @@ fn human(r: &SearchResult, explain: bool) -> String {
             .iter()
             .find_map(|c| c.estimate.as_ref().map(|e| e.stated_error));
         let band = |f: fn(&hetpar::cost::StatedError) -> f64| {
-            err.as_ref()
-                .map_or(String::new(), |e| format!(" ± {:.0}%", 100.0 * f(e)))
+            err.as_ref().map_or(String::new(), |e| {
+                format!(" ± {}", hetpar::report::percent(f(e)))
+            })
         };
         let (time_head, memory_head) = (
             format!("time (s{})", band(|e| e.time)),

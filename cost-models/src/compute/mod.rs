@@ -124,6 +124,10 @@ pub struct ModuleCompute<'a> {
 impl ModuleCompute<'_> {
     /// Time of chunk `chunk` (index `c * pp + stage`) for a micro-batch of work `w`.
     pub fn chunk(&self, chunk: usize, w: Work) -> ChunkTime {
+        // A replica dealt no items in a pass launches nothing.
+        if w.rows <= 0.0 {
+            return ChunkTime::default();
+        }
         let l = self.layout;
         let layers = l.chunk_layers.get(chunk).copied().unwrap_or(0);
         let first_layer: u32 = l.chunk_layers.iter().take(chunk).sum();
