@@ -13,5 +13,7 @@ pub use hetpar_runtime as runtime;
 pub mod autotune;
 pub mod examples;
 pub mod io;
+#[cfg(feature = "cuda")]
+pub mod profile;
 pub mod report;
 pub mod show;

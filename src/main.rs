@@ -123,10 +123,12 @@ Example:\n  hetpar codegen examples/plans/reference-tiny-noncolocated-8.json --m
     )]
     Codegen(commands::codegen::Args),
     /// Measure the backend with microbenchmarks (matrix products, attention, memory-bound
-    /// kernels, point to point, collectives) and write a calibration file.
+    /// kernels; on the CPU point to point and collectives, on one GPU the per-kernel cost) and
+    /// write a calibration file.
     #[command(
         after_help = "Every command that estimates reads the file with --calibration.\n\n\
-Example:\n  hetpar profile --cluster examples/clusters/cpu-2.json --backend cpu -o calibration.json"
+Examples:\n  hetpar profile --cluster examples/clusters/cpu-2.json --backend cpu -o calibration.json\n  \
+hetpar profile --cluster examples/clusters/h100-8.json --backend cuda --gpu 0 -o h100.calibration.json"
     )]
     Profile(commands::profile::Args),
     /// Plan, run the best candidates on the backend, fit the cost model's efficiency constants

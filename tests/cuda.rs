@@ -44,6 +44,7 @@ fn without_a_gpu_cuda_commands_fail_naming_the_driver() {
             "cuda",
         ],
         vec!["device-check"],
+        vec!["profile", "--cluster", REF_CLUSTER, "--backend", "cuda"],
     ] {
         let o = hetpar(&args);
         let err = stderr(&o);
@@ -206,4 +207,85 @@ fn launched_ranks_on_one_gpu_give_the_threads_losses() {
     let (a, b) = (losses(&stdout(&threads)), losses(&stdout(&procs)));
     assert_eq!(a.len(), 3);
     assert_eq!(a, b, "threads and processes on the GPU train alike");
+}
+
+/// Every kind of figure the profile fits, measured, in positive finite seconds, and the
+/// calibration that `--calibration` reads: backend `cuda`, accepted by `Calibration::check`,
+/// the peak and bandwidth fitted and the per-kernel cost the measured one.
+fn check_gpu_profile(p: &hetpar::runtime::cuda::profile::GpuProfile) {
+    use hetpar::cost::calibration::Calibration;
+    use hetpar::ir::gpu::GpuModel;
+    assert_eq!(p.matmuls.len(), 8, "2 x 2 x 2 shapes: {:?}", p.matmuls);
+    assert_eq!(p.attention.len(), 2, "{:?}", p.attention);
+    assert_eq!(p.memory.len(), 6, "3 kernels x 2 sizes: {:?}", p.memory);
+    let seconds = p
+        .matmuls
+        .iter()
+        .map(|m| m.3)
+        .chain(p.attention.iter().map(|a| a.1))
+        .chain(p.memory.iter().map(|m| m.2))
+        .chain([p.kernel_launch_s]);
+    for t in seconds {
+        assert!(t.is_finite() && t > 0.0, "a time of {t} s in {p:?}");
+    }
+    let cal = hetpar::profile::calibration(GpuModel::H100Sxm80gb, p);
+    cal.check().unwrap();
+    assert_eq!(
+        (cal.backend.as_str(), cal.source.as_str()),
+        ("cuda", "profile")
+    );
+    assert!(cal.hardware.dense_flops.is_some_and(|f| f > 0.0));
+    assert!(cal.hardware.memory_bandwidth.is_some_and(|b| b > 0.0));
+    assert_eq!(cal.constants.kernel_launch_s, p.kernel_launch_s);
+    for kind in ["matmul", "attention", "memory", "kernel_launch"] {
+        assert!(
+            cal.measurements.iter().any(|m| m.kind == kind),
+            "no {kind} measurement"
+        );
+    }
+    // The file as written and read back.
+    let text = hetpar::ir::json::to_canonical_json(&cal);
+    let back: Calibration = serde_json::from_str(&text).unwrap();
+    back.check().unwrap();
+    assert_eq!(back, cal);
+}
+
+#[test]
+fn profiling_the_emulated_gpu_measures_every_kind_into_a_cuda_calibration() {
+    use hetpar::runtime::cuda::profile::{profile_engine, Grid};
+    let Some(dev) = common::emulated_gpu() else {
+        return;
+    };
+    let p = profile_engine(
+        &dev.rank(Precision::F32),
+        &dev.rank(Precision::Bf16),
+        &Grid::tiny(),
+    )
+    .unwrap();
+    check_gpu_profile(&p);
+}
+
+#[test]
+fn profiling_the_gpu_measures_every_kind_into_a_cuda_calibration() {
+    use hetpar::runtime::cuda::profile::{profile_cuda, Grid};
+    if !has_driver() {
+        eprintln!("skipped: no GPU");
+        return;
+    }
+    let dev = Device::open(0).unwrap();
+    check_gpu_profile(&profile_cuda(&dev, &Grid::tiny()).unwrap());
+}
+
+#[test]
+fn profiling_cpu_thread_ranks_on_the_cuda_backend_is_refused() {
+    let o = hetpar(&[
+        "profile",
+        "--cluster",
+        "examples/clusters/cpu-2.json",
+        "--backend",
+        "cuda",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(stderr(&o).contains("cpu_thread"), "{}", stderr(&o));
+    assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 }

@@ -10,7 +10,8 @@ use super::{emit, print_diagnostics};
 pub enum Backend {
     /// This machine's cores running the CPU backend (a cluster of `cpu_thread` ranks).
     Cpu,
-    /// NVIDIA GPUs with NCCL (not profiled yet: `hetpar device-check` measures one GPU).
+    /// One NVIDIA GPU (--gpu): bf16 matrix products over a grid of shapes (256 to 8192 in
+    /// each dimension), attention, memory-bound kernels and the per-kernel cost.
     Cuda,
 }
 
@@ -24,6 +25,9 @@ pub struct Args {
     /// Write the calibration here (atomically) instead of stdout.
     #[arg(short, long)]
     pub output: Option<PathBuf>,
+    /// The GPU profiled with --backend cuda (CUDA ordinal).
+    #[arg(long, default_value_t = 0)]
+    pub gpu: usize,
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -43,11 +47,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let cal = match a.backend {
         Backend::Cpu => hetpar::autotune::profile_cpu(&cluster)?,
-        Backend::Cuda => anyhow::bail!(
-            "profiling the CUDA backend into a calibration file is not implemented yet; \
-             `hetpar device-check` measures a GPU's matrix-product throughput and copy \
-             bandwidth, and --backend cpu profiles a cluster of cpu_thread ranks"
-        ),
+        Backend::Cuda => profile_cuda(&cluster, a.gpu)?,
     };
     let h = &cal.hardware;
     let c = &cal.constants;
@@ -61,9 +61,42 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         h.intra_node_bandwidth.unwrap_or(f64::NAN) / 1e9,
         h.intra_node_latency_s.unwrap_or(f64::NAN) * 1e6,
     );
+    if a.backend_is_cuda() {
+        eprintln!("per-kernel cost {:.2} µs", c.kernel_launch_s * 1e6);
+    }
     emit(
         &hetpar::ir::json::to_canonical_json(&cal),
         a.output.as_deref(),
     )?;
     Ok(ExitCode::SUCCESS)
+}
+
+impl Args {
+    fn backend_is_cuda(&self) -> bool {
+        matches!(self.backend, Backend::Cuda)
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn profile_cuda(
+    cluster: &hetpar::ir::Cluster,
+    gpu: usize,
+) -> anyhow::Result<hetpar::cost::calibration::Calibration> {
+    use hetpar::runtime::cuda::{profile, Device};
+    hetpar::profile::check_cluster(cluster)?;
+    // The dynamic linker reads LD_LIBRARY_PATH only at start: come back with pip's CUDA
+    // libraries on it.
+    hetpar::runtime::libs::reexec_with_cuda_libraries()?;
+    let dev = Device::open(gpu)?;
+    eprintln!("profiling {} (sm_{}{})", dev.name, dev.arch.0, dev.arch.1);
+    let p = profile::profile_cuda(&dev, &profile::Grid::gpu())?;
+    Ok(hetpar::profile::calibration(cluster.gpu_model, &p))
+}
+
+#[cfg(not(feature = "cuda"))]
+fn profile_cuda(
+    _: &hetpar::ir::Cluster,
+    _: usize,
+) -> anyhow::Result<hetpar::cost::calibration::Calibration> {
+    anyhow::bail!("this hetpar was built without the `cuda` feature (it is on by default)")
 }

@@ -15,6 +15,8 @@
 //!   and grouped point-to-point calls.
 //! - `check.rs`: every operation against the CPU reference, a matrix-product throughput and a
 //!   device-copy bandwidth figure (`hetpar device-check`).
+//! - `profile.rs`: microbenchmarks of one device (products over a shape grid, attention,
+//!   memory-bound kernels, the per-kernel cost) for `hetpar profile --backend cuda`.
 
 pub mod check;
 pub mod device;
@@ -24,6 +26,7 @@ pub mod engine;
 pub mod math;
 pub mod nccl;
 pub mod ops;
+pub mod profile;
 
 pub use device::{Device, Gpu};
 pub use engine::Engine;
