@@ -4,12 +4,17 @@
 #
 #   scripts/device-check.sh [path/to/hetpar] [report-file]
 #
+# The device's calibration (`hetpar profile --backend cuda`) is kept beside the report, as
+# <report-file without its extension>.calibration.json.
+#
 # Finds the CUDA libraries (LD_LIBRARY_PATH, the CUDA toolkit, pip's nvidia-* wheels; the
 # binary links pip's libnccl.so.2 under the name it loads), then runs `hetpar device-check`:
 # every operation against the CPU reference, NCCL on one GPU, a matrix-product throughput and
 # a device-copy bandwidth figure, the reference model trained 20 steps under two plans on the
 # CPU and the GPU (f32 and bf16 products); then the same plan as 8 processes sharing the GPU
-# against 8 threads. Everything has a time limit; the whole script stays under 5 minutes.
+# against 8 threads; then `hetpar profile --backend cuda` on the device's cluster (products,
+# attention, memory-bound kernels, per-kernel cost) written as a calibration file. Everything
+# has a time limit; the whole script stays under 7 minutes.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-}"
@@ -19,6 +24,7 @@ if [ -z "$bin" ]; then
   done
 fi
 report="${2:-device-check-report.txt}"
+calibration="${report%.*}.calibration.json"
 if [ -z "$bin" ] || [ ! -x "$bin" ]; then
   echo "device-check: no hetpar binary (pass its path as the first argument)" >&2
   exit 2
@@ -67,7 +73,23 @@ fi
   else
     echo "launch status: FAILED (the losses differ or a run failed)"
   fi
+  echo
+  echo "## profile: the device as a calibration file"
+  # The cluster file of the device's model (only H100 ones ship; another GPU is profiled as one,
+  # and the file says h100_sxm_80gb).
+  gpu_name="$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -n1)"
+  case "$gpu_name" in
+    *H100*) ;;
+    *) echo "no cluster file for \"${gpu_name:-an unnamed GPU}\": profiled as an H100" ;;
+  esac
+  cluster="$ex/clusters/h100-8.json"
+  if timeout 150 "$bin" profile --backend cuda --cluster "$cluster" -o "$calibration"; then
+    echo "profile status: ok, calibration in $calibration"
+  else
+    echo "profile status: FAILED (exit status $?)"
+  fi
 } 2>&1 | tee "$report"
 status="$(grep -m1 '^exit status:' "$report" | awk '{print $3}')"
 if grep -q '^launch status: FAILED' "$report"; then status=1; fi
+if grep -q '^profile status: FAILED' "$report"; then status=1; fi
 exit "${status:-1}"

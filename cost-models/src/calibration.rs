@@ -33,7 +33,8 @@ pub struct HardwareFigures {
 #[serde(deny_unknown_fields)]
 pub struct Measurement {
     /// `matmul`, `attention`, `memory`, `p2p`, `all_reduce`, `all_gather`,
-    /// `reduce_scatter`, `broadcast`, or `step` (a plan's measured step).
+    /// `reduce_scatter`, `broadcast`, `kernel_launch` (seconds per launch), or `step` (a
+    /// plan's measured step).
     pub kind: String,
     /// What was measured (a shape, a message size and group, a plan).
     pub what: String,
