@@ -51,30 +51,28 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let h = &cal.hardware;
     let c = &cal.constants;
+    let links = match (h.intra_node_bandwidth, h.intra_node_latency_s) {
+        (Some(bw), Some(lat)) => format!(
+            "point to point {:.2} GB/s after {:.1} µs",
+            bw / 1e9,
+            lat * 1e6
+        ),
+        // One GPU has no link to time: the cluster's figures stay.
+        _ => format!("per-kernel cost {:.2} µs", c.kernel_launch_s * 1e6),
+    };
     eprintln!(
         "matrix products: peak {:.2} GFLOP/s, half dimension {:.2}; attention {:.0}% of peak; \
-         memory-bound kernels {:.2} GB/s; point to point {:.2} GB/s after {:.1} µs",
+         memory-bound kernels {:.2} GB/s; {links}",
         h.dense_flops.unwrap_or(f64::NAN) / 1e9,
         c.matmul_half_dim,
         c.attention_efficiency * 100.0,
         h.memory_bandwidth.unwrap_or(f64::NAN) / 1e9,
-        h.intra_node_bandwidth.unwrap_or(f64::NAN) / 1e9,
-        h.intra_node_latency_s.unwrap_or(f64::NAN) * 1e6,
     );
-    if a.backend_is_cuda() {
-        eprintln!("per-kernel cost {:.2} µs", c.kernel_launch_s * 1e6);
-    }
     emit(
         &hetpar::ir::json::to_canonical_json(&cal),
         a.output.as_deref(),
     )?;
     Ok(ExitCode::SUCCESS)
-}
-
-impl Args {
-    fn backend_is_cuda(&self) -> bool {
-        matches!(self.backend, Backend::Cuda)
-    }
 }
 
 #[cfg(feature = "cuda")]
