@@ -31,6 +31,18 @@ pub fn calibration(gpu_model: GpuModel, p: &GpuProfile) -> Calibration {
     cal
 }
 
+/// Whether the driver's name for a device (`NVIDIA H100 80GB HBM3`) is `gpu_model`.
+pub fn device_is(gpu_model: GpuModel, device_name: &str) -> bool {
+    let tag = match gpu_model {
+        GpuModel::H100Sxm80gb => "H100",
+        GpuModel::H200141gb => "H200",
+        GpuModel::A10080gb => "A100",
+        GpuModel::B200 => "B200",
+        GpuModel::CpuThread => return false,
+    };
+    device_name.to_ascii_uppercase().contains(tag)
+}
+
 /// Refuses a cluster whose ranks are not GPUs.
 pub fn check_cluster(cluster: &hetpar_ir::Cluster) -> anyhow::Result<()> {
     if cluster.gpu_model == GpuModel::CpuThread {
@@ -41,4 +53,18 @@ pub fn check_cluster(cluster: &hetpar_ir::Cluster) -> anyhow::Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_device_is_its_model_by_the_drivers_name() {
+        assert!(device_is(GpuModel::H100Sxm80gb, "NVIDIA H100 80GB HBM3"));
+        assert!(device_is(GpuModel::H200141gb, "NVIDIA H200"));
+        assert!(!device_is(GpuModel::H100Sxm80gb, "NVIDIA H200"));
+        assert!(!device_is(GpuModel::A10080gb, "NVIDIA H100 PCIe"));
+        assert!(!device_is(GpuModel::CpuThread, "NVIDIA H100"));
+    }
 }

@@ -87,6 +87,16 @@ fn profile_cuda(
     hetpar::runtime::libs::reexec_with_cuda_libraries()?;
     let dev = Device::open(gpu)?;
     eprintln!("profiling {} (sm_{}{})", dev.name, dev.arch.0, dev.arch.1);
+    if !hetpar::profile::device_is(cluster.gpu_model, &dev.name) {
+        // Kept going: a calibration of a stand-in device still fits the cost model's shape.
+        eprintln!(
+            "warning: {} is not a {}, the model of cluster `{}`; the calibration says {}",
+            dev.name,
+            cluster.gpu_model.as_str(),
+            cluster.name,
+            cluster.gpu_model.as_str()
+        );
+    }
     let p = profile::profile_cuda(&dev, &profile::Grid::gpu())?;
     Ok(hetpar::profile::calibration(cluster.gpu_model, &p))
 }

@@ -106,14 +106,16 @@ fn sync<E: Engine>(e: &E, probe: &E::Buf<f32>) -> Result<(), RuntimeError> {
     e.dtoh(probe, 1).map(drop)
 }
 
-/// Seconds per run of `f`: one warm-up run sizes the windows, then the fastest of
-/// `grid.windows` windows of enough runs to fill `grid.window`.
+/// Seconds per run of `f`: a warm-up run (first calls pay cuBLAS's and the allocator's set-up),
+/// a timed run that sizes the windows, then the fastest of `grid.windows` windows of enough
+/// runs to fill `grid.window`.
 fn timed<E: Engine>(
     e: &E,
     grid: &Grid,
     mut f: impl FnMut() -> Result<(), RuntimeError>,
 ) -> Result<f64, RuntimeError> {
     let probe = e.alloc_zeros::<f32>(1)?;
+    f()?;
     sync(e, &probe)?;
     let t = Instant::now();
     f()?;
@@ -217,7 +219,8 @@ fn attention<E: Engine>(
     Ok(out)
 }
 
-/// `y += x` (three f32 accesses a value), GELU and LayerNorm over 1024 columns (two each).
+/// `y += x` (three f32 accesses a value), GELU and LayerNorm over 1024 columns (two each; they
+/// also zero the outputs they allocate, not counted, so `y += x` is usually the fastest).
 fn memory<E: Engine>(
     e: &E,
     grid: &Grid,
