@@ -122,36 +122,61 @@ pub fn combine(
             (time, memory)
         }
         Arrangement::Disjoint => {
-            // (step, unit) of every stage, the others' first.
-            let up = (others.work, others.work / f64::from(passes.max(1)));
-            let stages: Vec<(f64, f64)> = std::iter::once(up)
+            // Every stage, the others' first.
+            let up = PipeStage {
+                step: others.work,
+                unit: others.work / f64::from(passes.max(1)),
+                passes: true,
+            };
+            let stages: Vec<PipeStage> = std::iter::once(up)
                 .chain(
                     lm.stage_step
                         .iter()
-                        .copied()
-                        .zip(lm.stage_unit.iter().copied()),
+                        .zip(&lm.stage_unit)
+                        .map(|(&step, &unit)| PipeStage {
+                            step,
+                            unit,
+                            passes: false,
+                        }),
                 )
                 .collect();
-            let b = (0..stages.len())
-                .max_by(|&x, &y| stages[x].0.total_cmp(&stages[y].0))
-                .unwrap_or(0);
-            // Passes of k micro-batches as the bottleneck bracket the k micro-batches of the
-            // last pass on every language-model stage.
-            let k = if b == 0 {
-                (m / f64::from(passes.max(1))).ceil()
-            } else {
-                1.0
-            };
-            let rest: f64 = stages
-                .iter()
-                .enumerate()
-                .filter(|&(i, _)| i != b)
-                .map(|(i, s)| if i == 0 { s.1 } else { k * s.1 })
-                .sum();
-            let time = stages[b].0 + rest / f64::from(vpp.max(1)) + lm.tail.max(others.tail);
+            let per_pass = (m / f64::from(passes.max(1))).ceil();
+            let time =
+                pipeline_step(&stages, per_pass, f64::from(vpp.max(1))) + lm.tail.max(others.tail);
             (time, lm_peak.max(others.memory))
         }
     }
+}
+
+/// One stage of a pipeline, for `pipeline_step`.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct PipeStage {
+    /// The whole step's work, s.
+    pub step: f64,
+    /// Its largest unit, s.
+    pub unit: f64,
+    /// Whether its units are encoder passes (else micro-batches).
+    pub passes: bool,
+}
+
+/// A pipeline's step: the stage whose step is longest, plus one unit of every other stage
+/// (over `vpp`, the language model's chunks per stage). A bottleneck running passes of
+/// `per_pass` micro-batches brackets the micro-batches of its last pass on every micro-batch
+/// stage (the pass's forward before them, its backward after), so those count `per_pass`
+/// units. `quick.rs` and `combine` both use it.
+pub fn pipeline_step(stages: &[PipeStage], per_pass: f64, vpp: f64) -> f64 {
+    let Some(b) = (0..stages.len()).max_by(|&x, &y| stages[x].step.total_cmp(&stages[y].step))
+    else {
+        return 0.0;
+    };
+    let k = if stages[b].passes { per_pass } else { 1.0 };
+    let rest: f64 = stages
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != b)
+        .map(|(_, s)| if s.passes { s.unit } else { k * s.unit })
+        .sum();
+    stages[b].step + rest / vpp
 }
 
 #[cfg(test)]

@@ -62,57 +62,14 @@ impl Constants {
     /// Hopper (H100, H200): fitted to the Megatron-Core H100 rows (flash attention). B200: not
     /// fitted; the A100's structure with a guessed large-GEMM efficiency.
     pub fn for_gpu(gpu: GpuModel) -> Constants {
-        let a100 = Constants {
-            // Fitted: `hetpar calibrate cost-models/data/korthikanti-2022-a100.json`.
-            matmul_max_efficiency: 0.807,
-            attention_efficiency: 0.253,
-            // Assumed (as for every generation, until `hetpar profile` measures them): the
-            // half dimension of the product efficiency, HBM efficiency, the launch cost, and
-            // link efficiencies (NCCL reaches about 80% of NVLink's and 85% of the network's).
-            matmul_half_dim: 64.0,
-            hbm_efficiency: 0.80,
-            kernel_launch_s: 4e-6,
-            elementwise_passes: 4.0,
-            nvlink_efficiency: 0.80,
-            network_efficiency: 0.85,
-            dp_overlap: 1.0,
-            moe_load_imbalance: 1.1,
-            // Memory figures: assumed, with their sources, in docs/cost-model.md.
-            cuda_context_bytes: (1u64 << 30) as f64,
-            nccl_buffer_bytes: (4u64 << 20) as f64,
-            nccl_channels: 16.0,
-            allocator_margin: 0.10,
-        };
+        // Fitted: `hetpar calibrate cost-models/data/korthikanti-2022-a100.json`.
+        let a100 = Constants::nvidia(0.807, 0.253, 64.0);
         match gpu {
             GpuModel::A10080gb => a100,
-            GpuModel::H100Sxm80gb | GpuModel::H200141gb => Constants {
-                // Fitted: `hetpar calibrate cost-models/data/megatron-core-h100.json`.
-                matmul_max_efficiency: 0.606,
-                attention_efficiency: 0.208,
-                // Assumed: Hopper's larger tiles need larger shapes than the A100's 64; no
-                // public row has small per-GPU products to identify it.
-                matmul_half_dim: 96.0,
-                // Assumed: memory-bound kernels at 80% of HBM bandwidth.
-                hbm_efficiency: 0.80,
-                // Assumed: a launch and its tail, a few microseconds.
-                kernel_launch_s: 4e-6,
-                // Korthikanti et al.'s count of a layer's elementwise passes.
-                elementwise_passes: 4.0,
-                // Hardware: NCCL's all-reduce bus bandwidth within a DGX H100, about 360 of
-                // the 450 GB/s NVLink 4 gives one direction.
-                nvlink_efficiency: 0.80,
-                // Assumed: InfiniBand at 85% of line rate.
-                network_efficiency: 0.85,
-                // The rows ran Megatron's gradient-reduce and parameter-gather overlap.
-                dp_overlap: 1.0,
-                // Assumed (no public MoE row): the busiest expert 10% over the mean.
-                moe_load_imbalance: 1.1,
-                // Memory figures: assumed, with their sources, in docs/cost-model.md.
-                cuda_context_bytes: (1u64 << 30) as f64,
-                nccl_buffer_bytes: (4u64 << 20) as f64,
-                nccl_channels: 16.0,
-                allocator_margin: 0.10,
-            },
+            // Fitted: `hetpar calibrate cost-models/data/megatron-core-h100.json`. Assumed:
+            // Hopper's larger tiles need larger shapes than the A100's 64 (no public row has
+            // small per-GPU products to identify it).
+            GpuModel::H100Sxm80gb | GpuModel::H200141gb => Constants::nvidia(0.606, 0.208, 96.0),
             // Plain loops on one core: no tiles to fill, no launches, no overlap of gradient
             // sums (the CPU backend sums after backward), no CUDA, NCCL or caching allocator.
             // `hetpar profile` and `hetpar autotune` measure what the figures should be.
@@ -131,12 +88,39 @@ impl Constants {
                 allocator_margin: 0.0,
                 ..a100
             },
-            GpuModel::B200 => Constants {
-                matmul_max_efficiency: 0.68,
-                matmul_half_dim: 128.0,
-                attention_efficiency: 0.50,
-                ..a100
-            },
+            // Not fitted: a guessed large-product efficiency and larger tiles still.
+            GpuModel::B200 => Constants::nvidia(0.68, 0.50, 128.0),
+        }
+    }
+
+    /// An NVIDIA GPU's constants: the fitted (or guessed) product and attention efficiencies
+    /// and the product half dimension of its generation; the rest are the same figures for
+    /// every generation, none identified by a public row.
+    fn nvidia(matmul_max_efficiency: f64, attention_efficiency: f64, matmul_half_dim: f64) -> Self {
+        Constants {
+            matmul_max_efficiency,
+            attention_efficiency,
+            matmul_half_dim,
+            // Assumed: memory-bound kernels at 80% of HBM bandwidth.
+            hbm_efficiency: 0.80,
+            // Assumed: a launch and its tail, a few microseconds.
+            kernel_launch_s: 4e-6,
+            // Korthikanti et al.'s count of a layer's elementwise passes.
+            elementwise_passes: 4.0,
+            // Hardware: NCCL's all-reduce bus bandwidth within a node, about 80% of one
+            // direction's NVLink (about 360 of 450 GB/s on a DGX H100).
+            nvlink_efficiency: 0.80,
+            // Assumed: InfiniBand at 85% of line rate.
+            network_efficiency: 0.85,
+            // Megatron's gradient-reduce and parameter-gather overlap, on in the H100 rows.
+            dp_overlap: 1.0,
+            // Assumed (no public MoE row): the busiest expert 10% over the mean.
+            moe_load_imbalance: 1.1,
+            // Memory figures: assumed, with their sources, in docs/cost-model.md.
+            cuda_context_bytes: (1u64 << 30) as f64,
+            nccl_buffer_bytes: (4u64 << 20) as f64,
+            nccl_channels: 16.0,
+            allocator_margin: 0.10,
         }
     }
 }

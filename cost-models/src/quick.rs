@@ -21,6 +21,7 @@ use hetpar_ir::placement::{Axis, Coord};
 use hetpar_ir::plan::ModulePlan;
 use hetpar_ir::{Cluster, ModelGraph, ModuleId, Plan, Rank};
 
+use crate::combine::{pipeline_step, PipeStage};
 use crate::compute::Work;
 use crate::cost::Cost;
 use crate::estimate::{price, Options, Priced};
@@ -278,39 +279,24 @@ fn pipeline_time(
     units: &[ModuleUnits],
 ) -> f64 {
     let vpp = f64::from(plan.module(model.language_model()).layout.vpp);
-    // (stage, whether its units are encoder passes)
-    let mut stages: Vec<(StageTime, bool)> = Vec::new();
+    let mut stages: Vec<PipeStage> = Vec::new();
     for members in &ps.pipe.groups {
         let pp = modules[members[0]].stages.len();
         let passes = members.iter().all(|&m| units[m].kind == UnitKind::Pass);
         for s in 0..pp {
-            let mut st = StageTime::default();
+            let mut st = PipeStage {
+                passes,
+                ..PipeStage::default()
+            };
             for &m in members {
                 let x = modules[m].stages.get(s).copied().unwrap_or_default();
                 st.unit += x.unit;
                 st.step += x.step;
             }
-            stages.push((st, passes));
+            stages.push(st);
         }
     }
-    let Some(b) = (0..stages.len()).max_by(|&a, &b| stages[a].0.step.total_cmp(&stages[b].0.step))
-    else {
-        return 0.0;
-    };
-    // A bottleneck running passes of k micro-batches brackets the k micro-batches of its
-    // last pass on every micro-batch stage (forward of the pass before, backward after).
-    let k = if stages[b].1 {
-        f64::from(plan.passes().per_pass.max(1))
-    } else {
-        1.0
-    };
-    let rest: f64 = stages
-        .iter()
-        .enumerate()
-        .filter(|&(i, _)| i != b)
-        .map(|(_, (s, passes))| if *passes { s.unit } else { k * s.unit })
-        .sum();
-    stages[b].0.step + rest / vpp
+    pipeline_step(&stages, f64::from(plan.passes().per_pass.max(1)), vpp)
 }
 
 /// What `memory::rank_memory` reads, from a priced plan.
