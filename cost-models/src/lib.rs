@@ -18,6 +18,7 @@ pub mod constants;
 pub mod cost;
 pub mod error;
 pub mod estimate;
+pub mod floor;
 pub mod fit;
 pub mod memory;
 pub mod quick;

@@ -13,7 +13,7 @@
 //!
 //! The search stops when the `keep`-th best exact plan is no worse than every bound left.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BinaryHeap};
 
 use hetpar_cost::combine::{combine, Arrangement, Others};
 use hetpar_ir::layout::LayoutSpec;
@@ -21,7 +21,7 @@ use hetpar_ir::plan::PlanFile;
 use hetpar_ir::ModuleId;
 
 use super::frontier::{Frontier, Point};
-use super::lm::{schedule, LmOption};
+use super::lm::{schedule, LmOption, LmPool};
 use super::price::Pricer;
 use super::space::{item_layouts, pass_sizes, Bounds};
 use super::upstream::{chains, joint_frontier, points, Chain, Choice, Context};
@@ -44,6 +44,9 @@ pub struct Setup {
     pub keep: usize,
     /// Closed-form evaluations before stopping.
     pub max_evaluations: usize,
+    /// A time no plan kept may reach: the `keep`-th best of plans found before (infinite
+    /// when none).
+    pub ceiling: f64,
 }
 
 /// Counters of one search.
@@ -70,33 +73,42 @@ pub fn free_options(pricer: &Pricer<'_>, o: &LmOption, b: Bounds) -> ItemOptions
         .collect()
 }
 
-/// A bound's level: the language model alone, or with the others but no boundaries.
+/// A bound's level: a language-model candidate's floor (not priced yet), the language model
+/// alone, or with the others but no boundaries.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Level {
+    Floor,
     Alone,
     NoBoundaries,
 }
 
-/// One (language-model option, k) pair in the queue, by bound.
+/// One entry of the queue, by bound: a candidate (`Level::Floor`, `at` its index in the
+/// pool's candidates) or a (language-model option, k) pair (`at` its index in the pool's
+/// options).
 #[derive(Clone, Copy)]
 struct Entry {
     bound: f64,
     level: Level,
-    lm: usize,
+    at: usize,
     k: u32,
 }
 
-/// The best `keep` plans of the arrangement over `lms`, best first, and the counters; the
-/// other modules' options beside a language-model option come from `options_of`.
+/// Candidates priced together when the search reaches them (both cores share a batch).
+const BATCH: usize = 32;
+
+/// The best `keep` plans of the arrangement over the pool's language-model candidates, best
+/// first, and the counters; the other modules' options beside a language-model option come
+/// from `options_of`.
 ///
-/// Best-first branch and bound over (language-model option, k): every pair starts with the
-/// bound of the language model alone (the others only add work and memory), is refined to
-/// the bound with the others but without boundaries, and from there to its exact best, which
-/// joins the best plans kept. The search stops when the `keep`-th best exact plan is no worse
-/// than every bound left: nothing left can enter.
+/// Best-first branch and bound: every candidate starts at its floor; reached, it is priced
+/// and each of its options with every pass size k enters at the bound of the language model
+/// alone (the others only add work and memory), is refined to the bound with the others but
+/// without boundaries, and from there to its exact best, which joins the best plans kept. The
+/// search stops when the `keep`-th best exact plan (or the ceiling) is no worse than every
+/// bound left: nothing left can enter.
 pub fn search(
     pricer: &mut Pricer<'_>,
-    lms: &[LmOption],
+    pool: &mut LmPool,
     s: &Setup,
     options_of: &dyn Fn(&Pricer<'_>, &LmOption) -> ItemOptions,
 ) -> (Vec<Scored>, Counts) {
@@ -105,11 +117,19 @@ pub fn search(
         exhausted: true,
         ..Counts::default()
     };
-    let mut queue = seed(lms, &chains, s, &mut counts);
+    let mut queue: BinaryHeap<Entry> = (0..pool.candidates.len())
+        .map(|c| Entry {
+            bound: pool.candidates[c].floor,
+            level: Level::Floor,
+            at: c,
+            k: 0,
+        })
+        .collect();
     let mut top: Vec<Scored> = Vec::new();
-    let mut options: Vec<Option<ItemOptions>> = vec![None; lms.len()];
+    let mut options: BTreeMap<usize, ItemOptions> = BTreeMap::new();
     while let Some(e) = queue.pop() {
-        if top.len() >= s.keep && top.last().is_some_and(|w| e.bound >= w.time) {
+        let full = top.len() >= s.keep && top.last().is_some_and(|w| e.bound >= w.time);
+        if full || e.bound >= s.ceiling {
             counts.bounded += queue.len() + 1;
             break;
         }
@@ -117,23 +137,29 @@ pub fn search(
             counts.exhausted = false;
             break;
         }
-        let o = &lms[e.lm];
-        let opts = options[e.lm]
-            .get_or_insert_with(|| options_of(pricer, o))
+        if e.level == Level::Floor {
+            let mut batch = vec![e.at];
+            while batch.len() < BATCH && queue.peek().is_some_and(|x| x.level == Level::Floor) {
+                batch.extend(queue.pop().map(|x| x.at));
+            }
+            seed(pricer, pool, &batch, &chains, s, &mut queue, &mut counts);
+            continue;
+        }
+        let o = &pool.options[e.at];
+        let opts = options
+            .entry(e.at)
+            .or_insert_with(|| options_of(pricer, o))
             .clone();
         let exact = e.level == Level::NoBoundaries;
         match refine(pricer, &chains, o, e.k, s, &opts, exact, &mut counts) {
             Some((time, memory, choice)) if exact => {
                 settle(pricer, &chains, o, e.k, s, (time, memory, choice), &mut top);
             }
-            Some((bound, ..)) => push(
-                &mut queue,
-                Entry {
-                    bound,
-                    level: Level::NoBoundaries,
-                    ..e
-                },
-            ),
+            Some((bound, ..)) => queue.push(Entry {
+                bound,
+                level: Level::NoBoundaries,
+                ..e
+            }),
             None if !exact => counts.over_memory += 1,
             None => {}
         }
@@ -141,51 +167,75 @@ pub fn search(
     (top, counts)
 }
 
-/// Queue order: a min-heap by (bound, level, option, k) kept as a vector sorted so that the
-/// smallest is last (popped first).
+/// Queue order, reversed so that the heap pops the least (bound, level, index, k) first; no
+/// two entries are equal, so the order of pops is determined.
 fn order(a: &Entry, b: &Entry) -> std::cmp::Ordering {
     b.bound
         .total_cmp(&a.bound)
         .then(b.level.cmp(&a.level))
-        .then(b.lm.cmp(&a.lm))
+        .then(b.at.cmp(&a.at))
         .then(b.k.cmp(&a.k))
 }
 
-fn push(queue: &mut Vec<Entry>, e: Entry) {
-    let at = queue.partition_point(|x| order(x, &e).is_lt());
-    queue.insert(at, e);
+impl PartialEq for Entry {
+    fn eq(&self, o: &Self) -> bool {
+        order(self, o).is_eq()
+    }
 }
 
-/// Every (language-model option, k) with the bound of the language model alone; the ones
-/// over memory alone are counted and left out.
-fn seed(lms: &[LmOption], chains: &[Chain], s: &Setup, counts: &mut Counts) -> Vec<Entry> {
-    let mut queue = Vec::new();
+impl Eq for Entry {}
+
+impl PartialOrd for Entry {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+impl Ord for Entry {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        order(self, o)
+    }
+}
+
+/// Prices the candidates `batch` and queues each of their options with every pass size k at
+/// the bound of the language model alone; those over memory alone are counted and left out.
+fn seed(
+    pricer: &mut Pricer<'_>,
+    pool: &mut LmPool,
+    batch: &[usize],
+    chains: &[Chain],
+    s: &Setup,
+    queue: &mut BinaryHeap<Entry>,
+    counts: &mut Counts,
+) {
+    pool.price(pricer, batch);
     let alone: Frontier<()> = Frontier::new(vec![Point {
         time: 0.0,
         tail: 0.0,
         memory: 0.0,
         value: (),
     }]);
-    for (i, o) in lms.iter().enumerate() {
-        let ks = if chains.is_empty() {
-            vec![1]
-        } else {
-            pass_sizes(o.terms.units, s.max_pass_size)
-        };
-        for k in ks {
-            match best(&alone, o, k, s, Others::default(), counts) {
-                Some((bound, _, _)) => queue.push(Entry {
-                    bound,
-                    level: Level::Alone,
-                    lm: i,
-                    k,
-                }),
-                None => counts.over_memory += 1,
+    for &c in batch {
+        for &i in pool.options_of(c).unwrap_or(&[]) {
+            let o = &pool.options[i];
+            let ks = if chains.is_empty() {
+                vec![1]
+            } else {
+                pass_sizes(o.terms.units, s.max_pass_size)
+            };
+            for k in ks {
+                match best(&alone, o, k, s, Others::default(), counts) {
+                    Some((bound, _, _)) => queue.push(Entry {
+                        bound,
+                        level: Level::Alone,
+                        at: i,
+                        k,
+                    }),
+                    None => counts.over_memory += 1,
+                }
             }
         }
     }
-    queue.sort_by(order);
-    queue
 }
 
 /// An exact best joint choice beside `o`, as a plan among the best kept.

@@ -1,8 +1,13 @@
 //! The language model's options in one arrangement: every layout of `space::lm_layouts` on
 //! the GPUs the arrangement gives it, each pipelined layout with its even split and its
-//! cost-balanced split of layers over stages (`stages`), priced once.
+//! cost-balanced split of layers over stages (`stages`). Layouts start as candidates with a
+//! floor under their time (`hetpar_cost::floor`) and are priced, once, when the search
+//! reaches that floor (`LmPool`).
+
+use std::collections::BTreeMap;
 
 use hetpar_cost::combine::{Arrangement, ModuleQuick};
+use hetpar_cost::floor::unit_floor;
 use hetpar_ir::layout::LayoutSpec;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::{ScheduleKind, ScheduleSpec};
@@ -65,65 +70,169 @@ pub fn ranks_of(arr: Arrangement, l: &LayoutSpec, world: u32) -> Option<Ranks> {
     }
 }
 
-/// Every priced language-model option of an arrangement; `extra0` is work per micro-batch the
-/// first stage carries besides its layers (the nested encoders), for balancing. The options
-/// are priced on both cores, each half by a pricer of its own, and returned in one order.
-pub fn options(
-    pricer: &mut Pricer<'_>,
-    arr: Arrangement,
-    world: u32,
-    b: Bounds,
-    extra0: &(dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64 + Sync),
-) -> Vec<LmOption> {
+/// A language-model layout (even stages, the runtime's communication) not yet priced, with a
+/// floor under its closed-form step time alone in every split and variant (`floor_time`).
+#[derive(Clone, Debug)]
+pub struct LmCandidate {
+    pub layout: LayoutSpec,
+    pub ranks: Ranks,
+    pub floor: f64,
+}
+
+/// The floor of the closed-form step time of a language model alone (`combine` without
+/// others) whose per-micro-batch stage times sum to at least `unit` over its `pp` stages:
+/// each stage's step is M of its units, so the slowest stage takes at least M `unit / pp`
+/// and the pipeline fill adds the other stages' units (over vpp where the arrangement is a
+/// pipeline); with the slowest stage at `unit / pp` both are least.
+pub fn floor_time(arr: Arrangement, unit: f64, m: u32, pp: u32, vpp: u32) -> f64 {
+    let (m, pp) = (f64::from(m.max(1)), f64::from(pp.max(1)));
+    let slowest = unit / pp;
+    match arr {
+        Arrangement::Disjoint => m * slowest + (unit - slowest) / f64::from(vpp.max(1)),
+        Arrangement::Colocated | Arrangement::Nested => (m - 1.0) * slowest + unit,
+    }
+}
+
+/// What decides a layout's floor: everything but its extent over dp and pp.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct FloorKey(String);
+
+fn floor_key(l: &LayoutSpec) -> FloorKey {
+    let mut k = l.clone();
+    k.dp = None;
+    k.pp = 1;
+    k.vpp = 1;
+    k.distributed_optimizer = false;
+    FloorKey(format!("{k:?}"))
+}
+
+/// Every language-model layout of an arrangement with its floor, unpriced.
+pub fn candidates(pricer: &Pricer<'_>, arr: Arrangement, world: u32, b: Bounds) -> Vec<LmCandidate> {
     let model = pricer.model;
-    let lm = model.module(model.language_model());
-    let mut layouts: Vec<(LayoutSpec, Ranks)> = Vec::new();
+    let id = model.language_model();
+    let lm = model.module(id);
+    let mut floors: BTreeMap<FloorKey, f64> = BTreeMap::new();
+    let mut out = Vec::new();
     for dp in lm_dps(model.data().global_batch, world) {
         for l in lm_layouts(model, lm, dp, b) {
-            if let Some(ranks) = ranks_of(arr, &l, world) {
-                layouts.push((l, ranks));
+            let Some(ranks) = ranks_of(arr, &l, world) else {
+                continue;
+            };
+            let unit = *floors
+                .entry(floor_key(&l))
+                .or_insert_with(|| unit_floor(model, pricer.cluster, id, &l, &pricer.opts));
+            let m = super::space::micro_batches(model, &l);
+            out.push(LmCandidate {
+                floor: floor_time(arr, unit, m, l.pp, l.vpp),
+                layout: l,
+                ranks,
+            });
+        }
+    }
+    out
+}
+
+/// The language-model candidates of one arrangement, priced on demand (a candidate's splits
+/// and communication variants become its options) and kept: the nested arrangement's serve
+/// both the heterogeneous and the homogeneous search.
+pub struct LmPool {
+    pub arrangement: Arrangement,
+    pub candidates: Vec<LmCandidate>,
+    pub options: Vec<LmOption>,
+    /// Per candidate, the indices of its options once priced.
+    priced: Vec<Option<Vec<usize>>>,
+    /// Balance stages with the nested encoders' load on the first (their bounds).
+    balance: Option<Bounds>,
+}
+
+impl LmPool {
+    pub fn new(pricer: &Pricer<'_>, arr: Arrangement, world: u32, b: Bounds) -> Self {
+        let candidates = candidates(pricer, arr, world, b);
+        LmPool {
+            arrangement: arr,
+            priced: vec![None; candidates.len()],
+            candidates,
+            options: Vec::new(),
+            balance: (arr == Arrangement::Nested).then_some(b),
+        }
+    }
+
+    /// Candidate `c`'s option indices, once it is priced.
+    pub fn options_of(&self, c: usize) -> Option<&[usize]> {
+        self.priced.get(c)?.as_deref()
+    }
+
+    /// Prices the candidates `cs` not priced yet, on both cores (each half by a pricer of its
+    /// own), their options appended in the order of `cs`.
+    pub fn price(&mut self, pricer: &mut Pricer<'_>, cs: &[usize]) {
+        let todo: Vec<usize> = cs
+            .iter()
+            .copied()
+            .filter(|&c| self.priced[c].is_none())
+            .collect();
+        let (model, cluster, opts, runnable) =
+            (pricer.model, pricer.cluster, pricer.opts, pricer.runnable);
+        let (arr, balance, cands) = (self.arrangement, self.balance, &self.candidates);
+        let half = todo.len().div_ceil(2).max(1);
+        let parts: Vec<(Vec<Vec<LmOption>>, [usize; 3])> = std::thread::scope(|scope| {
+            let handles: Vec<_> = todo
+                .chunks(half)
+                .map(|part| {
+                    scope.spawn(move || {
+                        let mut p = Pricer::new(model, cluster, opts);
+                        p.runnable = runnable;
+                        let out: Vec<Vec<LmOption>> = part
+                            .iter()
+                            .map(|&c| price_candidate(&mut p, arr, &cands[c], balance))
+                            .collect();
+                        (out, [p.priced, p.invalid, p.synthesized])
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
+                .collect()
+        });
+        let mut at = todo.iter();
+        for (v, [priced, invalid, synthesized]) in parts {
+            pricer.priced += priced;
+            pricer.invalid += invalid;
+            pricer.synthesized += synthesized;
+            for opts in v {
+                let Some(&c) = at.next() else { break };
+                let first = self.options.len();
+                self.options.extend(opts);
+                self.priced[c] = Some((first..self.options.len()).collect());
             }
         }
     }
-    let (cluster, opts, runnable) = (pricer.cluster, pricer.opts, pricer.runnable);
-    let half = layouts.len().div_ceil(2).max(1);
-    let parts: Vec<(Vec<LmOption>, [usize; 3])> = std::thread::scope(|scope| {
-        let handles: Vec<_> = layouts
-            .chunks(half)
-            .map(|part| {
-                scope.spawn(move || {
-                    let mut p = Pricer::new(model, cluster, opts);
-                    p.runnable = runnable;
-                    let mut out = Vec::new();
-                    for (l, ranks) in part {
-                        for split in splits(&mut p, arr, l.clone(), *ranks, extra0) {
-                            // The communication variants last, per split: few survive.
-                            let sched = schedule(model, arr, &split, 1);
-                            let lm = model.language_model();
-                            for (layout, terms) in p.variants(lm, &split, *ranks, &split, &sched) {
-                                out.push(LmOption {
-                                    layout,
-                                    ranks: *ranks,
-                                    terms,
-                                });
-                            }
-                        }
-                    }
-                    (out, [p.priced, p.invalid, p.synthesized])
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)))
-            .collect()
-    });
+}
+
+/// A candidate's options: its splits, each with its communication variants that survive.
+fn price_candidate(
+    p: &mut Pricer<'_>,
+    arr: Arrangement,
+    c: &LmCandidate,
+    balance: Option<Bounds>,
+) -> Vec<LmOption> {
+    let model = p.model;
+    let lm = model.language_model();
+    let extra0 = |p: &mut Pricer<'_>, l: &LayoutSpec| match balance {
+        Some(b) => super::baseline::first_stage_load(p, l, b),
+        None => 0.0,
+    };
     let mut out = Vec::new();
-    for (v, [priced, invalid, synthesized]) in parts {
-        pricer.priced += priced;
-        pricer.invalid += invalid;
-        pricer.synthesized += synthesized;
-        out.extend(v);
+    for split in splits(p, arr, c.layout.clone(), c.ranks, &extra0) {
+        // The communication variants last, per split: few survive.
+        let sched = schedule(model, arr, &split, 1);
+        for (layout, terms) in p.variants(lm, &split, c.ranks, &split, &sched) {
+            out.push(LmOption {
+                layout,
+                ranks: c.ranks,
+                terms,
+            });
+        }
     }
     out
 }
@@ -152,7 +261,7 @@ fn splits(
     arr: Arrangement,
     l: LayoutSpec,
     ranks: Ranks,
-    extra0: &(dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64 + Sync),
+    extra0: &dyn Fn(&mut Pricer<'_>, &LayoutSpec) -> f64,
 ) -> Vec<LayoutSpec> {
     let layers = pricer
         .model

@@ -125,29 +125,6 @@ fn bounds(opts: &SearchOptions, cluster: &Cluster, arr: Arrangement, others: boo
     }
 }
 
-/// The language model's options in an arrangement; the nested arrangement's, which both the
-/// heterogeneous and the homogeneous search use, priced once (stages balanced with the
-/// encoders' load on the first).
-fn lm_options(
-    pricer: &mut Pricer<'_>,
-    arr: Arrangement,
-    world: u32,
-    b: Bounds,
-    nested: &mut Option<Vec<lm::LmOption>>,
-) -> Vec<lm::LmOption> {
-    if arr != Arrangement::Nested {
-        return lm::options(pricer, arr, world, b, &|_, _| 0.0);
-    }
-    if let Some(v) = nested {
-        return v.clone();
-    }
-    let v = lm::options(pricer, arr, world, b, &|p, l| {
-        baseline::first_stage_load(p, l, b)
-    });
-    *nested = Some(v.clone());
-    v
-}
-
 /// Searches plans for `model` on `cluster`.
 pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> SearchResult {
     let start = Instant::now();
@@ -169,12 +146,14 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         .modules()
         .iter()
         .any(|m| m.kind == ModuleKind::Generator);
-    let setup = |arr: Arrangement| Setup {
+    let keep = opts.simulate.max(opts.top_k + 1);
+    let setup = |arr: Arrangement, ceiling: f64| Setup {
         arrangement: arr,
         max_pass_size: opts.max_pass_size,
         capacity: cluster.gpu.hbm_bytes - constants.cuda_context_bytes,
-        keep: opts.simulate.max(opts.top_k + 1),
+        keep,
         max_evaluations: opts.max_evaluations,
+        ceiling,
     };
     let mut counts = Counts {
         exhausted: true,
@@ -196,26 +175,39 @@ pub fn search(model: &ModelGraph, cluster: &Cluster, opts: SearchOptions) -> Sea
         arrs.push(Arrangement::Disjoint);
     }
     let mut found: Vec<Scored> = Vec::new();
-    let mut nested: Option<Vec<lm::LmOption>> = None;
+    // The nested arrangement's language-model options serve the homogeneous search too.
+    let hb = bounds(&opts, cluster, Arrangement::Nested, others);
+    let mut nested = lm::LmPool::new(&pricer, Arrangement::Nested, world, hb);
     for arr in arrs {
         let b = bounds(&opts, cluster, arr, others);
-        let lms = lm_options(&mut pricer, arr, world, b, &mut nested);
-        let (top, c) = joint::search(&mut pricer, &lms, &setup(arr), &|p, o| {
+        let mut own;
+        let pool = if arr == Arrangement::Nested {
+            &mut nested
+        } else {
+            own = lm::LmPool::new(&pricer, arr, world, b);
+            &mut own
+        };
+        // No plan at or past the kept worst of the arrangements searched before can enter.
+        let ceiling = match found.get(keep - 1) {
+            Some(w) => w.time,
+            None => f64::INFINITY,
+        };
+        let (top, c) = joint::search(&mut pricer, pool, &setup(arr, ceiling), &|p, o| {
             joint::free_options(p, o, b)
         });
         add(c);
         for s in top {
-            joint::insert(&mut found, s, setup(arr).keep);
+            joint::insert(&mut found, s, keep);
         }
     }
     // The homogeneous baseline (for a lone language model: its whole search), over the nested
     // arrangement's language-model options.
-    let hb = bounds(&opts, cluster, Arrangement::Nested, others);
-    let lms = lm_options(&mut pricer, Arrangement::Nested, world, hb, &mut nested);
-    let (homogeneous, c) =
-        joint::search(&mut pricer, &lms, &setup(Arrangement::Nested), &|p, o| {
-            baseline::options_for(p.model, o, hb)
-        });
+    let (homogeneous, c) = joint::search(
+        &mut pricer,
+        &mut nested,
+        &setup(Arrangement::Nested, f64::INFINITY),
+        &|p, o| baseline::options_for(p.model, o, hb),
+    );
     add(c);
     let stats = SearchStats {
         candidates: pricer.priced,
