@@ -13,13 +13,19 @@ use hetpar_planner::search::space::Bounds;
 use serde_json::json;
 
 fn cluster(nodes: u32) -> Cluster {
-    load_cluster(&json!({"kind": "cluster", "format_version": 1, "name": "c", "nodes": nodes,
-        "gpus_per_node": 8, "gpu": {"model": "h100_sxm_80gb"}}).to_string())
+    load_cluster(
+        &json!({"kind": "cluster", "format_version": 1, "name": "c", "nodes": nodes,
+        "gpus_per_node": 8, "gpu": {"model": "h100_sxm_80gb"}})
+        .to_string(),
+    )
     .unwrap()
 }
 
 fn example(name: &str) -> ModelGraph {
-    let path = format!("{}/../examples/models/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/../examples/models/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     load_model(&std::fs::read_to_string(path).unwrap())
         .unwrap_or_else(|d| panic!("{d}"))
         .0
@@ -91,5 +97,8 @@ fn the_floor_lies_under_every_language_model_option_alone_in_every_arrangement()
     checked += n;
     assert!(checked > 1000, "only {checked} options checked");
     // A floor far under every option would order nothing: the MoE's tightest is close.
-    assert!(least < 1.5, "the floor is loose: every option takes {least:.2}x it or more");
+    assert!(
+        least < 1.5,
+        "the floor is loose: every option takes {least:.2}x it or more"
+    );
 }

@@ -107,7 +107,12 @@ fn floor_key(l: &LayoutSpec) -> FloorKey {
 }
 
 /// Every language-model layout of an arrangement with its floor, unpriced.
-pub fn candidates(pricer: &Pricer<'_>, arr: Arrangement, world: u32, b: Bounds) -> Vec<LmCandidate> {
+pub fn candidates(
+    pricer: &Pricer<'_>,
+    arr: Arrangement,
+    world: u32,
+    b: Bounds,
+) -> Vec<LmCandidate> {
     let model = pricer.model;
     let id = model.language_model();
     let lm = model.module(id);
