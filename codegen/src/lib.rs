@@ -102,6 +102,9 @@ fn op(t: &Transfer) -> String {
                 .collect();
             format!("Op::AllGather({}, &[{}])", ranks(group), parts.join(", "))
         }
+        Transfer::Reduce { srcs, dst, rows: r } => {
+            format!("Op::Reduce({}, {dst}, {})", ranks(srcs), rows(r))
+        }
     }
 }
 

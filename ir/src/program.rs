@@ -136,6 +136,14 @@ pub enum Transfer {
         group: Vec<Rank>,
         parts: Vec<(Rank, Vec<Rows>)>,
     },
+    /// Every source sends its partial sums of the rows to `dst`, which ends with their sum,
+    /// added in `srcs` order (its own partial among them when it is a source): a producer's
+    /// reduction folded into the transfer (phase 1, [`BoundaryProgram::fold_forward`]).
+    Reduce {
+        srcs: Vec<Rank>,
+        dst: Rank,
+        rows: Vec<Rows>,
+    },
 }
 
 /// What one rank does in a [`Transfer`], in the order the transfer lists it: every backend and
@@ -147,6 +155,9 @@ pub struct Roles<'t> {
     pub sends: Vec<(Vec<Rank>, &'t [Rows], usize)>,
     /// Rows this rank receives, the rank they come from, and which part.
     pub receives: Vec<(Rank, &'t [Rows], usize)>,
+    /// Partial sums this rank receives and adds up (a [`Transfer::Reduce`]'s destination): the
+    /// rank each comes from, in the order they are added; its own partial is not listed.
+    pub adds: Vec<(Rank, &'t [Rows])>,
 }
 
 impl Transfer {
@@ -179,6 +190,14 @@ impl Transfer {
                 }
             }
             Transfer::AllGather { .. } => {}
+            Transfer::Reduce { srcs, dst, rows } => {
+                if *dst == me {
+                    out.adds
+                        .extend(srcs.iter().filter(|&&r| r != me).map(|&r| (r, &rows[..])));
+                } else if srcs.contains(&me) {
+                    out.sends.push((vec![*dst], rows, 0));
+                }
+            }
         }
         out
     }
@@ -196,6 +215,15 @@ pub struct BoundaryProgram {
     pub width: u32,
     pub forward: Vec<Vec<Transfer>>,
     pub backward: Vec<Vec<Transfer>>,
+    /// The source's last reduction is folded into the forward transfer: every tp rank of the
+    /// source keeps its partial sums of all its replica's rows, and `Reduce` operations sum
+    /// them where they are needed. Absent (false) in programs written before the field.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fold_forward: bool,
+    /// The source's first backward gather is folded into the backward transfer: every tp rank
+    /// of the source receives the whole gradient of all its replica's rows.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub fold_backward: bool,
 }
 
 /// A whole program.
@@ -276,6 +304,19 @@ mod tests {
         };
         assert_eq!(send.roles(6).receives, vec![(1, &b[..], 0)]);
         assert!(send.roles(1).receives.is_empty());
+        let reduce = Transfer::Reduce {
+            srcs: vec![4, 2, 9],
+            dst: 2,
+            rows: a.clone(),
+        };
+        assert_eq!(
+            reduce.roles(2).adds,
+            vec![(4, &a[..]), (9, &a[..])],
+            "in srcs order"
+        );
+        assert!(reduce.roles(2).sends.is_empty(), "its own partial stays");
+        assert_eq!(reduce.roles(9).sends, vec![(vec![2], &a[..], 0)]);
+        assert_eq!(reduce.roles(7), Roles::default(), "not a member");
     }
 
     #[test]

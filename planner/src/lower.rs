@@ -86,6 +86,8 @@ pub fn lower_with(
             width: b.width,
             forward: per_unit(r.forward.plans, n),
             backward: per_unit(r.backward.plans, n),
+            fold_forward: r.fold_forward,
+            fold_backward: r.fold_backward,
         }
     })
     .collect();

@@ -32,6 +32,14 @@ pub struct Args {
     /// E-graph node limit.
     #[arg(long, default_value_t = Limits::default().nodes)]
     nodes: usize,
+    /// Every boundary's direct program: the producer's collective, then the transfer, never
+    /// composed into one (what the e-graph's choice is compared with).
+    #[arg(long)]
+    direct: bool,
+    /// Also simulate the plan's step with the chosen programs and with the direct ones,
+    /// side by side (`step` in the JSON).
+    #[arg(long)]
+    step: bool,
     /// Write the result here (atomically) instead of stdout.
     #[arg(short, long)]
     output: Option<PathBuf>,
@@ -42,6 +50,40 @@ pub struct Args {
 #[derive(serde::Serialize)]
 struct Report<'a> {
     boundaries: &'a [BoundaryReshard],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    step: Option<Step>,
+}
+
+/// The plan's simulated step with every boundary's chosen program and with its direct one.
+#[derive(serde::Serialize)]
+struct Step {
+    chosen_s: f64,
+    direct_s: f64,
+}
+
+fn step(
+    model: &hetpar::ir::model::ModelGraph,
+    cluster: &hetpar::ir::Cluster,
+    plan: &hetpar::ir::Plan,
+    opts: &hetpar::cost::Options,
+    limits: Limits,
+) -> anyhow::Result<Step> {
+    let time = |compose| -> anyhow::Result<f64> {
+        let l = Limits { compose, ..limits };
+        let times = hetpar::planner::boundary::boundary_times_limited(
+            model,
+            cluster,
+            plan,
+            opts.constants,
+            l,
+        );
+        let est = hetpar::cost::estimate_with_boundaries(model, cluster, plan, opts, &times)?;
+        Ok(est.iteration_time_s)
+    };
+    Ok(Step {
+        chosen_s: time(limits.compose)?,
+        direct_s: time(false)?,
+    })
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
@@ -64,6 +106,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let limits = Limits {
         iterations: a.iterations,
         nodes: a.nodes,
+        compose: !a.direct,
+    };
+    let step = if a.step {
+        Some(step(&model, &cluster, &plan, &opts, limits)?)
+    } else {
+        None
     };
     let all = synthesize_all_with(
         &model,
@@ -75,7 +123,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     );
     let text = match a.format {
         Format::Json => {
-            let mut v = serde_json::to_value(Report { boundaries: &all })?;
+            let mut v = serde_json::to_value(Report {
+                boundaries: &all,
+                step,
+            })?;
             for (b, synth) in v["boundaries"]
                 .as_array_mut()
                 .into_iter()
@@ -95,7 +146,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             }
             hetpar::ir::json::to_canonical_json(&v)
         }
-        Format::Human => human(&all, a.explain),
+        Format::Human => {
+            let mut s = human(&all, a.explain);
+            if let Some(st) = &step {
+                let _ = writeln!(
+                    s,
+                    "step (simulated): {:.4} s with the chosen programs, {:.4} s with the direct ones ({:+.2}%)",
+                    st.chosen_s,
+                    st.direct_s,
+                    (st.chosen_s / st.direct_s - 1.0) * 100.0
+                );
+            }
+            s
+        }
     };
     emit(&text, a.output.as_deref())?;
     Ok(ExitCode::SUCCESS)
@@ -110,6 +173,7 @@ fn human(all: &[BoundaryReshard], explain: bool) -> String {
         "lower bound",
         "network",
         "time",
+        "direct",
         "sends",
         "bcasts",
         "all-gathers",
@@ -125,6 +189,7 @@ fn human(all: &[BoundaryReshard], explain: bool) -> String {
             bytes(r.lower_bound_bytes as f64),
             bytes(r.network_bytes as f64),
             format!("{:.3} ms", r.time_s * 1e3),
+            format!("{:.3} ms", r.egraph.direct_time_s * 1e3),
             r.sends.to_string(),
             r.broadcasts.to_string(),
             r.all_gathers.to_string(),
@@ -173,6 +238,19 @@ fn human(all: &[BoundaryReshard], explain: bool) -> String {
                     if fired.is_empty() { "none".into() } else { fired.join(", ") },
                     chosen.join(", ")
                 );
+                let e = &r.egraph;
+                if !e.program.is_empty() {
+                    let _ = writeln!(
+                        s,
+                        "  program {} (rules: {}), {:.3} ms against {:.3} ms direct; extraction: {} selections, {}",
+                        e.program,
+                        if e.rules_fired.is_empty() { "none".into() } else { e.rules_fired.join(", ") },
+                        r.time_s * 1e3,
+                        e.direct_time_s * 1e3,
+                        e.selections,
+                        e.stop_reason
+                    );
+                }
             }
         }
     }

@@ -182,6 +182,9 @@ pub enum Strategy {
 pub struct Limits {
     pub iterations: usize,
     pub nodes: usize,
+    /// Whether a producer's collectives may be composed with the transfer (`compose`); off,
+    /// every boundary takes its direct program.
+    pub compose: bool,
 }
 
 impl Default for Limits {
@@ -189,6 +192,7 @@ impl Default for Limits {
         Limits {
             iterations: 8,
             nodes: 50_000,
+            compose: true,
         }
     }
 }

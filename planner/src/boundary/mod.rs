@@ -6,6 +6,7 @@
 //! `baseline` prices the reference system's leader-and-broadcast scheme.
 
 pub mod baseline;
+pub mod compose;
 pub mod egraph;
 pub mod oracle;
 pub mod ownership;
@@ -29,6 +30,10 @@ pub struct BoundaryReshard {
     pub backward: Reshard,
     /// The leader-and-broadcast scheme, forward.
     pub baseline: Baseline,
+    /// The producer's last reduction folded into the forward transfer (`compose`).
+    pub fold_forward: bool,
+    /// The producer's first backward gather folded into the backward transfer.
+    pub fold_backward: bool,
 }
 
 /// Synthesizes every boundary of a plan (or the one named).
@@ -70,9 +75,27 @@ pub fn synthesize_all_with(
 /// Synthesizes one boundary in both directions.
 pub fn synthesize_boundary(cx: &Context<'_>, b: BoundaryId) -> BoundaryReshard {
     let fwd = synth::forward_segments(cx, b);
-    let bwd = synth::backward_segments(&fwd);
     let baseline = baseline::leader_broadcast(cx, b, &fwd);
     let bd = cx.model.boundary(b);
+    let (name, from, to) = (
+        bd.name.clone(),
+        cx.model.module(bd.from).name.clone(),
+        cx.model.module(bd.to).name.clone(),
+    );
+    if cx.limits.compose && compose::composable(cx, b) {
+        let (forward, backward, fold_forward, fold_backward) = compose::compose(cx, b, fwd);
+        return BoundaryReshard {
+            name,
+            from,
+            to,
+            forward,
+            backward,
+            baseline,
+            fold_forward,
+            fold_backward,
+        };
+    }
+    let bwd = synth::backward_segments(&fwd);
     // The two directions are independent: synthesize them side by side.
     let (forward, backward) = std::thread::scope(|scope| {
         let f = scope.spawn(|| synth::synthesize(cx, b, Direction::Forward, fwd));
@@ -84,13 +107,19 @@ pub fn synthesize_boundary(cx: &Context<'_>, b: BoundaryId) -> BoundaryReshard {
         // A panic in the forward thread is a bug: re-raise it where it can be seen.
         Err(p) => std::panic::resume_unwind(p),
     };
+    let (mut forward, mut backward) = (forward, backward);
+    // Nothing to compose: the transfer is the whole program.
+    forward.egraph.direct_time_s = forward.time_s;
+    backward.egraph.direct_time_s = backward.time_s;
     BoundaryReshard {
-        name: bd.name.clone(),
-        from: cx.model.module(bd.from).name.clone(),
-        to: cx.model.module(bd.to).name.clone(),
+        name,
+        from,
+        to,
         forward,
         backward,
         baseline,
+        fold_forward: false,
+        fold_backward: false,
     }
 }
 
@@ -112,7 +141,19 @@ pub fn boundary_times_with(
     plan: &Plan,
     constants: Option<Constants>,
 ) -> hetpar_cost::BoundaryTimes {
-    synthesize_all_with(model, cluster, plan, Limits::default(), None, constants)
+    boundary_times_limited(model, cluster, plan, constants, Limits::default())
+}
+
+/// [`boundary_times_with`] under `limits` (`compose: false` prices every boundary's direct
+/// program).
+pub fn boundary_times_limited(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    constants: Option<Constants>,
+    limits: Limits,
+) -> hetpar_cost::BoundaryTimes {
+    synthesize_all_with(model, cluster, plan, limits, None, constants)
         .into_iter()
         .zip(model.boundaries())
         .map(|(r, b)| {

@@ -60,7 +60,7 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
             }
             held.entry(dst).or_default().insert(t);
         };
-    let phase = |op: &Op| matches!(op, Op::Send { .. });
+    let phase = |op: &Op| matches!(op, Op::Send { .. } | Op::Reduce { .. });
     for op in plan
         .ops
         .iter()
@@ -99,11 +99,63 @@ pub fn check(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
                     }
                 }
             }
+            Op::Reduce { .. } => errors.push("a reduction among whole rows".into()),
         }
     }
     for (q, n) in &need {
         let h = held.get(q).cloned().unwrap_or_default();
         let missing = n.difference(&h).count();
+        if missing > 0 {
+            errors.push(format!("rank {q} misses {missing} rows it needs"));
+        }
+    }
+    errors
+}
+
+/// Checks a folded forward plan: the segments' holders hold partial sums, and each rank that
+/// needs a row must receive its sum exactly once, from a `Reduce` over every holder of the
+/// row's partials (one missing, and the sum is wrong).
+pub fn check_reduce(segments: &[Segment], plan: &MicroBatchPlan) -> Vec<String> {
+    let mut partials: BTreeMap<Tag, BTreeSet<Rank>> = BTreeMap::new();
+    let mut need: BTreeMap<Rank, BTreeSet<Tag>> = BTreeMap::new();
+    for s in segments {
+        for row in s.rows.clone() {
+            let t = Tag {
+                sample: s.sample,
+                row,
+            };
+            partials.entry(t).or_default().extend(s.holders.iter());
+            for &q in s.needers.iter() {
+                need.entry(q).or_default().insert(t);
+            }
+        }
+    }
+    let mut got: BTreeMap<Rank, BTreeSet<Tag>> = BTreeMap::new();
+    let mut errors = Vec::new();
+    for op in &plan.ops {
+        let Op::Reduce { srcs, dst, rows } = op else {
+            errors.push("a folded forward moves whole rows".into());
+            continue;
+        };
+        let srcs: BTreeSet<Rank> = srcs.iter().copied().collect();
+        for t in tags(rows) {
+            if partials.get(&t) != Some(&srcs) {
+                errors.push(format!(
+                    "row {t} summed over {srcs:?}, not over its partials' holders"
+                ));
+            }
+            if !need.get(dst).is_some_and(|n| n.contains(&t)) {
+                errors.push(format!("rank {dst} receives row {t} it does not need"));
+            }
+            if !got.entry(*dst).or_default().insert(t) {
+                errors.push(format!("rank {dst} receives row {t} twice"));
+            }
+        }
+    }
+    for (q, n) in &need {
+        let missing = n
+            .difference(&got.get(q).cloned().unwrap_or_default())
+            .count();
         if missing > 0 {
             errors.push(format!("rank {q} misses {missing} rows it needs"));
         }

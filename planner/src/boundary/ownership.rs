@@ -250,6 +250,7 @@ fn own_runs(
     stage: u32,
     replicas: &[Vec<Run>],
     keep: Range<u32>,
+    sp: bool,
     out: &mut SideMap,
 ) {
     let l = &mp.layout;
@@ -276,28 +277,21 @@ fn own_runs(
                     continue;
                 }
                 let entry = &mut out[(r.sample - keep.start) as usize].1;
-                sp_split(
-                    lo,
-                    lo + n,
-                    n_local[c],
-                    l.tp,
-                    l.sequence_parallel,
-                    |lr, t| {
-                        let start = r.row0 + block.start + (lr.start - lo);
-                        entry.push(Owned {
-                            rows: start..start + (lr.end - lr.start),
-                            ranks: cache.get(
-                                mp,
-                                RanksAt {
-                                    replica: d as u32,
-                                    stage,
-                                    cp: c as u32,
-                                    tp: t,
-                                },
-                            ),
-                        });
-                    },
-                );
+                sp_split(lo, lo + n, n_local[c], l.tp, sp, |lr, t| {
+                    let start = r.row0 + block.start + (lr.start - lo);
+                    entry.push(Owned {
+                        rows: start..start + (lr.end - lr.start),
+                        ranks: cache.get(
+                            mp,
+                            RanksAt {
+                                replica: d as u32,
+                                stage,
+                                cp: c as u32,
+                                tp: t,
+                            },
+                        ),
+                    });
+                });
             }
         }
     }
@@ -307,6 +301,18 @@ fn own_runs(
 /// holders (the source's last pipeline stage). An item module's pass is computed once and
 /// split into its micro-batches when the destination takes micro-batches.
 pub fn source_maps(g: &ModelGraph, plan: &Plan, b: BoundaryId) -> Vec<SideMap> {
+    let sp = plan.module(g.boundary(b).from).layout.sequence_parallel;
+    source_maps_as(g, plan, b, sp)
+}
+
+/// [`source_maps`] with every tp rank holding every local row: the holders of partial sums
+/// when the source's last reduction is folded into the transfer (`compose`), and the needers
+/// of whole gradients when its first backward gather is.
+pub fn source_maps_whole(g: &ModelGraph, plan: &Plan, b: BoundaryId) -> Vec<SideMap> {
+    source_maps_as(g, plan, b, false)
+}
+
+fn source_maps_as(g: &ModelGraph, plan: &Plan, b: BoundaryId, sp: bool) -> Vec<SideMap> {
     let bd = g.boundary(b);
     let mp = plan.module(bd.from);
     let stage = mp.layout.pp - 1;
@@ -321,6 +327,7 @@ pub fn source_maps(g: &ModelGraph, plan: &Plan, b: BoundaryId) -> Vec<SideMap> {
                 stage,
                 &replica_runs(g, plan, b, bd.from, j),
                 samples,
+                sp,
                 &mut map,
             );
             out.push(sorted(map));
@@ -337,6 +344,7 @@ pub fn source_maps(g: &ModelGraph, plan: &Plan, b: BoundaryId) -> Vec<SideMap> {
             stage,
             &replica_runs(g, plan, b, bd.from, p),
             samples,
+            sp,
             &mut map,
         );
         let map = sorted(map);
@@ -362,7 +370,8 @@ pub fn destination_map(g: &ModelGraph, plan: &Plan, b: BoundaryId, u: u32) -> Si
         Landing::Rows => {
             let mut map = empty(samples.clone());
             let runs = replica_runs(g, plan, b, bd.to, u);
-            own_runs(plan.module(bd.to), 0, &runs, samples, &mut map);
+            let to = plan.module(bd.to);
+            own_runs(to, 0, &runs, samples, to.layout.sequence_parallel, &mut map);
             sorted(map)
         }
     }

@@ -49,7 +49,8 @@ pub struct Reshard {
     pub lower_bound_bytes: u64,
     /// Bytes crossing nodes.
     pub network_bytes: u64,
-    /// Predicted time, summed over micro-batches, s.
+    /// Predicted time of the chosen program (with a composition, the producer's collective
+    /// and the transfer), summed over units, s.
     pub time_s: f64,
     /// Slowest micro-batch, s.
     pub max_micro_batch_time_s: f64,
@@ -58,16 +59,69 @@ pub struct Reshard {
     pub sends: usize,
     pub broadcasts: usize,
     pub all_gathers: usize,
+    /// Reductions folded into the transfer (`Reduce` operations).
+    pub reduces: usize,
     /// Flows per strategy.
     pub strategies: BTreeMap<Strategy, usize>,
     pub stats: Stats,
+    /// The composed program: the e-graph's choice and the direct program's cost.
+    pub egraph: Composition,
+    /// What the step's simulation adds for this direction: `time_s` less the producer's
+    /// collective that its own module's cost already counts, s.
+    pub charged_time_s: f64,
     #[serde(skip)]
     pub plans: Vec<MicroBatchPlan>,
-    /// Predicted time of each unit (encoder pass or micro-batch, as `plans`), s.
+    /// Charged time of each unit (encoder pass or micro-batch, as `plans`), s.
     #[serde(skip)]
     pub micro_batch_times: Vec<f64>,
+    /// The chosen program's time of each unit, s.
+    #[serde(skip)]
+    pub unit_times: Vec<f64>,
     #[serde(skip)]
     pub segments: Vec<Vec<Segment>>,
+}
+
+impl Reshard {
+    /// A direction with nothing synthesized yet.
+    pub fn empty(direction: Direction) -> Self {
+        Reshard {
+            direction,
+            bytes: 0,
+            lower_bound_bytes: 0,
+            network_bytes: 0,
+            time_s: 0.0,
+            max_micro_batch_time_s: 0.0,
+            fused_calls: 0,
+            sends: 0,
+            broadcasts: 0,
+            all_gathers: 0,
+            reduces: 0,
+            strategies: BTreeMap::new(),
+            stats: Stats::default(),
+            egraph: Composition::default(),
+            charged_time_s: 0.0,
+            plans: Vec::new(),
+            micro_batch_times: Vec::new(),
+            unit_times: Vec::new(),
+            segments: Vec::new(),
+        }
+    }
+}
+
+/// How the e-graph composed a direction: the producer's last collective, the transfer and
+/// the consumer's first collective as one program (`compose`).
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize)]
+pub struct Composition {
+    /// The chosen program as a term (`compose::term`).
+    pub program: String,
+    /// The rules whose rewrites the chosen program uses, in order, each once.
+    pub rules_fired: Vec<String>,
+    /// The unrewritten composition's cost, s.
+    pub direct_time_s: f64,
+    /// Selections of one e-node per e-class priced by the extraction.
+    pub selections: usize,
+    /// `exhausted` (the optimum) or `selection_limit`; empty where nothing was composed.
+    pub stop_reason: String,
 }
 
 /// Inputs shared by both directions.
@@ -80,7 +134,7 @@ pub struct Context<'a> {
 }
 
 impl Context<'_> {
-    fn links(&self) -> Links {
+    pub(crate) fn links(&self) -> Links {
         Links {
             network: Link::of_class(self.cluster, &self.constants, true),
             nvlink: Link::of_class(self.cluster, &self.constants, false),
@@ -221,23 +275,9 @@ pub fn synthesize(
     };
 
     // Lowering.
-    let mut r = Reshard {
-        direction,
-        bytes: 0,
-        lower_bound_bytes: lower_bound,
-        network_bytes: 0,
-        time_s: 0.0,
-        max_micro_batch_time_s: 0.0,
-        fused_calls: 0,
-        sends: 0,
-        broadcasts: 0,
-        all_gathers: 0,
-        strategies: BTreeMap::new(),
-        stats,
-        plans: Vec::new(),
-        micro_batch_times: Vec::new(),
-        segments: Vec::new(),
-    };
+    let mut r = Reshard::empty(direction);
+    r.lower_bound_bytes = lower_bound;
+    r.stats = stats;
     for (j, flows) in per_mb.iter().enumerate() {
         let mut load: HashMap<Rank, u64> = HashMap::new();
         let mut ops: Vec<Op> = Vec::new();
@@ -320,7 +360,9 @@ pub fn synthesize(
         }
         let t = micro_batch_time(&ops, row_bytes, &node, &links, &mut r);
         r.time_s += t;
+        r.charged_time_s += t;
         r.micro_batch_times.push(t);
+        r.unit_times.push(t);
         r.max_micro_batch_time_s = r.max_micro_batch_time_s.max(t);
         r.plans.push(MicroBatchPlan {
             micro_batch: j as u32,
@@ -362,7 +404,7 @@ struct Traffic {
 
 /// Bytes and time of one micro-batch: phase 1 (point-to-point) then phase 2 (intra-node
 /// collectives); each phase takes its slowest rank's send or receive volume per link class.
-fn micro_batch_time(
+pub(crate) fn micro_batch_time(
     ops: &[Op],
     row_bytes: u64,
     node: &dyn Fn(Rank) -> u32,
@@ -409,6 +451,28 @@ fn micro_batch_time(
                 *p2.entry(within(*root, true)).or_default() += b;
                 r.broadcasts += 1;
                 callers.extend(group.iter().copied());
+            }
+            Op::Reduce { srcs, dst, rows } => {
+                // Every other source's partials reach the destination at once.
+                let b = rows_bytes(rows);
+                for &src in srcs.iter().filter(|&&s| s != *dst) {
+                    let net = node(src) != node(*dst);
+                    for (rank, sending) in [(src, true), (*dst, false)] {
+                        let key = Traffic {
+                            rank,
+                            sending,
+                            network: net,
+                        };
+                        *p1.entry(key).or_default() += b;
+                    }
+                    r.bytes += b;
+                    if net {
+                        r.network_bytes += b;
+                    }
+                    r.sends += 1;
+                    callers.extend([src, *dst]);
+                }
+                r.reduces += 1;
             }
             Op::AllGather { group, parts } => {
                 let total: u64 = parts.iter().map(|p| rows_bytes(&p.1)).sum();

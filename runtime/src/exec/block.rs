@@ -245,7 +245,9 @@ pub struct MlpCache {
 }
 
 /// The projector `prefix` (`.fc1` column-parallel, GELU, `.fc2` row-parallel) over this
-/// rank's rows.
+/// rank's rows. With `fold` the output stays this tp rank's partial sums of every local row
+/// (the boundary's `Reduce` operations sum them where they are needed).
+#[allow(clippy::too_many_arguments)]
 pub fn mlp_forward(
     mx: &dyn Math,
     ep: &mut Endpoint,
@@ -253,12 +255,17 @@ pub fn mlp_forward(
     p: &Params,
     prefix: &str,
     x: &Tensor,
+    fold: bool,
 ) -> Result<(Tensor, MlpCache), RuntimeError> {
     let xa = env.gather(mx, ep, 0, 0, x)?;
     let a = linear_named(mx, p, &format!("{prefix}.fc1"), &xa)?;
     let g = mx.gelu(&a)?;
     let m = row_partial(mx, p, &format!("{prefix}.fc2"), &g, env.shard.t)?;
-    let y = env.reduce(mx, ep, 0, 1, m)?;
+    let y = if fold {
+        m
+    } else {
+        env.reduce(mx, ep, 0, 1, m)?
+    };
     Ok((y, MlpCache { x: xa, a, g }))
 }
 
@@ -272,10 +279,30 @@ pub fn mlp_backward(
     prefix: &str,
     c: &MlpCache,
     dy: &Tensor,
+    whole: bool,
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
-    let dy_all = env.gather(mx, ep, 0, 10, dy)?;
-    let dg = row_backward(mx, p, &format!("{prefix}.fc2"), &c.g, &dy_all, dy, grads)?;
+    // `whole`: the boundary brought the gradient of every local row (its gather folded in);
+    // the bias gradient still takes only this rank's sequence-parallel part, as without it.
+    let (dy_all, dy_mine) = if whole {
+        let mine = if env.sp && env.tp_group.len() > 1 {
+            mx.gather_rows(dy, &env.shard.mine_indices())?
+        } else {
+            dy.clone()
+        };
+        (dy.clone(), mine)
+    } else {
+        (env.gather(mx, ep, 0, 10, dy)?, dy.clone())
+    };
+    let dg = row_backward(
+        mx,
+        p,
+        &format!("{prefix}.fc2"),
+        &c.g,
+        &dy_all,
+        &dy_mine,
+        grads,
+    )?;
     let da = mx.gelu_backward(&c.a, &dg)?;
     let dx = linear_named_backward(mx, p, &format!("{prefix}.fc1"), &c.x, &da, grads)?;
     env.reduce(mx, ep, 0, 11, dx)

@@ -24,6 +24,8 @@ pub enum Op {
     Broadcast(u32, &'static [u32], StaticRows),
     /// `(group, parts)`.
     AllGather(&'static [u32], &'static [(u32, StaticRows)]),
+    /// `(srcs, dst, rows)`.
+    Reduce(&'static [u32], u32, StaticRows),
 }
 
 fn rows(r: StaticRows) -> Vec<hetpar_ir::program::Rows> {
@@ -47,6 +49,11 @@ pub fn transfers(ops: &[Op]) -> Vec<Transfer> {
             Op::AllGather(group, parts) => Transfer::AllGather {
                 group: group.to_vec(),
                 parts: parts.iter().map(|&(o, r)| (o, rows(r))).collect(),
+            },
+            Op::Reduce(srcs, dst, r) => Transfer::Reduce {
+                srcs: srcs.to_vec(),
+                dst,
+                rows: rows(r),
             },
         })
         .collect()

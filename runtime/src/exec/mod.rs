@@ -13,6 +13,7 @@ pub mod block;
 pub mod collective;
 pub mod comm;
 pub mod executes;
+pub mod fused;
 pub mod generated;
 pub mod math;
 pub mod order;

@@ -75,6 +75,13 @@ fn boundary_messages(
                 .1
                 .push(msg(k, part));
         }
+        for (from, _) in roles.adds {
+            pairs
+                .entry(Pair { from, to: me })
+                .or_default()
+                .1
+                .push(msg(k, 0));
+        }
     }
     Ok(())
 }

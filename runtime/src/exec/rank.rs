@@ -14,6 +14,7 @@ use super::block::{
 };
 use super::collective::{self, GroupCollectives};
 use super::comm::{tag, Env, Kind};
+use super::fused;
 use super::math::{
     accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
 };
@@ -463,6 +464,15 @@ impl<'a> RankState<'a> {
         self.modules[m].as_ref().expect("held() checked it")
     }
 
+    /// Whether module `m`'s outgoing boundary folds its last reduction into the forward
+    /// transfer, and its first backward gather into the backward one.
+    fn folds(&self, m: usize) -> (bool, bool) {
+        self.ctx(m)
+            .outgoing
+            .and_then(|b| self.program.boundaries.get(b))
+            .map_or((false, false), |b| (b.fold_forward, b.fold_backward))
+    }
+
     fn boundary_index(&self, name: &str) -> Result<usize, RuntimeError> {
         self.program
             .boundaries
@@ -841,8 +851,15 @@ impl<'a> RankState<'a> {
             if i < last {
                 self.acts.insert(ChunkKey::new(m, i + 1, j), out);
             } else if let Some(b) = self.ctx(m).outgoing {
+                // Folded, the rows are partial sums of every local row.
+                let rows = if self.folds(m).0 {
+                    shard.local()
+                } else {
+                    &mine[..]
+                };
+                let keys = keys_of(rows);
                 let store = self.stores.entry(StoreKey::new(b, true)).or_default();
-                store.insert_rows(out, keys_of(&mine));
+                store.insert_rows(out, keys);
             }
         }
         self.chunks.insert(
@@ -940,6 +957,7 @@ impl<'a> RankState<'a> {
                     m,
                     j,
                 );
+                let fold = self.folds(m).0;
                 let (out, cache) = mlp_forward(
                     &*self.math,
                     &mut self.ep,
@@ -947,6 +965,7 @@ impl<'a> RankState<'a> {
                     &self.params,
                     &prefix(unit),
                     &y,
+                    fold,
                 )?;
                 post.push(LayerCache::Mlp(cache));
                 Ok(Some(out))
@@ -1099,7 +1118,12 @@ impl<'a> RankState<'a> {
                 _ => {
                     let b = outgoing.ok_or_else(|| invalid("no outgoing boundary".into()))?;
                     let w = self.ctx(m).width;
-                    Some(self.rows_of(b, j, false, &keys_of(&mine), w)?)
+                    let rows = if self.folds(m).1 {
+                        shard.local()
+                    } else {
+                        &mine[..]
+                    };
+                    Some(self.rows_of(b, j, false, &keys_of(rows), w)?)
                 }
             }
         } else {
@@ -1120,6 +1144,7 @@ impl<'a> RankState<'a> {
                     &mut self.grads,
                 )?,
                 LayerCache::Mlp(mc) => {
+                    let whole = self.folds(m).1;
                     let env = Env::new(
                         self.groups.as_deref(),
                         self.modules[m].as_ref().expect("held"),
@@ -1135,6 +1160,7 @@ impl<'a> RankState<'a> {
                         &prefix(unit),
                         mc,
                         dy.as_ref().expect("set above"),
+                        whole,
                         &mut self.grads,
                     )?
                 }
@@ -1326,32 +1352,11 @@ impl<'a> RankState<'a> {
             store.insert_rows(t, keys);
             Ok(())
         };
+        // Sums of partial rows, kept apart until the end: a later operation may send this
+        // rank's partials of the same rows.
+        let mut summed: Vec<(Tensor, Vec<Key>)> = Vec::new();
         if let Some(gc) = self.groups.as_deref().filter(|g| g.exchanges()) {
-            // The whole fused transfer as one call: every send and receive of this rank.
-            let mut sends: Vec<(u32, Tensor)> = Vec::new();
-            let mut recvs: Vec<(u32, Vec<Key>)> = Vec::new();
-            for op in ops {
-                let roles = op.roles(me);
-                for (to, rows, _) in roles.sends {
-                    let data = take(&store, rows)?;
-                    sends.extend(to.into_iter().map(|r| (r, data.clone())));
-                }
-                recvs.extend(
-                    roles
-                        .receives
-                        .into_iter()
-                        .map(|(r, rows, _)| (r, keys(rows))),
-                );
-            }
-            sends.retain(|(_, t)| t.rows() > 0);
-            recvs.retain(|(_, k)| !k.is_empty());
-            let sends_ref: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
-            let shapes: Vec<(u32, [usize; 2])> =
-                recvs.iter().map(|(r, k)| (*r, [k.len(), w])).collect();
-            let got = gc.exchange(&sends_ref, &shapes)?;
-            for ((_, keys), t) in recvs.into_iter().zip(got) {
-                store.insert_rows(t, keys);
-            }
+            summed = fused::exchange(gc, mx, ops, me, w, &mut store, &take, &keys)?;
         } else {
             for (k, op) in ops.iter().enumerate() {
                 let t = tag(Kind::Boundary, b, j, k, u8::from(!forward));
@@ -1366,7 +1371,23 @@ impl<'a> RankState<'a> {
                     let data = self.ep.recv_payload(from, t)?;
                     put(&mut store, rows, data)?;
                 }
+                if let Some(&(_, rows)) = roles.adds.first() {
+                    let srcs = fused::srcs_of(op);
+                    let own = fused::own_partial(&store, &srcs, me, rows, &take)?;
+                    let mut parts = Vec::with_capacity(roles.adds.len());
+                    for &(from, _) in &roles.adds {
+                        let p = self.ep.recv_payload(from, t)?;
+                        parts.push(
+                            p.into_rows(w)
+                                .map_err(|e| invalid(format!("boundary `{name}`: {e}")))?,
+                        );
+                    }
+                    summed.push((fused::sum_in_order(mx, &srcs, me, own, parts)?, keys(rows)));
+                }
             }
+        }
+        for (t, keys) in summed {
+            store.insert_rows(t, keys);
         }
         self.stores.insert(StoreKey::new(b, forward), store);
         Ok(())
