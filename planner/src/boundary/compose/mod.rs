@@ -8,6 +8,7 @@
 //! the transfer is the whole program.
 
 pub mod extract;
+mod floor;
 pub mod price;
 pub mod reduce;
 pub mod term;
@@ -60,31 +61,46 @@ pub fn compose(
         .module(cx.model.boundary(b).from)
         .layout
         .sequence_parallel;
-    let whole: Vec<Vec<Segment>> = if sp {
-        source_maps_whole(cx.model, cx.plan, b)
+    let bwd = backward_segments(&fwd);
+    let floor = floor::folded_floor(cx, b, &fwd, sp);
+    let coll = collectives(cx, b, &fwd);
+    // The direct programs, forward and backward side by side.
+    let (deliver, send_layout) = std::thread::scope(|s| {
+        let d = s.spawn(|| synthesize(cx, b, Direction::Forward, fwd.clone()));
+        let l = synthesize(cx, b, Direction::Backward, bwd);
+        (d.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), l)
+    });
+    // The folded ones only where their floor leaves them a chance against the direct ones
+    // (producer collective included), from the whole ownership.
+    let (rs_or_ar, ag) = if sp {
+        (sum(&coll.reduce_scatter), sum(&coll.all_gather))
+    } else {
+        (sum(&coll.all_reduce), 0.0)
+    };
+    let try_f = floor.0 < deliver.time_s + rs_or_ar;
+    let try_b = sp && floor.1 < send_layout.time_s + ag;
+    let whole: Vec<Vec<Segment>> = match (sp, try_f || try_b) {
+        (true, true) => source_maps_whole(cx.model, cx.plan, b)
             .iter()
             .enumerate()
             .map(|(u, src)| segments(src, &destination_map(cx.model, cx.plan, b, u as u32)))
-            .collect()
-    } else {
-        fwd.clone()
+            .collect(),
+        (false, true) => fwd,
+        (_, false) => Vec::new(),
     };
-    let coll = collectives(cx, b, &whole);
-    let bwd = backward_segments(&fwd);
-    let bwd_whole = sp.then(|| backward_segments(&whole));
-    let reduce = reduce::synthesize_reduce(cx, b, &whole);
-    let (deliver, send_layout, send_whole) = std::thread::scope(|s| {
-        let d = s.spawn(|| synthesize(cx, b, Direction::Forward, fwd));
-        let w = bwd_whole.map(|w| synthesize(cx, b, Direction::Backward, w));
-        let l = synthesize(cx, b, Direction::Backward, bwd);
-        let d = d.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
-        (d, l, w)
+    let (reduce, send_whole) = std::thread::scope(|s| {
+        let r = s.spawn(|| try_f.then(|| reduce::synthesize_reduce(cx, b, &whole)));
+        let w = try_b.then(|| synthesize(cx, b, Direction::Backward, backward_segments(&whole)));
+        (r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), w)
     });
+    // The floors must never exceed what they bound (checked wherever tests synthesize).
+    debug_assert!(reduce.as_ref().is_none_or(|r| floor.0 <= r.time_s * (1.0 + 1e-9)));
+    debug_assert!(send_whole.as_ref().is_none_or(|r| floor.1 <= r.time_s * (1.0 + 1e-9)));
     let priced = Priced {
         sp,
         coll: &coll,
         deliver: Some(&deliver),
-        reduce: Some(&reduce),
+        reduce: reduce.as_ref(),
         send_layout: Some(&send_layout),
         send_whole: send_whole.as_ref(),
     };
@@ -108,10 +124,9 @@ pub fn compose(
     } else {
         (&coll.all_reduce, &none)
     };
-    let forward = if fold_f {
-        finish(reduce, f.1, &none, producer_f)
-    } else {
-        finish(deliver, f.1, producer_f, producer_f)
+    let forward = match (fold_f, reduce) {
+        (true, Some(r)) => finish(r, f.1, &none, producer_f),
+        _ => finish(deliver, f.1, producer_f, producer_f),
     };
     let backward = match (fold_b, send_whole) {
         (true, Some(w)) => finish(w, bk.1, &none, producer_b),
@@ -137,6 +152,10 @@ fn finish(mut r: Reshard, egraph: Composition, own: &[f64], producer: &[f64]) ->
     r.max_micro_batch_time_s = r.unit_times.iter().copied().fold(0.0, f64::max);
     r.egraph = egraph;
     r
+}
+
+fn sum(v: &[f64]) -> f64 {
+    v.iter().sum()
 }
 
 /// Whether the term has a node `f` holds for.

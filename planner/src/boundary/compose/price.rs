@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 
 use hetpar_cost::collective::{collective_time, CollectiveKind, Link};
+use hetpar_ir::placement::Axis;
 use hetpar_ir::{BoundaryId, Rank};
 
 use super::super::ownership::Segment;
@@ -19,21 +20,30 @@ pub struct Collectives {
     pub all_gather: Vec<f64>,
 }
 
-/// Per unit, the busiest tp group's local rows (the holders of `whole` segments, every tp rank
-/// of a replica holding all of them) priced as each collective over that group's link.
-pub fn collectives(cx: &Context<'_>, b: BoundaryId, whole: &[Vec<Segment>]) -> Collectives {
-    let width = u64::from(cx.model.boundary(b).width);
-    let row_bytes = (width * cx.model.data().precision.activation_bytes()) as f64;
+/// Per unit, the busiest tp group's local rows (the holders of the layout's segments `fwd`,
+/// grouped by the tp group each belongs to) priced as each collective over that group's link.
+pub fn collectives(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -> Collectives {
+    let bd = cx.model.boundary(b);
+    let row_bytes = (u64::from(bd.width) * cx.model.data().precision.activation_bytes()) as f64;
+    let grid = &cx.plan.module(bd.from).grid;
+    let mut groups: BTreeMap<Rank, Vec<Rank>> = BTreeMap::new();
     let mut out = Collectives::default();
-    for unit in whole {
-        let mut rows: BTreeMap<&[Rank], u64> = BTreeMap::new();
+    for unit in fwd {
+        let mut rows: BTreeMap<Vec<Rank>, u64> = BTreeMap::new();
         for s in unit {
-            *rows.entry(&s.holders[..]).or_default() += s.rows.end - s.rows.start;
+            let Some(&h) = s.holders.first() else {
+                continue;
+            };
+            let g = groups.entry(h).or_insert_with(|| {
+                grid.coord_of(h)
+                    .map_or_else(|| vec![h], |c| grid.group_at(Axis::Tp, c))
+            });
+            *rows.entry(g.clone()).or_default() += s.rows.end - s.rows.start;
         }
         let busiest = rows
             .iter()
-            .max_by_key(|(g, n)| (**n, std::cmp::Reverse(g.to_vec())));
-        let (group, n) = busiest.map_or((&[][..], 0), |(g, n)| (*g, *n));
+            .max_by_key(|(g, n)| (**n, std::cmp::Reverse((*g).clone())));
+        let (group, n) = busiest.map_or((&[][..], 0), |(g, n)| (&g[..], *n));
         let link = Link::of_group(cx.cluster, &cx.constants, group);
         let bytes = n as f64 * row_bytes;
         let tp = group.len() as u32;
