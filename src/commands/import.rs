@@ -8,7 +8,7 @@ use hetpar::ir::hf::{import, ImportOptions};
 use hetpar::ir::json::{parse_value, to_canonical_json};
 use hetpar::ir::model::{verify, Precision};
 
-use super::{emit, print_diagnostics};
+use super::{check_output, emit, print_diagnostics};
 
 #[derive(clap::Subcommand)]
 pub enum Source {
@@ -54,6 +54,7 @@ enum PrecisionArg {
 
 pub fn run(s: Source) -> anyhow::Result<ExitCode> {
     let Source::Hf(a) = s;
+    check_output("-o", a.output.as_deref(), &[&a.config])?;
     let file = a.config.display().to_string();
     let text = match io::read_text(&a.config) {
         Ok(t) => t,

@@ -67,6 +67,13 @@ enum PlacementArg {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let given: Vec<&std::path::Path> = a
+        .model
+        .iter()
+        .chain(&a.cluster)
+        .map(|p| p.as_path())
+        .collect();
+    super::check_output("-o", a.output.as_deref(), &a.calibration.with(&given))?;
     let read = |p: &Option<PathBuf>, default: (&str, &str)| -> Result<(String, String), ()> {
         match p {
             Some(p) => io::read_text(p)
