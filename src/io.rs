@@ -9,7 +9,7 @@ use hetpar_ir::{Diagnostic, Diagnostics, Rule};
 /// Reads a file as UTF-8, turning failures into a diagnostic that names it.
 pub fn read_text(path: &Path) -> Result<String, Diagnostics> {
     fs::read_to_string(path).map_err(|e| {
-        let mut d = Diagnostic::error("", Rule::JsonSyntax, format!("cannot read: {e}"));
+        let mut d = Diagnostic::error("", Rule::FileRead, format!("cannot read: {e}"));
         d.file = Some(path.display().to_string());
         let mut ds = Diagnostics::new();
         ds.push(d);

@@ -2,7 +2,8 @@
 //! schedule kind; and its verifier against a model and a cluster.
 //!
 //! Invariants checked by `Plan::build` (rule ids in brackets; `crate::rule` describes each):
-//! - `model`/`cluster` names, when given, match [plan.model]; one entry per module [plan.modules];
+//! - `model`/`cluster` names, when given, match [plan.model] / [plan.cluster]; one entry per
+//!   module [plan.modules];
 //! - degrees and micro-batch size >= 1 [layout.positive]; tp x cp x pp x dp = rank count
 //!   [layout.degrees]; tp divides heads, KV heads and FFN (projector widths) [layout.tp];
 //!   layers >= pp x vpp and divisible without `stage_layers` [layout.layers]; `stage_layers`
@@ -181,7 +182,7 @@ impl Plan {
             if *name != cluster.name {
                 ds.error(
                     "cluster",
-                    Rule::PlanModel,
+                    Rule::PlanCluster,
                     format!(
                         "the plan is for cluster \"{name}\", checked against \"{}\"",
                         cluster.name

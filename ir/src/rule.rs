@@ -28,6 +28,7 @@ macro_rules! rules {
 }
 
 rules! {
+    FileRead = "file.read": "The file exists and reads as UTF-8 text (checked where files are read: the CLI).",
     JsonSyntax = "json.syntax": "The file is well-formed JSON.",
     JsonType = "json.type": "Every field has the expected type and every required field is present.",
     JsonUnknownField = "json.unknown_field": "No field is present that the format does not define.",
@@ -52,7 +53,8 @@ rules! {
     DataPositions = "data.positions": "Tokens per item fit an encoder's learned position table.",
     ClusterPositive = "cluster.positive": "Nodes and GPUs per node are at least 1, and the cluster has at most 2^24 GPUs.",
     ClusterGpu = "cluster.gpu": "Every GPU and link override is a finite number above 0 (an unknown GPU model is a json.type error listing the built-in ones).",
-    PlanModel = "plan.model": "The plan's `model` and `cluster` names, when given, match the files it is checked against.",
+    PlanModel = "plan.model": "The plan's `model` name, when given, matches the model it is checked against.",
+    PlanCluster = "plan.cluster": "The plan's `cluster` name, when given, matches the cluster it is checked against.",
     PlanModules = "plan.modules": "The plan has an entry for every module of the model and for nothing else.",
     LayoutPositive = "layout.positive": "Every degree (tp, cp, pp, dp, ep, vpp) and the micro-batch size are at least 1.",
     LayoutDegrees = "layout.degrees": "tp x cp x pp x dp equals the module's rank count (dp is derived when omitted).",

@@ -873,7 +873,7 @@ const CASES: &[Case] = &[
         "a plan for another cluster is rejected at cluster",
         TinyColocated,
         &[Set("/cluster", r#""h100-64""#)],
-        Rule::PlanModel,
+        Rule::PlanCluster,
         "cluster",
     ),
     // plan.modules
@@ -1531,9 +1531,11 @@ fn every_case_reports_its_rule_at_its_path() {
 
 #[test]
 fn every_rule_has_a_triggering_case() {
+    // file.read is reported where files are read, which the ir never does: the CLI's
+    // tests/cli_messages.rs triggers it.
     let missing: Vec<&str> = Rule::ALL
         .iter()
-        .filter(|r| !CASES.iter().any(|c| c.rule == **r))
+        .filter(|r| **r != Rule::FileRead && !CASES.iter().any(|c| c.rule == **r))
         .map(|r| r.id())
         .collect();
     assert!(

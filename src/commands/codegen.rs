@@ -70,11 +70,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot make {} executable", p.display()))?;
         }
     }
+    // Joined, not formatted: `-o gen/` must not print `gen//launch.sh`.
     eprintln!(
-        "wrote {} ({} ranks); run it with {}/launch.sh --steps 10",
+        "wrote {} ({} ranks); run it with {} --steps 10",
         a.output.display(),
         program.ranks.len(),
-        a.output.display()
+        a.output.join("launch.sh").display()
     );
     Ok(ExitCode::SUCCESS)
 }

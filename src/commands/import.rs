@@ -14,7 +14,8 @@ use super::{check_output, emit, print_diagnostics};
 pub enum Source {
     /// A Hugging Face config.json (LLaVA, Qwen2-VL, Qwen2.5-VL, Llama, Mistral, Qwen2, Mixtral).
     #[command(
-        after_help = "A config.json has no training data: the flags below supply it.\n\nExample:\n  \
+        after_help = "A config.json has no training data: --global-batch, --sequence-length, \
+--items-per-sample, --tokens-per-item and --precision (above) supply it.\n\nExample:\n  \
 hetpar import hf examples/hf/llava-1.5-7b.config.json --global-batch 256 -o llava.json"
     )]
     Hf(HfArgs),

@@ -9,7 +9,7 @@ use std::time::Duration;
 use hetpar::planner::search::{
     search, Candidate, CandidateKind, Objective, PlacementChoice, SearchOptions, SearchResult,
 };
-use hetpar::report::{bytes, bytes3, significant, stated_error_line, with_band, Table};
+use hetpar::report::{bytes, bytes3, pad, significant, stated_error_line, with_band, Table};
 use hetpar::{examples, io};
 
 use super::{emit, print_diagnostics};
@@ -256,7 +256,8 @@ pub fn describe_plan(c: &Candidate) -> String {
         }
         let _ = writeln!(
             s,
-            "  {name:<16} {:<55} ranks {}..{}",
+            "  {} {:<55} ranks {}..{}",
+            pad(name, 16),
             knobs.join(" "),
             r.offset.unwrap_or(0),
             r.offset.unwrap_or(0) + r.count.unwrap_or(0)
@@ -477,8 +478,8 @@ fn explanation(r: &SearchResult) -> String {
         for m in &c.modules {
             let _ = writeln!(
                 s,
-                "    {:<16} {:>8.3} s  {:>4} units  {:>10}  tail {:.3} s",
-                m.name,
+                "    {} {:>8.3} s  {:>4} units  {:>10}  tail {:.3} s",
+                pad(&m.name, 16),
                 m.work_s,
                 m.units,
                 bytes(m.memory_bytes),
