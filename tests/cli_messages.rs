@@ -188,3 +188,28 @@ fn table_columns_line_up_with_wide_module_names() {
         assert_eq!(at(l, word), kind, "{out}");
     }
 }
+
+#[test]
+fn plan_and_describe_refuse_an_unbounded_layer_count_naming_the_limit() {
+    // Item 3: 10^7 layers made `plan` run for minutes, 2^32 - 1 made `describe` take seconds.
+    let dir = scratch("messages-layers");
+    for (layers, cmd) in [(10_000_000u32, "plan"), (u32::MAX, "describe")] {
+        let model = tiny_model(&dir, "m.json", |m| {
+            m["modules"]["llm"]["transformer"]["layers"] = layers.into();
+        });
+        let args: &[&str] = if cmd == "plan" {
+            &["plan", "--model", &model, "--cluster", REF_CLUSTER]
+        } else {
+            &["describe", &model]
+        };
+        let o = hetpar(args);
+        assert_eq!(o.status.code(), Some(1), "{cmd}: {}", stderr(&o));
+        let err = stderr(&o);
+        assert!(
+            err.contains("modules.llm.transformer.layers")
+                && err.contains(&format!("{layers} is above hetpar's limit of 1024"))
+                && err.contains("[arch.positive]"),
+            "{err}"
+        );
+    }
+}

@@ -872,15 +872,17 @@ fn plan_with_tp_cp_pp_2_pow_31_is_rejected_without_overflowing_tp_x_cp_x_pp() {
 }
 
 #[test]
-fn plan_with_pp_u32_max_over_u32_max_layers_is_rejected_without_a_vec_per_chunk() {
+fn plan_with_pp_u32_max_over_the_deepest_model_is_rejected_without_a_vec_per_chunk() {
     contained(
-        "plan_with_pp_u32_max_over_u32_max_layers_is_rejected_without_a_vec_per_chunk",
+        "plan_with_pp_u32_max_over_the_deepest_model_is_rejected_without_a_vec_per_chunk",
         || {
+            // The most layers a model may have (u32::MAX layers is a model error now).
+            let layers = hetpar_ir::model::limits::MAX_LAYERS;
             let m = edited(
                 MODELS[0].1,
-                &[("/modules/llm/transformer/layers", U32_MAX.into())],
+                &[("/modules/llm/transformer/layers", layers.into())],
             );
-            let m = load_model(&m).expect("a deep model is valid").0;
+            let m = load_model(&m).expect("the deepest model is valid").0;
             let text = edited(PLANS[0].1, &[("/modules/llm/layout/pp", U32_MAX.into())]);
             let ds = load_plan(&text, &m, &cluster(0)).expect_err("pp does not fit the ranks");
             assert!(ds.contains_rule(hetpar_ir::Rule::LayoutDegrees), "{ds}");
