@@ -213,3 +213,68 @@ fn plan_and_describe_refuse_an_unbounded_layer_count_naming_the_limit() {
         );
     }
 }
+
+#[test]
+fn validate_and_estimate_warn_when_a_plan_leaves_gpus_idle() {
+    // Item 7: the example uses 816 of 1,024 GPUs.
+    let files = [
+        "examples/models/vit6b-70b-32k.json",
+        "examples/clusters/h100-1024.json",
+        "examples/plans/vit6b-70b-32k-noncolocated-1024.json",
+    ];
+    let o = hetpar(&[&["validate"][..], &files].concat());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want =
+        "uses 816 of the cluster's 1024 GPUs; 208 are idle: ranks 816-1023 [placement.unused]";
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+    assert!(
+        stdout(&o).contains("0 error(s), 1 warning(s)"),
+        "{}",
+        stdout(&o)
+    );
+    let (m, c, p) = (files[0], files[1], files[2]);
+    let o = hetpar(&["estimate", "--model", m, "--cluster", c, "--plan", p]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stderr(&o).contains(want), "{}", stderr(&o));
+}
+
+#[test]
+fn a_plan_checked_against_a_cluster_that_kept_its_name_but_not_its_size_warns() {
+    let dir = scratch("messages-cluster-size");
+    let plan = dir.join("plan.json");
+    let plan = plan.to_str().unwrap();
+    let model = "examples/models/tiny-uneven.json";
+    let o = hetpar(&[
+        "plan",
+        "--model",
+        model,
+        "--cluster",
+        REF_CLUSTER,
+        "-o",
+        plan,
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let written: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(plan).unwrap()).unwrap();
+    assert_eq!(written["cluster_gpus"], 8, "{written}");
+    // Same name, twice the GPUs.
+    let text = std::fs::read_to_string(root().join(REF_CLUSTER)).unwrap();
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["nodes"] = 2.into();
+    let cluster = dir.join("cluster.json");
+    std::fs::write(&cluster, v.to_string()).unwrap();
+    let o = hetpar(&["validate", model, cluster.to_str().unwrap(), plan]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(
+        err.contains(
+            "cluster_gpus: the plan was made for a cluster of 8 GPUs; cluster \"h100-8\" has 16 \
+             [plan.cluster_size]"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("8 are idle: ranks 8-15 [placement.unused]"),
+        "{err}"
+    );
+}

@@ -736,6 +736,12 @@ fn unmutated_examples_load_and_all_their_mutation_targets_exist() {
     }
     for (p, &(mi, ci)) in PLANS.iter().zip(PLAN_CONTEXT.iter()) {
         match load_plan(p.1, &model(mi), &cluster(ci)) {
+            // The ViT-6B + 70B plan leaves 208 of its 1,024 GPUs idle, and says so (issue 20).
+            Ok((_, w)) if p.0.starts_with("vit6b-70b") => assert!(
+                w.iter().all(|d| d.rule == hetpar_ir::Rule::PlacementUnused),
+                "{}: {w}",
+                p.0
+            ),
             Ok((_, w)) => assert!(w.is_empty(), "{}: {w}", p.0),
             Err(ds) => panic!("{} does not load against its model and cluster:\n{ds}", p.0),
         }

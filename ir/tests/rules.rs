@@ -876,6 +876,14 @@ const CASES: &[Case] = &[
         Rule::PlanCluster,
         "cluster",
     ),
+    // plan.cluster_size
+    case(
+        "a plan made for 16 GPUs on a cluster of 8 that kept its name is a warning",
+        TinyColocated,
+        &[Set("/cluster_gpus", "16")],
+        Rule::PlanClusterSize,
+        "cluster_gpus",
+    ),
     // plan.modules
     case(
         "a plan without an entry for a module is rejected",
@@ -1233,6 +1241,18 @@ const CASES: &[Case] = &[
         Rule::PlacementOverlap,
         "modules",
     ),
+    // placement.unused
+    case(
+        "a plan on 4 of the cluster's 8 GPUs is a warning",
+        TinyColocated,
+        &[
+            Set("/modules/vision/placement/ranks/count", "4"),
+            Set("/modules/projector/placement/ranks/count", "4"),
+            Set("/modules/llm/placement/ranks/count", "4"),
+        ],
+        Rule::PlacementUnused,
+        "modules",
+    ),
     // schedule.kind
     case(
         "a colocated schedule over disjoint placements is rejected",
@@ -1463,6 +1483,13 @@ fn load(doc: Doc, text: &str, model_edits: &[Edit]) -> (bool, Diagnostics) {
     }
 }
 
+/// The rules that warn; every other rule's diagnostic is an error that stops loading.
+const WARNINGS: [Rule; 3] = [
+    Rule::PlacementOverlap,
+    Rule::PlacementUnused,
+    Rule::PlanClusterSize,
+];
+
 fn run(case: &Case) -> (bool, Diagnostics) {
     let text = apply(case.doc.text(), case.edits);
     load(case.doc, &text, case.model_edits)
@@ -1501,10 +1528,14 @@ fn every_case_reports_its_rule_at_its_path() {
                     .unwrap_or_default()
             )),
             Some(d) if d.message.trim().is_empty() => Some("an empty message".to_string()),
-            // Partial overlap is the one warning: the plan still loads.
-            Some(d) if case.rule == Rule::PlacementOverlap => (d.severity != Severity::Warning
-                || !ok)
-                .then(|| "partial overlap should be a warning on a plan that loads".into()),
+            // The warnings: the plan still loads.
+            Some(d) if WARNINGS.contains(&case.rule) => (d.severity != Severity::Warning || !ok)
+                .then(|| {
+                    format!(
+                        "{} should be a warning on a plan that loads",
+                        case.rule.id()
+                    )
+                }),
             Some(d) => (d.severity != Severity::Error || ok)
                 .then(|| "expected an error that stops loading".to_string()),
         };

@@ -149,10 +149,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         worker.join()
     });
-    let result = match result {
+    let mut result = match result {
         Ok(r) => r,
         Err(p) => std::panic::resume_unwind(p),
     };
+    // Every reported plan carries its cluster's size with its name: checked later against a
+    // cluster that kept the name but not the size, it warns (plan.cluster_size).
+    let gpus = u32::try_from(cluster.world_size()).ok();
+    for c in result
+        .best
+        .iter_mut()
+        .chain(result.homogeneous.iter_mut())
+        .chain(result.top.iter_mut())
+    {
+        c.plan.cluster_gpus = gpus;
+    }
     let Some(best) = &result.best else {
         eprintln!(
             "error: no feasible plan for {} on {} ({} candidates priced, {} over memory, {} rejected by the verifier)",
