@@ -9,7 +9,7 @@ use hetpar_ir::{Diagnostic, Diagnostics, Rule};
 /// Reads a file as UTF-8, turning failures into a diagnostic that names it.
 pub fn read_text(path: &Path) -> Result<String, Diagnostics> {
     fs::read_to_string(path).map_err(|e| {
-        let mut d = Diagnostic::error("", Rule::JsonSyntax, format!("cannot read: {e}"));
+        let mut d = Diagnostic::error("", Rule::FileRead, format!("cannot read: {e}"));
         d.file = Some(path.display().to_string());
         let mut ds = Diagnostics::new();
         ds.push(d);
@@ -44,11 +44,23 @@ pub fn write_atomic(path: &Path, contents: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// Whether `a` and `b` name the same existing file (after resolving links): an output that
-/// would overwrite an input.
+/// Whether `a` and `b` name the same existing file: after resolving symbolic links, and on Unix
+/// also a hard link (the same device and inode). An output that would overwrite an input.
 pub fn same_file(a: &Path, b: &Path) -> bool {
-    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(x), Ok(y)) = (fs::metadata(a), fs::metadata(b)) {
+            return x.dev() == y.dev() && x.ino() == y.ino();
+        }
+    }
+    match (fs::canonicalize(a), fs::canonicalize(b)) {
         (Ok(x), Ok(y)) => x == y,
         _ => false,
     }
+}
+
+/// The first of `inputs` that `output` would overwrite (the same file, see [`same_file`]).
+pub fn overwritten_input<'a>(output: &Path, inputs: &[&'a Path]) -> Option<&'a Path> {
+    inputs.iter().copied().find(|i| same_file(output, i))
 }

@@ -17,7 +17,7 @@ per-module parallel plans, lowers them to per-rank programs, runs those on the C
 GPU's arithmetic (CUDA, loaded at run time) or generates them as code, and calibrates its cost \
 model to measurements.\n\n\
 Results go to stdout, errors and logs to stderr. Every command that writes a file (-o) writes it \
-atomically.",
+atomically, and refuses an output that is one of its inputs (the same file after resolving links).",
     after_help = "Examples:\n  hetpar describe                      # the embedded LLaVA-1.5-7B example\n  \
 hetpar validate examples/models/llava-1.5-7b.json examples/clusters/h100-8.json examples/plans/llava-1.5-7b-colocated-8.json\n  \
 hetpar import hf examples/hf/qwen2.5-vl-7b.config.json -o qwen.json\n  \

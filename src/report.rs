@@ -233,7 +233,23 @@ pub fn bytes(x: f64) -> String {
     }
 }
 
-/// A plain text table with left-aligned columns.
+/// The columns `s` takes in a terminal: a CJK character two, a combining mark none. `format!`'s
+/// padding counts characters, which misaligns tables of wide names.
+pub fn display_width(s: &str) -> usize {
+    unicode_width::UnicodeWidthStr::width(s)
+}
+
+/// `s` padded with spaces to `width` terminal columns (left-aligned).
+pub fn pad(s: &str, width: usize) -> String {
+    let mut out = s.to_string();
+    out.extend(std::iter::repeat_n(
+        ' ',
+        width.saturating_sub(display_width(s)),
+    ));
+    out
+}
+
+/// A plain text table with left-aligned columns, measured in terminal columns.
 pub struct Table {
     head: Vec<String>,
     rows: Vec<Vec<String>>,
@@ -256,15 +272,11 @@ impl Table {
         let mut w = vec![0usize; n];
         for r in std::iter::once(&self.head).chain(&self.rows) {
             for (i, c) in r.iter().enumerate().take(n) {
-                w[i] = w[i].max(c.chars().count());
+                w[i] = w[i].max(display_width(c));
             }
         }
         let line = |r: &Vec<String>| {
-            let cells: Vec<String> = r
-                .iter()
-                .enumerate()
-                .map(|(i, c)| format!("{c:<width$}", width = w[i]))
-                .collect();
+            let cells: Vec<String> = r.iter().enumerate().map(|(i, c)| pad(c, w[i])).collect();
             cells.join("  ").trim_end().to_string() + "\n"
         };
         let mut s = line(&self.head);

@@ -149,10 +149,53 @@ pub fn from_value_lenient<T: DeserializeOwned>(
         Err(e) => {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            ds.error(path, Rule::JsonType, e.into_inner().to_string());
+            ds.error(
+                path,
+                Rule::JsonType,
+                json_terms(&e.into_inner().to_string()),
+            );
             Err(ds)
         }
     }
+}
+
+/// serde names the Rust type it wanted ("expected u32"); a reader of the file knows JSON:
+/// say the JSON type and the allowed range instead.
+fn json_terms(message: &str) -> String {
+    let terms = [
+        ("u8", format!("a JSON integer from 0 to {}", u8::MAX)),
+        ("u16", format!("a JSON integer from 0 to {}", u16::MAX)),
+        ("u32", format!("a JSON integer from 0 to {}", u32::MAX)),
+        ("u64", format!("a JSON integer from 0 to {}", u64::MAX)),
+        ("usize", format!("a JSON integer from 0 to {}", usize::MAX)),
+        (
+            "i32",
+            format!("a JSON integer from {} to {}", i32::MIN, i32::MAX),
+        ),
+        (
+            "i64",
+            format!("a JSON integer from {} to {}", i64::MIN, i64::MAX),
+        ),
+        ("f32", "a JSON number".to_string()),
+        ("f64", "a JSON number".to_string()),
+    ];
+    let mut out = message.to_string();
+    for (rust, json) in &terms {
+        let from = format!("expected {rust}");
+        let mut at = 0;
+        while let Some(i) = out[at..].find(&from).map(|i| i + at) {
+            let end = i + from.len();
+            // Only the whole word: "expected u32", not "expected u32s".
+            if out[end..].starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+                at = end;
+                continue;
+            }
+            let to = format!("expected {json}");
+            out.replace_range(i..end, &to);
+            at = i + to.len();
+        }
+    }
+    out
 }
 
 fn ignored_path(path: &serde_ignored::Path<'_>) -> String {

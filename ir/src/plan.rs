@@ -2,7 +2,10 @@
 //! schedule kind; and its verifier against a model and a cluster.
 //!
 //! Invariants checked by `Plan::build` (rule ids in brackets; `crate::rule` describes each):
-//! - `model`/`cluster` names, when given, match [plan.model]; one entry per module [plan.modules];
+//! - `model`/`cluster` names, when given, match [plan.model] / [plan.cluster]; one entry per
+//!   module [plan.modules]; `cluster_gpus`, when given, is the cluster's GPU count
+//!   [plan.cluster_size, a warning]; every GPU runs a module [placement.unused, a warning;
+//!   both in `plan/verify.rs`];
 //! - degrees and micro-batch size >= 1 [layout.positive]; tp x cp x pp x dp = rank count
 //!   [layout.degrees]; tp divides heads, KV heads and FFN (projector widths) [layout.tp];
 //!   layers >= pp x vpp and divisible without `stage_layers` [layout.layers]; `stage_layers`
@@ -32,6 +35,8 @@ use crate::model::{AttentionKind, Body, ModelGraph, Module, ModuleKind};
 use crate::placement::{Axis, Coord, PlacementSpec, RankGrid};
 use crate::rule::Rule;
 use crate::shard::Passes;
+
+mod verify;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -87,6 +92,10 @@ pub struct PlanFile {
     /// Name of the cluster this plan is for (checked when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<String>,
+    /// GPUs of the cluster this plan is for (a warning when the cluster has another count:
+    /// a name says nothing of a cluster that grew or shrank).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_gpus: Option<u32>,
     pub schedule: ScheduleSpec,
     pub modules: BTreeMap<String, ModulePlanSpec>,
 }
@@ -181,7 +190,7 @@ impl Plan {
             if *name != cluster.name {
                 ds.error(
                     "cluster",
-                    Rule::PlanModel,
+                    Rule::PlanCluster,
                     format!(
                         "the plan is for cluster \"{name}\", checked against \"{}\"",
                         cluster.name
@@ -221,10 +230,12 @@ impl Plan {
         }
         let placement_kind = classify(&built);
         check_schedule(&file, model, &built, placement_kind, &mut ds);
+        verify::check_cluster_size(&file, cluster, &mut ds);
         if ds.has_errors() {
             return Err(ds);
         }
         let mut modules: Vec<ModulePlan> = built.into_iter().flatten().collect();
+        verify::check_unused(&modules, cluster, &mut ds);
         let passes = passes_of(
             &file.schedule,
             lm_micro_batches(&modules, model.language_model()),

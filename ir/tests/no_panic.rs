@@ -736,6 +736,12 @@ fn unmutated_examples_load_and_all_their_mutation_targets_exist() {
     }
     for (p, &(mi, ci)) in PLANS.iter().zip(PLAN_CONTEXT.iter()) {
         match load_plan(p.1, &model(mi), &cluster(ci)) {
+            // The ViT-6B + 70B plan leaves 208 of its 1,024 GPUs idle, and says so (issue 20).
+            Ok((_, w)) if p.0.starts_with("vit6b-70b") => assert!(
+                w.iter().all(|d| d.rule == hetpar_ir::Rule::PlacementUnused),
+                "{}: {w}",
+                p.0
+            ),
             Ok((_, w)) => assert!(w.is_empty(), "{}: {w}", p.0),
             Err(ds) => panic!("{} does not load against its model and cluster:\n{ds}", p.0),
         }
@@ -872,15 +878,17 @@ fn plan_with_tp_cp_pp_2_pow_31_is_rejected_without_overflowing_tp_x_cp_x_pp() {
 }
 
 #[test]
-fn plan_with_pp_u32_max_over_u32_max_layers_is_rejected_without_a_vec_per_chunk() {
+fn plan_with_pp_u32_max_over_the_deepest_model_is_rejected_without_a_vec_per_chunk() {
     contained(
-        "plan_with_pp_u32_max_over_u32_max_layers_is_rejected_without_a_vec_per_chunk",
+        "plan_with_pp_u32_max_over_the_deepest_model_is_rejected_without_a_vec_per_chunk",
         || {
+            // The most layers a model may have (u32::MAX layers is a model error now).
+            let layers = hetpar_ir::model::limits::MAX_LAYERS;
             let m = edited(
                 MODELS[0].1,
-                &[("/modules/llm/transformer/layers", U32_MAX.into())],
+                &[("/modules/llm/transformer/layers", layers.into())],
             );
-            let m = load_model(&m).expect("a deep model is valid").0;
+            let m = load_model(&m).expect("the deepest model is valid").0;
             let text = edited(PLANS[0].1, &[("/modules/llm/layout/pp", U32_MAX.into())]);
             let ds = load_plan(&text, &m, &cluster(0)).expect_err("pp does not fit the ranks");
             assert!(ds.contains_rule(hetpar_ir::Rule::LayoutDegrees), "{ds}");

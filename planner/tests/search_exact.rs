@@ -172,6 +172,7 @@ fn every_plan(model: &ModelGraph, cluster: &Cluster, opts: &SearchOptions) -> Ve
                                 format_version: FORMAT_VERSION,
                                 model: None,
                                 cluster: None,
+                                cluster_gpus: None,
                                 schedule: sched.clone(),
                                 modules,
                             });

@@ -42,6 +42,13 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let inputs = a.calibration.with(&[&a.model, &a.cluster]);
+    super::check_output("--log", Some(&a.log), &inputs)?;
+    super::check_output(
+        "-o",
+        a.output.as_deref(),
+        &[&inputs[..], &[&a.log]].concat(),
+    )?;
     let Some((model, cluster)) = load(&a) else {
         return Ok(ExitCode::from(1));
     };

@@ -28,6 +28,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    super::check_output("-o", a.output.as_deref(), &[&a.data])?;
     let text = match hetpar::io::read_text(&a.data) {
         Ok(t) => t,
         Err(ds) => {
@@ -42,12 +43,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(1));
         }
     };
-    if a.output
-        .as_ref()
-        .is_some_and(|o| hetpar::io::same_file(o, &a.data))
-    {
-        anyhow::bail!("--output {} is the input file", a.data.display());
-    }
     let threads = a
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));

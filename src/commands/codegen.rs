@@ -51,6 +51,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
     };
     let files = hetpar::codegen::emit(&program, &model_text, &runtime)?;
+    // Every file is checked before the first is written: no input is replaced, no crate is
+    // left half written.
+    for f in &files {
+        super::check_output("-o", Some(&a.output.join(f.path)), &a.program.paths())?;
+    }
     for f in &files {
         let p = a.output.join(f.path);
         hetpar::io::write_atomic(&p, f.contents.as_bytes())
@@ -65,11 +70,12 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                 .with_context(|| format!("cannot make {} executable", p.display()))?;
         }
     }
+    // Joined, not formatted: `-o gen/` must not print `gen//launch.sh`.
     eprintln!(
-        "wrote {} ({} ranks); run it with {}/launch.sh --steps 10",
+        "wrote {} ({} ranks); run it with {} --steps 10",
         a.output.display(),
         program.ranks.len(),
-        a.output.display()
+        a.output.join("launch.sh").display()
     );
     Ok(ExitCode::SUCCESS)
 }

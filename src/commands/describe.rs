@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use hetpar::report::Describe;
 use hetpar::{examples, io};
 
-use super::{emit, print_diagnostics};
+use super::{check_output, emit, print_diagnostics};
 use crate::Format;
 
 #[derive(clap::Args)]
@@ -21,6 +21,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let inputs: Vec<&std::path::Path> = a.model.as_deref().into_iter().collect();
+    check_output("-o", a.output.as_deref(), &inputs)?;
     let (name, text) = match &a.model {
         Some(p) => match io::read_text(p) {
             Ok(t) => (p.display().to_string(), t),

@@ -25,6 +25,8 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let inputs = a.calibration.with(&a.inputs.paths());
+    super::check_output("-o", a.output.as_deref(), &inputs)?;
     let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };

@@ -41,6 +41,23 @@ pub fn emit(text: &str, out: Option<&Path>) -> anyhow::Result<()> {
     }
 }
 
+/// Refuses, before any work, an output (`-o`, `--svg`, `--trace`, a generated file) that is one
+/// of the command's inputs: the same file after resolving links. Every command that writes
+/// calls it, so that no input is ever replaced by a result.
+pub fn check_output(flag: &str, output: Option<&Path>, inputs: &[&Path]) -> anyhow::Result<()> {
+    let Some(out) = output else {
+        return Ok(());
+    };
+    match hetpar::io::overwritten_input(out, inputs) {
+        Some(input) => anyhow::bail!(
+            "{flag} {} is the input file {}; it would be overwritten: write elsewhere",
+            out.display(),
+            input.display()
+        ),
+        None => Ok(()),
+    }
+}
+
 /// Loads a model, a cluster and a plan checked against both; prints every diagnostic (with its
 /// file) and returns `None` when any of them is invalid.
 pub fn load_inputs(
@@ -155,12 +172,22 @@ pub type Inputs = (
 );
 
 impl PlanFlags {
+    /// The three input files.
+    pub fn paths(&self) -> [&Path; 3] {
+        [&self.model, &self.cluster, &self.plan]
+    }
+
     pub fn load(&self) -> Option<Inputs> {
         load_inputs(&self.model, &self.cluster, &self.plan)
     }
 }
 
 impl PlanFirst {
+    /// The three input files.
+    pub fn paths(&self) -> [&Path; 3] {
+        [&self.plan, &self.model, &self.cluster]
+    }
+
     pub fn load(&self) -> Option<Inputs> {
         load_inputs(&self.model, &self.cluster, &self.plan)
     }
@@ -177,6 +204,13 @@ pub struct CalibrationArg {
 }
 
 impl CalibrationArg {
+    /// `inputs` and the calibration file, if one was given: the files a command reads.
+    pub fn with<'a>(&'a self, inputs: &[&'a Path]) -> Vec<&'a Path> {
+        let mut v = inputs.to_vec();
+        v.extend(self.calibration.as_deref());
+        v
+    }
+
     /// Reads the calibration, if one was given.
     pub fn load(&self) -> anyhow::Result<Option<hetpar::cost::calibration::Calibration>> {
         let Some(p) = &self.calibration else {

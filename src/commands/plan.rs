@@ -9,7 +9,7 @@ use std::time::Duration;
 use hetpar::planner::search::{
     search, Candidate, CandidateKind, Objective, PlacementChoice, SearchOptions, SearchResult,
 };
-use hetpar::report::{bytes, bytes3, significant, stated_error_line, with_band, Table};
+use hetpar::report::{bytes, bytes3, pad, significant, stated_error_line, with_band, Table};
 use hetpar::{examples, io};
 
 use super::{emit, print_diagnostics};
@@ -67,6 +67,13 @@ enum PlacementArg {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let given: Vec<&std::path::Path> = a
+        .model
+        .iter()
+        .chain(&a.cluster)
+        .map(|p| p.as_path())
+        .collect();
+    super::check_output("-o", a.output.as_deref(), &a.calibration.with(&given))?;
     let read = |p: &Option<PathBuf>, default: (&str, &str)| -> Result<(String, String), ()> {
         match p {
             Some(p) => io::read_text(p)
@@ -142,10 +149,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         worker.join()
     });
-    let result = match result {
+    let mut result = match result {
         Ok(r) => r,
         Err(p) => std::panic::resume_unwind(p),
     };
+    // Every reported plan carries its cluster's size with its name: checked later against a
+    // cluster that kept the name but not the size, it warns (plan.cluster_size).
+    let gpus = u32::try_from(cluster.world_size()).ok();
+    for c in result
+        .best
+        .iter_mut()
+        .chain(result.homogeneous.iter_mut())
+        .chain(result.top.iter_mut())
+    {
+        c.plan.cluster_gpus = gpus;
+    }
     let Some(best) = &result.best else {
         eprintln!(
             "error: no feasible plan for {} on {} ({} candidates priced, {} over memory, {} rejected by the verifier)",
@@ -249,7 +267,8 @@ pub fn describe_plan(c: &Candidate) -> String {
         }
         let _ = writeln!(
             s,
-            "  {name:<16} {:<55} ranks {}..{}",
+            "  {} {:<55} ranks {}..{}",
+            pad(name, 16),
             knobs.join(" "),
             r.offset.unwrap_or(0),
             r.offset.unwrap_or(0) + r.count.unwrap_or(0)
@@ -470,8 +489,8 @@ fn explanation(r: &SearchResult) -> String {
         for m in &c.modules {
             let _ = writeln!(
                 s,
-                "    {:<16} {:>8.3} s  {:>4} units  {:>10}  tail {:.3} s",
-                m.name,
+                "    {} {:>8.3} s  {:>4} units  {:>10}  tail {:.3} s",
+                pad(&m.name, 16),
                 m.work_s,
                 m.units,
                 bytes(m.memory_bytes),

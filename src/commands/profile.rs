@@ -31,6 +31,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    super::check_output("-o", a.output.as_deref(), &[&a.cluster])?;
     let text = match hetpar::io::read_text(&a.cluster) {
         Ok(t) => t,
         Err(ds) => {

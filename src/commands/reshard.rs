@@ -87,6 +87,8 @@ fn step(
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let inputs = a.calibration.with(&a.inputs.paths());
+    super::check_output("-o", a.output.as_deref(), &inputs)?;
     let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };
@@ -184,7 +186,7 @@ fn human(all: &[BoundaryReshard], explain: bool) -> String {
     let row = |t: &mut Table, b: &BoundaryReshard, r: &Reshard, base: bool| {
         t.row(vec![
             b.name.clone(),
-            format!("{:?}", r.direction).to_lowercase(),
+            r.direction.to_string(),
             bytes(r.bytes as f64),
             bytes(r.lower_bound_bytes as f64),
             bytes(r.network_bytes as f64),
@@ -223,11 +225,11 @@ fn human(all: &[BoundaryReshard], explain: bool) -> String {
                 let chosen: Vec<String> = r
                     .strategies
                     .iter()
-                    .map(|(k, v)| format!("{k:?} x{v}"))
+                    .map(|(k, v)| format!("{k} x{v}"))
                     .collect();
                 let _ = writeln!(
                     s,
-                    "{} {:?}: {} flow shapes, e-graph {} iterations, {} nodes, {} classes, stop: {}; rules fired: {}; flows delivered: {}",
+                    "{} {}: {} flow shapes, e-graph {} iterations, {} nodes, {} classes, stop: {}; rules fired: {}; flows delivered: {}",
                     b.name,
                     r.direction,
                     st.flows,

@@ -117,6 +117,13 @@ pub struct ProgramInput {
 }
 
 impl ProgramInput {
+    /// The files read: the plan or program, the model and the cluster if given.
+    pub fn paths(&self) -> Vec<&Path> {
+        let mut v = vec![self.input.as_path(), self.model.as_path()];
+        v.extend(self.cluster.as_deref());
+        v
+    }
+
     /// The model and the program (a plan lowered), and the model's text; `None` when a file
     /// was invalid (its diagnostics printed). A program asking for what the runtime does not
     /// execute is refused here, before any device or rank starts.

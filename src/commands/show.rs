@@ -42,6 +42,9 @@ fn write(path: &Path, text: &str) -> anyhow::Result<()> {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let inputs = a.calibration.with(&a.inputs.paths());
+    super::check_output("--svg", a.svg.as_deref(), &inputs)?;
+    super::check_output("--trace", a.trace.as_deref(), &inputs)?;
     let Some((model, mut cluster, plan)) = a.inputs.load() else {
         return Ok(ExitCode::from(1));
     };

@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 use hetpar_cost::tasks::{Task, TaskKind};
 
 use super::{secs, Schedule};
-use crate::report::bytes;
+use crate::report::{bytes, display_width, pad};
 
 /// Idle columns.
 pub const IDLE: char = '.';
@@ -72,22 +72,21 @@ pub fn render(s: &Schedule<'_>, width: usize, max_lanes: usize) -> String {
             ]
         })
         .collect();
-    let mut w = head.map(|h| h.chars().count());
+    let mut w = head.map(display_width);
     for r in &rows {
         for (i, c) in r.iter().enumerate() {
-            w[i] = w[i].max(c.chars().count());
+            w[i] = w[i].max(display_width(c));
         }
     }
     let cells = |r: &[String; 6], line: &str| {
         format!(
-            "{:<w0$} |{line}| {:>w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
-            r[0],
+            "{} |{line}| {:>w1$}  {:<w2$}  {:<w3$}  {:<w4$}  {}",
+            pad(&r[0], w[0]),
             r[1],
             r[2],
             r[3],
             r[4],
             r[5],
-            w0 = w[0],
             w1 = w[1],
             w2 = w[2],
             w3 = w[3],

@@ -1,5 +1,6 @@
-//! Plain decoders (Llama, Mistral, Qwen2, Mixtral) as a hetpar language model, with the
-//! defaults of their `transformers` config classes.
+//! Plain decoders (Llama, Mistral, Qwen2, Mixtral, and the Qwen-VL text models) as a hetpar
+//! language model. The sizes are required; every other field takes the default of its
+//! `transformers` config class, noted.
 
 use super::fields::Fields;
 use crate::model::{
@@ -7,50 +8,100 @@ use crate::model::{
     TransformerSpec,
 };
 
+/// Whether a decoder's sizes must be given.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sizes {
+    /// A config's own decoder: a missing size is an error.
+    Required,
+    /// LLaVA's `text_config`, which `LlavaConfig` builds with its class's defaults (published
+    /// LLaVA-1.5 configs give only the vocabulary): a missing size takes the default, noted.
+    ClassDefaults,
+}
+
+/// The `transformers` class of a decoder `model_type`, and its defaults: hidden, FFN, layers,
+/// heads, vocabulary, and KV heads (`None`: as many as the attention heads).
+fn class_of(model_type: &str) -> (&'static str, [u32; 5], Option<u32>) {
+    match model_type {
+        "mistral" => ("MistralConfig", [4096, 14336, 32, 32, 32000], Some(8)),
+        "mixtral" => ("MixtralConfig", [4096, 14336, 32, 32, 32000], Some(8)),
+        "qwen2" => ("Qwen2Config", [4096, 22016, 32, 32, 151936], Some(32)),
+        "qwen2_vl" => ("Qwen2VLTextConfig", [8192, 29568, 80, 64, 152064], Some(8)),
+        "qwen2_5_vl" => (
+            "Qwen2_5_VLTextConfig",
+            [8192, 29568, 80, 64, 152064],
+            Some(8),
+        ),
+        _ => ("LlamaConfig", [4096, 11008, 32, 32, 32000], None),
+    }
+}
+
 /// Reads a decoder config of `model_type` (its own object or a VLM's text part).
-pub(crate) fn import(f: &Fields<'_>, model_type: &str) -> Option<ModuleSpec> {
-    // Defaults of LlamaConfig, MistralConfig, Qwen2Config, MixtralConfig.
-    let (hidden, ffn, layers, heads, vocab) = match model_type {
-        "mistral" => (4096, 14336, 32, 32, 32000),
-        "mixtral" => (4096, 14336, 32, 32, 32000),
-        "qwen2" | "qwen2_vl" | "qwen2_5_vl" => (4096, 22016, 32, 32, 151936),
-        _ => (4096, 11008, 32, 32, 32000),
+pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<ModuleSpec> {
+    let (class, d, kv_default) = class_of(model_type);
+    let f = f.as_class(class);
+    let size = |key: &str, default: u32| match sizes {
+        Sizes::Required => f.u32_required(key),
+        Sizes::ClassDefaults => Some(f.u32_default_because(
+            key,
+            default,
+            format!("LlavaConfig builds text_config as a {class}, whose default this is"),
+        )),
     };
-    let kv_default = match model_type {
-        "mistral" | "mixtral" => 8,
-        _ => f.u32_or("num_attention_heads", heads),
+    let hidden = size("hidden_size", d[0]);
+    let ffn = size("intermediate_size", d[1]);
+    let layers = size("num_hidden_layers", d[2]);
+    let heads = size("num_attention_heads", d[3]);
+    let vocab = size("vocab_size", d[4]);
+    let (hidden, ffn, layers, heads, vocab) = (hidden?, ffn?, layers?, heads?, vocab?);
+    let kv_heads = match kv_default {
+        Some(kv) => f.u32_default("num_key_value_heads", kv),
+        None => f.u32_default_because(
+            "num_key_value_heads",
+            heads,
+            format!("{class} takes num_attention_heads when it is absent"),
+        ),
     };
-    let heads = f.u32_or("num_attention_heads", heads);
+    let head_dim = f.u32_opt("head_dim");
+    if f.get("head_dim").is_none() {
+        let derived = hidden / heads.max(1);
+        let why = "hidden_size / num_attention_heads, as transformers derives it".to_string();
+        f.note("head_dim", derived, why);
+    }
     let moe = (model_type == "mixtral").then(|| MoeSpec {
-        experts: f.u32_or("num_local_experts", 8),
-        top_k: f.u32_or("num_experts_per_tok", 2),
-        expert_ffn_hidden: f.u32_or("intermediate_size", ffn),
+        experts: f.u32_default("num_local_experts", 8),
+        top_k: f.u32_default("num_experts_per_tok", 2),
+        expert_ffn_hidden: ffn,
         shared_experts: 0,
         layer_frequency: 1,
     });
-    let qwen = model_type.starts_with("qwen2");
+    // Only LlamaConfig has bias switches; the others fix their biases (Qwen2: on the QKV
+    // projections, always).
+    let llama = class == "LlamaConfig";
+    let qkv_bias =
+        model_type.starts_with("qwen2") || (llama && f.bool_default("attention_bias", false));
+    let linear_bias = llama && f.bool_default("mlp_bias", false);
     Some(ModuleSpec {
         kind: ModuleKind::LanguageModel,
         transformer: Some(TransformerSpec {
-            layers: f.u32_or("num_hidden_layers", layers),
-            hidden: f.u32_or("hidden_size", hidden),
+            layers,
+            hidden,
             heads,
-            kv_heads: Some(f.u32_or("num_key_value_heads", kv_default)),
-            head_dim: f.u32_opt("head_dim"),
-            ffn_hidden: f.u32_or("intermediate_size", ffn),
+            kv_heads: Some(kv_heads),
+            head_dim,
+            ffn_hidden: ffn,
             ffn_kind: FfnKind::Swiglu,
             norm: NormKind::RmsNorm,
             attention: AttentionKind::Causal,
-            qkv_bias: qwen || f.bool_or("attention_bias", false),
-            linear_bias: f.bool_or("mlp_bias", false),
+            qkv_bias,
+            linear_bias,
             moe,
         }),
         positions: Some(PositionsSpec {
             kind: PositionKind::Rope,
             max_positions: None,
         }),
-        vocab_size: Some(f.u32_or("vocab_size", vocab)),
-        tied_embeddings: Some(f.bool_or("tie_word_embeddings", false)),
+        vocab_size: Some(vocab),
+        tied_embeddings: Some(f.bool_default("tie_word_embeddings", false)),
         embedding: None,
         tokens_per_item: None,
         pre_norm: None,

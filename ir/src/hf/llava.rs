@@ -1,51 +1,67 @@
 //! LLaVA style: a CLIP vision tower (`vision_config`), a two-layer MLP projector, and a decoder
-//! (`text_config`). Missing fields take the defaults of CLIPVisionConfig and of the text
-//! config's class (LlamaConfig for Vicuna).
-
-use std::cell::RefCell;
+//! (`text_config`). The vision tower's sizes are required; its other missing fields take
+//! CLIPVisionConfig's defaults, and the text model's missing fields (sizes included: published
+//! LLaVA-1.5 configs give only the vocabulary) its class's (LlamaConfig for Vicuna), each noted.
 
 use serde_json::Value;
 
-use super::fields::Fields;
-use super::{decoder, vlm_boundaries, ImportOptions, Parts};
-use crate::diag::Diagnostics;
+use super::decoder::{self, Sizes};
+use super::fields::{Fields, Log};
+use super::{vlm_boundaries, ImportOptions, Parts};
 use crate::model::{
     Activation, AttentionKind, EmbeddingKind, EmbeddingSpec, FfnKind, MlpSpec, ModuleKind,
     ModuleSpec, NormKind, PositionKind, PositionsSpec, TransformerSpec,
 };
 use crate::rule::Rule;
 
-pub(crate) fn import(
-    config: &Value,
-    _opts: &ImportOptions,
-    cell: &RefCell<Diagnostics>,
-) -> Option<Parts> {
-    let top = Fields::new(Some(config), "", cell);
-    let v = Fields::new(top.get("vision_config"), "vision_config", cell);
-    let t = Fields::new(top.get("text_config"), "text_config", cell);
+pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option<Parts> {
+    let top = Fields::new(Some(config), "", "LlavaConfig", log);
+    // Without a vision_config, LlavaConfig assumes a CLIP-L/14 tower: a model nobody gave.
+    if top.get("vision_config").is_none() {
+        top.error(
+            "vision_config",
+            "missing: a LLaVA config describes its vision tower, and hetpar does not guess one"
+                .into(),
+        );
+    }
+    let v = Fields::new(
+        top.get("vision_config"),
+        "vision_config",
+        "CLIPVisionConfig",
+        log,
+    );
+    let t = Fields::new(top.get("text_config"), "text_config", "LlamaConfig", log);
     let text_type = t.string("model_type").unwrap_or_else(|| "llama".into());
     if !matches!(text_type.as_str(), "llama" | "mistral" | "qwen2") {
-        cell.borrow_mut().error(
+        log.ds.borrow_mut().error(
             "text_config.model_type",
             Rule::JsonType,
             format!("text model \"{text_type}\" is not supported inside LLaVA; supported: llama, mistral, qwen2"),
         );
     }
-    // CLIPVisionConfig defaults.
-    let hidden = v.u32_or("hidden_size", 768);
-    let image = v.u32_or("image_size", 224);
-    let patch = v.u32_or("patch_size", 32).max(1);
+    let (hidden, layers, heads, ffn) = (
+        v.u32_required("hidden_size"),
+        v.u32_required("num_hidden_layers"),
+        v.u32_required("num_attention_heads"),
+        v.u32_required("intermediate_size"),
+    );
+    // CLIPVisionConfig defaults for the rest.
+    let image = v.u32_default("image_size", 224);
+    let patch = v.u32_default("patch_size", 32).max(1);
+    let channels = v.u32_default("num_channels", 3);
+    let lm = decoder::import(&t, &text_type, Sizes::ClassDefaults);
+    let (hidden, layers, heads, ffn, lm) = (hidden?, layers?, heads?, ffn?, lm?);
     let side = image / patch;
     let patches = side.saturating_mul(side);
     let encoder = ModuleSpec {
         kind: ModuleKind::VisionEncoder,
         transformer: Some(TransformerSpec {
-            layers: v.u32_or("num_hidden_layers", 12),
+            layers,
             hidden,
-            heads: v.u32_or("num_attention_heads", 12),
+            heads,
             kv_heads: None,
             head_dim: None,
-            ffn_hidden: v.u32_or("intermediate_size", 3072),
+            ffn_hidden: ffn,
             ffn_kind: FfnKind::GeluMlp,
             norm: NormKind::LayerNorm,
             attention: AttentionKind::Bidirectional,
@@ -57,7 +73,7 @@ pub(crate) fn import(
             kind: EmbeddingKind::Patch,
             patch_size: Some(patch),
             temporal_patch_size: None,
-            channels: Some(v.u32_or("num_channels", 3)),
+            channels: Some(channels),
             in_features: None,
             kernel_size: None,
             conv_layers: None,
@@ -75,14 +91,13 @@ pub(crate) fn import(
         tied_embeddings: None,
         out_features: None,
     };
-    let lm = decoder::import(&t, &text_type)?;
     let lm_hidden = lm.transformer.as_ref().map_or(0, |x| x.hidden);
     let projector = ModuleSpec {
         kind: ModuleKind::Projector,
         mlp: Some(MlpSpec {
             widths: vec![hidden, lm_hidden, lm_hidden],
             activation: Activation::Gelu,
-            bias: top.bool_or("multimodal_projector_bias", true),
+            bias: top.bool_default("multimodal_projector_bias", true),
             token_merge: 1,
             input_norm: None,
         }),

@@ -2,8 +2,10 @@
 //!
 //! Families (one file each): LLaVA style (`vision_config` + `text_config`), Qwen2-VL and
 //! Qwen2.5-VL (vision tower + merger + Qwen2 decoder, flat or nested text config), and plain
-//! decoders (Llama, Mistral, Qwen2, Mixtral). A field missing from a config takes the default of
-//! its `transformers` config class, as the library itself would.
+//! decoders (Llama, Mistral, Qwen2, Mixtral). The fields that set a model's size are required
+//! (a missing one is an error, never a guess); any other field missing from a config takes the
+//! default of its `transformers` config class, as the library itself would, and the import
+//! returns a `Note` for each.
 //!
 //! A config has no training data; `ImportOptions` supplies batch, sequence and item counts.
 
@@ -12,7 +14,6 @@ mod fields;
 mod llava;
 mod qwen_vl;
 
-use std::cell::RefCell;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
@@ -23,7 +24,23 @@ use crate::model::{
     BoundarySpec, DataSpec, EncoderDataSpec, Landing, ModelFile, ModuleSpec, Optimizer, Precision,
 };
 use crate::rule::Rule;
-use fields::Fields;
+use decoder::Sizes;
+use fields::{Fields, Log};
+
+/// A field a config left out and the value the import gave it: its path in the config, the
+/// value, and why that value (the default of which `transformers` class, or how derived).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Note {
+    pub path: String,
+    pub value: String,
+    pub why: String,
+}
+
+impl std::fmt::Display for Note {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} = {} ({})", self.path, self.value, self.why)
+    }
+}
 
 /// Training data for an imported model.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -65,11 +82,19 @@ pub const SUPPORTED: &[&str] = &[
 /// Imports a parsed `config.json`. `name` defaults to the config's `_name_or_path` or its
 /// model type.
 pub fn import(config: &Value, opts: &ImportOptions) -> Result<ModelFile, Diagnostics> {
-    let cell = RefCell::new(Diagnostics::new());
-    let f = Fields::new(Some(config), "", &cell);
+    import_noted(config, opts).map(|(m, _)| m)
+}
+
+/// Imports a parsed `config.json`, with a note for every field that took a default.
+pub fn import_noted(
+    config: &Value,
+    opts: &ImportOptions,
+) -> Result<(ModelFile, Vec<Note>), Diagnostics> {
+    let log = Log::default();
+    let f = Fields::new(Some(config), "", "PretrainedConfig", &log);
     let model_type = f.string("model_type");
     if model_type.is_none() && config.is_object() {
-        cell.borrow_mut().error(
+        log.ds.borrow_mut().error(
             "model_type",
             Rule::JsonType,
             "missing: a Hugging Face config names its model_type",
@@ -86,18 +111,18 @@ pub fn import(config: &Value, opts: &ImportOptions) -> Result<ModelFile, Diagnos
         })
         .unwrap_or_else(|| model_type.clone().unwrap_or_default());
     let parts = match model_type.as_deref() {
-        Some("llava") => llava::import(config, opts, &cell),
-        Some("qwen2_vl") => qwen_vl::import(config, opts, false, &cell),
-        Some("qwen2_5_vl") => qwen_vl::import(config, opts, true, &cell),
+        Some("llava") => llava::import(config, opts, &log),
+        Some("qwen2_vl") => qwen_vl::import(config, opts, false, &log),
+        Some("qwen2_5_vl") => qwen_vl::import(config, opts, true, &log),
         Some(t @ ("llama" | "mistral" | "qwen2" | "mixtral")) => {
-            decoder::import(&f, t).map(|lm| Parts {
+            decoder::import(&f, t, Sizes::Required).map(|lm| Parts {
                 modules: vec![("llm".into(), lm)],
                 boundaries: vec![],
                 encoders: vec![],
             })
         }
         Some(other) => {
-            cell.borrow_mut().error(
+            log.ds.borrow_mut().error(
                 "model_type",
                 Rule::JsonType,
                 format!(
@@ -109,7 +134,7 @@ pub fn import(config: &Value, opts: &ImportOptions) -> Result<ModelFile, Diagnos
         }
         None => None,
     };
-    let ds = cell.into_inner();
+    let ds = log.ds.into_inner();
     let Some(parts) = parts else {
         return Err(ds);
     };
@@ -127,7 +152,7 @@ pub fn import(config: &Value, opts: &ImportOptions) -> Result<ModelFile, Diagnos
             },
         );
     }
-    Ok(ModelFile {
+    let model = ModelFile {
         kind: "model".into(),
         format_version: FORMAT_VERSION,
         name,
@@ -140,7 +165,8 @@ pub fn import(config: &Value, opts: &ImportOptions) -> Result<ModelFile, Diagnos
             optimizer: Optimizer::Adam,
             encoders,
         },
-    })
+    };
+    Ok((model, log.notes.into_inner()))
 }
 
 /// What a family importer returns: modules, boundaries, and per encoder its default tokens per

@@ -7,13 +7,11 @@
 //! Qwen2.5-VL's: RMSNorm, gated SiLU MLP of `intermediate_size`, output width `out_hidden_size`.
 //! Window attention in Qwen2.5-VL changes FLOPs, not parameters; it is not modelled.
 
-use std::cell::RefCell;
-
 use serde_json::Value;
 
-use super::fields::Fields;
-use super::{decoder, vlm_boundaries, ImportOptions, Parts};
-use crate::diag::Diagnostics;
+use super::decoder::{self, Sizes};
+use super::fields::{Fields, Log};
+use super::{vlm_boundaries, ImportOptions, Parts};
 use crate::model::{
     Activation, AttentionKind, EmbeddingKind, EmbeddingSpec, FfnKind, MlpSpec, ModuleKind,
     ModuleSpec, NormKind, PositionKind, PositionsSpec, TransformerSpec,
@@ -22,47 +20,75 @@ use crate::model::{
 /// Encoder patches per image when the config fixes no image size: 448 x 448 at patch 14.
 const DEFAULT_PATCHES: u32 = 1024;
 
-pub(crate) fn import(
-    config: &Value,
-    _opts: &ImportOptions,
-    v25: bool,
-    cell: &RefCell<Diagnostics>,
-) -> Option<Parts> {
-    let top = Fields::new(Some(config), "", cell);
-    let v = Fields::new(top.get("vision_config"), "vision_config", cell);
+pub(crate) fn import(config: &Value, opts: &ImportOptions, v25: bool, log: &Log) -> Option<Parts> {
+    let (class, vclass) = if v25 {
+        ("Qwen2_5_VLConfig", "Qwen2_5_VLVisionConfig")
+    } else {
+        ("Qwen2VLConfig", "Qwen2VLVisionConfig")
+    };
+    let top = Fields::new(Some(config), "", class, log);
+    // Without a vision_config, transformers assumes its default tower: a model nobody gave.
+    if top.get("vision_config").is_none() {
+        top.error(
+            "vision_config",
+            "missing: a Qwen-VL config describes its vision tower, and hetpar does not guess one"
+                .into(),
+        );
+    }
+    let v = Fields::new(top.get("vision_config"), "vision_config", vclass, log);
     let text = if top.get("text_config").is_some() {
-        Fields::new(top.get("text_config"), "text_config", cell)
+        Fields::new(top.get("text_config"), "text_config", class, log)
     } else {
         top
     };
-    let lm = decoder::import(&text, "qwen2")?;
-    let lm_hidden = lm.transformer.as_ref().map_or(0, |x| x.hidden);
+    let text_type = if v25 { "qwen2_5_vl" } else { "qwen2_vl" };
+    let lm = decoder::import(&text, text_type, Sizes::Required);
+    // The tower's sizes, and the merger's output width, are required.
     let (hidden, ffn, ffn_kind, norm, out) = if v25 {
         (
-            v.u32_or("hidden_size", 1280),
-            v.u32_or("intermediate_size", 3420),
+            v.u32_required("hidden_size"),
+            v.u32_required("intermediate_size"),
             FfnKind::Swiglu,
             NormKind::RmsNorm,
-            v.u32_or("out_hidden_size", lm_hidden),
+            v.u32_required("out_hidden_size"),
         )
     } else {
-        let embed = v.u32_or("embed_dim", 1280);
+        let embed = v.u32_required("embed_dim");
+        let ratio = v.u32_default("mlp_ratio", 4);
         (
             embed,
-            embed.saturating_mul(v.u32_or("mlp_ratio", 4)),
+            embed.map(|e| e.saturating_mul(ratio)),
             FfnKind::GeluMlp,
             NormKind::LayerNorm,
-            v.u32_or("hidden_size", lm_hidden),
+            v.u32_required("hidden_size"),
         )
     };
-    let merge = v.u32_or("spatial_merge_size", 2);
+    let (layers, heads) = (v.u32_required("depth"), v.u32_required("num_heads"));
+    let merge = v.u32_default("spatial_merge_size", 2);
     let merge = merge.saturating_mul(merge);
+    let patch = v.u32_default("patch_size", 14);
+    let temporal = v.u32_default("temporal_patch_size", 2);
+    // The original configs say in_chans; transformers' class says in_channels.
+    let channels = match v.u32_opt("in_chans") {
+        Some(c) => c,
+        None => v.u32_default("in_channels", 3),
+    };
+    let (lm, hidden, ffn, out, layers, heads) = (lm?, hidden?, ffn?, out?, layers?, heads?);
+    if opts.tokens_per_item.is_none() {
+        top.note_option(
+            "data.encoders.vision.tokens_per_item",
+            DEFAULT_PATCHES,
+            "--tokens-per-item not given and a Qwen-VL config fixes no image size: a 448 x 448 \
+             image at patch 14"
+                .into(),
+        );
+    }
     let encoder = ModuleSpec {
         kind: ModuleKind::VisionEncoder,
         transformer: Some(TransformerSpec {
-            layers: v.u32_or("depth", 32),
+            layers,
             hidden,
-            heads: v.u32_or("num_heads", 16),
+            heads,
             kv_heads: None,
             head_dim: None,
             ffn_hidden: ffn,
@@ -75,9 +101,9 @@ pub(crate) fn import(
         }),
         embedding: Some(EmbeddingSpec {
             kind: EmbeddingKind::Patch,
-            patch_size: Some(v.u32_or("patch_size", 14)),
-            temporal_patch_size: Some(v.u32_or("temporal_patch_size", 2)),
-            channels: Some(v.u32_or("in_chans", v.u32_or("in_channels", 3))),
+            patch_size: Some(patch),
+            temporal_patch_size: Some(temporal),
+            channels: Some(channels),
             in_features: None,
             kernel_size: None,
             conv_layers: None,

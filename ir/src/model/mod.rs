@@ -6,6 +6,7 @@ pub mod counts;
 pub mod data;
 pub mod file;
 pub mod graph;
+pub mod limits;
 pub mod placeholders;
 pub mod verify;
 

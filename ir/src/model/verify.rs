@@ -4,7 +4,7 @@
 //! Invariants checked here (rule ids in brackets; `crate::rule` describes each):
 //! - at least one module and exactly one language model [model.modules];
 //! - each module has exactly the parts its kind needs [module.part];
-//! - sizes are at least 1 [arch.positive]; heads divide hidden (without `head_dim`) and KV heads
+//! - sizes are at least 1, and those that drive work at most `limits` [arch.positive]; heads divide hidden (without `head_dim`) and KV heads
 //!   divide heads [arch.heads]; MoE has 1 <= top_k <= experts [arch.moe];
 //! - boundaries join two different existing modules, never enter an encoder [boundary.modules],
 //!   are unique by name and by pair [boundary.duplicate], carry rows as wide as the destination
@@ -12,7 +12,7 @@
 //!   trace back to one origin [boundary.landing];
 //! - the graph is acyclic [graph.cycle] and every encoder and projector reaches the language
 //!   model [graph.connected];
-//! - data: batch, sequence and token counts >= 1 [data.positive]; one entry per encoder
+//! - data: batch, sequence and token counts >= 1 and at most `limits` [data.positive]; one entry per encoder
 //!   [data.encoders]; items given one way, per-sample lists as long as the batch [data.items];
 //!   tokens per item divide by the projectors' token merge [data.token_merge]; every sample's
 //!   rows fit the sequence [data.sequence]; items fit a learned position table [data.positions].
@@ -434,6 +434,8 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
         }
     }
 
+    // Last, so that the rules above still report on a file with a size out of bounds.
+    super::limits::check(&file, &mut ds);
     if ds.has_errors() {
         return Err(ds);
     }

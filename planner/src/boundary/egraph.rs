@@ -177,6 +177,16 @@ pub enum Strategy {
     ViaParts,
 }
 
+impl std::fmt::Display for Strategy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Strategy::Direct => "direct",
+            Strategy::ViaLeader => "via a leader",
+            Strategy::ViaParts => "via parts",
+        })
+    }
+}
+
 /// Search limits (values, never wall-clock).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Limits {
@@ -207,6 +217,19 @@ pub struct Stats {
     pub stop_reason: String,
     /// Times each rule fired, by name.
     pub rules_fired: std::collections::BTreeMap<String, usize>,
+}
+
+/// Why the e-graph search stopped, in words (`--explain` and the JSON report show it).
+fn stop_words(reason: Option<&egg::StopReason>) -> String {
+    use egg::StopReason as R;
+    match reason {
+        None => "not stopped".into(),
+        Some(R::Saturated) => "saturated".into(),
+        Some(R::IterationLimit(n)) => format!("iteration limit ({n})"),
+        Some(R::NodeLimit(n)) => format!("node limit ({n})"),
+        Some(R::TimeLimit(s)) => format!("time limit ({s} s)"),
+        Some(R::Other(s)) => s.clone(),
+    }
 }
 
 /// The term of a direct delivery of a flow.
@@ -240,7 +263,7 @@ pub fn choose(shapes: &[FlowInfo], links: Links, limits: Limits) -> (Vec<Strateg
         iterations: runner.iterations.len(),
         enodes: runner.egraph.total_number_of_nodes(),
         eclasses: runner.egraph.number_of_classes(),
-        stop_reason: format!("{:?}", runner.stop_reason),
+        stop_reason: stop_words(runner.stop_reason.as_ref()),
         rules_fired: Default::default(),
     };
     for it in &runner.iterations {

@@ -39,6 +39,15 @@ pub enum Direction {
     Backward,
 }
 
+impl std::fmt::Display for Direction {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Direction::Forward => "forward",
+            Direction::Backward => "backward",
+        })
+    }
+}
+
 /// One boundary in one direction: the plan and its figures.
 #[derive(Clone, Debug, PartialEq, serde::Serialize)]
 pub struct Reshard {

@@ -301,6 +301,7 @@ impl<'a> Pricer<'a> {
             format_version: FORMAT_VERSION,
             model: Some(model.name().to_string()),
             cluster: Some(self.cluster.name.clone()),
+            cluster_gpus: None,
             schedule: schedule.clone(),
             modules,
         };
