@@ -112,6 +112,9 @@ Example:\n  hetpar run examples/plans/reference-tiny-noncolocated-8.json --model
 --cluster examples/clusters/h100-8.json --steps 20 --dump out/"
     )]
     Run(commands::run::Args),
+    /// Export a plan to another trainer: Megatron-LM's arguments and a launch script.
+    #[command(subcommand)]
+    Export(commands::export::Target),
     /// Generate a Rust crate from a plan or a program: every rank's instructions as
     /// straight-line code over hetpar-runtime, its boundary transfers as constant tables, and
     /// a launch script.
@@ -184,6 +187,7 @@ fn main() -> ExitCode {
         Command::Plan(a) => commands::plan::run(a),
         Command::Lower(a) => commands::lower::run(a),
         Command::Run(a) => commands::run::run(a),
+        Command::Export(t) => commands::export::run(t),
         Command::Codegen(a) => commands::codegen::run(a),
         Command::Profile(a) => commands::profile::run(a),
         Command::Autotune(a) => commands::autotune::run(a),

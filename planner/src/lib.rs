@@ -5,6 +5,7 @@
 //!   delivered, and its lowering into one fused communication call per rank per micro-batch.
 
 pub mod boundary;
+pub mod export;
 pub mod lower;
 pub mod search;
 

@@ -6,6 +6,7 @@ pub mod codegen;
 pub mod describe;
 pub mod device_check;
 pub mod estimate;
+pub mod export;
 pub mod import;
 pub mod launch;
 pub mod lower;

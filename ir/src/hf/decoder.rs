@@ -67,6 +67,18 @@ pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<M
         let why = "hidden_size / num_attention_heads, as transformers derives it".to_string();
         f.note("head_dim", derived, why);
     }
+    // Every config class of these families defaults `rope_theta` to 10000.
+    let rope_base = Some(match f.get("rope_theta").and_then(|v| v.as_f64()) {
+        Some(theta) => theta.round().clamp(1.0, f64::from(u32::MAX)) as u32,
+        None => {
+            f.note(
+                "rope_theta",
+                10000,
+                format!("{class} takes 10000 when it is absent"),
+            );
+            10000
+        }
+    });
     let moe = (model_type == "mixtral").then(|| MoeSpec {
         experts: f.u32_default("num_local_experts", 8),
         top_k: f.u32_default("num_experts_per_tok", 2),
@@ -99,6 +111,7 @@ pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<M
         positions: Some(PositionsSpec {
             kind: PositionKind::Rope,
             max_positions: None,
+            rope_base,
         }),
         vocab_size: Some(vocab),
         tied_embeddings: Some(f.bool_default("tie_word_embeddings", false)),

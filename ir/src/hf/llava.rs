@@ -83,6 +83,7 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
         positions: Some(PositionsSpec {
             kind: PositionKind::Learned,
             max_positions: Some(patches.saturating_add(1)),
+            rope_base: None,
         }),
         tokens_per_item: Some(patches),
         pre_norm: Some(true),

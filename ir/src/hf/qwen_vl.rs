@@ -112,6 +112,7 @@ pub(crate) fn import(config: &Value, opts: &ImportOptions, v25: bool, log: &Log)
         positions: Some(PositionsSpec {
             kind: PositionKind::Rope,
             max_positions: None,
+            rope_base: None,
         }),
         tokens_per_item: Some(DEFAULT_PATCHES),
         pre_norm: None,

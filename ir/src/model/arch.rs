@@ -198,6 +198,9 @@ pub struct PositionsSpec {
     /// Rows of a learned table.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_positions: Option<u32>,
+    /// The rotary base (Hugging Face's `rope_theta`); no cost depends on it, an export does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_base: Option<u32>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
