@@ -1,7 +1,8 @@
 //! `hetpar launch`: ranks as processes, one per device slot, on one node or many; and the
 //! hidden `hetpar worker` that each of them runs.
 
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
@@ -82,6 +83,16 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     a.job.device.check()?;
+    let world = a.nnodes * a.nproc_per_node;
+    // The program is checked here once: a size mismatch is one error, not one per worker.
+    let Some((_, program, _)) = a.job.program.load()? else {
+        return Ok(ExitCode::from(1));
+    };
+    let started = format!(
+        "--nnodes {} x --nproc-per-node {} would start {world} processes",
+        a.nnodes, a.nproc_per_node
+    );
+    check_world(&program, world, &started)?;
     let master = match &a.master {
         Some(m) => m.clone(),
         None if a.nnodes == 1 => {
@@ -90,7 +101,6 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => bail!("with --nnodes above 1, give --master ADDR:PORT (rank 0's node)"),
     };
-    let world = a.nnodes * a.nproc_per_node;
     let exe = std::env::current_exe().context("cannot find hetpar's own executable")?;
     // CUDA workers find pip's libraries (and NCCL under the name cudarc loads) from the start.
     let library_path = match a.job.device.backend {
@@ -116,17 +126,94 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot start rank {rank}"))?;
         children.push((rank, child));
     }
-    let mut failed = Vec::new();
-    for (rank, mut c) in children {
-        let status = c.wait()?;
-        if !status.success() {
-            failed.push(rank);
+    watch(children)
+}
+
+/// Waits for every rank; the first that fails (an error, a signal) is named and the others
+/// are stopped at once: a dead rank would leave its peers waiting out their timeout.
+fn watch(mut children: Vec<(u32, Child)>) -> anyhow::Result<ExitCode> {
+    while !children.is_empty() {
+        let mut i = 0;
+        while i < children.len() {
+            let status = children[i]
+                .1
+                .try_wait()
+                .with_context(|| format!("cannot watch rank {}", children[i].0))?;
+            match status {
+                None => i += 1,
+                Some(s) if s.success() => drop(children.remove(i)),
+                Some(s) => {
+                    let (rank, c) = children.remove(i);
+                    let stopped = stop(children);
+                    bail!(
+                        "rank {rank} (pid {}) {}; stopped the other ranks of this node{stopped}",
+                        c.id(),
+                        ended(s)
+                    );
+                }
+            }
         }
-    }
-    if !failed.is_empty() {
-        bail!("ranks {failed:?} failed (their errors are above)");
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Kills and reaps `children`; what could not be stopped, if anything.
+fn stop(children: Vec<(u32, Child)>) -> String {
+    let mut left = Vec::new();
+    for (rank, mut c) in children {
+        // An error here means it has already ended; `wait` reaps it either way.
+        let _ = c.kill();
+        if c.wait().is_err() {
+            left.push(format!("rank {rank} (pid {})", c.id()));
+        }
+    }
+    if left.is_empty() {
+        String::new()
+    } else {
+        format!(" (could not stop {})", left.join(", "))
+    }
+}
+
+/// How a rank ended: its exit code, or the signal that killed it.
+fn ended(s: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(sig) = s.signal() {
+            let name = match sig {
+                1 => " (SIGHUP)",
+                2 => " (SIGINT)",
+                4 => " (SIGILL)",
+                6 => " (SIGABRT)",
+                7 => " (SIGBUS)",
+                8 => " (SIGFPE)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                13 => " (SIGPIPE)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            return format!("was killed by signal {sig}{name}");
+        }
+    }
+    match s.code() {
+        Some(c) => format!("exited with code {c} (its error is above)"),
+        None => format!("ended: {s}"),
+    }
+}
+
+/// The program must have exactly `world` ranks, numbered from 0.
+fn check_world(
+    program: &hetpar::ir::program::Program,
+    world: u32,
+    started: &str,
+) -> anyhow::Result<()> {
+    let needed = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0);
+    if needed != world || program.ranks.len() as u32 != world {
+        bail!("the program has {needed} ranks, but {started}");
+    }
+    Ok(())
 }
 
 /// Rank, world and master from hetpar's variables, or from SLURM's under `srun`.
@@ -145,10 +232,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let Some((model, program, _)) = j.program.load()? else {
         return Ok(ExitCode::from(1));
     };
-    let needed = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0);
-    if needed != world || program.ranks.len() as u32 != world {
-        bail!("the program has {needed} ranks, but {world} processes were started");
-    }
+    check_world(&program, world, &format!("{world} processes were started"))?;
     let cfg = Config::from_model(&model)?;
     let init = Params::init(&cfg, j.training.seed)?;
     let batches = synthetic_batches(&model, &cfg, j.training.seed, j.training.steps)?;
