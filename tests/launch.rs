@@ -17,6 +17,9 @@ fn worker(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
         "HETPAR_RANK",
         "HETPAR_WORLD",
         "HETPAR_MASTER",
+        "HETPAR_TOKEN",
+        "SLURM_JOB_ID",
+        "SLURM_STEP_ID",
         "SLURM_PROCID",
         "SLURM_NTASKS",
         "MASTER_ADDR",
@@ -67,6 +70,7 @@ fn a_peer_that_never_arrives_is_a_rendezvous_error_on_both_sides() {
             ("HETPAR_RANK", "0".into()),
             ("HETPAR_WORLD", "8".into()),
             ("HETPAR_MASTER", master.clone()),
+            ("HETPAR_TOKEN", "job-1".into()),
         ],
         &args,
     );
@@ -82,6 +86,7 @@ fn a_peer_that_never_arrives_is_a_rendezvous_error_on_both_sides() {
             ("HETPAR_RANK", "3".into()),
             ("HETPAR_WORLD", "8".into()),
             ("HETPAR_MASTER", master.clone()),
+            ("HETPAR_TOKEN", "job-1".into()),
         ],
         &args,
     );
@@ -112,6 +117,8 @@ fn a_worker_started_by_srun_reads_slurm_variables() {
     let (host, port) = master.rsplit_once(':').unwrap();
     let o = worker(
         &[
+            ("SLURM_JOB_ID", "4242".into()),
+            ("SLURM_STEP_ID", "0".into()),
             ("SLURM_PROCID", "0".into()),
             ("SLURM_NTASKS", "1".into()),
             ("MASTER_ADDR", host.into()),
@@ -182,6 +189,8 @@ fn a_worker_killed_during_the_rendezvous_stops_the_launch_within_seconds() {
             "1",
             "--master",
             &free_port(),
+            "--token",
+            "launch-test",
             "--timeout-ms",
             "60000",
         ])
@@ -249,4 +258,30 @@ fn a_launch_of_the_wrong_size_says_so_once() {
     let e = stderr(&o);
     assert_eq!(e.matches("the program has 8 ranks").count(), 1, "{e}");
     assert!(e.contains("--nproc-per-node 4"), "{e}");
+}
+
+#[test]
+fn several_nodes_outside_slurm_need_a_shared_token() {
+    let o = Command::new(env!("CARGO_BIN_EXE_hetpar"))
+        .args([
+            "launch",
+            PLAN,
+            "--model",
+            MODEL,
+            "--cluster",
+            CLUSTER,
+            "--nproc-per-node",
+            "4",
+            "--nnodes",
+            "2",
+            "--master",
+            &free_port(),
+        ])
+        .current_dir(root())
+        .env_remove("SLURM_JOB_ID")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("give every node the same --token"), "{e}");
 }

@@ -6,9 +6,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use hetpar::runtime::exec::generated::{report_steps, synthetic_batches};
+use hetpar::runtime::exec::generated::{largest_message, report_steps, synthetic_batches};
 use hetpar::runtime::exec::run_process;
 use hetpar::runtime::reference::{Config, Params};
+use hetpar::runtime::rendezvous::{check_token, new_token, slurm_token, Placement};
 
 use super::print_stdout;
 use super::run::{Backend, DeviceArgs, ProgramInput, Training};
@@ -41,6 +42,11 @@ pub struct Args {
     /// one node).
     #[arg(long)]
     pub master: Option<String>,
+    /// The job's token, which every rank says first so that no other job or stray client joins
+    /// (the same on every node). By default, under SLURM one derived from the job step, else on
+    /// one node a fresh one; several nodes outside SLURM need it.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -101,6 +107,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => bail!("with --nnodes above 1, give --master ADDR:PORT (rank 0's node)"),
     };
+    let token = job_token(&a)?;
     let exe = std::env::current_exe().context("cannot find hetpar's own executable")?;
     // CUDA workers find pip's libraries (and NCCL under the name cudarc loads) from the start.
     let library_path = match a.job.device.backend {
@@ -116,6 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .env("HETPAR_RANK", rank.to_string())
             .env("HETPAR_WORLD", world.to_string())
             .env("HETPAR_MASTER", &master)
+            .env("HETPAR_TOKEN", &token)
             .env("HETPAR_LOCAL_RANK", local.to_string());
         if let Some(p) = &library_path {
             cmd.env("LD_LIBRARY_PATH", p)
@@ -127,6 +135,22 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         children.push((rank, child));
     }
     watch(children)
+}
+
+/// The job's token: `--token`, else SLURM's job step, else (one node) a fresh one.
+fn job_token(a: &Args) -> anyhow::Result<String> {
+    let t = match (&a.token, slurm_token(&|k: &str| std::env::var(k).ok())) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => t,
+        (None, None) if a.nnodes == 1 => new_token(),
+        (None, None) => bail!(
+            "with --nnodes above 1 outside SLURM, give every node the same --token (1 to 128 \
+             printable characters, e.g. from `openssl rand -hex 16`): it keeps other jobs out of \
+             the rendezvous"
+        ),
+    };
+    check_token(&t).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    Ok(t)
 }
 
 /// Waits for every rank; the first that fails (an error, a signal) is named and the others
@@ -216,18 +240,20 @@ fn check_world(
     Ok(())
 }
 
-/// Rank, world and master from hetpar's variables, or from SLURM's under `srun`.
-fn placement() -> anyhow::Result<(u32, u32, String)> {
+/// Rank, world, master and job token from hetpar's variables, or from SLURM's under `srun`.
+fn placement() -> anyhow::Result<Placement> {
     hetpar::runtime::rendezvous::placement_from_env()?.ok_or_else(|| {
         anyhow::anyhow!(
-            "a worker needs HETPAR_RANK, HETPAR_WORLD and HETPAR_MASTER (set by hetpar launch), \
-             or SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR and MASTER_PORT under srun"
+            "a worker needs HETPAR_RANK, HETPAR_WORLD, HETPAR_MASTER and HETPAR_TOKEN (set by \
+             hetpar launch), or SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT and \
+             SLURM_JOB_ID under srun"
         )
     })
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let (rank, world, master) = placement()?;
+    let place = placement()?;
+    let (rank, world) = (place.rank, place.world);
     let j = &a.job;
     let Some((model, program, _)) = j.program.load()? else {
         return Ok(ExitCode::from(1));
@@ -241,7 +267,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     opts.backend = j
         .device
         .backend(hetpar::runtime::exec::generated::local_rank())?;
-    let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, opts.timeout)?;
+    let max = largest_message(&init, &batches, opts.steps);
+    let ep = hetpar::runtime::rendezvous::tcp_endpoint(&place, opts.timeout, max)?;
     let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
         st.interpret()
     })?;
