@@ -107,7 +107,9 @@ Example:\n  hetpar show examples/plans/llama-3-8b-homogeneous-8.json --model exa
     /// the throughput.
     #[command(
         after_help = "The model must be one the reference model computes (docs/reference-model.md); \
-batches are synthetic, shaped like the model's data, unless --batch gives one.\n\n\
+batches are synthetic, shaped like the model's data, fresh every step (so the loss cannot fall), \
+unless --fixed-batch repeats one (a smoke test whose loss must fall) or --batch gives one. A loss \
+that is not finite fails the run.\n\n\
 Example:\n  hetpar run examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
 --cluster examples/clusters/h100-8.json --steps 20 --dump out/"
     )]

@@ -6,13 +6,13 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use hetpar::runtime::exec::generated::{largest_message, report_steps, synthetic_batches};
+use hetpar::runtime::exec::generated::{largest_message, report_steps};
 use hetpar::runtime::exec::run_process;
 use hetpar::runtime::reference::{Config, Params};
 use hetpar::runtime::rendezvous::{check_token, new_token, slurm_token, Placement};
 
 use super::print_stdout;
-use super::run::{Backend, DeviceArgs, ProgramInput, Training};
+use super::run::{check_losses, Backend, DeviceArgs, ProgramInput, Training};
 
 /// What a worker runs (shared by `launch` and `worker`).
 #[derive(clap::Args, Clone)]
@@ -70,6 +70,9 @@ fn job_args(j: &Job) -> Vec<String> {
         "--timeout-ms".into(),
         t.timeout_ms.to_string(),
     ];
+    if t.fixed_batch {
+        v.push("--fixed-batch".into());
+    }
     if let Some(c) = &p.cluster {
         v.push("--cluster".into());
         v.push(c.display().to_string());
@@ -89,6 +92,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     a.job.device.check()?;
+    a.job.training.check()?;
     let world = a.nnodes * a.nproc_per_node;
     // The program is checked here once: a size mismatch is one error, not one per worker.
     let Some((_, program, _)) = a.job.program.load()? else {
@@ -108,6 +112,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         None => bail!("with --nnodes above 1, give --master ADDR:PORT (rank 0's node)"),
     };
     let token = job_token(&a)?;
+    a.job.training.note_batches();
     let exe = std::env::current_exe().context("cannot find hetpar's own executable")?;
     // CUDA workers find pip's libraries (and NCCL under the name cudarc loads) from the start.
     let library_path = match a.job.device.backend {
@@ -261,7 +266,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     check_world(&program, world, &format!("{world} processes were started"))?;
     let cfg = Config::from_model(&model)?;
     let init = Params::init(&cfg, j.training.seed)?;
-    let batches = synthetic_batches(&model, &cfg, j.training.seed, j.training.steps)?;
+    j.training.check()?;
+    let batches = j.training.batches(&model, &cfg)?;
     let mut opts = j.training.options();
     // The GPU of this node's local rank.
     opts.backend = j
@@ -280,6 +286,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             &s.step_seconds,
             &opts.backend.to_string(),
         ));
+        check_losses(&s.losses)?;
     }
     Ok(ExitCode::SUCCESS)
 }
