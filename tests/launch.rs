@@ -285,3 +285,27 @@ fn several_nodes_outside_slurm_need_a_shared_token() {
     let e = stderr(&o);
     assert!(e.contains("give every node the same --token"), "{e}");
 }
+
+#[test]
+fn a_process_count_that_overflows_is_refused() {
+    let o = hetpar(&[
+        "launch",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "--nproc-per-node",
+        "65536",
+        "--nnodes",
+        "65536",
+        "--token",
+        "t",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is too many processes"),
+        "{}",
+        stderr(&o)
+    );
+}

@@ -93,7 +93,13 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     a.job.device.check()?;
     a.job.training.check()?;
-    let world = a.nnodes * a.nproc_per_node;
+    let Some(world) = a.nnodes.checked_mul(a.nproc_per_node) else {
+        bail!(
+            "--nnodes {} x --nproc-per-node {} is too many processes",
+            a.nnodes,
+            a.nproc_per_node
+        );
+    };
     // The program is checked here once: a size mismatch is one error, not one per worker.
     let Some((_, program, _)) = a.job.program.load()? else {
         return Ok(ExitCode::from(1));
@@ -134,10 +140,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             cmd.env("LD_LIBRARY_PATH", p)
                 .env(hetpar::runtime::libs::READY_VAR, "1");
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start rank {rank}"))?;
-        children.push((rank, child));
+        match cmd.spawn() {
+            Ok(child) => children.push((rank, child)),
+            Err(e) => {
+                // The ranks already started would wait out their timeout for this one.
+                let stopped = stop(children);
+                bail!("cannot start rank {rank}: {e}; stopped the ranks started{stopped}");
+            }
+        }
     }
     watch(children)
 }
