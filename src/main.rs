@@ -107,7 +107,9 @@ Example:\n  hetpar show examples/plans/llama-3-8b-homogeneous-8.json --model exa
     /// the throughput.
     #[command(
         after_help = "The model must be one the reference model computes (docs/reference-model.md); \
-batches are synthetic, shaped like the model's data, unless --batch gives one.\n\n\
+batches are synthetic, shaped like the model's data, fresh every step (so the loss cannot fall), \
+unless --fixed-batch repeats one (a smoke test whose loss must fall) or --batch gives one. A loss \
+that is not finite fails the run.\n\n\
 Example:\n  hetpar run examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
 --cluster examples/clusters/h100-8.json --steps 20 --dump out/"
     )]
@@ -156,7 +158,9 @@ Example:\n  hetpar calibrate cost-models/data/megatron-core-h100.json"
     /// node-local GPU (--backend cuda).
     #[command(
         after_help = "Each process runs `hetpar worker`, which also reads SLURM's variables \
-(SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT) when started by srun. Rank 0 prints the report.\n\n\
+(SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT, and SLURM_JOB_ID for the job token) when started by srun. \
+Only ranks with the job's token (--token; by default derived from the SLURM job step, or fresh on one node) join the rendezvous. Rank 0 prints the report. \
+The first worker to fail is named (rank, pid, exit code or signal) and the node's others are stopped.\n\n\
 Example:\n  hetpar launch examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
 --cluster examples/clusters/h100-8.json --nproc-per-node 8 --steps 5"
     )]

@@ -98,6 +98,7 @@ fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
                 .env("HETPAR_RANK", r.to_string())
                 .env("HETPAR_WORLD", "8")
                 .env("HETPAR_MASTER", &master)
+                .env("HETPAR_TOKEN", "codegen-test")
                 .stdout(std::process::Stdio::piped())
                 .stderr(std::process::Stdio::piped())
                 .spawn()

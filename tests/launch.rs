@@ -17,6 +17,9 @@ fn worker(env: &[(&str, String)], args: &[&str]) -> std::process::Output {
         "HETPAR_RANK",
         "HETPAR_WORLD",
         "HETPAR_MASTER",
+        "HETPAR_TOKEN",
+        "SLURM_JOB_ID",
+        "SLURM_STEP_ID",
         "SLURM_PROCID",
         "SLURM_NTASKS",
         "MASTER_ADDR",
@@ -67,6 +70,7 @@ fn a_peer_that_never_arrives_is_a_rendezvous_error_on_both_sides() {
             ("HETPAR_RANK", "0".into()),
             ("HETPAR_WORLD", "8".into()),
             ("HETPAR_MASTER", master.clone()),
+            ("HETPAR_TOKEN", "job-1".into()),
         ],
         &args,
     );
@@ -82,6 +86,7 @@ fn a_peer_that_never_arrives_is_a_rendezvous_error_on_both_sides() {
             ("HETPAR_RANK", "3".into()),
             ("HETPAR_WORLD", "8".into()),
             ("HETPAR_MASTER", master.clone()),
+            ("HETPAR_TOKEN", "job-1".into()),
         ],
         &args,
     );
@@ -112,6 +117,8 @@ fn a_worker_started_by_srun_reads_slurm_variables() {
     let (host, port) = master.rsplit_once(':').unwrap();
     let o = worker(
         &[
+            ("SLURM_JOB_ID", "4242".into()),
+            ("SLURM_STEP_ID", "0".into()),
             ("SLURM_PROCID", "0".into()),
             ("SLURM_NTASKS", "1".into()),
             ("MASTER_ADDR", host.into()),
@@ -129,4 +136,176 @@ fn a_worker_started_by_srun_reads_slurm_variables() {
     );
     assert!(o.status.success(), "{}", stderr(&o));
     assert_eq!(losses(&stdout(&o)).len(), 2, "{}", stdout(&o));
+}
+
+/// The pids of `parent`'s children (Linux: /proc/PID/stat's fourth field).
+#[cfg(target_os = "linux")]
+fn children_of(parent: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        // The command name may hold spaces: the fields after it start past its ')'.
+        let rest = &stat[stat.rfind(')').map_or(0, |i| i + 1)..];
+        let ppid = rest
+            .split_whitespace()
+            .nth(1)
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(parent) {
+            out.push(pid);
+        }
+    }
+    out
+}
+
+#[cfg(target_os = "linux")]
+fn alive(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn a_worker_killed_during_the_rendezvous_stops_the_launch_within_seconds() {
+    use std::time::{Duration, Instant};
+    let start = Instant::now();
+    // Node 1 of 2: its four ranks wait at a master no one serves, for up to 60 s.
+    let mut launch = Command::new(env!("CARGO_BIN_EXE_hetpar"))
+        .args([
+            "launch",
+            PLAN,
+            "--model",
+            MODEL,
+            "--cluster",
+            CLUSTER,
+            "--nproc-per-node",
+            "4",
+            "--nnodes",
+            "2",
+            "--node-rank",
+            "1",
+            "--master",
+            &free_port(),
+            "--token",
+            "launch-test",
+            "--timeout-ms",
+            "60000",
+        ])
+        .current_dir(root())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut kids = Vec::new();
+    while kids.len() < 4 && start.elapsed() < Duration::from_secs(8) {
+        std::thread::sleep(Duration::from_millis(50));
+        kids = children_of(launch.id());
+    }
+    assert_eq!(kids.len(), 4, "the launcher started {kids:?}");
+    let victim = kids[2];
+    let env = std::fs::read(format!("/proc/{victim}/environ")).unwrap();
+    let rank = String::from_utf8_lossy(&env)
+        .split('\0')
+        .find_map(|v| v.strip_prefix("HETPAR_RANK=").map(str::to_string))
+        .unwrap();
+    let killed = Command::new("kill")
+        .args(["-9", &victim.to_string()])
+        .status();
+    assert!(killed.unwrap().success());
+    while launch.try_wait().unwrap().is_none() && start.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let finished = launch.try_wait().unwrap().is_some();
+    if !finished {
+        let _ = launch.kill();
+        for &k in &kids {
+            let _ = Command::new("kill").args(["-9", &k.to_string()]).status();
+        }
+    }
+    let o = launch.wait_with_output().unwrap();
+    assert!(finished, "still running after 10 s: {}", stderr(&o));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "rank {rank} (pid {victim}) was killed by signal 9 (SIGKILL)"
+        )),
+        "{e}"
+    );
+    assert!(e.contains("stopped the other ranks"), "{e}");
+    let left: Vec<u32> = kids.into_iter().filter(|&k| alive(k)).collect();
+    assert!(left.is_empty(), "ranks still running: {left:?}");
+}
+
+#[test]
+fn a_launch_of_the_wrong_size_says_so_once() {
+    let o = hetpar(&[
+        "launch",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "--nproc-per-node",
+        "4",
+        "--steps",
+        "1",
+    ]);
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert_eq!(e.matches("the program has 8 ranks").count(), 1, "{e}");
+    assert!(e.contains("--nproc-per-node 4"), "{e}");
+}
+
+#[test]
+fn several_nodes_outside_slurm_need_a_shared_token() {
+    let o = Command::new(env!("CARGO_BIN_EXE_hetpar"))
+        .args([
+            "launch",
+            PLAN,
+            "--model",
+            MODEL,
+            "--cluster",
+            CLUSTER,
+            "--nproc-per-node",
+            "4",
+            "--nnodes",
+            "2",
+            "--master",
+            &free_port(),
+        ])
+        .current_dir(root())
+        .env_remove("SLURM_JOB_ID")
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(e.contains("give every node the same --token"), "{e}");
+}
+
+#[test]
+fn a_process_count_that_overflows_is_refused() {
+    let o = hetpar(&[
+        "launch",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "--nproc-per-node",
+        "65536",
+        "--nnodes",
+        "65536",
+        "--token",
+        "t",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("is too many processes"),
+        "{}",
+        stderr(&o)
+    );
 }

@@ -180,3 +180,142 @@ fn run_and_codegen_refuse_tp_comm_overlap_naming_module_and_field_and_lower_keep
     assert!(stderr(&o).contains(want), "{}", stderr(&o));
     assert!(!out.exists(), "no crate is written");
 }
+
+fn run_args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+    let mut v = vec!["run", PLAN, "--model", MODEL, "--cluster", CLUSTER];
+    v.extend_from_slice(extra);
+    v
+}
+
+#[test]
+fn zero_steps_and_unusable_learning_rates_are_refused_before_any_work() {
+    for (flags, says) in [
+        (&["--steps", "0"][..], "--steps 0: give 1 to 1000000"),
+        (
+            &["--lr", "nan"][..],
+            "--lr NaN: Adam's learning rate must be a finite number",
+        ),
+        (
+            &["--lr", "1e30"][..],
+            "--lr 1000000000000000000000000000000: Adam's",
+        ),
+        (&["--lr=-0.1"][..], "--lr -0.1: Adam's"),
+    ] {
+        let o = hetpar(&run_args(flags));
+        assert!(!o.status.success(), "{flags:?} ran: {}", stdout(&o));
+        assert!(stderr(&o).contains(says), "{flags:?}: {}", stderr(&o));
+        assert!(losses(&stdout(&o)).is_empty(), "{flags:?} trained");
+    }
+    // The launcher refuses them once, before starting a worker.
+    let o = hetpar(&[
+        "launch",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "--nproc-per-node",
+        "8",
+        "--steps",
+        "0",
+    ]);
+    assert!(!o.status.success());
+    assert_eq!(stderr(&o).matches("--steps 0").count(), 1, "{}", stderr(&o));
+}
+
+#[test]
+fn a_dump_path_that_cannot_be_written_fails_before_training() {
+    let dir = scratch("run-dump-onto-a-file");
+    let file = dir.join("taken");
+    std::fs::write(&file, "mine").unwrap();
+    let o = hetpar(&run_args(&[
+        "--steps",
+        "2",
+        "--dump",
+        file.to_str().unwrap(),
+    ]));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains(&format!(
+            "--dump {}: it exists and is not a directory",
+            file.display()
+        )),
+        "{e}"
+    );
+    assert!(
+        losses(&stdout(&o)).is_empty(),
+        "it trained first: {}",
+        stdout(&o)
+    );
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
+}
+
+/// `bytes` (a safetensors file) with every value of its first tensor made NaN.
+fn poisoned(bytes: &[u8]) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let (_, t) = header
+        .as_object()
+        .unwrap()
+        .iter()
+        .find(|(k, _)| *k != "__metadata__")
+        .unwrap();
+    let (a, b) = (
+        t["data_offsets"][0].as_u64().unwrap() as usize,
+        t["data_offsets"][1].as_u64().unwrap() as usize,
+    );
+    let mut out = bytes.to_vec();
+    for w in out[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+        w.copy_from_slice(&f32::NAN.to_le_bytes());
+    }
+    out
+}
+
+#[test]
+fn a_loss_that_is_not_finite_fails_the_run() {
+    let dir = scratch("run-nan-loss");
+    let dump = dir.join("dump");
+    let o = hetpar(&run_args(&[
+        "--steps",
+        "1",
+        "--dump",
+        dump.to_str().unwrap(),
+    ]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let weights = dir.join("nan.safetensors");
+    let good = std::fs::read(dump.join("weights.safetensors")).unwrap();
+    std::fs::write(&weights, poisoned(&good)).unwrap();
+    let o = hetpar(&run_args(&[
+        "--steps",
+        "2",
+        "--weights",
+        weights.to_str().unwrap(),
+    ]));
+    assert!(!o.status.success(), "{}", stdout(&o));
+    let e = stderr(&o);
+    assert!(
+        e.contains("step 1: the loss is NaN, not a finite number"),
+        "{e}"
+    );
+}
+
+#[test]
+fn fresh_synthetic_batches_are_said_to_keep_the_loss_up_and_a_fixed_batch_makes_it_fall() {
+    let o = hetpar(&run_args(&["--steps", "2"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("so the loss cannot fall"),
+        "{}",
+        stderr(&o)
+    );
+    let o = hetpar(&run_args(&["--steps", "6", "--fixed-batch"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!stderr(&o).contains("cannot fall"), "{}", stderr(&o));
+    let l = losses(&stdout(&o));
+    assert_eq!(l.len(), 6, "{}", stdout(&o));
+    assert!(
+        l.windows(2).all(|w| w[1] < w[0]),
+        "the loss of one repeated batch did not fall: {l:?}"
+    );
+}

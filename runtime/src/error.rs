@@ -60,6 +60,10 @@ pub enum RuntimeError {
     /// A safetensors file that cannot be read as the reference model's tensors.
     #[error("safetensors: {0}")]
     Safetensors(String),
+    /// A peer's stream carried what no message of the program can be (a frame longer than its
+    /// largest message); the stream was closed.
+    #[error("rank {rank}: the stream from rank {peer} was closed: {what}")]
+    BadStream { rank: u32, peer: u32, what: String },
     /// Ranks as processes could not meet (`crate::rendezvous`): who and what went wrong.
     #[error("rank {rank}: rendezvous: {what}")]
     Rendezvous { rank: u32, what: String },

@@ -21,6 +21,10 @@ pub(crate) struct Message {
     pub(crate) payload: Payload,
 }
 
+/// What arrives from a peer: a message, or what was wrong with its stream (a frame no message
+/// of the program can be), after which nothing more comes.
+pub(crate) type Delivery = Result<Message, String>;
+
 /// What a message carries: values (always, over TCP), or between threads a tensor whose
 /// values are a device copy made for the message, so they never pass through the host.
 pub enum Payload {
@@ -57,7 +61,7 @@ impl Payload {
 /// Where a rank's messages to one peer go: a channel (ranks as threads of one process) or a
 /// TCP stream (ranks as processes, `crate::rendezvous`).
 pub(crate) enum Sink {
-    Channel(Sender<Message>),
+    Channel(Sender<Delivery>),
     Tcp(std::net::TcpStream),
 }
 
@@ -65,7 +69,7 @@ pub(crate) enum Sink {
 pub struct Endpoint {
     rank: u32,
     senders: Vec<Sink>,
-    receivers: Vec<Receiver<Message>>,
+    receivers: Vec<Receiver<Delivery>>,
     /// Messages that arrived before they were asked for, per peer and tag.
     pending: Vec<BTreeMap<Tag, VecDeque<Payload>>>,
     timeout: Duration,
@@ -74,9 +78,9 @@ pub struct Endpoint {
 /// Builds the endpoints of `n` ranks, each waiting at most `timeout` for a message.
 pub fn fabric(n: usize, timeout: Duration) -> Vec<Endpoint> {
     // channels[src][dst]
-    let mut txs: Vec<Vec<Option<Sender<Message>>>> =
+    let mut txs: Vec<Vec<Option<Sender<Delivery>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
-    let mut rxs: Vec<Vec<Option<Receiver<Message>>>> =
+    let mut rxs: Vec<Vec<Option<Receiver<Delivery>>>> =
         (0..n).map(|_| (0..n).map(|_| None).collect()).collect();
     for src in 0..n {
         for dst in 0..n {
@@ -103,7 +107,7 @@ impl Endpoint {
     pub(crate) fn from_parts(
         rank: u32,
         senders: Vec<Sink>,
-        receivers: Vec<Receiver<Message>>,
+        receivers: Vec<Receiver<Delivery>>,
         timeout: Duration,
     ) -> Endpoint {
         let n = senders.len();
@@ -148,10 +152,10 @@ impl Endpoint {
         };
         match tx {
             Sink::Channel(tx) => tx
-                .send(Message {
+                .send(Ok(Message {
                     tag,
                     payload: Payload::Values(data.to_vec()),
-                })
+                }))
                 .map_err(|_| gone),
             Sink::Tcp(stream) => {
                 use std::io::Write as _;
@@ -184,10 +188,10 @@ impl Endpoint {
             (self.senders.get(to as usize), t.device_copy()?)
         {
             return tx
-                .send(Message {
+                .send(Ok(Message {
                     tag,
                     payload: Payload::Tensor(copy),
-                })
+                }))
                 .map_err(|_| RuntimeError::PeerGone {
                     rank: self.rank,
                     peer: to,
@@ -216,11 +220,18 @@ impl Endpoint {
             let left = self.timeout.saturating_sub(start.elapsed());
             let rx = self.receivers.get(f).ok_or(gone.clone())?;
             match rx.recv_timeout(left) {
-                Ok(m) if m.tag == tag => return Ok(m.payload),
-                Ok(m) => self.pending[f]
+                Ok(Ok(m)) if m.tag == tag => return Ok(m.payload),
+                Ok(Ok(m)) => self.pending[f]
                     .entry(m.tag)
                     .or_default()
                     .push_back(m.payload),
+                Ok(Err(what)) => {
+                    return Err(RuntimeError::BadStream {
+                        rank: self.rank,
+                        peer: from,
+                        what,
+                    })
+                }
                 Err(RecvTimeoutError::Timeout) => {
                     return Err(RuntimeError::Timeout {
                         rank: self.rank,

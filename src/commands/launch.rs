@@ -1,16 +1,18 @@
 //! `hetpar launch`: ranks as processes, one per device slot, on one node or many; and the
 //! hidden `hetpar worker` that each of them runs.
 
-use std::process::{Command, ExitCode};
+use std::process::{Child, Command, ExitCode, ExitStatus};
+use std::time::Duration;
 
 use anyhow::{bail, Context};
 
-use hetpar::runtime::exec::generated::{report_steps, synthetic_batches};
+use hetpar::runtime::exec::generated::{largest_message, report_steps};
 use hetpar::runtime::exec::run_process;
 use hetpar::runtime::reference::{Config, Params};
+use hetpar::runtime::rendezvous::{check_token, new_token, slurm_token, Placement};
 
 use super::print_stdout;
-use super::run::{Backend, DeviceArgs, ProgramInput, Training};
+use super::run::{check_losses, Backend, DeviceArgs, ProgramInput, Training};
 
 /// What a worker runs (shared by `launch` and `worker`).
 #[derive(clap::Args, Clone)]
@@ -40,6 +42,11 @@ pub struct Args {
     /// one node).
     #[arg(long)]
     pub master: Option<String>,
+    /// The job's token, which every rank says first so that no other job or stray client joins
+    /// (the same on every node). By default, under SLURM one derived from the job step, else on
+    /// one node a fresh one; several nodes outside SLURM need it.
+    #[arg(long)]
+    pub token: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -63,6 +70,9 @@ fn job_args(j: &Job) -> Vec<String> {
         "--timeout-ms".into(),
         t.timeout_ms.to_string(),
     ];
+    if t.fixed_batch {
+        v.push("--fixed-batch".into());
+    }
     if let Some(c) = &p.cluster {
         v.push("--cluster".into());
         v.push(c.display().to_string());
@@ -82,6 +92,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     }
     a.job.device.check()?;
+    a.job.training.check()?;
+    let Some(world) = a.nnodes.checked_mul(a.nproc_per_node) else {
+        bail!(
+            "--nnodes {} x --nproc-per-node {} is too many processes",
+            a.nnodes,
+            a.nproc_per_node
+        );
+    };
+    // The program is checked here once: a size mismatch is one error, not one per worker.
+    let Some((_, program, _)) = a.job.program.load()? else {
+        return Ok(ExitCode::from(1));
+    };
+    let started = format!(
+        "--nnodes {} x --nproc-per-node {} would start {world} processes",
+        a.nnodes, a.nproc_per_node
+    );
+    check_world(&program, world, &started)?;
     let master = match &a.master {
         Some(m) => m.clone(),
         None if a.nnodes == 1 => {
@@ -90,7 +117,8 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         }
         None => bail!("with --nnodes above 1, give --master ADDR:PORT (rank 0's node)"),
     };
-    let world = a.nnodes * a.nproc_per_node;
+    let token = job_token(&a)?;
+    a.job.training.note_batches();
     let exe = std::env::current_exe().context("cannot find hetpar's own executable")?;
     // CUDA workers find pip's libraries (and NCCL under the name cudarc loads) from the start.
     let library_path = match a.job.device.backend {
@@ -106,58 +134,157 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             .env("HETPAR_RANK", rank.to_string())
             .env("HETPAR_WORLD", world.to_string())
             .env("HETPAR_MASTER", &master)
+            .env("HETPAR_TOKEN", &token)
             .env("HETPAR_LOCAL_RANK", local.to_string());
         if let Some(p) = &library_path {
             cmd.env("LD_LIBRARY_PATH", p)
                 .env(hetpar::runtime::libs::READY_VAR, "1");
         }
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start rank {rank}"))?;
-        children.push((rank, child));
-    }
-    let mut failed = Vec::new();
-    for (rank, mut c) in children {
-        let status = c.wait()?;
-        if !status.success() {
-            failed.push(rank);
+        match cmd.spawn() {
+            Ok(child) => children.push((rank, child)),
+            Err(e) => {
+                // The ranks already started would wait out their timeout for this one.
+                let stopped = stop(children);
+                bail!("cannot start rank {rank}: {e}; stopped the ranks started{stopped}");
+            }
         }
     }
-    if !failed.is_empty() {
-        bail!("ranks {failed:?} failed (their errors are above)");
+    watch(children)
+}
+
+/// The job's token: `--token`, else SLURM's job step, else (one node) a fresh one.
+fn job_token(a: &Args) -> anyhow::Result<String> {
+    let t = match (&a.token, slurm_token(&|k: &str| std::env::var(k).ok())) {
+        (Some(t), _) => t.clone(),
+        (None, Some(t)) => t,
+        (None, None) if a.nnodes == 1 => new_token(),
+        (None, None) => bail!(
+            "with --nnodes above 1 outside SLURM, give every node the same --token (1 to 128 \
+             printable characters, e.g. from `openssl rand -hex 16`): it keeps other jobs out of \
+             the rendezvous"
+        ),
+    };
+    check_token(&t).map_err(|e| anyhow::anyhow!("--token: {e}"))?;
+    Ok(t)
+}
+
+/// Waits for every rank; the first that fails (an error, a signal) is named and the others
+/// are stopped at once: a dead rank would leave its peers waiting out their timeout.
+fn watch(mut children: Vec<(u32, Child)>) -> anyhow::Result<ExitCode> {
+    while !children.is_empty() {
+        let mut i = 0;
+        while i < children.len() {
+            let status = children[i]
+                .1
+                .try_wait()
+                .with_context(|| format!("cannot watch rank {}", children[i].0))?;
+            match status {
+                None => i += 1,
+                Some(s) if s.success() => drop(children.remove(i)),
+                Some(s) => {
+                    let (rank, c) = children.remove(i);
+                    let stopped = stop(children);
+                    bail!(
+                        "rank {rank} (pid {}) {}; stopped the other ranks of this node{stopped}",
+                        c.id(),
+                        ended(s)
+                    );
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
     Ok(ExitCode::SUCCESS)
 }
 
-/// Rank, world and master from hetpar's variables, or from SLURM's under `srun`.
-fn placement() -> anyhow::Result<(u32, u32, String)> {
+/// Kills and reaps `children`; what could not be stopped, if anything.
+fn stop(children: Vec<(u32, Child)>) -> String {
+    let mut left = Vec::new();
+    for (rank, mut c) in children {
+        // An error here means it has already ended; `wait` reaps it either way.
+        let _ = c.kill();
+        if c.wait().is_err() {
+            left.push(format!("rank {rank} (pid {})", c.id()));
+        }
+    }
+    if left.is_empty() {
+        String::new()
+    } else {
+        format!(" (could not stop {})", left.join(", "))
+    }
+}
+
+/// How a rank ended: its exit code, or the signal that killed it.
+fn ended(s: ExitStatus) -> String {
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt as _;
+        if let Some(sig) = s.signal() {
+            let name = match sig {
+                1 => " (SIGHUP)",
+                2 => " (SIGINT)",
+                4 => " (SIGILL)",
+                6 => " (SIGABRT)",
+                7 => " (SIGBUS)",
+                8 => " (SIGFPE)",
+                9 => " (SIGKILL)",
+                11 => " (SIGSEGV)",
+                13 => " (SIGPIPE)",
+                15 => " (SIGTERM)",
+                _ => "",
+            };
+            return format!("was killed by signal {sig}{name}");
+        }
+    }
+    match s.code() {
+        Some(c) => format!("exited with code {c} (its error is above)"),
+        None => format!("ended: {s}"),
+    }
+}
+
+/// The program must have exactly `world` ranks, numbered from 0.
+fn check_world(
+    program: &hetpar::ir::program::Program,
+    world: u32,
+    started: &str,
+) -> anyhow::Result<()> {
+    let needed = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0);
+    if needed != world || program.ranks.len() as u32 != world {
+        bail!("the program has {needed} ranks, but {started}");
+    }
+    Ok(())
+}
+
+/// Rank, world, master and job token from hetpar's variables, or from SLURM's under `srun`.
+fn placement() -> anyhow::Result<Placement> {
     hetpar::runtime::rendezvous::placement_from_env()?.ok_or_else(|| {
         anyhow::anyhow!(
-            "a worker needs HETPAR_RANK, HETPAR_WORLD and HETPAR_MASTER (set by hetpar launch), \
-             or SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR and MASTER_PORT under srun"
+            "a worker needs HETPAR_RANK, HETPAR_WORLD, HETPAR_MASTER and HETPAR_TOKEN (set by \
+             hetpar launch), or SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT and \
+             SLURM_JOB_ID under srun"
         )
     })
 }
 
 pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
-    let (rank, world, master) = placement()?;
+    let place = placement()?;
+    let (rank, world) = (place.rank, place.world);
     let j = &a.job;
     let Some((model, program, _)) = j.program.load()? else {
         return Ok(ExitCode::from(1));
     };
-    let needed = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0);
-    if needed != world || program.ranks.len() as u32 != world {
-        bail!("the program has {needed} ranks, but {world} processes were started");
-    }
+    check_world(&program, world, &format!("{world} processes were started"))?;
     let cfg = Config::from_model(&model)?;
     let init = Params::init(&cfg, j.training.seed)?;
-    let batches = synthetic_batches(&model, &cfg, j.training.seed, j.training.steps)?;
+    j.training.check()?;
+    let batches = j.training.batches(&model, &cfg)?;
     let mut opts = j.training.options();
     // The GPU of this node's local rank.
     opts.backend = j
         .device
         .backend(hetpar::runtime::exec::generated::local_rank())?;
-    let ep = hetpar::runtime::rendezvous::tcp_endpoint(rank, world, &master, opts.timeout)?;
+    let max = largest_message(&init, &batches, opts.steps);
+    let ep = hetpar::runtime::rendezvous::tcp_endpoint(&place, opts.timeout, max)?;
     let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
         st.interpret()
     })?;
@@ -169,6 +296,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             &s.step_seconds,
             &opts.backend.to_string(),
         ));
+        check_losses(&s.losses)?;
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -153,9 +153,52 @@ pub struct Training {
     /// fails, in ms.
     #[arg(long, default_value_t = 60_000)]
     pub timeout_ms: u64,
+    /// Train on the same synthetic batch every step: a smoke test whose loss must fall (the
+    /// default, a fresh random batch per step, cannot make it fall).
+    #[arg(long)]
+    pub fixed_batch: bool,
 }
 
+/// The most steps a run takes (its synthetic batches are made before it starts).
+pub const MAX_STEPS: usize = 1_000_000;
+
 impl Training {
+    /// The values refused before any work: no steps, more than [`MAX_STEPS`], a learning rate
+    /// that is not a finite number from 0 to 1 (Adam's steps are about that size per weight, so
+    /// more only diverges).
+    pub fn check(&self) -> anyhow::Result<()> {
+        if self.steps == 0 || self.steps > MAX_STEPS {
+            bail!(
+                "--steps {}: give 1 to {MAX_STEPS} training steps",
+                self.steps
+            );
+        }
+        if !(self.lr.is_finite() && (0.0..=1.0).contains(&self.lr)) {
+            bail!(
+                "--lr {}: Adam's learning rate must be a finite number from 0 to 1 (1e-4 to 1e-2 \
+                 is usual)",
+                self.lr
+            );
+        }
+        Ok(())
+    }
+
+    /// The synthetic batches: one per step, or one for every step with `--fixed-batch`.
+    pub fn batches(&self, model: &ModelGraph, cfg: &Config) -> anyhow::Result<Vec<Batch>> {
+        let n = if self.fixed_batch { 1 } else { self.steps };
+        Ok(synthetic_batches(model, cfg, self.seed, n)?)
+    }
+
+    /// Why the loss of synthetic batches does not fall, unless one batch is repeated.
+    pub fn note_batches(&self) {
+        if !self.fixed_batch {
+            eprintln!(
+                "note: every step trains on a fresh random synthetic batch, so the loss cannot \
+                 fall; --fixed-batch repeats one (a smoke test whose loss falls)"
+            );
+        }
+    }
+
     pub fn options(&self) -> RunOptions {
         RunOptions {
             steps: self.steps,
@@ -259,7 +302,53 @@ pub fn load_program(
     }
 }
 
+/// The files `--dump` writes.
+const DUMP_FILES: [&str; 3] = [
+    "losses.safetensors",
+    "weights.safetensors",
+    "grads.safetensors",
+];
+
+/// Refuses a run whose losses are not all finite: a diverged run is no result.
+pub fn check_losses(losses: &[f32]) -> anyhow::Result<()> {
+    if let Some((k, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
+        bail!(
+            "step {}: the loss is {l}, not a finite number: the run diverged (a lower --lr, or \
+             check --weights and --batch)",
+            k + 1
+        );
+    }
+    Ok(())
+}
+
+/// `--dump`'s directory made and tried now, so that a path it cannot write fails before any
+/// training, not after.
+fn prepare_dump(dir: &Path) -> anyhow::Result<()> {
+    let name = dir.display();
+    if dir.exists() && !dir.is_dir() {
+        bail!("--dump {name}: it exists and is not a directory");
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("--dump {name}: cannot create it"))?;
+    for f in DUMP_FILES {
+        if dir.join(f).is_dir() {
+            bail!("--dump {name}: {f} there is a directory");
+        }
+    }
+    // The files are written atomically, through new files beside them: try one.
+    let probe = dir.join(format!(".hetpar-probe-{}", std::process::id()));
+    std::fs::write(&probe, b"").with_context(|| format!("--dump {name}: cannot write there"))?;
+    let _ = std::fs::remove_file(&probe);
+    Ok(())
+}
+
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    a.training.check()?;
+    if a.batch.is_some() && a.training.fixed_batch {
+        bail!("--batch gives the batch of every step already; leave out --fixed-batch");
+    }
+    if let Some(dir) = &a.dump {
+        prepare_dump(dir)?;
+    }
     let Some((model, program, _)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };
@@ -280,7 +369,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let batches: Vec<Batch> = match &a.batch {
         Some(p) => vec![hetpar::runtime::dump::batch_from_bytes(&read(p)?)
             .with_context(|| format!("{}", p.display()))?],
-        None => synthetic_batches(&model, &cfg, a.training.seed, a.training.steps)?,
+        None => {
+            a.training.note_batches();
+            a.training.batches(&model, &cfg)?
+        }
     };
     if a.device.nccl {
         bail!(
@@ -292,6 +384,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     opts.backend = a.device.backend(0)?;
     let out = execute(&program, &cfg, &init, &batches, &opts)?;
     print_stdout(&report(&program, &batches[0], &out));
+    check_losses(&out.losses)?;
     if let Some(dir) = &a.dump {
         dump(dir, &out)?;
     }
@@ -301,14 +394,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
 fn dump(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let files = [
-        (
-            "losses.safetensors",
-            hetpar::runtime::dump::losses_to_bytes(&out.losses)?,
-        ),
-        ("weights.safetensors", out.params.to_safetensors("")?),
-        ("grads.safetensors", out.grads.to_safetensors("grad.")?),
+        hetpar::runtime::dump::losses_to_bytes(&out.losses)?,
+        out.params.to_safetensors("")?,
+        out.grads.to_safetensors("grad.")?,
     ];
-    for (name, bytes) in files {
+    for (name, bytes) in DUMP_FILES.into_iter().zip(files) {
         let p = dir.join(name);
         hetpar::io::write_atomic(&p, &bytes)
             .with_context(|| format!("cannot write {}", p.display()))?;

@@ -12,6 +12,30 @@ use crate::reference::{Batch, Config, Params};
 use crate::rendezvous::{placement_from_env, tcp_endpoint};
 use crate::RuntimeError;
 
+/// The most values one message of a run can hold, which bounds what a peer may send: a
+/// parameter's gradient, rows of a step's batch (every token and encoder row) at the widest
+/// width any parameter has, the gathered report (three words a step and two), an NCCL id.
+pub fn largest_message(init: &Params, batches: &[Batch], steps: usize) -> usize {
+    let (mut param, mut width) = (0usize, 0usize);
+    for (_, t) in init.iter() {
+        param = param.max(t.numel());
+        width = width.max(t.shape().iter().copied().max().unwrap_or(0));
+    }
+    let rows = batches
+        .iter()
+        .map(|b| {
+            let audio = b.audio.as_ref().map_or(0, |a| a.patches.rows());
+            b.batch_size
+                .saturating_mul(b.seq_len)
+                .saturating_add(b.patches.rows())
+                .saturating_add(audio)
+        })
+        .max()
+        .unwrap_or(0);
+    let report = steps.saturating_mul(3).saturating_add(2);
+    param.max(rows.saturating_mul(width)).max(report).max(32)
+}
+
 /// Rows `(sample, start, end)`.
 pub type StaticRows = &'static [(u32, u64, u64)];
 
@@ -228,8 +252,17 @@ fn main_inner(
     let init = Params::init(&cfg, seed).map_err(|e| e.to_string())?;
     let batches = synthetic_batches(&g, &cfg, seed, opts.steps).map_err(|e| e.to_string())?;
     // Launched as one rank of many processes (`hetpar launch`, `srun`): this rank alone.
-    if let Some((rank, world, master)) = placement_from_env().map_err(|e| e.to_string())? {
-        let ep = tcp_endpoint(rank, world, &master, opts.timeout).map_err(|e| e.to_string())?;
+    if let Some(place) = placement_from_env().map_err(|e| e.to_string())? {
+        let rank = place.rank;
+        if place.world as usize != program.ranks.len() {
+            return Err(format!(
+                "the program has {} ranks, but {} processes were started",
+                program.ranks.len(),
+                place.world
+            ));
+        }
+        let max = largest_message(&init, &batches, opts.steps);
+        let ep = tcp_endpoint(&place, opts.timeout, max).map_err(|e| e.to_string())?;
         let s = run_process(ep, &program, &cfg, &init, &batches, &opts, body)
             .map_err(|e| e.to_string())?;
         return Ok(if rank == 0 {
