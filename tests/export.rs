@@ -192,3 +192,68 @@ fn colocated_heterogeneity_and_uneven_middle_stages_are_refused() {
     let err = stages(json!([8, 6, 10, 8])).unwrap_err();
     assert_eq!(err[0].feature, "layout.stage_layers", "{err:?}");
 }
+
+/// Exports `plan` (JSON) of `model`, imports the arguments back, and exports again.
+fn round_trip(model: &str, plan: Value) -> (String, String) {
+    let cluster = load_cluster(&read("examples/clusters/h100-8.json")).unwrap();
+    let m = load_model(&read(model)).unwrap().0;
+    let p = plan_from_value(&plan, &m, &cluster).unwrap().0;
+    let first = export(&m, &cluster, &p).expect("exports").args_text();
+    let back = hetpar::ir::megatron::import(&first, 8, "h100-8", m.name()).expect("imports");
+    let m2 = load_model(&back.model.to_string())
+        .unwrap_or_else(|d| panic!("{d}"))
+        .0;
+    let p2 = plan_from_value(&back.plan, &m2, &cluster)
+        .unwrap_or_else(|d| panic!("{d:?}"))
+        .0;
+    (
+        first,
+        export(&m2, &cluster, &p2).expect("re-exports").args_text(),
+    )
+}
+
+#[test]
+fn arguments_imported_back_export_to_the_same_arguments() {
+    let plan: Value =
+        serde_json::from_str(&read("examples/plans/llama-3-8b-homogeneous-8.json")).unwrap();
+    let (a, b) = round_trip("examples/models/llama-3-8b.json", plan.clone());
+    assert_eq!(a, b);
+    // Every layout knob at once: cp with the ring, uneven ends, block recompute, the
+    // distributed optimizer and TP overlap.
+    let mut knobs = plan;
+    knobs["modules"]["llm"]["layout"] = json!({"tp": 2, "cp": 2, "pp": 2, "dp": 1,
+        "sequence_parallel": true, "tp_comm_overlap": true, "cp_comm": "ring",
+        "stage_layers": [15, 17], "recompute": {"policy": "full", "layers": 3},
+        "distributed_optimizer": true, "micro_batch_size": 2});
+    let (a, b) = round_trip("examples/models/llama-3-8b.json", knobs);
+    assert_eq!(a, b);
+    for flag in [
+        "--cp-comm-type p2p",
+        "--decoder-first-pipeline-num-layers 15",
+        "--recompute-method block",
+        "--tp-comm-overlap",
+    ] {
+        assert!(a.contains(flag), "{flag} missing: {a}");
+    }
+}
+
+#[test]
+fn arguments_that_cannot_be_read_are_named_every_one() {
+    let errors = hetpar::ir::megatron::import(
+        "--num-layers 32 --hidden-size x --encoder-tp 2 --global-batch-size 8",
+        8,
+        "c",
+        "m",
+    )
+    .unwrap_err();
+    let all = errors.join("\n");
+    for expected in [
+        "--hidden-size: \"x\"",
+        "--num-attention-heads is required",
+        "--seq-length is required",
+        "--vocab-size is required",
+        "--encoder-tp",
+    ] {
+        assert!(all.contains(expected), "{expected} not named: {all}");
+    }
+}

@@ -19,6 +19,7 @@ pub mod hf;
 pub mod ids;
 pub mod json;
 pub mod layout;
+pub mod megatron;
 pub mod model;
 pub mod placement;
 pub mod plan;

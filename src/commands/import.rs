@@ -24,6 +24,30 @@ Example:\n  \
 hetpar import hf examples/hf/llava-1.5-7b.config.json --global-batch 256 -o llava.json"
     )]
     Hf(HfArgs),
+    /// Megatron-LM arguments (pretrain_gpt.py, core_v0.19.0): the model and the plan they
+    /// describe, to estimate, show or re-plan against.
+    #[command(
+        after_help = "Reads flags and values as written on a command line or one per line (`hetpar export megatron`'s args.txt; # comments and \\ continuations allowed). The cluster gives the world size (dp = GPUs / (tp x pp x cp)). Megatron's defaults apply to what the arguments leave out, each a note on stderr; flags hetpar does not read are listed too.\n\nExample:\n  hetpar import megatron args.txt --cluster examples/clusters/h100-8.json -o model.json --plan-output plan.json"
+    )]
+    Megatron(MegatronArgs),
+}
+
+#[derive(clap::Args)]
+pub struct MegatronArgs {
+    /// The arguments file.
+    args: PathBuf,
+    /// The cluster the arguments ran on.
+    #[arg(long)]
+    cluster: PathBuf,
+    /// Write the model here (atomically) instead of stdout.
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Write the plan here (atomically); without it the plan is only checked.
+    #[arg(long)]
+    plan_output: Option<PathBuf>,
+    /// Model name [default: the arguments file's stem].
+    #[arg(long)]
+    name: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -118,7 +142,10 @@ impl HfArgs {
 }
 
 pub fn run(s: Source) -> anyhow::Result<ExitCode> {
-    let Source::Hf(a) = s;
+    let a = match s {
+        Source::Hf(a) => a,
+        Source::Megatron(a) => return megatron(a),
+    };
     check_output("-o", a.output.as_deref(), &[&a.config])?;
     let file = a.config.display().to_string();
     let text = match io::read_text(&a.config) {
@@ -161,6 +188,70 @@ pub fn run(s: Source) -> anyhow::Result<ExitCode> {
         if names.len() == 1 { "" } else { "s" },
         names.join(", "),
         hetpar::report::si(params as f64)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn megatron(a: MegatronArgs) -> anyhow::Result<ExitCode> {
+    let inputs: [&std::path::Path; 2] = [&a.args, &a.cluster];
+    check_output("-o", a.output.as_deref(), &inputs)?;
+    check_output("--plan-output", a.plan_output.as_deref(), &inputs)?;
+    let file = a.args.display().to_string();
+    let (text, cluster) = match (io::read_text(&a.args), io::read_text(&a.cluster)) {
+        (Ok(t), Ok(c)) => (t, c),
+        (t, c) => {
+            for ds in [t.err(), c.err()].into_iter().flatten() {
+                print_diagnostics(&ds);
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let cluster = match hetpar::ir::load_cluster(&cluster) {
+        Ok(c) => c,
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&a.cluster.display().to_string()));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let name = a.name.clone().unwrap_or_else(|| {
+        a.args
+            .file_stem()
+            .map_or("megatron".into(), |s| s.to_string_lossy().into_owned())
+    });
+    let imported = hetpar::ir::megatron::import(&text, cluster.world_size(), &cluster.name, &name);
+    let imported = match imported {
+        Ok(i) => i,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("error: {file}: {e}");
+            }
+            return Ok(ExitCode::from(1));
+        }
+    };
+    for n in &imported.notes {
+        eprintln!("note: {file}: {n}");
+    }
+    let model_text = to_canonical_json(&imported.model);
+    let plan_text = to_canonical_json(&imported.plan);
+    // Both must be files hetpar accepts; what the arguments make invalid is reported here.
+    let graph = match hetpar::ir::load_model(&model_text) {
+        Ok((g, _)) => g,
+        Err(ds) => {
+            print_diagnostics(&ds.with_file(&format!("{file} (imported model)")));
+            return Ok(ExitCode::from(1));
+        }
+    };
+    if let Err(ds) = hetpar::ir::plan_from_value(&imported.plan, &graph, &cluster) {
+        print_diagnostics(&ds.with_file(&format!("{file} (imported plan)")));
+        return Ok(ExitCode::from(1));
+    }
+    emit(&model_text, a.output.as_deref())?;
+    if let Some(p) = &a.plan_output {
+        emit(&plan_text, Some(p))?;
+    }
+    eprintln!(
+        "imported {name}: one language model, the plan on {} GPUs",
+        cluster.world_size()
     );
     Ok(ExitCode::SUCCESS)
 }
