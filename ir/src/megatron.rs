@@ -245,7 +245,7 @@ fn plan(a: &Args, world: u64, cluster: &str, name: &str) -> Value {
     );
     let cp = a.num("--context-parallel-size", Some((1, "Megatron's default")));
     let per = tp * pp * cp;
-    if world % per != 0 {
+    if !world.is_multiple_of(per.max(1)) {
         a.errors.borrow_mut().push(format!(
             "tp x pp x cp = {per} does not divide the cluster's {world} GPUs"
         ));
