@@ -257,3 +257,49 @@ fn arguments_that_cannot_be_read_are_named_every_one() {
         assert!(all.contains(expected), "{expected} not named: {all}");
     }
 }
+
+#[test]
+fn the_bridge_override_of_a_llama_plan_is_golden_and_sets_only_megatron_core_fields() {
+    use hetpar::planner::export::bridge::{family, overrides};
+    let model = load_model(&read("examples/models/llama-3-8b.json"))
+        .unwrap()
+        .0;
+    let cluster = load_cluster(&read("examples/clusters/h100-8.json")).unwrap();
+    let mut plan: Value =
+        serde_json::from_str(&read("examples/plans/llama-3-8b-homogeneous-8.json")).unwrap();
+    plan["modules"]["llm"]["layout"] = json!({"tp": 2, "cp": 2, "pp": 2, "dp": 1,
+        "sequence_parallel": true, "stage_layers": [15, 17], "cp_comm": "ring",
+        "recompute": {"policy": "full", "layers": 3}, "distributed_optimizer": true,
+        "micro_batch_size": 2});
+    let plan = plan_from_value(&plan, &model, &cluster).unwrap().0;
+    assert_eq!(family(&model), Ok("llama3"));
+    let yaml = overrides(&model, &plan, "llama3");
+    expect_test::expect_file!["golden/export-llama-3-8b-bridge.yaml"].assert_eq(&yaml);
+    let fields: std::collections::BTreeSet<&str> = TABLE
+        .lines()
+        .filter_map(|l| l.split('\t').next()?.strip_prefix("model."))
+        .collect();
+    let mut section = "";
+    for line in yaml.lines().filter(|l| !l.starts_with('#')) {
+        match line.strip_prefix("  ") {
+            None => section = line.trim_end_matches(':'),
+            Some(kv) if section == "model" => {
+                let key = kv.split(':').next().unwrap();
+                assert!(
+                    fields.contains(key),
+                    "model.{key} is no Megatron Core config field"
+                );
+            }
+            Some(_) => {}
+        }
+    }
+    // Families Bridge v0.6.0 has no recipe for are said so.
+    let llava = load_model(&read("examples/models/llava-1.5-7b.json"))
+        .unwrap()
+        .0;
+    assert!(family(&llava).is_err());
+    let qwen = load_model(&read("examples/models/qwen2.5-vl-7b.json"))
+        .unwrap()
+        .0;
+    assert_eq!(family(&qwen), Ok("qwen25_vl"));
+}

@@ -13,8 +13,10 @@ pub enum Target {
     /// `pretrain_vlm.py` for a VLM whose every module takes the language model's tp, cp and
     /// dp, the MIMO example's heterogeneous grid for a non-colocated one.
     #[command(
-        after_help = "Writes DIR/args.txt (one argument per line) and DIR/train.sh (torchrun over \
-the cluster's nodes with those arguments and mock data; set MEGATRON to a checkout). Without -o, \
+        after_help = "Writes DIR/args.txt (one argument per line), DIR/train.sh (torchrun over \
+the cluster's nodes with those arguments and mock data; set MEGATRON to a checkout) and, for \
+Llama, Qwen2 and Qwen2.5-VL plans without heterogeneity, DIR/bridge.yaml (Megatron-Bridge v0.6.0 \
+recipe overrides). Without -o, \
 prints the arguments. What Megatron cannot express is refused, naming the plan field to \
 change (docs/export.md).\n\nExample:\n  hetpar export megatron \
 examples/plans/llama-3-8b-homogeneous-8.json --model examples/models/llama-3-8b.json \
@@ -27,7 +29,8 @@ examples/plans/llama-3-8b-homogeneous-8.json --model examples/models/llama-3-8b.
 pub struct Args {
     #[command(flatten)]
     inputs: super::PlanFirst,
-    /// Write args.txt and train.sh into this directory (created if missing).
+    /// Write args.txt, train.sh and, where Megatron-Bridge has the model's family, bridge.yaml
+    /// into this directory (created if missing).
     #[arg(short, long)]
     output: Option<PathBuf>,
 }
@@ -35,7 +38,7 @@ pub struct Args {
 pub fn run(t: Target) -> anyhow::Result<ExitCode> {
     let Target::Megatron(a) = t;
     if let Some(dir) = &a.output {
-        for name in ["args.txt", "train.sh"] {
+        for name in ["args.txt", "train.sh", "bridge.yaml"] {
             super::check_output("-o", Some(&dir.join(name)), &a.inputs.paths())?;
         }
     }
@@ -66,6 +69,25 @@ pub fn run(t: Target) -> anyhow::Result<ExitCode> {
     hetpar::io::write_atomic(&script, export.script().as_bytes())
         .with_context(|| format!("cannot write {}", script.display()))?;
     make_executable(&script)?;
+    // Megatron-Bridge runs one layout for every module, from a recipe of the model's family.
+    let bridge =
+        hetpar::planner::export::bridge::family(&model).and_then(|f| match export.module {
+            true => Err("Bridge has no heterogeneous grid".to_string()),
+            false => Ok(f),
+        });
+    match bridge {
+        Ok(family) => {
+            let path = dir.join("bridge.yaml");
+            let text = hetpar::planner::export::bridge::overrides(&model, &plan, family);
+            hetpar::io::write_atomic(&path, text.as_bytes())
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            eprintln!(
+                "wrote {} (Megatron-Bridge v0.6.0, {family} recipe)",
+                path.display()
+            );
+        }
+        Err(why) => eprintln!("note: no bridge.yaml: {why}"),
+    }
     eprintln!(
         "wrote {} and {} ({} with {} arguments)",
         args.display(),

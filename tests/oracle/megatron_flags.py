@@ -9,8 +9,10 @@ Two sources, as Megatron-LM's parser builds them: explicit `add_argument("--flag
 (megatron/training/arguments.py, pretrain_gpt.py, pretrain_vlm.py, the MIMO example), and the
 fields of the dataclasses `ArgumentGroupFactory` turns into flags (`--field-name`; a boolean
 that defaults to true as `--no-field-name` and `--disable-field-name`; `argparse_meta`'s
-`arg_names` where a field gives them; excluded fields left out). Reads the release with
-`git show`, so no checkout or Python package of it is needed. Standard library only.
+`arg_names` where a field gives them; excluded fields left out). Also every field of Megatron
+Core's `TransformerConfig` and its bases as `model.FIELD`: the keys of a Megatron-Bridge
+override's `model:` section. Reads the release with `git show`, so no checkout or Python
+package of it is needed. Standard library only.
 """
 
 import ast
@@ -129,6 +131,23 @@ def arg_names(meta):
     return list(names) if names else None
 
 
+def config_fields(repo, tag, name, seen):
+    """Every dataclass field of `name` and its bases: the keys a Megatron-Bridge `model:`
+    override sets (Megatron Core's configs, whether or not argparse exposes them)."""
+    path, cls = find_class(repo, tag, name)
+    if cls is None or name in seen:
+        return {}
+    seen.add(name)
+    out = {}
+    for base in cls.bases:
+        if isinstance(base, ast.Name):
+            out.update(config_fields(repo, tag, base.id, seen))
+    for node in cls.body:
+        if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            out.setdefault(node.target.id, f"{path}:{node.lineno}")
+    return out
+
+
 def main():
     repo, tag = sys.argv[1], sys.argv[2]
     commit = git(repo, "rev-list", "-n", "1", tag).strip()
@@ -141,7 +160,10 @@ def main():
     for name, exclude in factories(repo, tag):
         for flag, where in field_flags(repo, tag, name, exclude, set()).items():
             table.setdefault(flag, (where, f"field of {name}"))
-    print(f"# Megatron-LM {tag} ({commit}): flags its parsers define, from tests/oracle/megatron_flags.py")
+    for field, where in config_fields(repo, tag, "TransformerConfig", set()).items():
+        table.setdefault(f"model.{field}", (where, "Megatron Core config field"))
+    print(f"# Megatron-LM {tag} ({commit}): flags its parsers define, and Megatron Core's "
+          "model config fields (model.*), from tests/oracle/megatron_flags.py")
     for flag in sorted(table):
         where, how = table[flag]
         print(f"{flag}\t{where}\t{how}")

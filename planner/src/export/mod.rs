@@ -3,6 +3,7 @@
 //! heterogeneous grid for a non-colocated one (`mimo`); whatever the target cannot express is
 //! refused, naming the feature and the plan field to change.
 
+pub mod bridge;
 pub mod megatron;
 pub mod mimo;
 
