@@ -1,0 +1,320 @@
+//! A chunk's forward: embeddings or boundary rows in, blocks, and the tail (an encoder's norm, the projector, or the language model's head and loss).
+
+use super::*;
+
+impl<'a> RankState<'a> {
+    pub(super) fn forward_chunk(&mut self, m: usize, i: u32, j: u32) -> Result<(), RuntimeError> {
+        let shard = self.shard(m, j);
+        let mine = shard.mine();
+        let c = self.ctx(m);
+        let (unit, last) = (c.unit, c.last_chunk());
+        let mut pre = Vec::new();
+        let x = if i == 0 {
+            match unit {
+                Unit::Encoder(src) => {
+                    let (batch, _) = self.batch();
+                    let idx: Vec<usize> = mine.iter().map(|r| r.patch as usize).collect();
+                    let patches = crate::exec::comm::gather_rows(batch.encoder_inputs(src).0, &idx);
+                    let pre_name = src.prefix();
+                    let x = linear_named(
+                        &*self.math,
+                        &self.params,
+                        &format!("{pre_name}.patch"),
+                        &patches,
+                    )?;
+                    let pos = self.params.t(&format!("{pre_name}.pos"));
+                    let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
+                    let x = self.math.add(&x, &self.math.gather_rows(pos, &at)?)?;
+                    pre.push(LayerCache::EncoderEmbed {
+                        patches,
+                        source: src,
+                    });
+                    x
+                }
+                Unit::Projector(_) => self.boundary_rows(m, j, &mine)?,
+                Unit::Llm => {
+                    pre.push(LayerCache::LlmEmbed);
+                    self.embed(m, j, &mine)?
+                }
+            }
+        } else {
+            self.acts
+                .remove(&ChunkKey::new(m, i, j))
+                .ok_or_else(|| self.missing("input activations", ChunkKey::new(m, i, j)))?
+        };
+        let (y, blocks) = self.run_blocks(m, i, j, &shard, &x, false)?;
+        let mut post = Vec::new();
+        let out = if i == last {
+            self.finish(m, j, &shard, &mine, y, &mut post)?
+        } else {
+            Some(y)
+        };
+        if let Some(out) = out {
+            if i < last {
+                self.acts.insert(ChunkKey::new(m, i + 1, j), out);
+            } else if let Some(b) = self.ctx(m).outgoing {
+                // Folded, the rows are partial sums of every local row.
+                let rows = if self.folds(m).0 {
+                    shard.local()
+                } else {
+                    &mine[..]
+                };
+                let keys = keys_of(rows);
+                let store = self.stores.entry(StoreKey::new(b, true)).or_default();
+                store.insert_rows(out, keys);
+            }
+        }
+        self.chunks.insert(
+            ChunkKey::new(m, i, j),
+            ChunkState {
+                pre,
+                blocks_input: x,
+                blocks,
+                post,
+            },
+        );
+        Ok(())
+    }
+
+    /// The blocks of chunk `i` from `x`; caches of those not recomputed (all when
+    /// `keep_all`).
+    pub(super) fn run_blocks(
+        &mut self,
+        m: usize,
+        i: u32,
+        j: u32,
+        shard: &Sharding,
+        x: &Tensor,
+        keep_all: bool,
+    ) -> Result<(Tensor, Vec<Option<BlockCache>>), RuntimeError> {
+        let c = self.ctx(m);
+        let p = c.prog;
+        let blocks = if matches!(c.unit, Unit::Projector(_)) {
+            0..0
+        } else {
+            chunk_blocks(p, i as usize)
+        };
+        let recomputed = match p.recompute.policy {
+            RecomputePolicy::None => 0,
+            _ => p.recompute.layers.map_or(blocks.len(), |n| n as usize),
+        };
+        let (unit, heads) = (c.unit, c.heads);
+        let env = Env::new(
+            self.groups.as_deref(),
+            self.modules[m].as_ref().expect("held"),
+            shard,
+            m,
+            j,
+        );
+        let mut x = x.clone();
+        let mut caches = Vec::with_capacity(blocks.len());
+        for (k, b) in blocks.enumerate() {
+            let name = format!("{}.blocks.{b}", prefix(unit));
+            let (y, cache) = block_forward(
+                &*self.math,
+                &mut self.ep,
+                &env,
+                &self.params,
+                &name,
+                b,
+                &x,
+                heads,
+                unit == Unit::Llm,
+            )?;
+            caches.push((keep_all || k >= recomputed).then_some(cache));
+            x = y;
+        }
+        Ok((x, caches))
+    }
+
+    /// The last chunk's tail: the encoder's final norm, the projector, or the language
+    /// model's norm, head and loss (which ends the forward: `None`).
+    pub(super) fn finish(
+        &mut self,
+        m: usize,
+        j: u32,
+        shard: &Sharding,
+        mine: &[RowRef],
+        y: Tensor,
+        post: &mut Vec<LayerCache>,
+    ) -> Result<Option<Tensor>, RuntimeError> {
+        let c = self.ctx(m);
+        let (unit, sp, t) = (c.unit, c.prog.sequence_parallel, c.coord[0]);
+        match unit {
+            Unit::Encoder(src) => {
+                let (out, ln) = norm_named(
+                    &*self.math,
+                    &self.params,
+                    &format!("{}.ln_f", src.prefix()),
+                    &y,
+                )?;
+                post.push(LayerCache::EncoderNorm(ln, src));
+                Ok(Some(out))
+            }
+            Unit::Projector(_) => {
+                let env = Env::new(
+                    self.groups.as_deref(),
+                    self.modules[m].as_ref().expect("held"),
+                    shard,
+                    m,
+                    j,
+                );
+                let fold = self.folds(m).0;
+                let (out, cache) = mlp_forward(
+                    &*self.math,
+                    &mut self.ep,
+                    &env,
+                    &self.params,
+                    &prefix(unit),
+                    &y,
+                    fold,
+                )?;
+                post.push(LayerCache::Mlp(cache));
+                Ok(Some(out))
+            }
+            Unit::Llm => {
+                let (hf, ln) = norm_named(&*self.math, &self.params, "llm.ln_f", &y)?;
+                let logits = linear_named(&*self.math, &self.params, "llm.head", &hf)?;
+                let (batch, layout) = self.batch();
+                let s = batch.seq_len;
+                let targets: Vec<i64> = mine
+                    .iter()
+                    .map(|r| batch.targets[r.sample as usize * s + r.pos as usize])
+                    .collect();
+                let (sum, dlogits) = self.math.cross_entropy(&logits, &targets, layout.targets)?;
+                // Without sequence parallelism every tp rank computes the same rows.
+                if sp || t == 0 {
+                    self.loss += sum;
+                }
+                debug_assert!(targets.iter().all(|&x| x == IGNORE || x >= 0));
+                post.push(LayerCache::Head { ln, hf, dlogits });
+                Ok(None)
+            }
+        }
+    }
+
+    /// A projector's input rows, from its incoming boundary.
+    pub(super) fn boundary_rows(
+        &mut self,
+        m: usize,
+        j: u32,
+        mine: &[RowRef],
+    ) -> Result<Tensor, RuntimeError> {
+        let b = self.ctx(m).incoming.ok_or_else(|| {
+            invalid(format!(
+                "module `{}` has no incoming boundary",
+                self.program.modules[m].name
+            ))
+        })?;
+        let w = self.program.boundaries[b].width as usize;
+        self.rows_of(b, j, true, &keys_of(mine), w)
+    }
+
+    /// The rows `keys` from boundary `b`'s store (forward or backward) as one tensor.
+    pub(super) fn rows_of(
+        &self,
+        b: usize,
+        j: u32,
+        forward: bool,
+        keys: &[Key],
+        w: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let dir = if forward { "forward" } else { "backward" };
+        let empty = RowStore::default();
+        let store = self
+            .stores
+            .get(&StoreKey::new(b, forward))
+            .unwrap_or(&empty);
+        store.take(&*self.math, keys, w).map_err(|e| match e {
+            Taken::Missing(Key { sample: s, row }) => self.no_row(b, j, s, row, dir),
+            Taken::Error(e) => e,
+        })
+    }
+
+    pub(super) fn no_row(
+        &self,
+        b: usize,
+        j: u32,
+        sample: u32,
+        row: u64,
+        dir: &str,
+    ) -> RuntimeError {
+        no_row(
+            self.rank,
+            &self.program.boundaries[b].name,
+            j,
+            sample,
+            row,
+            dir,
+        )
+    }
+
+    /// The language model's input rows: token embeddings, with placeholders replaced by the
+    /// incoming boundary's rows (the k-th placeholder of a sample takes its row k), plus
+    /// positions.
+    pub(super) fn embed(
+        &mut self,
+        m: usize,
+        j: u32,
+        mine: &[RowRef],
+    ) -> Result<Tensor, RuntimeError> {
+        let (batch, _) = self.batch();
+        let s = batch.seq_len;
+        let sources = self.placeholder_sources(m, batch);
+        let h = self.cfg.h;
+        // Which rows take a token's embedding and which a boundary's row, and where they go.
+        let (mut toks, mut at_tok) = (Vec::new(), Vec::new());
+        let mut from: Vec<(usize, Vec<Key>, Vec<usize>)> = Vec::new();
+        for (k, r) in mine.iter().enumerate() {
+            let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
+            match sources.iter().find(|x| x.0 == tok) {
+                Some(&(_, b)) => {
+                    let b = b.ok_or_else(|| {
+                        invalid(format!(
+                            "placeholders of token {tok} but no boundary brings them"
+                        ))
+                    })?;
+                    let key = Key {
+                        sample: r.sample,
+                        row: self.placeholders[r.sample as usize][r.pos as usize],
+                    };
+                    match from.iter_mut().find(|(x, _, _)| *x == b) {
+                        Some((_, keys, to)) => {
+                            keys.push(key);
+                            to.push(k);
+                        }
+                        None => from.push((b, vec![key], vec![k])),
+                    }
+                }
+                None => {
+                    toks.push(tok as usize);
+                    at_tok.push(k);
+                }
+            }
+        }
+        let mx = &*self.math;
+        let mut parts = vec![mx.gather_rows(self.params.t("llm.embed.weight"), &toks)?];
+        let mut places = vec![at_tok];
+        for (b, keys, to) in from {
+            parts.push(self.rows_of(b, j, true, &keys, h)?);
+            places.push(to);
+        }
+        let rows = mx.scatter_rows(&parts, &places, mine.len(), h)?;
+        let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
+        mx.add(&rows, &mx.gather_rows(self.params.t("llm.pos"), &at)?)
+    }
+
+    /// The placeholder token of every encoder of the batch and the boundary that brings its
+    /// rows to module `m`.
+    pub(super) fn placeholder_sources(&self, m: usize, batch: &Batch) -> Vec<(i64, Option<usize>)> {
+        let c = self.ctx(m);
+        self.cfg
+            .encoders()
+            .iter()
+            .map(|(src, _)| {
+                let b = c.sources.iter().find(|x| x.0 == *src).map(|x| x.1);
+                (batch.encoder_inputs(*src).1, b)
+            })
+            .collect()
+    }
+}

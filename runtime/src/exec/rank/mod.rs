@@ -1,0 +1,575 @@
+//! One rank's interpreter: its memory (parameter slices, gradients, Adam state, activations
+//! between pipeline chunks, caches for backward, boundary rows) and the meaning of every
+//! instruction. `ctx` is a module as the rank sees it; `forward`, `backward`, `boundary` and
+//! `sync` hold the passes, the boundary transfers and the gradient sums; `pipe` the
+//! pipeline messages.
+
+use std::collections::HashMap;
+
+use hetpar_ir::layout::RecomputePolicy;
+use hetpar_ir::model::ModuleKind;
+use hetpar_ir::program::{Instruction, ModuleProgram, Program, Transfer};
+
+use super::block::{
+    block_backward, block_forward, mlp_backward, mlp_forward, norm_bytes, tensor_bytes, BlockCache,
+    MlpCache,
+};
+use super::collective::{self, GroupCollectives};
+use super::comm::{tag, Env, Kind};
+use super::fused;
+use super::math::{
+    accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
+};
+use super::rows::{Key, RowStore, Taken};
+use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
+use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
+use crate::reference::batch::{Layout, IGNORE};
+use crate::reference::layers::LayerNormCache;
+use crate::reference::params::Source;
+use crate::reference::{Adam, Batch, Config, Grads, Params};
+use crate::tensor::Tensor;
+use crate::transport::{Endpoint, Payload};
+use crate::RuntimeError;
+
+mod backward;
+mod boundary;
+mod ctx;
+mod forward;
+mod pipe;
+mod sync;
+
+pub use ctx::{program_groups, unit_of, ModuleCtx};
+
+/// Global chunk `chunk` of module `module` (by index in the program) for unit `unit`: its
+/// pipeline tensors and its state between forward and backward.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct ChunkKey {
+    module: usize,
+    chunk: u32,
+    unit: u32,
+}
+
+impl ChunkKey {
+    fn new(module: usize, chunk: u32, unit: u32) -> Self {
+        ChunkKey {
+            module,
+            chunk,
+            unit,
+        }
+    }
+}
+
+/// Boundary `boundary`'s (by index) rows, `forward`, or their gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct StoreKey {
+    boundary: usize,
+    forward: bool,
+}
+
+impl StoreKey {
+    fn new(boundary: usize, forward: bool) -> Self {
+        StoreKey { boundary, forward }
+    }
+}
+
+/// Module `module` (by index) in its unit `unit` (an encoder pass or a micro-batch).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct UnitKey {
+    module: usize,
+    unit: u32,
+}
+
+/// Caches of one layer of a chunk.
+enum LayerCache {
+    EncoderEmbed {
+        patches: Tensor,
+        source: Source,
+    },
+    LlmEmbed,
+    EncoderNorm(LayerNormCache, Source),
+    Mlp(MlpCache),
+    Head {
+        ln: LayerNormCache,
+        hf: Tensor,
+        dlogits: Tensor,
+    },
+}
+
+impl LayerCache {
+    fn bytes(&self) -> usize {
+        match self {
+            LayerCache::EncoderEmbed { patches, .. } => tensor_bytes([patches]),
+            LayerCache::LlmEmbed => 0,
+            LayerCache::EncoderNorm(ln, _) => norm_bytes(ln),
+            LayerCache::Mlp(m) => m.bytes(),
+            LayerCache::Head { ln, hf, dlogits } => norm_bytes(ln) + tensor_bytes([hf, dlogits]),
+        }
+    }
+}
+
+/// A chunk's state between its forward and backward: the caches of the layers it keeps, and
+/// the input of the first block (from which recomputed blocks are rebuilt).
+struct ChunkState {
+    pre: Vec<LayerCache>,
+    blocks_input: Tensor,
+    /// Caches of the blocks not recomputed, by position in the chunk.
+    blocks: Vec<Option<BlockCache>>,
+    post: Vec<LayerCache>,
+}
+
+impl ChunkState {
+    fn bytes(&self) -> usize {
+        self.pre
+            .iter()
+            .chain(&self.post)
+            .map(LayerCache::bytes)
+            .sum::<usize>()
+            + tensor_bytes([&self.blocks_input])
+            + self
+                .blocks
+                .iter()
+                .flatten()
+                .map(BlockCache::bytes)
+                .sum::<usize>()
+    }
+}
+
+pub struct RankState<'a> {
+    pub rank: u32,
+    pub ep: Endpoint,
+    pub cfg: Config,
+    pub program: &'a Program,
+    pub modules: Vec<Option<ModuleCtx<'a>>>,
+    pub params: Params,
+    pub grads: Grads,
+    pub adam: Adam,
+    /// The backend's arithmetic: the CPU reference unless [`RankState::with_math`] says else.
+    math: Box<dyn Math + 'a>,
+    /// Collectives over fixed groups (NCCL), when the run has them.
+    groups: Option<Box<dyn GroupCollectives + 'a>>,
+    /// Pipeline sends held back to go out with the next receive as one grouped call (group
+    /// collectives that exchange messages only): a lone send would hold the stream until its
+    /// receive is posted, and pipeline schedules have both neighbours send before receiving.
+    held_sends: Vec<(u32, Tensor)>,
+    batch: Option<(&'a Batch, Layout)>,
+    /// For this step's batch, per sample and position, the row a placeholder there takes.
+    placeholders: Vec<Vec<u64>>,
+    acts: HashMap<ChunkKey, Tensor>,
+    dgrads: HashMap<ChunkKey, Tensor>,
+    chunks: HashMap<ChunkKey, ChunkState>,
+    /// Each boundary's rows (forward) and their gradients (backward) on this rank: keys
+    /// (sample, row) are unique in a step, whatever unit brought them, so a pass's rows and
+    /// the micro-batches they feed share one store.
+    stores: HashMap<StoreKey, RowStore>,
+    shards: HashMap<UnitKey, Sharding>,
+    /// This step's share of the summed cross-entropy (f64, before normalisation).
+    pub loss: f64,
+    /// The most bytes this rank's tensors held at once, measured after every instruction.
+    pub peak_bytes: usize,
+}
+
+fn invalid(msg: String) -> RuntimeError {
+    RuntimeError::InvalidProgram(msg)
+}
+
+impl<'a> RankState<'a> {
+    pub fn new(
+        rank: u32,
+        ep: Endpoint,
+        cfg: Config,
+        program: &'a Program,
+        full: &Params,
+        lr: f64,
+    ) -> RankState<'a> {
+        let modules: Vec<Option<ModuleCtx<'a>>> = (0..program.modules.len())
+            .map(|i| ModuleCtx::new(program, i, &cfg, full, rank))
+            .collect();
+        let mut params = Params::default();
+        for m in modules.iter().flatten() {
+            let p = local_params(full, m.unit, m.prog, m.coord[3], m.coord[0]);
+            for (n, t) in p.iter() {
+                params.insert(n.clone(), t.clone());
+            }
+        }
+        let grads = params.zeros_like();
+        RankState {
+            math: Box::new(CpuMath),
+            groups: None,
+            held_sends: Vec::new(),
+            rank,
+            ep,
+            cfg,
+            program,
+            modules,
+            params,
+            grads,
+            adam: Adam::new(lr),
+            batch: None,
+            placeholders: Vec::new(),
+            acts: HashMap::new(),
+            dgrads: HashMap::new(),
+            chunks: HashMap::new(),
+            stores: HashMap::new(),
+            shards: HashMap::new(),
+            loss: 0.0,
+            peak_bytes: 0,
+        }
+    }
+
+    /// The same rank computing with `math` (a GPU's, say) instead of the CPU reference.
+    pub fn with_math(mut self, math: Box<dyn Math + 'a>) -> RankState<'a> {
+        self.math = math;
+        self
+    }
+
+    /// Runs the collectives `groups` covers with it from now on.
+    pub fn set_groups(&mut self, groups: Box<dyn GroupCollectives + 'a>) {
+        self.groups = Some(groups);
+    }
+
+    /// Computes with `math` from now on.
+    pub fn set_math(&mut self, math: Box<dyn Math + 'a>) {
+        self.math = math;
+    }
+
+    /// Starts a step on `batch`: gradients and the loss at zero.
+    pub fn begin_step(&mut self, batch: &'a Batch, layout: Layout) {
+        self.placeholders = placeholder_index(batch);
+        self.batch = Some((batch, layout));
+        self.grads = self.params.zeros_like();
+        self.loss = 0.0;
+        self.shards.clear();
+    }
+
+    /// Ends a step: every pipeline tensor must have been consumed.
+    pub fn end_step(&mut self) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
+        self.stores.clear();
+        if let Some(k) = self.acts.keys().chain(self.dgrads.keys()).next() {
+            return Err(invalid(format!(
+                "rank {}: a pipeline tensor of module {} chunk {} micro-batch {} was never used",
+                self.rank, k.module, k.chunk, k.unit
+            )));
+        }
+        Ok(())
+    }
+
+    /// Interprets this rank's instruction list of the program.
+    pub fn interpret(&mut self) -> Result<(), RuntimeError> {
+        let program = self.program;
+        let rp = program
+            .ranks
+            .iter()
+            .find(|r| r.rank == self.rank)
+            .ok_or_else(|| invalid(format!("rank {} has no instructions", self.rank)))?;
+        for ins in &rp.instructions {
+            self.exec(ins)?;
+        }
+        Ok(())
+    }
+
+    /// Bytes held now: weights, gradients, Adam's moments, caches, pipeline tensors and
+    /// boundary rows.
+    pub fn resident_bytes(&self) -> usize {
+        let params = tensor_bytes(self.params.iter().map(|(_, t)| t));
+        let adam = tensor_bytes(
+            self.adam
+                .exp_avg()
+                .iter()
+                .chain(self.adam.exp_avg_sq().iter())
+                .map(|(_, t)| t),
+        );
+        let caches: usize = self.chunks.values().map(ChunkState::bytes).sum();
+        let pipes = tensor_bytes(self.acts.values().chain(self.dgrads.values()));
+        let rows: usize = self.stores.values().map(RowStore::bytes).sum();
+        2 * params + adam + caches + pipes + rows
+    }
+
+    /// Records the resident bytes if they are a new peak: after every instruction that
+    /// allocates (a forward, a receive, a boundary transfer).
+    fn note_memory(&mut self) {
+        self.peak_bytes = self.peak_bytes.max(self.resident_bytes());
+    }
+
+    fn module(&self, name: &str) -> Result<usize, RuntimeError> {
+        let m = self
+            .program
+            .modules
+            .iter()
+            .position(|m| m.name == name)
+            .ok_or_else(|| invalid(format!("no module `{name}`")))?;
+        self.held(m)?;
+        Ok(m)
+    }
+
+    /// Module `m`, if this rank holds it.
+    fn held(&self, m: usize) -> Result<&ModuleCtx<'a>, RuntimeError> {
+        self.modules.get(m).and_then(Option::as_ref).ok_or_else(|| {
+            invalid(format!(
+                "rank {}: an instruction names module {m}, which this rank does not hold",
+                self.rank
+            ))
+        })
+    }
+
+    fn ctx(&self, m: usize) -> &ModuleCtx<'a> {
+        self.modules[m].as_ref().expect("held() checked it")
+    }
+
+    /// Whether module `m`'s outgoing boundary folds its last reduction into the forward
+    /// transfer, and its first backward gather into the backward one.
+    fn folds(&self, m: usize) -> (bool, bool) {
+        self.ctx(m)
+            .outgoing
+            .and_then(|b| self.program.boundaries.get(b))
+            .map_or((false, false), |b| (b.fold_forward, b.fold_backward))
+    }
+
+    fn boundary_index(&self, name: &str) -> Result<usize, RuntimeError> {
+        self.program
+            .boundaries
+            .iter()
+            .position(|x| x.name == name)
+            .ok_or_else(|| invalid(format!("no boundary `{name}`")))
+    }
+
+    fn ops(&self, b: usize, j: u32, forward: bool) -> Result<&'a [Transfer], RuntimeError> {
+        let program = self.program;
+        let bp = &program.boundaries[b];
+        let ops = if forward { &bp.forward } else { &bp.backward };
+        ops.get(j as usize).map(Vec::as_slice).ok_or_else(|| {
+            invalid(format!(
+                "boundary `{}` has no unit {j} (encoder pass or micro-batch)",
+                bp.name
+            ))
+        })
+    }
+
+    fn exec(&mut self, ins: &Instruction) -> Result<(), RuntimeError> {
+        match ins {
+            Instruction::Forward {
+                module,
+                stage,
+                chunk,
+                micro_batch,
+            } => self.forward(self.module(module)?, *stage, *chunk, *micro_batch),
+            Instruction::Backward {
+                module,
+                stage,
+                chunk,
+                micro_batch,
+            } => self.backward(self.module(module)?, *stage, *chunk, *micro_batch),
+            Instruction::SendActivation {
+                module,
+                micro_batch,
+                chunk,
+                to,
+            } => self.send_activation(self.module(module)?, *micro_batch, *chunk, *to),
+            Instruction::RecvActivation {
+                module,
+                micro_batch,
+                chunk,
+                from,
+            } => self.recv_activation(self.module(module)?, *micro_batch, *chunk, *from),
+            Instruction::SendGradient {
+                module,
+                micro_batch,
+                chunk,
+                to,
+            } => self.send_gradient(self.module(module)?, *micro_batch, *chunk, *to),
+            Instruction::RecvGradient {
+                module,
+                micro_batch,
+                chunk,
+                from,
+            } => self.recv_gradient(self.module(module)?, *micro_batch, *chunk, *from),
+            Instruction::BoundaryForward {
+                boundary,
+                micro_batch,
+            } => {
+                let b = self.boundary_index(boundary)?;
+                let ops = self.ops(b, *micro_batch, true)?;
+                self.boundary_forward(b, *micro_batch, ops)
+            }
+            Instruction::BoundaryBackward {
+                boundary,
+                micro_batch,
+            } => {
+                let b = self.boundary_index(boundary)?;
+                let ops = self.ops(b, *micro_batch, false)?;
+                self.boundary_backward(b, *micro_batch, ops)
+            }
+            Instruction::GradSync { module, stage } => self.grad_sync(self.module(module)?, *stage),
+            Instruction::OptimizerStep => self.optimizer_step(),
+        }
+    }
+
+    /// Sends the held pipeline sends now, as one call (before any other communication, so
+    /// messages between a pair keep the program's order).
+    fn flush_sends(&mut self) -> Result<(), RuntimeError> {
+        if !self.held_sends.is_empty() {
+            self.exchange_held(&[])?;
+        }
+        Ok(())
+    }
+
+    /// The held pipeline sends and `recvs` as one group exchange; the receipts.
+    fn exchange_held(&mut self, recvs: &[(u32, [usize; 2])]) -> Result<Vec<Tensor>, RuntimeError> {
+        let sends = std::mem::take(&mut self.held_sends);
+        let gc = self
+            .groups
+            .as_deref()
+            .expect("only group exchanges hold sends or receive this way");
+        let refs: Vec<(u32, &Tensor)> = sends.iter().map(|(r, t)| (*r, t)).collect();
+        gc.exchange(&refs, recvs)
+    }
+
+    /// `forward` of module `m` (by index in the program), chunk `chunk` of stage `stage`,
+    /// micro-batch `j`.
+    pub fn forward(
+        &mut self,
+        m: usize,
+        stage: u32,
+        chunk: u32,
+        j: u32,
+    ) -> Result<(), RuntimeError> {
+        let i = chunk * self.held(m)?.prog.pp + stage;
+        self.flush_sends()?;
+        self.forward_chunk(m, i, j)?;
+        self.note_memory();
+        Ok(())
+    }
+
+    /// `backward`, likewise.
+    pub fn backward(
+        &mut self,
+        m: usize,
+        stage: u32,
+        chunk: u32,
+        j: u32,
+    ) -> Result<(), RuntimeError> {
+        let i = chunk * self.held(m)?.prog.pp + stage;
+        self.flush_sends()?;
+        self.backward_chunk(m, i, j)
+    }
+
+    /// `boundary_forward` of boundary `b` (by index) for micro-batch `j`, executing `ops`.
+    pub fn boundary_forward(
+        &mut self,
+        b: usize,
+        j: u32,
+        ops: &[Transfer],
+    ) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
+        self.boundary(b, j, true, ops)?;
+        self.note_memory();
+        Ok(())
+    }
+
+    /// `boundary_backward`.
+    pub fn boundary_backward(
+        &mut self,
+        b: usize,
+        j: u32,
+        ops: &[Transfer],
+    ) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
+        self.boundary(b, j, false, ops)
+    }
+
+    /// `optimizer_step`.
+    pub fn optimizer_step(&mut self) -> Result<(), RuntimeError> {
+        self.flush_sends()?;
+        let mx = &*self.math;
+        self.adam
+            .update_each(&mut self.params, &self.grads, &mut |p, g, m, v, step| {
+                mx.adam(p, g, m, v, step)
+            })
+    }
+
+    fn missing(&self, what: &str, key: ChunkKey) -> RuntimeError {
+        invalid(format!(
+            "rank {}: no {what} of module `{}` chunk {} micro-batch {} to send",
+            self.rank, self.program.modules[key.module].name, key.chunk, key.unit
+        ))
+    }
+
+    fn batch(&self) -> (&'a Batch, &Layout) {
+        let (b, l) = self.batch.as_ref().expect("set by step()");
+        (b, l)
+    }
+
+    /// The sharding of module `m` on this rank in its pass `j`: an encoder pass for an
+    /// encoder or projector, a micro-batch for the language model.
+    fn shard(&mut self, m: usize, j: u32) -> Sharding {
+        if let Some(s) = self.shards.get(&UnitKey { module: m, unit: j }) {
+            return s.clone();
+        }
+        let program = self.program;
+        let c = self.ctx(m);
+        let p = c.prog;
+        let [t, cc, d, _] = c.coord;
+        let (batch, layout) = self.batch();
+        let n = batch.batch_size as u32;
+        let (work, items) = match c.unit {
+            Unit::Llm => {
+                let mbs = p.micro_batch_size;
+                let samples =
+                    hetpar_ir::shard::replica_samples(n, program.micro_batches, mbs, j, d);
+                (Work::Samples(samples), None)
+            }
+            Unit::Encoder(src) | Unit::Projector(src) => {
+                let items = layout.encoder(src);
+                let dealt = pass_items(&items, program.passes(), n, p.dp, d, j);
+                (Work::Items(dealt), Some(items))
+            }
+        };
+        let place = Place {
+            cp: p.cp as usize,
+            c: cc as usize,
+            tp: p.tp as usize,
+            t: t as usize,
+            sp: p.sequence_parallel,
+        };
+        let s = sharding(c.unit, items.as_ref(), batch.seq_len, &work, place);
+        self.shards
+            .insert(UnitKey { module: m, unit: j }, s.clone());
+        s
+    }
+}
+
+/// For every sample and position, the rank of its token among the sample's earlier positions
+/// holding the same token: the row a placeholder takes among its encoder's rows.
+fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
+    let s = batch.seq_len;
+    (0..batch.batch_size)
+        .map(|b| {
+            let mut seen: HashMap<i64, u64> = HashMap::new();
+            batch.tokens[b * s..(b + 1) * s]
+                .iter()
+                .map(|&t| {
+                    let n = seen.entry(t).or_insert(0);
+                    *n += 1;
+                    *n - 1
+                })
+                .collect()
+        })
+        .collect()
+}
+
+/// The boundary rows `rows` stand for, by (sample, row).
+fn keys_of(rows: &[RowRef]) -> Vec<Key> {
+    rows.iter()
+        .map(|r| Key {
+            sample: r.sample,
+            row: r.row,
+        })
+        .collect()
+}
+
+fn no_row(rank: u32, boundary: &str, j: u32, sample: u32, row: u64, dir: &str) -> RuntimeError {
+    invalid(format!(
+        "rank {rank}: boundary `{boundary}` ({dir}) unit {j}: row {row} of sample \
+         {sample} is not here"
+    ))
+}
