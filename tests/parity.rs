@@ -10,9 +10,8 @@ use std::time::Duration;
 mod common;
 
 use common::parity::{
-    assert_grads_match, assert_grads_within, assert_losses_match, at, batches, bits, host_groups,
-    lower, model, model_of, opts, resident, single_device_losses, LR, MODEL, SEED, STEPS,
-    TWO_ENCODERS,
+    assert_grads_match, assert_grads_within, assert_losses_match, at, batches, bits, lower, model,
+    model_of, opts, run_grouped, single_device_losses, LR, MODEL, SEED, STEPS, TWO_ENCODERS,
 };
 use hetpar::runtime::exec::{run, RunOptions};
 use hetpar::runtime::reference::{loss_and_grads, Params};
@@ -245,7 +244,7 @@ fn device_resident_storage_gives_the_cpu_backends_numbers_bit_for_bit() {
         let plain = run(&program, &cfg, &init, &batches, &opts(3)).unwrap();
         let resident =
             hetpar::runtime::exec::run_with(&program, &cfg, &init, &batches, &opts(3), &|st| {
-                st.set_math(Box::new(resident::Resident));
+                st.set_math(Box::new(common::parity::resident::Resident));
                 st.interpret()
             })
             .unwrap();
@@ -255,34 +254,13 @@ fn device_resident_storage_gives_the_cpu_backends_numbers_bit_for_bit() {
 
 #[test]
 fn group_collectives_with_equal_parts_give_the_cpu_backends_numbers_bit_for_bit() {
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
     let (g, cfg) = model();
     let init = Params::init(&cfg, SEED).unwrap();
     let batches = batches(&g, &cfg);
     for (name, schedule, modules) in matrix() {
         let program = lower(&g, schedule, modules);
         let plain = run(&program, &cfg, &init, &batches, &opts(2)).unwrap();
-        let n = program.ranks.len();
-        let shared: Vec<host_groups::Shared> =
-            hetpar::runtime::transport::fabric(n, Duration::from_secs(60))
-                .into_iter()
-                .map(|ep| Arc::new(Mutex::new((ep, HashMap::new()))))
-                .collect();
-        let grouped = hetpar::runtime::exec::run_with(
-            &program,
-            &cfg,
-            &init,
-            &batches,
-            &opts(2),
-            &move |st| {
-                let mine = shared[st.rank as usize].clone();
-                st.set_math(Box::new(resident::Resident));
-                st.set_groups(Box::new(host_groups::HostGroups(mine)));
-                st.interpret()
-            },
-        )
-        .unwrap();
+        let grouped = run_grouped(&program, &cfg, &init, &batches, 2).unwrap();
         assert_eq!(bits(&plain), bits(&grouped), "{name}");
     }
 }

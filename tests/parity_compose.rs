@@ -106,35 +106,15 @@ fn folded_boundaries_give_the_single_device_gradients_and_50_step_losses() {
 /// order as the CPU transport: bit-identical numbers.
 #[test]
 fn folded_boundaries_as_one_exchange_give_the_cpu_backends_numbers_bit_for_bit() {
-    use common::parity::{bits, host_groups, resident};
-    use std::collections::HashMap;
-    use std::sync::{Arc, Mutex};
+    use common::parity::{bits, run_grouped};
     let (g, cfg) = model();
     let init = Params::init(&cfg, SEED).unwrap();
     let batches = batches(&g, &cfg);
     for (name, schedule, modules, _) in folded() {
         let program = lower(&g, schedule, modules);
         let plain = run(&program, &cfg, &init, &batches, &opts(2)).unwrap();
-        let n = program.ranks.len();
-        let shared: Vec<host_groups::Shared> =
-            hetpar::runtime::transport::fabric(n, std::time::Duration::from_secs(60))
-                .into_iter()
-                .map(|ep| Arc::new(Mutex::new((ep, HashMap::new()))))
-                .collect();
-        let grouped = hetpar::runtime::exec::run_with(
-            &program,
-            &cfg,
-            &init,
-            &batches,
-            &opts(2),
-            &move |st| {
-                let mine = shared[st.rank as usize].clone();
-                st.set_math(Box::new(resident::Resident));
-                st.set_groups(Box::new(host_groups::HostGroups(mine)));
-                st.interpret()
-            },
-        )
-        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let grouped = run_grouped(&program, &cfg, &init, &batches, 2)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(bits(&plain), bits(&grouped), "{name}");
     }
 }

@@ -77,6 +77,30 @@ pub fn bits(o: &RunOutput) -> Vec<u32> {
         .collect()
 }
 
+/// `program` run for `steps` steps as a GPU backend runs it: device-resident storage and
+/// group collectives with NCCL's contract (one fused exchange per boundary call).
+pub fn run_grouped(
+    program: &Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &[Batch],
+    steps: usize,
+) -> Result<RunOutput, hetpar::runtime::RuntimeError> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let shared: Vec<host_groups::Shared> =
+        hetpar::runtime::transport::fabric(program.ranks.len(), Duration::from_secs(60))
+            .into_iter()
+            .map(|ep| Arc::new(Mutex::new((ep, HashMap::new()))))
+            .collect();
+    hetpar::runtime::exec::run_with(program, cfg, init, batches, &opts(steps), &move |st| {
+        let mine = shared[st.rank as usize].clone();
+        st.set_math(Box::new(resident::Resident));
+        st.set_groups(Box::new(host_groups::HostGroups(mine)));
+        st.interpret()
+    })
+}
+
 pub fn single_device_losses(cfg: &Config, init: &Params, batches: &[Batch]) -> Vec<f32> {
     let mut params = init.clone();
     let mut adam = Adam::new(LR);

@@ -77,50 +77,47 @@ pub fn synthesize_boundary(cx: &Context<'_>, b: BoundaryId) -> BoundaryReshard {
     let fwd = synth::forward_segments(cx, b);
     let baseline = baseline::leader_broadcast(cx, b, &fwd);
     let bd = cx.model.boundary(b);
-    let (name, from, to) = (
-        bd.name.clone(),
-        cx.model.module(bd.from).name.clone(),
-        cx.model.module(bd.to).name.clone(),
-    );
-    if cx.limits.compose && compose::composable(cx, b) {
-        let (forward, backward, fold_forward, fold_backward) = compose::compose(cx, b, fwd);
-        return BoundaryReshard {
-            name,
-            from,
-            to,
-            forward,
-            backward,
-            baseline,
-            fold_forward,
-            fold_backward,
+    let (forward, backward, fold_forward, fold_backward) =
+        if cx.limits.compose && compose::composable(cx, b) {
+            compose::compose(cx, b, fwd)
+        } else {
+            let (f, b) = direct(cx, b, fwd);
+            (f, b, false, false)
         };
-    }
-    let bwd = synth::backward_segments(&fwd);
-    // The two directions are independent: synthesize them side by side.
-    let (forward, backward) = std::thread::scope(|scope| {
-        let f = scope.spawn(|| synth::synthesize(cx, b, Direction::Forward, fwd));
-        let backward = synth::synthesize(cx, b, Direction::Backward, bwd);
-        (f.join(), backward)
-    });
-    let forward = match forward {
-        Ok(f) => f,
-        // A panic in the forward thread is a bug: re-raise it where it can be seen.
-        Err(p) => std::panic::resume_unwind(p),
-    };
-    let (mut forward, mut backward) = (forward, backward);
-    // Nothing to compose: the transfer is the whole program.
-    forward.egraph.direct_time_s = forward.time_s;
-    backward.egraph.direct_time_s = backward.time_s;
     BoundaryReshard {
-        name,
-        from,
-        to,
+        name: bd.name.clone(),
+        from: cx.model.module(bd.from).name.clone(),
+        to: cx.model.module(bd.to).name.clone(),
         forward,
         backward,
         baseline,
-        fold_forward: false,
-        fold_backward: false,
+        fold_forward,
+        fold_backward,
     }
+}
+
+/// Both directions' transfers alone, where the producer's rows leave whole (nothing to
+/// compose: the transfer is the whole program).
+fn direct(
+    cx: &Context<'_>,
+    b: BoundaryId,
+    fwd: Vec<Vec<ownership::Segment>>,
+) -> (Reshard, Reshard) {
+    let bwd = synth::backward_segments(&fwd);
+    // The two directions are independent: synthesize them side by side.
+    let (forward, mut backward) = std::thread::scope(|scope| {
+        let f = scope.spawn(|| synth::synthesize(cx, b, Direction::Forward, fwd));
+        let backward = synth::synthesize(cx, b, Direction::Backward, bwd);
+        // A panic in the forward thread is a bug: re-raise it where it can be seen.
+        (
+            f.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            backward,
+        )
+    });
+    let mut forward = forward;
+    forward.egraph.direct_time_s = forward.time_s;
+    backward.egraph.direct_time_s = backward.time_s;
+    (forward, backward)
 }
 
 /// Synthesized per-micro-batch (forward, backward) times of every boundary, for the cost

@@ -431,25 +431,33 @@ pub(crate) fn micro_batch_time(
         network: false,
     };
     let mut callers: std::collections::HashSet<Rank> = Default::default();
+    // One point-to-point message of `b` bytes, counted on both ends per link class.
+    let send = |p1: &mut HashMap<Traffic, u64>,
+                r: &mut Reshard,
+                callers: &mut std::collections::HashSet<Rank>,
+                src: Rank,
+                dst: Rank,
+                b: u64| {
+        let net = node(src) != node(dst);
+        for (rank, sending) in [(src, true), (dst, false)] {
+            let key = Traffic {
+                rank,
+                sending,
+                network: net,
+            };
+            *p1.entry(key).or_default() += b;
+        }
+        r.bytes += b;
+        if net {
+            r.network_bytes += b;
+        }
+        r.sends += 1;
+        callers.extend([src, dst]);
+    };
     for op in ops {
         match op {
             Op::Send { src, dst, rows } => {
-                let b = rows_bytes(rows);
-                let net = node(*src) != node(*dst);
-                for (rank, sending) in [(*src, true), (*dst, false)] {
-                    let key = Traffic {
-                        rank,
-                        sending,
-                        network: net,
-                    };
-                    *p1.entry(key).or_default() += b;
-                }
-                r.bytes += b;
-                if net {
-                    r.network_bytes += b;
-                }
-                r.sends += 1;
-                callers.extend([*src, *dst]);
+                send(&mut p1, r, &mut callers, *src, *dst, rows_bytes(rows));
             }
             Op::Broadcast { root, group, rows } => {
                 let b = rows_bytes(rows);
@@ -465,21 +473,7 @@ pub(crate) fn micro_batch_time(
                 // Every other source's partials reach the destination at once.
                 let b = rows_bytes(rows);
                 for &src in srcs.iter().filter(|&&s| s != *dst) {
-                    let net = node(src) != node(*dst);
-                    for (rank, sending) in [(src, true), (*dst, false)] {
-                        let key = Traffic {
-                            rank,
-                            sending,
-                            network: net,
-                        };
-                        *p1.entry(key).or_default() += b;
-                    }
-                    r.bytes += b;
-                    if net {
-                        r.network_bytes += b;
-                    }
-                    r.sends += 1;
-                    callers.extend([src, *dst]);
+                    send(&mut p1, r, &mut callers, src, *dst, b);
                 }
                 r.reduces += 1;
             }
