@@ -24,6 +24,9 @@ use hetpar_runtime::exec::generated::synthetic_batches;
 use hetpar_runtime::exec::{run, RunOptions};
 use hetpar_runtime::reference::{Config, Params};
 
+mod report;
+pub use report::{json_report, render, JsonReport};
+
 /// How to autotune.
 #[derive(Clone, Debug)]
 pub struct AutotuneOptions {
@@ -535,69 +538,4 @@ pub fn profile_cpu(cluster: &Cluster) -> anyhow::Result<Calibration> {
         "cpu",
         &profile,
     ))
-}
-
-/// The report as text: a row per plan (predicted before and after calibration, measured,
-/// and the errors), the fit, and the choices.
-pub fn render(r: &Report) -> String {
-    use crate::report::{bytes, Table};
-    let pct = |p: f64, m: f64| format!("{:+.0}%", (p / m - 1.0) * 100.0);
-    let mut t = Table::new(&[
-        "#",
-        "role",
-        "predicted (ms)",
-        "calibrated (ms)",
-        "measured (ms)",
-        "error before",
-        "error after",
-        "peak memory",
-        "plan",
-    ]);
-    for (i, row) in r.rows.iter().enumerate() {
-        let m = row.measured.step_s;
-        let mut mark = String::new();
-        if i == r.uncalibrated_choice {
-            mark += "u";
-        }
-        if i == r.final_choice {
-            mark += "c";
-        }
-        t.row(vec![
-            format!("{}{mark}", i + 1),
-            match row.role {
-                Role::Fitted => "fitted",
-                Role::HeldOut => "held out",
-                Role::Final => "final",
-            }
-            .to_string(),
-            format!("{:.2}", row.predicted_before_s * 1e3),
-            format!("{:.2}", row.predicted_after_s * 1e3),
-            format!("{:.2}", m * 1e3),
-            pct(row.predicted_before_s, m),
-            pct(row.predicted_after_s, m),
-            bytes(row.measured.peak_bytes as f64),
-            row.label.clone(),
-        ]);
-    }
-    let f = &r.fit;
-    let c = &f.constants;
-    format!(
-        "{}\nu: the choice before calibration, c: after.\n\
-         fit: rms log error {:.3} -> {:.3} over the fitted plans ({} of {} evaluations, {})\n\
-         constants: matmul {:.3}, attention {:.3}, memory {:.3}, link {:.3}, per kernel {:.2e} s\n\
-         choice: {} ({:.2} ms measured)\n",
-        t.render(),
-        f.rms_log_error_before,
-        f.rms_log_error_after,
-        f.evaluations,
-        f.max_evaluations,
-        f.stop_reason,
-        c.matmul_max_efficiency,
-        c.attention_efficiency,
-        c.hbm_efficiency,
-        c.nvlink_efficiency,
-        c.kernel_launch_s,
-        r.rows[r.final_choice].label,
-        r.rows[r.final_choice].measured.step_s * 1e3,
-    )
 }

@@ -94,8 +94,12 @@ pub fn compose(
         (r.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), w)
     });
     // The floors must never exceed what they bound (checked wherever tests synthesize).
-    debug_assert!(reduce.as_ref().is_none_or(|r| floor.0 <= r.time_s * (1.0 + 1e-9)));
-    debug_assert!(send_whole.as_ref().is_none_or(|r| floor.1 <= r.time_s * (1.0 + 1e-9)));
+    debug_assert!(reduce
+        .as_ref()
+        .is_none_or(|r| floor.0 <= r.time_s * (1.0 + 1e-9)));
+    debug_assert!(send_whole
+        .as_ref()
+        .is_none_or(|r| floor.1 <= r.time_s * (1.0 + 1e-9)));
     let priced = Priced {
         sp,
         coll: &coll,
