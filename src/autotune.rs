@@ -24,6 +24,9 @@ use hetpar_runtime::exec::generated::synthetic_batches;
 use hetpar_runtime::exec::{run, RunOptions};
 use hetpar_runtime::reference::{Config, Params};
 
+mod report;
+pub use report::{json_report, render, JsonReport};
+
 /// How to autotune.
 #[derive(Clone, Debug)]
 pub struct AutotuneOptions {
@@ -272,6 +275,83 @@ pub fn label(plan: &PlanFile) -> String {
     parts.join(", ")
 }
 
+/// The plans' rounds (`per_round[plan][round]`) as one measurement each, every round scaled by
+/// its speed: the median over the plans of their time in it relative to their median (most
+/// plans of a round see the same machine). Also each plan's median over its rounds.
+pub fn scale_rounds(per_round: &[Vec<Measured>]) -> (Vec<Measured>, Vec<f64>) {
+    let rounds = per_round.iter().map(Vec::len).min().unwrap_or(0);
+    let level = |v: &[Measured]| median(&v.iter().map(|m| m.step_s).collect::<Vec<_>>());
+    let levels: Vec<f64> = per_round.iter().map(|v| level(v)).collect();
+    let speed: Vec<f64> = (0..rounds)
+        .map(|r| {
+            median(
+                &per_round
+                    .iter()
+                    .zip(&levels)
+                    .map(|(v, l)| v[r].step_s / l)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    let measured = per_round.iter().map(|r| combine(r, &speed)).collect();
+    (measured, levels)
+}
+
+/// Prices measured plans with the constants `before`, fits the constants to the ones whose
+/// role is `Fitted`, and prices every plan again with the fit: a row per plan. `cluster`
+/// carries the calibration's hardware figures. Boundary times are priced once per plan with
+/// `before` (the fit moves the passes' constants; the transfers are a small share).
+pub fn fit_plans(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    before: Constants,
+    opts: &AutotuneOptions,
+    plans: &[(PlanFile, Role, Measured)],
+) -> anyhow::Result<(Vec<Row>, Fit)> {
+    let built: Vec<Plan> = plans
+        .iter()
+        .map(|(p, _, _)| build(model, cluster, p))
+        .collect::<anyhow::Result<_>>()?;
+    let times: Vec<_> = built
+        .iter()
+        .map(|p| hetpar_planner::boundary::boundary_times_with(model, cluster, p, Some(before)))
+        .collect();
+    let predict = |c: &Constants, i: usize| -> Option<hetpar_cost::Estimate> {
+        let o = Options {
+            attention: opts.attention,
+            constants: Some(*c),
+        };
+        hetpar_cost::estimate_with_boundaries(model, cluster, &built[i], &o, &times[i]).ok()
+    };
+    let fitted: Vec<usize> = (0..plans.len())
+        .filter(|&i| plans[i].1 == Role::Fitted)
+        .collect();
+    let fitted_times: Vec<f64> = fitted.iter().map(|&i| plans[i].2.step_s).collect();
+    let result = fit(
+        before,
+        &fitted_times,
+        &|c, k| predict(c, fitted[k]).map(|e| e.iteration_time_s),
+        opts.max_fit_evaluations,
+    );
+    let after = result.constants;
+    let rows = plans
+        .iter()
+        .enumerate()
+        .map(|(i, (p, role, m))| {
+            let (b, a) = (predict(&before, i), predict(&after, i));
+            Row {
+                label: label(p),
+                role: *role,
+                predicted_before_s: b.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
+                predicted_after_s: a.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
+                predicted_peak_bytes: a.as_ref().map_or(f64::NAN, |e| e.peak_memory_bytes),
+                measured: m.clone(),
+            }
+        })
+        .collect();
+    Ok((rows, result))
+}
+
 /// Runs the loop: `base` is the calibration in force (or the built-in figures), `held_out`
 /// plans are measured and reported but not fitted to, `log` keeps every measurement, and
 /// `progress` hears of each plan as it starts.
@@ -382,50 +462,14 @@ pub fn autotune(
             per_round[i].push(measure_logged(p, round, i, n, progress)?);
         }
     }
-    // Each round's speed: the median over the plans of their time in it relative to their
-    // median (most plans of a round see the same machine).
-    let level = |v: &[Measured]| median(&v.iter().map(|m| m.step_s).collect::<Vec<_>>());
-    let levels: Vec<f64> = per_round.iter().map(|v| level(v)).collect();
-    let speed: Vec<f64> = (0..rounds)
-        .map(|r| {
-            median(
-                &per_round
-                    .iter()
-                    .zip(&levels)
-                    .map(|(v, l)| v[r].step_s / l)
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    let measured: Vec<Measured> = per_round.iter().map(|r| combine(r, &speed)).collect();
+    let (measured, levels) = scale_rounds(&per_round);
 
-    // Predictions: boundary times once per plan, priced with the constants in force before the
-    // fit (the fit moves the passes' constants; the transfers are a small share).
-    let built: Vec<Plan> = candidates
+    let plans: Vec<(PlanFile, Role, Measured)> = candidates
         .iter()
-        .map(|(p, _)| build(model, &cluster, p))
-        .collect::<anyhow::Result<_>>()?;
-    let times: Vec<_> = built
-        .iter()
-        .map(|p| hetpar_planner::boundary::boundary_times_with(model, &cluster, p, Some(before)))
+        .zip(&measured)
+        .map(|((p, r), m)| (p.clone(), *r, m.clone()))
         .collect();
-    let predict = |c: &Constants, i: usize| -> Option<hetpar_cost::Estimate> {
-        let o = Options {
-            attention: opts.attention,
-            constants: Some(*c),
-        };
-        hetpar_cost::estimate_with_boundaries(model, &cluster, &built[i], &o, &times[i]).ok()
-    };
-    let fitted_idx: Vec<usize> = (0..n)
-        .filter(|&i| candidates[i].1 == Role::Fitted)
-        .collect();
-    let fitted_times: Vec<f64> = fitted_idx.iter().map(|&i| measured[i].step_s).collect();
-    let result = fit(
-        before,
-        &fitted_times,
-        &|c, k| predict(c, fitted_idx[k]).map(|e| e.iteration_time_s),
-        opts.max_fit_evaluations,
-    );
+    let (mut rows, result) = fit_plans(model, &cluster, before, opts, &plans)?;
     let after = result.constants;
 
     // Re-plan with the fitted constants; measure the new choice if it is new.
@@ -434,23 +478,9 @@ pub fn autotune(
         .best
         .map(|c| c.plan)
         .ok_or_else(|| anyhow::anyhow!("the calibrated search found no feasible plan"))?;
-    let mut rows = Vec::new();
-    let mut final_choice = None;
-    for (i, ((p, role), m)) in candidates.iter().zip(&measured).enumerate() {
-        if to_canonical_json(p) == to_canonical_json(&final_plan) {
-            final_choice = Some(i);
-        }
-        let b = predict(&before, i);
-        let a = predict(&after, i);
-        rows.push(Row {
-            label: label(p),
-            role: *role,
-            predicted_before_s: b.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
-            predicted_after_s: a.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
-            predicted_peak_bytes: a.as_ref().map_or(f64::NAN, |e| e.peak_memory_bytes),
-            measured: m.clone(),
-        });
-    }
+    let final_choice = candidates
+        .iter()
+        .position(|(p, _)| to_canonical_json(p) == to_canonical_json(&final_plan));
     let final_choice = match final_choice {
         Some(i) => i,
         None => {
@@ -535,69 +565,4 @@ pub fn profile_cpu(cluster: &Cluster) -> anyhow::Result<Calibration> {
         "cpu",
         &profile,
     ))
-}
-
-/// The report as text: a row per plan (predicted before and after calibration, measured,
-/// and the errors), the fit, and the choices.
-pub fn render(r: &Report) -> String {
-    use crate::report::{bytes, Table};
-    let pct = |p: f64, m: f64| format!("{:+.0}%", (p / m - 1.0) * 100.0);
-    let mut t = Table::new(&[
-        "#",
-        "role",
-        "predicted (ms)",
-        "calibrated (ms)",
-        "measured (ms)",
-        "error before",
-        "error after",
-        "peak memory",
-        "plan",
-    ]);
-    for (i, row) in r.rows.iter().enumerate() {
-        let m = row.measured.step_s;
-        let mut mark = String::new();
-        if i == r.uncalibrated_choice {
-            mark += "u";
-        }
-        if i == r.final_choice {
-            mark += "c";
-        }
-        t.row(vec![
-            format!("{}{mark}", i + 1),
-            match row.role {
-                Role::Fitted => "fitted",
-                Role::HeldOut => "held out",
-                Role::Final => "final",
-            }
-            .to_string(),
-            format!("{:.2}", row.predicted_before_s * 1e3),
-            format!("{:.2}", row.predicted_after_s * 1e3),
-            format!("{:.2}", m * 1e3),
-            pct(row.predicted_before_s, m),
-            pct(row.predicted_after_s, m),
-            bytes(row.measured.peak_bytes as f64),
-            row.label.clone(),
-        ]);
-    }
-    let f = &r.fit;
-    let c = &f.constants;
-    format!(
-        "{}\nu: the choice before calibration, c: after.\n\
-         fit: rms log error {:.3} -> {:.3} over the fitted plans ({} of {} evaluations, {})\n\
-         constants: matmul {:.3}, attention {:.3}, memory {:.3}, link {:.3}, per kernel {:.2e} s\n\
-         choice: {} ({:.2} ms measured)\n",
-        t.render(),
-        f.rms_log_error_before,
-        f.rms_log_error_after,
-        f.evaluations,
-        f.max_evaluations,
-        f.stop_reason,
-        c.matmul_max_efficiency,
-        c.attention_efficiency,
-        c.hbm_efficiency,
-        c.nvlink_efficiency,
-        c.kernel_launch_s,
-        r.rows[r.final_choice].label,
-        r.rows[r.final_choice].measured.step_s * 1e3,
-    )
 }

@@ -118,6 +118,64 @@ fn autotune_reports_logs_and_writes_a_calibration_the_planner_reads() {
     assert!(o.status.success(), "{}", stderr(&o));
 }
 
+#[test]
+fn autotune_json_report_holds_every_plan_the_fit_and_its_stop_reason_and_logs_beside_the_output() {
+    let dir = scratch("calibration-autotune-json");
+    let (cwd, out_dir) = (dir.join("cwd"), dir.join("out"));
+    std::fs::create_dir_all(&cwd).unwrap();
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join("calibrated.json");
+    let root = common::root();
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_hetpar"))
+        .current_dir(&cwd)
+        .args(["autotune", "--model"])
+        .arg(root.join(MODEL))
+        .arg("--cluster")
+        .arg(root.join(CPU))
+        .args([
+            "--top", "1", "--steps", "2", "--rounds", "1", "--format", "json", "-o",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The log goes beside the output, not into the current directory.
+    assert!(
+        out_dir.join("autotune-log.jsonl").is_file(),
+        "no log beside -o"
+    );
+    assert!(
+        !cwd.join("autotune-log.jsonl").exists(),
+        "log in the current directory"
+    );
+
+    let s = stdout(&o);
+    let v: serde_json::Value = serde_json::from_str(&s).expect("one JSON document");
+    assert_eq!(v["kind"], "autotune_report");
+    let plans = v["plans"].as_array().unwrap();
+    assert!(plans.len() >= 2, "{s}");
+    for p in plans {
+        let m = p["measured_s"].as_f64().unwrap();
+        assert!(m > 0.0, "{p}");
+        for (pred, err) in [
+            ("predicted_before_s", "relative_error_before"),
+            ("predicted_after_s", "relative_error_after"),
+        ] {
+            let (pred, err) = (p[pred].as_f64().unwrap(), p[err].as_f64().unwrap());
+            assert!((err - (pred / m - 1.0)).abs() < 1e-9, "{p}");
+        }
+        assert_eq!(p["plan"]["kind"], "plan");
+        assert!(p["role"].is_string());
+    }
+    let fit = &v["fit"];
+    assert!(fit["constants"]["matmul_max_efficiency"].as_f64().unwrap() > 0.0);
+    assert!(!fit["stop_reason"].as_str().unwrap().is_empty(), "{fit}");
+    assert!(fit["evaluations"].as_u64().unwrap() > 0);
+    let n = plans.len() as u64;
+    assert!(v["uncalibrated_choice"].as_u64().unwrap() < n);
+    assert!(v["calibrated_choice"].as_u64().unwrap() < n);
+}
+
 /// The A100 file cut to its two 22B rows (fast to fit), written to `dir`.
 fn small_measurements(dir: &std::path::Path) -> std::path::PathBuf {
     let text =

@@ -4,9 +4,13 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use hetpar::autotune::{autotune, render, AutotuneOptions};
+use hetpar::autotune::{autotune, json_report, render, AutotuneOptions};
 
 use super::{emit, print_diagnostics, print_stdout, Attention};
+use crate::Format;
+
+/// The log's file name: beside `-o`'s output, or in the current directory without `-o`.
+const LOG_NAME: &str = "autotune-log.jsonl";
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -30,25 +34,39 @@ pub struct Args {
     #[command(flatten)]
     pub calibration: super::CalibrationArg,
     /// Measurements are appended here as they are taken; plans already in it are not run
-    /// again (an interrupted autotune resumes).
-    #[arg(long, default_value = "autotune-log.jsonl")]
-    pub log: PathBuf,
+    /// again (an interrupted autotune resumes). Default: `autotune-log.jsonl` beside the `-o`
+    /// output, or in the current directory without `-o`.
+    #[arg(long)]
+    pub log: Option<PathBuf>,
     /// Write the fitted calibration here (atomically).
     #[arg(short, long)]
     pub output: Option<PathBuf>,
     /// Attention kernel the cost model assumes.
     #[arg(long, value_enum, default_value = "flash")]
     pub attention: Attention,
+    /// The report on stdout: a table, or one JSON document (every measured plan with its
+    /// predictions before and after calibration, measured time and relative errors; the
+    /// fitted constants; the fit's stop reason).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
+}
+
+/// `--log`, or its default beside `-o`'s output.
+fn log_path(a: &Args) -> PathBuf {
+    if let Some(l) = &a.log {
+        return l.clone();
+    }
+    match a.output.as_deref().and_then(std::path::Path::parent) {
+        Some(dir) => dir.join(LOG_NAME),
+        None => PathBuf::from(LOG_NAME),
+    }
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let log = log_path(&a);
     let inputs = a.calibration.with(&[&a.model, &a.cluster]);
-    super::check_output("--log", Some(&a.log), &inputs)?;
-    super::check_output(
-        "-o",
-        a.output.as_deref(),
-        &[&inputs[..], &[&a.log]].concat(),
-    )?;
+    super::check_output("--log", Some(&log), &inputs)?;
+    super::check_output("-o", a.output.as_deref(), &[&inputs[..], &[&log]].concat())?;
     let Some((model, cluster)) = load(&a) else {
         return Ok(ExitCode::from(1));
     };
@@ -74,7 +92,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         base.as_ref(),
         &opts,
         &[],
-        &a.log,
+        &log,
         &mut |i, n, what| match &bar {
             Some(b) => {
                 b.set_length(n as u64);
@@ -87,7 +105,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(b) = bar {
         b.finish_and_clear();
     }
-    print_stdout(&render(&report));
+    print_stdout(&match a.format {
+        Format::Human => render(&report),
+        Format::Json => hetpar::ir::json::to_canonical_json(&json_report(&report)),
+    });
     if let Some(out) = &a.output {
         emit(
             &hetpar::ir::json::to_canonical_json(&report.calibration),

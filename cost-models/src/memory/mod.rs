@@ -13,6 +13,7 @@
 mod activations;
 mod overhead;
 mod statics;
+mod tensors;
 mod transient;
 
 pub use activations::{
@@ -20,6 +21,7 @@ pub use activations::{
 };
 pub use overhead::{add_communicators, nccl_bytes, Communicators};
 pub use statics::{stage_parameters, static_memory, StageParameters, StaticMemory};
+pub use tensors::stage_tensors;
 pub use transient::{stage_transient, Moment, Transient};
 
 use hetpar_ir::plan::ModulePlan;
