@@ -275,83 +275,6 @@ pub fn label(plan: &PlanFile) -> String {
     parts.join(", ")
 }
 
-/// The plans' rounds (`per_round[plan][round]`) as one measurement each, every round scaled by
-/// its speed: the median over the plans of their time in it relative to their median (most
-/// plans of a round see the same machine). Also each plan's median over its rounds.
-pub fn scale_rounds(per_round: &[Vec<Measured>]) -> (Vec<Measured>, Vec<f64>) {
-    let rounds = per_round.iter().map(Vec::len).min().unwrap_or(0);
-    let level = |v: &[Measured]| median(&v.iter().map(|m| m.step_s).collect::<Vec<_>>());
-    let levels: Vec<f64> = per_round.iter().map(|v| level(v)).collect();
-    let speed: Vec<f64> = (0..rounds)
-        .map(|r| {
-            median(
-                &per_round
-                    .iter()
-                    .zip(&levels)
-                    .map(|(v, l)| v[r].step_s / l)
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .collect();
-    let measured = per_round.iter().map(|r| combine(r, &speed)).collect();
-    (measured, levels)
-}
-
-/// Prices measured plans with the constants `before`, fits the constants to the ones whose
-/// role is `Fitted`, and prices every plan again with the fit: a row per plan. `cluster`
-/// carries the calibration's hardware figures. Boundary times are priced once per plan with
-/// `before` (the fit moves the passes' constants; the transfers are a small share).
-pub fn fit_plans(
-    model: &ModelGraph,
-    cluster: &Cluster,
-    before: Constants,
-    opts: &AutotuneOptions,
-    plans: &[(PlanFile, Role, Measured)],
-) -> anyhow::Result<(Vec<Row>, Fit)> {
-    let built: Vec<Plan> = plans
-        .iter()
-        .map(|(p, _, _)| build(model, cluster, p))
-        .collect::<anyhow::Result<_>>()?;
-    let times: Vec<_> = built
-        .iter()
-        .map(|p| hetpar_planner::boundary::boundary_times_with(model, cluster, p, Some(before)))
-        .collect();
-    let predict = |c: &Constants, i: usize| -> Option<hetpar_cost::Estimate> {
-        let o = Options {
-            attention: opts.attention,
-            constants: Some(*c),
-        };
-        hetpar_cost::estimate_with_boundaries(model, cluster, &built[i], &o, &times[i]).ok()
-    };
-    let fitted: Vec<usize> = (0..plans.len())
-        .filter(|&i| plans[i].1 == Role::Fitted)
-        .collect();
-    let fitted_times: Vec<f64> = fitted.iter().map(|&i| plans[i].2.step_s).collect();
-    let result = fit(
-        before,
-        &fitted_times,
-        &|c, k| predict(c, fitted[k]).map(|e| e.iteration_time_s),
-        opts.max_fit_evaluations,
-    );
-    let after = result.constants;
-    let rows = plans
-        .iter()
-        .enumerate()
-        .map(|(i, (p, role, m))| {
-            let (b, a) = (predict(&before, i), predict(&after, i));
-            Row {
-                label: label(p),
-                role: *role,
-                predicted_before_s: b.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
-                predicted_after_s: a.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
-                predicted_peak_bytes: a.as_ref().map_or(f64::NAN, |e| e.peak_memory_bytes),
-                measured: m.clone(),
-            }
-        })
-        .collect();
-    Ok((rows, result))
-}
-
 /// Runs the loop: `base` is the calibration in force (or the built-in figures), `held_out`
 /// plans are measured and reported but not fitted to, `log` keeps every measurement, and
 /// `progress` hears of each plan as it starts.
@@ -462,14 +385,50 @@ pub fn autotune(
             per_round[i].push(measure_logged(p, round, i, n, progress)?);
         }
     }
-    let (measured, levels) = scale_rounds(&per_round);
-
-    let plans: Vec<(PlanFile, Role, Measured)> = candidates
-        .iter()
-        .zip(&measured)
-        .map(|((p, r), m)| (p.clone(), *r, m.clone()))
+    // Each round's speed: the median over the plans of their time in it relative to their
+    // median (most plans of a round see the same machine).
+    let level = |v: &[Measured]| median(&v.iter().map(|m| m.step_s).collect::<Vec<_>>());
+    let levels: Vec<f64> = per_round.iter().map(|v| level(v)).collect();
+    let speed: Vec<f64> = (0..rounds)
+        .map(|r| {
+            median(
+                &per_round
+                    .iter()
+                    .zip(&levels)
+                    .map(|(v, l)| v[r].step_s / l)
+                    .collect::<Vec<_>>(),
+            )
+        })
         .collect();
-    let (mut rows, result) = fit_plans(model, &cluster, before, opts, &plans)?;
+    let measured: Vec<Measured> = per_round.iter().map(|r| combine(r, &speed)).collect();
+
+    // Predictions: boundary times once per plan, priced with the constants in force before the
+    // fit (the fit moves the passes' constants; the transfers are a small share).
+    let built: Vec<Plan> = candidates
+        .iter()
+        .map(|(p, _)| build(model, &cluster, p))
+        .collect::<anyhow::Result<_>>()?;
+    let times: Vec<_> = built
+        .iter()
+        .map(|p| hetpar_planner::boundary::boundary_times_with(model, &cluster, p, Some(before)))
+        .collect();
+    let predict = |c: &Constants, i: usize| -> Option<hetpar_cost::Estimate> {
+        let o = Options {
+            attention: opts.attention,
+            constants: Some(*c),
+        };
+        hetpar_cost::estimate_with_boundaries(model, &cluster, &built[i], &o, &times[i]).ok()
+    };
+    let fitted_idx: Vec<usize> = (0..n)
+        .filter(|&i| candidates[i].1 == Role::Fitted)
+        .collect();
+    let fitted_times: Vec<f64> = fitted_idx.iter().map(|&i| measured[i].step_s).collect();
+    let result = fit(
+        before,
+        &fitted_times,
+        &|c, k| predict(c, fitted_idx[k]).map(|e| e.iteration_time_s),
+        opts.max_fit_evaluations,
+    );
     let after = result.constants;
 
     // Re-plan with the fitted constants; measure the new choice if it is new.
@@ -478,9 +437,23 @@ pub fn autotune(
         .best
         .map(|c| c.plan)
         .ok_or_else(|| anyhow::anyhow!("the calibrated search found no feasible plan"))?;
-    let final_choice = candidates
-        .iter()
-        .position(|(p, _)| to_canonical_json(p) == to_canonical_json(&final_plan));
+    let mut rows = Vec::new();
+    let mut final_choice = None;
+    for (i, ((p, role), m)) in candidates.iter().zip(&measured).enumerate() {
+        if to_canonical_json(p) == to_canonical_json(&final_plan) {
+            final_choice = Some(i);
+        }
+        let b = predict(&before, i);
+        let a = predict(&after, i);
+        rows.push(Row {
+            label: label(p),
+            role: *role,
+            predicted_before_s: b.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
+            predicted_after_s: a.as_ref().map_or(f64::NAN, |e| e.iteration_time_s),
+            predicted_peak_bytes: a.as_ref().map_or(f64::NAN, |e| e.peak_memory_bytes),
+            measured: m.clone(),
+        });
+    }
     let final_choice = match final_choice {
         Some(i) => i,
         None => {

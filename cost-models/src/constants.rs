@@ -33,11 +33,6 @@ pub struct Constants {
     /// reduction under the last unit's backward, the parameter gather under the first unit's
     /// forward, as Megatron's `--overlap-grad-reduce` / `--overlap-param-gather` do.
     pub dp_overlap: f64,
-    /// Whether gradients are reduced one parameter tensor at a time (1: hetpar's runtime, one
-    /// all-reduce per tensor, each paying the link's latency per ring step) or in Megatron's
-    /// buckets (0: one collective per stage). Absent from older calibration files: 0.
-    #[serde(default)]
-    pub grad_sync_per_tensor: f64,
     /// Tokens the busiest expert of a MoE layer receives relative to the mean (routing with
     /// an auxiliary balancing loss is not perfectly even).
     pub moe_load_imbalance: f64,
@@ -87,8 +82,6 @@ impl Constants {
                 nvlink_efficiency: 1.0,
                 network_efficiency: 1.0,
                 dp_overlap: 0.0,
-                // The runtime sums every gradient tensor on its own.
-                grad_sync_per_tensor: 1.0,
                 cuda_context_bytes: 0.0,
                 nccl_buffer_bytes: 0.0,
                 nccl_channels: 0.0,
@@ -121,8 +114,6 @@ impl Constants {
             network_efficiency: 0.85,
             // Megatron's gradient-reduce and parameter-gather overlap, on in the H100 rows.
             dp_overlap: 1.0,
-            // Megatron reduces in buckets.
-            grad_sync_per_tensor: 0.0,
             // Assumed (no public MoE row): the busiest expert 10% over the mean.
             moe_load_imbalance: 1.1,
             // Memory figures: assumed, with their sources, in docs/cost-model.md.

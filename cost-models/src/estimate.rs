@@ -238,15 +238,6 @@ fn stage_syncs(
     let mut op = Vec::new();
     for s in 0..l.pp {
         let params = stage_parameters(m, l, s);
-        // The runtime's tensors hold dense and expert parameters apart: count the experts'
-        // share with the expert group.
-        let all = crate::memory::stage_tensors(m, l, s);
-        let expert_share = if params.total() > 0.0 {
-            params.expert / params.total()
-        } else {
-            0.0
-        };
-        let tensors = [all * (1.0 - expert_share), all * expert_share];
         let (mut fwd, mut bwd) = (0.0, 0.0);
         for chunk in (s as usize..chunks).step_by(l.pp as usize) {
             let t = compute.chunk(chunk, unit);
@@ -264,7 +255,6 @@ fn stage_syncs(
             sync += sync::grad_sync(
                 &sync::StageSync {
                     params: p,
-                    tensors: tensors[i],
                     group: n,
                     link: links[i],
                     distributed_optimizer: l.distributed_optimizer,

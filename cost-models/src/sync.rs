@@ -17,9 +17,6 @@ use crate::constants::Constants;
 pub struct StageSync {
     /// Parameters of the stage on one rank.
     pub params: f64,
-    /// Their tensors (`memory::stage_tensors`): the collectives of a reduction one tensor at a
-    /// time (`Constants::grad_sync_per_tensor`).
-    pub tensors: f64,
     /// Ranks the gradients are reduced over (dp x cp) and their link.
     pub group: u32,
     pub link: Link,
@@ -53,21 +50,21 @@ pub fn grad_sync(s: &StageSync, c: &Constants) -> f64 {
         return s.tied_embedding;
     }
     let last_bucket = (bucket_params(s.group) / s.params).min(1.0);
-    // One tensor at a time, every tensor pays the ring's latency: as many collectives of the
-    // mean tensor's size (the bandwidth term is the same), instead of one in buckets.
-    let count = if c.grad_sync_per_tensor > 0.0 {
-        s.tensors.max(1.0)
-    } else {
-        1.0
-    };
-    let each = |kind, bytes: f64| count * collective_time(kind, bytes / count, s.group, s.link);
     let (reduce, gather) = if s.distributed_optimizer {
         (
-            each(CollectiveKind::ReduceScatter, s.params * 4.0),
-            each(CollectiveKind::AllGather, s.params * 2.0),
+            collective_time(
+                CollectiveKind::ReduceScatter,
+                s.params * 4.0,
+                s.group,
+                s.link,
+            ),
+            collective_time(CollectiveKind::AllGather, s.params * 2.0, s.group, s.link),
         )
     } else {
-        (each(CollectiveKind::AllReduce, s.params * 4.0), 0.0)
+        (
+            collective_time(CollectiveKind::AllReduce, s.params * 4.0, s.group, s.link),
+            0.0,
+        )
     };
     exposed(reduce, s.backward_window, last_bucket, c.dp_overlap)
         + exposed(gather, s.forward_window, last_bucket, c.dp_overlap)
@@ -87,7 +84,6 @@ mod tests {
     fn stage(params: f64, backward_window: f64) -> StageSync {
         StageSync {
             params,
-            tensors: 100.0,
             group: 8,
             link: Link {
                 bandwidth: 1e11,

@@ -107,33 +107,21 @@ pub fn profile_cpu(ranks: usize) -> Result<CpuProfile, RuntimeError> {
     Ok(p)
 }
 
-/// Times of messages of `lens` f32 values between two threads as a ring's steps run them:
-/// both send, then both receive, 50 times back to back; a message's time is the run's over 50
-/// (the median of 5 runs). Each run starts with the peer late, as a rank reaching a collective
-/// before its peer is: each message then finds its receiver parked and pays the wake-up, and
-/// the next finds the other parked, as the runtime's gradient sums measure (one tensor at a
-/// time: `sync::grad_sync` in the cost model). A lone ping-pong's fastest trip, the peer
-/// still spinning, left that out (about 1 against 30 µs on a shared two-core machine).
+/// One-way times of messages of `lens` f32 values between two threads (half a round trip,
+/// the fastest of 20).
 fn ping_pong(lens: &[usize]) -> Result<Vec<(f64, f64)>, RuntimeError> {
-    const STEPS: u64 = 50;
-    const RUNS: u64 = 5;
     let mut eps = fabric(2, Duration::from_secs(30));
     let mut b = eps.pop().expect("two endpoints");
     let mut a = eps.pop().expect("two endpoints");
     let lens = lens.to_vec();
-    let peer_lens = lens.clone();
+    let echo_lens = lens.clone();
     std::thread::scope(|s| {
-        let peer = s.spawn(move || -> Result<(), RuntimeError> {
-            for (i, &len) in peer_lens.iter().enumerate() {
-                let buf = vec![1.0f32; len];
-                for r in 0..RUNS * (STEPS + 1) {
-                    if r % (STEPS + 1) == 0 {
-                        // Late: the other side parks in its first receive.
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                    let tag = (i as u64) << 16 | r;
-                    b.send(0, tag, &buf)?;
-                    std::hint::black_box(b.recv(0, tag)?);
+        let echo = s.spawn(move || -> Result<(), RuntimeError> {
+            for (i, _) in echo_lens.iter().enumerate() {
+                for r in 0..20u64 {
+                    let tag = (i as u64) << 8 | r;
+                    let m = b.recv(0, tag)?;
+                    b.send(0, tag, &m)?;
                 }
             }
             Ok(())
@@ -141,24 +129,17 @@ fn ping_pong(lens: &[usize]) -> Result<Vec<(f64, f64)>, RuntimeError> {
         let mut out = Vec::new();
         for (i, &len) in lens.iter().enumerate() {
             let buf = vec![1.0f32; len];
-            let mut runs = Vec::with_capacity(RUNS as usize);
-            for run in 0..RUNS {
-                let mut t = Instant::now();
-                for k in 0..=STEPS {
-                    let tag = (i as u64) << 16 | (run * (STEPS + 1) + k);
-                    a.send(1, tag, &buf)?;
-                    std::hint::black_box(a.recv(1, tag)?);
-                    if k == 0 {
-                        // The late start is not a message's time.
-                        t = Instant::now();
-                    }
-                }
-                runs.push(t.elapsed().as_secs_f64() / STEPS as f64);
+            let mut best = f64::INFINITY;
+            for r in 0..20u64 {
+                let tag = (i as u64) << 8 | r;
+                let t = Instant::now();
+                a.send(1, tag, &buf)?;
+                a.recv(1, tag)?;
+                best = best.min(t.elapsed().as_secs_f64() / 2.0);
             }
-            runs.sort_by(f64::total_cmp);
-            out.push(((len * 4) as f64, runs[runs.len() / 2]));
+            out.push(((len * 4) as f64, best));
         }
-        peer.join().expect("the peer thread")?;
+        echo.join().expect("the echo thread")?;
         Ok(out)
     })
 }

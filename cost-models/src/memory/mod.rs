@@ -13,7 +13,6 @@
 mod activations;
 mod overhead;
 mod statics;
-mod tensors;
 mod transient;
 
 pub use activations::{
@@ -21,7 +20,6 @@ pub use activations::{
 };
 pub use overhead::{add_communicators, nccl_bytes, Communicators};
 pub use statics::{stage_parameters, static_memory, StageParameters, StaticMemory};
-pub use tensors::stage_tensors;
 pub use transient::{stage_transient, Moment, Transient};
 
 use hetpar_ir::plan::ModulePlan;
