@@ -74,12 +74,13 @@ pub fn synthesize_all_with(
 
 /// Synthesizes one boundary in both directions.
 pub fn synthesize_boundary(cx: &Context<'_>, b: BoundaryId) -> BoundaryReshard {
-    let fwd = synth::forward_segments(cx, b);
+    let dst = synth::destination_maps(cx, b);
+    let fwd = synth::forward_segments_of(&ownership::source_maps(cx.model, cx.plan, b), &dst);
     let baseline = baseline::leader_broadcast(cx, b, &fwd);
     let bd = cx.model.boundary(b);
     let (forward, backward, fold_forward, fold_backward) =
         if cx.limits.compose && compose::composable(cx, b) {
-            compose::compose(cx, b, fwd)
+            compose::compose(cx, b, fwd, &dst)
         } else {
             let (f, b) = direct(cx, b, fwd);
             (f, b, false, false)

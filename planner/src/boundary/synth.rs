@@ -15,7 +15,7 @@ use hetpar_ir::model::ModelGraph;
 use hetpar_ir::{BoundaryId, Cluster, Plan, Rank};
 
 use super::egraph::{choose, FlowInfo, Limits, Links, Stats, Strategy};
-use super::ownership::{destination_map, segments, source_maps, Segment};
+use super::ownership::{destination_map, segments, source_maps, Segment, SideMap};
 
 /// One operation of a lowered boundary (the program's transfer operation).
 pub use hetpar_ir::program::{Rows, Transfer as Op};
@@ -153,11 +153,19 @@ impl Context<'_> {
 
 /// Segments of every unit of a boundary (its destination's passes or micro-batches), forward.
 pub fn forward_segments(cx: &Context<'_>, b: BoundaryId) -> Vec<Vec<Segment>> {
-    source_maps(cx.model, cx.plan, b)
-        .iter()
-        .enumerate()
-        .map(|(u, src)| segments(src, &destination_map(cx.model, cx.plan, b, u as u32)))
+    forward_segments_of(&source_maps(cx.model, cx.plan, b), &destination_maps(cx, b))
+}
+
+/// The destination's needs in every unit of boundary `b`.
+pub fn destination_maps(cx: &Context<'_>, b: BoundaryId) -> Vec<SideMap> {
+    (0..super::ownership::units(cx.model, cx.plan, b))
+        .map(|u| destination_map(cx.model, cx.plan, b, u))
         .collect()
+}
+
+/// Segments of every unit from the source's maps and the destination's.
+pub fn forward_segments_of(src: &[SideMap], dst: &[SideMap]) -> Vec<Vec<Segment>> {
+    src.iter().zip(dst).map(|(s, d)| segments(s, d)).collect()
 }
 
 /// Swaps holders and needers: the backward problem.

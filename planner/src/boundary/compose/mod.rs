@@ -17,8 +17,10 @@ use egg::{Id, Language, RecExpr, Runner};
 use hetpar_ir::model::ModuleKind;
 use hetpar_ir::BoundaryId;
 
-use super::ownership::{destination_map, segments, source_maps_whole, Segment};
-use super::synth::{backward_segments, synthesize, Composition, Context, Direction, Reshard};
+use super::ownership::{source_maps_whole, Segment, SideMap};
+use super::synth::{
+    backward_segments, forward_segments_of, synthesize, Composition, Context, Direction, Reshard,
+};
 pub use extract::Stop;
 use price::{collectives, Priced};
 use term::{rules, Coll, CollGraph, Own};
@@ -49,12 +51,14 @@ pub fn composable(cx: &Context<'_>, b: BoundaryId) -> bool {
 }
 
 /// Both directions of a composable boundary, each the e-graph's cheapest program, from the
-/// layout's segments `fwd` (`synth::forward_segments`). Returns (forward, backward, folded
+/// layout's segments `fwd` (`synth::forward_segments`) and the destination's maps `dst`
+/// they were cut from. Returns (forward, backward, folded
 /// forward, folded backward).
 pub fn compose(
     cx: &Context<'_>,
     b: BoundaryId,
     fwd: Vec<Vec<Segment>>,
+    dst: &[SideMap],
 ) -> (Reshard, Reshard, bool, bool) {
     let sp = cx
         .plan
@@ -64,14 +68,27 @@ pub fn compose(
     let bwd = backward_segments(&fwd);
     let floor = floor::folded_floor(cx, b, &fwd, sp);
     let coll = collectives(cx, b, &fwd);
-    // The direct programs, forward and backward side by side.
-    let (deliver, send_layout) = std::thread::scope(|s| {
+    // The direct programs side by side, and beside them the whole ownership a folded
+    // program is synthesized from (almost always needed: a fold's floor rarely rules out
+    // both directions).
+    let (deliver, send_layout, whole) = std::thread::scope(|s| {
         let d = s.spawn(|| synthesize(cx, b, Direction::Forward, fwd.clone()));
+        let w = s.spawn(|| {
+            if sp {
+                forward_segments_of(&source_maps_whole(cx.model, cx.plan, b), dst)
+            } else {
+                fwd.clone()
+            }
+        });
         let l = synthesize(cx, b, Direction::Backward, bwd);
-        (d.join().unwrap_or_else(|p| std::panic::resume_unwind(p)), l)
+        (
+            d.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+            l,
+            w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)),
+        )
     });
     // The folded ones only where their floor leaves them a chance against the direct ones
-    // (producer collective included), from the whole ownership.
+    // (producer collective included).
     let (rs_or_ar, ag) = if sp {
         (sum(&coll.reduce_scatter), sum(&coll.all_gather))
     } else {
@@ -79,15 +96,6 @@ pub fn compose(
     };
     let try_f = floor.0 < deliver.time_s + rs_or_ar;
     let try_b = sp && floor.1 < send_layout.time_s + ag;
-    let whole: Vec<Vec<Segment>> = match (sp, try_f || try_b) {
-        (true, true) => source_maps_whole(cx.model, cx.plan, b)
-            .iter()
-            .enumerate()
-            .map(|(u, src)| segments(src, &destination_map(cx.model, cx.plan, b, u as u32)))
-            .collect(),
-        (false, true) => fwd,
-        (_, false) => Vec::new(),
-    };
     let (reduce, send_whole) = std::thread::scope(|s| {
         let r = s.spawn(|| try_f.then(|| reduce::synthesize_reduce(cx, b, &whole)));
         let w = try_b.then(|| synthesize(cx, b, Direction::Backward, backward_segments(&whole)));

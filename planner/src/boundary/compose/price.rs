@@ -26,24 +26,30 @@ pub fn collectives(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -> Col
     let bd = cx.model.boundary(b);
     let row_bytes = (u64::from(bd.width) * cx.model.data().precision.activation_bytes()) as f64;
     let grid = &cx.plan.module(bd.from).grid;
+    // Each holder's tp group, by its first rank.
+    let mut group_of: BTreeMap<Rank, Rank> = BTreeMap::new();
     let mut groups: BTreeMap<Rank, Vec<Rank>> = BTreeMap::new();
     let mut out = Collectives::default();
     for unit in fwd {
-        let mut rows: BTreeMap<Vec<Rank>, u64> = BTreeMap::new();
+        let mut rows: BTreeMap<Rank, u64> = BTreeMap::new();
         for s in unit {
             let Some(&h) = s.holders.first() else {
                 continue;
             };
-            let g = groups.entry(h).or_insert_with(|| {
-                grid.coord_of(h)
-                    .map_or_else(|| vec![h], |c| grid.group_at(Axis::Tp, c))
+            let first = *group_of.entry(h).or_insert_with(|| {
+                let g = grid
+                    .coord_of(h)
+                    .map_or_else(|| vec![h], |c| grid.group_at(Axis::Tp, c));
+                let first = g[0];
+                groups.entry(first).or_insert(g);
+                first
             });
-            *rows.entry(g.clone()).or_default() += s.rows.end - s.rows.start;
+            *rows.entry(first).or_default() += s.rows.end - s.rows.start;
         }
         let busiest = rows
             .iter()
-            .max_by_key(|(g, n)| (**n, std::cmp::Reverse((*g).clone())));
-        let (group, n) = busiest.map_or((&[][..], 0), |(g, n)| (&g[..], *n));
+            .max_by_key(|(g, n)| (**n, std::cmp::Reverse(**g)));
+        let (group, n) = busiest.map_or((&[][..], 0), |(g, n)| (&groups[g][..], *n));
         let link = Link::of_group(cx.cluster, &cx.constants, group);
         let bytes = n as f64 * row_bytes;
         let tp = group.len() as u32;
