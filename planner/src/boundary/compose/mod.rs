@@ -52,8 +52,7 @@ pub fn composable(cx: &Context<'_>, b: BoundaryId) -> bool {
 
 /// Both directions of a composable boundary, each the e-graph's cheapest program, from the
 /// layout's segments `fwd` (`synth::forward_segments`) and the destination's maps `dst`
-/// they were cut from. Returns (forward, backward, folded
-/// forward, folded backward).
+/// they were cut from. Returns (forward, backward, folded forward, folded backward).
 pub fn compose(
     cx: &Context<'_>,
     b: BoundaryId,
