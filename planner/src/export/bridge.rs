@@ -7,6 +7,8 @@ use hetpar_ir::layout::{CpComm, RecomputePolicy};
 use hetpar_ir::model::{Body, ModelGraph, ModuleKind, PositionKind};
 use hetpar_ir::Plan;
 
+use super::megatron::uneven_ends;
+
 /// The Bridge recipe family of `model`, or why it has none.
 pub fn family(model: &ModelGraph) -> Result<&'static str, String> {
     let lm = model.module(model.language_model());
@@ -45,10 +47,7 @@ pub fn family(model: &ModelGraph) -> Result<&'static str, String> {
 pub fn overrides(model: &ModelGraph, plan: &Plan, family: &str) -> String {
     let lm = model.language_model();
     let l = &plan.module(lm).layout;
-    let moe = model
-        .module(lm)
-        .transformer()
-        .is_some_and(|t| t.moe.is_some());
+    let moe = super::is_moe(model);
     let mut m: Vec<(&str, String)> = vec![
         ("tensor_model_parallel_size", l.tp.to_string()),
         ("pipeline_model_parallel_size", l.pp.to_string()),
@@ -78,17 +77,10 @@ pub fn overrides(model: &ModelGraph, plan: &Plan, family: &str) -> String {
         m.push(("expert_model_parallel_size", l.ep.to_string()));
         m.push(("expert_tensor_parallel_size", l.tp.to_string()));
     }
-    let pp = l.pp as usize;
-    if l.vpp == 1 && pp > 1 {
-        let stages: Vec<u32> = (0..pp).map(|s| l.chunk_layers[s]).collect();
-        let typical = stages[1..pp - 1].first().copied().unwrap_or(stages[0]);
-        if stages[0] != typical || stages[pp - 1] != typical {
-            m.push(("num_layers_in_first_pipeline_stage", stages[0].to_string()));
-            m.push((
-                "num_layers_in_last_pipeline_stage",
-                stages[pp - 1].to_string(),
-            ));
-        }
+    let stages = &l.chunk_layers[..l.pp as usize];
+    if let Some((first, last)) = uneven_ends(stages).filter(|_| l.vpp == 1) {
+        m.push(("num_layers_in_first_pipeline_stage", first.to_string()));
+        m.push(("num_layers_in_last_pipeline_stage", last.to_string()));
     }
     let (granularity, method, layers) = match (l.recompute.policy, l.recompute.layers) {
         (RecomputePolicy::None, _) => ("null", "null", "null".to_string()),

@@ -16,7 +16,7 @@ pub struct Arg {
     pub value: Option<String>,
 }
 
-fn arg(flag: &'static str, value: impl ToString) -> Arg {
+pub(super) fn arg(flag: &'static str, value: impl ToString) -> Arg {
     Arg {
         flag,
         value: Some(value.to_string()),
@@ -105,10 +105,7 @@ pub fn export(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Expo
     });
     let mut refusals = Vec::new();
     let mut args = model_args(model, &mut refusals);
-    let moe = model
-        .module(lm)
-        .transformer()
-        .is_some_and(|t| t.moe.is_some());
+    let moe = super::is_moe(model);
     let (entry, module) = if others.is_empty() {
         args.extend(layout_args(l, moe, &mut refusals));
         ("pretrain_gpt.py", false)
@@ -301,10 +298,8 @@ fn stage_args(l: &Layout, refusals: &mut Vec<Refusal>) -> Vec<Arg> {
         return a;
     }
     if pp > 1 {
-        // Every stage but the first and last is "typical"; with two stages, the average.
         let middle = &stages[1..pp - 1];
-        let typical = middle.first().copied().unwrap_or(stages[0]);
-        if middle.iter().any(|&s| s != typical) {
+        if middle.iter().any(|&s| s != middle[0]) {
             refusals.push(Refusal::new(
                 "layout.stage_layers",
                 format!(
@@ -313,13 +308,24 @@ fn stage_args(l: &Layout, refusals: &mut Vec<Refusal>) -> Vec<Arg> {
                 "make the middle stages equal",
             ));
         }
-        let uneven = stages[0] != typical || stages[pp - 1] != typical;
-        if uneven {
-            a.push(arg("--decoder-first-pipeline-num-layers", stages[0]));
-            a.push(arg("--decoder-last-pipeline-num-layers", stages[pp - 1]));
+        if let Some((first, last)) = uneven_ends(&stages) {
+            a.push(arg("--decoder-first-pipeline-num-layers", first));
+            a.push(arg("--decoder-last-pipeline-num-layers", last));
         }
     }
     a
+}
+
+/// The first and last stages' layers where they differ from the others (every stage but the
+/// first and last; with two stages, each other): what Megatron takes as uneven ends.
+pub fn uneven_ends(stages: &[u32]) -> Option<(u32, u32)> {
+    let (&first, &last) = (stages.first()?, stages.last()?);
+    let typical = stages
+        .get(1..stages.len() - 1)?
+        .first()
+        .copied()
+        .unwrap_or(first);
+    (first != typical || last != typical).then_some((first, last))
 }
 
 /// Recompute: selective (the attention core), or full over all of each stage's layers

@@ -7,15 +7,8 @@ use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::PlacementKind;
 use hetpar_ir::{Cluster, Plan, Rank};
 
-use super::megatron::{layout_args, Arg};
+use super::megatron::{arg, layout_args, Arg};
 use super::Refusal;
-
-fn arg(flag: &'static str, value: u32) -> Arg {
-    Arg {
-        flag,
-        value: Some(value.to_string()),
-    }
-}
 
 /// Whether `ranks` are `first..first + len` in order.
 fn contiguous(ranks: &[Rank]) -> bool {
@@ -142,10 +135,7 @@ pub fn grid_args(
             "set distributed_optimizer to true",
         );
     }
-    let moe = model
-        .module(lm)
-        .transformer()
-        .is_some_and(|t| t.moe.is_some());
+    let moe = super::is_moe(model);
     let mut a = vec![
         arg("--encoder-tp", e.layout.tp),
         arg("--encoder-dp", e.layout.dp),

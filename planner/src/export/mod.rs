@@ -25,3 +25,11 @@ impl Refusal {
         }
     }
 }
+
+/// Whether the model's language model mixes experts (expert parallelism flags apply).
+pub fn is_moe(model: &hetpar_ir::model::ModelGraph) -> bool {
+    model
+        .module(model.language_model())
+        .transformer()
+        .is_some_and(|t| t.moe.is_some())
+}

@@ -26,11 +26,6 @@ pub fn folded_floor(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>], sp: b
     let tp = u64::from(grid.size(Axis::Tp).max(1));
     let links = cx.links();
     let node = |r: Rank| cx.cluster.node_of(r);
-    let group = |r: Rank| -> Vec<Rank> {
-        grid.coord_of(r)
-            .map(|c| grid.group_at(Axis::Tp, c))
-            .unwrap_or_else(|| vec![r])
-    };
     // `parts`: the network volume a rank must take itself is 1/parts of what it needs.
     let busiest = |recv: &HashMap<(Rank, bool), u64>, parts: u64| {
         recv.iter()
@@ -59,7 +54,9 @@ pub fn folded_floor(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>], sp: b
                 *f.entry((q, net)).or_default() += rows * if net { tp } else { tp - 1 };
             }
             if sp {
-                let g = groups.entry(h).or_insert_with(|| group(h));
+                let g = groups
+                    .entry(h)
+                    .or_insert_with(|| super::price::tp_group(grid, h));
                 for &r in g.iter().filter(|r| !s.needers.contains(r)) {
                     let net = !s.needers.iter().any(|&q| node(q) == node(r));
                     *bk.entry((r, net)).or_default() += rows;

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use hetpar_cost::collective::{collective_time, CollectiveKind, Link};
-use hetpar_ir::placement::Axis;
+use hetpar_ir::placement::{Axis, RankGrid};
 use hetpar_ir::{BoundaryId, Rank};
 
 use super::super::ownership::Segment;
@@ -37,9 +37,7 @@ pub fn collectives(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -> Col
                 continue;
             };
             let first = *group_of.entry(h).or_insert_with(|| {
-                let g = grid
-                    .coord_of(h)
-                    .map_or_else(|| vec![h], |c| grid.group_at(Axis::Tp, c));
+                let g = tp_group(grid, h);
                 let first = g[0];
                 groups.entry(first).or_insert(g);
                 first
@@ -59,6 +57,12 @@ pub fn collectives(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -> Col
         out.all_gather.push(t(CollectiveKind::AllGather));
     }
     out
+}
+
+/// The tp group of the producer's rank `r` (its ranks by tp coordinate).
+pub fn tp_group(grid: &RankGrid, r: Rank) -> Vec<Rank> {
+    grid.coord_of(r)
+        .map_or_else(|| vec![r], |c| grid.group_at(Axis::Tp, c))
 }
 
 /// The syntheses a direction's operators are priced from.
