@@ -38,6 +38,7 @@ rules! {
     ModulePart = "module.part": "A module has exactly the parts its kind needs (a transformer for encoders, an MLP for projectors, ...).",
     ArchPositive = "arch.positive": "Sizes (layers, hidden, heads, FFN, vocabulary, widths, patch sizes) are at least 1, and those that drive work at most their limits (docs/model-format.md, \"Limits\").",
     ArchHeads = "arch.heads": "Hidden divides by heads when no head size is given, and KV heads divide heads.",
+    ArchReal = "arch.real": "Real-valued architecture fields (norm_eps, rope_scaling) are finite and positive, and a Llama 3 rescaling has high_freq_factor > low_freq_factor.",
     ArchMoe = "arch.moe": "A mixture of experts has 1 <= top_k <= experts and a layer frequency of at least 1.",
     BoundaryModules = "boundary.modules": "A boundary joins two different, existing modules.",
     BoundaryDuplicate = "boundary.duplicate": "Boundary names are unique and no two boundaries join the same pair.",

@@ -565,6 +565,28 @@ const CASES: &[Case] = &[
         Rule::ArchMoe,
         "modules.llm.transformer.moe.layer_frequency",
     ),
+    // arch.real
+    case(
+        "a negative norm epsilon is rejected",
+        TinyModel,
+        &[Set("/modules/llm/transformer/norm_eps", "-1e-6")],
+        Rule::ArchReal,
+        "modules.llm.transformer.norm_eps",
+    ),
+    case(
+        "a Llama 3 rescaling whose high band is below its low band is rejected",
+        TinyModel,
+        &[
+            Set("/modules/llm/positions", r#"{"kind": "rope"}"#),
+            Set(
+                "/modules/llm/positions/rope_scaling",
+                r#"{"kind": "llama3", "factor": 8.0, "low_freq_factor": 4.0,
+                    "high_freq_factor": 1.0, "original_max_positions": 8192}"#,
+            ),
+        ],
+        Rule::ArchReal,
+        "modules.llm.positions.rope_scaling.high_freq_factor",
+    ),
     // boundary.modules
     case(
         "a boundary from a missing module is rejected at from",

@@ -244,3 +244,23 @@ pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, Runtime
         audio,
     })
 }
+
+/// The i64 tensor `name` of a safetensors buffer: its shape and values.
+pub fn i64_tensor(bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<i64>), RuntimeError> {
+    let st = SafeTensors::deserialize(bytes).map_err(err)?;
+    let v = st
+        .tensor(name)
+        .map_err(|_| RuntimeError::Safetensors(format!("tensor `{name}` is missing")))?;
+    if v.dtype() != Dtype::I64 {
+        return Err(RuntimeError::Safetensors(format!(
+            "tensor `{name}` is {:?}, expected I64",
+            v.dtype()
+        )));
+    }
+    let data = v
+        .data()
+        .chunks_exact(8)
+        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .collect();
+    Ok((v.shape().to_vec(), data))
+}

@@ -14,30 +14,43 @@ fn model(file: &str) -> hetpar_ir::ModelGraph {
 fn the_tiny_example_maps_to_its_reference_configuration() {
     let cfg =
         Config::from_model(&model("tiny-uneven.json")).expect("tiny-uneven is a reference model");
+    let v = cfg.vision.expect("a vision encoder");
+    let s = v.stack;
     assert_eq!(
-        (cfg.lv, cfg.hv, cfg.av, cfg.fv, cfg.p, cfg.np, cfg.hp),
+        (
+            s.layers,
+            s.hidden,
+            s.heads,
+            s.ffn,
+            v.patch_len,
+            v.max_rows,
+            v.projector_hidden
+        ),
         (2, 32, 4, 64, 48, 64, 64),
         "vision and projector sizes from examples/models/tiny-uneven.json"
     );
+    let (l, s) = (cfg.llm, cfg.llm.stack);
     assert_eq!(
-        (cfg.l, cfg.h, cfg.a, cfg.f, cfg.v, cfg.s),
+        (s.layers, s.hidden, s.heads, s.ffn, l.vocab, l.seq_len),
         (4, 64, 4, 128, 256, 128)
+    );
+    assert!(
+        cfg.is_reference(),
+        "tiny-uneven computes as the reference model"
     );
     // The configuration is usable: parameters initialise and pass their own check.
     Params::init(&cfg, 1).expect("parameters for the configuration");
 }
 
 #[test]
-fn a_model_the_reference_does_not_compute_is_refused_with_every_difference() {
+fn a_model_the_runtime_does_not_compute_is_refused_with_every_difference() {
     let e = Config::from_model(&model("llava-1.5-7b.json")).unwrap_err();
     let RuntimeError::Unsupported(msg) = &e else {
         panic!("{e}")
     };
     for want in [
-        "llm: the FFN is not a GELU MLP",
-        "llm: the norm is not LayerNorm",
         "vision: the embedding is not one linear layer",
-        "vision: the reference has no pre-norm",
+        "vision: the runtime has no encoder pre-norm",
     ] {
         assert!(msg.contains(want), "missing {want:?} in: {msg}");
     }
@@ -48,21 +61,29 @@ fn a_second_encoder_is_an_audio_encoder_with_its_own_projector() {
     let cfg = Config::from_model(&model("reference-tiny-two-encoders.json")).unwrap();
     let a = cfg.audio.expect("the audio encoder");
     assert_eq!(
-        (a.l, a.h, a.a, a.f, a.p, a.np, a.hp),
+        (
+            a.stack.layers,
+            a.stack.hidden,
+            a.stack.heads,
+            a.stack.ffn,
+            a.patch_len,
+            a.max_rows,
+            a.projector_hidden
+        ),
         (1, 8, 2, 16, 6, 16, 24),
         "audio and audio_projector sizes from examples/models/reference-tiny-two-encoders.json"
     );
     let p = Params::init(&cfg, 1).unwrap();
     assert_eq!(
         p.get("audio.proj.fc2.weight").unwrap().shape(),
-        &[cfg.h, 24]
+        &[cfg.llm.stack.hidden, 24]
     );
     // A real two-encoder model is refused with each encoder's differences named.
     let e = Config::from_model(&model("vision-audio-7b.json")).unwrap_err();
     let msg = e.to_string();
     assert!(
         msg.contains("audio: the embedding is not one linear layer")
-            && msg.contains("vision: the FFN is not a GELU MLP"),
+            && msg.contains("vision: the embedding is not one linear layer"),
         "{msg}"
     );
 }

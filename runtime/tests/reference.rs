@@ -10,6 +10,7 @@ use hetpar_runtime::reference::params::EncoderConfig;
 use hetpar_runtime::reference::{
     loss, loss_and_grads, train_step, Adam, Batch, Config, Params, SplitMix64,
 };
+use hetpar_runtime::reference::{Act, Stack};
 use hetpar_runtime::tensor::Tensor;
 use hetpar_runtime::RuntimeError;
 
@@ -43,8 +44,10 @@ fn tiny_batch(cfg: &Config) -> Batch {
     let mut rng = SplitMix64::new(99);
     let tv = 3 + 2 + 4;
     let patches = Tensor::from_vec(
-        &[tv, cfg.p],
-        (0..tv * cfg.p).map(|_| rng.symmetric(1.0)).collect(),
+        &[tv, cfg.vision.unwrap().patch_len],
+        (0..tv * cfg.vision.unwrap().patch_len)
+            .map(|_| rng.symmetric(1.0))
+            .collect(),
     )
     .unwrap();
     Batch {
@@ -112,13 +115,11 @@ fn tiny_two_encoders() -> (Config, Batch) {
     const AUD: i64 = 11;
     let mut cfg = tiny();
     cfg.audio = Some(EncoderConfig {
-        l: 1,
-        h: 6,
-        a: 2,
-        f: 12,
-        p: 5,
-        np: 4,
-        hp: 10,
+        stack: Stack::reference(1, 6, 2, 12),
+        patch_len: 5,
+        max_rows: 4,
+        projector_hidden: 10,
+        projector_act: Act::GeluTanh,
     });
     let mut batch = tiny_batch(&cfg);
     let s0 = [1, IMG, IMG, IMG, 4, IMG, IMG, 7, AUD, AUD, 3, 0];
@@ -231,7 +232,7 @@ fn uniform_logits_give_a_loss_of_ln_v_and_no_gradient_below_the_head() {
         *v = 0.0;
     }
     let (l, grads) = loss_and_grads(&cfg, &params, &batch).unwrap();
-    let expected = (cfg.v as f64).ln();
+    let expected = (cfg.llm.vocab as f64).ln();
     assert!(
         (f64::from(l) - expected).abs() < 1e-6,
         "loss {l}, ln(V) = {expected}"

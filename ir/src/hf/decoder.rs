@@ -4,8 +4,8 @@
 
 use super::fields::Fields;
 use crate::model::{
-    AttentionKind, FfnKind, ModuleKind, ModuleSpec, MoeSpec, NormKind, PositionKind, PositionsSpec,
-    TransformerSpec,
+    Activation, AttentionKind, FfnKind, ModuleKind, ModuleSpec, MoeSpec, NormKind, PositionKind,
+    PositionsSpec, Real, TransformerSpec,
 };
 
 /// Whether a decoder's sizes must be given.
@@ -68,7 +68,7 @@ pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<M
         f.note("head_dim", derived, why);
     }
     // Every config class of these families defaults `rope_theta` to 10000.
-    let rope_base = Some(match f.get("rope_theta").and_then(|v| v.as_f64()) {
+    let rope_base = Some(match super::rope::theta(&f) {
         Some(theta) => theta.round().clamp(1.0, f64::from(u32::MAX)) as u32,
         None => {
             f.note(
@@ -89,6 +89,8 @@ pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<M
     // Only LlamaConfig has bias switches; the others fix their biases (Qwen2: on the QKV
     // projections, always).
     let llama = class == "LlamaConfig";
+    // MixtralConfig's default is 1e-5; the other classes' 1e-6.
+    let eps_default = if model_type == "mixtral" { 1e-5 } else { 1e-6 };
     let qkv_bias =
         model_type.starts_with("qwen2") || (llama && f.bool_default("attention_bias", false));
     let linear_bias = llama && f.bool_default("mlp_bias", false);
@@ -107,11 +109,14 @@ pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<M
             qkv_bias,
             linear_bias,
             moe,
+            activation: Some(f.activation_default("hidden_act", Activation::Silu)),
+            norm_eps: Some(Real(f.positive_default("rms_norm_eps", eps_default))),
         }),
         positions: Some(PositionsSpec {
             kind: PositionKind::Rope,
             max_positions: None,
             rope_base,
+            rope_scaling: super::rope::scaling(&f),
         }),
         vocab_size: Some(vocab),
         tied_embeddings: Some(f.bool_default("tie_word_embeddings", false)),

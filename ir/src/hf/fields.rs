@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::Note;
 use crate::diag::{join, Diagnostics};
+use crate::model::Activation;
 use crate::rule::Rule;
 
 /// What an import found: problems, and the defaults it applied.
@@ -150,5 +151,52 @@ impl<'a> Fields<'a> {
             self.bad(key, "a string");
         }
         r
+    }
+
+    /// A finite positive number, or `default` when absent (noted).
+    pub fn positive_default(&self, key: &str, default: f64) -> f64 {
+        match self.get(key) {
+            None => {
+                self.note(key, default, format!("the default of {}", self.class));
+                default
+            }
+            Some(v) => match v.as_f64().filter(|x| x.is_finite() && *x > 0.0) {
+                Some(x) => x,
+                None => {
+                    self.bad(key, "a finite positive number");
+                    default
+                }
+            },
+        }
+    }
+
+    /// An activation by its `transformers` name (`ACT2FN`), or `default` when absent (noted).
+    pub fn activation_default(&self, key: &str, default: Activation) -> Activation {
+        let Some(name) = self.get(key).map(|_| self.string(key)) else {
+            self.note(
+                key,
+                format!("{default:?}"),
+                format!("the default of {}", self.class),
+            );
+            return default;
+        };
+        match name.as_deref() {
+            Some("gelu") => Activation::Gelu,
+            Some("gelu_pytorch_tanh" | "gelu_new") => Activation::GeluTanh,
+            Some("quick_gelu") => Activation::QuickGelu,
+            Some("silu" | "swish") => Activation::Silu,
+            Some("relu") => Activation::Relu,
+            Some(other) => {
+                self.error(
+                    key,
+                    format!(
+                        "activation `{other}` is not one hetpar knows (gelu, gelu_pytorch_tanh, \
+                         gelu_new, quick_gelu, silu, swish, relu)"
+                    ),
+                );
+                default
+            }
+            None => default,
+        }
     }
 }

@@ -10,7 +10,7 @@ use super::fields::{Fields, Log};
 use super::{vlm_boundaries, ImportOptions, Parts};
 use crate::model::{
     Activation, AttentionKind, EmbeddingKind, EmbeddingSpec, FfnKind, MlpSpec, ModuleKind,
-    ModuleSpec, NormKind, PositionKind, PositionsSpec, TransformerSpec,
+    ModuleSpec, NormKind, PositionKind, PositionsSpec, Real, TransformerSpec,
 };
 use crate::rule::Rule;
 
@@ -68,6 +68,8 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
             qkv_bias: true,
             linear_bias: true,
             moe: None,
+            activation: Some(v.activation_default("hidden_act", Activation::QuickGelu)),
+            norm_eps: Some(Real(v.positive_default("layer_norm_eps", 1e-5))),
         }),
         embedding: Some(EmbeddingSpec {
             kind: EmbeddingKind::Patch,
@@ -84,6 +86,7 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
             kind: PositionKind::Learned,
             max_positions: Some(patches.saturating_add(1)),
             rope_base: None,
+            rope_scaling: None,
         }),
         tokens_per_item: Some(patches),
         pre_norm: Some(true),
@@ -97,7 +100,7 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
         kind: ModuleKind::Projector,
         mlp: Some(MlpSpec {
             widths: vec![hidden, lm_hidden, lm_hidden],
-            activation: Activation::Gelu,
+            activation: top.activation_default("projector_hidden_act", Activation::Gelu),
             bias: top.bool_default("multimodal_projector_bias", true),
             token_merge: 1,
             input_norm: None,

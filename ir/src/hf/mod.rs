@@ -13,6 +13,7 @@ mod decoder;
 mod fields;
 mod llava;
 mod qwen_vl;
+mod rope;
 
 use std::collections::BTreeMap;
 

@@ -98,6 +98,8 @@ pub(crate) fn import(config: &Value, opts: &ImportOptions, v25: bool, log: &Log)
             qkv_bias: true,
             linear_bias: true,
             moe: None,
+            activation: None,
+            norm_eps: None,
         }),
         embedding: Some(EmbeddingSpec {
             kind: EmbeddingKind::Patch,
@@ -113,6 +115,7 @@ pub(crate) fn import(config: &Value, opts: &ImportOptions, v25: bool, log: &Log)
             kind: PositionKind::Rope,
             max_positions: None,
             rope_base: None,
+            rope_scaling: None,
         }),
         tokens_per_item: Some(DEFAULT_PATCHES),
         pre_norm: None,

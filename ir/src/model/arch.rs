@@ -104,9 +104,29 @@ pub struct TransformerSpec {
     pub linear_bias: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub moe: Option<MoeSpec>,
+    /// The FFN's activation (the gate's, for `swiglu`); absent: `gelu` for `gelu_mlp`,
+    /// `silu` for `swiglu`. Costs do not depend on it; execution does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub activation: Option<Activation>,
+    /// The norms' epsilon; absent: 1e-5 (execution only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub norm_eps: Option<Real>,
 }
 
 impl TransformerSpec {
+    /// The FFN's activation, its default filled in.
+    pub fn activation(&self) -> Activation {
+        self.activation.unwrap_or(match self.ffn_kind {
+            FfnKind::GeluMlp => Activation::Gelu,
+            FfnKind::Swiglu => Activation::Silu,
+        })
+    }
+
+    /// The norms' epsilon, its default filled in.
+    pub fn norm_eps(&self) -> f64 {
+        self.norm_eps.map_or(1e-5, |e| e.0)
+    }
+
     pub fn kv_heads(&self) -> u32 {
         self.kv_heads.unwrap_or(self.heads)
     }
@@ -201,12 +221,45 @@ pub struct PositionsSpec {
     /// The rotary base (Hugging Face's `rope_theta`); no cost depends on it, an export does.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_base: Option<u32>,
+    /// A rescaling of the rotary frequencies (Hugging Face's `rope_scaling`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<RopeScaling>,
+}
+
+/// A real number of a model file, finite by the verifier, so compared by value.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Real(pub f64);
+
+impl Eq for Real {}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RopeScalingKind {
+    /// Llama 3.1's: long wavelengths divided by `factor`, short ones kept, those between
+    /// blended (`transformers`' `_compute_llama3_parameters`).
+    Llama3,
+}
+
+/// Hugging Face's `rope_scaling` of `rope_type` `llama3`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RopeScaling {
+    pub kind: RopeScalingKind,
+    pub factor: Real,
+    pub low_freq_factor: Real,
+    pub high_freq_factor: Real,
+    pub original_max_positions: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Activation {
+    /// The exact GELU, `x·Φ(x)` (Hugging Face's `gelu`).
     Gelu,
+    /// GELU's tanh approximation (`gelu_pytorch_tanh`, `gelu_new`; the reference model's).
+    GeluTanh,
+    /// `x·σ(1.702·x)` (CLIP's `quick_gelu`).
+    QuickGelu,
     Silu,
     Relu,
 }

@@ -9,6 +9,7 @@ pub mod graph;
 pub mod limits;
 pub mod placeholders;
 pub mod verify;
+mod verify_reals;
 
 pub use arch::*;
 pub use counts::{module_flops, module_params, Flops, ParamCount};

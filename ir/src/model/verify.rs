@@ -534,6 +534,7 @@ fn check_items(
 
 fn check_transformer(path: &str, t: &TransformerSpec, ds: &mut Diagnostics) -> bool {
     let before = ds.len();
+    super::verify_reals::check_transformer(path, t, ds);
     for (field, v) in [
         ("layers", t.layers),
         ("hidden", t.hidden),
@@ -595,6 +596,11 @@ fn check_transformer(path: &str, t: &TransformerSpec, ds: &mut Diagnostics) -> b
 }
 
 fn check_positions(path: &str, p: &PositionsSpec, ds: &mut Diagnostics) -> bool {
+    let before = ds.len();
+    super::verify_reals::check_positions(path, p, ds);
+    if ds.len() != before {
+        return false;
+    }
     match (p.kind, p.max_positions) {
         (PositionKind::Learned, None) => {
             ds.error(

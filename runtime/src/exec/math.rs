@@ -4,10 +4,12 @@
 //! operations on a GPU. Everything else (sharding, row stores, transfers, Adam) is shared.
 
 use crate::reference::adam::AdamStep;
+use crate::reference::arch::{Act, Norm};
 use crate::reference::attention::{attention_core_at, attention_core_backward};
 use crate::reference::layers::{self, LayerNormCache};
 use crate::reference::llm;
 use crate::reference::params::{Grads, Params};
+use crate::reference::{act, rmsnorm, rope};
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
@@ -112,6 +114,85 @@ pub trait Math: Send {
         targets: &[i64],
         global_targets: usize,
     ) -> Result<(f64, Tensor), RuntimeError>;
+
+    // The operations of the other architectures (`reference::arch`). Their defaults compute on
+    // the host, so a device backend is correct before it has kernels of its own.
+
+    /// [`rmsnorm::rms_norm`].
+    fn rms_norm(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, LayerNormCache), RuntimeError> {
+        Ok(rmsnorm::rms_norm(x, w, eps))
+    }
+    /// [`rmsnorm::rms_norm_backward`]: `(dx, dw)`.
+    fn rms_norm_backward(
+        &self,
+        cache: &LayerNormCache,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor), RuntimeError> {
+        Ok(rmsnorm::rms_norm_backward(cache, w, dy))
+    }
+    /// [`act::activation`]; the tanh GELU is [`Math::gelu`].
+    fn activation(&self, x: &Tensor, f: Act) -> Result<Tensor, RuntimeError> {
+        match f {
+            Act::GeluTanh => self.gelu(x),
+            _ => Ok(act::activation(x, f)),
+        }
+    }
+    /// [`act::activation_backward`].
+    fn activation_backward(&self, x: &Tensor, dy: &Tensor, f: Act) -> Result<Tensor, RuntimeError> {
+        match f {
+            Act::GeluTanh => self.gelu_backward(x, dy),
+            _ => Ok(act::activation_backward(x, dy, f)),
+        }
+    }
+    /// [`act::gated`]: `f(gate) · up`.
+    fn gated(&self, gate: &Tensor, up: &Tensor, f: Act) -> Result<Tensor, RuntimeError> {
+        Ok(act::gated(gate, up, f))
+    }
+    /// [`act::gated_backward`]: `(dgate, dup)`.
+    fn gated_backward(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        dy: &Tensor,
+        f: Act,
+    ) -> Result<(Tensor, Tensor), RuntimeError> {
+        Ok(act::gated_backward(gate, up, dy, f))
+    }
+    /// [`rope::rope`].
+    fn rope(
+        &self,
+        x: &Tensor,
+        positions: &[usize],
+        head_dim: usize,
+        inv_freq: &[f64],
+        inverse: bool,
+    ) -> Result<Tensor, RuntimeError> {
+        Ok(rope::rope(x, positions, head_dim, inv_freq, inverse))
+    }
+    /// [`rope::repeat_heads`].
+    fn repeat_heads(
+        &self,
+        x: &Tensor,
+        head_dim: usize,
+        groups: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        Ok(rope::repeat_heads(x, head_dim, groups))
+    }
+    /// [`rope::sum_heads`].
+    fn sum_heads(
+        &self,
+        dx: &Tensor,
+        head_dim: usize,
+        groups: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        Ok(rope::sum_heads(dx, head_dim, groups))
+    }
 }
 
 /// The CPU reference's own functions.
@@ -321,18 +402,19 @@ pub fn linear_named_backward(
     Ok(dx)
 }
 
-/// The LayerNorm `name`.
+/// The norm `name` of kind `norm` (LayerNorm: `.weight`, `.bias`; RMSNorm: `.weight`).
 pub fn norm_named(
     mx: &dyn Math,
     p: &Params,
     name: &str,
     x: &Tensor,
+    norm: Norm,
 ) -> Result<(Tensor, LayerNormCache), RuntimeError> {
-    mx.layer_norm(
-        x,
-        p.t(&format!("{name}.weight")),
-        p.t(&format!("{name}.bias")),
-    )
+    let w = p.t(&format!("{name}.weight"));
+    match norm {
+        Norm::Layer { .. } => mx.layer_norm(x, w, p.t(&format!("{name}.bias"))),
+        Norm::Rms { eps } => mx.rms_norm(x, w, eps),
+    }
 }
 
 /// Its backward: accumulates its gradients into `g`, returns `dx`.
@@ -343,8 +425,14 @@ pub fn norm_named_backward(
     cache: &LayerNormCache,
     dy: &Tensor,
     g: &mut Grads,
+    norm: Norm,
 ) -> Result<Tensor, RuntimeError> {
     let wname = format!("{name}.weight");
+    if let Norm::Rms { .. } = norm {
+        let (dx, dw) = mx.rms_norm_backward(cache, p.t(&wname), dy)?;
+        accumulate(mx, g, &wname, &dw)?;
+        return Ok(dx);
+    }
     let (dx, dw, db) = mx.layer_norm_backward(cache, p.t(&wname), dy)?;
     accumulate(mx, g, &wname, &dw)?;
     accumulate(mx, g, &format!("{name}.bias"), &db)?;

@@ -9,10 +9,12 @@
 //! [`generated`] (what generated programs and `hetpar run` share), [`executes`] (which layout
 //! field values it executes).
 
+pub mod attn;
 pub mod block;
 pub mod collective;
 pub mod comm;
 pub mod executes;
+pub mod ffn;
 pub mod fused;
 pub mod generated;
 pub mod math;
@@ -361,13 +363,33 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
                 m.dp, m.micro_batch_size, program.micro_batches
             ));
         }
+        let stack_divides = |s: &crate::reference::Stack| {
+            vec![
+                ("heads", s.heads),
+                ("key/value heads", s.kv_heads),
+                ("FFN", s.ffn),
+            ]
+        };
         let (layers, divides): (usize, Vec<(&str, usize)>) = match unit {
-            Unit::Encoder(s) => {
-                let e = cfg.encoder(s);
-                (e.l, vec![("heads", e.a), ("FFN", e.f)])
+            Unit::Encoder(s) | Unit::Projector(s) if cfg.encoder(s).is_none() => {
+                problems.push(format!(
+                    "module `{who}`: the model has no {} encoder",
+                    s.prefix()
+                ));
+                continue;
             }
-            Unit::Projector(s) => (0, vec![("hidden", cfg.encoder(s).hp)]),
-            Unit::Llm => (cfg.l, vec![("heads", cfg.a), ("FFN", cfg.f)]),
+            Unit::Encoder(s) => {
+                let e = cfg.encoder(s).expect("checked above").stack;
+                (e.layers, stack_divides(&e))
+            }
+            Unit::Projector(s) => (
+                0,
+                vec![(
+                    "hidden",
+                    cfg.encoder(s).expect("checked above").projector_hidden,
+                )],
+            ),
+            Unit::Llm => (cfg.llm.stack.layers, stack_divides(&cfg.llm.stack)),
         };
         if m.chunk_layers.len() != (m.pp * m.vpp) as usize
             || (layers > 0 && m.chunk_layers.iter().sum::<u32>() as usize != layers)
@@ -387,6 +409,13 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
         }
         if matches!(unit, Unit::Projector(_)) && (m.pp != 1 || m.cp != 1) {
             problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
+        }
+        if unit == Unit::Llm && cfg.llm.tied_embeddings && m.pp > 1 {
+            problems.push(format!(
+                "module `{who}`: tied embeddings under pp {} are not computed yet (the first \
+                 and last stages would share the embedding); untie them or use pp 1",
+                m.pp
+            ));
         }
     }
     check_units(program, &units, &mut problems);

@@ -14,19 +14,27 @@ use crate::tensor::Tensor;
 /// How a tensor splits over the tp group.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Split {
-    /// Output rows (dimension 0): q, k, v, fc1 weights and biases.
+    /// Output rows (dimension 0): q, k, v, fc1, gate and up weights and biases.
     Column,
-    /// Input columns (dimension 1): o and fc2 weights.
+    /// Input columns (dimension 1): o, fc2 and down weights.
     Row,
     /// Whole on every tp rank.
     Replicated,
 }
 
 pub fn split_of(name: &str) -> Split {
-    const COLUMN: [&str; 4] = [".attn.q.", ".attn.k.", ".attn.v.", ".fc1."];
+    const COLUMN: [&str; 6] = [
+        ".attn.q.",
+        ".attn.k.",
+        ".attn.v.",
+        ".fc1.",
+        ".mlp.gate.",
+        ".mlp.up.",
+    ];
+    const ROW: [&str; 3] = [".attn.o.weight", ".fc2.weight", ".mlp.down.weight"];
     if COLUMN.iter().any(|c| name.contains(c)) {
         Split::Column
-    } else if name.ends_with(".attn.o.weight") || name.ends_with(".fc2.weight") {
+    } else if ROW.iter().any(|r| name.ends_with(r)) {
         Split::Row
     } else {
         Split::Replicated

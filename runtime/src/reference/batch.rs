@@ -99,11 +99,11 @@ fn encoder_layout(
     patch_counts: &[i64],
     sample_images: &[i64],
 ) -> Result<EncoderLayout, RuntimeError> {
-    if patches.shape().len() != 2 || patches.cols() != e.p {
+    if patches.shape().len() != 2 || patches.cols() != e.patch_len {
         return Err(bad(format!(
             "{what}.patches have shape {:?}, but must be [T, P = {}]",
             patches.shape(),
-            e.p
+            e.patch_len
         )));
     }
     if sample_images.len() != b {
@@ -116,10 +116,10 @@ fn encoder_layout(
     let mut row = 0usize;
     for (i, &c) in patch_counts.iter().enumerate() {
         let c = count(&format!("{what}.patch_counts"), i, c)?;
-        if c == 0 || c > e.np {
+        if c == 0 || c > e.max_rows {
             return Err(bad(format!(
                 "{what} item {i} has {c} rows, not in 1..={} (the position table)",
-                e.np
+                e.max_rows
             )));
         }
         images.push(row..row + c);
@@ -164,10 +164,10 @@ impl Batch {
     /// counts ([`RuntimeError::PlaceholderMismatch`] otherwise).
     pub fn layout(&self, cfg: &Config) -> Result<Layout, RuntimeError> {
         let (b, s) = (self.batch_size, self.seq_len);
-        if s == 0 || s > cfg.s {
+        if s == 0 || s > cfg.llm.seq_len {
             return Err(bad(format!(
                 "sequence length {s} is not in 1..={} (the position table)",
-                cfg.s
+                cfg.llm.seq_len
             )));
         }
         for (what, v) in [("tokens", &self.tokens), ("targets", &self.targets)] {
@@ -179,14 +179,23 @@ impl Batch {
                 )));
             }
         }
-        let vision = encoder_layout(
-            "vision",
-            &cfg.vision(),
-            b,
-            &self.patches,
-            &self.patch_counts,
-            &self.sample_images,
-        )?;
+        let vision = match &cfg.vision {
+            Some(e) => encoder_layout(
+                "vision",
+                e,
+                b,
+                &self.patches,
+                &self.patch_counts,
+                &self.sample_images,
+            )?,
+            None if self.patch_counts.is_empty() && self.sample_images.iter().all(|&n| n == 0) => {
+                EncoderLayout {
+                    images: Vec::new(),
+                    sample_images: vec![0..0; b],
+                }
+            }
+            None => return Err(bad("images, but the model has no vision encoder".into())),
+        };
         let audio = match (&self.audio, &cfg.audio) {
             (Some(a), Some(e)) => Some(encoder_layout(
                 "audio",
@@ -223,20 +232,20 @@ impl Batch {
                     placeholders += 1;
                 } else if Some(tok) == audio_token {
                     audio_placeholders += 1;
-                } else if tok < 0 || tok as u64 >= cfg.v as u64 {
+                } else if tok < 0 || tok as u64 >= cfg.llm.vocab as u64 {
                     return Err(bad(format!(
                         "sample {sample}, position {pos}: token {tok} is outside the vocabulary \
                          0..{}",
-                        cfg.v
+                        cfg.llm.vocab
                     )));
                 }
                 let t = self.targets[sample * s + pos];
                 if t != IGNORE {
-                    if t < 0 || t as u64 >= cfg.v as u64 {
+                    if t < 0 || t as u64 >= cfg.llm.vocab as u64 {
                         return Err(bad(format!(
                             "sample {sample}, position {pos}: target {t} is neither -100 nor in \
                              0..{}",
-                            cfg.v
+                            cfg.llm.vocab
                         )));
                     }
                     targets += 1;

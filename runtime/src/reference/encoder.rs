@@ -43,9 +43,15 @@ pub fn encoder_forward(
             *v += *q;
         }
     }
-    let mut blocks = Vec::with_capacity(cfg.l);
-    for i in 0..cfg.l {
-        let (y, c) = block_forward(p, &format!("{prefix}.blocks.{i}"), &x, cfg.a, false);
+    let mut blocks = Vec::with_capacity(cfg.stack.layers);
+    for i in 0..cfg.stack.layers {
+        let (y, c) = block_forward(
+            p,
+            &format!("{prefix}.blocks.{i}"),
+            &x,
+            cfg.stack.heads,
+            false,
+        );
         x = y;
         blocks.push(c);
     }
@@ -78,7 +84,7 @@ pub fn encoder_backward(
     let da = gelu_backward(&cache.a, &dg);
     let dxf = linear_named_backward(p, &format!("{prefix}.proj.fc1"), &cache.xf, &da, grads);
     let mut dx = norm_named_backward(p, &format!("{prefix}.ln_f"), &cache.ln_f, &dxf, grads);
-    for i in (0..cfg.l).rev() {
+    for i in (0..cfg.stack.layers).rev() {
         dx = block_backward(
             p,
             &format!("{prefix}.blocks.{i}"),
@@ -87,7 +93,7 @@ pub fn encoder_backward(
             grads,
         );
     }
-    let mut dpos = Tensor::zeros(&[cfg.np, cfg.h]);
+    let mut dpos = Tensor::zeros(&[cfg.max_rows, cfg.stack.hidden]);
     for i in 0..dx.rows() {
         dpos.row_mut(i).copy_from_slice(dx.row(i));
     }

@@ -1,61 +1,204 @@
-//! The reference configuration of a hetpar model, when the model is one the reference
-//! implementation computes: one vision encoder and optionally one audio encoder (linear patch
-//! embedding, learned positions, no pre-norm, GELU MLP, LayerNorm, biases), each with a
-//! projector `H_enc -> Hp -> H` with GELU, and a causal language model of the same block kind
-//! with learned positions and an untied head. Every difference is reported at once.
+//! The runtime's configuration of a hetpar model, when the runtime computes it: a causal
+//! language model (LayerNorm or RMSNorm, a GELU MLP or a gated FFN, biases as the model says,
+//! grouped-query attention, learned or rotary positions, a tied or untied head), optionally
+//! with a vision encoder and an audio encoder (linear patch embedding, learned positions, no
+//! pre-norm), each with a projector `H_enc -> Hp -> H`. Every difference is reported at once.
 
 use hetpar_ir::model::{
-    Activation, AttentionKind, Body, EmbeddingKind, FfnKind, ModelGraph, ModuleKind, NormKind,
-    PositionKind, TransformerSpec,
+    Activation, AttentionKind, Body, EmbeddingKind, FfnKind, ModelGraph, Module, ModuleKind,
+    NormKind, PositionKind, PositionsSpec, RopeScalingKind, TransformerSpec,
 };
 
 use hetpar_ir::model::placeholders::placeholder_spans;
 
+use super::arch::{Act, BlockArch, Ffn, Llama3Scaling, Norm, Rope, Stack};
 use super::batch::{Batch, EncoderBatch, IGNORE};
-use super::params::{Config, EncoderConfig, Source};
+use super::params::{Config, EncoderConfig, LlmConfig, Source};
 use super::rng::SplitMix64;
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
-fn block_problems(who: &str, t: &TransformerSpec, attention: AttentionKind, out: &mut Vec<String>) {
-    if t.ffn_kind != FfnKind::GeluMlp {
-        out.push(format!("{who}: the FFN is not a GELU MLP"));
+fn act_of(who: &str, a: Activation, out: &mut Vec<String>) -> Act {
+    match a {
+        Activation::Gelu => Act::Gelu,
+        Activation::GeluTanh => Act::GeluTanh,
+        Activation::QuickGelu => Act::QuickGelu,
+        Activation::Silu => Act::Silu,
+        Activation::Relu => {
+            out.push(format!("{who}: the runtime has no ReLU"));
+            Act::Silu
+        }
     }
-    if t.norm != NormKind::LayerNorm {
-        out.push(format!("{who}: the norm is not LayerNorm"));
-    }
+}
+
+/// The stack of `t`, or its problems pushed to `out`.
+fn stack_of(
+    who: &str,
+    t: &TransformerSpec,
+    attention: AttentionKind,
+    out: &mut Vec<String>,
+) -> Stack {
     if t.attention != attention {
         out.push(format!(
-            "{who}: attention is {:?}, the reference uses {attention:?}",
+            "{who}: attention is {:?}, the runtime computes {attention:?} here",
             t.attention
         ));
     }
-    if !(t.qkv_bias && t.linear_bias) {
-        out.push(format!("{who}: the reference's linears all have biases"));
+    if t.moe.is_some() {
+        out.push(format!("{who}: the runtime has no mixture of experts yet"));
     }
-    if t.kv_heads() != t.heads || t.head_dim.is_some_and(|d| d * t.heads != t.hidden) {
+    let act = act_of(who, t.activation(), out);
+    let eps = t.norm_eps();
+    Stack {
+        layers: t.layers as usize,
+        hidden: t.hidden as usize,
+        heads: t.heads as usize,
+        kv_heads: t.kv_heads() as usize,
+        head_dim: t.head_dim() as usize,
+        ffn: t.ffn_hidden as usize,
+        block: BlockArch {
+            norm: match t.norm {
+                NormKind::LayerNorm => Norm::Layer { eps },
+                NormKind::RmsNorm => Norm::Rms { eps },
+            },
+            ffn: match t.ffn_kind {
+                FfnKind::GeluMlp => Ffn::Mlp(act),
+                FfnKind::Swiglu => Ffn::Gated(act),
+            },
+            qkv_bias: t.qkv_bias,
+            linear_bias: t.linear_bias,
+            rope: None,
+        },
+    }
+}
+
+fn rope_of(p: &PositionsSpec) -> Rope {
+    Rope {
+        base: f64::from(p.rope_base.unwrap_or(10_000)),
+        llama3: p.rope_scaling.as_ref().map(|s| match s.kind {
+            RopeScalingKind::Llama3 => Llama3Scaling {
+                factor: s.factor.0,
+                low_freq_factor: s.low_freq_factor.0,
+                high_freq_factor: s.high_freq_factor.0,
+                original_max_positions: f64::from(s.original_max_positions),
+            },
+        }),
+    }
+}
+
+/// An encoder's configuration and its projector's, or their problems pushed to `out`.
+fn encoder_of(g: &ModelGraph, m: &Module, out: &mut Vec<String>) -> Option<EncoderConfig> {
+    let who = m.name.as_str();
+    let Body::Encoder {
+        transformer: t,
+        embedding,
+        positions,
+        pre_norm,
+        ..
+    } = &m.body
+    else {
+        return None;
+    };
+    let stack = stack_of(who, t, AttentionKind::Bidirectional, out);
+    if embedding.kind != EmbeddingKind::Linear || !embedding.bias {
         out.push(format!(
-            "{who}: the reference uses multi-head attention with head size hidden / heads"
+            "{who}: the embedding is not one linear layer with a bias over a flattened patch"
         ));
     }
-    if t.moe.is_some() {
-        out.push(format!("{who}: the reference has no mixture of experts"));
+    if positions.kind != PositionKind::Learned {
+        out.push(format!("{who}: positions are not a learned table"));
+    }
+    if *pre_norm {
+        out.push(format!("{who}: the runtime has no encoder pre-norm yet"));
+    }
+    let projector = g
+        .outgoing(m.id)
+        .into_iter()
+        .map(|b| g.module(g.boundary(b).to))
+        .find(|p| p.kind == ModuleKind::Projector);
+    let (hidden, act) = match projector.map(|p| (&p.name, &p.body)) {
+        Some((name, Body::Projector(mlp))) => {
+            if mlp.widths.len() != 3
+                || !mlp.bias
+                || mlp.token_merge != 1
+                || mlp.input_norm.is_some()
+            {
+                out.push(format!(
+                    "{name}: the runtime's projector is H_enc -> Hp -> H with biases, no token \
+                     merge, no input norm"
+                ));
+            }
+            let act = act_of(name, mlp.activation, out);
+            (mlp.widths.get(1).copied().unwrap_or(0) as usize, act)
+        }
+        _ => {
+            out.push(format!("{who}: its rows do not go to a projector"));
+            (0, Act::GeluTanh)
+        }
+    };
+    Some(EncoderConfig {
+        stack,
+        patch_len: embedding.row_input_len() as usize,
+        max_rows: positions.max_positions.unwrap_or(0) as usize,
+        projector_hidden: hidden,
+        projector_act: act,
+    })
+}
+
+fn llm_of(g: &ModelGraph, out: &mut Vec<String>) -> LlmConfig {
+    let seq_len = g.data().sequence_length as usize;
+    let Body::LanguageModel {
+        transformer: t,
+        vocab_size,
+        tied_embeddings,
+        positions,
+    } = &g.module(g.language_model()).body
+    else {
+        out.push("the model has no language model".into());
+        return LlmConfig {
+            stack: Stack::reference(0, 0, 0, 0),
+            vocab: 0,
+            seq_len,
+            learned_positions: true,
+            tied_embeddings: false,
+        };
+    };
+    let mut stack = stack_of("llm", t, AttentionKind::Causal, out);
+    match positions.kind {
+        PositionKind::Learned => {
+            if positions
+                .max_positions
+                .is_some_and(|n| (n as usize) < seq_len)
+            {
+                out.push("llm: the learned position table does not cover the sequence".into());
+            }
+        }
+        PositionKind::Rope => stack.block.rope = Some(rope_of(positions)),
+        PositionKind::None => out.push("llm: the runtime needs positions".into()),
+    }
+    LlmConfig {
+        stack,
+        vocab: *vocab_size as usize,
+        seq_len,
+        learned_positions: positions.kind == PositionKind::Learned,
+        tied_embeddings: *tied_embeddings,
     }
 }
 
 impl Config {
-    /// The configuration of `g`, or every reason the reference cannot compute it.
+    /// The configuration of `g`, or every reason the runtime cannot compute it.
     pub fn from_model(g: &ModelGraph) -> Result<Config, RuntimeError> {
         let mut problems: Vec<String> = Vec::new();
         let encoders: Vec<_> = g.modules().iter().filter(|m| m.kind.is_encoder()).collect();
         let count = |k: ModuleKind| encoders.iter().filter(|m| m.kind == k).count();
-        if count(ModuleKind::VisionEncoder) != 1
+        if count(ModuleKind::VisionEncoder) > 1
             || count(ModuleKind::AudioEncoder) > 1
             || count(ModuleKind::VideoEncoder) > 0
+            || (count(ModuleKind::AudioEncoder) == 1 && count(ModuleKind::VisionEncoder) == 0)
         {
             problems.push(format!(
-                "one vision encoder and at most one audio encoder expected, found {} encoder(s) \
-                 ({} vision, {} audio, {} video)",
+                "at most one vision encoder and one audio encoder (with a vision encoder) \
+                 expected, found {} encoder(s) ({} vision, {} audio, {} video)",
                 encoders.len(),
                 count(ModuleKind::VisionEncoder),
                 count(ModuleKind::AudioEncoder),
@@ -63,24 +206,8 @@ impl Config {
             ));
         }
         if g.modules().iter().any(|m| m.kind == ModuleKind::Generator) {
-            problems.push("the reference has no generator".into());
+            problems.push("the runtime has no generator".into());
         }
-        let mut cfg = Config {
-            lv: 0,
-            hv: 0,
-            av: 0,
-            fv: 0,
-            p: 0,
-            np: 0,
-            hp: 0,
-            l: 0,
-            h: 0,
-            a: 0,
-            f: 0,
-            v: 0,
-            s: 0,
-            audio: None,
-        };
         let projectors = g
             .modules()
             .iter()
@@ -92,106 +219,20 @@ impl Config {
                 encoders.len()
             ));
         }
+        let mut cfg = Config {
+            vision: None,
+            audio: None,
+            llm: llm_of(g, &mut problems),
+        };
         for m in &encoders {
-            let who = m.name.as_str();
-            let mut e = EncoderConfig {
-                l: 0,
-                h: 0,
-                a: 0,
-                f: 0,
-                p: 0,
-                np: 0,
-                hp: 0,
-            };
-            if let Body::Encoder {
-                transformer: t,
-                embedding,
-                positions,
-                pre_norm,
-                ..
-            } = &m.body
-            {
-                block_problems(who, t, AttentionKind::Bidirectional, &mut problems);
-                if embedding.kind != EmbeddingKind::Linear {
-                    problems.push(format!(
-                        "{who}: the embedding is not one linear layer over a flattened patch"
-                    ));
-                }
-                if positions.kind != PositionKind::Learned {
-                    problems.push(format!("{who}: positions are not a learned table"));
-                }
-                if *pre_norm {
-                    problems.push(format!("{who}: the reference has no pre-norm"));
-                }
-                e.l = t.layers as usize;
-                e.h = t.hidden as usize;
-                e.a = t.heads as usize;
-                e.f = t.ffn_hidden as usize;
-                e.p = embedding.row_input_len() as usize;
-                e.np = positions.max_positions.unwrap_or(0) as usize;
+            let e = encoder_of(g, m, &mut problems);
+            match m.kind {
+                ModuleKind::AudioEncoder => cfg.audio = e,
+                _ => cfg.vision = e,
             }
-            // Its projector: where its rows go.
-            let projector = g
-                .outgoing(m.id)
-                .into_iter()
-                .map(|b| g.module(g.boundary(b).to))
-                .find(|p| p.kind == ModuleKind::Projector);
-            match projector.map(|p| (&p.name, &p.body)) {
-                Some((name, Body::Projector(mlp))) => {
-                    if mlp.widths.len() != 3
-                        || mlp.activation != Activation::Gelu
-                        || !mlp.bias
-                        || mlp.token_merge != 1
-                        || mlp.input_norm.is_some()
-                    {
-                        problems.push(format!(
-                            "{name}: the reference's projector is H_enc -> Hp -> H with GELU \
-                             and biases, no token merge, no input norm"
-                        ));
-                    }
-                    e.hp = mlp.widths.get(1).copied().unwrap_or(0) as usize;
-                }
-                _ => problems.push(format!("{who}: its rows do not go to a projector")),
-            }
-            if m.kind == ModuleKind::AudioEncoder {
-                cfg.audio = Some(e);
-            } else {
-                cfg.lv = e.l;
-                cfg.hv = e.h;
-                cfg.av = e.a;
-                cfg.fv = e.f;
-                cfg.p = e.p;
-                cfg.np = e.np;
-                cfg.hp = e.hp;
-            }
-        }
-        if let Body::LanguageModel {
-            transformer: t,
-            vocab_size,
-            tied_embeddings,
-            positions,
-        } = &g.module(g.language_model()).body
-        {
-            block_problems("llm", t, AttentionKind::Causal, &mut problems);
-            if *tied_embeddings {
-                problems.push("llm: the reference's head is not tied to the embedding".into());
-            }
-            if positions.kind != PositionKind::Learned
-                || positions
-                    .max_positions
-                    .is_some_and(|n| n < g.data().sequence_length)
-            {
-                problems
-                    .push("llm: positions are not a learned table covering the sequence".into());
-            }
-            cfg.l = t.layers as usize;
-            cfg.h = t.hidden as usize;
-            cfg.a = t.heads as usize;
-            cfg.f = t.ffn_hidden as usize;
-            cfg.v = *vocab_size as usize;
-            cfg.s = g.data().sequence_length as usize;
         }
         if problems.is_empty() {
+            cfg.validate()?;
             Ok(cfg)
         } else {
             Err(RuntimeError::Unsupported(problems.join("; ")))
@@ -214,8 +255,8 @@ impl Batch {
             _ => None,
         };
         let token_of = |src: Source| match src {
-            Source::Vision => cfg.v as i64,
-            Source::Audio => cfg.v as i64 + 1,
+            Source::Vision => cfg.llm.vocab as i64,
+            Source::Audio => cfg.llm.vocab as i64 + 1,
         };
         let mut rng = SplitMix64::new(seed);
         let mut tokens = vec![0i64; b * s];
@@ -236,7 +277,7 @@ impl Batch {
             }
             let row = &mut tokens[sample * s..(sample + 1) * s];
             for t in row.iter_mut() {
-                *t = rng.below(cfg.v as u64) as i64;
+                *t = rng.below(cfg.llm.vocab as u64) as i64;
             }
             for span in placeholder_spans(g, sample) {
                 let origin = g.module(g.boundary(span.boundary).origin).kind;
@@ -250,7 +291,7 @@ impl Batch {
                 }
             }
         }
-        let placeholder = |t: i64| t >= cfg.v as i64;
+        let placeholder = |t: i64| t >= cfg.llm.vocab as i64;
         let mut targets = vec![IGNORE; b * s];
         for sample in 0..b {
             for p in 0..s.saturating_sub(1) {
@@ -263,14 +304,20 @@ impl Batch {
         let mut inputs = Vec::with_capacity(encoders.len());
         for ((_, e), (patch_counts, sample_images)) in encoders.iter().zip(counts) {
             let rows: i64 = patch_counts.iter().sum();
-            let mut patches = Tensor::zeros(&[rows as usize, e.p]);
+            let mut patches = Tensor::zeros(&[rows as usize, e.patch_len]);
             for v in patches.data_mut() {
                 *v = rng.symmetric(1.0);
             }
             inputs.push((patches, patch_counts, sample_images));
         }
         let mut inputs = inputs.into_iter();
-        let (patches, patch_counts, sample_images) = inputs.next().expect("a vision encoder");
+        // A text-only model's batch has no images (an audio encoder comes with a vision one).
+        let (patches, patch_counts, sample_images) = match cfg.vision {
+            Some(_) => inputs
+                .next()
+                .expect("the vision encoder's inputs come first"),
+            None => (Tensor::zeros(&[0, 1]), Vec::new(), vec![0; b]),
+        };
         let audio = inputs
             .next()
             .map(|(patches, patch_counts, sample_images)| EncoderBatch {

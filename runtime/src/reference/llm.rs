@@ -69,8 +69,8 @@ pub fn embed_backward(
     de: &Tensor,
     grads: &mut Grads,
 ) -> Vec<Vec<Tensor>> {
-    let mut dtable = Tensor::zeros(&[cfg.v, cfg.h]);
-    let mut dpos = Tensor::zeros(&[cfg.s, cfg.h]);
+    let mut dtable = Tensor::zeros(&[cfg.llm.vocab, cfg.llm.stack.hidden]);
+    let mut dpos = Tensor::zeros(&[cfg.llm.seq_len, cfg.llm.stack.hidden]);
     let mut placeholder_rows = vec![Vec::new(); sources.len()];
     for (s, &tok) in tokens.iter().enumerate() {
         dpos.row_mut(s).copy_from_slice(de.row(s));
@@ -92,7 +92,7 @@ pub fn embed_backward(
             counts
                 .iter()
                 .map(|&n| {
-                    let mut d = Tensor::zeros(&[n, cfg.h]);
+                    let mut d = Tensor::zeros(&[n, cfg.llm.stack.hidden]);
                     for r in 0..n {
                         let s = next
                             .next()
@@ -109,9 +109,9 @@ pub fn embed_backward(
 /// The blocks, `ln_f` and the head over one sample's input rows: its logits `[S, V]`.
 pub fn llm_forward(cfg: &Config, p: &Params, e: &Tensor) -> (Tensor, LlmCache) {
     let mut x = e.clone();
-    let mut blocks = Vec::with_capacity(cfg.l);
-    for i in 0..cfg.l {
-        let (y, c) = block_forward(p, &format!("llm.blocks.{i}"), &x, cfg.a, true);
+    let mut blocks = Vec::with_capacity(cfg.llm.stack.layers);
+    for i in 0..cfg.llm.stack.layers {
+        let (y, c) = block_forward(p, &format!("llm.blocks.{i}"), &x, cfg.llm.stack.heads, true);
         x = y;
         blocks.push(c);
     }
@@ -131,7 +131,7 @@ pub fn llm_backward(
 ) -> Tensor {
     let dhf = linear_named_backward(p, "llm.head", &cache.hf, dlogits, grads);
     let mut dx = norm_named_backward(p, "llm.ln_f", &cache.ln_f, &dhf, grads);
-    for i in (0..cfg.l).rev() {
+    for i in (0..cfg.llm.stack.layers).rev() {
         dx = block_backward(p, &format!("llm.blocks.{i}"), &cache.blocks[i], &dx, grads);
     }
     dx

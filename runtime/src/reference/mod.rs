@@ -9,7 +9,9 @@
 //! projector), [`llm`] (language model and loss), [`model`] (loss and gradients of a batch,
 //! a training step) and [`adam`].
 
+pub mod act;
 pub mod adam;
+pub mod arch;
 pub mod attention;
 pub mod batch;
 pub mod block;
@@ -19,10 +21,13 @@ pub mod layers;
 pub mod llm;
 pub mod model;
 pub mod params;
+pub mod rmsnorm;
 pub mod rng;
+pub mod rope;
 
 pub use adam::Adam;
+pub use arch::{Act, BlockArch, Ffn, Norm, Rope, Stack};
 pub use batch::Batch;
 pub use model::{loss, loss_and_grads, train_step};
-pub use params::{param_specs, Config, Grads, Init, ParamSpec, Params};
+pub use params::{param_specs, Config, EncoderConfig, Grads, Init, LlmConfig, ParamSpec, Params};
 pub use rng::SplitMix64;

@@ -48,6 +48,13 @@ fn run(
     backward: bool,
 ) -> Result<(f64, Option<Grads>), RuntimeError> {
     cfg.validate()?;
+    if !cfg.is_reference() {
+        return Err(RuntimeError::Unsupported(
+            "the single-device reference computes only the reference model \
+             (docs/reference-model.md); run other models through a program"
+                .into(),
+        ));
+    }
     params.check(cfg)?;
     let layout = batch.layout(cfg)?;
 

@@ -3,61 +3,45 @@
 
 use std::collections::BTreeMap;
 
+use super::arch::{Act, BlockArch, Ffn, Norm, Stack};
 use super::rng::SplitMix64;
 use crate::error::RuntimeError;
 use crate::tensor::Tensor;
 
-/// The sizes of the reference model (`docs/reference-model.md`, "Shapes").
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A model the runtime computes: an optional vision encoder, an optional audio encoder (each
+/// with its projector) and a language model.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Config {
-    /// Vision encoder blocks (`Lv`).
-    pub lv: usize,
-    /// Vision hidden size (`Hv`).
-    pub hv: usize,
-    /// Vision attention heads (`Av`); head size `Hv/Av`.
-    pub av: usize,
-    /// Vision FFN hidden size (`Fv`).
-    pub fv: usize,
-    /// Patch vector length (`P`): the flattened pixels of one patch.
-    pub p: usize,
-    /// Vision position table length (`Np`): the most patches one image may have.
-    pub np: usize,
-    /// Projector hidden size (`Hp`): `Hv -> Hp -> H`.
-    pub hp: usize,
-    /// Language model blocks (`L`).
-    pub l: usize,
-    /// Language model hidden size (`H`).
-    pub h: usize,
-    /// Language model attention heads (`A`); head size `H/A`.
-    pub a: usize,
-    /// Language model FFN hidden size (`F`).
-    pub f: usize,
-    /// Vocabulary size (`V`).
-    pub v: usize,
-    /// Sequence length (`S`): the length of the language model's position table.
-    pub s: usize,
-    /// The optional second encoder (prefix `audio.`) and its projector.
+    /// The vision encoder (prefix `vision.`) and its projector.
+    pub vision: Option<EncoderConfig>,
+    /// The audio encoder (prefix `audio.`) and its projector.
     pub audio: Option<EncoderConfig>,
+    pub llm: LlmConfig,
 }
 
-/// One encoder's sizes and its projector's hidden size (`Hp`): the vision encoder's are the
-/// `Lv Hv Av Fv P Np Hp` of [`Config`].
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The language model.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LlmConfig {
+    pub stack: Stack,
+    pub vocab: usize,
+    /// The sequence length (a learned position table's length).
+    pub seq_len: usize,
+    /// A learned position table (`llm.pos`); rotary positions are the stack's.
+    pub learned_positions: bool,
+    /// The head reuses the embedding (`llm.embed.weight`; no `llm.head.weight`).
+    pub tied_embeddings: bool,
+}
+
+/// One encoder and its projector `hidden -> projector_hidden -> H`.
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub struct EncoderConfig {
-    /// Blocks.
-    pub l: usize,
-    /// Hidden size.
-    pub h: usize,
-    /// Attention heads.
-    pub a: usize,
-    /// FFN hidden size.
-    pub f: usize,
-    /// Patch (frame) vector length.
-    pub p: usize,
-    /// Position table length: the most rows one item may have.
-    pub np: usize,
-    /// Projector hidden size.
-    pub hp: usize,
+    pub stack: Stack,
+    /// The length of one input row (a flattened patch or frame window).
+    pub patch_len: usize,
+    /// The position table's length: the most rows one item may have.
+    pub max_rows: usize,
+    pub projector_hidden: usize,
+    pub projector_act: Act,
 }
 
 /// Which encoder: the tensor-name prefix and the batch inputs it reads.
@@ -76,86 +60,92 @@ impl Source {
     }
 }
 
-impl Config {
-    /// The vision encoder's sizes.
-    pub fn vision(&self) -> EncoderConfig {
-        EncoderConfig {
-            l: self.lv,
-            h: self.hv,
-            a: self.av,
-            f: self.fv,
-            p: self.p,
-            np: self.np,
-            hp: self.hp,
+fn zero(name: &str) -> RuntimeError {
+    RuntimeError::InvalidConfig(format!("{name} is 0"))
+}
+
+fn check_stack(who: &str, s: &Stack) -> Result<(), RuntimeError> {
+    for (name, v) in [
+        ("layers", s.layers),
+        ("hidden", s.hidden),
+        ("heads", s.heads),
+        ("kv_heads", s.kv_heads),
+        ("head_dim", s.head_dim),
+        ("ffn", s.ffn),
+    ] {
+        if v == 0 {
+            return Err(zero(&format!("{who} {name}")));
         }
     }
+    if !s.heads.is_multiple_of(s.kv_heads) {
+        return Err(RuntimeError::InvalidConfig(format!(
+            "{who}: {} heads are not a multiple of {} key/value heads",
+            s.heads, s.kv_heads
+        )));
+    }
+    if s.block.rope.is_some() && !s.head_dim.is_multiple_of(2) {
+        return Err(RuntimeError::InvalidConfig(format!(
+            "{who}: rotary positions need an even head size, not {}",
+            s.head_dim
+        )));
+    }
+    Ok(())
+}
 
-    /// Every encoder with its sizes: vision, then audio if present.
+impl Config {
+    /// Every encoder with its sizes: vision, then audio, those present.
     pub fn encoders(&self) -> Vec<(Source, EncoderConfig)> {
-        std::iter::once((Source::Vision, self.vision()))
+        self.vision
+            .map(|v| (Source::Vision, v))
+            .into_iter()
             .chain(self.audio.map(|a| (Source::Audio, a)))
             .collect()
     }
 
-    /// The sizes of encoder `s` (the vision encoder's when there is no audio encoder).
-    pub fn encoder(&self, s: Source) -> EncoderConfig {
+    /// The sizes of encoder `s`, if the model has it.
+    pub fn encoder(&self, s: Source) -> Option<EncoderConfig> {
         match s {
-            Source::Audio => self.audio.unwrap_or_else(|| self.vision()),
-            Source::Vision => self.vision(),
+            Source::Audio => self.audio,
+            Source::Vision => self.vision,
         }
     }
 
-    /// Every size is positive and each hidden size divides into its heads.
+    /// Whether every stack is the reference model's (`docs/reference-model.md`), which the
+    /// single-device reference in this module computes.
+    pub fn is_reference(&self) -> bool {
+        let l = &self.llm;
+        self.vision.is_some()
+            && l.learned_positions
+            && !l.tied_embeddings
+            && std::iter::once(&l.stack)
+                .chain(self.encoders().iter().map(|(_, e)| &e.stack))
+                .all(|s| s.block == BlockArch::REFERENCE && s.kv_heads == s.heads)
+            && self
+                .encoders()
+                .iter()
+                .all(|(_, e)| e.projector_act == Act::GeluTanh)
+    }
+
+    /// Every size is positive and each stack's heads fit its key/value heads.
     pub fn validate(&self) -> Result<(), RuntimeError> {
-        if let Some(a) = self.audio {
-            let sizes = [
-                ("La", a.l),
-                ("Ha", a.h),
-                ("Aa", a.a),
-                ("Fa", a.f),
-                ("Pa", a.p),
-                ("Na", a.np),
-                ("Hpa", a.hp),
-            ];
-            if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-                return Err(RuntimeError::InvalidConfig(format!("{name} is 0")));
-            }
-            if !a.h.is_multiple_of(a.a) {
-                return Err(RuntimeError::InvalidConfig(format!(
-                    "Ha {} is not a multiple of Aa {}",
-                    a.h, a.a
-                )));
+        for (src, e) in self.encoders() {
+            check_stack(src.prefix(), &e.stack)?;
+            for (name, v) in [
+                ("patch_len", e.patch_len),
+                ("max_rows", e.max_rows),
+                ("projector_hidden", e.projector_hidden),
+            ] {
+                if v == 0 {
+                    return Err(zero(&format!("{} {name}", src.prefix())));
+                }
             }
         }
-        let sizes = [
-            ("Lv", self.lv),
-            ("Hv", self.hv),
-            ("Av", self.av),
-            ("Fv", self.fv),
-            ("P", self.p),
-            ("Np", self.np),
-            ("Hp", self.hp),
-            ("L", self.l),
-            ("H", self.h),
-            ("A", self.a),
-            ("F", self.f),
-            ("V", self.v),
-            ("S", self.s),
-        ];
-        if let Some((name, _)) = sizes.iter().find(|(_, v)| *v == 0) {
-            return Err(RuntimeError::InvalidConfig(format!("{name} is 0")));
+        check_stack("llm", &self.llm.stack)?;
+        if self.llm.vocab == 0 {
+            return Err(zero("llm vocab"));
         }
-        if !self.hv.is_multiple_of(self.av) {
-            return Err(RuntimeError::InvalidConfig(format!(
-                "Hv {} is not a multiple of Av {}",
-                self.hv, self.av
-            )));
-        }
-        if !self.h.is_multiple_of(self.a) {
-            return Err(RuntimeError::InvalidConfig(format!(
-                "H {} is not a multiple of A {}",
-                self.h, self.a
-            )));
+        if self.llm.seq_len == 0 {
+            return Err(zero("llm seq_len"));
         }
         Ok(())
     }
@@ -189,63 +179,109 @@ fn spec(out: &mut Vec<ParamSpec>, name: String, shape: &[usize], init: Init) {
     });
 }
 
-fn linear_specs(out: &mut Vec<ParamSpec>, name: &str, fan_out: usize, fan_in: usize) {
+fn linear_specs(out: &mut Vec<ParamSpec>, name: &str, fan_out: usize, fan_in: usize, bias: bool) {
     spec(
         out,
         format!("{name}.weight"),
         &[fan_out, fan_in],
         Init::Random,
     );
-    spec(out, format!("{name}.bias"), &[fan_out], Init::Zeros);
-}
-
-fn norm_specs(out: &mut Vec<ParamSpec>, name: &str, width: usize) {
-    spec(out, format!("{name}.weight"), &[width], Init::Ones);
-    spec(out, format!("{name}.bias"), &[width], Init::Zeros);
-}
-
-fn block_specs(out: &mut Vec<ParamSpec>, prefix: &str, hidden: usize, ffn: usize) {
-    norm_specs(out, &format!("{prefix}.ln1"), hidden);
-    for proj in ["q", "k", "v", "o"] {
-        linear_specs(out, &format!("{prefix}.attn.{proj}"), hidden, hidden);
+    if bias {
+        spec(out, format!("{name}.bias"), &[fan_out], Init::Zeros);
     }
-    norm_specs(out, &format!("{prefix}.ln2"), hidden);
-    linear_specs(out, &format!("{prefix}.mlp.fc1"), ffn, hidden);
-    linear_specs(out, &format!("{prefix}.mlp.fc2"), hidden, ffn);
+}
+
+fn norm_specs(out: &mut Vec<ParamSpec>, name: &str, width: usize, norm: Norm) {
+    spec(out, format!("{name}.weight"), &[width], Init::Ones);
+    if let Norm::Layer { .. } = norm {
+        spec(out, format!("{name}.bias"), &[width], Init::Zeros);
+    }
+}
+
+fn block_specs(out: &mut Vec<ParamSpec>, prefix: &str, s: &Stack) {
+    let (a, h) = (&s.block, s.hidden);
+    norm_specs(out, &format!("{prefix}.ln1"), h, a.norm);
+    let attn = format!("{prefix}.attn");
+    linear_specs(out, &format!("{attn}.q"), s.q_width(), h, a.qkv_bias);
+    linear_specs(out, &format!("{attn}.k"), s.kv_width(), h, a.qkv_bias);
+    linear_specs(out, &format!("{attn}.v"), s.kv_width(), h, a.qkv_bias);
+    linear_specs(out, &format!("{attn}.o"), h, s.q_width(), a.linear_bias);
+    norm_specs(out, &format!("{prefix}.ln2"), h, a.norm);
+    match a.ffn {
+        Ffn::Mlp(_) => {
+            linear_specs(out, &format!("{prefix}.mlp.fc1"), s.ffn, h, a.linear_bias);
+            linear_specs(out, &format!("{prefix}.mlp.fc2"), h, s.ffn, a.linear_bias);
+        }
+        Ffn::Gated(_) => {
+            linear_specs(out, &format!("{prefix}.mlp.gate"), s.ffn, h, a.linear_bias);
+            linear_specs(out, &format!("{prefix}.mlp.up"), s.ffn, h, a.linear_bias);
+            linear_specs(out, &format!("{prefix}.mlp.down"), h, s.ffn, a.linear_bias);
+        }
+    }
 }
 
 /// Every parameter tensor of the model, in the documented order (the order in which
 /// [`Params::init`] draws them).
 pub fn param_specs(cfg: &Config) -> Vec<ParamSpec> {
     let mut out = Vec::new();
+    let h = cfg.llm.stack.hidden;
     for (source, e) in cfg.encoders() {
         let pre = source.prefix();
-        linear_specs(&mut out, &format!("{pre}.patch"), e.h, e.p);
-        spec(&mut out, format!("{pre}.pos"), &[e.np, e.h], Init::Random);
-        for i in 0..e.l {
-            block_specs(&mut out, &format!("{pre}.blocks.{i}"), e.h, e.f);
+        let (s, norm) = (&e.stack, e.stack.block.norm);
+        linear_specs(
+            &mut out,
+            &format!("{pre}.patch"),
+            s.hidden,
+            e.patch_len,
+            true,
+        );
+        spec(
+            &mut out,
+            format!("{pre}.pos"),
+            &[e.max_rows, s.hidden],
+            Init::Random,
+        );
+        for i in 0..s.layers {
+            block_specs(&mut out, &format!("{pre}.blocks.{i}"), s);
         }
-        norm_specs(&mut out, &format!("{pre}.ln_f"), e.h);
-        linear_specs(&mut out, &format!("{pre}.proj.fc1"), e.hp, e.h);
-        linear_specs(&mut out, &format!("{pre}.proj.fc2"), cfg.h, e.hp);
+        norm_specs(&mut out, &format!("{pre}.ln_f"), s.hidden, norm);
+        linear_specs(
+            &mut out,
+            &format!("{pre}.proj.fc1"),
+            e.projector_hidden,
+            s.hidden,
+            true,
+        );
+        linear_specs(
+            &mut out,
+            &format!("{pre}.proj.fc2"),
+            h,
+            e.projector_hidden,
+            true,
+        );
     }
+    let l = &cfg.llm;
     spec(
         &mut out,
         "llm.embed.weight".into(),
-        &[cfg.v, cfg.h],
+        &[l.vocab, h],
         Init::Random,
     );
-    spec(&mut out, "llm.pos".into(), &[cfg.s, cfg.h], Init::Random);
-    for i in 0..cfg.l {
-        block_specs(&mut out, &format!("llm.blocks.{i}"), cfg.h, cfg.f);
+    if l.learned_positions {
+        spec(&mut out, "llm.pos".into(), &[l.seq_len, h], Init::Random);
     }
-    norm_specs(&mut out, "llm.ln_f", cfg.h);
-    spec(
-        &mut out,
-        "llm.head.weight".into(),
-        &[cfg.v, cfg.h],
-        Init::Random,
-    );
+    for i in 0..l.stack.layers {
+        block_specs(&mut out, &format!("llm.blocks.{i}"), &l.stack);
+    }
+    norm_specs(&mut out, "llm.ln_f", h, l.stack.block.norm);
+    if !l.tied_embeddings {
+        spec(
+            &mut out,
+            "llm.head.weight".into(),
+            &[l.vocab, h],
+            Init::Random,
+        );
+    }
     out
 }
 

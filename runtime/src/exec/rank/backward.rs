@@ -37,6 +37,7 @@ impl<'a> RankState<'a> {
                     .ok_or_else(|| self.missing("output gradients", ChunkKey::new(m, i, j)))?,
             )
         };
+        let (norm, act, head) = (self.norm_of(m), self.projector_act(unit), self.head_name());
         for cache in state.post.iter().rev() {
             dy = Some(match cache {
                 LayerCache::EncoderNorm(ln, src) => norm_named_backward(
@@ -46,6 +47,7 @@ impl<'a> RankState<'a> {
                     ln,
                     dy.as_ref().expect("set above"),
                     &mut self.grads,
+                    norm,
                 )?,
                 LayerCache::Mlp(mc) => {
                     let whole = self.folds(m).1;
@@ -62,6 +64,7 @@ impl<'a> RankState<'a> {
                         &env,
                         &self.params,
                         &prefix(unit),
+                        act,
                         mc,
                         dy.as_ref().expect("set above"),
                         whole,
@@ -72,7 +75,7 @@ impl<'a> RankState<'a> {
                     let dhf = linear_named_backward(
                         &*self.math,
                         &self.params,
-                        "llm.head",
+                        head,
                         hf,
                         dlogits,
                         &mut self.grads,
@@ -84,6 +87,7 @@ impl<'a> RankState<'a> {
                         ln,
                         &dhf,
                         &mut self.grads,
+                        norm,
                     )?
                 }
                 _ => unreachable!("only tails are post layers"),
@@ -101,7 +105,7 @@ impl<'a> RankState<'a> {
             }
         }
         let blocks = chunk_blocks(self.ctx(m).prog, i as usize);
-        if !matches!(unit, Unit::Projector(_)) {
+        if let Some(stack) = self.ctx(m).stack {
             let env = Env::new(
                 self.groups.as_deref(),
                 self.modules[m].as_ref().expect("held"),
@@ -121,6 +125,7 @@ impl<'a> RankState<'a> {
                     b,
                     cache,
                     &dx,
+                    &stack,
                     &mut self.grads,
                 )?;
             }
@@ -128,10 +133,10 @@ impl<'a> RankState<'a> {
         for cache in state.pre.iter().rev() {
             match cache {
                 LayerCache::EncoderEmbed { patches, source } => {
-                    let e = self.cfg.encoder(*source);
+                    let rows = self.cfg.encoder(*source).map_or(0, |e| e.max_rows);
                     let pre_name = source.prefix();
                     let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
-                    let dpos = self.math.scatter_add_rows(e.np, &dx, &at)?;
+                    let dpos = self.math.scatter_add_rows(rows, &dx, &at)?;
                     accumulate(
                         &*self.math,
                         &mut self.grads,
@@ -194,8 +199,8 @@ impl<'a> RankState<'a> {
         }
         let mx = &*self.math;
         let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
-        let dpos = mx.scatter_add_rows(self.cfg.s, de, &at)?;
-        let dtable = mx.scatter_add_rows(self.cfg.v, &mx.gather_rows(de, &at_tok)?, &toks)?;
+        let dtable =
+            mx.scatter_add_rows(self.cfg.llm.vocab, &mx.gather_rows(de, &at_tok)?, &toks)?;
         for (b, v) in picks {
             self.stores
                 .entry(StoreKey::new(b, false))
@@ -203,7 +208,10 @@ impl<'a> RankState<'a> {
                 .insert_picked(shared.clone(), v);
         }
         accumulate(&*self.math, &mut self.grads, "llm.embed.weight", &dtable)?;
-        accumulate(&*self.math, &mut self.grads, "llm.pos", &dpos)?;
+        if self.cfg.llm.learned_positions {
+            let dpos = mx.scatter_add_rows(self.cfg.llm.seq_len, de, &at)?;
+            accumulate(&*self.math, &mut self.grads, "llm.pos", &dpos)?;
+        }
         Ok(())
     }
 }

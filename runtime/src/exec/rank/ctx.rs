@@ -21,6 +21,8 @@ pub struct ModuleCtx<'a> {
     /// The language model's incoming boundaries by the encoder whose rows they carry.
     pub sources: Vec<(Source, usize)>,
     pub heads: usize,
+    /// The unit's transformer stack (none for a projector).
+    pub stack: Option<crate::reference::Stack>,
     pub width: usize,
 }
 
@@ -121,11 +123,12 @@ impl<'a> ModuleCtx<'a> {
         let find = |f: &dyn Fn(&hetpar_ir::program::BoundaryProgram) -> bool| {
             program.boundaries.iter().position(f)
         };
-        let (heads, width) = match unit {
-            Unit::Encoder(s) => (cfg.encoder(s).a, cfg.encoder(s).h),
-            Unit::Projector(_) => (1, cfg.h),
-            Unit::Llm => (cfg.a, cfg.h),
+        let stack = match unit {
+            Unit::Encoder(s) => Some(cfg.encoder(s)?.stack),
+            Unit::Projector(_) => None,
+            Unit::Llm => Some(cfg.llm.stack),
         };
+        let width = stack.map_or(cfg.llm.stack.hidden, |s| s.hidden);
         let sources = program
             .boundaries
             .iter()
@@ -151,7 +154,8 @@ impl<'a> ModuleCtx<'a> {
             names,
             incoming: find(&|b| b.to == m.name),
             outgoing: find(&|b| b.from == m.name),
-            heads: heads / m.tp as usize,
+            heads: stack.map_or(1, |s| s.heads) / m.tp as usize,
+            stack,
             width,
         })
     }

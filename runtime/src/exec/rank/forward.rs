@@ -98,7 +98,7 @@ impl<'a> RankState<'a> {
             RecomputePolicy::None => 0,
             _ => p.recompute.layers.map_or(blocks.len(), |n| n as usize),
         };
-        let (unit, heads) = (c.unit, c.heads);
+        let (unit, stack) = (c.unit, c.stack);
         let env = Env::new(
             self.groups.as_deref(),
             self.modules[m].as_ref().expect("held"),
@@ -108,6 +108,9 @@ impl<'a> RankState<'a> {
         );
         let mut x = x.clone();
         let mut caches = Vec::with_capacity(blocks.len());
+        let Some(stack) = stack else {
+            return Ok((x, caches));
+        };
         for (k, b) in blocks.enumerate() {
             let name = format!("{}.blocks.{b}", prefix(unit));
             let (y, cache) = block_forward(
@@ -118,7 +121,7 @@ impl<'a> RankState<'a> {
                 &name,
                 b,
                 &x,
-                heads,
+                &stack,
                 unit == Unit::Llm,
             )?;
             caches.push((keep_all || k >= recomputed).then_some(cache));
@@ -147,6 +150,7 @@ impl<'a> RankState<'a> {
                     &self.params,
                     &format!("{}.ln_f", src.prefix()),
                     &y,
+                    self.norm_of(m),
                 )?;
                 post.push(LayerCache::EncoderNorm(ln, src));
                 Ok(Some(out))
@@ -160,12 +164,14 @@ impl<'a> RankState<'a> {
                     j,
                 );
                 let fold = self.folds(m).0;
+                let act = self.projector_act(unit);
                 let (out, cache) = mlp_forward(
                     &*self.math,
                     &mut self.ep,
                     &env,
                     &self.params,
                     &prefix(unit),
+                    act,
                     &y,
                     fold,
                 )?;
@@ -173,8 +179,9 @@ impl<'a> RankState<'a> {
                 Ok(Some(out))
             }
             Unit::Llm => {
-                let (hf, ln) = norm_named(&*self.math, &self.params, "llm.ln_f", &y)?;
-                let logits = linear_named(&*self.math, &self.params, "llm.head", &hf)?;
+                let norm = self.norm_of(m);
+                let (hf, ln) = norm_named(&*self.math, &self.params, "llm.ln_f", &y, norm)?;
+                let logits = linear_named(&*self.math, &self.params, self.head_name(), &hf)?;
                 let (batch, layout) = self.batch();
                 let s = batch.seq_len;
                 let targets: Vec<i64> = mine
@@ -261,7 +268,7 @@ impl<'a> RankState<'a> {
         let (batch, _) = self.batch();
         let s = batch.seq_len;
         let sources = self.placeholder_sources(m, batch);
-        let h = self.cfg.h;
+        let h = self.cfg.llm.stack.hidden;
         // Which rows take a token's embedding and which a boundary's row, and where they go.
         let (mut toks, mut at_tok) = (Vec::new(), Vec::new());
         let mut from: Vec<(usize, Vec<Key>, Vec<usize>)> = Vec::new();
@@ -300,8 +307,40 @@ impl<'a> RankState<'a> {
             places.push(to);
         }
         let rows = mx.scatter_rows(&parts, &places, mine.len(), h)?;
+        if !self.cfg.llm.learned_positions {
+            return Ok(rows);
+        }
         let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
         mx.add(&rows, &mx.gather_rows(self.params.t("llm.pos"), &at)?)
+    }
+
+    /// The norm kind of module `m`'s stack (a projector has none; LayerNorm stands in).
+    pub(super) fn norm_of(&self, m: usize) -> crate::reference::Norm {
+        self.ctx(m)
+            .stack
+            .map_or(crate::reference::BlockArch::REFERENCE.norm, |s| {
+                s.block.norm
+            })
+    }
+
+    /// A projector's activation.
+    pub(super) fn projector_act(&self, unit: Unit) -> crate::reference::Act {
+        match unit {
+            Unit::Projector(s) => self
+                .cfg
+                .encoder(s)
+                .map_or(crate::reference::Act::GeluTanh, |e| e.projector_act),
+            _ => crate::reference::Act::GeluTanh,
+        }
+    }
+
+    /// The output layer's name: the embedding's when tied.
+    pub(super) fn head_name(&self) -> &'static str {
+        if self.cfg.llm.tied_embeddings {
+            "llm.embed"
+        } else {
+            "llm.head"
+        }
     }
 
     /// The placeholder token of every encoder of the batch and the boundary that brings its

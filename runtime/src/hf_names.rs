@@ -1,0 +1,143 @@
+//! Hugging Face tensor names and hetpar's (`docs/runtime.md`, "Tensor names"), both ways, for
+//! the language models the runtime computes (Llama, Mistral, Qwen2): weights load from a
+//! `save_pretrained` directory's safetensors, and gradients dump under the names they came by.
+
+use std::collections::BTreeMap;
+
+use crate::reference::params::{param_specs, Config, Params};
+use crate::tensor::Tensor;
+use crate::RuntimeError;
+
+/// Per-layer parts: Hugging Face's suffix after `model.layers.{i}.`, hetpar's after
+/// `llm.blocks.{i}.`.
+const LAYER: [(&str, &str); 9] = [
+    ("input_layernorm", "ln1"),
+    ("post_attention_layernorm", "ln2"),
+    ("self_attn.q_proj", "attn.q"),
+    ("self_attn.k_proj", "attn.k"),
+    ("self_attn.v_proj", "attn.v"),
+    ("self_attn.o_proj", "attn.o"),
+    ("mlp.gate_proj", "mlp.gate"),
+    ("mlp.up_proj", "mlp.up"),
+    ("mlp.down_proj", "mlp.down"),
+];
+
+/// Whole-model parts.
+const TOP: [(&str, &str); 3] = [
+    ("model.embed_tokens", "llm.embed"),
+    ("model.norm", "llm.ln_f"),
+    ("lm_head", "llm.head"),
+];
+
+/// Splits `name` into (module, `weight` or `bias`).
+fn split_leaf(name: &str) -> Option<(&str, &str)> {
+    let (stem, leaf) = name.rsplit_once('.')?;
+    matches!(leaf, "weight" | "bias").then_some((stem, leaf))
+}
+
+/// hetpar's name of a Hugging Face tensor, if it is one hetpar knows.
+pub fn from_hf(name: &str) -> Option<String> {
+    let (stem, leaf) = split_leaf(name)?;
+    if let Some((_, ours)) = TOP.iter().find(|(hf, _)| *hf == stem) {
+        return Some(format!("{ours}.{leaf}"));
+    }
+    let rest = stem.strip_prefix("model.layers.")?;
+    let (i, part) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (_, ours) = LAYER.iter().find(|(hf, _)| *hf == part)?;
+    Some(format!("llm.blocks.{i}.{ours}.{leaf}"))
+}
+
+/// The Hugging Face name of one of hetpar's tensors, if the model has one.
+pub fn to_hf(name: &str) -> Option<String> {
+    let (stem, leaf) = split_leaf(name)?;
+    if let Some((hf, _)) = TOP.iter().find(|(_, ours)| *ours == stem) {
+        return Some(format!("{hf}.{leaf}"));
+    }
+    let rest = stem.strip_prefix("llm.blocks.")?;
+    let (i, part) = rest.split_once('.')?;
+    let i: usize = i.parse().ok()?;
+    let (hf, _) = LAYER.iter().find(|(_, ours)| *ours == part)?;
+    Some(format!("model.layers.{i}.{hf}.{leaf}"))
+}
+
+/// The model's parameters from tensors under Hugging Face names (`source` names them in
+/// errors): every tensor of the configuration is present with its shape, and no other.
+/// Every problem is reported at once.
+pub fn params_from_hf(
+    tensors: BTreeMap<String, Tensor>,
+    cfg: &Config,
+    source: &str,
+) -> Result<Params, RuntimeError> {
+    let specs = param_specs(cfg);
+    let mut problems = Vec::new();
+    let mut ours = BTreeMap::new();
+    for (name, t) in tensors {
+        match from_hf(&name) {
+            Some(n) if specs.iter().any(|s| s.name == n) => {
+                ours.insert(n, (name, t));
+            }
+            _ => problems.push(format!("`{name}` is not a tensor of this model")),
+        }
+    }
+    let mut out = Params::default();
+    for s in &specs {
+        let hf = to_hf(&s.name).unwrap_or_else(|| s.name.clone());
+        match ours.remove(&s.name) {
+            None => problems.push(format!("`{hf}` is missing")),
+            Some((_, t)) if t.shape() != s.shape.as_slice() => problems.push(format!(
+                "`{hf}` has shape {:?}, the model needs {:?}",
+                t.shape(),
+                s.shape
+            )),
+            Some((_, t)) => {
+                out.insert(s.name.clone(), t);
+            }
+        }
+    }
+    if problems.is_empty() {
+        Ok(out)
+    } else {
+        Err(RuntimeError::InvalidConfig(format!(
+            "{source}: {}",
+            problems.join("; ")
+        )))
+    }
+}
+
+/// `p`'s tensors under their Hugging Face names (those without one keep hetpar's).
+pub fn to_hf_names(p: &Params) -> BTreeMap<String, Tensor> {
+    p.iter()
+        .map(|(n, t)| (to_hf(n).unwrap_or_else(|| n.clone()), t.clone()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_map_both_ways() {
+        for (hf, ours) in [
+            ("model.embed_tokens.weight", "llm.embed.weight"),
+            (
+                "model.layers.3.self_attn.k_proj.bias",
+                "llm.blocks.3.attn.k.bias",
+            ),
+            (
+                "model.layers.0.mlp.down_proj.weight",
+                "llm.blocks.0.mlp.down.weight",
+            ),
+            (
+                "model.layers.1.post_attention_layernorm.weight",
+                "llm.blocks.1.ln2.weight",
+            ),
+            ("lm_head.weight", "llm.head.weight"),
+        ] {
+            assert_eq!(from_hf(hf).as_deref(), Some(ours));
+            assert_eq!(to_hf(ours).as_deref(), Some(hf));
+        }
+        assert_eq!(from_hf("model.layers.x.mlp.up_proj.weight"), None);
+        assert_eq!(from_hf("model.rotary_emb.inv_freq"), None);
+    }
+}
