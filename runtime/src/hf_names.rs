@@ -105,6 +105,45 @@ pub fn params_from_hf(
     }
 }
 
+/// Which names a weights file uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Naming {
+    /// hetpar's documented names (`llm.blocks.0.attn.q.weight`).
+    Hetpar,
+    /// Hugging Face's (`model.layers.0.self_attn.q_proj.weight`).
+    HuggingFace,
+}
+
+/// The model's parameters from a weights file under either naming (Hugging Face's when any
+/// tensor has a Hugging Face name hetpar knows and none has hetpar's), and which it was.
+pub fn params_from_either(
+    tensors: BTreeMap<String, Tensor>,
+    cfg: &Config,
+    source: &str,
+) -> Result<(Params, Naming), RuntimeError> {
+    let hf = tensors.keys().any(|n| from_hf(n).is_some())
+        && !tensors.keys().any(|n| n.starts_with("llm."));
+    if hf {
+        return Ok((params_from_hf(tensors, cfg, source)?, Naming::HuggingFace));
+    }
+    Ok((Params::from_tensors(tensors, cfg)?, Naming::Hetpar))
+}
+
+/// Safetensors bytes of `p` under `naming`, names prefixed by `prefix` (`"grad."`).
+pub fn to_safetensors_named(
+    p: &Params,
+    prefix: &str,
+    naming: Naming,
+) -> Result<Vec<u8>, RuntimeError> {
+    match naming {
+        Naming::Hetpar => p.to_safetensors(prefix),
+        Naming::HuggingFace => {
+            let named = to_hf_names(p);
+            crate::dump::to_bytes(named.iter().map(|(n, t)| (format!("{prefix}{n}"), t)))
+        }
+    }
+}
+
 /// `p`'s tensors under their Hugging Face names (those without one keep hetpar's).
 pub fn to_hf_names(p: &Params) -> BTreeMap<String, Tensor> {
     p.iter()

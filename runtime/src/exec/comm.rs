@@ -213,6 +213,29 @@ impl Env<'_> {
         Ok(out)
     }
 
+    /// Every tp rank's `x` (of one shape), in group order, whatever the sequence parallelism.
+    pub fn gather_members(
+        &self,
+        mx: &dyn Math,
+        ep: &mut Endpoint,
+        index: usize,
+        sub: u8,
+        x: &Tensor,
+    ) -> Result<Vec<Tensor>, RuntimeError> {
+        if self.tp_group.len() <= 1 {
+            return Ok(vec![x.clone()]);
+        }
+        let tag = self.tag(index, sub);
+        let counts = vec![x.rows(); self.tp_group.len()];
+        if let Some(parts) = self.gather_on_device(mx, ep, self.tp_group, tag, x, &counts)? {
+            return Ok(parts);
+        }
+        ep.all_gather(self.tp_group, tag, x.data())?
+            .into_iter()
+            .map(|d| Tensor::from_vec(x.shape(), d).map_err(|_| wrong("a member's part")))
+            .collect()
+    }
+
     /// Partial sums over all local rows, summed over the tensor-parallel group: every rank's
     /// own rows (reduce-scatter) under sequence parallelism, all rows (all-reduce) without.
     pub fn reduce(

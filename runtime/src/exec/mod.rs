@@ -23,6 +23,7 @@ pub mod rank;
 pub mod rows;
 pub mod shard;
 pub mod shard_params;
+pub mod vocab;
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -32,7 +32,11 @@ pub fn split_of(name: &str) -> Split {
         ".mlp.up.",
     ];
     const ROW: [&str; 3] = [".attn.o.weight", ".fc2.weight", ".mlp.down.weight"];
-    if COLUMN.iter().any(|c| name.contains(c)) {
+    // The embedding and the head split by vocabulary rows (`exec/vocab.rs`).
+    if COLUMN.iter().any(|c| name.contains(c))
+        || name == "llm.embed.weight"
+        || name == "llm.head.weight"
+    {
         Split::Column
     } else if ROW.iter().any(|r| name.ends_with(r)) {
         Split::Row

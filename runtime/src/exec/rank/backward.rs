@@ -80,6 +80,19 @@ impl<'a> RankState<'a> {
                         dlogits,
                         &mut self.grads,
                     )?;
+                    // A vocabulary-parallel head's input gradient is partial over tp.
+                    let dhf = if self.ctx(m).tp_group.len() > 1 {
+                        let env = Env::new(
+                            self.groups.as_deref(),
+                            self.modules[m].as_ref().expect("held"),
+                            &shard,
+                            m,
+                            j,
+                        );
+                        env.reduce(&*self.math, &mut self.ep, 0, vocab::HEAD_BACKWARD, dhf)?
+                    } else {
+                        dhf
+                    };
                     norm_named_backward(
                         &*self.math,
                         &self.params,
@@ -152,7 +165,7 @@ impl<'a> RankState<'a> {
                         &mut self.grads,
                     )?;
                 }
-                LayerCache::LlmEmbed => self.embed_backward(m, &mine, &dx)?,
+                LayerCache::LlmEmbed => self.embed_backward(m, j, &shard, &mine, &dx)?,
                 _ => unreachable!("only embeddings are pre layers"),
             }
         }
@@ -169,6 +182,8 @@ impl<'a> RankState<'a> {
     pub(super) fn embed_backward(
         &mut self,
         m: usize,
+        j: u32,
+        shard: &Sharding,
         mine: &[RowRef],
         de: &Tensor,
     ) -> Result<(), RuntimeError> {
@@ -197,10 +212,25 @@ impl<'a> RankState<'a> {
                 at_tok.push(k);
             }
         }
+        let dtable = if self.ctx(m).tp_group.len() > 1 {
+            let tokens = self.local_tokens(m, shard);
+            let held = self.vocab_held(m);
+            let env = Env::new(
+                self.groups.as_deref(),
+                self.modules[m].as_ref().expect("held"),
+                shard,
+                m,
+                j,
+            );
+            let mx = &*self.math;
+            let de_all = env.gather(mx, &mut self.ep, 0, vocab::EMBED_BACKWARD, de)?;
+            vocab::embed_grad(mx, &de_all, &tokens, &held)?
+        } else {
+            let mx = &*self.math;
+            mx.scatter_add_rows(self.cfg.llm.vocab, &mx.gather_rows(de, &at_tok)?, &toks)?
+        };
         let mx = &*self.math;
         let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
-        let dtable =
-            mx.scatter_add_rows(self.cfg.llm.vocab, &mx.gather_rows(de, &at_tok)?, &toks)?;
         for (b, v) in picks {
             self.stores
                 .entry(StoreKey::new(b, false))

@@ -181,6 +181,9 @@ impl<'a> RankState<'a> {
             Unit::Llm => {
                 let norm = self.norm_of(m);
                 let (hf, ln) = norm_named(&*self.math, &self.params, "llm.ln_f", &y, norm)?;
+                if self.ctx(m).tp_group.len() > 1 {
+                    return self.head_vocab_parallel(m, j, shard, hf, ln, post);
+                }
                 let logits = linear_named(&*self.math, &self.params, self.head_name(), &hf)?;
                 let (batch, layout) = self.batch();
                 let s = batch.seq_len;
@@ -198,6 +201,51 @@ impl<'a> RankState<'a> {
                 Ok(None)
             }
         }
+    }
+
+    /// The head and loss under a vocabulary-parallel head: every local row's logits of this
+    /// rank's vocabulary slice, and the cross-entropy over the whole vocabulary (each tp rank
+    /// computes it for every local row; tp rank 0 counts it).
+    fn head_vocab_parallel(
+        &mut self,
+        m: usize,
+        j: u32,
+        shard: &Sharding,
+        hf: Tensor,
+        ln: LayerNormCache,
+        post: &mut Vec<LayerCache>,
+    ) -> Result<Option<Tensor>, RuntimeError> {
+        let held = self.vocab_held(m);
+        let t = self.ctx(m).coord[0];
+        let env = Env::new(
+            self.groups.as_deref(),
+            self.modules[m].as_ref().expect("held"),
+            shard,
+            m,
+            j,
+        );
+        let mx = &*self.math;
+        let hf_all = env.gather(mx, &mut self.ep, 0, vocab::HEAD_GATHER, &hf)?;
+        let logits = linear_named(mx, &self.params, self.head_name(), &hf_all)?;
+        let (batch, layout) = self.batch();
+        let s = batch.seq_len;
+        let targets: Vec<i64> = shard
+            .local()
+            .iter()
+            .map(|r| batch.targets[r.sample as usize * s + r.pos as usize])
+            .collect();
+        let global = layout.targets;
+        let (sum, dlogits) =
+            vocab::cross_entropy(mx, &mut self.ep, &env, &logits, &targets, &held, global)?;
+        if t == 0 {
+            self.loss += sum;
+        }
+        post.push(LayerCache::Head {
+            ln,
+            hf: hf_all,
+            dlogits,
+        });
+        Ok(None)
     }
 
     /// A projector's input rows, from its incoming boundary.
@@ -299,8 +347,15 @@ impl<'a> RankState<'a> {
                 }
             }
         }
+        let tokens_part = if self.ctx(m).tp_group.len() > 1 {
+            let all = self.embed_vocab_parallel(m, j)?;
+            self.math.gather_rows(&all, &at_tok)?
+        } else {
+            self.math
+                .gather_rows(self.params.t("llm.embed.weight"), &toks)?
+        };
         let mx = &*self.math;
-        let mut parts = vec![mx.gather_rows(self.params.t("llm.embed.weight"), &toks)?];
+        let mut parts = vec![tokens_part];
         let mut places = vec![at_tok];
         for (b, keys, to) in from {
             parts.push(self.rows_of(b, j, true, &keys, h)?);
@@ -312,6 +367,49 @@ impl<'a> RankState<'a> {
         }
         let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
         mx.add(&rows, &mx.gather_rows(self.params.t("llm.pos"), &at)?)
+    }
+
+    /// The token rows of this rank's rows (placeholders zero) under a vocabulary-parallel
+    /// embedding: each tp rank's rows of the tokens it holds, summed over the tp group.
+    fn embed_vocab_parallel(&mut self, m: usize, j: u32) -> Result<Tensor, RuntimeError> {
+        let shard = self.shard(m, j);
+        let tokens = self.local_tokens(m, &shard);
+        let held = self.vocab_held(m);
+        let part = vocab::embed_partial(
+            &*self.math,
+            self.params.t("llm.embed.weight"),
+            &tokens,
+            &held,
+        )?;
+        let env = Env::new(
+            self.groups.as_deref(),
+            self.modules[m].as_ref().expect("held"),
+            &shard,
+            m,
+            j,
+        );
+        env.reduce(&*self.math, &mut self.ep, 0, vocab::EMBED, part)
+    }
+
+    /// Every local row's token, `None` at a placeholder.
+    pub(super) fn local_tokens(&self, m: usize, shard: &Sharding) -> Vec<Option<usize>> {
+        let (batch, _) = self.batch();
+        let s = batch.seq_len;
+        let sources = self.placeholder_sources(m, batch);
+        shard
+            .local()
+            .iter()
+            .map(|r| {
+                let tok = batch.tokens[r.sample as usize * s + r.pos as usize];
+                (!sources.iter().any(|x| x.0 == tok)).then_some(tok as usize)
+            })
+            .collect()
+    }
+
+    /// The vocabulary rows this rank's embedding and head slices hold.
+    pub(super) fn vocab_held(&self, m: usize) -> std::ops::Range<usize> {
+        let c = self.ctx(m);
+        vocab::range(self.cfg.llm.vocab, c.tp_group.len(), c.coord[0] as usize)
     }
 
     /// The norm kind of module `m`'s stack (a projector has none; LayerNorm stands in).

@@ -23,6 +23,7 @@ use super::math::{
 use super::rows::{Key, RowStore, Taken};
 use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
 use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
+use super::vocab;
 use crate::reference::batch::{Layout, IGNORE};
 use crate::reference::layers::LayerNormCache;
 use crate::reference::params::Source;
