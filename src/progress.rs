@@ -18,7 +18,7 @@ impl Progress {
             let b = indicatif::ProgressBar::new(steps as u64);
             b.set_style(
                 indicatif::ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps, {elapsed} (eta {eta}) {msg}",
+                    "{bar:30} {pos}/{len} steps, {elapsed} (eta {eta})",
                 )
                 .expect("a valid template"),
             );
@@ -32,7 +32,6 @@ impl Progress {
         match &self.bar {
             Some(b) => {
                 b.println(r.line());
-                b.set_message(r.figures());
                 b.set_position(r.step as u64);
             }
             None => eprintln!("{}", r.line()),
