@@ -1,8 +1,8 @@
 //! hetpar: a compiler for heterogeneous parallel training plans of multimodal models.
 //!
 //! This facade re-exports the workspace crates and holds what the CLI needs beyond them: file
-//! IO (atomic writes, loading with file names on every diagnostic), the embedded examples and
-//! the reports the commands print.
+//! IO (atomic writes, loading with file names on every diagnostic), the embedded examples, the
+//! reports the commands print and the progress of a training run.
 
 pub use hetpar_codegen as codegen;
 pub use hetpar_cost as cost;
@@ -15,5 +15,6 @@ pub mod examples;
 pub mod io;
 #[cfg(feature = "cuda")]
 pub mod profile;
+pub mod progress;
 pub mod report;
 pub mod show;

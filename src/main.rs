@@ -103,13 +103,15 @@ Example:\n  hetpar show examples/plans/llama-3-8b-homogeneous-8.json --model exa
     )]
     Show(commands::show::Args),
     /// Train the reference model under a plan or a program, every rank a thread with real
-    /// bytes between them, on the CPU or a GPU (--backend cuda): the loss of every step and
-    /// the throughput.
+    /// bytes between them, on the CPU or a GPU (--backend cuda): each step's loss, time and
+    /// tokens/s on stderr as it ends, then the report on stdout.
     #[command(
         after_help = "The model must be one the reference model computes (docs/reference-model.md); \
 batches are synthetic, shaped like the model's data, fresh every step (so the loss cannot fall), \
-unless --fixed-batch repeats one (a smoke test whose loss must fall) or --batch gives one. A loss \
-that is not finite fails the run.\n\n\
+unless --fixed-batch repeats one (a smoke test whose loss must fall) or --batch gives one. Each step \
+prints `step K/N  loss L  T ms  R tokens/s` on stderr as it ends (under a progress bar on a terminal); \
+stdout gets the report at the end. A step whose loss is not finite (NaN, inf) stops the run there, \
+naming the step (exit code 2); so does a value that is not finite in --weights or --batch, before any step.\n\n\
 Example:\n  hetpar run examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
 --cluster examples/clusters/h100-8.json --steps 20 --dump out/"
     )]
@@ -159,8 +161,11 @@ Example:\n  hetpar calibrate cost-models/data/megatron-core-h100.json"
     #[command(
         after_help = "Each process runs `hetpar worker`, which also reads SLURM's variables \
 (SLURM_PROCID, SLURM_NTASKS, MASTER_ADDR, MASTER_PORT, and SLURM_JOB_ID for the job token) when started by srun. \
-Only ranks with the job's token (--token; by default derived from the SLURM job step, or fresh on one node) join the rendezvous. Rank 0 prints the report. \
-The first worker to fail is named (rank, pid, exit code or signal) and the node's others are stopped.\n\n\
+Only ranks with the job's token (--token; by default derived from the SLURM job step, or fresh on one node) join the rendezvous. \
+Rank 0 prints each step's line on stderr as it ends, as `hetpar run` does, and the report on stdout at the end. \
+A step whose loss is not finite stops every rank there, rank 0 naming the step. \
+When a worker fails, the others have half a second to end, then are stopped; named is the first to fail \
+(rank, pid, exit code or signal), or rank 0 when it failed too and the first ended with an exit code.\n\n\
 Example:\n  hetpar launch examples/plans/reference-tiny-noncolocated-8.json --model examples/models/reference-tiny.json \
 --cluster examples/clusters/h100-8.json --nproc-per-node 8 --steps 5"
     )]

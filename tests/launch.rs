@@ -48,6 +48,52 @@ fn eight_processes_train_exactly_as_eight_threads() {
     let (a, b) = (losses(&stdout(&p)), losses(&stdout(&t)));
     assert_eq!(a.len(), 3, "{}", stdout(&p));
     assert_eq!(a, b, "processes and threads differ");
+    // Rank 0's line for each step, on the launcher's stderr.
+    let lines = common::progress(&stderr(&p));
+    let steps: Vec<(usize, usize)> = lines.iter().map(|l| (l.0, l.1)).collect();
+    assert_eq!(steps, [(1, 3), (2, 3), (3, 3)], "{}", stderr(&p));
+    for (l, want) in lines.iter().zip(&a) {
+        assert!(
+            (l.2 - want).abs() < 1e-5 && l.3 > 0.0,
+            "{l:?} against {a:?}"
+        );
+    }
+}
+
+#[test]
+fn a_loss_that_is_not_finite_stops_every_rank_and_the_launch() {
+    let dir = common::scratch("launch-nan-loss");
+    let weights = common::weights_with_head(&dir, 3e38);
+    let start = std::time::Instant::now();
+    let o = hetpar(&[
+        "launch",
+        PLAN,
+        "--model",
+        MODEL,
+        "--cluster",
+        CLUSTER,
+        "--nproc-per-node",
+        "8",
+        "--steps",
+        "6",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--timeout-ms",
+        "60000",
+    ]);
+    let took = start.elapsed();
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
+    let e = stderr(&o);
+    let lines = common::progress(&e);
+    let (last, _, loss, _) = *lines.last().expect("a line per step");
+    assert!(last < 6 && loss.is_nan(), "{e}");
+    // Named once, by rank 0; the launcher names rank 0 and stops the rest.
+    let says = format!("step {last}: the loss is NaN, not a finite number");
+    assert_eq!(e.matches(&says).count(), 1, "{e}");
+    assert!(e.contains("rank 0 (pid"), "{e}");
+    assert!(losses(&stdout(&o)).is_empty(), "{}", stdout(&o));
+    // Not a rank waiting out its 60 s timeout.
+    assert!(took.as_secs() < 30, "took {took:?}");
 }
 
 #[test]

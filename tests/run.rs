@@ -251,53 +251,65 @@ fn a_dump_path_that_cannot_be_written_fails_before_training() {
     assert_eq!(std::fs::read_to_string(&file).unwrap(), "mine");
 }
 
-/// `bytes` (a safetensors file) with every value of its first tensor made NaN.
-fn poisoned(bytes: &[u8]) -> Vec<u8> {
-    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
-    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
-    let (_, t) = header
-        .as_object()
-        .unwrap()
-        .iter()
-        .find(|(k, _)| *k != "__metadata__")
-        .unwrap();
-    let (a, b) = (
-        t["data_offsets"][0].as_u64().unwrap() as usize,
-        t["data_offsets"][1].as_u64().unwrap() as usize,
-    );
-    let mut out = bytes.to_vec();
-    for w in out[8 + n + a..8 + n + b].chunks_exact_mut(4) {
-        w.copy_from_slice(&f32::NAN.to_le_bytes());
+#[test]
+fn each_step_prints_its_line_on_stderr_as_plain_text_off_a_terminal() {
+    let o = hetpar(&run_args(&["--steps", "3"]));
+    assert!(o.status.success(), "{}", stderr(&o));
+    let lines = common::progress(&stderr(&o));
+    let report = losses(&stdout(&o));
+    assert_eq!(lines.len(), 3, "{}", stderr(&o));
+    for (k, &(step, steps, loss, rate)) in lines.iter().enumerate() {
+        assert_eq!((step, steps), (k + 1, 3), "{}", stderr(&o));
+        assert!((loss - report[k]).abs() < 1e-5, "{loss} against {report:?}");
+        assert!(rate > 0.0, "{}", stderr(&o));
     }
-    out
+    // No drawing on a pipe: no carriage returns or escape sequences.
+    assert!(!stderr(&o).contains(['\r', '\x1b']), "{:?}", stderr(&o));
 }
 
 #[test]
-fn a_loss_that_is_not_finite_fails_the_run() {
+fn a_loss_that_is_not_finite_stops_the_run_at_its_step() {
     let dir = scratch("run-nan-loss");
-    let dump = dir.join("dump");
+    // Finite weights whose logits overflow: the run diverges within the first steps.
+    let weights = common::weights_with_head(&dir, 3e38);
     let o = hetpar(&run_args(&[
         "--steps",
-        "1",
-        "--dump",
-        dump.to_str().unwrap(),
-    ]));
-    assert!(o.status.success(), "{}", stderr(&o));
-    let weights = dir.join("nan.safetensors");
-    let good = std::fs::read(dump.join("weights.safetensors")).unwrap();
-    std::fs::write(&weights, poisoned(&good)).unwrap();
-    let o = hetpar(&run_args(&[
-        "--steps",
-        "2",
+        "6",
         "--weights",
         weights.to_str().unwrap(),
     ]));
-    assert!(!o.status.success(), "{}", stdout(&o));
+    assert_eq!(o.status.code(), Some(2), "{}", stdout(&o));
     let e = stderr(&o);
+    let lines = common::progress(&e);
+    let (last, _, loss, _) = *lines.last().expect("a line per step");
+    assert!(last < 6 && loss.is_nan(), "{e}");
     assert!(
-        e.contains("step 1: the loss is NaN, not a finite number"),
+        e.contains(&format!(
+            "error: step {last}: the loss is NaN, not a finite number"
+        )),
         "{e}"
     );
+    assert!(
+        losses(&stdout(&o)).is_empty(),
+        "a report after divergence: {}",
+        stdout(&o)
+    );
+    // A weight that is not finite is refused before any step, naming the tensor.
+    let good = std::fs::read(common::weights_with_head(&dir, 0.5)).unwrap();
+    let nan = dir.join("nan.safetensors");
+    std::fs::write(
+        &nan,
+        common::with_values(&good, "llm.blocks.0.attn.o.bias", f32::NAN),
+    )
+    .unwrap();
+    let o = hetpar(&run_args(&["--weights", nan.to_str().unwrap()]));
+    assert!(!o.status.success());
+    let e = stderr(&o);
+    assert!(
+        e.contains("`llm.blocks.0.attn.o.bias` holds NaN, not a finite number"),
+        "{e}"
+    );
+    assert!(common::progress(&e).is_empty(), "{e}");
 }
 
 #[test]

@@ -83,6 +83,14 @@ pub enum RuntimeError {
          (`hetpar plan --runnable`)"
     )]
     NotExecuted(String),
+    /// A value the run computed is not a finite number (NaN or ±inf), first of all a step's
+    /// loss: the run diverged, and every rank stops at that step.
+    #[error("step {step}: {what} is {value}, not a finite number: the run diverged")]
+    NonFinite {
+        step: usize,
+        what: String,
+        value: String,
+    },
     /// A hetpar model the reference implementation does not compute; every difference is named.
     #[error("the reference model cannot compute this model: {0}")]
     Unsupported(String),

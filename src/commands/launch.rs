@@ -2,17 +2,19 @@
 //! hidden `hetpar worker` that each of them runs.
 
 use std::process::{Child, Command, ExitCode, ExitStatus};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
+use hetpar::progress::Progress;
 use hetpar::runtime::exec::generated::{largest_message, report_steps};
 use hetpar::runtime::exec::run_process;
-use hetpar::runtime::reference::{Config, Params};
+use hetpar::runtime::reference::Config;
 use hetpar::runtime::rendezvous::{check_token, new_token, slurm_token, Placement};
+use hetpar::runtime::RuntimeError;
 
 use super::print_stdout;
-use super::run::{check_losses, Backend, DeviceArgs, ProgramInput, Training};
+use super::run::{run_error, Backend, DeviceArgs, ProgramInput, Training};
 
 /// What a worker runs (shared by `launch` and `worker`).
 #[derive(clap::Args, Clone)]
@@ -73,6 +75,10 @@ fn job_args(j: &Job) -> Vec<String> {
     if t.fixed_batch {
         v.push("--fixed-batch".into());
     }
+    if let Some(w) = &t.weights {
+        v.push("--weights".into());
+        v.push(w.display().to_string());
+    }
     if let Some(c) = &p.cluster {
         v.push("--cluster".into());
         v.push(c.display().to_string());
@@ -101,9 +107,15 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         );
     };
     // The program is checked here once: a size mismatch is one error, not one per worker.
-    let Some((_, program, _)) = a.job.program.load()? else {
+    let Some((model, program, _)) = a.job.program.load()? else {
         return Ok(ExitCode::from(1));
     };
+    if a.job.training.weights.is_some() {
+        // Read once here, so that a bad file is one error, not one per worker.
+        a.job
+            .training
+            .initial_weights(&Config::from_model(&model)?)?;
+    }
     let started = format!(
         "--nnodes {} x --nproc-per-node {} would start {world} processes",
         a.nnodes, a.nproc_per_node
@@ -168,10 +180,18 @@ fn job_token(a: &Args) -> anyhow::Result<String> {
     Ok(t)
 }
 
-/// Waits for every rank; the first that fails (an error, a signal) is named and the others
-/// are stopped at once: a dead rank would leave its peers waiting out their timeout.
+/// How long the other ranks may take to end by themselves after one fails: a step whose
+/// loss is not finite stops every rank at once, and rank 0 names it.
+const GRACE: Duration = Duration::from_millis(500);
+
+/// Waits for every rank. After the first that fails (an error, a signal), the others have
+/// [`GRACE`] to end by themselves, then are stopped: a dead rank would leave its peers waiting
+/// out their timeout. Named is the first failure, unless it ended with an exit code and rank
+/// 0 failed too (a diverged step, whose error rank 0 alone prints).
 fn watch(mut children: Vec<(u32, Child)>) -> anyhow::Result<ExitCode> {
-    while !children.is_empty() {
+    let mut failed: Vec<(u32, u32, ExitStatus)> = Vec::new();
+    let mut since: Option<Instant> = None;
+    while !children.is_empty() && since.is_none_or(|t| t.elapsed() < GRACE) {
         let mut i = 0;
         while i < children.len() {
             let status = children[i]
@@ -183,18 +203,26 @@ fn watch(mut children: Vec<(u32, Child)>) -> anyhow::Result<ExitCode> {
                 Some(s) if s.success() => drop(children.remove(i)),
                 Some(s) => {
                     let (rank, c) = children.remove(i);
-                    let stopped = stop(children);
-                    bail!(
-                        "rank {rank} (pid {}) {}; stopped the other ranks of this node{stopped}",
-                        c.id(),
-                        ended(s)
-                    );
+                    failed.push((rank, c.id(), s));
+                    since.get_or_insert_with(Instant::now);
                 }
             }
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(ExitCode::SUCCESS)
+    let Some(&first) = failed.first() else {
+        return Ok(ExitCode::SUCCESS);
+    };
+    let stopped = stop(children);
+    let named = match failed.iter().find(|f| f.0 == 0) {
+        Some(&zero) if first.2.code().is_some() => zero,
+        _ => first,
+    };
+    let (rank, pid, s) = named;
+    bail!(
+        "rank {rank} (pid {pid}) {}; stopped the other ranks of this node{stopped}",
+        ended(s)
+    )
 }
 
 /// Kills and reaps `children`; what could not be stopped, if anything.
@@ -275,8 +303,8 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     };
     check_world(&program, world, &format!("{world} processes were started"))?;
     let cfg = Config::from_model(&model)?;
-    let init = Params::init(&cfg, j.training.seed)?;
     j.training.check()?;
+    let init = j.training.initial_weights(&cfg)?;
     let batches = j.training.batches(&model, &cfg)?;
     let mut opts = j.training.options();
     // The GPU of this node's local rank.
@@ -285,9 +313,27 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         .backend(hetpar::runtime::exec::generated::local_rank())?;
     let max = largest_message(&init, &batches, opts.steps);
     let ep = hetpar::runtime::rendezvous::tcp_endpoint(&place, opts.timeout, max)?;
-    let s = run_process(ep, &program, &cfg, &init, &batches, &opts, &|st| {
-        st.interpret()
-    })?;
+    // Rank 0 reports each step as it ends (the runtime calls it there alone), on the stderr
+    // it shares with the launcher.
+    let progress = Progress::new(opts.steps);
+    let interpret = |st: &mut hetpar::runtime::exec::RankState| st.interpret();
+    let s = run_process(
+        ep,
+        &program,
+        &cfg,
+        &init,
+        &batches,
+        &opts,
+        &interpret,
+        &|r| progress.step(r),
+    );
+    progress.finish();
+    let s = match s {
+        Ok(s) => s,
+        // Every rank stops at that step; rank 0 names it, the others add nothing.
+        Err(RuntimeError::NonFinite { .. }) if rank != 0 => return Ok(ExitCode::from(2)),
+        Err(e) => return Err(run_error(e)),
+    };
     if rank == 0 {
         print_stdout(&report_steps(
             &program,
@@ -296,7 +342,6 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
             &s.step_seconds,
             &opts.backend.to_string(),
         ));
-        check_losses(&s.losses)?;
     }
     Ok(ExitCode::SUCCESS)
 }

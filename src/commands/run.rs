@@ -1,5 +1,6 @@
 //! `hetpar run`: train the reference model under a plan or a program, ranks as threads, on the
-//! CPU backend or one GPU's arithmetic, printing the loss of every step and the throughput.
+//! CPU backend or one GPU's arithmetic, printing each step's loss, time and throughput on
+//! stderr as it ends and the report on stdout; a step whose loss is not finite stops it.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -10,9 +11,11 @@ use anyhow::{bail, Context};
 use hetpar::ir::json::{detect_kind, parse_value, FileKind};
 use hetpar::ir::program::Program;
 use hetpar::ir::ModelGraph;
+use hetpar::progress::Progress;
 use hetpar::runtime::exec::generated::{report, synthetic_batches};
-use hetpar::runtime::exec::{run as execute, RunOptions, RunOutput};
+use hetpar::runtime::exec::{run_observed, RunOptions, RunOutput};
 use hetpar::runtime::reference::{Batch, Config, Params};
+use hetpar::runtime::RuntimeError;
 
 use super::{load_inputs, print_diagnostics, print_stdout};
 
@@ -153,6 +156,9 @@ pub struct Training {
     /// fails, in ms.
     #[arg(long, default_value_t = 60_000)]
     pub timeout_ms: u64,
+    /// Initial weights (safetensors, the documented names) instead of seeded ones.
+    #[arg(long)]
+    pub weights: Option<PathBuf>,
     /// Train on the same synthetic batch every step: a smoke test whose loss must fall (the
     /// default, a fresh random batch per step, cannot make it fall).
     #[arg(long)]
@@ -199,6 +205,11 @@ impl Training {
         }
     }
 
+    /// The initial weights: `--weights` (every value finite), else seeded ones.
+    pub fn initial_weights(&self, cfg: &Config) -> anyhow::Result<Params> {
+        initial_weights(self.weights.as_deref(), cfg, self.seed)
+    }
+
     pub fn options(&self) -> RunOptions {
         RunOptions {
             steps: self.steps,
@@ -217,9 +228,6 @@ pub struct Args {
     pub device: DeviceArgs,
     #[command(flatten)]
     pub training: Training,
-    /// Initial weights (safetensors, the documented names) instead of seeded ones.
-    #[arg(long)]
-    pub weights: Option<PathBuf>,
     /// One batch (safetensors) for every step instead of a synthetic batch per step.
     #[arg(long)]
     pub batch: Option<PathBuf>,
@@ -309,16 +317,44 @@ const DUMP_FILES: [&str; 3] = [
     "grads.safetensors",
 ];
 
-/// Refuses a run whose losses are not all finite: a diverged run is no result.
-pub fn check_losses(losses: &[f32]) -> anyhow::Result<()> {
-    if let Some((k, l)) = losses.iter().enumerate().find(|(_, l)| !l.is_finite()) {
-        bail!(
-            "step {}: the loss is {l}, not a finite number: the run diverged (a lower --lr, or \
-             check --weights and --batch)",
-            k + 1
-        );
+/// A run's error, with what to try when it diverged (a step's loss not finite).
+pub fn run_error(e: RuntimeError) -> anyhow::Error {
+    match e {
+        RuntimeError::NonFinite { .. } => {
+            anyhow::anyhow!("{e} (a lower --lr, or check --weights and --batch)")
+        }
+        e => e.into(),
     }
-    Ok(())
+}
+
+/// The initial weights: `--weights` (every value finite: a NaN there is no start), else
+/// seeded ones.
+fn initial_weights(path: Option<&Path>, cfg: &Config, seed: u64) -> anyhow::Result<Params> {
+    let Some(p) = path else {
+        return Ok(Params::init(cfg, seed)?);
+    };
+    let name = p.display();
+    let tensors = hetpar::runtime::dump::from_bytes(&read(p)?).with_context(|| name.to_string())?;
+    let params = Params::from_tensors(tensors, cfg).with_context(|| name.to_string())?;
+    for (t, v) in params.iter() {
+        if let Some(x) = v.data().iter().find(|x| !x.is_finite()) {
+            bail!("--weights {name}: `{t}` holds {x}, not a finite number");
+        }
+    }
+    Ok(params)
+}
+
+/// `--batch`: its patches (every encoder's) must be finite numbers.
+fn read_batch(p: &Path) -> anyhow::Result<Batch> {
+    let name = p.display();
+    let b = hetpar::runtime::dump::batch_from_bytes(&read(p)?).with_context(|| name.to_string())?;
+    let patches = [Some(&b.patches), b.audio.as_ref().map(|a| &a.patches)];
+    for (what, t) in ["patches", "audio patches"].into_iter().zip(patches) {
+        if let Some(x) = t.and_then(|t| t.data().iter().find(|x| !x.is_finite())) {
+            bail!("--batch {name}: its {what} hold {x}, not a finite number");
+        }
+    }
+    Ok(b)
 }
 
 /// `--dump`'s directory made and tried now, so that a path it cannot write fails before any
@@ -358,17 +394,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
             a.program.model.display()
         )
     })?;
-    let init = match &a.weights {
-        Some(p) => {
-            let tensors = hetpar::runtime::dump::from_bytes(&read(p)?)
-                .with_context(|| format!("{}", p.display()))?;
-            Params::from_tensors(tensors, &cfg).with_context(|| format!("{}", p.display()))?
-        }
-        None => Params::init(&cfg, a.training.seed)?,
-    };
+    let init = a.training.initial_weights(&cfg)?;
     let batches: Vec<Batch> = match &a.batch {
-        Some(p) => vec![hetpar::runtime::dump::batch_from_bytes(&read(p)?)
-            .with_context(|| format!("{}", p.display()))?],
+        Some(p) => vec![read_batch(p)?],
         None => {
             a.training.note_batches();
             a.training.batches(&model, &cfg)?
@@ -382,9 +410,19 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let mut opts = a.training.options();
     opts.backend = a.device.backend(0)?;
-    let out = execute(&program, &cfg, &init, &batches, &opts)?;
+    let progress = Progress::new(opts.steps);
+    let out = run_observed(
+        &program,
+        &cfg,
+        &init,
+        &batches,
+        &opts,
+        &|st| st.interpret(),
+        &|r| progress.step(r),
+    );
+    progress.finish();
+    let out = out.map_err(run_error)?;
     print_stdout(&report(&program, &batches[0], &out));
-    check_losses(&out.losses)?;
     if let Some(dir) = &a.dump {
         dump(dir, &out)?;
     }

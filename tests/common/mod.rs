@@ -158,3 +158,52 @@ pub fn run_emulated(
         st.interpret()
     })
 }
+
+/// The lines a run prints on stderr as each step ends (`step 3/10  loss 3.46574  12.34 ms
+/// 20746 tokens/s`): (step, steps, loss, tokens/s) of each.
+pub fn progress(err: &str) -> Vec<(usize, usize, f32, f64)> {
+    err.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let [_step @ "step", of, "loss", loss, _, "ms", rate, "tokens/s"] = w[..] else {
+                return None;
+            };
+            let (k, n) = of.split_once('/')?;
+            Some((
+                k.parse().ok()?,
+                n.parse().ok()?,
+                loss.parse().ok()?,
+                rate.parse().ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// `bytes` (a safetensors file) with every value of tensor `name` made `value`.
+pub fn with_values(bytes: &[u8], name: &str, value: f32) -> Vec<u8> {
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let t = &header[name];
+    let (a, b) = (
+        t["data_offsets"][0].as_u64().unwrap() as usize,
+        t["data_offsets"][1].as_u64().unwrap() as usize,
+    );
+    let mut out = bytes.to_vec();
+    for w in out[8 + n + a..8 + n + b].chunks_exact_mut(4) {
+        w.copy_from_slice(&value.to_le_bytes());
+    }
+    out
+}
+
+/// The reference model's seeded weights (seed 0) written to `dir`, the language model's head
+/// set to `head` everywhere: finite, but 3e38 overflows the logits, and the run diverges.
+pub fn weights_with_head(dir: &std::path::Path, head: f32) -> PathBuf {
+    let (g, _) =
+        hetpar::ir::load_model(&std::fs::read_to_string(root().join(REF_MODEL)).unwrap()).unwrap();
+    let cfg = hetpar::runtime::reference::Config::from_model(&g).unwrap();
+    let params = hetpar::runtime::reference::Params::init(&cfg, 0).unwrap();
+    let p = dir.join(format!("head-{head}.safetensors"));
+    let bytes = params.to_safetensors("").unwrap();
+    std::fs::write(&p, with_values(&bytes, "llm.head.weight", head)).unwrap();
+    p
+}

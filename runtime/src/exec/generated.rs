@@ -7,7 +7,7 @@ use std::time::Duration;
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::program::{Program, Transfer};
 
-use super::{run_process, run_with, RankBody, RunOptions, RunOutput};
+use super::{run_observed, run_process, RankBody, RunOptions, RunOutput, StepReport};
 use crate::reference::{Batch, Config, Params};
 use crate::rendezvous::{placement_from_env, tcp_endpoint};
 use crate::RuntimeError;
@@ -219,7 +219,9 @@ pub fn local_rank() -> usize {
 }
 
 /// The `main` of a generated program: the program header (modules, boundaries, ranks) and
-/// the model as JSON, every rank's step as `body`. Prints the same report as `hetpar run`.
+/// the model as JSON, every rank's step as `body`. Prints each step's line on stderr as it ends
+/// (`hetpar run`'s plain lines) and then the same report as `hetpar run`; a step whose loss is
+/// not finite stops it with an error naming the step (exit code 2).
 /// Started by `hetpar launch` or `srun` (their variables set), it runs its own rank and meets
 /// the others over TCP; otherwise every rank is a thread.
 pub fn main_with(program_json: &str, model_json: &str, body: &RankBody) -> std::process::ExitCode {
@@ -234,6 +236,11 @@ pub fn main_with(program_json: &str, model_json: &str, body: &RankBody) -> std::
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// A generated program's progress: each step's line on stderr as it ends.
+fn print_step(r: &StepReport) {
+    eprintln!("{}", r.line());
 }
 
 fn main_inner(
@@ -263,8 +270,17 @@ fn main_inner(
         }
         let max = largest_message(&init, &batches, opts.steps);
         let ep = tcp_endpoint(&place, opts.timeout, max).map_err(|e| e.to_string())?;
-        let s = run_process(ep, &program, &cfg, &init, &batches, &opts, body)
-            .map_err(|e| e.to_string())?;
+        let s = run_process(
+            ep,
+            &program,
+            &cfg,
+            &init,
+            &batches,
+            &opts,
+            body,
+            &print_step,
+        )
+        .map_err(|e| e.to_string())?;
         return Ok(if rank == 0 {
             report_steps(
                 &program,
@@ -277,7 +293,8 @@ fn main_inner(
             String::new()
         });
     }
-    let out = run_with(&program, &cfg, &init, &batches, &opts, body).map_err(|e| e.to_string())?;
+    let out = run_observed(&program, &cfg, &init, &batches, &opts, body, &print_step)
+        .map_err(|e| e.to_string())?;
     Ok(report(&program, &batches[0], &out))
 }
 

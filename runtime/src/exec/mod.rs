@@ -6,11 +6,13 @@
 //! [`shard_params`] (which parameter slices), [`comm`] (tensor collectives over the tp and cp
 //! groups, message tags), [`block`] (the block and projector under TP, SP and CP), [`rank`]
 //! (one rank's interpreter: pipeline transfers, boundary transfers, gradient sums, Adam),
-//! [`generated`] (what generated programs and `hetpar run` share), [`executes`] (which layout
-//! field values it executes).
+//! [`generated`] (what generated programs and `hetpar run` share), [`progress`] (each step's
+//! report as it ends), [`check`] (whether a program computes the reference model),
+//! [`executes`] (which layout field values it executes).
 
 pub mod attn;
 pub mod block;
+pub mod check;
 pub mod collective;
 pub mod comm;
 pub mod executes;
@@ -19,6 +21,7 @@ pub mod fused;
 pub mod generated;
 pub mod math;
 pub mod order;
+pub mod progress;
 pub mod rank;
 pub mod rows;
 pub mod shard;
@@ -28,12 +31,13 @@ pub mod vocab;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use hetpar_ir::program::{Instruction, Program};
+use hetpar_ir::program::Program;
 
+pub use self::check::check;
 pub use self::executes::check_executed;
+pub use self::progress::{OnStep, StepReport};
 use self::rank::unit_of;
 pub use self::rank::RankState;
-use self::shard::Unit;
 use self::shard_params::{belongs, split_of, unslice};
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
@@ -208,6 +212,7 @@ fn run_rank<'a>(
     layouts: &[crate::reference::batch::Layout],
     opts: &RunOptions,
     body: &RankBody,
+    on_step: &OnStep<'_>,
 ) -> Result<RankOut, RuntimeError> {
     let mut st =
         RankState::new(rank, ep, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
@@ -224,6 +229,9 @@ fn run_rank<'a>(
     let mut losses = Vec::with_capacity(opts.steps);
     let mut seconds = Vec::with_capacity(opts.steps);
     let mut grads = Params::default();
+    let mut ranks: Vec<u32> = program.ranks.iter().map(|r| r.rank).collect();
+    ranks.sort_unstable();
+    let reports = ranks.first() == Some(&rank);
     for k in 0..opts.steps {
         let i = k % batches.len();
         let start = std::time::Instant::now();
@@ -232,6 +240,23 @@ fn run_rank<'a>(
         st.end_step()?;
         seconds.push(start.elapsed().as_secs_f64());
         losses.push(st.loss);
+        // Every rank learns the step's loss: the lowest reports it, all stop if it diverged.
+        let (b, targets) = (&batches[i], layouts[i].targets);
+        let tokens = b.batch_size * b.seq_len;
+        let r = progress::settle(
+            &mut st.ep,
+            &ranks,
+            k + 1,
+            opts.steps,
+            st.loss,
+            seconds[k],
+            targets,
+            tokens,
+        )?;
+        if reports {
+            on_step(&r);
+        }
+        r.check()?;
         if k + 1 == opts.steps {
             grads = st.grads.clone();
         }
@@ -259,7 +284,9 @@ pub struct Summary {
 
 /// This process's rank of `program` on `ep` (ranks as processes, `crate::rendezvous`), each
 /// step running `body`: its steps, then the losses, step times and peaks of every rank, which
-/// every rank receives.
+/// every rank receives. Each step's report goes to `on_step` on the lowest rank as the step
+/// ends; a step whose loss is not finite stops every rank there ([`RuntimeError::NonFinite`]).
+#[allow(clippy::too_many_arguments)]
 pub fn run_process(
     ep: crate::transport::Endpoint,
     program: &Program,
@@ -268,10 +295,13 @@ pub fn run_process(
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
+    on_step: &OnStep<'_>,
 ) -> Result<Summary, RuntimeError> {
     let layouts = prepare(program, cfg, init, batches)?;
     let rank = ep.rank();
-    let mut out = run_rank(rank, ep, program, cfg, init, batches, &layouts, opts, body)?;
+    let mut out = run_rank(
+        rank, ep, program, cfg, init, batches, &layouts, opts, body, on_step,
+    )?;
     // Every rank's figures to every rank: the losses as the bits of each step's f64 (two f32
     // words, so nothing is rounded), the step times, the peak.
     let group: Vec<u32> = program.ranks.iter().map(|r| r.rank).collect();
@@ -318,180 +348,6 @@ pub fn run_process(
     })
 }
 
-/// Checks that the program computes the reference model `cfg` on batches of `batch_size`.
-pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), RuntimeError> {
-    let mut problems = Vec::new();
-    let units: Vec<Option<Unit>> = (0..program.modules.len())
-        .map(|k| unit_of(program, k))
-        .collect();
-    let count = |f: &dyn Fn(&Unit) -> bool| units.iter().flatten().filter(|u| f(u)).count();
-    let encoders = cfg.encoders();
-    for (src, _) in &encoders {
-        for (what, n) in [
-            ("encoder", count(&|u| *u == Unit::Encoder(*src))),
-            ("projector", count(&|u| *u == Unit::Projector(*src))),
-        ] {
-            if n != 1 {
-                problems.push(format!("one {} {what} expected, found {n}", src.prefix()));
-            }
-        }
-    }
-    if count(&|u| *u == Unit::Llm) != 1 {
-        problems.push("one language model expected".into());
-    }
-    for (m, unit) in program.modules.iter().zip(&units) {
-        let who = &m.name;
-        let Some(unit) = *unit else {
-            problems.push(format!(
-                "module `{who}`: the reference model has no {:?}",
-                m.kind
-            ));
-            continue;
-        };
-        let grid = m.tp * m.cp * m.dp * m.pp;
-        if grid as usize != m.ranks.len() || grid == 0 {
-            problems.push(format!(
-                "module `{who}`: {} ranks for tp x cp x dp x pp = {grid}",
-                m.ranks.len()
-            ));
-        }
-        if unit == Unit::Llm
-            && (m.dp * m.micro_batch_size * program.micro_batches) as usize != batch_size
-        {
-            problems.push(format!(
-                "module `{who}`: dp {} x micro-batch size {} x {} micro-batches is not the \
-                 batch of {batch_size}",
-                m.dp, m.micro_batch_size, program.micro_batches
-            ));
-        }
-        let stack_divides = |s: &crate::reference::Stack| {
-            vec![
-                ("heads", s.heads),
-                ("key/value heads", s.kv_heads),
-                ("FFN", s.ffn),
-            ]
-        };
-        let (layers, divides): (usize, Vec<(&str, usize)>) = match unit {
-            Unit::Encoder(s) | Unit::Projector(s) if cfg.encoder(s).is_none() => {
-                problems.push(format!(
-                    "module `{who}`: the model has no {} encoder",
-                    s.prefix()
-                ));
-                continue;
-            }
-            Unit::Encoder(s) => {
-                let e = cfg.encoder(s).expect("checked above").stack;
-                (e.layers, stack_divides(&e))
-            }
-            Unit::Projector(s) => (
-                0,
-                vec![(
-                    "hidden",
-                    cfg.encoder(s).expect("checked above").projector_hidden,
-                )],
-            ),
-            Unit::Llm => (cfg.llm.stack.layers, stack_divides(&cfg.llm.stack)),
-        };
-        if m.chunk_layers.len() != (m.pp * m.vpp) as usize
-            || (layers > 0 && m.chunk_layers.iter().sum::<u32>() as usize != layers)
-        {
-            problems.push(format!(
-                "module `{who}`: chunk layers {:?} do not split its {layers} blocks into pp x vpp",
-                m.chunk_layers
-            ));
-        }
-        let tp = m.tp as usize;
-        for (what, n) in divides {
-            if n % tp != 0 {
-                problems.push(format!(
-                    "module `{who}`: tp {tp} does not divide its {what} {n}"
-                ));
-            }
-        }
-        if matches!(unit, Unit::Projector(_)) && (m.pp != 1 || m.cp != 1) {
-            problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
-        }
-        if unit == Unit::Llm && cfg.llm.tied_embeddings && m.pp > 1 {
-            problems.push(format!(
-                "module `{who}`: tied embeddings under pp {} are not computed yet (the first \
-                 and last stages would share the embedding); untie them or use pp 1",
-                m.pp
-            ));
-        }
-    }
-    check_units(program, &units, &mut problems);
-    if problems.is_empty() {
-        Ok(())
-    } else {
-        Err(RuntimeError::InvalidProgram(problems.join("; ")))
-    }
-}
-
-/// Checks the encoder passes and that every instruction names a unit of its module or
-/// boundary: a pass for an encoder or projector, a micro-batch for the language model.
-fn check_units(program: &Program, units: &[Option<Unit>], problems: &mut Vec<String>) {
-    let (m, k) = (program.micro_batches, program.encoder_chunk);
-    if k == 0 || k > m {
-        problems.push(format!(
-            "encoder_chunk {k} is not between 1 and the {m} micro-batches of a step"
-        ));
-        return;
-    }
-    let passes = program.passes().count();
-    let limit = |name: &str| -> Option<(u32, &'static str)> {
-        let i = program.modules.iter().position(|x| x.name == name)?;
-        Some(match units.get(i).copied().flatten() {
-            Some(Unit::Llm) | None => (m, "micro-batches"),
-            _ => (passes, "encoder passes"),
-        })
-    };
-    for r in &program.ranks {
-        for ins in &r.instructions {
-            let (module, j) = match ins {
-                Instruction::Forward {
-                    module,
-                    micro_batch,
-                    ..
-                }
-                | Instruction::Backward {
-                    module,
-                    micro_batch,
-                    ..
-                }
-                | Instruction::SendActivation {
-                    module,
-                    micro_batch,
-                    ..
-                }
-                | Instruction::RecvActivation {
-                    module,
-                    micro_batch,
-                    ..
-                }
-                | Instruction::SendGradient {
-                    module,
-                    micro_batch,
-                    ..
-                }
-                | Instruction::RecvGradient {
-                    module,
-                    micro_batch,
-                    ..
-                } => (module, *micro_batch),
-                _ => continue,
-            };
-            if let Some((n, what)) = limit(module).filter(|&(n, _)| j >= n) {
-                problems.push(format!(
-                    "rank {}: module `{module}` runs {n} {what}, but an instruction names \
-                     number {j}",
-                    r.rank
-                ));
-                return;
-            }
-        }
-    }
-}
-
 /// What a rank does in one step (between [`RankState::begin_step`] and
 /// [`RankState::end_step`]): interpret its instruction list, or generated straight-line code.
 pub type RankBody = dyn for<'s> Fn(&mut RankState<'s>) -> Result<(), RuntimeError> + Sync;
@@ -518,6 +374,21 @@ pub fn run_with(
     opts: &RunOptions,
     body: &RankBody,
 ) -> Result<RunOutput, RuntimeError> {
+    run_observed(program, cfg, init, batches, opts, body, &|_| {})
+}
+
+/// Like [`run_with`], each step's report given to `on_step` (on the lowest rank's thread) as
+/// the step ends. Every run stops at a step whose loss is not finite
+/// ([`RuntimeError::NonFinite`], from every rank at that step).
+pub fn run_observed(
+    program: &Program,
+    cfg: &Config,
+    init: &Params,
+    batches: &[Batch],
+    opts: &RunOptions,
+    body: &RankBody,
+    on_step: &OnStep<'_>,
+) -> Result<RunOutput, RuntimeError> {
     let layouts = prepare(program, cfg, init, batches)?;
     let n = program.ranks.iter().map(|r| r.rank + 1).max().unwrap_or(0) as usize;
     let mut endpoints: Vec<Option<_>> = fabric(n, opts.timeout).into_iter().map(Some).collect();
@@ -532,7 +403,7 @@ pub fn run_with(
                 let layouts = &layouts;
                 scope.spawn(move || {
                     run_rank(
-                        rp.rank, ep, program, cfg, init, batches, layouts, opts, body,
+                        rp.rank, ep, program, cfg, init, batches, layouts, opts, body, on_step,
                     )
                 })
             })
