@@ -14,6 +14,7 @@ use hetpar::ir::ModelGraph;
 use hetpar::progress::Progress;
 use hetpar::runtime::exec::generated::{report, synthetic_batches};
 use hetpar::runtime::exec::{run_observed, RunOptions, RunOutput};
+use hetpar::runtime::hf_names::{params_from_either, to_safetensors_named, Naming};
 use hetpar::runtime::reference::{Batch, Config, Params};
 use hetpar::runtime::RuntimeError;
 
@@ -156,7 +157,8 @@ pub struct Training {
     /// fails, in ms.
     #[arg(long, default_value_t = 60_000)]
     pub timeout_ms: u64,
-    /// Initial weights (safetensors, the documented names) instead of seeded ones.
+    /// Initial weights (f32 safetensors) instead of seeded ones: under hetpar's documented names,
+    /// or a language model's Hugging Face names (`model.layers.0.self_attn.q_proj.weight`).
     #[arg(long)]
     pub weights: Option<PathBuf>,
     /// Train on the same synthetic batch every step: a smoke test whose loss must fall (the
@@ -207,7 +209,7 @@ impl Training {
 
     /// The initial weights: `--weights` (every value finite), else seeded ones.
     pub fn initial_weights(&self, cfg: &Config) -> anyhow::Result<Params> {
-        initial_weights(self.weights.as_deref(), cfg, self.seed)
+        Ok(initial_weights(self.weights.as_deref(), cfg, self.seed)?.0)
     }
 
     pub fn options(&self) -> RunOptions {
@@ -232,7 +234,7 @@ pub struct Args {
     #[arg(long)]
     pub batch: Option<PathBuf>,
     /// Write losses.safetensors, weights.safetensors and grads.safetensors (the last step's
-    /// gradients, `grad.` names) here.
+    /// gradients, `grad.` names) here, under the names --weights used.
     #[arg(long)]
     pub dump: Option<PathBuf>,
 }
@@ -327,21 +329,26 @@ pub fn run_error(e: RuntimeError) -> anyhow::Error {
     }
 }
 
-/// The initial weights: `--weights` (every value finite: a NaN there is no start), else
-/// seeded ones.
-fn initial_weights(path: Option<&Path>, cfg: &Config, seed: u64) -> anyhow::Result<Params> {
+/// The initial weights: `--weights` (every value finite: a NaN there is no start, under
+/// hetpar's or Hugging Face's names), else seeded ones; and the names the file used (`--dump` writes the same).
+fn initial_weights(
+    path: Option<&Path>,
+    cfg: &Config,
+    seed: u64,
+) -> anyhow::Result<(Params, Naming)> {
     let Some(p) = path else {
-        return Ok(Params::init(cfg, seed)?);
+        return Ok((Params::init(cfg, seed)?, Naming::Hetpar));
     };
     let name = p.display();
     let tensors = hetpar::runtime::dump::from_bytes(&read(p)?).with_context(|| name.to_string())?;
-    let params = Params::from_tensors(tensors, cfg).with_context(|| name.to_string())?;
+    let (params, naming) =
+        params_from_either(tensors, cfg, &name.to_string()).with_context(|| name.to_string())?;
     for (t, v) in params.iter() {
         if let Some(x) = v.data().iter().find(|x| !x.is_finite()) {
             bail!("--weights {name}: `{t}` holds {x}, not a finite number");
         }
     }
-    Ok(params)
+    Ok((params, naming))
 }
 
 /// `--batch`: its patches (every encoder's) must be finite numbers.
@@ -390,11 +397,11 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     };
     let cfg = Config::from_model(&model).with_context(|| {
         format!(
-            "{}: the runtime computes the reference model",
+            "{}: the runtime cannot compute this model",
             a.program.model.display()
         )
     })?;
-    let init = a.training.initial_weights(&cfg)?;
+    let (init, naming) = initial_weights(a.training.weights.as_deref(), &cfg, a.training.seed)?;
     let batches: Vec<Batch> = match &a.batch {
         Some(p) => vec![read_batch(p)?],
         None => {
@@ -424,17 +431,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let out = out.map_err(run_error)?;
     print_stdout(&report(&program, &batches[0], &out));
     if let Some(dir) = &a.dump {
-        dump(dir, &out)?;
+        dump(dir, &out, naming)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn dump(dir: &Path, out: &RunOutput) -> anyhow::Result<()> {
+/// The dump, weights and gradients under the names `--weights` used.
+fn dump(dir: &Path, out: &RunOutput, naming: Naming) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let files = [
         hetpar::runtime::dump::losses_to_bytes(&out.losses)?,
-        out.params.to_safetensors("")?,
-        out.grads.to_safetensors("grad.")?,
+        to_safetensors_named(&out.params, "", naming)?,
+        to_safetensors_named(&out.grads, "grad.", naming)?,
     ];
     for (name, bytes) in DUMP_FILES.into_iter().zip(files) {
         let p = dir.join(name);
