@@ -2,7 +2,8 @@
 //! Llama 3 (rotary rescaling), tied-embedding Llama and Qwen2 (q/k/v biases) models, their
 //! weights loaded by Hugging Face names, run under single-device and parallel plans. The loss
 //! matches within 1e-5 relative and every gradient within 1e-4 relative (floored at 1e-4 of
-//! the largest), against float64 goldens.
+//! the largest), against float64 goldens. Llama 3 runs on the emulated GPU too (the CUDA
+//! backend's kernels compiled for the CPU).
 
 mod common;
 
@@ -109,6 +110,9 @@ fn assert_matches(c: &Case, what: &str, got: &RunOutput) {
     let want = tensors(c.name, "expect.safetensors");
     let loss = f64::from(want["loss"].data()[0]);
     let rel = (f64::from(got.losses[0]) - loss).abs() / loss.abs();
+    if std::env::var("PARITY_VERBOSE").is_ok() {
+        eprintln!("{} {what}: loss off by {rel:.2e} relative", c.name);
+    }
     assert!(
         rel <= 1e-5,
         "{} {what}: loss {} against {loss} ({rel:.2e})",
@@ -190,6 +194,39 @@ fn parallel_plans_match_transformers() {
             assert_matches(&c, "pp 2, vpp 2, tp 2", &got);
         }
     }
+}
+
+/// The CUDA backend's kernels for these architectures (RMSNorm, SiLU and the gated product,
+/// rotary positions with Llama 3's rescaling, the key/value head repetition and its sum) on
+/// the emulated GPU (`kernels.cu` compiled for the CPU; skipped without a C++ compiler):
+/// Llama 3 under tp 2 with sequence parallelism, every rank's arithmetic `GpuMath`, against
+/// `transformers` as the CPU backend is.
+#[test]
+fn emulated_gpu_matches_transformers_on_llama3() {
+    let Some(dev) = common::emulated_gpu() else {
+        return;
+    };
+    let c = case("llama3");
+    let b = c.batch.batch_size;
+    let layout = json!({"tp": 2, "sequence_parallel": true, "micro_batch_size": b});
+    let program = lower_with(
+        &c.graph,
+        json!({"kind": "pipeline_1f1b"}),
+        json!({ "llm": at(layout, 0, 2) }),
+    );
+    let mut o = opts(1);
+    o.lr = 0.0;
+    let got = common::run_emulated(
+        &dev,
+        hetpar::runtime::cuda::Precision::F32,
+        &program,
+        &c.cfg,
+        &c.params,
+        std::slice::from_ref(&c.batch),
+        &o,
+    )
+    .unwrap_or_else(|e| panic!("llama3 on the emulated GPU: {e}"));
+    assert_matches(&c, "tp 2, sp, emulated GPU", &got);
 }
 
 #[test]

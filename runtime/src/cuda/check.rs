@@ -10,12 +10,16 @@ use std::sync::Arc;
 use super::device::{device_err, Device, Gpu};
 use super::engine::Engine;
 use super::ops::{Ops, Precision, DT};
+use crate::reference::act;
 use crate::reference::adam::Adam;
+use crate::reference::arch::{Act, Llama3Scaling, Rope};
 use crate::reference::attention::{attention_core_at, attention_core_backward};
 use crate::reference::layers::{gelu, gelu_backward, layer_norm, layer_norm_backward};
 use crate::reference::llm::cross_entropy;
 use crate::reference::params::Params;
+use crate::reference::rmsnorm::{rms_norm, rms_norm_backward};
 use crate::reference::rng::SplitMix64;
+use crate::reference::rope;
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
@@ -229,6 +233,15 @@ fn norms<E: Engine>(c: &mut Checker<'_, E>, rng: &mut SplitMix64) -> Result<(), 
     c.cmp("layer norm backward: input", &gx, &wx, tol)?;
     c.cmp("layer norm backward: weight", &gw, &ww, tol)?;
     c.cmp("layer norm backward: bias", &gb, &wb, tol)?;
+    // RMSNorm (Llama's eps), the same width.
+    let eps = 1e-6;
+    let (y, cache) = gpu.rms_norm(&c.up(&x)?, &c.up(&w)?, eps)?;
+    let (wy, wcache) = rms_norm(&x, &w, eps);
+    c.cmp("rms norm", &y, &wy, tol)?;
+    let (gx, gw) = gpu.rms_norm_backward(&cache.xhat, &cache.rstd, &c.up(&w)?, &c.up(&dy)?)?;
+    let (wx, ww) = rms_norm_backward(&wcache, &w, &dy);
+    c.cmp("rms norm backward: input", &gx, &wx, tol)?;
+    c.cmp("rms norm backward: weight", &gw, &ww, tol)?;
     Ok(())
 }
 
@@ -245,6 +258,77 @@ fn elementwise<E: Engine>(
         "gelu backward",
         &gpu.gelu_backward(&c.up(&x)?, &c.up(&dy)?)?,
         &gelu_backward(&x, &dy),
+        tol,
+    )?;
+    // The other activations (and the tanh GELU through the same kernel), plain and gated;
+    // inputs out to ±9, past the exact GELU's switch from series to continued fraction at 2.5.
+    let up = random(rng, &[7, 33], 1.0);
+    let x = random(rng, &[7, 33], 9.0);
+    let (gx, gup, gdy) = (c.up(&x)?, c.up(&up)?, c.up(&dy)?);
+    for (name, f) in [
+        ("exact gelu", Act::Gelu),
+        ("tanh gelu", Act::GeluTanh),
+        ("quick gelu", Act::QuickGelu),
+        ("silu", Act::Silu),
+    ] {
+        c.cmp(name, &gpu.activation(&gx, f)?, &act::activation(&x, f), tol)?;
+        c.cmp(
+            &format!("{name} backward"),
+            &gpu.activation_backward(&gx, &gdy, f)?,
+            &act::activation_backward(&x, &dy, f),
+            tol,
+        )?;
+        c.cmp(
+            &format!("gated {name}"),
+            &gpu.gated(&gx, &gup, f)?,
+            &act::gated(&x, &up, f),
+            tol,
+        )?;
+        let (dg, du) = gpu.gated_backward(&gx, &gup, &gdy, f)?;
+        let (wg, wu) = act::gated_backward(&x, &up, &dy, f);
+        c.cmp(&format!("gated {name} backward: gate"), &dg, &wg, tol)?;
+        c.cmp(&format!("gated {name} backward: up"), &du, &wu, tol)?;
+    }
+    Ok(())
+}
+
+/// Rotary positions (Llama 3's rescaled frequencies, a context-parallel shard's positions) and
+/// grouped-query attention's head repetition.
+fn heads<E: Engine>(c: &mut Checker<'_, E>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
+    let (gpu, tol) = (c.gpu, F32_TOLERANCE);
+    let (head_dim, heads, groups) = (16, 3, 2);
+    let rope_ = Rope {
+        base: 500_000.0,
+        llama3: Some(Llama3Scaling {
+            factor: 8.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_positions: 64.0,
+        }),
+    };
+    let inv_freq = rope_.inv_freq(head_dim);
+    let positions = [0usize, 1, 2, 3, 60, 61, 62, 63, 4000];
+    let x = random(rng, &[positions.len(), heads * head_dim], 1.0);
+    let gx = c.up(&x)?;
+    for (name, inverse) in [("rope", false), ("rope backward", true)] {
+        c.cmp(
+            name,
+            &gpu.rope(&gx, &positions, head_dim, &inv_freq, inverse)?,
+            &rope::rope(&x, &positions, head_dim, &inv_freq, inverse),
+            tol,
+        )?;
+    }
+    c.cmp(
+        "repeat key/value heads",
+        &gpu.repeat_heads(&gx, head_dim, groups)?,
+        &rope::repeat_heads(&x, head_dim, groups),
+        0.0,
+    )?;
+    let dx = random(rng, &[positions.len(), heads * head_dim * groups], 1.0);
+    c.cmp(
+        "sum key/value heads",
+        &gpu.sum_heads(&c.up(&dx)?, head_dim, groups)?,
+        &rope::sum_heads(&dx, head_dim, groups),
         tol,
     )?;
     Ok(())
@@ -366,8 +450,16 @@ pub(crate) fn compare_ops<E: Engine>(f32: &E, bf16: &E, rng: &mut SplitMix64) ->
         BF16_TOLERANCE,
         |c, r| products(c, r, BF16_TOLERANCE, ", bf16 inputs"),
     );
-    part(&mut ops, f32, rng, "layer norm", F32_TOLERANCE, norms);
-    part(&mut ops, f32, rng, "gelu", F32_TOLERANCE, elementwise);
+    part(&mut ops, f32, rng, "norms", F32_TOLERANCE, norms);
+    part(
+        &mut ops,
+        f32,
+        rng,
+        "activations",
+        F32_TOLERANCE,
+        elementwise,
+    );
+    part(&mut ops, f32, rng, "rope and heads", F32_TOLERANCE, heads);
     part(&mut ops, f32, rng, "cross-entropy", F32_TOLERANCE, loss);
     part(&mut ops, f32, rng, "adam", F32_TOLERANCE, optimizer);
     part(&mut ops, f32, rng, "rows", F32_TOLERANCE, rows);

@@ -17,7 +17,7 @@ use crate::RuntimeError;
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel the backend launches, by its `extern "C"` name in [`SOURCE`].
-pub const KERNELS: [&str; 15] = [
+pub const KERNELS: [&str; 24] = [
     "add_into",
     "add_bias",
     "col_sum",
@@ -25,6 +25,15 @@ pub const KERNELS: [&str; 15] = [
     "layer_norm_bwd",
     "gelu_fwd",
     "gelu_bwd",
+    "rms_norm_fwd",
+    "rms_norm_bwd",
+    "act_fwd",
+    "act_bwd",
+    "gated_fwd",
+    "gated_bwd",
+    "rope",
+    "repeat_heads",
+    "sum_heads",
     "attn_softmax",
     "attn_softmax_bwd",
     "gather_rows",

@@ -139,6 +139,9 @@ const std::map<std::string, Entry>& table() {
         KERNEL(gelu_bwd),         KERNEL(attn_softmax),   KERNEL(attn_softmax_bwd),
         KERNEL(gather_rows),      KERNEL(scatter_rows),   KERNEL(scatter_add_rows),
         KERNEL(cross_entropy),    KERNEL(adam),           KERNEL(to_bf16),
+        KERNEL(rms_norm_fwd),     KERNEL(rms_norm_bwd),   KERNEL(act_fwd),
+        KERNEL(act_bwd),          KERNEL(gated_fwd),      KERNEL(gated_bwd),
+        KERNEL(rope),             KERNEL(repeat_heads),   KERNEL(sum_heads),
     };
     return t;
 }

@@ -129,6 +129,192 @@ extern "C" __global__ void gelu_bwd(const float* x, const float* dy, float* dx, 
     dx[i] = (float)((double)dy[i] * g);
 }
 
+// RMSNorm as reference/rmsnorm.rs: y = x * rstd * w, xhat = x * rstd, rstd = 1 / sqrt(mean(x^2)
+// + eps), one block per row.
+extern "C" __global__ void rms_norm_fwd(const float* x, const float* w, float* y, float* xhat,
+                                        double* rstd, int rows, int cols, double eps) {
+    __shared__ double sh[BLOCK];
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* xr = x + (long long)r * cols;
+    double s = 0.0;
+    for (int j = threadIdx.x; j < cols; j += BLOCK) s += (double)xr[j] * (double)xr[j];
+    double ms = block_sum(s, sh) / cols;
+    double rs = 1.0 / sqrt(ms + eps);
+    for (int j = threadIdx.x; j < cols; j += BLOCK) {
+        double v = (double)xr[j];
+        y[(long long)r * cols + j] = (float)(v * rs * (double)w[j]);
+        xhat[(long long)r * cols + j] = (float)(v * rs);
+    }
+    if (threadIdx.x == 0) rstd[r] = rs;
+}
+
+// dx = rstd * (d - xhat * mean(d * xhat)), d = dy * w; the weight's gradient is
+// col_sum(dy, xhat).
+extern "C" __global__ void rms_norm_bwd(const float* dy, const float* xhat, const double* rstd,
+                                        const float* w, float* dx, int rows, int cols) {
+    __shared__ double sh[BLOCK];
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* g = dy + (long long)r * cols;
+    const float* h = xhat + (long long)r * cols;
+    double mdh = 0.0;
+    for (int j = threadIdx.x; j < cols; j += BLOCK) {
+        mdh += (double)g[j] * (double)w[j] * (double)h[j];
+    }
+    mdh = block_sum(mdh, sh) / cols;
+    for (int j = threadIdx.x; j < cols; j += BLOCK) {
+        double d = (double)g[j] * (double)w[j];
+        dx[(long long)r * cols + j] = (float)(rstd[r] * (d - (double)h[j] * mdh));
+    }
+}
+
+// The activations of reference/act.rs, by code: 0 exact GELU, 1 tanh GELU, 2 quick GELU, 3 SiLU.
+#define ACT_GELU 0
+#define ACT_GELU_TANH 1
+#define ACT_QUICK_GELU 2
+#define ACT_SILU 3
+#define FRAC_1_SQRT_2 0.7071067811865476
+#define FRAC_1_SQRT_2PI 0.3989422804014327
+#define FRAC_2_SQRT_PI 1.1283791670955126
+#define PI_F64 3.141592653589793
+
+// The error function as reference/act.rs computes it (its Taylor series near 0, its continued
+// fraction beyond), so both backends round the same f64 value.
+__device__ double act_erf(double x) {
+    double a = fabs(x);
+    double r;
+    if (a < 2.5) {
+        double term = a, sum = a, x2 = a * a;
+        for (int n = 1; n < 80; ++n) {
+            term *= -x2 / (double)n;
+            double add = term / (double)(2 * n + 1);
+            sum += add;
+            if (fabs(add) < 1e-17 * fabs(sum)) break;
+        }
+        r = sum * FRAC_2_SQRT_PI;
+    } else {
+        double f = a;
+        for (int k = 59; k >= 1; --k) f = a + ((double)k / 2.0) / f;
+        r = 1.0 - exp(-a * a) / (sqrt(PI_F64) * f);
+    }
+    return copysign(r, x);
+}
+
+__device__ double act_sigmoid(double x) { return 1.0 / (1.0 + exp(-x)); }
+
+// act(x) into *v and act'(x) into *s.
+__device__ void act_value_slope(int act, double x, double* v, double* s) {
+    if (act == ACT_GELU) {
+        double cdf = 0.5 * (1.0 + act_erf(x * FRAC_1_SQRT_2));
+        double pdf = FRAC_1_SQRT_2PI * exp(-0.5 * x * x);
+        *v = x * cdf;
+        *s = cdf + x * pdf;
+    } else if (act == ACT_GELU_TANH) {
+        double t = tanh(GELU_C * (x + GELU_A * x * x * x));
+        *v = 0.5 * x * (1.0 + t);
+        *s = 0.5 * (1.0 + t) + 0.5 * x * (1.0 - t * t) * GELU_C * (1.0 + 3.0 * GELU_A * x * x);
+    } else if (act == ACT_QUICK_GELU) {
+        double g = act_sigmoid(1.702 * x);
+        *v = x * g;
+        *s = g + 1.702 * x * g * (1.0 - g);
+    } else {
+        double g = act_sigmoid(x);
+        *v = x * g;
+        *s = g + x * g * (1.0 - g);
+    }
+}
+
+// y = act(x)
+extern "C" __global__ void act_fwd(const float* x, float* y, long long n, int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double v, s;
+    act_value_slope(act, (double)x[i], &v, &s);
+    y[i] = (float)v;
+}
+
+// dx = dy * act'(x)
+extern "C" __global__ void act_bwd(const float* x, const float* dy, float* dx, long long n,
+                                   int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double v, s;
+    act_value_slope(act, (double)x[i], &v, &s);
+    dx[i] = (float)((double)dy[i] * s);
+}
+
+// y = act(gate) * up (the gated FFN's product)
+extern "C" __global__ void gated_fwd(const float* gate, const float* up, float* y, long long n,
+                                     int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double v, s;
+    act_value_slope(act, (double)gate[i], &v, &s);
+    y[i] = (float)(v * (double)up[i]);
+}
+
+// dgate = dy * up * act'(gate), dup = dy * act(gate)
+extern "C" __global__ void gated_bwd(const float* gate, const float* up, const float* dy,
+                                     float* dgate, float* dup, long long n, int act) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= n) return;
+    double v, s;
+    act_value_slope(act, (double)gate[i], &v, &s);
+    double d = (double)dy[i];
+    dgate[i] = (float)(d * (double)up[i] * s);
+    dup[i] = (float)(d * v);
+}
+
+// Rotary positions (rotate-half) as reference/rope.rs, one thread per column pair: in each head
+// of head_dim columns, (x1, x2) = (column i, column half + i) of row k turn by the angle
+// positions[k] * inv_freq[i] (double), backwards when inverse.
+extern "C" __global__ void rope(const float* x, float* y, const int* positions,
+                                const double* inv_freq, int rows, int cols, int head_dim,
+                                int inverse) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    int half = head_dim / 2, pairs = cols / 2;
+    if (i >= (long long)rows * pairs) return;
+    int k = (int)(i / pairs), p = (int)(i % pairs);
+    int h = p / half, f = p % half;
+    double angle = (double)positions[k] * inv_freq[f];
+    double c = cos(angle), s = (inverse ? -1.0 : 1.0) * sin(angle);
+    long long base = (long long)k * cols + (long long)h * head_dim;
+    double a = (double)x[base + f], b = (double)x[base + half + f];
+    y[base + f] = (float)(a * c - b * s);
+    y[base + half + f] = (float)(b * c + a * s);
+}
+
+// out [rows, cols * groups]: each head_dim-column block of x repeated groups times in place
+// (grouped-query attention's key/value heads).
+extern "C" __global__ void repeat_heads(const float* x, float* out, int rows, int cols,
+                                        int head_dim, int groups) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    long long wide = (long long)cols * groups;
+    if (i >= (long long)rows * wide) return;
+    long long r = i / wide;
+    int c = (int)(i % wide);
+    int block = c / head_dim, col = c % head_dim;
+    out[i] = x[r * cols + (long long)(block / groups) * head_dim + col];
+}
+
+// The backward of repeat_heads: out [rows, cols] (cols the narrow width), each group of groups
+// blocks of dx summed in double, in order.
+extern "C" __global__ void sum_heads(const float* dx, float* out, int rows, int cols,
+                                     int head_dim, int groups) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * cols) return;
+    long long r = i / cols;
+    int c = (int)(i % cols);
+    int kv = c / head_dim, col = c % head_dim;
+    const float* src = dx + r * cols * groups;
+    double sum = 0.0;
+    for (int g = 0; g < groups; ++g) {
+        sum += (double)src[(long long)(kv * groups + g) * head_dim + col];
+    }
+    out[i] = (float)sum;
+}
+
 // Scores [heads, nq, nk] (already scaled) to probabilities in place, one block per (row, head):
 // keys j > positions[i] are masked to 0 when causal (positions null: i itself).
 extern "C" __global__ void attn_softmax(float* s, const int* positions, int nq, int nk,

@@ -13,9 +13,10 @@ use std::sync::Arc;
 
 use super::device::Gpu;
 use super::engine::Engine;
-use super::ops::{Ops, DT, DT3};
+use super::ops::{DLayerNormCache, Ops, DT, DT3};
 use crate::exec::math::Math;
 use crate::reference::adam::AdamStep;
+use crate::reference::arch::Act;
 use crate::reference::layers::{DeviceRstd, LayerNormCache};
 use crate::tensor::{DeviceBuffer, Tensor};
 use crate::RuntimeError;
@@ -99,6 +100,31 @@ impl<E: Engine> GpuMath<E> {
 
     fn results3(&self, (a, b, c): DT3<E>) -> (Tensor, Tensor, Tensor) {
         (self.result(a), self.result(b), self.result(c))
+    }
+
+    /// A norm's cache whose rows' `1/σ` (LayerNorm) or `1/rms` (RMSNorm) stay on the device:
+    /// reading them here would wait for the stream.
+    fn norm_cache(&self, c: DLayerNormCache<E>) -> LayerNormCache {
+        let rstd = GpuRstd::<E> {
+            dev: self.gpu.device().clone(),
+            values: c.rstd,
+        };
+        LayerNormCache {
+            xhat: self.result(c.xhat),
+            rstd: Vec::new(),
+            device_rstd: Some(DeviceRstd(Arc::new(rstd))),
+        }
+    }
+
+    /// A norm cache's rows' `1/σ` if they are on this rank's device (else the caller uploads
+    /// the host's).
+    fn kept_rstd<'c>(&self, cache: &'c LayerNormCache) -> Option<&'c E::Buf<f64>> {
+        cache
+            .device_rstd
+            .as_ref()
+            .and_then(|d| d.0.downcast_ref::<GpuRstd<E>>())
+            .filter(|r| Arc::ptr_eq(&r.dev, self.gpu.device()))
+            .map(|r| &r.values)
     }
 }
 
@@ -254,19 +280,7 @@ impl<E: Engine> Math for GpuMath<E> {
             &*self.on_device(w)?,
             &*self.on_device(b)?,
         )?;
-        // The rows' 1/σ stay on the device: reading them here would wait for the stream.
-        let rstd = GpuRstd::<E> {
-            dev: self.gpu.device().clone(),
-            values: c.rstd,
-        };
-        Ok((
-            self.result(y),
-            LayerNormCache {
-                xhat: self.result(c.xhat),
-                rstd: Vec::new(),
-                device_rstd: Some(DeviceRstd(Arc::new(rstd))),
-            },
-        ))
+        Ok((self.result(y), self.norm_cache(c)))
     }
 
     fn layer_norm_backward(
@@ -275,21 +289,15 @@ impl<E: Engine> Math for GpuMath<E> {
         w: &Tensor,
         dy: &Tensor,
     ) -> Result<(Tensor, Tensor, Tensor), RuntimeError> {
-        let g = &self.gpu;
-        let kept = cache
-            .device_rstd
-            .as_ref()
-            .and_then(|d| d.0.downcast_ref::<GpuRstd<E>>())
-            .filter(|r| Arc::ptr_eq(&r.dev, g.device()));
         let uploaded;
-        let rstd = match kept {
-            Some(r) => &r.values,
+        let rstd = match self.kept_rstd(cache) {
+            Some(r) => r,
             None => {
-                uploaded = g.upload_f64(&cache.rstd)?;
+                uploaded = self.gpu.upload_f64(&cache.rstd)?;
                 &uploaded
             }
         };
-        let r = g.layer_norm_backward(
+        let r = self.gpu.layer_norm_backward(
             &*self.on_device(&cache.xhat)?,
             rstd,
             &*self.on_device(w)?,
@@ -357,5 +365,120 @@ impl<E: Engine> Math for GpuMath<E> {
             self.gpu
                 .cross_entropy(&*self.on_device(logits)?, targets, global_targets)?;
         Ok((loss, self.result(d)))
+    }
+
+    fn rms_norm(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        eps: f64,
+    ) -> Result<(Tensor, LayerNormCache), RuntimeError> {
+        let (y, c) = self
+            .gpu
+            .rms_norm(&*self.on_device(x)?, &*self.on_device(w)?, eps)?;
+        Ok((self.result(y), self.norm_cache(c)))
+    }
+
+    fn rms_norm_backward(
+        &self,
+        cache: &LayerNormCache,
+        w: &Tensor,
+        dy: &Tensor,
+    ) -> Result<(Tensor, Tensor), RuntimeError> {
+        let uploaded;
+        let rstd = match self.kept_rstd(cache) {
+            Some(r) => r,
+            None => {
+                uploaded = self.gpu.upload_f64(&cache.rstd)?;
+                &uploaded
+            }
+        };
+        let (dx, dw) = self.gpu.rms_norm_backward(
+            &*self.on_device(&cache.xhat)?,
+            rstd,
+            &*self.on_device(w)?,
+            &*self.on_device(dy)?,
+        )?;
+        Ok((self.result(dx), self.result(dw)))
+    }
+
+    fn activation(&self, x: &Tensor, f: Act) -> Result<Tensor, RuntimeError> {
+        let x = self.on_device(x)?;
+        // The tanh GELU keeps its own kernel (the reference model's).
+        let y = match f {
+            Act::GeluTanh => self.gpu.gelu(&x)?,
+            _ => self.gpu.activation(&x, f)?,
+        };
+        Ok(self.result(y))
+    }
+
+    fn activation_backward(&self, x: &Tensor, dy: &Tensor, f: Act) -> Result<Tensor, RuntimeError> {
+        let (x, dy) = (self.on_device(x)?, self.on_device(dy)?);
+        let dx = match f {
+            Act::GeluTanh => self.gpu.gelu_backward(&x, &dy)?,
+            _ => self.gpu.activation_backward(&x, &dy, f)?,
+        };
+        Ok(self.result(dx))
+    }
+
+    fn gated(&self, gate: &Tensor, up: &Tensor, f: Act) -> Result<Tensor, RuntimeError> {
+        let y = self
+            .gpu
+            .gated(&*self.on_device(gate)?, &*self.on_device(up)?, f)?;
+        Ok(self.result(y))
+    }
+
+    fn gated_backward(
+        &self,
+        gate: &Tensor,
+        up: &Tensor,
+        dy: &Tensor,
+        f: Act,
+    ) -> Result<(Tensor, Tensor), RuntimeError> {
+        let (dgate, dup) = self.gpu.gated_backward(
+            &*self.on_device(gate)?,
+            &*self.on_device(up)?,
+            &*self.on_device(dy)?,
+            f,
+        )?;
+        Ok((self.result(dgate), self.result(dup)))
+    }
+
+    fn rope(
+        &self,
+        x: &Tensor,
+        positions: &[usize],
+        head_dim: usize,
+        inv_freq: &[f64],
+        inverse: bool,
+    ) -> Result<Tensor, RuntimeError> {
+        let y = self
+            .gpu
+            .rope(&*self.on_device(x)?, positions, head_dim, inv_freq, inverse)?;
+        Ok(self.result(y))
+    }
+
+    fn repeat_heads(
+        &self,
+        x: &Tensor,
+        head_dim: usize,
+        groups: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let y = self
+            .gpu
+            .repeat_heads(&*self.on_device(x)?, head_dim, groups)?;
+        Ok(self.result(y))
+    }
+
+    fn sum_heads(
+        &self,
+        dx: &Tensor,
+        head_dim: usize,
+        groups: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let y = self
+            .gpu
+            .sum_heads(&*self.on_device(dx)?, head_dim, groups)?;
+        Ok(self.result(y))
     }
 }
