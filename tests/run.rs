@@ -331,3 +331,66 @@ fn fresh_synthetic_batches_are_said_to_keep_the_loss_up_and_a_fixed_batch_makes_
         "the loss of one repeated batch did not fall: {l:?}"
     );
 }
+
+/// A Llama imported from its Hugging Face `config.json` trains from its `save_pretrained`
+/// weights under a tensor-parallel plan, and the dump speaks Hugging Face's names: with a zero
+/// learning rate the weights come back as they went in.
+#[test]
+fn a_hugging_face_llama_runs_from_its_own_weights_and_dumps_under_their_names() {
+    let dir = scratch("run-llama-hf");
+    let golden = common::root().join("tests/oracle/golden/hf/llama");
+    let model = dir.join("llama.json");
+    let o = hetpar(&[
+        "import",
+        "hf",
+        golden.join("config.json").to_str().unwrap(),
+        "--name",
+        "llama",
+        "--global-batch",
+        "4",
+        "--sequence-length",
+        "16",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = dir.join("plan.json");
+    let text = r#"{"kind": "plan", "format_version": 1, "model": "llama", "cluster": "h100-8",
+        "schedule": {"kind": "pipeline_1f1b"},
+        "modules": {"llm": {"layout": {"tp": 2, "sequence_parallel": true, "micro_batch_size": 4},
+                            "placement": {"ranks": {"offset": 0, "count": 2}}}}}"#;
+    std::fs::write(&plan, text).unwrap();
+    let weights = golden.join("model.safetensors");
+    let dump = dir.join("dump");
+    let o = hetpar(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--cluster",
+        CLUSTER,
+        "--weights",
+        weights.to_str().unwrap(),
+        "--steps",
+        "2",
+        "--lr",
+        "0",
+        "--dump",
+        dump.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let read = |p: &std::path::Path| {
+        hetpar::runtime::dump::from_bytes(&std::fs::read(p).unwrap()).unwrap()
+    };
+    let (given, back) = (read(&weights), read(&dump.join("weights.safetensors")));
+    assert_eq!(
+        given.keys().collect::<Vec<_>>(),
+        back.keys().collect::<Vec<_>>()
+    );
+    for (name, t) in &given {
+        assert_eq!(t.data(), back[name].data(), "{name} changed under lr 0");
+    }
+    let grads = read(&dump.join("grads.safetensors"));
+    assert!(grads.contains_key("grad.model.layers.0.self_attn.q_proj.weight"));
+    assert_eq!(grads.len(), given.len());
+}
