@@ -92,7 +92,7 @@ fn weights_and_batch_from_safetensors_replace_the_seeded_ones() {
 }
 
 #[test]
-fn run_refuses_a_plan_without_cluster_and_a_model_the_reference_cannot_compute() {
+fn run_refuses_a_plan_without_cluster_and_a_model_the_runtime_cannot_compute() {
     let o = hetpar(&["run", PLAN, "--model", MODEL]);
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("give --cluster"), "{}", stderr(&o));
@@ -107,7 +107,8 @@ fn run_refuses_a_plan_without_cluster_and_a_model_the_reference_cannot_compute()
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
-        e.contains("reference model cannot compute") && e.contains("llm"),
+        e.contains("runtime cannot compute this model")
+            && e.contains("vision: the runtime has no encoder pre-norm"),
         "{e}"
     );
 }

@@ -219,7 +219,7 @@ const CASES: &[Case] = &[
         Rule::JsonSyntax,
         "",
     )
-    .at(61, 2),
+    .at(63, 2),
     case(
         "a bare word is a syntax error at its first letter",
         TinyColocated,

@@ -92,6 +92,6 @@ pub enum RuntimeError {
         value: String,
     },
     /// A hetpar model the reference implementation does not compute; every difference is named.
-    #[error("the reference model cannot compute this model: {0}")]
+    #[error("the runtime cannot compute this model: {0}")]
     Unsupported(String),
 }

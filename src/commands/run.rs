@@ -395,12 +395,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Some((model, program, _)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };
-    let cfg = Config::from_model(&model).with_context(|| {
-        format!(
-            "{}: the runtime cannot compute this model",
-            a.program.model.display()
-        )
-    })?;
+    let cfg = Config::from_model(&model).with_context(|| a.program.model.display().to_string())?;
     let (init, naming) = initial_weights(a.training.weights.as_deref(), &cfg, a.training.seed)?;
     let batches: Vec<Batch> = match &a.batch {
         Some(p) => vec![read_batch(p)?],

@@ -26,6 +26,15 @@ pub fn range(vocab: usize, tp: usize, t: usize) -> Range<usize> {
     t * vocab / tp..(t + 1) * vocab / tp
 }
 
+/// Of `tokens`, those this rank holds: their rows in the slice and their indices.
+fn held_rows(tokens: &[Option<usize>], held: &Range<usize>) -> (Vec<usize>, Vec<usize>) {
+    tokens
+        .iter()
+        .enumerate()
+        .filter_map(|(k, t)| t.filter(|t| held.contains(t)).map(|t| (t - held.start, k)))
+        .unzip()
+}
+
 /// Rows `[tokens.len(), width]`: row k is the slice's row of `tokens[k]` when this rank holds
 /// it, zero otherwise (placeholders are `None`).
 pub fn embed_partial(
@@ -34,13 +43,7 @@ pub fn embed_partial(
     tokens: &[Option<usize>],
     held: &Range<usize>,
 ) -> Result<Tensor, RuntimeError> {
-    let (mut rows, mut at) = (Vec::new(), Vec::new());
-    for (k, t) in tokens.iter().enumerate() {
-        if let Some(t) = t.filter(|t| held.contains(t)) {
-            rows.push(t - held.start);
-            at.push(k);
-        }
-    }
+    let (rows, at) = held_rows(tokens, held);
     let part = mx.gather_rows(slice, &rows)?;
     mx.scatter_rows(&[part], &[at], tokens.len(), slice.cols())
 }
@@ -52,13 +55,7 @@ pub fn embed_grad(
     tokens: &[Option<usize>],
     held: &Range<usize>,
 ) -> Result<Tensor, RuntimeError> {
-    let (mut rows, mut at) = (Vec::new(), Vec::new());
-    for (k, t) in tokens.iter().enumerate() {
-        if let Some(t) = t.filter(|t| held.contains(t)) {
-            rows.push(t - held.start);
-            at.push(k);
-        }
-    }
+    let (rows, at) = held_rows(tokens, held);
     mx.scatter_add_rows(held.len(), &mx.gather_rows(de, &at)?, &rows)
 }
 
