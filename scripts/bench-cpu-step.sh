@@ -8,7 +8,8 @@
 # python: an interpreter with torch (default: python3). Each hetpar binary given (e.g. an older
 # build) is timed beside the one built here, one step per thread count in the first round only
 # (the f64 loops of old builds take most of a minute a step). hetpar on 2 threads is 2 ranks (dp 2: a rank is a
-# thread); PyTorch on 2 threads is torch.set_num_threads(2). Rounds interleave the runs, and each
+# thread), and also 1 rank whose products split over 2 threads (HETPAR_GEMM_THREADS=2); PyTorch on
+# 2 threads is torch.set_num_threads(2). Rounds interleave the runs, and each
 # figure is the fastest step of all rounds (other work on the machine only slows a step down).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,6 +41,7 @@ for ((r = 0; r < ROUNDS; r++)); do
         done
         best[torch.$t]=$(min "${best[torch.$t]:-}" "$(torch_step "$t")")
     done
+    best[gemm2]=$(min "${best[gemm2]:-}" "$(HETPAR_GEMM_THREADS=2 hetpar_step "${BINS[0]}" 1 "$STEPS")")
 done
 
 echo "reference-bench, one training step, fastest of $ROUNDS rounds x $STEPS steps ($(nproc) cores)"
@@ -49,5 +51,9 @@ for t in 1 2; do
         printf '%-8s %-34s %10.3f %16.2f\n' "$t" "hetpar ${BINS[$i]}" "${best[h$i.$t]}" \
             "$(awk -v a="${best[h$i.$t]}" -v b="${best[torch.$t]}" 'BEGIN { print a / b }')"
     done
+    if [ "$t" = 2 ]; then
+        printf '%-8s %-34s %10.3f %16.2f\n' 2 "hetpar, 1 rank, 2 GEMM threads" "${best[gemm2]}" \
+            "$(awk -v a="${best[gemm2]}" -v b="${best[torch.2]}" 'BEGIN { print a / b }')"
+    fi
     printf '%-8s %-34s %10.3f\n' "$t" "torch $("$PY" -c 'import torch; print(torch.__version__)')" "${best[torch.$t]}"
 done
