@@ -4,7 +4,7 @@
 
 use super::layers::{linear_named, linear_named_backward, softmax_in_place};
 use super::params::{Grads, Params};
-use crate::tensor::Tensor;
+use crate::tensor::{gemm, Tensor};
 
 /// What the backward needs: the input, q, k, v, each head's probabilities `[n, n]` (zero where
 /// masked) and the heads' concatenated output.
@@ -48,36 +48,56 @@ pub fn attention_core_at(
     let scale = 1.0 / (d as f64).sqrt();
     let mut ctx = Tensor::zeros(&[nq, hidden]);
     let mut probs = Vec::with_capacity(heads);
+    let ends: Vec<usize> = positions
+        .iter()
+        .take(nq)
+        .map(|&at| if causal { at + 1 } else { nk })
+        .collect();
     for h in 0..heads {
         let cols = h * d..(h + 1) * d;
         let mut p = Tensor::zeros(&[nq, nk]);
-        for (i, &at) in positions.iter().enumerate().take(nq) {
-            let end = if causal { at + 1 } else { nk };
-            let qi = &q.row(i)[cols.clone()];
-            let row = &mut p.row_mut(i)[..end];
-            for (j, s) in row.iter_mut().enumerate() {
-                let kj = &k.row(j)[cols.clone()];
-                let dot: f64 = qi
-                    .iter()
-                    .zip(kj)
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum();
-                *s = (dot * scale) as f32;
-            }
-            softmax_in_place(row);
+        // Scores in blocks of rows, each up to its last key (masked keys are never computed).
+        for (rows, kend) in row_blocks(&ends) {
+            let (qh, kh) = (
+                q.mat().col_range(cols.clone()),
+                k.mat().col_range(cols.clone()),
+            );
+            gemm(
+                qh.row_range(rows.clone()),
+                kh.row_range(0..kend).t(),
+                false,
+                p.mat_mut().row_range(rows).col_range(0..kend),
+            );
         }
-        for i in 0..nq {
-            for c in cols.clone() {
-                let mut acc = 0.0f64;
-                for j in 0..nk {
-                    acc += f64::from(p.row(i)[j]) * f64::from(v.row(j)[c]);
-                }
-                ctx.row_mut(i)[c] = acc as f32;
+        for (row, &end) in p.data_mut().chunks_exact_mut(nk.max(1)).zip(&ends) {
+            let (live, masked) = row.split_at_mut(end);
+            for s in live.iter_mut() {
+                *s = (f64::from(*s) * scale) as f32;
             }
+            softmax_in_place(live);
+            masked.fill(0.0);
+        }
+        // Masked probabilities are zero, so leaving them out of a sum changes no bit.
+        for (rows, kend) in row_blocks(&ends) {
+            gemm(
+                p.mat().row_range(rows.clone()).col_range(0..kend),
+                v.mat().col_range(cols.clone()).row_range(0..kend),
+                false,
+                ctx.mat_mut().col_range(cols.clone()).row_range(rows),
+            );
         }
         probs.push(p);
     }
     (ctx, probs)
+}
+
+/// Blocks of 64 rows, each with the largest of its rows' key counts `ends`.
+fn row_blocks(ends: &[usize]) -> impl Iterator<Item = (std::ops::Range<usize>, usize)> + '_ {
+    const ROWS: usize = 64;
+    (0..ends.len()).step_by(ROWS).map(move |i0| {
+        let i1 = (i0 + ROWS).min(ends.len());
+        (i0..i1, ends[i0..i1].iter().copied().max().unwrap_or(0))
+    })
 }
 
 /// The core's backward: `(dq, dk, dv)` from the gradient of the concatenated head outputs,
@@ -98,56 +118,64 @@ pub fn attention_core_backward(
     let mut dq = Tensor::zeros(&[nq, hidden]);
     let mut dk = Tensor::zeros(&[nk, hidden]);
     let mut dv = Tensor::zeros(&[nk, hidden]);
+    let mut ds = Tensor::zeros(&[nq, nk]);
     for (h, p) in probs.iter().enumerate() {
         let cols = h * d..(h + 1) * d;
-        // dv_j = Σ_i p_ij dctx_i
-        for j in 0..nk {
-            for c in cols.clone() {
-                let mut acc = 0.0f64;
-                for i in 0..nq {
-                    acc += f64::from(p.row(i)[j]) * f64::from(dctx.row(i)[c]);
-                }
-                dv.row_mut(j)[c] = acc as f32;
-            }
+        // A row's probabilities end at its last non-zero one (the causal mask's zeros after).
+        let ends: Vec<usize> = p
+            .data()
+            .chunks_exact(nk.max(1))
+            .map(|r| r.iter().rposition(|&x| x != 0.0).map_or(0, |j| j + 1))
+            .collect();
+        // dv = pᵀ · dctx
+        gemm(
+            p.mat().t(),
+            dctx.mat().col_range(cols.clone()),
+            false,
+            dv.mat_mut().col_range(cols.clone()),
+        );
+        // dp = dctx · vᵀ;  ds_ij = p_ij (dp_ij - Σ_j' p_ij' dp_ij'), times the scale.
+        for (rows, kend) in row_blocks(&ends) {
+            gemm(
+                dctx.mat().col_range(cols.clone()).row_range(rows.clone()),
+                v.mat().col_range(cols.clone()).row_range(0..kend).t(),
+                false,
+                ds.mat_mut().row_range(rows).col_range(0..kend),
+            );
         }
-        // dp_ij = dctx_i · v_j;  ds_ij = p_ij (dp_ij - Σ_j' p_ij' dp_ij'), times the scale.
-        let mut ds = vec![0.0f64; nq * nk];
-        for i in 0..nq {
-            let dci = &dctx.row(i)[cols.clone()];
-            let mut dp = vec![0.0f64; nk];
-            let mut dot = 0.0f64;
-            for (j, dpj) in dp.iter_mut().enumerate() {
-                let vj = &v.row(j)[cols.clone()];
-                *dpj = dci
-                    .iter()
-                    .zip(vj)
-                    .map(|(a, b)| f64::from(*a) * f64::from(*b))
-                    .sum();
-                dot += f64::from(p.row(i)[j]) * *dpj;
+        let pd = p.data();
+        for ((dsr, pr), &end) in ds
+            .data_mut()
+            .chunks_exact_mut(nk.max(1))
+            .zip(pd.chunks_exact(nk.max(1)))
+            .zip(&ends)
+        {
+            let (live, rest) = dsr.split_at_mut(end);
+            let dot: f64 = live
+                .iter()
+                .zip(pr)
+                .map(|(dp, p)| f64::from(*dp) * f64::from(*p))
+                .sum();
+            for (x, p) in live.iter_mut().zip(pr) {
+                *x = (f64::from(*p) * (f64::from(*x) - dot) * scale) as f32;
             }
-            for j in 0..nk {
-                ds[i * nk + j] = f64::from(p.row(i)[j]) * (dp[j] - dot) * scale;
-            }
+            rest.fill(0.0);
         }
-        // dq_i = Σ_j ds_ij k_j;  dk_j = Σ_i ds_ij q_i.
-        for i in 0..nq {
-            for c in cols.clone() {
-                let mut acc = 0.0f64;
-                for j in 0..nk {
-                    acc += ds[i * nk + j] * f64::from(k.row(j)[c]);
-                }
-                dq.row_mut(i)[c] = acc as f32;
-            }
+        // dq = ds · k (ds is zero past each row's end);  dk = dsᵀ · q.
+        for (rows, kend) in row_blocks(&ends) {
+            gemm(
+                ds.mat().row_range(rows.clone()).col_range(0..kend),
+                k.mat().col_range(cols.clone()).row_range(0..kend),
+                false,
+                dq.mat_mut().col_range(cols.clone()).row_range(rows),
+            );
         }
-        for j in 0..nk {
-            for c in cols.clone() {
-                let mut acc = 0.0f64;
-                for i in 0..nq {
-                    acc += ds[i * nk + j] * f64::from(q.row(i)[c]);
-                }
-                dk.row_mut(j)[c] = acc as f32;
-            }
-        }
+        gemm(
+            ds.mat().t(),
+            q.mat().col_range(cols.clone()),
+            false,
+            dk.mat_mut().col_range(cols),
+        );
     }
     (dq, dk, dv)
 }
