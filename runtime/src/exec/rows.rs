@@ -11,7 +11,7 @@ use crate::tensor::Tensor;
 use crate::RuntimeError;
 
 /// A row's key: row `row` of sample `sample`'s boundary rows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Key {
     pub sample: u32,
     pub row: u64,
@@ -36,6 +36,16 @@ impl RowStore {
         for (key, i) in picks {
             self.rows.insert(key, (t.clone(), i));
         }
+    }
+
+    /// Every key held, in no particular order.
+    pub fn keys(&self) -> impl Iterator<Item = &Key> {
+        self.rows.keys()
+    }
+
+    /// Whether `key` is held.
+    pub fn contains(&self, key: &Key) -> bool {
+        self.rows.contains_key(key)
     }
 
     /// One row's values on the host.

@@ -165,7 +165,10 @@ impl<'a> RankState<'a> {
                         &mut self.grads,
                     )?;
                 }
-                LayerCache::LlmEmbed => self.embed_backward(m, j, &shard, &mine, &dx)?,
+                LayerCache::LlmEmbed => {
+                    self.embed_backward(m, j, &shard, &mine, &dx)?;
+                    self.reroute_backward(m, j)?;
+                }
                 _ => unreachable!("only embeddings are pre layers"),
             }
         }

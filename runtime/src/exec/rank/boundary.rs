@@ -87,6 +87,11 @@ impl<'a> RankState<'a> {
             }
         }
         for (t, keys) in summed {
+            if let Some(p) = self.partials.get_mut(&b) {
+                for k in &keys {
+                    p.remove(k);
+                }
+            }
             store.insert_rows(t, keys);
         }
         self.stores.insert(StoreKey::new(b, forward), store);

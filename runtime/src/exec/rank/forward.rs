@@ -34,6 +34,7 @@ impl<'a> RankState<'a> {
                 Unit::Projector(_) => self.boundary_rows(m, j, &mine)?,
                 Unit::Llm => {
                     pre.push(LayerCache::LlmEmbed);
+                    self.reroute_forward(m, j)?;
                     self.embed(m, j, &mine)?
                 }
             }
@@ -54,12 +55,15 @@ impl<'a> RankState<'a> {
                 self.acts.insert(ChunkKey::new(m, i + 1, j), out);
             } else if let Some(b) = self.ctx(m).outgoing {
                 // Folded, the rows are partial sums of every local row.
-                let rows = if self.folds(m).0 {
-                    shard.local()
-                } else {
-                    &mine[..]
-                };
+                let folded = self.folds(m).0;
+                let rows = if folded { shard.local() } else { &mine[..] };
                 let keys = keys_of(rows);
+                if folded {
+                    self.partials
+                        .entry(b)
+                        .or_default()
+                        .extend(keys.iter().copied());
+                }
                 let store = self.stores.entry(StoreKey::new(b, true)).or_default();
                 store.insert_rows(out, keys);
             }

@@ -15,7 +15,7 @@ use super::block::{
     MlpCache,
 };
 use super::collective::{self, GroupCollectives};
-use super::comm::{tag, Env, Kind};
+use super::comm::{tag, Env, Kind, MAX_INDEX};
 use super::fused;
 use super::math::{
     accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
@@ -37,6 +37,7 @@ mod boundary;
 mod ctx;
 mod forward;
 mod pipe;
+mod reroute;
 mod sync;
 
 pub use ctx::{program_groups, unit_of, ModuleCtx};
@@ -163,6 +164,11 @@ pub struct RankState<'a> {
     /// the micro-batches they feed share one store.
     stores: HashMap<StoreKey, RowStore>,
     shards: HashMap<UnitKey, Sharding>,
+    /// Placeholder rows moved within the replica's group, by (boundary, micro-batch).
+    reroutes: HashMap<(usize, u32), reroute::Reroute>,
+    /// Per boundary, the keys of its forward store that hold a folded producer's partial sums
+    /// (not rows a destination may read).
+    partials: HashMap<usize, std::collections::HashSet<Key>>,
     /// This step's share of the summed cross-entropy (f64, before normalisation).
     pub loss: f64,
     /// The most bytes this rank's tensors held at once, measured after every instruction.
@@ -212,6 +218,8 @@ impl<'a> RankState<'a> {
             chunks: HashMap::new(),
             stores: HashMap::new(),
             shards: HashMap::new(),
+            reroutes: HashMap::new(),
+            partials: HashMap::new(),
             loss: 0.0,
             peak_bytes: 0,
         }
@@ -506,10 +514,20 @@ impl<'a> RankState<'a> {
         if let Some(s) = self.shards.get(&UnitKey { module: m, unit: j }) {
             return s.clone();
         }
+        let [t, cc, _, _] = self.ctx(m).coord;
+        let s = self.shard_at(m, j, t, cc);
+        self.shards
+            .insert(UnitKey { module: m, unit: j }, s.clone());
+        s
+    }
+
+    /// The sharding of module `m` in pass `j` on the rank at tp `t`, cp `cc` of this rank's
+    /// replica and stage.
+    fn shard_at(&self, m: usize, j: u32, t: u32, cc: u32) -> Sharding {
         let program = self.program;
         let c = self.ctx(m);
         let p = c.prog;
-        let [t, cc, d, _] = c.coord;
+        let d = c.coord[2];
         let (batch, layout) = self.batch();
         let n = batch.batch_size as u32;
         let (work, items) = match c.unit {
@@ -532,10 +550,7 @@ impl<'a> RankState<'a> {
             t: t as usize,
             sp: p.sequence_parallel,
         };
-        let s = sharding(c.unit, items.as_ref(), batch.seq_len, &work, place);
-        self.shards
-            .insert(UnitKey { module: m, unit: j }, s.clone());
-        s
+        sharding(c.unit, items.as_ref(), batch.seq_len, &work, place)
     }
 }
 
