@@ -335,9 +335,10 @@ fn fresh_synthetic_batches_are_said_to_keep_the_loss_up_and_a_fixed_batch_makes_
 
 /// A Llama imported from its Hugging Face `config.json` trains from its `save_pretrained`
 /// weights under a tensor-parallel plan, and the dump speaks Hugging Face's names: with a zero
-/// learning rate the weights come back as they went in.
+/// learning rate the weights come back as they went in. On the oracle's own batch (Hugging
+/// Face's `input_ids` and `labels`) the printed loss is transformers'.
 #[test]
-fn a_hugging_face_llama_runs_from_its_own_weights_and_dumps_under_their_names() {
+fn a_hugging_face_llama_runs_from_its_own_weights_and_batch_and_dumps_under_their_names() {
     let dir = scratch("run-llama-hf");
     let golden = common::root().join("tests/oracle/golden/hf/llama");
     let model = dir.join("llama.json");
@@ -394,4 +395,27 @@ fn a_hugging_face_llama_runs_from_its_own_weights_and_dumps_under_their_names() 
     let grads = read(&dump.join("grads.safetensors"));
     assert!(grads.contains_key("grad.model.layers.0.self_attn.q_proj.weight"));
     assert_eq!(grads.len(), given.len());
+    // The oracle's own batch (`input_ids`, `labels`) gives transformers' loss.
+    let o = hetpar(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--cluster",
+        CLUSTER,
+        "--weights",
+        weights.to_str().unwrap(),
+        "--batch",
+        golden.join("batch.safetensors").to_str().unwrap(),
+        "--steps",
+        "1",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let expect = read(&golden.join("expect.safetensors"));
+    let want = f64::from(expect["loss"].data()[0]);
+    let got = f64::from(losses(&stdout(&o))[0]);
+    assert!(
+        ((got - want) / want).abs() < 1e-5,
+        "loss {got} against transformers' {want}"
+    );
 }

@@ -156,6 +156,10 @@ pub fn batch_to_bytes(b: &crate::reference::Batch) -> Result<Vec<u8>, RuntimeErr
 /// named. The batch's own consistency is [`crate::reference::Batch::layout`]'s check.
 pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, RuntimeError> {
     let st = SafeTensors::deserialize(bytes).map_err(err)?;
+    let names: Vec<&str> = st.names();
+    if crate::hf_batch::is_hf_batch(names.iter().copied()) {
+        return crate::hf_batch::batch_from_hf(bytes, &names);
+    }
     let mut problems = Vec::new();
     let mut get = |name: &str, dtype: Dtype, rank: usize| -> Option<(Vec<usize>, Vec<u8>)> {
         match st.tensor(name) {
