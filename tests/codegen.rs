@@ -147,3 +147,79 @@ fn codegen_of_a_program_equals_codegen_of_its_plan() {
         );
     }
 }
+
+/// A Llama imported from its Hugging Face `config.json`, planned with tensor and sequence
+/// parallelism and a vocabulary-parallel head: the generated crate builds and trains to the
+/// interpreter's losses.
+#[test]
+fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
+    let dir = scratch("codegen-llama");
+    let model = dir.join("llama.json");
+    let config = root().join("tests/oracle/golden/hf/llama/config.json");
+    let o = hetpar(&[
+        "import",
+        "hf",
+        config.to_str().unwrap(),
+        "--name",
+        "llama",
+        "--global-batch",
+        "4",
+        "--sequence-length",
+        "16",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let plan = dir.join("plan.json");
+    std::fs::write(
+        &plan,
+        r#"{"kind": "plan", "format_version": 1, "model": "llama", "cluster": "h100-8",
+            "schedule": {"kind": "pipeline_1f1b"},
+            "modules": {"llm": {"layout": {"tp": 2, "pp": 2, "sequence_parallel": true,
+                                           "micro_batch_size": 2},
+                                "placement": {"ranks": {"offset": 0, "count": 4}}}}}"#,
+    )
+    .unwrap();
+    let out = dir.join("crate");
+    let (plan, model) = (plan.to_str().unwrap(), model.to_str().unwrap());
+    let o = hetpar(&[
+        "codegen",
+        plan,
+        "--model",
+        model,
+        "--cluster",
+        CLUSTER,
+        "-o",
+        out.to_str().unwrap(),
+        "--runtime",
+        "../../../../runtime",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    std::fs::copy(root().join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let built = Command::new(&cargo)
+        .args(["run", "--quiet", "--", "--steps", "3"])
+        .current_dir(&out)
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .output()
+        .expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "the generated crate fails:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let interpreted = hetpar(&[
+        "run",
+        plan,
+        "--model",
+        model,
+        "--cluster",
+        CLUSTER,
+        "--steps",
+        "3",
+    ]);
+    assert!(interpreted.status.success(), "{}", stderr(&interpreted));
+    let generated = losses(&String::from_utf8_lossy(&built.stdout));
+    assert_eq!(generated.len(), 3);
+    assert_eq!(generated, losses(&stdout(&interpreted)));
+}
