@@ -175,7 +175,7 @@ fn prepare(
     cfg: &Config,
     init: &Params,
     batches: &[Batch],
-) -> Result<Vec<crate::reference::batch::Layout>, RuntimeError> {
+) -> Result<Vec<crate::reference::batch::BatchLayout>, RuntimeError> {
     check_executed(program)?;
     cfg.validate()?;
     init.check(cfg)?;
@@ -193,7 +193,7 @@ fn prepare(
 
 /// Each step's loss: its cross-entropy summed over the ranks, in rank order, over the target
 /// count of its batch (step `k` runs on batch `k mod len`).
-fn step_losses(sums: &[f64], layouts: &[crate::reference::batch::Layout]) -> Vec<f32> {
+fn step_losses(sums: &[f64], layouts: &[crate::reference::batch::BatchLayout]) -> Vec<f32> {
     sums.iter()
         .enumerate()
         .map(|(k, s)| (s / layouts[k % layouts.len()].targets as f64) as f32)
@@ -209,7 +209,7 @@ fn run_rank<'a>(
     cfg: &Config,
     init: &Params,
     batches: &'a [Batch],
-    layouts: &[crate::reference::batch::Layout],
+    layouts: &[crate::reference::batch::BatchLayout],
     opts: &RunOptions,
     body: &RankBody,
     on_step: &OnStep<'_>,

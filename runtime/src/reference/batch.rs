@@ -56,7 +56,7 @@ pub struct EncoderLayout {
 
 /// Where each image's patches and each sample's images lie, once a batch is validated.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Layout {
+pub struct BatchLayout {
     /// Patch rows of each image.
     pub images: Vec<Range<usize>>,
     /// Image indices of each sample.
@@ -67,7 +67,7 @@ pub struct Layout {
     pub audio: Option<EncoderLayout>,
 }
 
-impl Layout {
+impl BatchLayout {
     /// Encoder `s`'s items.
     pub fn encoder(&self, s: Source) -> EncoderLayout {
         match (s, &self.audio) {
@@ -162,7 +162,7 @@ impl Batch {
     /// Checks every shape, count and id against `cfg`, then says where each image and each
     /// sample's images lie. Sample `b`'s placeholders must number the sum of its images' patch
     /// counts ([`RuntimeError::PlaceholderMismatch`] otherwise).
-    pub fn layout(&self, cfg: &Config) -> Result<Layout, RuntimeError> {
+    pub fn layout(&self, cfg: &Config) -> Result<BatchLayout, RuntimeError> {
         let (b, s) = (self.batch_size, self.seq_len);
         if s == 0 || s > cfg.llm.seq_len {
             return Err(bad(format!(
@@ -275,7 +275,7 @@ impl Batch {
         if targets == 0 {
             return Err(RuntimeError::NoTargets);
         }
-        Ok(Layout {
+        Ok(BatchLayout {
             images,
             sample_images,
             targets,

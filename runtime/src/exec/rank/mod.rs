@@ -24,7 +24,7 @@ use super::rows::{Key, RowStore, Taken};
 use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
 use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
 use super::vocab;
-use crate::reference::batch::{Layout, IGNORE};
+use crate::reference::batch::{BatchLayout, IGNORE};
 use crate::reference::layers::LayerNormCache;
 use crate::reference::params::Source;
 use crate::reference::{Adam, Batch, Config, Grads, Params};
@@ -153,7 +153,7 @@ pub struct RankState<'a> {
     /// collectives that exchange messages only): a lone send would hold the stream until its
     /// receive is posted, and pipeline schedules have both neighbours send before receiving.
     held_sends: Vec<(u32, Tensor)>,
-    batch: Option<(&'a Batch, Layout)>,
+    batch: Option<(&'a Batch, BatchLayout)>,
     /// For this step's batch, per sample and position, the row a placeholder there takes.
     placeholders: Vec<Vec<u64>>,
     acts: HashMap<ChunkKey, Tensor>,
@@ -242,7 +242,7 @@ impl<'a> RankState<'a> {
     }
 
     /// Starts a step on `batch`: gradients and the loss at zero.
-    pub fn begin_step(&mut self, batch: &'a Batch, layout: Layout) {
+    pub fn begin_step(&mut self, batch: &'a Batch, layout: BatchLayout) {
         self.placeholders = placeholder_index(batch);
         self.batch = Some((batch, layout));
         self.grads = self.params.zeros_like();
@@ -503,7 +503,7 @@ impl<'a> RankState<'a> {
         ))
     }
 
-    fn batch(&self) -> (&'a Batch, &Layout) {
+    fn batch(&self) -> (&'a Batch, &BatchLayout) {
         let (b, l) = self.batch.as_ref().expect("set by step()");
         (b, l)
     }
