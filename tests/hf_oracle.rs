@@ -95,14 +95,18 @@ fn run(c: &Case, schedule: Value, layout: Value, ranks: u32) -> RunOutput {
     let program = lower_with(&c.graph, schedule, json!({ "llm": at(layout, 0, ranks) }));
     let mut o = opts(1);
     o.lr = 0.0;
-    hetpar::runtime::exec::run(
-        &program,
-        &c.cfg,
-        &c.params,
-        std::slice::from_ref(&c.batch),
-        &o,
-    )
-    .unwrap_or_else(|e| panic!("{}: {e}", c.name))
+    let batch = std::slice::from_ref(&c.batch);
+    let out = hetpar::runtime::exec::run_with(&program, &c.cfg, &c.params, batch, &o, &|st| {
+        st.keep_logits();
+        st.interpret()
+    })
+    .unwrap_or_else(|e| panic!("{}: {e}", c.name));
+    assert!(
+        out.logits.is_some(),
+        "{}: the ranks kept their logits",
+        c.name
+    );
+    out
 }
 
 /// The loss within 1e-5 relative and every gradient within 1e-4 relative of the goldens.
@@ -119,6 +123,24 @@ fn assert_matches(c: &Case, what: &str, got: &RunOutput) {
         c.name,
         got.losses[0]
     );
+    // Logits: the largest difference over the largest golden logit.
+    if let Some(logits) = &got.logits {
+        let w = &want["logits"];
+        assert_eq!(
+            logits.shape(),
+            w.shape(),
+            "{} {what}: logits' shape",
+            c.name
+        );
+        let scale = w.data().iter().fold(0.0f32, |a, v| a.max(v.abs()));
+        let diff = logits
+            .data()
+            .iter()
+            .zip(w.data())
+            .fold(0.0f32, |a, (x, y)| a.max((x - y).abs()));
+        let rel = f64::from(diff / scale);
+        assert!(rel <= 1e-5, "{} {what}: logits off by {rel:.2e}", c.name);
+    }
     let mut grads = Params::default();
     for (n, _) in got.grads.iter() {
         let hf = to_hf(n).unwrap_or_else(|| n.clone());

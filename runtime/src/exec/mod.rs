@@ -156,6 +156,9 @@ pub struct RunOutput {
     pub peak_bytes: Vec<(u32, usize)>,
     /// The backend it ran on, in words.
     pub backend: String,
+    /// The language model's logits of the last step `[B, S, V]`, when its ranks kept them
+    /// (`RankState::keep_logits`).
+    pub logits: Option<crate::tensor::Tensor>,
 }
 
 /// One rank's results, and its endpoint back.
@@ -167,6 +170,7 @@ struct RankOut {
     grads: Params,
     seconds: Vec<f64>,
     peak_bytes: usize,
+    logits: Vec<rank::LogitRows>,
 }
 
 /// Checks a run's inputs; the layout of every batch.
@@ -262,6 +266,7 @@ fn run_rank<'a>(
         }
     }
     Ok(RankOut {
+        logits: std::mem::take(&mut st.logits),
         peak_bytes: st.peak_bytes,
         rank: st.rank,
         losses,
@@ -479,5 +484,35 @@ pub fn run_observed(
         step_seconds,
         peak_bytes: outs.iter().map(|o| (o.rank, o.peak_bytes)).collect(),
         backend: opts.backend.to_string(),
+        logits: logits_of(
+            &outs,
+            &batches[(opts.steps - 1) % batches.len()],
+            cfg.llm.vocab,
+        )?,
     })
+}
+
+/// The last step's logits `[B, S, V]` from the rows every rank kept, if any did.
+fn logits_of(
+    outs: &[RankOut],
+    batch: &Batch,
+    vocab: usize,
+) -> Result<Option<crate::tensor::Tensor>, RuntimeError> {
+    if outs.iter().all(|o| o.logits.is_empty()) {
+        return Ok(None);
+    }
+    let (b, s) = (batch.batch_size, batch.seq_len);
+    let mut all = crate::tensor::Tensor::zeros(&[b * s, vocab]);
+    for part in outs.iter().flat_map(|o| &o.logits) {
+        let w = part.values.cols();
+        for (k, &(sample, pos)) in part.rows.iter().enumerate() {
+            let at = sample as usize * s + pos as usize;
+            let dst = all.row_mut(at);
+            dst[part.vocab_start..part.vocab_start + w].copy_from_slice(part.values.row(k));
+        }
+    }
+    Ok(Some(crate::tensor::Tensor::from_vec(
+        &[b, s, vocab],
+        all.into_data(),
+    )?))
 }

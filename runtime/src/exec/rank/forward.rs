@@ -196,6 +196,14 @@ impl<'a> RankState<'a> {
                     .map(|r| batch.targets[r.sample as usize * s + r.pos as usize])
                     .collect();
                 let (sum, dlogits) = self.math.cross_entropy(&logits, &targets, layout.targets)?;
+                if self.keep_logits {
+                    let rows = mine.iter().map(|r| (r.sample, r.pos)).collect();
+                    self.logits.push(LogitRows {
+                        rows,
+                        vocab_start: 0,
+                        values: logits,
+                    });
+                }
                 // Without sequence parallelism every tp rank computes the same rows.
                 if sp || t == 0 {
                     self.loss += sum;
@@ -243,6 +251,14 @@ impl<'a> RankState<'a> {
             vocab::cross_entropy(mx, &mut self.ep, &env, &logits, &targets, &held, global)?;
         if t == 0 {
             self.loss += sum;
+        }
+        if self.keep_logits {
+            let rows = shard.local().iter().map(|r| (r.sample, r.pos)).collect();
+            self.logits.push(LogitRows {
+                rows,
+                vocab_start: held.start,
+                values: logits,
+            });
         }
         post.push(LayerCache::Head {
             ln,

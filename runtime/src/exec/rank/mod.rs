@@ -164,6 +164,10 @@ pub struct RankState<'a> {
     /// the micro-batches they feed share one store.
     stores: HashMap<StoreKey, RowStore>,
     shards: HashMap<UnitKey, Sharding>,
+    /// Whether the language model's logits of the step are kept ([`RankState::keep_logits`]).
+    keep_logits: bool,
+    /// The step's logits this rank computed, if kept.
+    pub logits: Vec<LogitRows>,
     /// Placeholder rows moved within the replica's group, by (boundary, micro-batch).
     reroutes: HashMap<(usize, u32), reroute::Reroute>,
     /// Per boundary, the keys of its forward store that hold a folded producer's partial sums
@@ -219,6 +223,8 @@ impl<'a> RankState<'a> {
             stores: HashMap::new(),
             shards: HashMap::new(),
             reroutes: HashMap::new(),
+            keep_logits: false,
+            logits: Vec::new(),
             partials: HashMap::new(),
             loss: 0.0,
             peak_bytes: 0,
@@ -241,6 +247,12 @@ impl<'a> RankState<'a> {
         self.math = math;
     }
 
+    /// Keeps the language model's logits of every step (the run's output gives the last
+    /// step's, assembled whole): for tests against another implementation's logits.
+    pub fn keep_logits(&mut self) {
+        self.keep_logits = true;
+    }
+
     /// Starts a step on `batch`: gradients and the loss at zero.
     pub fn begin_step(&mut self, batch: &'a Batch, layout: BatchLayout) {
         self.placeholders = placeholder_index(batch);
@@ -248,6 +260,7 @@ impl<'a> RankState<'a> {
         self.grads = self.params.zeros_like();
         self.loss = 0.0;
         self.shards.clear();
+        self.logits.clear();
     }
 
     /// Ends a step: every pipeline tensor must have been consumed.
@@ -552,6 +565,15 @@ impl<'a> RankState<'a> {
         };
         sharding(c.unit, items.as_ref(), batch.seq_len, &work, place)
     }
+}
+
+/// Logits of some rows: each row's (sample, position), the first vocabulary entry its columns
+/// start at, and the values `[rows, columns]`.
+#[derive(Clone, Debug)]
+pub struct LogitRows {
+    pub rows: Vec<(u32, u32)>,
+    pub vocab_start: usize,
+    pub values: Tensor,
 }
 
 /// For every sample and position, the rank of its token among the sample's earlier positions
