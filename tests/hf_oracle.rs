@@ -1,5 +1,6 @@
 //! The runtime against Hugging Face `transformers` (`tests/oracle/hf_models.py`): tiny Llama,
-//! Llama 3 (rotary rescaling), tied-embedding Llama and Qwen2 (q/k/v biases) models, their
+//! Llama 3 (rotary rescaling), tied-embedding Llama, Qwen2 (q/k/v biases) and Mixtral (a
+//! sparse mixture of experts, under expert parallelism too) models, their
 //! weights loaded by Hugging Face names, run under single-device and parallel plans. The loss
 //! matches within 1e-5 relative and every gradient within 1e-4 relative (floored at 1e-4 of
 //! the largest), against float64 goldens. Llama 3 runs on the emulated GPU too (the CUDA
@@ -19,7 +20,7 @@ use hetpar::runtime::reference::{Batch, Config, Params};
 use hetpar::runtime::tensor::Tensor;
 use serde_json::{json, Value};
 
-use common::parity::{at, lower_with, opts};
+use common::parity::{at, bits, lower_with, opts, run_grouped};
 
 fn golden(case: &str, file: &str) -> PathBuf {
     common::root().join(format!("tests/oracle/golden/hf/{case}/{file}"))
@@ -249,6 +250,111 @@ fn emulated_gpu_matches_transformers_on_llama3() {
     )
     .unwrap_or_else(|e| panic!("llama3 on the emulated GPU: {e}"));
     assert_matches(&c, "tp 2, sp, emulated GPU", &got);
+}
+
+/// Mixtral (4 experts, top 2, every layer a mixture of experts) on one device and with its
+/// experts split over ep ranks, alone and with tp, sp, cp and pp.
+#[test]
+fn mixtral_matches_transformers_with_expert_parallelism() {
+    let c = case("mixtral");
+    let b = c.batch.batch_size;
+    let plans = [
+        ("one device", json!({"micro_batch_size": b}), 1),
+        (
+            "tp 2, sp",
+            json!({"tp": 2, "sequence_parallel": true, "micro_batch_size": b}),
+            2,
+        ),
+        ("dp 2", json!({"dp": 2, "micro_batch_size": 1}), 2),
+        (
+            "dp 2, ep 2",
+            json!({"dp": 2, "ep": 2, "micro_batch_size": 1}),
+            2,
+        ),
+        (
+            "dp 2, ep 2, tp 2",
+            json!({"dp": 2, "ep": 2, "tp": 2, "micro_batch_size": 2}),
+            4,
+        ),
+        (
+            "cp 2, ep 2, tp 2, sp",
+            json!({"cp": 2, "ep": 2, "tp": 2, "sequence_parallel": true, "micro_batch_size": b}),
+            4,
+        ),
+        (
+            "dp 4, ep 4",
+            json!({"dp": 4, "ep": 4, "micro_batch_size": 1}),
+            4,
+        ),
+        (
+            "dp 2, cp 2, ep 2, full recompute",
+            json!({"dp": 2, "cp": 2, "ep": 2, "micro_batch_size": 1,
+                   "recompute": {"policy": "full"}}),
+            4,
+        ),
+        (
+            "pp 2, dp 2, ep 2",
+            json!({"pp": 2, "dp": 2, "ep": 2, "micro_batch_size": 1}),
+            4,
+        ),
+    ];
+    for (what, layout, ranks) in plans {
+        let got = run(&c, json!({"kind": "pipeline_1f1b"}), layout, ranks);
+        assert_matches(&c, what, &got);
+    }
+}
+
+/// Mixtral under dp 2, ep 2, tp 2 with sequence parallelism, trained two steps: the same bits
+/// run to run, through group collectives with NCCL's contract, and (loss and gradients
+/// against `transformers`) on the emulated GPU.
+#[test]
+fn mixtral_expert_parallelism_is_reproducible_grouped_and_on_the_emulated_gpu() {
+    let c = case("mixtral");
+    let layout = json!({"dp": 2, "ep": 2, "tp": 2, "sequence_parallel": true,
+                        "micro_batch_size": 2});
+    let program = lower_with(
+        &c.graph,
+        json!({"kind": "pipeline_1f1b"}),
+        json!({ "llm": at(layout, 0, 4) }),
+    );
+    let batches = std::slice::from_ref(&c.batch);
+    let once = || hetpar::runtime::exec::run(&program, &c.cfg, &c.params, batches, &opts(2));
+    let first = once().unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(bits(&first), bits(&once().unwrap()), "run to run");
+    let grouped = run_grouped(&program, &c.cfg, &c.params, batches, 2).unwrap();
+    assert_eq!(bits(&first), bits(&grouped), "group collectives");
+    let Some(dev) = common::emulated_gpu() else {
+        return;
+    };
+    let mut o = opts(1);
+    o.lr = 0.0;
+    let precision = hetpar::runtime::cuda::Precision::F32;
+    let got = common::run_emulated(&dev, precision, &program, &c.cfg, &c.params, batches, &o)
+        .unwrap_or_else(|e| panic!("mixtral on the emulated GPU: {e}"));
+    assert_matches(&c, "dp 2, ep 2, tp 2, sp, emulated GPU", &got);
+}
+
+/// Expert parallelism that does not split the experts or the dp x cp group is refused
+/// before the run, naming the module.
+#[test]
+fn expert_parallelism_that_does_not_divide_is_refused() {
+    let c = case("mixtral");
+    let program = lower_with(
+        &c.graph,
+        json!({"kind": "pipeline_1f1b"}),
+        json!({ "llm": at(json!({"dp": 2, "ep": 2, "micro_batch_size": 1}), 0, 2) }),
+    );
+    for (ep, dp, cp, want) in [
+        (3, 3, 1, "ep 3 does not divide its 4 experts"),
+        (4, 2, 1, "ep 4 does not divide dp x cp = 2"),
+    ] {
+        let mut p = program.clone();
+        p.modules[0].ep = ep;
+        p.modules[0].dp = dp;
+        p.modules[0].cp = cp;
+        let e = hetpar::runtime::exec::check::check(&p, &c.cfg, c.batch.batch_size).unwrap_err();
+        assert!(e.to_string().contains(want), "{e}");
+    }
 }
 
 #[test]

@@ -91,6 +91,10 @@ pub struct ModuleProgram {
     pub cp: u32,
     pub pp: u32,
     pub dp: u32,
+    /// Expert parallelism: each `ep` consecutive members of the dp x cp group (cp varying
+    /// fastest) split the routed experts; absent (1) without a mixture of experts.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub ep: u32,
     pub vpp: u32,
     pub sequence_parallel: bool,
     /// The plan's TP communication overlap; absent in programs written before the field (and
@@ -246,6 +250,10 @@ pub struct Program {
 
 fn one() -> u32 {
     1
+}
+
+fn is_one(v: &u32) -> bool {
+    *v == 1
 }
 
 fn is_false(b: &bool) -> bool {

@@ -169,6 +169,7 @@ fn module_programs(model: &ModelGraph, plan: &Plan) -> Vec<ModuleProgram> {
                 cp: l.cp,
                 pp: l.pp,
                 dp: l.dp,
+                ep: l.ep,
                 vpp: l.vpp,
                 sequence_parallel: l.sequence_parallel,
                 tp_comm_overlap: l.tp_comm_overlap,

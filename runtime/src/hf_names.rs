@@ -1,5 +1,5 @@
 //! Hugging Face tensor names and hetpar's (`docs/runtime.md`, "Tensor names"), both ways, for
-//! the language models the runtime computes (Llama, Mistral, Qwen2): weights load from a
+//! the language models the runtime computes (Llama, Mistral, Qwen2, Mixtral): weights load from a
 //! `save_pretrained` directory's safetensors, and gradients dump under the names they came by.
 
 use std::collections::BTreeMap;
@@ -21,6 +21,36 @@ const LAYER: [(&str, &str); 9] = [
     ("mlp.up_proj", "mlp.up"),
     ("mlp.down_proj", "mlp.down"),
 ];
+
+/// A mixture of experts' parts (Mixtral's `block_sparse_moe`): Hugging Face's suffix after
+/// `experts.{e}.`, hetpar's after `moe.experts.{e}.`.
+const EXPERT: [(&str, &str); 3] = [("w1", "gate"), ("w3", "up"), ("w2", "down")];
+
+/// Hugging Face's router, hetpar's.
+const ROUTER: (&str, &str) = ("block_sparse_moe.gate", "moe.router");
+
+/// A layer's part under the other naming: `to_ours` from Hugging Face's, else to it.
+fn layer_part(part: &str, to_ours: bool) -> Option<String> {
+    let pick = |(hf, ours): (&'static str, &'static str)| {
+        if to_ours {
+            (hf, ours)
+        } else {
+            (ours, hf)
+        }
+    };
+    if let Some((_, other)) = LAYER.iter().map(|&p| pick(p)).find(|(x, _)| *x == part) {
+        return Some(other.to_string());
+    }
+    let (router_from, router_to) = pick(ROUTER);
+    if part == router_from {
+        return Some(router_to.to_string());
+    }
+    let (from, to) = pick(("block_sparse_moe.experts.", "moe.experts."));
+    let (e, leaf) = part.strip_prefix(from)?.split_once('.')?;
+    let e: usize = e.parse().ok()?;
+    let (_, other) = EXPERT.iter().map(|&p| pick(p)).find(|(x, _)| *x == leaf)?;
+    Some(format!("{to}{e}.{other}"))
+}
 
 /// Whole-model parts.
 const TOP: [(&str, &str); 3] = [
@@ -44,7 +74,7 @@ pub fn from_hf(name: &str) -> Option<String> {
     let rest = stem.strip_prefix("model.layers.")?;
     let (i, part) = rest.split_once('.')?;
     let i: usize = i.parse().ok()?;
-    let (_, ours) = LAYER.iter().find(|(hf, _)| *hf == part)?;
+    let ours = layer_part(part, true)?;
     Some(format!("llm.blocks.{i}.{ours}.{leaf}"))
 }
 
@@ -57,7 +87,7 @@ pub fn to_hf(name: &str) -> Option<String> {
     let rest = stem.strip_prefix("llm.blocks.")?;
     let (i, part) = rest.split_once('.')?;
     let i: usize = i.parse().ok()?;
-    let (hf, _) = LAYER.iter().find(|(_, ours)| *ours == part)?;
+    let hf = layer_part(part, false)?;
     Some(format!("model.layers.{i}.{hf}.{leaf}"))
 }
 
@@ -172,11 +202,35 @@ mod tests {
                 "llm.blocks.1.ln2.weight",
             ),
             ("lm_head.weight", "llm.head.weight"),
+            (
+                "model.layers.1.block_sparse_moe.gate.weight",
+                "llm.blocks.1.moe.router.weight",
+            ),
+            (
+                "model.layers.0.block_sparse_moe.experts.3.w1.weight",
+                "llm.blocks.0.moe.experts.3.gate.weight",
+            ),
+            (
+                "model.layers.0.block_sparse_moe.experts.12.w2.weight",
+                "llm.blocks.0.moe.experts.12.down.weight",
+            ),
+            (
+                "model.layers.2.block_sparse_moe.experts.0.w3.weight",
+                "llm.blocks.2.moe.experts.0.up.weight",
+            ),
         ] {
             assert_eq!(from_hf(hf).as_deref(), Some(ours));
             assert_eq!(to_hf(ours).as_deref(), Some(hf));
         }
         assert_eq!(from_hf("model.layers.x.mlp.up_proj.weight"), None);
         assert_eq!(from_hf("model.rotary_emb.inv_freq"), None);
+        assert_eq!(
+            from_hf("model.layers.0.block_sparse_moe.experts.x.w1.weight"),
+            None
+        );
+        assert_eq!(
+            from_hf("model.layers.0.block_sparse_moe.experts.0.w4.weight"),
+            None
+        );
     }
 }

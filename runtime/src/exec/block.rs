@@ -11,6 +11,7 @@ use super::attn::{attn_backward, attn_forward, AttnCache};
 use super::comm::Env;
 use super::ffn::{ffn_backward, ffn_forward, FfnCache};
 use super::math::{norm_named, norm_named_backward, Math};
+use super::moe::{moe_backward, moe_forward, MoeBlock, MoeCache};
 use crate::reference::arch::{Act, Ffn, Stack};
 use crate::reference::layers::LayerNormCache;
 use crate::reference::params::{Grads, Params};
@@ -37,7 +38,33 @@ pub struct BlockCache {
     h1: Tensor,
     attn: AttnCache,
     ln2: LayerNormCache,
-    ffn: FfnCache,
+    ffn: FeedForward,
+}
+
+/// A block's FFN cache: dense, or a mixture of experts (`exec/moe.rs`).
+#[derive(Clone, Debug)]
+enum FeedForward {
+    Dense(FfnCache),
+    Moe(MoeCache),
+}
+
+impl FeedForward {
+    fn bytes(&self) -> usize {
+        match self {
+            FeedForward::Dense(c) => c.bytes(),
+            FeedForward::Moe(c) => c.bytes(),
+        }
+    }
+}
+
+/// Block `index`'s mixture of experts under `prefix`, if it has one.
+fn moe_of<'a>(prefix: &'a str, index: usize, stack: &Stack) -> Option<MoeBlock<'a>> {
+    stack.moe_at(index).map(|moe| MoeBlock {
+        prefix,
+        index,
+        moe,
+        ffn: stack.block.ffn,
+    })
 }
 
 /// Bytes of f32 values held by tensors.
@@ -82,7 +109,17 @@ pub fn block_forward(
     let x1 = mx.add(x, &env.reduce(mx, ep, index, 3, o)?)?;
     let (h2m, ln2) = norm_named(mx, p, &format!("{prefix}.ln2"), &x1, a.norm)?;
     let h2 = env.gather(mx, ep, index, 4, &h2m)?;
-    let (m, ffn) = ffn_forward(mx, p, &format!("{prefix}.mlp"), a.ffn, &h2, t)?;
+    let moe = format!("{prefix}.moe");
+    let (m, ffn) = match moe_of(&moe, index, stack) {
+        Some(b) => {
+            let (m, c) = moe_forward(mx, ep, env, p, b, &h2)?;
+            (m, FeedForward::Moe(c))
+        }
+        None => {
+            let (m, c) = ffn_forward(mx, p, &format!("{prefix}.mlp"), a.ffn, &h2, t)?;
+            (m, FeedForward::Dense(c))
+        }
+    };
     let y = mx.add(&x1, &env.reduce(mx, ep, index, 5, m)?)?;
     let cache = BlockCache {
         ln1,
@@ -110,8 +147,16 @@ pub fn block_backward(
 ) -> Result<Tensor, RuntimeError> {
     let a = &stack.block;
     let dy_all = env.gather(mx, ep, index, 10, dy)?;
-    let mlp = format!("{prefix}.mlp");
-    let dh2 = ffn_backward(mx, p, &mlp, a.ffn, &c.ffn, &dy_all, dy, grads)?;
+    let (mlp, moe) = (format!("{prefix}.mlp"), format!("{prefix}.moe"));
+    let dh2 = match (&c.ffn, moe_of(&moe, index, stack)) {
+        (FeedForward::Moe(cache), Some(b)) => {
+            moe_backward(mx, ep, env, p, b, cache, &dy_all, grads)?
+        }
+        (FeedForward::Dense(cache), None) => {
+            ffn_backward(mx, p, &mlp, a.ffn, cache, &dy_all, dy, grads)?
+        }
+        _ => unreachable!("a block's cache is of its own FFN"),
+    };
     let dh2 = env.reduce(mx, ep, index, 11, dh2)?;
     let ln2 = format!("{prefix}.ln2");
     let dln2 = norm_named_backward(mx, p, &ln2, &c.ln2, &dh2, grads, a.norm)?;

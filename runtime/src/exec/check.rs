@@ -55,11 +55,13 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
             ));
         }
         let stack_divides = |s: &crate::reference::Stack| {
-            vec![
+            let mut v = vec![
                 ("heads", s.heads),
                 ("key/value heads", s.kv_heads),
                 ("FFN", s.ffn),
-            ]
+            ];
+            v.extend(s.moe.map(|m| ("expert FFN", m.expert_ffn)));
+            v
         };
         let (layers, divides): (usize, Vec<(&str, usize)>) = match unit {
             Unit::Encoder(s) | Unit::Projector(s) if cfg.encoder(s).is_none() => {
@@ -98,6 +100,11 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
                 ));
             }
         }
+        let moe = match unit {
+            Unit::Llm => cfg.llm.stack.moe,
+            _ => None,
+        };
+        check_ep(m, moe, &mut problems);
         if matches!(unit, Unit::Projector(_)) && (m.pp != 1 || m.cp != 1) {
             problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
         }
@@ -114,6 +121,41 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
         Ok(())
     } else {
         Err(RuntimeError::InvalidProgram(problems.join("; ")))
+    }
+}
+
+/// Checks that module `m`'s expert parallelism splits its experts (`moe`, if it has them)
+/// and its dp x cp group.
+fn check_ep(
+    m: &hetpar_ir::program::ModuleProgram,
+    moe: Option<crate::reference::arch::Moe>,
+    problems: &mut Vec<String>,
+) {
+    let (who, ep) = (&m.name, m.ep);
+    if ep <= 1 {
+        if ep == 0 {
+            problems.push(format!("module `{who}`: ep 0"));
+        }
+        return;
+    }
+    let Some(moe) = moe else {
+        problems.push(format!(
+            "module `{who}`: ep {ep} needs a mixture of experts, which it has not"
+        ));
+        return;
+    };
+    if !moe.experts.is_multiple_of(ep as usize) {
+        problems.push(format!(
+            "module `{who}`: ep {ep} does not divide its {} experts",
+            moe.experts
+        ));
+    }
+    if !(m.dp * m.cp).is_multiple_of(ep) {
+        problems.push(format!(
+            "module `{who}`: ep {ep} does not divide dp x cp = {} (the ep groups are carved \
+             out of the dp x cp group)",
+            m.dp * m.cp
+        ));
     }
 }
 

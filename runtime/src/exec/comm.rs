@@ -45,6 +45,9 @@ pub struct Env<'a> {
     pub groups: Option<&'a dyn collective::GroupCollectives>,
     pub tp_group: &'a [u32],
     pub cp_group: &'a [u32],
+    /// The ep group (a mixture of experts' exchange), in ep index order; this rank alone
+    /// without expert parallelism.
+    pub ep_group: &'a [u32],
     pub sp: bool,
     pub shard: &'a Sharding,
     pub module: usize,
@@ -106,6 +109,7 @@ impl<'e> Env<'e> {
             groups,
             tp_group: &c.tp_group,
             cp_group: &c.cp_group,
+            ep_group: &c.ep_group,
             sp: c.prog.sequence_parallel,
             shard,
             module,
@@ -115,7 +119,7 @@ impl<'e> Env<'e> {
 }
 
 impl Env<'_> {
-    fn tag(&self, index: usize, sub: u8) -> Tag {
+    pub(super) fn tag(&self, index: usize, sub: u8) -> Tag {
         tag(Kind::Pass, self.module, self.micro_batch, index, sub)
     }
 
@@ -280,6 +284,31 @@ impl Env<'_> {
         let mine = ep.reduce_scatter(self.tp_group, tag, &pieces)?;
         let c = partial.cols();
         Tensor::from_vec(&[mine.len() / c.max(1), c], mine)
+    }
+
+    /// `x` summed over the tensor-parallel group (an all-reduce, whatever the sequence
+    /// parallelism): every member ends with the same bits.
+    pub fn sum_over_tp(
+        &self,
+        mx: &dyn Math,
+        ep: &mut Endpoint,
+        index: usize,
+        sub: u8,
+        x: Tensor,
+    ) -> Result<Tensor, RuntimeError> {
+        if self.tp_group.len() <= 1 {
+            return Ok(x);
+        }
+        let tag = self.tag(index, sub);
+        if let Some(gc) = self.groups_for(self.tp_group) {
+            return gc.all_reduce(self.tp_group, x);
+        }
+        if collective::on_device(mx, ep, self.tp_group) {
+            return collective::all_reduce(mx, ep, self.tp_group, tag, x);
+        }
+        let mut t = x;
+        ep.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
+        Ok(t)
     }
 
     /// Every sequence's rows whole, from each cp rank's local rows `x` (all-gather over the

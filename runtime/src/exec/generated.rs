@@ -32,8 +32,16 @@ pub fn largest_message(init: &Params, batches: &[Batch], steps: usize) -> usize 
         })
         .max()
         .unwrap_or(0);
+    // A mixture of experts sends a row to one peer at most once per expert (its router's rows).
+    let repeats = init
+        .iter()
+        .filter(|(n, _)| n.ends_with(".moe.router.weight"))
+        .map(|(_, t)| t.shape()[0])
+        .max()
+        .unwrap_or(1);
     let report = steps.saturating_mul(3).saturating_add(2);
-    param.max(rows.saturating_mul(width)).max(report).max(32)
+    let rows = rows.saturating_mul(width).saturating_mul(repeats);
+    param.max(rows).max(report).max(32)
 }
 
 /// Rows `(sample, start, end)`.

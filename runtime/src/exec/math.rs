@@ -9,7 +9,7 @@ use crate::reference::attention::{attention_core_at, attention_core_backward};
 use crate::reference::layers::{self, LayerNormCache};
 use crate::reference::llm;
 use crate::reference::params::{Grads, Params};
-use crate::reference::{act, rmsnorm, rope};
+use crate::reference::{act, moe, rmsnorm, rope};
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
@@ -183,6 +183,26 @@ pub trait Math: Send {
         groups: usize,
     ) -> Result<Tensor, RuntimeError> {
         Ok(rope::repeat_heads(x, head_dim, groups))
+    }
+    /// [`moe::combine`]: each row the weighted sum of its experts' output rows.
+    fn moe_combine(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        weights: &[f64],
+        n: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        Ok(moe::combine(x, rows, weights, n))
+    }
+    /// [`moe::combine_backward`]: the expert outputs' gradients and the weights' (on the host).
+    fn moe_combine_backward(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        weights: &[f64],
+        dy: &Tensor,
+    ) -> Result<(Tensor, Vec<f64>), RuntimeError> {
+        Ok(moe::combine_backward(x, rows, weights, dy))
     }
     /// [`rope::sum_heads`].
     fn sum_heads(

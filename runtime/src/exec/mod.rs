@@ -4,7 +4,8 @@
 //!
 //! One concept per file: [`shard`] (which rows of a micro-batch a rank holds),
 //! [`shard_params`] (which parameter slices), [`comm`] (tensor collectives over the tp and cp
-//! groups, message tags), [`block`] (the block and projector under TP, SP and CP), [`rank`]
+//! groups, message tags), [`block`] (the block and projector under TP, SP and CP), [`moe`] (a
+//! mixture of experts under TP and expert parallelism), [`rank`]
 //! (one rank's interpreter: pipeline transfers, boundary transfers, gradient sums, Adam),
 //! [`generated`] (what generated programs and `hetpar run` share), [`progress`] (each step's
 //! report as it ends), [`check`] (whether a program computes the reference model),
@@ -20,6 +21,7 @@ pub mod ffn;
 pub mod fused;
 pub mod generated;
 pub mod math;
+pub mod moe;
 pub mod order;
 pub mod progress;
 pub mod rank;
@@ -38,7 +40,7 @@ pub use self::executes::check_executed;
 pub use self::progress::{OnStep, StepReport};
 use self::rank::unit_of;
 pub use self::rank::RankState;
-use self::shard_params::{belongs, split_of, unslice};
+use self::shard_params::{belongs, holder, split_of, unslice};
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
 use crate::RuntimeError;
@@ -455,12 +457,17 @@ pub fn run_observed(
                 let Some(unit) = unit_of(program, k) else {
                     continue;
                 };
+                let experts = match unit {
+                    shard::Unit::Llm => cfg.llm.stack.moe.map_or(0, |x| x.experts),
+                    _ => 0,
+                };
+                let (c, d) = holder(name, m, experts);
                 for s in 0..m.pp {
                     if !belongs(name, unit, m, s) {
                         continue;
                     }
                     let parts: Vec<&crate::tensor::Tensor> = (0..m.tp)
-                        .filter_map(|t| by_rank.get(&m.rank_at(t, 0, 0, s)))
+                        .filter_map(|t| by_rank.get(&m.rank_at(t, c, d, s)))
                         .filter_map(|o| pick(o).get(name))
                         .collect();
                     if parts.len() == m.tp as usize {

@@ -1,6 +1,8 @@
 //! Which parameters a rank holds and its slice of each: a module stage's tensors (its
 //! chunks' blocks, plus the embedding on the first chunk and the final norm and head on the
-//! last), split over the tp group as the block computes them.
+//! last), split over the tp group as the block computes them; a mixture of experts' routed
+//! experts split over the ep group besides (`exec/moe.rs`), each member holding a contiguous
+//! range of them.
 
 use std::collections::BTreeSet;
 use std::ops::Range;
@@ -22,6 +24,8 @@ pub enum Split {
     Replicated,
 }
 
+/// How `name` splits over the tp group (a routed expert like a dense gated FFN; the router
+/// whole).
 pub fn split_of(name: &str) -> Split {
     const COLUMN: [&str; 6] = [
         ".attn.q.",
@@ -32,8 +36,13 @@ pub fn split_of(name: &str) -> Split {
         ".mlp.up.",
     ];
     const ROW: [&str; 3] = [".attn.o.weight", ".fc2.weight", ".mlp.down.weight"];
+    let expert = expert_of(name).is_some();
     // The embedding and the head split by vocabulary rows (`exec/vocab.rs`).
-    if COLUMN.iter().any(|c| name.contains(c))
+    if expert && (name.ends_with(".gate.weight") || name.ends_with(".up.weight")) {
+        Split::Column
+    } else if expert && name.ends_with(".down.weight") {
+        Split::Row
+    } else if COLUMN.iter().any(|c| name.contains(c))
         || name == "llm.embed.weight"
         || name == "llm.head.weight"
     {
@@ -43,6 +52,45 @@ pub fn split_of(name: &str) -> Split {
     } else {
         Split::Replicated
     }
+}
+
+/// The routed expert whose tensor `name` is (`….moe.experts.{e}.…`), if it is one.
+pub fn expert_of(name: &str) -> Option<usize> {
+    let (_, rest) = name.split_once(".moe.experts.")?;
+    rest.split('.').next()?.parse().ok()
+}
+
+/// The ep index (position in its ep group) of the rank at cp `c`, dp `d`: each `ep`
+/// consecutive members of the dp x cp group, cp varying fastest, form an ep group.
+pub fn ep_index(m: &ModuleProgram, c: u32, d: u32) -> u32 {
+    (c + m.cp * d) % m.ep.max(1)
+}
+
+/// The ep index holding routed expert `e` of `experts`: member `q` holds experts
+/// `[q·experts/ep, (q+1)·experts/ep)`.
+pub fn expert_owner(m: &ModuleProgram, e: usize, experts: usize) -> u32 {
+    let per = (experts / m.ep.max(1) as usize).max(1);
+    (e / per) as u32
+}
+
+/// The (cp, dp) coordinate of the first rank holding `name` (a routed expert's holder in the
+/// first ep group; every other tensor's at (0, 0)).
+pub fn holder(name: &str, m: &ModuleProgram, experts: usize) -> (u32, u32) {
+    match expert_of(name) {
+        Some(e) => {
+            let q = expert_owner(m, e, experts);
+            (q % m.cp, q / m.cp)
+        }
+        None => (0, 0),
+    }
+}
+
+/// Whether the rank at `coord` (tp, cp, dp, pp) holds `name`: its stage's tensors, of the
+/// routed experts only its ep index's.
+pub fn holds(name: &str, unit: Unit, m: &ModuleProgram, coord: [u32; 4], experts: usize) -> bool {
+    belongs(name, unit, m, coord[3])
+        && expert_of(name)
+            .is_none_or(|e| expert_owner(m, e, experts) == ep_index(m, coord[1], coord[2]))
 }
 
 /// The tensor-name prefix of a module's parameters.
@@ -141,14 +189,21 @@ pub fn unslice(parts: &[&Tensor], split: Split) -> Tensor {
     }
 }
 
-/// This rank's parameters of a module stage, sliced for tp rank `t`.
-pub fn local_params(full: &Params, unit: Unit, m: &ModuleProgram, stage: u32, t: u32) -> Params {
+/// The parameters the rank at `coord` (tp, cp, dp, pp) holds of a module ([`holds`]), sliced
+/// for its tp rank; `experts` routed experts per mixture of experts.
+pub fn local_params(
+    full: &Params,
+    unit: Unit,
+    m: &ModuleProgram,
+    coord: [u32; 4],
+    experts: usize,
+) -> Params {
     let mut out = Params::default();
     for (name, x) in full.iter() {
-        if belongs(name, unit, m, stage) {
+        if holds(name, unit, m, coord, experts) {
             out.insert(
                 name.clone(),
-                slice(x, split_of(name), t as usize, m.tp as usize),
+                slice(x, split_of(name), coord[0] as usize, m.tp as usize),
             );
         }
     }

@@ -111,6 +111,19 @@ impl BlockArch {
     };
 }
 
+/// A sparse mixture of experts in place of the dense FFN (Mixtral's): a softmax router over
+/// `experts` (no bias), each row sent to its `top_k` most probable experts, their
+/// probabilities renormalised to sum to 1; every expert a gated FFN of width `expert_ffn`
+/// with the stack's activation; no token dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Moe {
+    pub experts: usize,
+    pub top_k: usize,
+    pub expert_ffn: usize,
+    /// Every `layer_frequency`-th block is a mixture of experts (1: all of them).
+    pub layer_frequency: usize,
+}
+
 /// One transformer stack: its sizes and its blocks' variant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct Stack {
@@ -124,6 +137,8 @@ pub struct Stack {
     /// The FFN's hidden size.
     pub ffn: usize,
     pub block: BlockArch,
+    /// The mixture of experts of some blocks ([`Stack::is_moe_layer`]).
+    pub moe: Option<Moe>,
 }
 
 impl Stack {
@@ -137,7 +152,14 @@ impl Stack {
             head_dim: hidden.checked_div(heads).unwrap_or(0),
             ffn,
             block: BlockArch::REFERENCE,
+            moe: None,
         }
+    }
+
+    /// The mixture of experts of block `i`, if it has one (`TransformerSpec::is_moe_layer`).
+    pub fn moe_at(&self, i: usize) -> Option<Moe> {
+        self.moe
+            .filter(|m| m.layer_frequency > 0 && (i + 1).is_multiple_of(m.layer_frequency))
     }
 
     /// Width of the queries (`heads · head_dim`).

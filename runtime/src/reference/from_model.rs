@@ -11,7 +11,7 @@ use hetpar_ir::model::{
 
 use hetpar_ir::model::placeholders::placeholder_spans;
 
-use super::arch::{Act, BlockArch, Ffn, Llama3Scaling, Norm, Rope, Stack};
+use super::arch::{Act, BlockArch, Ffn, Llama3Scaling, Moe, Norm, Rope, Stack};
 use super::batch::{Batch, EncoderBatch, IGNORE};
 use super::params::{Config, EncoderConfig, LlmConfig, Source};
 use super::rng::SplitMix64;
@@ -44,9 +44,27 @@ fn stack_of(
             t.attention
         ));
     }
-    if t.moe.is_some() {
-        out.push(format!("{who}: the runtime has no mixture of experts yet"));
-    }
+    let moe = t.moe.as_ref().map(|m| {
+        if attention != AttentionKind::Causal {
+            out.push(format!(
+                "{who}: the runtime computes a mixture of experts in the language model only"
+            ));
+        }
+        if m.shared_experts > 0 {
+            out.push(format!("{who}: the runtime has no shared experts"));
+        }
+        if t.ffn_kind != FfnKind::Swiglu || t.linear_bias {
+            out.push(format!(
+                "{who}: the runtime's experts are gated FFNs without biases (Mixtral's)"
+            ));
+        }
+        Moe {
+            experts: m.experts as usize,
+            top_k: m.top_k as usize,
+            expert_ffn: m.expert_ffn_hidden as usize,
+            layer_frequency: m.layer_frequency as usize,
+        }
+    });
     let act = act_of(who, t.activation(), out);
     let eps = t.norm_eps();
     Stack {
@@ -69,6 +87,7 @@ fn stack_of(
             linear_bias: t.linear_bias,
             rope: None,
         },
+        moe,
     }
 }
 

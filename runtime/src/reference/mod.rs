@@ -7,7 +7,8 @@
 //! [`batch`] (inputs and their validation), [`layers`] (LayerNorm, GELU, linear, softmax),
 //! [`attention`], [`block`] (a pre-norm transformer block), [`encoder`] (vision encoder and
 //! projector), [`llm`] (language model and loss), [`model`] (loss and gradients of a batch,
-//! a training step) and [`adam`].
+//! a training step) and [`adam`]; beside them the other architectures' pieces, among them
+//! [`arch`] (a stack's variant) and [`moe`] (a mixture of experts' routing and combination).
 
 pub mod act;
 pub mod adam;
@@ -20,6 +21,7 @@ pub mod from_model;
 pub mod layers;
 pub mod llm;
 pub mod model;
+pub mod moe;
 pub mod params;
 pub mod rmsnorm;
 pub mod rng;

@@ -83,6 +83,19 @@ fn check_stack(who: &str, s: &Stack) -> Result<(), RuntimeError> {
             s.heads, s.kv_heads
         )));
     }
+    if let Some(m) = s.moe {
+        if m.experts == 0 || m.expert_ffn == 0 || m.layer_frequency == 0 {
+            return Err(zero(&format!(
+                "{who} experts, expert FFN or layer frequency"
+            )));
+        }
+        if m.top_k == 0 || m.top_k > m.experts {
+            return Err(RuntimeError::InvalidConfig(format!(
+                "{who}: top {} of {} experts",
+                m.top_k, m.experts
+            )));
+        }
+    }
     if s.block.rope.is_some() && !s.head_dim.is_multiple_of(2) {
         return Err(RuntimeError::InvalidConfig(format!(
             "{who}: rotary positions need an even head size, not {}",
@@ -119,7 +132,9 @@ impl Config {
             && !l.tied_embeddings
             && std::iter::once(&l.stack)
                 .chain(self.encoders().iter().map(|(_, e)| &e.stack))
-                .all(|s| s.block == BlockArch::REFERENCE && s.kv_heads == s.heads)
+                .all(|s| {
+                    s.block == BlockArch::REFERENCE && s.kv_heads == s.heads && s.moe.is_none()
+                })
             && self
                 .encoders()
                 .iter()
@@ -198,7 +213,8 @@ fn norm_specs(out: &mut Vec<ParamSpec>, name: &str, width: usize, norm: Norm) {
     }
 }
 
-fn block_specs(out: &mut Vec<ParamSpec>, prefix: &str, s: &Stack) {
+/// Block `i`'s tensors under `prefix` (`{stack}.blocks.{i}`).
+fn block_specs(out: &mut Vec<ParamSpec>, prefix: &str, i: usize, s: &Stack) {
     let (a, h) = (&s.block, s.hidden);
     norm_specs(out, &format!("{prefix}.ln1"), h, a.norm);
     let attn = format!("{prefix}.attn");
@@ -207,6 +223,18 @@ fn block_specs(out: &mut Vec<ParamSpec>, prefix: &str, s: &Stack) {
     linear_specs(out, &format!("{attn}.v"), s.kv_width(), h, a.qkv_bias);
     linear_specs(out, &format!("{attn}.o"), h, s.q_width(), a.linear_bias);
     norm_specs(out, &format!("{prefix}.ln2"), h, a.norm);
+    if let Some(m) = s.moe_at(i) {
+        // The router, then every expert's gated FFN (`exec/moe.rs`); no biases.
+        let moe = format!("{prefix}.moe");
+        linear_specs(out, &format!("{moe}.router"), m.experts, h, false);
+        for e in 0..m.experts {
+            let x = format!("{moe}.experts.{e}");
+            linear_specs(out, &format!("{x}.gate"), m.expert_ffn, h, false);
+            linear_specs(out, &format!("{x}.up"), m.expert_ffn, h, false);
+            linear_specs(out, &format!("{x}.down"), h, m.expert_ffn, false);
+        }
+        return;
+    }
     match a.ffn {
         Ffn::Mlp(_) => {
             linear_specs(out, &format!("{prefix}.mlp.fc1"), s.ffn, h, a.linear_bias);
@@ -242,7 +270,7 @@ pub fn param_specs(cfg: &Config) -> Vec<ParamSpec> {
             Init::Random,
         );
         for i in 0..s.layers {
-            block_specs(&mut out, &format!("{pre}.blocks.{i}"), s);
+            block_specs(&mut out, &format!("{pre}.blocks.{i}"), i, s);
         }
         norm_specs(&mut out, &format!("{pre}.ln_f"), s.hidden, norm);
         linear_specs(
@@ -271,7 +299,7 @@ pub fn param_specs(cfg: &Config) -> Vec<ParamSpec> {
         spec(&mut out, "llm.pos".into(), &[l.seq_len, h], Init::Random);
     }
     for i in 0..l.stack.layers {
-        block_specs(&mut out, &format!("llm.blocks.{i}"), &l.stack);
+        block_specs(&mut out, &format!("llm.blocks.{i}"), i, &l.stack);
     }
     norm_specs(&mut out, "llm.ln_f", h, l.stack.block.norm);
     if !l.tied_embeddings {

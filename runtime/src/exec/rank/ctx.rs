@@ -14,6 +14,11 @@ pub struct ModuleCtx<'a> {
     pub dp_cp_group: Vec<u32>,
     /// The whole stage: where a replicated gradient is summed under sequence parallelism.
     pub stage_group: Vec<u32>,
+    /// Same tp and stage, the `ep` consecutive members of the dp x cp group this rank is
+    /// among, in ep index order: where a mixture of experts' rows are exchanged.
+    pub ep_group: Vec<u32>,
+    /// Same tp, stage and ep index, every ep group: where a routed expert's gradient is summed.
+    pub expert_dp_group: Vec<u32>,
     /// Parameter names of this rank's stage.
     pub names: Vec<String>,
     pub incoming: Option<usize>,
@@ -54,9 +59,11 @@ pub fn unit_of(program: &Program, idx: usize) -> Option<Unit> {
 }
 
 /// The groups of the rank at `coord` (tp, cp, dp, pp) of module `m`: its tensor-parallel
-/// group, context-parallel group, data × context group (where gradients are summed) and whole
-/// stage (where replicated gradients are summed under sequence parallelism).
-fn groups_at(m: &ModuleProgram, [t, c, d, s]: [u32; 4]) -> [Vec<u32>; 4] {
+/// group, context-parallel group, data × context group (where gradients are summed), whole
+/// stage (where replicated gradients are summed under sequence parallelism), ep group (where
+/// a mixture of experts' rows are exchanged) and expert-data-parallel group (where a routed
+/// expert's gradients are summed).
+fn groups_at(m: &ModuleProgram, [t, c, d, s]: [u32; 4]) -> [Vec<u32>; 6] {
     let tp_group = (0..m.tp).map(|x| m.rank_at(x, c, d, s)).collect();
     let cp_group = (0..m.cp).map(|x| m.rank_at(t, x, d, s)).collect();
     let mut dp_cp_group = Vec::new();
@@ -69,7 +76,24 @@ fn groups_at(m: &ModuleProgram, [t, c, d, s]: [u32; 4]) -> [Vec<u32>; 4] {
             }
         }
     }
-    [tp_group, cp_group, dp_cp_group, stage_group]
+    // dp x cp members j = c + cp·d: ep group j / ep, ep index j % ep.
+    let ep = m.ep.max(1) as usize;
+    let j = (c + m.cp * d) as usize;
+    let ep_group = dp_cp_group[j / ep * ep..(j / ep + 1) * ep].to_vec();
+    let expert_dp_group = dp_cp_group
+        .iter()
+        .copied()
+        .skip(j % ep)
+        .step_by(ep)
+        .collect();
+    [
+        tp_group,
+        cp_group,
+        dp_cp_group,
+        stage_group,
+        ep_group,
+        expert_dp_group,
+    ]
 }
 
 /// Every group of more than one rank that a collective of `program` may run over, each once,
@@ -113,13 +137,8 @@ impl<'a> ModuleCtx<'a> {
         let m = &program.modules[idx];
         let coord = m.coord_of(rank)?;
         let unit = unit_of(program, idx)?;
-        let s = coord[3];
-        let [tp_group, cp_group, dp_cp_group, stage_group] = groups_at(m, coord);
-        let names = full
-            .iter()
-            .map(|(n, _)| n.clone())
-            .filter(|n| belongs(n, unit, m, s))
-            .collect();
+        let [tp_group, cp_group, dp_cp_group, stage_group, ep_group, expert_dp_group] =
+            groups_at(m, coord);
         let find = |f: &dyn Fn(&hetpar_ir::program::BoundaryProgram) -> bool| {
             program.boundaries.iter().position(f)
         };
@@ -129,6 +148,12 @@ impl<'a> ModuleCtx<'a> {
             Unit::Llm => Some(cfg.llm.stack),
         };
         let width = stack.map_or(cfg.llm.stack.hidden, |s| s.hidden);
+        let experts = stack.and_then(|s| s.moe).map_or(0, |m| m.experts);
+        let names = full
+            .iter()
+            .map(|(n, _)| n.clone())
+            .filter(|n| holds(n, unit, m, coord, experts))
+            .collect();
         let sources = program
             .boundaries
             .iter()
@@ -151,6 +176,8 @@ impl<'a> ModuleCtx<'a> {
             cp_group,
             dp_cp_group,
             stage_group,
+            ep_group,
+            expert_dp_group,
             names,
             incoming: find(&|b| b.to == m.name),
             outgoing: find(&|b| b.from == m.name),
@@ -158,6 +185,11 @@ impl<'a> ModuleCtx<'a> {
             stack,
             width,
         })
+    }
+
+    /// Routed experts per mixture of experts (0 without one).
+    pub fn experts(&self) -> usize {
+        self.stack.and_then(|s| s.moe).map_or(0, |m| m.experts)
     }
 
     pub(super) fn last_chunk(&self) -> u32 {

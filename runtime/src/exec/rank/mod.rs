@@ -22,7 +22,7 @@ use super::math::{
 };
 use super::rows::{Key, RowStore, Taken};
 use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
-use super::shard_params::{belongs, chunk_blocks, local_params, prefix, split_of, Split};
+use super::shard_params::{chunk_blocks, expert_of, holds, local_params, prefix, split_of, Split};
 use super::vocab;
 use crate::reference::batch::{BatchLayout, IGNORE};
 use crate::reference::layers::LayerNormCache;
@@ -197,7 +197,7 @@ impl<'a> RankState<'a> {
             .collect();
         let mut params = Params::default();
         for m in modules.iter().flatten() {
-            let p = local_params(full, m.unit, m.prog, m.coord[3], m.coord[0]);
+            let p = local_params(full, m.unit, m.prog, m.coord, m.experts());
             for (n, t) in p.iter() {
                 params.insert(n.clone(), t.clone());
             }

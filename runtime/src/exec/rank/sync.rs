@@ -2,9 +2,23 @@
 
 use super::*;
 
+/// Where the gradient of `name` is summed: a routed expert's over the ranks holding the same
+/// experts (dp x cp / ep of them); under sequence parallelism a tensor whole on every tp rank
+/// over the whole stage (each computed its rows' share), except a router (each tp rank
+/// computed it from every local row); everything else over dp x cp.
+fn sync_group<'c>(c: &'c ModuleCtx<'_>, name: &str) -> &'c [u32] {
+    let sp = c.prog.sequence_parallel && c.prog.tp > 1;
+    if expert_of(name).is_some() {
+        &c.expert_dp_group
+    } else if sp && split_of(name) == Split::Replicated && !name.ends_with(".moe.router.weight") {
+        &c.stage_group
+    } else {
+        &c.dp_cp_group
+    }
+}
+
 impl<'a> RankState<'a> {
-    /// `grad_sync`: sums a module stage's gradients: over dp x cp, and for tensors whole on every tp rank
-    /// under sequence parallelism (each computed its rows' share) over the whole stage.
+    /// `grad_sync`: sums a module stage's gradients, each over its group ([`sync_group`]).
     pub fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
         self.flush_sends()?;
         let c = self.held(m)?;
@@ -14,15 +28,9 @@ impl<'a> RankState<'a> {
                 self.rank, c.prog.name, c.coord[3]
             )));
         }
-        let sp = c.prog.sequence_parallel && c.prog.tp > 1;
         let names = c.names.clone();
-        let (dpcp, all) = (c.dp_cp_group.clone(), c.stage_group.clone());
-        for (k, name) in names.iter().enumerate() {
-            let group = if sp && split_of(name) == Split::Replicated {
-                &all
-            } else {
-                &dpcp
-            };
+        let groups: Vec<Vec<u32>> = names.iter().map(|n| sync_group(c, n).to_vec()).collect();
+        for (k, (name, group)) in names.iter().zip(&groups).enumerate() {
             if group.len() <= 1 {
                 continue;
             }
