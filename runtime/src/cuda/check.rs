@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::device::{device_err, Device, Gpu};
 use super::engine::Engine;
 use super::ops::{Ops, Precision, DT};
+use super::ops_arch::ArchOps;
 use crate::reference::act;
 use crate::reference::adam::Adam;
 use crate::reference::arch::{Act, Llama3Scaling, Rope};

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use super::device::Gpu;
 use super::engine::Engine;
 use super::ops::{DLayerNormCache, Ops, DT, DT3};
+use super::ops_arch::ArchOps;
 use crate::exec::math::Math;
 use crate::reference::adam::AdamStep;
 use crate::reference::arch::Act;

@@ -26,6 +26,7 @@ pub mod engine;
 pub mod math;
 pub mod nccl;
 pub mod ops;
+pub mod ops_arch;
 pub mod profile;
 
 pub use device::{Device, Gpu};
