@@ -179,6 +179,12 @@ fn parallel_plans_match_transformers() {
                        "recompute": {"policy": "full"}}),
                 8,
             ),
+            (
+                "tp 2, cp 2, dp 2, sp, distributed optimizer",
+                json!({"tp": 2, "cp": 2, "dp": 2, "sequence_parallel": true, "micro_batch_size": 1,
+                       "distributed_optimizer": true}),
+                8,
+            ),
         ];
         if !c.cfg.llm.tied_embeddings {
             plans.push(("pp 2", json!({"pp": 2, "micro_batch_size": 1}), 2));

@@ -4,7 +4,8 @@ use super::*;
 
 impl<'a> RankState<'a> {
     /// `grad_sync`: sums a module stage's gradients: over dp x cp, and for tensors whole on every tp rank
-    /// under sequence parallelism (each computed its rows' share) over the whole stage.
+    /// under sequence parallelism (each computed its rows' share) over the whole stage. Under a
+    /// distributed optimizer the dp x cp sums are reduce-scatters (`distopt.rs`).
     pub fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
         self.flush_sends()?;
         let c = self.held(m)?;
@@ -24,6 +25,10 @@ impl<'a> RankState<'a> {
                 &dpcp
             };
             if group.len() <= 1 {
+                continue;
+            }
+            if self.sharded.get(name).is_some_and(|s| s.scatters) {
+                self.reduce_scatter_grad(name, tag(Kind::GradSync, m, 0, k, 0))?;
                 continue;
             }
             let g = self
