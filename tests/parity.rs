@@ -1,8 +1,9 @@
 //! Parity of the CPU backend with one device: every plan of the matrix, lowered and run with
 //! ranks as threads, gives the single-device gradients (1e-5 relative, per tensor) after one
 //! step and the single-device losses (1e-4) at each of 50 steps; runs are bitwise
-//! reproducible. The CUDA backend's arithmetic on the emulated GPU gives the single-device
-//! gradients for every plan too (1e-4). The single-device loss curve is the golden file
+//! reproducible. Plans with a distributed optimizer do too, and give the plain plan's bits.
+//! The CUDA backend's arithmetic on the emulated GPU gives the single-device gradients for
+//! every plan too (1e-4). The single-device loss curve is the golden file
 //! `tests/golden/losses-reference-tiny.json` (`UPDATE_EXPECT=1` rewrites it).
 
 use std::time::Duration;
@@ -181,6 +182,97 @@ fn a_missing_message_or_a_missing_rank_is_an_error_not_a_hang() {
     );
 }
 
+/// `modules` with every layout's `distributed_optimizer` set to `on`.
+fn distributed(mut modules: Value, on: bool) -> Value {
+    for m in modules.as_object_mut().unwrap().values_mut() {
+        m["layout"]["distributed_optimizer"] = json!(on);
+    }
+    modules
+}
+
+/// Plans with a distributed optimizer on every module (name, schedule, modules): dp x cp
+/// groups of 2 and 4, sequence parallelism (whose replicated tensors are summed over the
+/// stage and sharded over dp x cp), pipeline stages.
+fn distopt_matrix() -> Vec<(&'static str, &'static str, Value)> {
+    let mut m = matrix();
+    let pipelined = (
+        "distributed optimizer: encoder tp2 sp dp2 on 0-3, llm pp2 dp2 on 4-7",
+        "pipeline_1f1b",
+        json!({
+            "vision": at(json!({"tp": 2, "dp": 2, "sequence_parallel": true}), 0, 4),
+            "projector": at(json!({"tp": 2, "dp": 2}), 0, 4),
+            "llm": at(json!({"pp": 2, "dp": 2, "micro_batch_size": 2}), 4, 4),
+        }),
+    );
+    let names = [
+        "distributed optimizer: tp2 dp2 for every module",
+        "distributed optimizer: encoder dp4 into llm tp2 cp2 sp",
+        "distributed optimizer: encoder tp4 sp into llm dp4",
+    ];
+    let mut out: Vec<_> = names
+        .into_iter()
+        .zip(m.drain(..3))
+        .map(|(name, (_, schedule, modules))| (name, schedule, modules))
+        .chain([pipelined])
+        .collect();
+    for (_, _, modules) in &mut out {
+        *modules = distributed(modules.take(), true);
+    }
+    out
+}
+
+#[test]
+fn distributed_optimizer_plans_give_the_single_device_gradients_and_50_step_losses() {
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    let (_, want) = loss_and_grads(&cfg, &init, &batches[0]).unwrap();
+    let reference = single_device_losses(&cfg, &init, &batches);
+    for (name, schedule, modules) in distopt_matrix() {
+        let program = lower(&g, schedule, modules);
+        let one = run(&program, &cfg, &init, &batches[..1], &opts(1))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_grads_match(name, &one, &want);
+        let out = run(&program, &cfg, &init, &batches, &opts(STEPS))
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_losses_match(name, &out, &reference);
+    }
+}
+
+/// A distributed optimizer's shards are summed in the ring all-reduce's order, and Adam is
+/// elementwise: a run with it has the plain run's bits, on the host transport and with
+/// device-resident storage between threads. Through group collectives (NCCL's contract, whose
+/// reduce-scatter adds in its own order) it is within the parity tolerance of the plain run.
+#[test]
+fn a_distributed_optimizer_gives_the_plain_runs_numbers_bit_for_bit() {
+    let (g, cfg) = model();
+    let init = Params::init(&cfg, SEED).unwrap();
+    let batches = batches(&g, &cfg);
+    for (name, schedule, modules) in distopt_matrix() {
+        let plain = lower(&g, schedule, distributed(modules.clone(), false));
+        let sharded = lower(&g, schedule, modules);
+        assert!(sharded.modules.iter().all(|m| m.distributed_optimizer));
+        let want = run(&plain, &cfg, &init, &batches, &opts(3)).unwrap();
+        let got = run(&sharded, &cfg, &init, &batches, &opts(3)).unwrap();
+        assert_eq!(bits(&want), bits(&got), "{name}: host transport");
+        let resident =
+            hetpar::runtime::exec::run_with(&sharded, &cfg, &init, &batches, &opts(3), &|st| {
+                st.set_math(Box::new(common::parity::resident::Resident));
+                st.interpret()
+            })
+            .unwrap();
+        assert_eq!(bits(&want), bits(&resident), "{name}: device-resident");
+        let grouped = run_grouped(&sharded, &cfg, &init, &batches, 3).unwrap();
+        assert_grads_within(name, &grouped, &want.grads, 1e-5);
+        for (a, b) in grouped.losses.iter().zip(&want.losses) {
+            assert!(
+                (a - b).abs() <= 1e-5,
+                "{name}: grouped loss {a} against {b}"
+            );
+        }
+    }
+}
+
 /// Plans of the two-encoder model: (name, schedule, modules).
 fn two_encoder_matrix() -> Vec<(&'static str, &'static str, Value)> {
     vec![
@@ -341,7 +433,9 @@ fn every_plan_of_both_matrices_gives_the_single_device_gradients_on_the_emulated
     let Some(dev) = common::emulated_gpu() else {
         return;
     };
-    for (model, plans) in [(MODEL, matrix()), (TWO_ENCODERS, two_encoder_matrix())] {
+    let mut one = matrix();
+    one.extend(distopt_matrix());
+    for (model, plans) in [(MODEL, one), (TWO_ENCODERS, two_encoder_matrix())] {
         let (g, cfg) = model_of(model);
         let init = Params::init(&cfg, SEED).unwrap();
         let batches = batches(&g, &cfg);

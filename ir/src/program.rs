@@ -104,6 +104,10 @@ pub struct ModuleProgram {
     /// The plan's CP communication kind; absent when the default (all-gather).
     #[serde(default, skip_serializing_if = "CpComm::is_default")]
     pub cp_comm: CpComm,
+    /// The plan's distributed optimizer: Adam's state sharded over the dp x cp group,
+    /// gradients reduce-scattered and parameters all-gathered; absent when false.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub distributed_optimizer: bool,
     /// Samples per data-parallel replica and micro-batch; 1 and unused for encoders and
     /// projectors, whose items are dealt per encoder pass.
     pub micro_batch_size: u32,

@@ -174,6 +174,7 @@ fn module_programs(model: &ModelGraph, plan: &Plan) -> Vec<ModuleProgram> {
                 sequence_parallel: l.sequence_parallel,
                 tp_comm_overlap: l.tp_comm_overlap,
                 cp_comm: l.cp_comm,
+                distributed_optimizer: l.distributed_optimizer,
                 micro_batch_size: l.micro_batch_size,
                 chunk_layers: l.chunk_layers.clone(),
                 recompute: l.recompute.clone(),

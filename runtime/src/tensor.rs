@@ -182,6 +182,23 @@ impl Tensor {
         &mut self.data_mut()[i * c..(i + 1) * c]
     }
 
+    /// The same values under `shape` (of as many values), wherever they are: device values
+    /// are never changed in place, so the two may share them. A backend whose device values
+    /// carry their own shape (the CUDA backend's) still reads them under the old one: it
+    /// takes a copy (`Math::select_ranges` makes its result in its first part's shape).
+    pub fn reshaped(&self, shape: &[usize]) -> Result<Tensor, RuntimeError> {
+        if shape.iter().product::<usize>() != self.numel() {
+            return Err(RuntimeError::TensorSize {
+                shape: shape.to_vec(),
+                expected: shape.iter().product(),
+                got: self.numel(),
+            });
+        }
+        let mut t = self.clone();
+        t.shape = shape.to_vec();
+        Ok(t)
+    }
+
     /// Rows `start..end` of a 2-D tensor, as a new `[end - start, cols]` tensor.
     pub fn slice_rows(&self, start: usize, end: usize) -> Tensor {
         assert_eq!(self.shape.len(), 2, "slice_rows needs a 2-D tensor");

@@ -351,6 +351,45 @@ impl Endpoint {
         Ok(sum)
     }
 
+    /// Every rank of `group` contributes `parts[i]` to member `i`'s piece; each ends with the
+    /// sum of the contributions to its own piece added as the ring of
+    /// [`Endpoint::all_reduce_sum`] adds its chunk: its own first, then the next members' in
+    /// ring order. With the ring's chunks as pieces, each member's piece has the all-reduce's
+    /// bits (the distributed optimizer's reduce-scatter).
+    pub fn reduce_scatter_ring(
+        &mut self,
+        group: &[u32],
+        tag: Tag,
+        parts: &[Vec<f32>],
+    ) -> Result<Vec<f32>, RuntimeError> {
+        let Some(me) = group.iter().position(|&r| r == self.rank) else {
+            return Ok(Vec::new());
+        };
+        let n = group.len();
+        for (i, &r) in group.iter().enumerate() {
+            if i != me {
+                self.send(r, tag, &parts[i])?;
+            }
+        }
+        let mut sum = parts[me].clone();
+        for k in 1..n {
+            let r = group[(me + k) % n];
+            let got = self.recv(r, tag)?;
+            if got.len() != sum.len() {
+                return Err(RuntimeError::InvalidProgram(format!(
+                    "rank {}: reduce-scatter piece of {} values from rank {r}, expected {}",
+                    self.rank,
+                    got.len(),
+                    sum.len()
+                )));
+            }
+            for (s, g) in sum.iter_mut().zip(got) {
+                *s += g;
+            }
+        }
+        Ok(sum)
+    }
+
     /// The root's `buf` to every rank of `group`.
     pub fn broadcast(
         &mut self,

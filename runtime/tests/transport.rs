@@ -54,6 +54,30 @@ fn ring_all_reduce_sums_every_element_with_identical_bits_on_every_rank() {
 }
 
 #[test]
+fn a_ring_ordered_reduce_scatter_gives_each_member_its_chunk_of_the_all_reduce_bit_for_bit() {
+    let (n, len) = (4, 1001);
+    let group = [2, 0, 3, 1]; // not in rank order
+    let value = |rank: usize, i: usize| ((rank * 7919 + i * 104729) % 1000) as f32 / 7.3;
+    let chunk = |c: usize| c * len / n..(c + 1) * len / n;
+    let out = on_ranks(n, Duration::from_secs(10), |e| {
+        let r = e.rank() as usize;
+        let buf: Vec<f32> = (0..len).map(|i| value(r, i)).collect();
+        let parts: Vec<Vec<f32>> = (0..n).map(|c| buf[chunk(c)].to_vec()).collect();
+        let mine = e
+            .reduce_scatter_ring(&group, 5, &parts)
+            .expect("reduce-scatter");
+        let mut whole = buf;
+        e.all_reduce_sum(&group, 6, &mut whole).expect("all-reduce");
+        (mine, whole)
+    });
+    for (r, (mine, whole)) in out.iter().enumerate() {
+        let me = group.iter().position(|&x| x == r as u32).unwrap();
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(mine), bits(&whole[chunk(me)]), "rank {r}");
+    }
+}
+
+#[test]
 fn all_gather_returns_every_part_in_group_order_and_broadcast_copies_the_root() {
     let out = on_ranks(3, Duration::from_secs(10), |e| {
         let r = e.rank();

@@ -80,8 +80,9 @@ pub fn stage_parameters(module: &Module, layout: &Layout, stage: u32) -> StagePa
 }
 
 /// Parameters outside the layers on a stage holding the module's first and/or last layer:
-/// embeddings (vocabulary tables split by tp, learned positions whole), heads, the encoder's
-/// pre-norm, the final norm.
+/// embeddings (vocabulary tables split by tp, learned positions whole; an encoder's patch or
+/// frame embedding whole on every tp rank, as Megatron's vision encoders hold it), heads, the
+/// encoder's pre-norm, the final norm.
 fn edge_params(module: &Module, tp: u32, holds_first: bool, holds_last: bool) -> f64 {
     let tp = f64::from(tp);
     let emb = module_params(module).embedding as f64;
@@ -116,7 +117,7 @@ fn edge_params(module: &Module, tp: u32, holds_first: bool, holds_last: bool) ->
             } else {
                 0
             };
-            p += emb / tp + pre as f64;
+            p += emb + pre as f64;
         }
         Body::Generator { .. } if holds_last => p += emb / tp,
         _ => {}
@@ -128,7 +129,9 @@ fn edge_params(module: &Module, tp: u32, holds_first: bool, holds_last: bool) ->
 }
 
 /// Parameters of layers `first..first+n` on one rank: TP-sharded, routed experts also
-/// EP-sharded, the router whole on every rank (Megatron replicates it over tp).
+/// EP-sharded, the router whole on every rank (Megatron replicates it over tp), and so are
+/// the biases of row-parallel linears (attention's output, a dense FFN's or a projector's
+/// second linear), added once after the sum over tp.
 fn layer_range_params(module: &Module, layout: &Layout, first: u32, n: u32) -> StageParameters {
     let tp = f64::from(layout.tp);
     match &module.body {
@@ -137,7 +140,16 @@ fn layer_range_params(module: &Module, layout: &Layout, first: u32, n: u32) -> S
                 .windows(2)
                 .enumerate()
                 .filter(|(i, _)| (*i as u32) >= first && (*i as u32) < first + n)
-                .map(|(_, w)| (f64::from(w[0]) * f64::from(w[1]) + f64::from(w[1])) / tp)
+                .map(|(i, w)| {
+                    let weight = f64::from(w[0]) * f64::from(w[1]);
+                    let bias = if mlp.bias { f64::from(w[1]) } else { 0.0 };
+                    // Column-parallel, then row-parallel.
+                    if i % 2 == 0 {
+                        (weight + bias) / tp
+                    } else {
+                        weight / tp + bias
+                    }
+                })
                 .sum(),
         ),
         _ => {
@@ -146,9 +158,10 @@ fn layer_range_params(module: &Module, layout: &Layout, first: u32, n: u32) -> S
             };
             let h = u64::from(t.hidden);
             let norms = (2 * t.norm.params(h)) as f64;
+            let out_bias = if t.linear_bias { h as f64 } else { 0.0 };
             let mut p = StageParameters::default();
             for i in first..first + n {
-                p.dense += attention_params(t) as f64 / tp + norms;
+                p.dense += (attention_params(t) as f64 - out_bias) / tp + out_bias + norms;
                 let (ffn_total, _) = ffn_layer_params(t, i);
                 match &t.moe {
                     Some(m) if t.is_moe_layer(i) => {
@@ -159,7 +172,7 @@ fn layer_range_params(module: &Module, layout: &Layout, first: u32, n: u32) -> S
                         p.dense += router + f64::from(m.shared_experts) * one / tp;
                         p.expert += f64::from(m.experts) * one / (tp * f64::from(layout.ep));
                     }
-                    _ => p.dense += ffn_total as f64 / tp,
+                    _ => p.dense += (ffn_total as f64 - out_bias) / tp + out_bias,
                 }
             }
             p

@@ -118,6 +118,44 @@ pub fn reduce_scatter(
     Ok(acc)
 }
 
+/// Member `i` gets the sum of every member's `pieces[i]`, added as the host ring adds its
+/// chunk `i` (`Endpoint::reduce_scatter_ring`): its own first, then the next members' in ring
+/// order.
+pub fn reduce_scatter_ring(
+    mx: &dyn Math,
+    ep: &mut Endpoint,
+    group: &[u32],
+    tag: Tag,
+    pieces: Vec<Tensor>,
+) -> Result<Tensor, RuntimeError> {
+    let me = ep.rank();
+    let Some(mine) = group.iter().position(|&r| r == me) else {
+        return Err(RuntimeError::InvalidProgram(format!(
+            "rank {me} is not in group {group:?}"
+        )));
+    };
+    let (n, t) = (group.len(), tag_of(tag, 0));
+    for (i, &r) in group.iter().enumerate() {
+        if i != mine {
+            ep.send_tensor(r, t, &pieces[i])?;
+        }
+    }
+    let mut acc = pieces[mine].clone();
+    for k in 1..n {
+        let r = group[(mine + k) % n];
+        let part = received(ep.recv_payload(r, t)?, acc.cols())?;
+        if part.shape() != acc.shape() {
+            return Err(RuntimeError::InvalidProgram(format!(
+                "rank {me}: a reduce-scatter piece of shape {:?} from rank {r}, expected {:?}",
+                part.shape(),
+                acc.shape()
+            )));
+        }
+        acc = mx.add(&acc, &part)?;
+    }
+    Ok(acc)
+}
+
 /// Collectives over fixed groups with equal parts, NCCL's shape: for ranks as processes, each
 /// with its own GPU (`crate::cuda::nccl::NcclGroups`). Unequal parts (sequence-parallel rows
 /// that do not divide evenly) are padded by [`gather_parts`] and [`reduce_scatter_parts`].

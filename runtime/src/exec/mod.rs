@@ -39,7 +39,7 @@ pub use self::check::check;
 pub use self::executes::check_executed;
 pub use self::progress::{OnStep, StepReport};
 use self::rank::unit_of;
-pub use self::rank::RankState;
+pub use self::rank::{RankState, StaticBytes};
 use self::shard_params::{belongs, holder, split_of, unslice};
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
@@ -156,6 +156,8 @@ pub struct RunOutput {
     pub step_seconds: Vec<f64>,
     /// Per rank (by rank), the most bytes its tensors held at once.
     pub peak_bytes: Vec<(u32, usize)>,
+    /// Per rank (by rank), its weights', gradients' and optimizer state's bytes at the end.
+    pub static_bytes: Vec<(u32, StaticBytes)>,
     /// The backend it ran on, in words.
     pub backend: String,
     /// The language model's logits of the last step `[B, S, V]`, when its ranks kept them
@@ -173,6 +175,7 @@ struct RankOut {
     seconds: Vec<f64>,
     peak_bytes: usize,
     logits: Vec<rank::LogitRows>,
+    static_bytes: StaticBytes,
 }
 
 /// Checks a run's inputs; the layout of every batch.
@@ -264,12 +267,14 @@ fn run_rank<'a>(
         }
         r.check()?;
         if k + 1 == opts.steps {
-            grads = st.grads.clone();
+            // Whole, though a distributed optimizer's ranks each summed their shard only.
+            grads = st.whole_grads()?;
         }
     }
     Ok(RankOut {
         logits: std::mem::take(&mut st.logits),
         peak_bytes: st.peak_bytes,
+        static_bytes: st.static_bytes(),
         rank: st.rank,
         losses,
         params: st.params,
@@ -490,6 +495,7 @@ pub fn run_observed(
         grads: assemble(&|o| &o.grads)?,
         step_seconds,
         peak_bytes: outs.iter().map(|o| (o.rank, o.peak_bytes)).collect(),
+        static_bytes: outs.iter().map(|o| (o.rank, o.static_bytes)).collect(),
         backend: opts.backend.to_string(),
         logits: logits_of(
             &outs,

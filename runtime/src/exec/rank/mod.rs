@@ -2,7 +2,7 @@
 //! between pipeline chunks, caches for backward, boundary rows) and the meaning of every
 //! instruction. `ctx` is a module as the rank sees it; `forward`, `backward`, `boundary` and
 //! `sync` hold the passes, the boundary transfers and the gradient sums; `pipe` the
-//! pipeline messages.
+//! pipeline messages; `distopt` the distributed optimizer's shards.
 
 use std::collections::HashMap;
 
@@ -35,12 +35,14 @@ use crate::RuntimeError;
 mod backward;
 mod boundary;
 mod ctx;
+mod distopt;
 mod forward;
 mod pipe;
 mod reroute;
 mod sync;
 
 pub use ctx::{program_groups, unit_of, ModuleCtx};
+pub use distopt::{Shard, StaticBytes};
 
 /// Global chunk `chunk` of module `module` (by index in the program) for unit `unit`: its
 /// pipeline tensors and its state between forward and backward.
@@ -145,6 +147,8 @@ pub struct RankState<'a> {
     pub params: Params,
     pub grads: Grads,
     pub adam: Adam,
+    /// Tensors whose optimizer state this rank shards with its dp x cp group (`distopt.rs`).
+    sharded: std::collections::BTreeMap<String, Shard>,
     /// The backend's arithmetic: the CPU reference unless [`RankState::with_math`] says else.
     math: Box<dyn Math + 'a>,
     /// Collectives over fixed groups (NCCL), when the run has them.
@@ -203,7 +207,9 @@ impl<'a> RankState<'a> {
             }
         }
         let grads = params.zeros_like();
+        let sharded = distopt::shards_of(&modules, &params, rank);
         RankState {
+            sharded,
             math: Box::new(CpuMath),
             groups: None,
             held_sends: Vec::new(),
@@ -293,18 +299,11 @@ impl<'a> RankState<'a> {
     /// Bytes held now: weights, gradients, Adam's moments, caches, pipeline tensors and
     /// boundary rows.
     pub fn resident_bytes(&self) -> usize {
-        let params = tensor_bytes(self.params.iter().map(|(_, t)| t));
-        let adam = tensor_bytes(
-            self.adam
-                .exp_avg()
-                .iter()
-                .chain(self.adam.exp_avg_sq().iter())
-                .map(|(_, t)| t),
-        );
+        let s = self.static_bytes();
         let caches: usize = self.chunks.values().map(ChunkState::bytes).sum();
         let pipes = tensor_bytes(self.acts.values().chain(self.dgrads.values()));
         let rows: usize = self.stores.values().map(RowStore::bytes).sum();
-        2 * params + adam + caches + pipes + rows
+        s.weights + s.grads + s.optimizer + caches + pipes + rows
     }
 
     /// Records the resident bytes if they are a new peak: after every instruction that
@@ -499,9 +498,13 @@ impl<'a> RankState<'a> {
         self.boundary(b, j, false, ops)
     }
 
-    /// `optimizer_step`.
+    /// `optimizer_step`: Adam on every tensor, or on this rank's shards under a distributed
+    /// optimizer (`distopt.rs`).
     pub fn optimizer_step(&mut self) -> Result<(), RuntimeError> {
         self.flush_sends()?;
+        if !self.sharded.is_empty() {
+            return self.sharded_step();
+        }
         let mx = &*self.math;
         self.adam
             .update_each(&mut self.params, &self.grads, &mut |p, g, m, v, step| {

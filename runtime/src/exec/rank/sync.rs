@@ -6,7 +6,7 @@ use super::*;
 /// experts (dp x cp / ep of them); under sequence parallelism a tensor whole on every tp rank
 /// over the whole stage (each computed its rows' share), except a router (each tp rank
 /// computed it from every local row); everything else over dp x cp.
-fn sync_group<'c>(c: &'c ModuleCtx<'_>, name: &str) -> &'c [u32] {
+pub(super) fn sync_group<'c>(c: &'c ModuleCtx<'_>, name: &str) -> &'c [u32] {
     let sp = c.prog.sequence_parallel && c.prog.tp > 1;
     if expert_of(name).is_some() {
         &c.expert_dp_group
@@ -18,7 +18,9 @@ fn sync_group<'c>(c: &'c ModuleCtx<'_>, name: &str) -> &'c [u32] {
 }
 
 impl<'a> RankState<'a> {
-    /// `grad_sync`: sums a module stage's gradients, each over its group ([`sync_group`]).
+    /// `grad_sync`: sums a module stage's gradients, each over its group ([`sync_group`]);
+    /// under a distributed optimizer the sums over a tensor's shard group are reduce-scatters
+    /// (`distopt.rs`).
     pub fn grad_sync(&mut self, m: usize, stage: u32) -> Result<(), RuntimeError> {
         self.flush_sends()?;
         let c = self.held(m)?;
@@ -32,6 +34,10 @@ impl<'a> RankState<'a> {
         let groups: Vec<Vec<u32>> = names.iter().map(|n| sync_group(c, n).to_vec()).collect();
         for (k, (name, group)) in names.iter().zip(&groups).enumerate() {
             if group.len() <= 1 {
+                continue;
+            }
+            if self.sharded.get(name).is_some_and(|s| s.scatters) {
+                self.reduce_scatter_grad(name, tag(Kind::GradSync, m, 0, k, 0))?;
                 continue;
             }
             let g = self
