@@ -64,7 +64,7 @@ fn grouped(
     let shared: Vec<host_groups::Shared> =
         hetpar::runtime::transport::fabric(n, Duration::from_secs(60))
             .into_iter()
-            .map(|ep| Arc::new(Mutex::new((ep, HashMap::new()))))
+            .map(|net| Arc::new(Mutex::new((net, HashMap::new()))))
             .collect();
     run_with(program, cfg, init, batches, &opts(2), &move |st| {
         let mine = shared[st.rank as usize].clone();

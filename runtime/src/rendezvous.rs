@@ -550,14 +550,14 @@ mod tests {
         client.write_all(&frame(3, 2, &[1.0, 2.0])).unwrap();
         client.write_all(&frame(4, 101, &[0.0; 101])).unwrap();
         let (me, _) = channel();
-        let mut ep = Endpoint::from_parts(
+        let mut net = Endpoint::from_parts(
             0,
             vec![Sink::Channel(me.clone()), Sink::Channel(me)],
             vec![channel().1, rx],
             Duration::from_secs(10),
         );
-        assert_eq!(ep.recv(1, 3).unwrap(), vec![1.0, 2.0]);
-        match ep.recv(1, 4) {
+        assert_eq!(net.recv(1, 3).unwrap(), vec![1.0, 2.0]);
+        match net.recv(1, 4) {
             Err(RuntimeError::BadStream {
                 rank: 0,
                 peer: 1,

@@ -312,13 +312,13 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         .device
         .backend(hetpar::runtime::exec::generated::local_rank())?;
     let max = largest_message(&init, &batches, opts.steps);
-    let ep = hetpar::runtime::rendezvous::tcp_endpoint(&place, opts.timeout, max)?;
+    let net = hetpar::runtime::rendezvous::tcp_endpoint(&place, opts.timeout, max)?;
     // Rank 0 reports each step as it ends (the runtime calls it there alone), on the stderr
     // it shares with the launcher.
     let progress = Progress::new(opts.steps);
     let interpret = |st: &mut hetpar::runtime::exec::RankState| st.interpret();
     let s = run_process(
-        ep,
+        net,
         &program,
         &cfg,
         &init,

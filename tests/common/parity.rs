@@ -91,7 +91,7 @@ pub fn run_grouped(
     let shared: Vec<host_groups::Shared> =
         hetpar::runtime::transport::fabric(program.ranks.len(), Duration::from_secs(60))
             .into_iter()
-            .map(|ep| Arc::new(Mutex::new((ep, HashMap::new()))))
+            .map(|net| Arc::new(Mutex::new((net, HashMap::new()))))
             .collect();
     hetpar::runtime::exec::run_with(program, cfg, init, batches, &opts(steps), &move |st| {
         let mine = shared[st.rank as usize].clone();
@@ -360,12 +360,12 @@ pub mod host_groups {
             f: impl FnOnce(&mut Endpoint, u64) -> Result<T, RuntimeError>,
         ) -> Result<T, RuntimeError> {
             let mut g = self.0.lock().unwrap();
-            let (ep, calls) = &mut *g;
+            let (net, calls) = &mut *g;
             let n = calls.entry(group.to_vec()).or_insert(0);
             let key = group.iter().fold(7u64, |h, &r| h * 31 + u64::from(r));
             let tag = (key % (1 << 20)) << 20 | *n;
             *n += 1;
-            f(ep, tag)
+            f(net, tag)
         }
     }
 
@@ -375,13 +375,13 @@ pub mod host_groups {
         }
 
         fn all_gather(&self, group: &[u32], x: &Tensor) -> Result<Tensor, RuntimeError> {
-            let parts = self.call(group, |ep, t| ep.all_gather(group, t, x.data()))?;
+            let parts = self.call(group, |net, t| net.all_gather(group, t, x.data()))?;
             let all: Vec<f32> = parts.concat();
             Tensor::from_vec(&[x.rows() * group.len(), x.cols()], all)
         }
 
         fn all_reduce(&self, group: &[u32], mut x: Tensor) -> Result<Tensor, RuntimeError> {
-            self.call(group, |ep, t| ep.all_reduce_sum(group, t, x.data_mut()))?;
+            self.call(group, |net, t| net.all_reduce_sum(group, t, x.data_mut()))?;
             Ok(x)
         }
 
@@ -395,8 +395,8 @@ pub mod host_groups {
             recvs: &[(u32, [usize; 2])],
         ) -> Result<Vec<Tensor>, RuntimeError> {
             let mut g = self.0.lock().unwrap();
-            let (ep, calls) = &mut *g;
-            let me = ep.rank();
+            let (net, calls) = &mut *g;
+            let me = net.rank();
             // Messages between one pair match in order: the pair's count is the tag.
             let mut next = |from: u32, to: u32| {
                 let n = calls.entry(vec![u32::MAX, from, to]).or_insert(0);
@@ -405,13 +405,13 @@ pub mod host_groups {
             };
             for (to, t) in sends {
                 let tag = next(me, *to);
-                ep.send(*to, tag, t.data())?;
+                net.send(*to, tag, t.data())?;
             }
             recvs
                 .iter()
                 .map(|(from, shape)| {
                     let tag = next(*from, me);
-                    Tensor::from_vec(shape, ep.recv(*from, tag)?)
+                    Tensor::from_vec(shape, net.recv(*from, tag)?)
                 })
                 .collect()
         }
@@ -421,7 +421,7 @@ pub mod host_groups {
             let pieces: Vec<Vec<f32>> = (0..group.len())
                 .map(|i| x.data()[i * per..(i + 1) * per].to_vec())
                 .collect();
-            let mine = self.call(group, |ep, t| ep.reduce_scatter(group, t, &pieces))?;
+            let mine = self.call(group, |net, t| net.reduce_scatter(group, t, &pieces))?;
             Tensor::from_vec(&[x.rows() / group.len(), x.cols()], mine)
         }
     }

@@ -485,10 +485,10 @@ pub fn check_ops(dev: &Arc<Device>, seed: u64) -> Result<Vec<OpCheck>, RuntimeEr
 fn nccl(c: &mut Checker<'_, Gpu>, rng: &mut SplitMix64) -> Result<(), RuntimeError> {
     use super::nccl::Communicator;
     let gpu = c.gpu;
-    let mut ep = crate::transport::fabric(1, std::time::Duration::from_secs(10))
+    let mut net = crate::transport::fabric(1, std::time::Duration::from_secs(10))
         .pop()
         .expect("one endpoint");
-    let comm = Communicator::new(gpu, &mut ep, &[0], 1)?;
+    let comm = Communicator::new(gpu, &mut net, &[0], 1)?;
     let x = random(rng, &[64, 32], 1.0);
     let mut d = c.up(&x)?;
     comm.all_reduce_sum(&mut d)?;

@@ -68,10 +68,10 @@ unsafe impl Send for Communicator {}
 
 impl Communicator {
     /// Creates the group's communicator: the first member makes the unique id and sends it to
-    /// the others over `ep` under `tag`; every member then joins (collective over `members`).
+    /// the others over `net` under `tag`; every member then joins (collective over `members`).
     pub fn new(
         gpu: &Gpu,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         members: &[u32],
         tag: Tag,
     ) -> Result<Communicator, RuntimeError> {
@@ -82,7 +82,7 @@ impl Communicator {
                 super::device::tried("nccl").join(", ")
             )));
         }
-        let me = ep.rank();
+        let me = net.rank();
         let index = members.iter().position(|&r| r == me).ok_or_else(|| {
             RuntimeError::InvalidProgram(format!("rank {me} is not in group {members:?}"))
         })?;
@@ -90,11 +90,11 @@ impl Communicator {
             let id = Id::new().map_err(nccl_err("unique id"))?;
             let words = id_to_words(&id);
             for &peer in &members[1..] {
-                ep.send(peer, tag, &words)?;
+                net.send(peer, tag, &words)?;
             }
             id
         } else {
-            id_from_words(&ep.recv(members[0], tag)?)?
+            id_from_words(&net.recv(members[0], tag)?)?
         };
         let comm = Comm::from_rank(gpu.stream().clone(), index, members.len(), id)
             .map_err(nccl_err("communicator"))?;
@@ -223,22 +223,22 @@ pub struct NcclGroups {
 impl NcclGroups {
     pub fn new(
         dev: &std::sync::Arc<super::Device>,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         groups: &[Vec<u32>],
     ) -> Result<NcclGroups, RuntimeError> {
         use crate::exec::comm::{tag, Kind};
         let gpu = dev.rank()?;
         let mut comms = std::collections::BTreeMap::new();
         for (k, g) in groups.iter().enumerate() {
-            if g.len() > 1 && g.contains(&ep.rank()) {
-                let c = Communicator::new(&gpu, ep, g, tag(Kind::Setup, 0, 0, k, 0))?;
+            if g.len() > 1 && g.contains(&net.rank()) {
+                let c = Communicator::new(&gpu, net, g, tag(Kind::Setup, 0, 0, k, 0))?;
                 comms.insert(g.clone(), c);
             }
         }
         Ok(NcclGroups {
             gpu,
             comms,
-            world_size: ep.size(),
+            world_size: net.size(),
         })
     }
 

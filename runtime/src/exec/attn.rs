@@ -66,7 +66,7 @@ fn positions(env: &Env<'_>) -> Vec<usize> {
 #[allow(clippy::too_many_arguments)]
 pub fn attn_forward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     prefix: &str,
@@ -84,8 +84,8 @@ pub fn attn_forward(
         q = mx.rope(&q, &pos, l.head_dim, f, false)?;
         k = mx.rope(&k, &pos, l.head_dim, f, false)?;
     }
-    let mut ks = env.sequences(mx, ep, index, 1, &k)?;
-    let mut vs = env.sequences(mx, ep, index, 2, &v)?;
+    let mut ks = env.sequences(mx, net, index, 1, &k)?;
+    let mut vs = env.sequences(mx, net, index, 2, &v)?;
     if l.groups > 1 {
         for t in ks.iter_mut().chain(vs.iter_mut()) {
             *t = mx.repeat_heads(t, l.head_dim, l.groups)?;
@@ -122,7 +122,7 @@ pub fn attn_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn attn_backward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     prefix: &str,
@@ -155,8 +155,8 @@ pub fn attn_backward(
     }
     let kv_w = w / l.groups;
     let mut dq = mx.scatter_rows(&dqs, &c.seq_rows, n, w)?;
-    let mut dk = env.unsequences(mx, ep, index, 13, &dks, kv_w)?;
-    let dv = env.unsequences(mx, ep, index, 14, &dvs, kv_w)?;
+    let mut dk = env.unsequences(mx, net, index, 13, &dks, kv_w)?;
+    let dv = env.unsequences(mx, net, index, 14, &dvs, kv_w)?;
     if let Some(f) = &l.inv_freq {
         let pos = positions(env);
         dq = mx.rope(&dq, &pos, l.head_dim, f, true)?;

@@ -92,7 +92,7 @@ impl BlockCache {
 #[allow(clippy::too_many_arguments)]
 pub fn block_forward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     prefix: &str,
@@ -103,16 +103,16 @@ pub fn block_forward(
 ) -> Result<(Tensor, BlockCache), RuntimeError> {
     let (t, a) = (env.shard.t, &stack.block);
     let (h1m, ln1) = norm_named(mx, p, &format!("{prefix}.ln1"), x, a.norm)?;
-    let h1 = env.gather(mx, ep, index, 0, &h1m)?;
+    let h1 = env.gather(mx, net, index, 0, &h1m)?;
     let attn_prefix = format!("{prefix}.attn");
-    let (o, attn) = attn_forward(mx, ep, env, p, &attn_prefix, index, &h1, stack, causal)?;
-    let x1 = mx.add(x, &env.reduce(mx, ep, index, 3, o)?)?;
+    let (o, attn) = attn_forward(mx, net, env, p, &attn_prefix, index, &h1, stack, causal)?;
+    let x1 = mx.add(x, &env.reduce(mx, net, index, 3, o)?)?;
     let (h2m, ln2) = norm_named(mx, p, &format!("{prefix}.ln2"), &x1, a.norm)?;
-    let h2 = env.gather(mx, ep, index, 4, &h2m)?;
+    let h2 = env.gather(mx, net, index, 4, &h2m)?;
     let moe = format!("{prefix}.moe");
     let (m, ffn) = match moe_of(&moe, index, stack) {
         Some(b) => {
-            let (m, c) = moe_forward(mx, ep, env, p, b, &h2)?;
+            let (m, c) = moe_forward(mx, net, env, p, b, &h2)?;
             (m, FeedForward::Moe(c))
         }
         None => {
@@ -120,7 +120,7 @@ pub fn block_forward(
             (m, FeedForward::Dense(c))
         }
     };
-    let y = mx.add(&x1, &env.reduce(mx, ep, index, 5, m)?)?;
+    let y = mx.add(&x1, &env.reduce(mx, net, index, 5, m)?)?;
     let cache = BlockCache {
         ln1,
         h1,
@@ -135,7 +135,7 @@ pub fn block_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn block_backward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     prefix: &str,
@@ -146,27 +146,27 @@ pub fn block_backward(
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
     let a = &stack.block;
-    let dy_all = env.gather(mx, ep, index, 10, dy)?;
+    let dy_all = env.gather(mx, net, index, 10, dy)?;
     let (mlp, moe) = (format!("{prefix}.mlp"), format!("{prefix}.moe"));
     let dh2 = match (&c.ffn, moe_of(&moe, index, stack)) {
         (FeedForward::Moe(cache), Some(b)) => {
-            moe_backward(mx, ep, env, p, b, cache, &dy_all, grads)?
+            moe_backward(mx, net, env, p, b, cache, &dy_all, grads)?
         }
         (FeedForward::Dense(cache), None) => {
             ffn_backward(mx, p, &mlp, a.ffn, cache, &dy_all, dy, grads)?
         }
         _ => unreachable!("a block's cache is of its own FFN"),
     };
-    let dh2 = env.reduce(mx, ep, index, 11, dh2)?;
+    let dh2 = env.reduce(mx, net, index, 11, dh2)?;
     let ln2 = format!("{prefix}.ln2");
     let dln2 = norm_named_backward(mx, p, &ln2, &c.ln2, &dh2, grads, a.norm)?;
     let dx1 = mx.add(dy, &dln2)?;
-    let do_all = env.gather(mx, ep, index, 12, &dx1)?;
+    let do_all = env.gather(mx, net, index, 12, &dx1)?;
     let attn = format!("{prefix}.attn");
     let dh1 = attn_backward(
-        mx, ep, env, p, &attn, index, &c.attn, &c.h1, &do_all, &dx1, stack, grads,
+        mx, net, env, p, &attn, index, &c.attn, &c.h1, &do_all, &dx1, stack, grads,
     )?;
-    let dh1 = env.reduce(mx, ep, index, 15, dh1)?;
+    let dh1 = env.reduce(mx, net, index, 15, dh1)?;
     let ln1 = format!("{prefix}.ln1");
     let dln1 = norm_named_backward(mx, p, &ln1, &c.ln1, &dh1, grads, a.norm)?;
     mx.add(&dx1, &dln1)
@@ -181,7 +181,7 @@ pub type MlpCache = FfnCache;
 #[allow(clippy::too_many_arguments)]
 pub fn mlp_forward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     prefix: &str,
@@ -189,12 +189,12 @@ pub fn mlp_forward(
     x: &Tensor,
     fold: bool,
 ) -> Result<(Tensor, MlpCache), RuntimeError> {
-    let xa = env.gather(mx, ep, 0, 0, x)?;
+    let xa = env.gather(mx, net, 0, 0, x)?;
     let (m, cache) = ffn_forward(mx, p, prefix, Ffn::Mlp(act), &xa, env.shard.t)?;
     let y = if fold {
         m
     } else {
-        env.reduce(mx, ep, 0, 1, m)?
+        env.reduce(mx, net, 0, 1, m)?
     };
     Ok((y, cache))
 }
@@ -203,7 +203,7 @@ pub fn mlp_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn mlp_backward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     prefix: &str,
@@ -223,8 +223,8 @@ pub fn mlp_backward(
         };
         (dy.clone(), mine)
     } else {
-        (env.gather(mx, ep, 0, 10, dy)?, dy.clone())
+        (env.gather(mx, net, 0, 10, dy)?, dy.clone())
     };
     let dx = ffn_backward(mx, p, prefix, Ffn::Mlp(act), c, &dy_all, &dy_mine, grads)?;
-    env.reduce(mx, ep, 0, 11, dx)
+    env.reduce(mx, net, 0, 11, dx)
 }

@@ -11,8 +11,8 @@ use crate::RuntimeError;
 
 /// Whether a collective over `group` runs on the device: the same answer on every member
 /// (they share the backend and the process).
-pub fn on_device(mx: &dyn Math, ep: &Endpoint, group: &[u32]) -> bool {
-    mx.on_device() && ep.all_local(group)
+pub fn on_device(mx: &dyn Math, net: &Endpoint, group: &[u32]) -> bool {
+    mx.on_device() && net.all_local(group)
 }
 
 fn received(p: Payload, cols: usize) -> Result<Tensor, RuntimeError> {
@@ -22,15 +22,15 @@ fn received(p: Payload, cols: usize) -> Result<Tensor, RuntimeError> {
 
 /// Every member's `x` (rows may differ, columns may not), in group order.
 pub fn all_gather(
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     group: &[u32],
     tag: Tag,
     x: &Tensor,
 ) -> Result<Vec<Tensor>, RuntimeError> {
-    let me = ep.rank();
+    let me = net.rank();
     let t = tag_of(tag, 0);
     for &r in group.iter().filter(|&&r| r != me) {
-        ep.send_tensor(r, t, x)?;
+        net.send_tensor(r, t, x)?;
     }
     group
         .iter()
@@ -38,7 +38,7 @@ pub fn all_gather(
             if r == me {
                 Ok(x.clone())
             } else {
-                received(ep.recv_payload(r, t)?, x.cols())
+                received(net.recv_payload(r, t)?, x.cols())
             }
         })
         .collect()
@@ -48,7 +48,7 @@ pub fn all_gather(
 /// member `c` on, as the host ring adds it.
 pub fn all_reduce(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     group: &[u32],
     tag: Tag,
     x: Tensor,
@@ -57,7 +57,7 @@ pub fn all_reduce(
     if n <= 1 {
         return Ok(x);
     }
-    let parts = all_gather(ep, group, tag, &x)?;
+    let parts = all_gather(net, group, tag, &x)?;
     if let Some(p) = parts.iter().find(|p| p.shape() != x.shape()) {
         return Err(RuntimeError::InvalidProgram(format!(
             "all-reduce of shape {:?} met a part of shape {:?}",
@@ -82,12 +82,12 @@ pub fn all_reduce(
 /// Member `i` gets the sum of every member's `pieces[i]`, added in group order from zero.
 pub fn reduce_scatter(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     group: &[u32],
     tag: Tag,
     pieces: Vec<Tensor>,
 ) -> Result<Tensor, RuntimeError> {
-    let me = ep.rank();
+    let me = net.rank();
     let Some(mine) = group.iter().position(|&r| r == me) else {
         return Err(RuntimeError::InvalidProgram(format!(
             "rank {me} is not in group {group:?}"
@@ -96,7 +96,7 @@ pub fn reduce_scatter(
     let t = tag_of(tag, 0);
     for (i, &r) in group.iter().enumerate() {
         if i != mine {
-            ep.send_tensor(r, t, &pieces[i])?;
+            net.send_tensor(r, t, &pieces[i])?;
         }
     }
     let shape = pieces[mine].shape().to_vec();
@@ -105,7 +105,7 @@ pub fn reduce_scatter(
         let part = if i == mine {
             pieces[mine].clone()
         } else {
-            received(ep.recv_payload(r, t)?, pieces[mine].cols())?
+            received(net.recv_payload(r, t)?, pieces[mine].cols())?
         };
         if part.shape() != shape.as_slice() {
             return Err(RuntimeError::InvalidProgram(format!(
@@ -123,12 +123,12 @@ pub fn reduce_scatter(
 /// order.
 pub fn reduce_scatter_ring(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     group: &[u32],
     tag: Tag,
     pieces: Vec<Tensor>,
 ) -> Result<Tensor, RuntimeError> {
-    let me = ep.rank();
+    let me = net.rank();
     let Some(mine) = group.iter().position(|&r| r == me) else {
         return Err(RuntimeError::InvalidProgram(format!(
             "rank {me} is not in group {group:?}"
@@ -137,13 +137,13 @@ pub fn reduce_scatter_ring(
     let (n, t) = (group.len(), tag_of(tag, 0));
     for (i, &r) in group.iter().enumerate() {
         if i != mine {
-            ep.send_tensor(r, t, &pieces[i])?;
+            net.send_tensor(r, t, &pieces[i])?;
         }
     }
     let mut acc = pieces[mine].clone();
     for k in 1..n {
         let r = group[(mine + k) % n];
-        let part = received(ep.recv_payload(r, t)?, acc.cols())?;
+        let part = received(net.recv_payload(r, t)?, acc.cols())?;
         if part.shape() != acc.shape() {
             return Err(RuntimeError::InvalidProgram(format!(
                 "rank {me}: a reduce-scatter piece of shape {:?} from rank {r}, expected {:?}",

@@ -133,7 +133,7 @@ impl Env<'_> {
     fn gather_on_device(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         group: &[u32],
         tag: Tag,
         x: &Tensor,
@@ -141,8 +141,8 @@ impl Env<'_> {
     ) -> Result<Option<Vec<Tensor>>, RuntimeError> {
         let parts = if let Some(gc) = self.groups_for(group) {
             collective::gather_parts(gc, mx, group, x, rows)?
-        } else if collective::on_device(mx, ep, group) {
-            collective::all_gather(ep, group, tag, x)?
+        } else if collective::on_device(mx, net, group) {
+            collective::all_gather(net, group, tag, x)?
         } else {
             return Ok(None);
         };
@@ -157,7 +157,7 @@ impl Env<'_> {
     fn reduce_scatter_on_device(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         group: &[u32],
         tag: Tag,
         me: usize,
@@ -165,13 +165,13 @@ impl Env<'_> {
     ) -> Result<Tensor, RuntimeError> {
         match self.groups_for(group) {
             Some(gc) => collective::reduce_scatter_parts(gc, mx, group, me, pieces),
-            None => collective::reduce_scatter(mx, ep, group, tag, pieces),
+            None => collective::reduce_scatter(mx, net, group, tag, pieces),
         }
     }
 
     /// Whether collectives over `group` take a device path.
-    fn device_path(&self, mx: &dyn Math, ep: &Endpoint, group: &[u32]) -> bool {
-        self.groups_for(group).is_some() || collective::on_device(mx, ep, group)
+    fn device_path(&self, mx: &dyn Math, net: &Endpoint, group: &[u32]) -> bool {
+        self.groups_for(group).is_some() || collective::on_device(mx, net, group)
     }
 
     /// Per tp rank, the local rows its sequence-parallel part holds.
@@ -187,7 +187,7 @@ impl Env<'_> {
     pub fn gather(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         index: usize,
         sub: u8,
         mine: &Tensor,
@@ -198,10 +198,10 @@ impl Env<'_> {
         let rows = self.part_rows();
         let counts: Vec<usize> = rows.iter().map(Vec::len).collect();
         let tag = self.tag(index, sub);
-        if let Some(parts) = self.gather_on_device(mx, ep, self.tp_group, tag, mine, &counts)? {
+        if let Some(parts) = self.gather_on_device(mx, net, self.tp_group, tag, mine, &counts)? {
             return mx.scatter_rows(&parts, &rows, self.shard.local().len(), mine.cols());
         }
-        let parts = ep.all_gather(self.tp_group, self.tag(index, sub), mine.data())?;
+        let parts = net.all_gather(self.tp_group, self.tag(index, sub), mine.data())?;
         let n = self.shard.local().len();
         let c = mine.cols();
         let mut out = Tensor::zeros(&[n, c]);
@@ -221,7 +221,7 @@ impl Env<'_> {
     pub fn gather_members(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         index: usize,
         sub: u8,
         x: &Tensor,
@@ -231,10 +231,10 @@ impl Env<'_> {
         }
         let tag = self.tag(index, sub);
         let counts = vec![x.rows(); self.tp_group.len()];
-        if let Some(parts) = self.gather_on_device(mx, ep, self.tp_group, tag, x, &counts)? {
+        if let Some(parts) = self.gather_on_device(mx, net, self.tp_group, tag, x, &counts)? {
             return Ok(parts);
         }
-        ep.all_gather(self.tp_group, tag, x.data())?
+        net.all_gather(self.tp_group, tag, x.data())?
             .into_iter()
             .map(|d| Tensor::from_vec(x.shape(), d).map_err(|_| wrong("a member's part")))
             .collect()
@@ -245,7 +245,7 @@ impl Env<'_> {
     pub fn reduce(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         index: usize,
         sub: u8,
         partial: Tensor,
@@ -255,11 +255,11 @@ impl Env<'_> {
             return Ok(partial);
         }
         let tag = self.tag(index, sub);
-        if self.device_path(mx, ep, self.tp_group) {
+        if self.device_path(mx, net, self.tp_group) {
             if !self.sp {
                 return match self.groups_for(self.tp_group) {
                     Some(gc) => gc.all_reduce(self.tp_group, partial),
-                    None => collective::all_reduce(mx, ep, self.tp_group, tag, partial),
+                    None => collective::all_reduce(mx, net, self.tp_group, tag, partial),
                 };
             }
             let pieces = self
@@ -268,11 +268,11 @@ impl Env<'_> {
                 .map(|rows| mx.gather_rows(&partial, rows))
                 .collect::<Result<Vec<_>, _>>()?;
             let me = self.shard.t;
-            return self.reduce_scatter_on_device(mx, ep, self.tp_group, tag, me, pieces);
+            return self.reduce_scatter_on_device(mx, net, self.tp_group, tag, me, pieces);
         }
         if !self.sp {
             let mut t = partial;
-            ep.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
+            net.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
             return Ok(t);
         }
         let pieces: Vec<Vec<f32>> = self
@@ -281,7 +281,7 @@ impl Env<'_> {
             .iter()
             .map(|r| take_rows(&partial, r))
             .collect();
-        let mine = ep.reduce_scatter(self.tp_group, tag, &pieces)?;
+        let mine = net.reduce_scatter(self.tp_group, tag, &pieces)?;
         let c = partial.cols();
         Tensor::from_vec(&[mine.len() / c.max(1), c], mine)
     }
@@ -291,7 +291,7 @@ impl Env<'_> {
     pub fn sum_over_tp(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         index: usize,
         sub: u8,
         x: Tensor,
@@ -303,11 +303,11 @@ impl Env<'_> {
         if let Some(gc) = self.groups_for(self.tp_group) {
             return gc.all_reduce(self.tp_group, x);
         }
-        if collective::on_device(mx, ep, self.tp_group) {
-            return collective::all_reduce(mx, ep, self.tp_group, tag, x);
+        if collective::on_device(mx, net, self.tp_group) {
+            return collective::all_reduce(mx, net, self.tp_group, tag, x);
         }
         let mut t = x;
-        ep.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
+        net.all_reduce_sum(self.tp_group, tag, t.data_mut())?;
         Ok(t)
     }
 
@@ -316,7 +316,7 @@ impl Env<'_> {
     pub fn sequences(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         index: usize,
         sub: u8,
         x: &Tensor,
@@ -332,7 +332,7 @@ impl Env<'_> {
         }
         let counts: Vec<usize> = sh.per_cp.iter().map(Vec::len).collect();
         let tag = self.tag(index, sub);
-        if let Some(parts) = self.gather_on_device(mx, ep, self.cp_group, tag, x, &counts)? {
+        if let Some(parts) = self.gather_on_device(mx, net, self.cp_group, tag, x, &counts)? {
             // Sequence s takes, from each cp rank's part, its rows of s at their positions.
             return (0..sh.seq_len.len())
                 .map(|s| {
@@ -350,7 +350,7 @@ impl Env<'_> {
                 .collect();
         }
         let mut out: Vec<Tensor> = sh.seq_len.iter().map(|&n| Tensor::zeros(&[n, c])).collect();
-        let parts = ep.all_gather(self.cp_group, self.tag(index, sub), x.data())?;
+        let parts = net.all_gather(self.cp_group, self.tag(index, sub), x.data())?;
         for (data, rows) in parts.iter().zip(&sh.per_cp) {
             if data.len() != rows.len() * c {
                 return Err(wrong("sequence rows"));
@@ -369,7 +369,7 @@ impl Env<'_> {
     pub fn unsequences(
         &self,
         mx: &dyn Math,
-        ep: &mut Endpoint,
+        net: &mut Endpoint,
         index: usize,
         sub: u8,
         seqs: &[Tensor],
@@ -379,7 +379,7 @@ impl Env<'_> {
         if self.cp_group.len() <= 1 {
             return mx.scatter_rows(seqs, &by_position(sh), sh.local().len(), cols);
         }
-        if self.device_path(mx, ep, self.cp_group) {
+        if self.device_path(mx, net, self.cp_group) {
             // Each cp rank's piece: its local rows, taken from the sequences that hold them.
             let pieces = sh
                 .per_cp
@@ -398,7 +398,7 @@ impl Env<'_> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             let tag = self.tag(index, sub);
-            return self.reduce_scatter_on_device(mx, ep, self.cp_group, tag, sh.c, pieces);
+            return self.reduce_scatter_on_device(mx, net, self.cp_group, tag, sh.c, pieces);
         }
         let pieces: Vec<Vec<f32>> = sh
             .per_cp
@@ -411,7 +411,7 @@ impl Env<'_> {
                 v
             })
             .collect();
-        let mine = ep.reduce_scatter(self.cp_group, self.tag(index, sub), &pieces)?;
+        let mine = net.reduce_scatter(self.cp_group, self.tag(index, sub), &pieces)?;
         Tensor::from_vec(&[sh.local().len(), cols], mine)
     }
 }

@@ -277,9 +277,9 @@ fn main_inner(
             ));
         }
         let max = largest_message(&init, &batches, opts.steps);
-        let ep = tcp_endpoint(&place, opts.timeout, max).map_err(|e| e.to_string())?;
+        let net = tcp_endpoint(&place, opts.timeout, max).map_err(|e| e.to_string())?;
         let s = run_process(
-            ep,
+            net,
             &program,
             &cfg,
             &init,

@@ -167,7 +167,7 @@ pub struct RunOutput {
 
 /// One rank's results, and its endpoint back.
 struct RankOut {
-    ep: crate::transport::Endpoint,
+    net: crate::transport::Endpoint,
     rank: u32,
     losses: Vec<f64>,
     params: Params,
@@ -213,7 +213,7 @@ fn step_losses(sums: &[f64], layouts: &[crate::reference::batch::BatchLayout]) -
 #[allow(clippy::too_many_arguments)]
 fn run_rank<'a>(
     rank: u32,
-    ep: crate::transport::Endpoint,
+    net: crate::transport::Endpoint,
     program: &'a Program,
     cfg: &Config,
     init: &Params,
@@ -224,7 +224,7 @@ fn run_rank<'a>(
     on_step: &OnStep<'_>,
 ) -> Result<RankOut, RuntimeError> {
     let mut st =
-        RankState::new(rank, ep, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
+        RankState::new(rank, net, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
     #[cfg(feature = "cuda")]
     if let Backend::Cuda {
         device, nccl: true, ..
@@ -232,7 +232,7 @@ fn run_rank<'a>(
     {
         order::check_pair_order(program).map_err(RuntimeError::InvalidProgram)?;
         let groups = rank::program_groups(program);
-        let nccl = crate::cuda::nccl::NcclGroups::new(device, &mut st.ep, &groups)?;
+        let nccl = crate::cuda::nccl::NcclGroups::new(device, &mut st.net, &groups)?;
         st.set_groups(Box::new(nccl));
     }
     let mut losses = Vec::with_capacity(opts.steps);
@@ -253,7 +253,7 @@ fn run_rank<'a>(
         let (b, targets) = (&batches[i], layouts[i].targets);
         let tokens = b.batch_size * b.seq_len;
         let r = progress::settle(
-            &mut st.ep,
+            &mut st.net,
             &ranks,
             k + 1,
             opts.steps,
@@ -280,7 +280,7 @@ fn run_rank<'a>(
         params: st.params,
         grads,
         seconds,
-        ep: st.ep,
+        net: st.net,
     })
 }
 
@@ -294,13 +294,13 @@ pub struct Summary {
     pub peak_bytes: Vec<(u32, usize)>,
 }
 
-/// This process's rank of `program` on `ep` (ranks as processes, `crate::rendezvous`), each
+/// This process's rank of `program` on `net` (ranks as processes, `crate::rendezvous`), each
 /// step running `body`: its steps, then the losses, step times and peaks of every rank, which
 /// every rank receives. Each step's report goes to `on_step` on the lowest rank as the step
 /// ends; a step whose loss is not finite stops every rank there ([`RuntimeError::NonFinite`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_process(
-    ep: crate::transport::Endpoint,
+    net: crate::transport::Endpoint,
     program: &Program,
     cfg: &Config,
     init: &Params,
@@ -310,9 +310,9 @@ pub fn run_process(
     on_step: &OnStep<'_>,
 ) -> Result<Summary, RuntimeError> {
     let layouts = prepare(program, cfg, init, batches)?;
-    let rank = ep.rank();
+    let rank = net.rank();
     let mut out = run_rank(
-        rank, ep, program, cfg, init, batches, &layouts, opts, body, on_step,
+        rank, net, program, cfg, init, batches, &layouts, opts, body, on_step,
     )?;
     // Every rank's figures to every rank: the losses as the bits of each step's f64 (two f32
     // words, so nothing is rounded), the step times, the peak.
@@ -327,7 +327,7 @@ pub fn run_process(
     let peak = out.peak_bytes as u64;
     words.push(f32::from_bits((peak >> 32) as u32));
     words.push(f32::from_bits(peak as u32));
-    let all = out.ep.all_gather(
+    let all = out.net.all_gather(
         &group,
         comm::tag(comm::Kind::GradSync, 63, 0, 0, 255),
         &words,
@@ -409,13 +409,13 @@ pub fn run_observed(
             .ranks
             .iter()
             .map(|rp| {
-                let ep = endpoints[rp.rank as usize]
+                let net = endpoints[rp.rank as usize]
                     .take()
                     .expect("one program per rank");
                 let layouts = &layouts;
                 scope.spawn(move || {
                     run_rank(
-                        rp.rank, ep, program, cfg, init, batches, layouts, opts, body, on_step,
+                        rp.rank, net, program, cfg, init, batches, layouts, opts, body, on_step,
                     )
                 })
             })

@@ -91,12 +91,12 @@ impl MoeBlock<'_> {
     }
 
     /// This rank's position in the ep group and the experts each member holds.
-    fn place(&self, env: &Env<'_>, ep: &Endpoint) -> Result<(usize, usize), RuntimeError> {
+    fn place(&self, env: &Env<'_>, net: &Endpoint) -> Result<(usize, usize), RuntimeError> {
         let me = env
             .ep_group
             .iter()
-            .position(|&r| r == ep.rank())
-            .ok_or_else(|| invalid(format!("rank {} is not in its ep group", ep.rank())))?;
+            .position(|&r| r == net.rank())
+            .ok_or_else(|| invalid(format!("rank {} is not in its ep group", net.rank())))?;
         Ok((me, self.moe.experts / env.ep_group.len()))
     }
 }
@@ -112,13 +112,13 @@ fn rows_of(mx: &dyn Math, x: &Tensor, idx: &[usize]) -> Result<Tensor, RuntimeEr
 /// Sends `out[q]` to every other member `q` of the ep group and returns, per member, what it
 /// sent this rank (`out[me]` kept as it is). Every message has `rows[q]` rows.
 fn exchange(
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     (index, sub): (usize, u8),
     mut out: Vec<Tensor>,
     rows: &[usize],
 ) -> Result<Vec<Tensor>, RuntimeError> {
-    let me = ep.rank();
+    let me = net.rank();
     let tag = env.tag(index, sub);
     let cols = out.first().map_or(0, Tensor::cols);
     for (&r, t) in env.ep_group.iter().zip(&out) {
@@ -126,9 +126,9 @@ fn exchange(
             continue;
         }
         if t.rows() == 0 {
-            ep.send(r, tag, &[])?;
+            net.send(r, tag, &[])?;
         } else {
-            ep.send_tensor(r, tag, t)?;
+            net.send_tensor(r, tag, t)?;
         }
     }
     let mut got = Vec::with_capacity(out.len());
@@ -136,7 +136,7 @@ fn exchange(
         let t = if r == me {
             std::mem::replace(&mut out[q], Tensor::zeros(&[0, cols]))
         } else {
-            ep.recv_payload(r, tag)?.into_rows(cols).map_err(|e| {
+            net.recv_payload(r, tag)?.into_rows(cols).map_err(|e| {
                 invalid(format!(
                     "rank {me}: mixture-of-experts rows from rank {r}: {e}"
                 ))
@@ -237,13 +237,13 @@ fn by_assignment(
 /// The local experts' rows from each member: every message's expert indices (sent ahead of
 /// the rows, as values), checked, and the position of each row in its expert's rows.
 fn receive_ids(
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     index: usize,
     mine: Vec<usize>,
     per: usize,
 ) -> Result<(Inbox, Vec<usize>), RuntimeError> {
-    let me = ep.rank();
+    let me = net.rank();
     let mut counts = vec![0usize; per];
     let mut inbox = Vec::with_capacity(env.ep_group.len());
     let mut mine = Some(mine);
@@ -251,7 +251,7 @@ fn receive_ids(
         let ids: Vec<usize> = if r == me {
             mine.take().unwrap_or_default()
         } else {
-            let v = ep.recv(r, env.tag(index, IDS))?;
+            let v = net.recv(r, env.tag(index, IDS))?;
             v.iter()
                 .map(|&x| {
                     let l = x as usize;
@@ -277,14 +277,14 @@ fn receive_ids(
 /// partial output.
 pub fn moe_forward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     b: MoeBlock<'_>,
     x: &Tensor,
 ) -> Result<(Tensor, MoeCache), RuntimeError> {
     let (n, h) = (x.rows(), x.cols());
-    let (me, per) = b.place(env, ep)?;
+    let (me, per) = b.place(env, net)?;
     let logits = mx.linear(x, p.t(&format!("{}.router.weight", b.prefix)), None)?;
     let routes: Vec<Route> = (0..n).map(|r| route(logits.row(r), b.moe.top_k)).collect();
     let (mut rows, mut experts, mut weights) = (Vec::new(), Vec::new(), Vec::new());
@@ -304,16 +304,16 @@ pub fn moe_forward(
     for (q, &r) in env.ep_group.iter().enumerate() {
         if q != me {
             let ids: Vec<f32> = local(q).into_iter().map(|l| l as f32).collect();
-            ep.send(r, env.tag(b.index, IDS), &ids)?;
+            net.send(r, env.tag(b.index, IDS), &ids)?;
         }
     }
     let msgs = sent
         .iter()
         .map(|s| rows_of(mx, x, &s.iter().map(|&a| rows[a]).collect::<Vec<_>>()))
         .collect::<Result<Vec<_>, _>>()?;
-    let (inbox, counts) = receive_ids(ep, env, b.index, local(me), per)?;
+    let (inbox, counts) = receive_ids(net, env, b.index, local(me), per)?;
     let sizes: Vec<usize> = inbox.iter().map(Vec::len).collect();
-    let got = exchange(ep, env, (b.index, ROWS), msgs, &sizes)?;
+    let got = exchange(net, env, (b.index, ROWS), msgs, &sizes)?;
     let mut outs = Vec::with_capacity(per);
     let mut caches = Vec::with_capacity(per);
     for (l, batch) in expert_rows(mx, &inbox, &counts, &got, h)?
@@ -331,7 +331,7 @@ pub fn moe_forward(
     }
     let answers = replies(mx, &inbox, &outs, h)?;
     let sizes: Vec<usize> = sent.iter().map(Vec::len).collect();
-    let back = exchange(ep, env, (b.index, OUTS), answers, &sizes)?;
+    let back = exchange(net, env, (b.index, OUTS), answers, &sizes)?;
     let out = by_assignment(mx, back, &sent, rows.len(), h)?;
     let y = mx.moe_combine(&out, &rows, &weights, n)?;
     let cache = MoeCache {
@@ -353,7 +353,7 @@ pub fn moe_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn moe_backward(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     p: &Params,
     b: MoeBlock<'_>,
@@ -362,11 +362,11 @@ pub fn moe_backward(
     grads: &mut Grads,
 ) -> Result<Tensor, RuntimeError> {
     let (n, h, experts) = (c.x.rows(), c.x.cols(), b.moe.experts);
-    let (me, per) = b.place(env, ep)?;
+    let (me, per) = b.place(env, net)?;
     let (dout, dw) = mx.moe_combine_backward(&c.out, &c.rows, &c.weights, dy)?;
     // Partial over tp, as the outputs are: summed, every tp rank then holds the same bits.
     let dw = Tensor::from_vec(&[dw.len(), 1], dw.iter().map(|&v| v as f32).collect())?;
-    let dw = env.sum_over_tp(mx, ep, b.index, DWEIGHTS, dw)?;
+    let dw = env.sum_over_tp(mx, net, b.index, DWEIGHTS, dw)?;
     let (mut dlogits, mut a) = (Vec::with_capacity(n * experts), 0);
     for r in &c.routes {
         let k = r.experts.len();
@@ -384,7 +384,7 @@ pub fn moe_backward(
         .map(|s| rows_of(mx, &dout, s))
         .collect::<Result<Vec<_>, _>>()?;
     let sizes: Vec<usize> = c.inbox.iter().map(Vec::len).collect();
-    let got = exchange(ep, env, (b.index, DOUTS), msgs, &sizes)?;
+    let got = exchange(net, env, (b.index, DOUTS), msgs, &sizes)?;
     let mut dxs = Vec::with_capacity(per);
     let drows = expert_rows(mx, &c.inbox, &c.counts, &got, h)?;
     for (l, (d, cache)) in drows.iter().zip(&c.experts).enumerate() {
@@ -398,7 +398,7 @@ pub fn moe_backward(
     }
     let answers = replies(mx, &c.inbox, &dxs, h)?;
     let sizes: Vec<usize> = c.sent.iter().map(Vec::len).collect();
-    let back = exchange(ep, env, (b.index, DROWS), answers, &sizes)?;
+    let back = exchange(net, env, (b.index, DROWS), answers, &sizes)?;
     let dx = by_assignment(mx, back, &c.sent, c.rows.len(), h)?;
     let dx = mx.scatter_add_rows(n, &dx, &c.rows)?;
     if env.shard.t == 0 {

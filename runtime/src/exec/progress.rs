@@ -91,7 +91,7 @@ fn unwords(v: &[f32], i: usize) -> Result<f64, RuntimeError> {
 /// time. Exact: the f64 values travel as their bits.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn settle(
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     ranks: &[u32],
     step: usize,
     steps: usize,
@@ -102,7 +102,7 @@ pub(super) fn settle(
 ) -> Result<StepReport, RuntimeError> {
     let [a, b] = words(loss);
     let [c, d] = words(seconds);
-    let all = ep.all_gather(ranks, tag(), &[a, b, c, d])?;
+    let all = net.all_gather(ranks, tag(), &[a, b, c, d])?;
     let (mut sum, mut slowest) = (0.0f64, 0.0f64);
     for v in &all {
         sum += unwords(v, 0)?;

@@ -85,7 +85,7 @@ fn stats(logits: &Tensor, targets: &[i64], held: &Range<usize>) -> Tensor {
 #[allow(clippy::too_many_arguments)]
 pub fn cross_entropy(
     mx: &dyn Math,
-    ep: &mut Endpoint,
+    net: &mut Endpoint,
     env: &Env<'_>,
     logits: &Tensor,
     targets: &[i64],
@@ -93,7 +93,7 @@ pub fn cross_entropy(
     global_targets: usize,
 ) -> Result<(f64, Tensor), RuntimeError> {
     let mine = stats(logits, targets, held);
-    let parts = env.gather_members(mx, ep, 0, CE_STATS, &mine)?;
+    let parts = env.gather_members(mx, net, 0, CE_STATS, &mine)?;
     let n = global_targets as f64;
     let mut sum = 0.0f64;
     let mut d = Tensor::zeros(logits.shape());

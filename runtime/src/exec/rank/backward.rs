@@ -60,7 +60,7 @@ impl<'a> RankState<'a> {
                     );
                     mlp_backward(
                         &*self.math,
-                        &mut self.ep,
+                        &mut self.net,
                         &env,
                         &self.params,
                         &prefix(unit),
@@ -89,7 +89,7 @@ impl<'a> RankState<'a> {
                             m,
                             j,
                         );
-                        env.reduce(&*self.math, &mut self.ep, 0, vocab::HEAD_BACKWARD, dhf)?
+                        env.reduce(&*self.math, &mut self.net, 0, vocab::HEAD_BACKWARD, dhf)?
                     } else {
                         dhf
                     };
@@ -131,7 +131,7 @@ impl<'a> RankState<'a> {
                 let cache = cache.as_ref().expect("rebuilt above");
                 dx = block_backward(
                     &*self.math,
-                    &mut self.ep,
+                    &mut self.net,
                     &env,
                     &self.params,
                     &name,
@@ -226,7 +226,7 @@ impl<'a> RankState<'a> {
                 j,
             );
             let mx = &*self.math;
-            let de_all = env.gather(mx, &mut self.ep, 0, vocab::EMBED_BACKWARD, de)?;
+            let de_all = env.gather(mx, &mut self.net, 0, vocab::EMBED_BACKWARD, de)?;
             vocab::embed_grad(mx, &de_all, &tokens, &held)?
         } else {
             let mx = &*self.math;

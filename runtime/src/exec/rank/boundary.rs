@@ -64,11 +64,11 @@ impl<'a> RankState<'a> {
                 for (to, rows, _) in &roles.sends {
                     let data = take(&store, rows)?;
                     for &r in to {
-                        self.ep.send_tensor(r, t, &data)?;
+                        self.net.send_tensor(r, t, &data)?;
                     }
                 }
                 for (from, rows, _) in roles.receives {
-                    let data = self.ep.recv_payload(from, t)?;
+                    let data = self.net.recv_payload(from, t)?;
                     put(&mut store, rows, data)?;
                 }
                 if let Some(&(_, rows)) = roles.adds.first() {
@@ -76,7 +76,7 @@ impl<'a> RankState<'a> {
                     let own = fused::own_partial(&store, &srcs, me, rows, &take)?;
                     let mut parts = Vec::with_capacity(roles.adds.len());
                     for &(from, _) in &roles.adds {
-                        let p = self.ep.recv_payload(from, t)?;
+                        let p = self.net.recv_payload(from, t)?;
                         parts.push(
                             p.into_rows(w)
                                 .map_err(|e| invalid(format!("boundary `{name}`: {e}")))?,

@@ -162,11 +162,11 @@ impl<'a> RankState<'a> {
             .collect::<Result<Vec<_>, _>>()?;
         let sum = if let Some(gc) = self.groups.as_deref().filter(|gc| gc.covers(&sh.group)) {
             collective::reduce_scatter_parts(gc, mx, &sh.group, sh.me, pieces.clone())?
-        } else if collective::on_device(mx, &self.ep, &sh.group) {
-            collective::reduce_scatter_ring(mx, &mut self.ep, &sh.group, t, pieces.clone())?
+        } else if collective::on_device(mx, &self.net, &sh.group) {
+            collective::reduce_scatter_ring(mx, &mut self.net, &sh.group, t, pieces.clone())?
         } else {
             let parts: Vec<Vec<f32>> = pieces.iter().map(|p| p.data().to_vec()).collect();
-            let v = self.ep.reduce_scatter_ring(&sh.group, t, &parts)?;
+            let v = self.net.reduce_scatter_ring(&sh.group, t, &parts)?;
             Tensor::from_vec(&[v.len(), 1], v)?
         };
         pieces[sh.me] = sum;
@@ -180,10 +180,10 @@ impl<'a> RankState<'a> {
         let parts = if let Some(gc) = self.groups.as_deref().filter(|gc| gc.covers(&sh.group)) {
             let rows: Vec<usize> = sh.ranges().iter().map(ExactSizeIterator::len).collect();
             collective::gather_parts(gc, mx, &sh.group, x, &rows)?
-        } else if collective::on_device(mx, &self.ep, &sh.group) {
-            collective::all_gather(&mut self.ep, &sh.group, t, x)?
+        } else if collective::on_device(mx, &self.net, &sh.group) {
+            collective::all_gather(&mut self.net, &sh.group, t, x)?
         } else {
-            let all = self.ep.all_gather(&sh.group, t, x.data())?;
+            let all = self.net.all_gather(&sh.group, t, x.data())?;
             all.into_iter()
                 .map(|v| Tensor::from_vec(&[v.len(), 1], v))
                 .collect::<Result<Vec<_>, _>>()?

@@ -119,7 +119,7 @@ impl<'a> RankState<'a> {
             let name = format!("{}.blocks.{b}", prefix(unit));
             let (y, cache) = block_forward(
                 &*self.math,
-                &mut self.ep,
+                &mut self.net,
                 &env,
                 &self.params,
                 &name,
@@ -171,7 +171,7 @@ impl<'a> RankState<'a> {
                 let act = self.projector_act(unit);
                 let (out, cache) = mlp_forward(
                     &*self.math,
-                    &mut self.ep,
+                    &mut self.net,
                     &env,
                     &self.params,
                     &prefix(unit),
@@ -237,7 +237,7 @@ impl<'a> RankState<'a> {
             j,
         );
         let mx = &*self.math;
-        let hf_all = env.gather(mx, &mut self.ep, 0, vocab::HEAD_GATHER, &hf)?;
+        let hf_all = env.gather(mx, &mut self.net, 0, vocab::HEAD_GATHER, &hf)?;
         let logits = linear_named(mx, &self.params, self.head_name(), &hf_all)?;
         let (batch, layout) = self.batch();
         let s = batch.seq_len;
@@ -248,7 +248,7 @@ impl<'a> RankState<'a> {
             .collect();
         let global = layout.targets;
         let (sum, dlogits) =
-            vocab::cross_entropy(mx, &mut self.ep, &env, &logits, &targets, &held, global)?;
+            vocab::cross_entropy(mx, &mut self.net, &env, &logits, &targets, &held, global)?;
         if t == 0 {
             self.loss += sum;
         }
@@ -408,7 +408,7 @@ impl<'a> RankState<'a> {
             m,
             j,
         );
-        env.reduce(&*self.math, &mut self.ep, 0, vocab::EMBED, part)
+        env.reduce(&*self.math, &mut self.net, 0, vocab::EMBED, part)
     }
 
     /// Every local row's token, `None` at a placeholder.

@@ -140,7 +140,7 @@ impl ChunkState {
 
 pub struct RankState<'a> {
     pub rank: u32,
-    pub ep: Endpoint,
+    pub net: Endpoint,
     pub cfg: Config,
     pub program: &'a Program,
     pub modules: Vec<Option<ModuleCtx<'a>>>,
@@ -190,7 +190,7 @@ fn invalid(msg: String) -> RuntimeError {
 impl<'a> RankState<'a> {
     pub fn new(
         rank: u32,
-        ep: Endpoint,
+        net: Endpoint,
         cfg: Config,
         program: &'a Program,
         full: &Params,
@@ -214,7 +214,7 @@ impl<'a> RankState<'a> {
             groups: None,
             held_sends: Vec::new(),
             rank,
-            ep,
+            net,
             cfg,
             program,
             modules,

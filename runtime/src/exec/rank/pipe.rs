@@ -79,7 +79,7 @@ impl<'a> RankState<'a> {
             }
             return Ok(());
         }
-        self.ep
+        self.net
             .send_tensor(to, tag(kind, m, j, chunk as usize, 0), &x)
     }
 
@@ -110,7 +110,7 @@ impl<'a> RankState<'a> {
         }
         let w = self.ctx(m).width;
         let x = self
-            .ep
+            .net
             .recv_payload(from, tag(kind, m, j, chunk as usize, 0))?
             .into_rows(w)
             .map_err(|e| invalid(format!("rank {}: a pipeline message: {e}", self.rank)))?;

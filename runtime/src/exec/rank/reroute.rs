@@ -108,7 +108,7 @@ impl<'a> RankState<'a> {
             held.sort_by_key(|k| (k.sample, k.row));
             let t = tag(Kind::Boundary, b, j, MAX_INDEX as usize - 1, 0);
             let held: Vec<Vec<Key>> = self
-                .ep
+                .net
                 .all_gather(&ranks, t, &encode(&held))?
                 .iter()
                 .map(|v| decode(v))
@@ -161,10 +161,10 @@ impl<'a> RankState<'a> {
         let t = tag(Kind::Boundary, b, j, MAX_INDEX as usize - 1, sub);
         for (_, to, keys) in moves.iter().filter(|mv| mv.0 == me) {
             let rows = self.rows_of(b, j, forward, keys, w)?;
-            self.ep.send(ranks[*to], t, rows.data())?;
+            self.net.send(ranks[*to], t, rows.data())?;
         }
         for (from, _, keys) in moves.iter().filter(|mv| mv.1 == me) {
-            let data = self.ep.recv(ranks[*from], t)?;
+            let data = self.net.recv(ranks[*from], t)?;
             let rows = Tensor::from_vec(&[keys.len(), w], data).map_err(|_| {
                 invalid(format!(
                     "rank {}: rerouted rows of the wrong size from rank {}",

@@ -48,11 +48,11 @@ impl<'a> RankState<'a> {
             if let Some(gc) = self.groups.as_ref().filter(|g| g.covers(group)) {
                 let mine = std::mem::replace(g, Tensor::zeros(&[0]));
                 *g = gc.all_reduce(group, mine)?;
-            } else if collective::on_device(&*self.math, &self.ep, group) {
+            } else if collective::on_device(&*self.math, &self.net, group) {
                 let mine = std::mem::replace(g, Tensor::zeros(&[0]));
-                *g = collective::all_reduce(&*self.math, &mut self.ep, group, t, mine)?;
+                *g = collective::all_reduce(&*self.math, &mut self.net, group, t, mine)?;
             } else {
-                self.ep.all_reduce_sum(group, t, g.data_mut())?;
+                self.net.all_reduce_sum(group, t, g.data_mut())?;
             }
         }
         Ok(())
