@@ -209,9 +209,7 @@ fn parallel_plans_match_transformers() {
                 8,
             ),
         ];
-        if !c.cfg.llm.tied_embeddings {
-            plans.push(("pp 2", json!({"pp": 2, "micro_batch_size": 1}), 2));
-        }
+        plans.push(("pp 2", json!({"pp": 2, "micro_batch_size": 1}), 2));
         for (what, layout, ranks) in plans {
             let got = run(&c, one_f_one_b.clone(), layout, ranks);
             assert_matches(&c, what, &got);
@@ -368,23 +366,32 @@ fn expert_parallelism_that_does_not_divide_is_refused() {
     }
 }
 
+/// A tied head across pipeline stages: the first stage holds the embedding, the last its copy
+/// for the head, and their gradients are summed between the two, so three steps train as on
+/// one stage (the copies would drift apart otherwise).
 #[test]
-fn tied_embeddings_across_pipeline_stages_are_refused_before_the_run() {
+fn a_tied_head_across_pipeline_stages_trains_as_on_one_stage() {
     let c = case("llama_tied");
-    let program = lower_with(
-        &c.graph,
-        json!({"kind": "pipeline_1f1b"}),
-        json!({ "llm": at(json!({"pp": 2, "micro_batch_size": 1}), 0, 2) }),
-    );
-    let e = hetpar::runtime::exec::run(
-        &program,
-        &c.cfg,
-        &c.params,
-        std::slice::from_ref(&c.batch),
-        &opts(1),
-    )
-    .unwrap_err();
-    assert!(e.to_string().contains("tied embeddings under pp 2"), "{e}");
+    let train = |layout: Value, ranks: u32| {
+        let program = lower_with(
+            &c.graph,
+            json!({"kind": "pipeline_1f1b"}),
+            json!({ "llm": at(layout, 0, ranks) }),
+        );
+        let batch = std::slice::from_ref(&c.batch);
+        hetpar::runtime::exec::run(&program, &c.cfg, &c.params, batch, &opts(3))
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let one = train(json!({"micro_batch_size": 1}), 1);
+    let staged = train(json!({"pp": 2, "tp": 2, "micro_batch_size": 1}), 4);
+    for (a, b) in one.losses.iter().zip(&staged.losses) {
+        assert!(
+            (a - b).abs() <= 1e-5 * a.abs(),
+            "{:?} against {:?}",
+            staged.losses,
+            one.losses
+        );
+    }
 }
 
 /// Under expert parallelism the distributed optimizer shards a routed expert's Adam state over

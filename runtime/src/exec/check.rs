@@ -108,13 +108,6 @@ pub fn check(program: &Program, cfg: &Config, batch_size: usize) -> Result<(), R
         if matches!(unit, Unit::Projector(_)) && (m.pp != 1 || m.cp != 1) {
             problems.push(format!("module `{who}`: a projector runs with pp = cp = 1"));
         }
-        if unit == Unit::Llm && cfg.llm.tied_embeddings && m.pp > 1 {
-            problems.push(format!(
-                "module `{who}`: tied embeddings under pp {} are not computed yet (the first \
-                 and last stages would share the embedding); untie them or use pp 1",
-                m.pp
-            ));
-        }
     }
     check_units(program, &units, &mut problems);
     if problems.is_empty() {

@@ -93,6 +93,16 @@ pub fn holds(name: &str, unit: Unit, m: &ModuleProgram, coord: [u32; 4], experts
             .is_none_or(|e| expert_owner(m, e, experts) == ep_index(m, coord[1], coord[2]))
 }
 
+/// Whether `name` is a tied head's copy of the embedding on the language model's last stage
+/// (under pp > 1 the first stage holds the embedding, the last its copy for the head; their
+/// gradients are summed between the two, `exec/rank/sync.rs`).
+pub fn tied_copy(name: &str, unit: Unit, m: &ModuleProgram, stage: u32, tied: bool) -> bool {
+    tied && unit == Unit::Llm
+        && name == "llm.embed.weight"
+        && m.pp > 1
+        && (m.pp * m.vpp - 1) % m.pp == stage
+}
+
 /// The tensor-name prefix of a module's parameters.
 pub fn prefix(unit: Unit) -> String {
     match unit {
@@ -197,10 +207,11 @@ pub fn local_params(
     m: &ModuleProgram,
     coord: [u32; 4],
     experts: usize,
+    tied: bool,
 ) -> Params {
     let mut out = Params::default();
     for (name, x) in full.iter() {
-        if holds(name, unit, m, coord, experts) {
+        if holds(name, unit, m, coord, experts) || tied_copy(name, unit, m, coord[3], tied) {
             out.insert(
                 name.clone(),
                 slice(x, split_of(name), coord[0] as usize, m.tp as usize),

@@ -152,7 +152,10 @@ impl<'a> ModuleCtx<'a> {
         let names = full
             .iter()
             .map(|(n, _)| n.clone())
-            .filter(|n| holds(n, unit, m, coord, experts))
+            .filter(|n| {
+                holds(n, unit, m, coord, experts)
+                    || tied_copy(n, unit, m, coord[3], cfg.llm.tied_embeddings)
+            })
             .collect();
         let sources = program
             .boundaries

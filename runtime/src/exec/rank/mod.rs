@@ -22,7 +22,9 @@ use super::math::{
 };
 use super::rows::{Key, RowStore, Taken};
 use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
-use super::shard_params::{chunk_blocks, expert_of, holds, local_params, prefix, split_of, Split};
+use super::shard_params::{
+    chunk_blocks, expert_of, holds, local_params, prefix, split_of, tied_copy, Split,
+};
 use super::vocab;
 use crate::reference::batch::{BatchLayout, IGNORE};
 use crate::reference::layers::LayerNormCache;
@@ -201,7 +203,8 @@ impl<'a> RankState<'a> {
             .collect();
         let mut params = Params::default();
         for m in modules.iter().flatten() {
-            let p = local_params(full, m.unit, m.prog, m.coord, m.experts());
+            let tied = cfg.llm.tied_embeddings;
+            let p = local_params(full, m.unit, m.prog, m.coord, m.experts(), tied);
             for (n, t) in p.iter() {
                 params.insert(n.clone(), t.clone());
             }

@@ -32,7 +32,14 @@ impl<'a> RankState<'a> {
         }
         let names = c.names.clone();
         let groups: Vec<Vec<u32>> = names.iter().map(|n| sync_group(c, n).to_vec()).collect();
+        let pair = self.tied_pair(m);
         for (k, (name, group)) in names.iter().zip(&groups).enumerate() {
+            // A tied embedding's first and last stage sum their shares first (one fixed tag:
+            // the two stages list different tensors).
+            if let Some(pair) = pair.as_ref().filter(|_| name == "llm.embed.weight") {
+                let t = tag(Kind::GradSync, m, 0, MAX_INDEX as usize - 1, 1);
+                self.sum_over(name, pair, t)?;
+            }
             if group.len() <= 1 {
                 continue;
             }
@@ -40,20 +47,41 @@ impl<'a> RankState<'a> {
                 self.reduce_scatter_grad(name, tag(Kind::GradSync, m, 0, k, 0))?;
                 continue;
             }
-            let g = self
-                .grads
-                .get_mut(name)
-                .expect("the rank holds its stage's gradients");
-            let t = tag(Kind::GradSync, m, 0, k, 0);
-            if let Some(gc) = self.groups.as_ref().filter(|g| g.covers(group)) {
-                let mine = std::mem::replace(g, Tensor::zeros(&[0]));
-                *g = gc.all_reduce(group, mine)?;
-            } else if collective::on_device(&*self.math, &self.net, group) {
-                let mine = std::mem::replace(g, Tensor::zeros(&[0]));
-                *g = collective::all_reduce(&*self.math, &mut self.net, group, t, mine)?;
-            } else {
-                self.net.all_reduce_sum(group, t, g.data_mut())?;
-            }
+            self.sum_over(name, group, tag(Kind::GradSync, m, 0, k, 0))?;
+        }
+        Ok(())
+    }
+
+    /// The ranks of this rank's tp, cp and dp coordinates on the language model's first and
+    /// last stage, when its head is tied to the embedding across stages.
+    fn tied_pair(&self, m: usize) -> Option<Vec<u32>> {
+        let c = self.ctx(m);
+        let p = c.prog;
+        let last = (p.pp * p.vpp - 1) % p.pp;
+        let [t, cc, d, _] = c.coord;
+        (self.cfg.llm.tied_embeddings && c.unit == Unit::Llm && p.pp > 1)
+            .then(|| vec![p.rank_at(t, cc, d, 0), p.rank_at(t, cc, d, last)])
+    }
+
+    /// Sums the gradient `name` over `group`.
+    fn sum_over(
+        &mut self,
+        name: &str,
+        group: &[u32],
+        t: crate::transport::Tag,
+    ) -> Result<(), RuntimeError> {
+        let g = self
+            .grads
+            .get_mut(name)
+            .expect("the rank holds its stage's gradients");
+        if let Some(gc) = self.groups.as_ref().filter(|g| g.covers(group)) {
+            let mine = std::mem::replace(g, Tensor::zeros(&[0]));
+            *g = gc.all_reduce(group, mine)?;
+        } else if collective::on_device(&*self.math, &self.net, group) {
+            let mine = std::mem::replace(g, Tensor::zeros(&[0]));
+            *g = collective::all_reduce(&*self.math, &mut self.net, group, t, mine)?;
+        } else {
+            self.net.all_reduce_sum(group, t, g.data_mut())?;
         }
         Ok(())
     }
