@@ -53,20 +53,7 @@ fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
 
     // Build it against this checkout's runtime, with its locked versions, sharing the target
     // directory.
-    std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["run", "--quiet", "--", "--steps", "3"])
-        .current_dir(&dir)
-        .env("CARGO_TARGET_DIR", root().join("target"))
-        .output()
-        .expect("cargo runs");
-    assert!(
-        built.status.success(),
-        "the generated crate fails:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
-    let generated = losses(&String::from_utf8_lossy(&built.stdout));
+    let generated = build_and_run(&dir, 3);
     let interpreted = hetpar(&[
         "run",
         PLAN,
@@ -154,22 +141,7 @@ fn codegen_of_a_program_equals_codegen_of_its_plan() {
 #[test]
 fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
     let dir = scratch("codegen-llama");
-    let model = dir.join("llama.json");
-    let config = root().join("tests/oracle/golden/hf/llama/config.json");
-    let o = hetpar(&[
-        "import",
-        "hf",
-        config.to_str().unwrap(),
-        "--name",
-        "llama",
-        "--global-batch",
-        "4",
-        "--sequence-length",
-        "16",
-        "-o",
-        model.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let model = common::import_oracle_llama(&dir);
     let plan = dir.join("plan.json");
     std::fs::write(
         &plan,
@@ -195,19 +167,7 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
         "../../../../runtime",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    std::fs::copy(root().join("Cargo.lock"), out.join("Cargo.lock")).unwrap();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let built = Command::new(&cargo)
-        .args(["run", "--quiet", "--", "--steps", "3"])
-        .current_dir(&out)
-        .env("CARGO_TARGET_DIR", root().join("target"))
-        .output()
-        .expect("cargo runs");
-    assert!(
-        built.status.success(),
-        "the generated crate fails:\n{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let generated = build_and_run(&out, 3);
     let interpreted = hetpar(&[
         "run",
         plan,
@@ -219,7 +179,26 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
         "3",
     ]);
     assert!(interpreted.status.success(), "{}", stderr(&interpreted));
-    let generated = losses(&String::from_utf8_lossy(&built.stdout));
     assert_eq!(generated.len(), 3);
     assert_eq!(generated, losses(&stdout(&interpreted)));
+}
+
+/// Builds the generated crate in `dir` against this checkout's runtime (its locked versions,
+/// the shared target directory) and runs it for `steps` steps: the losses it prints.
+fn build_and_run(dir: &std::path::Path, steps: usize) -> Vec<f32> {
+    std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let steps = steps.to_string();
+    let built = Command::new(&cargo)
+        .args(["run", "--quiet", "--", "--steps", &steps])
+        .current_dir(dir)
+        .env("CARGO_TARGET_DIR", root().join("target"))
+        .output()
+        .expect("cargo runs");
+    assert!(
+        built.status.success(),
+        "the generated crate fails:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    losses(&String::from_utf8_lossy(&built.stdout))
 }

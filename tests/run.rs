@@ -341,21 +341,7 @@ fn fresh_synthetic_batches_are_said_to_keep_the_loss_up_and_a_fixed_batch_makes_
 fn a_hugging_face_llama_runs_from_its_own_weights_and_batch_and_dumps_under_their_names() {
     let dir = scratch("run-llama-hf");
     let golden = common::root().join("tests/oracle/golden/hf/llama");
-    let model = dir.join("llama.json");
-    let o = hetpar(&[
-        "import",
-        "hf",
-        golden.join("config.json").to_str().unwrap(),
-        "--name",
-        "llama",
-        "--global-batch",
-        "4",
-        "--sequence-length",
-        "16",
-        "-o",
-        model.to_str().unwrap(),
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
+    let model = common::import_oracle_llama(&dir);
     let plan = dir.join("plan.json");
     let text = r#"{"kind": "plan", "format_version": 1, "model": "llama", "cluster": "h100-8",
         "schedule": {"kind": "pipeline_1f1b"},
@@ -364,15 +350,21 @@ fn a_hugging_face_llama_runs_from_its_own_weights_and_batch_and_dumps_under_thei
     std::fs::write(&plan, text).unwrap();
     let weights = golden.join("model.safetensors");
     let dump = dir.join("dump");
-    let o = hetpar(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--cluster",
-        CLUSTER,
-        "--weights",
-        weights.to_str().unwrap(),
+    let run = |more: &[&str]| {
+        let mut args = vec![
+            "run",
+            plan.to_str().unwrap(),
+            "--model",
+            model.to_str().unwrap(),
+            "--cluster",
+            CLUSTER,
+            "--weights",
+            weights.to_str().unwrap(),
+        ];
+        args.extend_from_slice(more);
+        hetpar(&args)
+    };
+    let o = run(&[
         "--steps",
         "2",
         "--lr",
@@ -396,20 +388,8 @@ fn a_hugging_face_llama_runs_from_its_own_weights_and_batch_and_dumps_under_thei
     assert!(grads.contains_key("grad.model.layers.0.self_attn.q_proj.weight"));
     assert_eq!(grads.len(), given.len());
     // The oracle's own batch (`input_ids`, `labels`) gives transformers' loss.
-    let o = hetpar(&[
-        "run",
-        plan.to_str().unwrap(),
-        "--model",
-        model.to_str().unwrap(),
-        "--cluster",
-        CLUSTER,
-        "--weights",
-        weights.to_str().unwrap(),
-        "--batch",
-        golden.join("batch.safetensors").to_str().unwrap(),
-        "--steps",
-        "1",
-    ]);
+    let batch = golden.join("batch.safetensors");
+    let o = run(&["--batch", batch.to_str().unwrap(), "--steps", "1"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let expect = read(&golden.join("expect.safetensors"));
     let want = f64::from(expect["loss"].data()[0]);

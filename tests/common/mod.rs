@@ -207,3 +207,25 @@ pub fn weights_with_head(dir: &std::path::Path, head: f32) -> PathBuf {
     std::fs::write(&p, with_values(&bytes, "llm.head.weight", head)).unwrap();
     p
 }
+
+/// The oracle's tiny Llama (`tests/oracle/golden/hf/llama`), imported into `dir` by `hetpar
+/// import hf` with a batch of 4 sequences of 16: the model file.
+pub fn import_oracle_llama(dir: &std::path::Path) -> PathBuf {
+    let model = dir.join("llama.json");
+    let config = root().join("tests/oracle/golden/hf/llama/config.json");
+    let o = hetpar(&[
+        "import",
+        "hf",
+        config.to_str().unwrap(),
+        "--name",
+        "llama",
+        "--global-batch",
+        "4",
+        "--sequence-length",
+        "16",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    model
+}
