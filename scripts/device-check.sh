@@ -11,10 +11,11 @@
 # binary links pip's libnccl.so.2 under the name it loads), then runs `hetpar device-check`:
 # every operation against the CPU reference, NCCL on one GPU, a matrix-product throughput and
 # a device-copy bandwidth figure, the reference model trained 20 steps under two plans on the
-# CPU and the GPU (f32 and bf16 products); then the same plan as 8 processes sharing the GPU
+# CPU and the GPU (f32 and bf16 products), a stack of 4 Llama-3-8B layers at sequence 4096
+# trained in bf16 (step time, model TFLOP/s, MFU); then the same plan as 8 processes sharing the GPU
 # against 8 threads; then `hetpar profile --backend cuda` on the device's cluster (products,
 # attention, memory-bound kernels, per-kernel cost) written as a calibration file. Everything
-# has a time limit; the whole script stays under 7 minutes.
+# has a time limit; the whole script stays under 10 minutes.
 set -uo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 bin="${1:-}"
@@ -54,11 +55,16 @@ fi
   fi
   echo
   echo "## operations against the CPU reference; throughput; bandwidth"
-  timeout 180 "$bin" device-check --gemm-size 8192 --copy-mib 1024
+  timeout 180 "$bin" device-check --gemm-size 8192 --copy-mib 1024 --llama-steps 0
   checked=$?
   echo "exit status: $checked"
   # 2: no device or library; nothing more to learn here.
   [ "$checked" = 2 ] && exit 0
+  echo
+  echo "## a stack of 4 Llama-3-8B layers, sequence 4096, bf16 products: step time, TFLOP/s, MFU"
+  timeout 120 "$bin" device-check --steps 0 --gemm-size 1024 --copy-mib 64 --llama-steps 4 \
+    | grep -E "^llama stack"
+  echo "exit status: ${PIPESTATUS[0]}"
   echo
   echo "## ranks as processes on the GPU: launch (8 processes, TCP) against run (8 threads)"
   ex="$here/../examples"

@@ -1,7 +1,8 @@
 //! `hetpar device-check`: the CUDA backend on one GPU. Every operation against the CPU
 //! reference, a matrix-product throughput and a device-copy bandwidth figure, then the
 //! reference model trained under two plans on the CPU and on the GPU (f32 and bf16 products),
-//! their losses compared step by step.
+//! their losses compared step by step, then a real-shaped Llama layer stack's step time,
+//! TFLOP/s and MFU (`device_llama.rs`).
 
 // Without the feature only the refusal below is compiled.
 #![cfg_attr(not(feature = "cuda"), allow(dead_code))]
@@ -44,6 +45,16 @@ pub struct Args {
     /// Training steps per plan and backend (0 skips training).
     #[arg(long, default_value_t = 20)]
     pub steps: usize,
+    /// Training steps of the real-shaped Llama stack on the GPU, the first a warm-up (0 skips
+    /// it).
+    #[arg(long, default_value_t = 4)]
+    pub llama_steps: usize,
+    /// Llama-3-8B layers in that stack.
+    #[arg(long, default_value_t = 4)]
+    pub llama_layers: u32,
+    /// Its sequence length (one sample a step).
+    #[arg(long, default_value_t = 4096)]
+    pub llama_sequence: u32,
 }
 
 /// `max_k |a_k - b_k| / |b_k|`.
@@ -132,6 +143,23 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         println!(
             "tolerances: loss {LOSS_TOLERANCE_F32:.0e} (f32), {LOSS_TOLERANCE_BF16:.0e} (bf16)"
         );
+    }
+    if a.llama_steps > 0 {
+        let llama = super::device_llama::check(
+            &dev,
+            CLUSTER,
+            a.llama_layers,
+            a.llama_sequence,
+            a.llama_steps,
+            a.seed,
+        );
+        match llama {
+            Ok(ok) => passed &= ok,
+            Err(e) => {
+                passed = false;
+                println!("llama stack: FAILED: {e:#}");
+            }
+        }
     }
     Ok(if passed {
         ExitCode::SUCCESS

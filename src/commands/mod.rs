@@ -5,6 +5,7 @@ pub mod calibrate;
 pub mod codegen;
 pub mod describe;
 pub mod device_check;
+pub mod device_llama;
 pub mod estimate;
 pub mod export;
 pub mod import;
