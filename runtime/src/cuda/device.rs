@@ -17,7 +17,7 @@ use crate::RuntimeError;
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel the backend launches, by its `extern "C"` name in [`SOURCE`].
-pub const KERNELS: [&str; 24] = [
+pub const KERNELS: [&str; 26] = [
     "add_into",
     "add_bias",
     "col_sum",
@@ -40,6 +40,8 @@ pub const KERNELS: [&str; 24] = [
     "scatter_rows",
     "scatter_add_rows",
     "cross_entropy",
+    "vocab_stats",
+    "vocab_ce_grad",
     "adam",
     "to_bf16",
 ];

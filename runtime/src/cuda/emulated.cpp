@@ -142,6 +142,7 @@ const std::map<std::string, Entry>& table() {
         KERNEL(rms_norm_fwd),     KERNEL(rms_norm_bwd),   KERNEL(act_fwd),
         KERNEL(act_bwd),          KERNEL(gated_fwd),      KERNEL(gated_bwd),
         KERNEL(rope),             KERNEL(repeat_heads),   KERNEL(sum_heads),
+        KERNEL(vocab_stats),      KERNEL(vocab_ce_grad),
     };
     return t;
 }

@@ -439,3 +439,45 @@ extern "C" __global__ void to_bf16(const float* x, unsigned short* y, long long 
     unsigned int lsb = (u >> 16) & 1u;
     y[i] = (unsigned short)((u + 0x7fffu + lsb) >> 16);
 }
+
+// The vocabulary-parallel cross-entropy (`exec/vocab.rs`): per row of this rank's slice of
+// the logits (columns `start ..+ width` of the vocabulary), its maximum, the sum of
+// exp(l - max) (in double) and the target's logit when the slice holds it (else 0).
+extern "C" __global__ void vocab_stats(const float* logits, const long long* targets,
+                                       float* stats, int rows, int width, long long start) {
+    __shared__ double sh[BLOCK];
+    __shared__ float shf[BLOCK];
+    int r = blockIdx.x;
+    if (r >= rows) return;
+    const float* row = logits + (long long)r * width;
+    float m = NEG_INF;
+    for (int j = threadIdx.x; j < width; j += BLOCK) m = fmaxf(m, row[j]);
+    m = block_max(m, shf);
+    double s = 0.0;
+    for (int j = threadIdx.x; j < width; j += BLOCK) s += exp((double)row[j] - (double)m);
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) {
+        long long t = targets[r];
+        float tgt = (t >= start && t < start + width) ? row[t - start] : 0.0f;
+        stats[3 * r] = m;
+        stats[3 * r + 1] = (float)s;
+        stats[3 * r + 2] = tgt;
+    }
+}
+
+// Its gradient on the slice: (exp(l - lse) - onehot) / n on rows with a target, 0 elsewhere.
+extern "C" __global__ void vocab_ce_grad(const float* logits, const long long* targets,
+                                         const double* lse, float* d, int rows, int width,
+                                         long long start, double n) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)rows * width) return;
+    int r = (int)(i / width);
+    long long j = i % width;
+    long long t = targets[r];
+    if (t == -100) {
+        d[i] = 0.0f;
+        return;
+    }
+    double onehot = (start + j == t) ? 1.0 : 0.0;
+    d[i] = (float)((exp((double)logits[i] - lse[r]) - onehot) / n);
+}

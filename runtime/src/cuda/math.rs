@@ -368,6 +368,33 @@ impl<E: Engine> Math for GpuMath<E> {
         Ok((loss, self.result(d)))
     }
 
+    fn vocab_stats(
+        &self,
+        logits: &Tensor,
+        targets: &[i64],
+        start: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let s = self
+            .gpu
+            .vocab_stats(&*self.on_device(logits)?, targets, start)?;
+        Ok(self.result(s))
+    }
+
+    fn vocab_ce_grad(
+        &self,
+        logits: &Tensor,
+        targets: &[i64],
+        start: usize,
+        lse: &[f64],
+        global_targets: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let x = self.on_device(logits)?;
+        let d = self
+            .gpu
+            .vocab_ce_grad(&x, targets, start, lse, global_targets)?;
+        Ok(self.result(d))
+    }
+
     fn rms_norm(
         &self,
         x: &Tensor,

@@ -262,6 +262,75 @@ pub trait ArchOps: Ops {
         )?;
         Ok(out)
     }
+
+    /// The vocabulary-parallel cross-entropy's per-row statistics `[rows, 3]` of this slice
+    /// (columns from vocabulary entry `start`): maximum, `Σ exp(l − max)`, target logit or 0.
+    fn vocab_stats(
+        &self,
+        logits: &DT<Self>,
+        targets: &[i64],
+        start: usize,
+    ) -> Result<DT<Self>, RuntimeError> {
+        let (rows, width) = (logits.rows(), logits.cols());
+        assert_eq!(targets.len(), rows, "vocab_stats: a target per row");
+        let mut out = self.zeros(&[rows, 3])?;
+        if rows == 0 {
+            return Ok(out);
+        }
+        let t = self.htod(targets)?;
+        let (r, w) = (i32_of(rows, "rows")?, i32_of(width, "columns")?);
+        self.launch(
+            "vocab_stats",
+            per_row(rows, 1),
+            &mut [
+                Arg::F32(&logits.buf),
+                Arg::I64s(&t),
+                Arg::F32Mut(&mut out.buf),
+                Arg::I32(r),
+                Arg::I32(w),
+                Arg::I64(start as i64),
+            ],
+        )?;
+        Ok(out)
+    }
+
+    /// Its gradient on the slice, from each row's log-sum-exp `lse` over the whole vocabulary.
+    fn vocab_ce_grad(
+        &self,
+        logits: &DT<Self>,
+        targets: &[i64],
+        start: usize,
+        lse: &[f64],
+        global_targets: usize,
+    ) -> Result<DT<Self>, RuntimeError> {
+        let (rows, width) = (logits.rows(), logits.cols());
+        assert_eq!(
+            (targets.len(), lse.len()),
+            (rows, rows),
+            "vocab_ce_grad: per row"
+        );
+        let mut d = self.zeros(logits.shape())?;
+        if rows == 0 || width == 0 {
+            return Ok(d);
+        }
+        let (t, l) = (self.htod(targets)?, self.upload_f64(lse)?);
+        let (r, w) = (i32_of(rows, "rows")?, i32_of(width, "columns")?);
+        self.launch(
+            "vocab_ce_grad",
+            elems(rows * width),
+            &mut [
+                Arg::F32(&logits.buf),
+                Arg::I64s(&t),
+                Arg::F64(&l),
+                Arg::F32Mut(&mut d.buf),
+                Arg::I32(r),
+                Arg::I32(w),
+                Arg::I64(start as i64),
+                Arg::F64Val(global_targets as f64),
+            ],
+        )?;
+        Ok(d)
+    }
 }
 
 impl<E: Engine + ?Sized> ArchOps for E {}

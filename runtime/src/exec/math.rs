@@ -175,6 +175,34 @@ pub trait Math: Send {
     ) -> Result<Tensor, RuntimeError> {
         Ok(rope::rope(x, positions, head_dim, inv_freq, inverse))
     }
+    /// [`super::vocab::stats`]: per row of a vocabulary slice starting at `start`, its
+    /// maximum, exponential sum and target logit `[rows, 3]`.
+    fn vocab_stats(
+        &self,
+        logits: &Tensor,
+        targets: &[i64],
+        start: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let held = start..start + logits.cols();
+        Ok(super::vocab::stats(logits, targets, &held))
+    }
+    /// [`super::vocab::ce_grad`].
+    fn vocab_ce_grad(
+        &self,
+        logits: &Tensor,
+        targets: &[i64],
+        start: usize,
+        lse: &[f64],
+        global_targets: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        Ok(super::vocab::ce_grad(
+            logits,
+            targets,
+            start,
+            lse,
+            global_targets,
+        ))
+    }
     /// [`rope::repeat_heads`].
     fn repeat_heads(
         &self,

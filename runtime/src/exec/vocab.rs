@@ -60,8 +60,8 @@ pub fn embed_grad(
 }
 
 /// Per row of this rank's logits: its maximum, `Σ exp(l − max)` (in f64) and the target's
-/// logit if this rank holds the target (else 0).
-fn stats(logits: &Tensor, targets: &[i64], held: &Range<usize>) -> Tensor {
+/// logit if this rank holds the target (else 0); `[rows, 3]`.
+pub fn stats(logits: &Tensor, targets: &[i64], held: &Range<usize>) -> Tensor {
     let mut out = Tensor::zeros(&[logits.rows(), 3]);
     for (i, &t) in targets.iter().enumerate() {
         let row = logits.row(i);
@@ -92,11 +92,10 @@ pub fn cross_entropy(
     held: &Range<usize>,
     global_targets: usize,
 ) -> Result<(f64, Tensor), RuntimeError> {
-    let mine = stats(logits, targets, held);
+    let mine = mx.vocab_stats(logits, targets, held.start)?;
     let parts = env.gather_members(mx, net, 0, CE_STATS, &mine)?;
-    let n = global_targets as f64;
     let mut sum = 0.0f64;
-    let mut d = Tensor::zeros(logits.shape());
+    let mut lse = vec![0.0f64; targets.len()];
     for (i, &t) in targets.iter().enumerate() {
         if t == IGNORE {
             continue;
@@ -107,18 +106,34 @@ pub fn cross_entropy(
             .iter()
             .map(|r| f64::from(r[1]) * (f64::from(r[0]) - f64::from(top)).exp())
             .sum();
-        let lse = f64::from(top) + s.ln();
+        lse[i] = f64::from(top) + s.ln();
         let target_logit: f64 = rows.iter().map(|r| f64::from(r[2])).sum();
-        sum += lse - target_logit;
+        sum += lse[i] - target_logit;
+    }
+    let d = mx.vocab_ce_grad(logits, targets, held.start, &lse, global_targets)?;
+    Ok((sum, d))
+}
+
+/// The slice's gradient of the batch loss: `(exp(l − lse) − onehot) / global_targets` on
+/// rows with a target, 0 elsewhere.
+pub fn ce_grad(
+    logits: &Tensor,
+    targets: &[i64],
+    start: usize,
+    lse: &[f64],
+    global_targets: usize,
+) -> Tensor {
+    let n = global_targets as f64;
+    let mut d = Tensor::zeros(logits.shape());
+    for (i, &t) in targets.iter().enumerate() {
+        if t == IGNORE {
+            continue;
+        }
         let row = logits.row(i);
         for (j, out) in d.row_mut(i).iter_mut().enumerate() {
-            let onehot = if held.start + j == t as usize {
-                1.0
-            } else {
-                0.0
-            };
-            *out = (((f64::from(row[j]) - lse).exp() - onehot) / n) as f32;
+            let onehot = if start + j == t as usize { 1.0 } else { 0.0 };
+            *out = (((f64::from(row[j]) - lse[i]).exp() - onehot) / n) as f32;
         }
     }
-    Ok((sum, d))
+    d
 }
