@@ -15,7 +15,6 @@ use hetpar::ir::hf::{import, ImportOptions};
 use hetpar::ir::model::ModelGraph;
 use hetpar::runtime::exec::RunOutput;
 use hetpar::runtime::hf_names::{params_from_hf, to_hf};
-use hetpar::runtime::reference::batch::IGNORE;
 use hetpar::runtime::reference::{Batch, Config, Params};
 use hetpar::runtime::tensor::Tensor;
 use serde_json::{json, Value};
@@ -31,13 +30,9 @@ fn tensors(case: &str, file: &str) -> BTreeMap<String, Tensor> {
     hetpar::runtime::dump::from_bytes(&bytes).expect("f32 safetensors")
 }
 
-fn ints(case: &str, name: &str) -> (Vec<usize>, Vec<i64>) {
-    let bytes = std::fs::read(golden(case, "batch.safetensors")).unwrap();
-    hetpar::runtime::dump::i64_tensor(&bytes, name).unwrap()
-}
-
-/// One case: the imported model, its configuration, its weights and its batch (targets the
-/// labels shifted by one, as `transformers` shifts them).
+/// One case: the imported model, its configuration, its weights and its batch (read as
+/// `--batch` reads Hugging Face's `input_ids` and `labels`: the labels shifted by one, as
+/// `transformers` shifts them).
 struct Case {
     name: &'static str,
     graph: ModelGraph,
@@ -47,9 +42,9 @@ struct Case {
 }
 
 fn case(name: &'static str) -> Case {
-    let (shape, tokens) = ints(name, "input_ids");
-    let (_, labels) = ints(name, "labels");
-    let (b, s) = (shape[0], shape[1]);
+    let bytes = std::fs::read(golden(name, "batch.safetensors")).unwrap();
+    let batch = hetpar::runtime::dump::batch_from_bytes(&bytes).expect("a Hugging Face batch");
+    let (b, s) = (batch.batch_size, batch.seq_len);
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(golden(name, "config.json")).unwrap())
             .unwrap();
@@ -65,23 +60,6 @@ fn case(name: &'static str) -> Case {
     let cfg = Config::from_model(&graph).unwrap_or_else(|e| panic!("{name}: {e}"));
     let params = params_from_hf(tensors(name, "model.safetensors"), &cfg, name)
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut targets = vec![IGNORE; b * s];
-    for r in 0..b {
-        for p in 0..s - 1 {
-            targets[r * s + p] = labels[r * s + p + 1];
-        }
-    }
-    let batch = Batch {
-        batch_size: b,
-        seq_len: s,
-        tokens,
-        targets,
-        patches: Tensor::zeros(&[0, 1]),
-        patch_counts: Vec::new(),
-        sample_images: vec![0; b],
-        image_token_id: cfg.llm.vocab as i64,
-        audio: None,
-    };
     Case {
         name,
         graph,

@@ -156,9 +156,8 @@ pub fn batch_to_bytes(b: &crate::reference::Batch) -> Result<Vec<u8>, RuntimeErr
 /// named. The batch's own consistency is [`crate::reference::Batch::layout`]'s check.
 pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, RuntimeError> {
     let st = SafeTensors::deserialize(bytes).map_err(err)?;
-    let names: Vec<&str> = st.names();
-    if crate::hf_batch::is_hf_batch(names.iter().copied()) {
-        return crate::hf_batch::batch_from_hf(bytes, &names);
+    if crate::hf_batch::is_hf_batch(&st) {
+        return crate::hf_batch::batch_from_hf(&st);
     }
     let mut problems = Vec::new();
     let mut get = |name: &str, dtype: Dtype, rank: usize| -> Option<(Vec<usize>, Vec<u8>)> {
@@ -250,8 +249,10 @@ pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, Runtime
 }
 
 /// The i64 tensor `name` of a safetensors buffer: its shape and values.
-pub fn i64_tensor(bytes: &[u8], name: &str) -> Result<(Vec<usize>, Vec<i64>), RuntimeError> {
-    let st = SafeTensors::deserialize(bytes).map_err(err)?;
+pub(crate) fn i64_tensor(
+    st: &SafeTensors<'_>,
+    name: &str,
+) -> Result<(Vec<usize>, Vec<i64>), RuntimeError> {
     let v = st
         .tensor(name)
         .map_err(|_| RuntimeError::Safetensors(format!("tensor `{name}` is missing")))?;

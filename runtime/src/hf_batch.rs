@@ -4,34 +4,37 @@
 //! one (`targets[b, p] = labels[b, p + 1]`, -100 at the end), as `transformers` shifts them.
 //! Text only: images in this convention (`pixel_values`) are refused by name.
 
+use safetensors::SafeTensors;
+
 use crate::dump::i64_tensor;
 use crate::reference::batch::IGNORE;
 use crate::reference::Batch;
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
-/// Whether `names` are a Hugging Face batch's.
-pub fn is_hf_batch<'a>(mut names: impl Iterator<Item = &'a str>) -> bool {
-    names.any(|n| n == "input_ids")
+/// Whether `st` is a Hugging Face batch (it has `input_ids`).
+pub fn is_hf_batch(st: &SafeTensors<'_>) -> bool {
+    st.tensor("input_ids").is_ok()
 }
 
-/// The batch of `bytes` (`input_ids`, optional `labels`).
-pub fn batch_from_hf(bytes: &[u8], names: &[&str]) -> Result<Batch, RuntimeError> {
-    if names.contains(&"pixel_values") {
+/// The batch of `st` (`input_ids`, optional `labels`).
+pub fn batch_from_hf(st: &SafeTensors<'_>) -> Result<Batch, RuntimeError> {
+    let has = |name: &str| st.tensor(name).is_ok();
+    if has("pixel_values") {
         return Err(RuntimeError::Safetensors(
             "`pixel_values`: images in Hugging Face's convention are not read yet; give them \
              as `vision.patches` (docs/reference-model.md, \"Inputs\")"
                 .into(),
         ));
     }
-    let (shape, tokens) = i64_tensor(bytes, "input_ids")?;
+    let (shape, tokens) = i64_tensor(st, "input_ids")?;
     let [b, s] = shape[..] else {
         return Err(RuntimeError::Safetensors(format!(
             "`input_ids` has shape {shape:?}, expected [batch, sequence]"
         )));
     };
-    let labels = if names.contains(&"labels") {
-        let (ls, l) = i64_tensor(bytes, "labels")?;
+    let labels = if has("labels") {
+        let (ls, l) = i64_tensor(st, "labels")?;
         if ls != shape {
             return Err(RuntimeError::Safetensors(format!(
                 "`labels` has shape {ls:?} but `input_ids` {shape:?}"

@@ -102,6 +102,13 @@ pub fn fabric(n: usize, timeout: Duration) -> Vec<Endpoint> {
         .collect()
 }
 
+/// Chunk `c` of `len` values split over a ring of `n`: the ring all-reduce's unit, which the
+/// collectives between threads and the distributed optimizer's shards follow, so that their
+/// sums are the ring's bit for bit.
+pub fn ring_chunk(len: usize, n: usize, c: usize) -> std::ops::Range<usize> {
+    c * len / n..(c + 1) * len / n
+}
+
 impl Endpoint {
     /// An endpoint from its sinks and receivers, one of each per rank (itself included).
     pub(crate) fn from_parts(
@@ -262,7 +269,7 @@ impl Endpoint {
             return Ok(());
         }
         let len = buf.len();
-        let chunk = |c: usize| (c * len / n)..((c + 1) * len / n);
+        let chunk = |c: usize| ring_chunk(len, n, c);
         let next = group[(me + 1) % n];
         let prev = group[(me + n - 1) % n];
         // Reduce-scatter: after n - 1 steps rank i holds the full sum of chunk (i + 1) % n.

@@ -74,7 +74,7 @@ pub fn all_reduce(
             acc = mx.add(&acc, &parts[(c + k) % n])?;
         }
         sums.push(acc);
-        ranges.push((c * len / n)..((c + 1) * len / n));
+        ranges.push(crate::transport::ring_chunk(len, n, c));
     }
     mx.select_ranges(&sums, &ranges)
 }

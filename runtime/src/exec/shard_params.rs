@@ -148,21 +148,25 @@ pub fn belongs(name: &str, unit: Unit, m: &ModuleProgram, stage: u32) -> bool {
     }
 }
 
+/// The part tp rank `t` of `tp` holds of `n` rows (a column split) or columns (a row split).
+pub fn tp_part(n: usize, tp: usize, t: usize) -> Range<usize> {
+    t * n / tp..(t + 1) * n / tp
+}
+
 /// Slice `t` of `tp` of a whole tensor.
 pub fn slice(x: &Tensor, split: Split, t: usize, tp: usize) -> Tensor {
     match split {
         Split::Replicated => x.clone(),
         Split::Column => {
-            let rows = x.shape()[0];
-            let (a, b) = (t * rows / tp, (t + 1) * rows / tp);
+            let Range { start: a, end: b } = tp_part(x.shape()[0], tp, t);
             let inner: usize = x.shape()[1..].iter().product();
             let mut shape = x.shape().to_vec();
             shape[0] = b - a;
             Tensor::from_vec(&shape, x.data()[a * inner..b * inner].to_vec()).expect("slice")
         }
         Split::Row => {
-            let (rows, cols) = (x.rows(), x.cols());
-            let (a, b) = (t * cols / tp, (t + 1) * cols / tp);
+            let rows = x.rows();
+            let Range { start: a, end: b } = tp_part(x.cols(), tp, t);
             let mut data = Vec::with_capacity(rows * (b - a));
             for r in 0..rows {
                 data.extend_from_slice(&x.row(r)[a..b]);

@@ -21,9 +21,9 @@ pub const HEAD_GATHER: u8 = 22;
 pub const CE_STATS: u8 = 23;
 pub const HEAD_BACKWARD: u8 = 24;
 
-/// The vocabulary rows tp rank `t` of `tp` holds (the tensor slicing's own split).
+/// The vocabulary rows tp rank `t` of `tp` holds: its column slice of the embedding.
 pub fn range(vocab: usize, tp: usize, t: usize) -> Range<usize> {
-    t * vocab / tp..(t + 1) * vocab / tp
+    super::shard_params::tp_part(vocab, tp, t)
 }
 
 /// Of `tokens`, those this rank holds: their rows in the slice and their indices.

@@ -43,8 +43,7 @@ impl Shard {
 
     /// Member `i`'s values.
     fn range(&self, i: usize) -> Range<usize> {
-        let (n, len) = (self.group.len(), self.len());
-        i * len / n..(i + 1) * len / n
+        crate::transport::ring_chunk(self.len(), self.group.len(), i)
     }
 
     /// This rank's values.

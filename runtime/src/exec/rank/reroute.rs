@@ -71,7 +71,7 @@ impl<'a> RankState<'a> {
     }
 
     /// The placeholder keys of `token` that member (t, c)'s own rows need on micro-batch `j`.
-    fn needed_keys(&mut self, m: usize, j: u32, token: i64, t: u32, c: u32) -> Vec<Key> {
+    fn needed_keys(&self, m: usize, j: u32, token: i64, t: u32, c: u32) -> Vec<Key> {
         let shard = self.shard_at(m, j, t, c);
         let (batch, _) = self.batch();
         let s = batch.seq_len;
