@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod dump;
 pub mod error;
 pub mod exec;
+pub mod gemm;
 pub mod hf_batch;
 pub mod hf_names;
 pub mod libs;
