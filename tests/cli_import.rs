@@ -23,7 +23,7 @@ fn import_notes_every_default_and_ends_with_a_summary() {
     }
     assert_eq!(
         err.lines().last(),
-        Some("imported llava: 3 modules (llm, projector, vision), 7.063 G parameters"),
+        Some("imported llava: 3 modules (llm, projector, vision), 7.051 G parameters"),
         "{err}"
     );
     // The model is on stdout, and nothing else is.

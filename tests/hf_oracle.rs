@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use hetpar::ir::hf::{import, ImportOptions};
 use hetpar::ir::model::ModelGraph;
 use hetpar::runtime::exec::RunOutput;
-use hetpar::runtime::hf_names::{params_from_hf, to_hf};
+use hetpar::runtime::hf_names::{params_from_hf, to_hf_in};
 use hetpar::runtime::reference::{Batch, Config, Params};
 use hetpar::runtime::tensor::Tensor;
 use serde_json::{json, Value};
@@ -43,11 +43,13 @@ struct Case {
 
 fn case(name: &'static str) -> Case {
     let bytes = std::fs::read(golden(name, "batch.safetensors")).unwrap();
-    let batch = hetpar::runtime::dump::batch_from_bytes(&bytes).expect("a Hugging Face batch");
-    let (b, s) = (batch.batch_size, batch.seq_len);
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(golden(name, "config.json")).unwrap())
             .unwrap();
+    // The batch's shape, from its token ids.
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let ids = st.tensor("input_ids").unwrap();
+    let (b, s) = (ids.shape()[0], ids.shape()[1]);
     let opts = ImportOptions {
         name: Some(name.into()),
         global_batch: b as u32,
@@ -55,9 +57,31 @@ fn case(name: &'static str) -> Case {
         items_per_sample: 0,
         ..Default::default()
     };
-    let file = import(&config, &opts).unwrap_or_else(|d| panic!("{name} imports: {d:?}"));
+    let mut file = import(&config, &opts).unwrap_or_else(|d| panic!("{name} imports: {d:?}"));
+    let vlm = file.data.encoders.contains_key("vision");
+    if vlm {
+        // The images of each sample, as the batch's image tokens place them.
+        let per_image = file.modules["vision"].tokens_per_item.unwrap();
+        let token = i64::from(file.modules["vision"].token_id.unwrap());
+        let tokens: Vec<i64> = ids
+            .data()
+            .chunks_exact(8)
+            .map(|c| i64::from_le_bytes(c.try_into().unwrap()))
+            .collect();
+        let per_sample = tokens
+            .chunks(s)
+            .map(|row| {
+                let n = row.iter().filter(|&&t| t == token).count() as u32 / per_image;
+                vec![per_image; n as usize]
+            })
+            .collect();
+        let d = file.data.encoders.get_mut("vision").unwrap();
+        (d.items_per_sample, d.tokens_per_item, d.per_sample) = (None, None, Some(per_sample));
+    }
     let (graph, _) = hetpar::ir::model::verify::build(file).expect("the import verifies");
     let cfg = Config::from_model(&graph).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let batch =
+        hetpar::runtime::dump::batch_from_bytes(&bytes, &cfg).expect("a Hugging Face batch");
     let params = params_from_hf(tensors(name, "model.safetensors"), &cfg, name)
         .unwrap_or_else(|e| panic!("{e}"));
     Case {
@@ -71,7 +95,12 @@ fn case(name: &'static str) -> Case {
 
 /// One step of `layout` (the language model's, on `ranks` GPUs) under `schedule`.
 fn run(c: &Case, schedule: Value, layout: Value, ranks: u32) -> RunOutput {
-    let program = lower_with(&c.graph, schedule, json!({ "llm": at(layout, 0, ranks) }));
+    run_modules(c, schedule, json!({ "llm": at(layout, 0, ranks) }))
+}
+
+/// One step of the plan of `modules` under `schedule`.
+fn run_modules(c: &Case, schedule: Value, modules: Value) -> RunOutput {
+    let program = lower_with(&c.graph, schedule, modules);
     let mut o = opts(1);
     o.lr = 0.0;
     let batch = std::slice::from_ref(&c.batch);
@@ -121,14 +150,29 @@ fn assert_matches(c: &Case, what: &str, got: &RunOutput) {
         assert!(rel <= 1e-5, "{} {what}: logits off by {rel:.2e}", c.name);
     }
     let mut grads = Params::default();
-    for (n, _) in got.grads.iter() {
-        let hf = to_hf(n).unwrap_or_else(|| n.clone());
+    let mut compared = std::collections::BTreeSet::new();
+    for (n, ours) in got.grads.iter() {
+        let hf = format!("grad.{}", to_hf_in(n, &c.cfg).unwrap_or_else(|| n.clone()));
         let g = want
-            .get(&format!("grad.{hf}"))
+            .get(&hf)
             .unwrap_or_else(|| panic!("{}: no golden gradient of {hf}", c.name));
-        grads.insert(n.clone(), g.clone());
+        // A patch convolution's and a class embedding's values under hetpar's shape.
+        let g = g.reshaped(ours.shape()).unwrap_or_else(|_| g.clone());
+        grads.insert(n.clone(), g);
+        compared.insert(hf);
     }
     assert_eq!(grads.len(), got.grads.len());
+    // What hetpar does not compute (LLaVA's tower past its feature layer) feeds nothing.
+    for (n, g) in want.iter().filter(|(n, _)| n.starts_with("grad.")) {
+        if !compared.contains(n) {
+            let big = g.data().iter().fold(0.0f32, |a, v| a.max(v.abs()));
+            assert!(
+                big == 0.0,
+                "{}: {n} is not computed, but its gradient is {big}",
+                c.name
+            );
+        }
+    }
     let (worst, at) = common::worst_gradient(&format!("{} {what}", c.name), &got.grads, &grads);
     assert!(
         worst <= 1e-4,
@@ -399,4 +443,120 @@ fn mixtral_trains_alike_with_and_without_a_distributed_optimizer() {
         o.static_bytes.iter().map(|(_, b)| b.optimizer).sum()
     };
     assert!(bytes(&sharded) < bytes(&plain), "the moments are sharded");
+}
+
+/// LLaVA (a CLIP tower of 2 layers read at its first, 16 patches and a class row per image,
+/// a GELU projector, a Llama) on samples of 1, 0, 2 and 1 images at varying positions: on
+/// one device, and with the tower, projector and language model under their own layouts,
+/// colocated or on separate ranks.
+#[test]
+fn llava_matches_transformers() {
+    let c = case("llava");
+    let b = c.batch.batch_size;
+    let one = json!({"micro_batch_size": b});
+    // Encoders and projectors take no micro-batch size.
+    let enc = |layout: &Value| {
+        let mut l = layout.clone();
+        l.as_object_mut().unwrap().remove("micro_batch_size");
+        l
+    };
+    // A projector has no attention to split: its cp ranks are replicas.
+    let proj = |layout: &Value| {
+        let mut l = enc(layout);
+        let o = l.as_object_mut().unwrap();
+        let cp = o.remove("cp").and_then(|v| v.as_u64()).unwrap_or(1);
+        let dp = o.get("dp").and_then(Value::as_u64).unwrap_or(1);
+        o.insert("dp".into(), json!(cp * dp));
+        l
+    };
+    let all = |layout: Value, n: u32| {
+        json!({"vision": at(enc(&layout), 0, n), "projector": at(proj(&layout), 0, n),
+               "llm": at(layout, 0, n)})
+    };
+    let sp2 = json!({"tp": 2, "sequence_parallel": true, "micro_batch_size": b});
+    let (colocated, separate) = (
+        json!({"kind": "colocated_sequential"}),
+        json!({"kind": "pipeline_1f1b"}),
+    );
+    let plans = [
+        ("one device", all(one.clone(), 1)),
+        ("tp 2, sp everywhere", all(sp2.clone(), 2)),
+        (
+            "tp 2 without sp everywhere",
+            all(json!({"tp": 2, "micro_batch_size": b}), 2),
+        ),
+        (
+            "cp 2 everywhere",
+            all(json!({"cp": 2, "micro_batch_size": b}), 2),
+        ),
+        (
+            "tower tp 2 sp, cp 2 language model, dp 2",
+            json!({
+                "vision": at(json!({"tp": 2, "sequence_parallel": true, "dp": 2}), 0, 4),
+                "projector": at(json!({"tp": 2, "dp": 2}), 0, 4),
+                "llm": at(json!({"cp": 2, "dp": 2, "micro_batch_size": 1}), 0, 4),
+            }),
+        ),
+        (
+            "tower and projector on ranks 0-1 (dp 2), language model tp 2 sp on ranks 2-3",
+            json!({
+                "vision": at(json!({"dp": 2}), 0, 2),
+                "projector": at(json!({"dp": 2}), 0, 2),
+                "llm": at(sp2.clone(), 2, 2),
+            }),
+        ),
+        (
+            "cp 2, tp 2, sp, full recompute everywhere",
+            all(
+                json!({"cp": 2, "tp": 2, "sequence_parallel": true,
+                       "micro_batch_size": b, "recompute": {"policy": "full"}}),
+                4,
+            ),
+        ),
+    ];
+    for (what, modules) in plans {
+        let separate_ranks = what.contains("separate") || what.contains("ranks 2-3");
+        let schedule = if separate_ranks {
+            &separate
+        } else {
+            &colocated
+        };
+        let got = run_modules(&c, schedule.clone(), modules);
+        assert_matches(&c, what, &got);
+    }
+}
+
+/// LLaVA on the emulated GPU (the CUDA backend's kernels compiled for the CPU): the tower,
+/// projector and language model under tp 2 with sequence parallelism, colocated, against
+/// `transformers` as the CPU backend is.
+#[test]
+fn emulated_gpu_matches_transformers_on_llava() {
+    let Some(dev) = common::emulated_gpu() else {
+        return;
+    };
+    let c = case("llava");
+    let b = c.batch.batch_size;
+    let enc = json!({"tp": 2, "sequence_parallel": true});
+    let program = lower_with(
+        &c.graph,
+        json!({"kind": "colocated_sequential"}),
+        json!({
+            "vision": at(enc.clone(), 0, 2),
+            "projector": at(enc, 0, 2),
+            "llm": at(json!({"tp": 2, "sequence_parallel": true, "micro_batch_size": b}), 0, 2),
+        }),
+    );
+    let mut o = opts(1);
+    o.lr = 0.0;
+    let got = common::run_emulated(
+        &dev,
+        hetpar::runtime::cuda::Precision::F32,
+        &program,
+        &c.cfg,
+        &c.params,
+        std::slice::from_ref(&c.batch),
+        &o,
+    )
+    .unwrap_or_else(|e| panic!("llava on the emulated GPU: {e}"));
+    assert_matches(&c, "tp 2, sp, emulated GPU", &got);
 }

@@ -98,17 +98,18 @@ fn run_refuses_a_plan_without_cluster_and_a_model_the_runtime_cannot_compute() {
     assert!(stderr(&o).contains("give --cluster"), "{}", stderr(&o));
     let o = hetpar(&[
         "run",
-        "examples/plans/llava-1.5-7b-colocated-8.json",
+        "examples/plans/vision-audio-7b-colocated-64.json",
         "--model",
-        "examples/models/llava-1.5-7b.json",
+        "examples/models/vision-audio-7b.json",
         "--cluster",
-        CLUSTER,
+        "examples/clusters/h100-64.json",
     ]);
     assert_eq!(o.status.code(), Some(2));
     let e = stderr(&o);
     assert!(
         e.contains("runtime cannot compute this model")
-            && e.contains("vision: the runtime has no encoder pre-norm"),
+            && e.contains("vision: the runtime has no temporal patches")
+            && e.contains("audio: the runtime has no 1-D convolution stack"),
         "{e}"
     );
 }
@@ -397,5 +398,50 @@ fn a_hugging_face_llama_runs_from_its_own_weights_and_batch_and_dumps_under_thei
     assert!(
         ((got - want) / want).abs() < 1e-5,
         "loss {got} against transformers' {want}"
+    );
+}
+
+/// A model whose weights, gradients and Adam moments cannot fit in memory (Llama 3 70B: at
+/// least 1.1 TB in f32) is refused before any rank starts, saying how much it needs.
+#[test]
+fn a_model_too_large_for_this_machine_is_refused_before_any_work() {
+    let dir = scratch("run-too-large");
+    let model = dir.join("llama-3-70b.json");
+    let o = hetpar(&[
+        "import",
+        "hf",
+        "examples/hf/llama-3-70b.config.json",
+        "--global-batch",
+        "8",
+        "--sequence-length",
+        "64",
+        "-o",
+        model.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let name = serde_json::from_str::<serde_json::Value>(&std::fs::read_to_string(&model).unwrap())
+        .unwrap()["name"]
+        .clone();
+    let plan = dir.join("plan.json");
+    let text = serde_json::json!({
+        "kind": "plan", "format_version": 1, "model": name, "cluster": "h100-8",
+        "schedule": {"kind": "pipeline_1f1b"},
+        "modules": {"llm": {"layout": {"tp": 8, "micro_batch_size": 1},
+                            "placement": {"ranks": {"offset": 0, "count": 8}}}},
+    });
+    std::fs::write(&plan, text.to_string()).unwrap();
+    let o = hetpar(&[
+        "run",
+        plan.to_str().unwrap(),
+        "--model",
+        model.to_str().unwrap(),
+        "--cluster",
+        "examples/clusters/h100-8.json",
+    ]);
+    let e = stderr(&o);
+    assert!(!o.status.success(), "{e}");
+    assert!(
+        e.contains("70.554 G parameters") && e.contains("need at least 1128.9 GB"),
+        "{e}"
     );
 }

@@ -215,9 +215,91 @@ pub fn sp_part(n: usize, tp: usize, t: usize) -> Range<usize> {
     (t * n).div_ceil(tp)..((t + 1) * n).div_ceil(tp)
 }
 
+/// The positions cp rank `c` holds of an item of `n` rows led by `lead` rows that leave no
+/// output row (CLIP's class row): the lead rows take positions `0..lead`, held by the rank
+/// holding the item's first row (its first local position), right before it; the item's own
+/// rows keep the holders `cp_positions(n, ..)` gives them, shifted by `lead`, so an encoder's
+/// output rows are held where its boundary expects them.
+pub fn cp_positions_led(n: usize, lead: usize, cp: usize, c: usize) -> Vec<usize> {
+    let own = cp_positions(n, cp, c);
+    let mut out = Vec::with_capacity(own.len() + lead);
+    if own.first() == Some(&0) || (n == 0 && c == 0) {
+        out.extend(0..lead);
+    }
+    out.extend(own.iter().map(|p| p + lead));
+    out
+}
+
+/// Part `t` of `tp` of a cp rank's local rows when lead rows sit among them: `n` other rows
+/// split as `sp_part(n, tp, t)`, and one lead row before each index of `leads` (sorted, into
+/// the other rows), held by the part holding the row it leads (the last part when it leads
+/// none). The range is in the local numbering with the lead rows counted.
+pub fn sp_part_led(n: usize, tp: usize, t: usize, leads: &[usize]) -> Range<usize> {
+    let plain = sp_part(n, tp, t);
+    let before = |i: usize| leads.partition_point(|&x| x < i);
+    let end = if t + 1 >= tp.max(1) {
+        n + leads.len()
+    } else {
+        plain.end + before(plain.end)
+    };
+    plain.start + before(plain.start)..end
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lead_rows_move_no_other_rows_holder_and_sit_with_the_first_row() {
+        for n in [0usize, 1, 3, 7, 16, 17] {
+            for cp in [1usize, 2, 3] {
+                let held: Vec<Vec<usize>> =
+                    (0..cp).map(|c| cp_positions_led(n, 1, cp, c)).collect();
+                // Every position 0..=n once; the item's rows where they are without a lead.
+                let mut all: Vec<usize> = held.iter().flatten().copied().collect();
+                all.sort_unstable();
+                assert_eq!(all, (0..=n).collect::<Vec<_>>(), "n {n} cp {cp}");
+                for (c, h) in held.iter().enumerate() {
+                    let own: Vec<usize> = h.iter().filter(|&&p| p > 0).map(|p| p - 1).collect();
+                    assert_eq!(own, cp_positions(n, cp, c), "n {n} cp {cp} rank {c}");
+                }
+                let holder = held.iter().position(|h| h.contains(&0)).unwrap();
+                assert_eq!(held[holder][0], 0);
+                if n > 0 {
+                    assert_eq!(held[holder].get(1), Some(&1), "the lead precedes row 0");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn sequence_parallel_parts_with_leads_keep_the_other_rows_parts() {
+        // 10 rows, leads before rows 0, 4 and 10 (an item with none here), tp 3.
+        let leads = [0usize, 4, 10];
+        let (n, tp) = (10usize, 3usize);
+        let parts: Vec<Range<usize>> = (0..tp).map(|t| sp_part_led(n, tp, t, &leads)).collect();
+        assert_eq!(parts[0].start, 0);
+        assert_eq!(parts[tp - 1].end, n + leads.len());
+        for w in parts.windows(2) {
+            assert_eq!(w[0].end, w[1].start, "contiguous");
+        }
+        // Row i sits at i + (leads before or at it); its part is its part without leads.
+        for i in 0..n {
+            let at = i + leads.partition_point(|&x| x <= i);
+            let t = parts.iter().position(|p| p.contains(&at)).unwrap();
+            assert!(sp_part(n, tp, t).contains(&i), "row {i}");
+        }
+        // Each lead sits right before its row, in that row's part.
+        for (k, &x) in leads.iter().enumerate() {
+            let at = x + k;
+            let t = parts.iter().position(|p| p.contains(&at)).unwrap();
+            if x < n {
+                assert!(parts[t].contains(&(at + 1)), "lead {k} with its row");
+            } else {
+                assert_eq!(t, tp - 1);
+            }
+        }
+    }
 
     fn uniform(samples: u32, per: u32, tokens: u32) -> Vec<ItemRef> {
         items_of_samples(&ItemTokens::Fixed { items: per, tokens }, 0..samples)

@@ -154,10 +154,13 @@ pub fn batch_to_bytes(b: &crate::reference::Batch) -> Result<Vec<u8>, RuntimeErr
 
 /// Reads a batch written as [`batch_to_bytes`] describes; every missing or mistyped tensor is
 /// named. The batch's own consistency is [`crate::reference::Batch::layout`]'s check.
-pub fn batch_from_bytes(bytes: &[u8]) -> Result<crate::reference::Batch, RuntimeError> {
+pub fn batch_from_bytes(
+    bytes: &[u8],
+    cfg: &crate::reference::Config,
+) -> Result<crate::reference::Batch, RuntimeError> {
     let st = SafeTensors::deserialize(bytes).map_err(err)?;
     if crate::hf_batch::is_hf_batch(&st) {
-        return crate::hf_batch::batch_from_hf(&st);
+        return crate::hf_batch::batch_from_hf(&st, cfg);
     }
     let mut problems = Vec::new();
     let mut get = |name: &str, dtype: Dtype, rank: usize| -> Option<(Vec<usize>, Vec<u8>)> {

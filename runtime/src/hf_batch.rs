@@ -2,13 +2,16 @@
 //! language model: `input_ids` i64 [B, S] and, optionally, `labels` i64 [B, S] (unshifted,
 //! -100 where ignored; `input_ids` when absent). hetpar's targets are the labels shifted by
 //! one (`targets[b, p] = labels[b, p + 1]`, -100 at the end), as `transformers` shifts them.
-//! Text only: images in this convention (`pixel_values`) are refused by name.
+//! A LLaVA batch adds `pixel_values` f32 [N, C, H, W]: every image of the batch in order, cut
+//! into patches by the vision encoder's patch size (row after row of patches, each flattened as
+//! (channel, row, column)); each sample takes, in order, as many images as its runs of the
+//! model's image token (`token_id`) hold patches. An optional `image_counts` i64 [B] must agree.
 
 use safetensors::SafeTensors;
 
 use crate::dump::i64_tensor;
 use crate::reference::batch::IGNORE;
-use crate::reference::Batch;
+use crate::reference::{Batch, Config};
 use crate::tensor::Tensor;
 use crate::RuntimeError;
 
@@ -17,16 +20,10 @@ pub fn is_hf_batch(st: &SafeTensors<'_>) -> bool {
     st.tensor("input_ids").is_ok()
 }
 
-/// The batch of `st` (`input_ids`, optional `labels`).
-pub fn batch_from_hf(st: &SafeTensors<'_>) -> Result<Batch, RuntimeError> {
+/// The batch of `st` (`input_ids`, optional `labels`, and a VLM's `pixel_values`) for the
+/// model `cfg`.
+pub fn batch_from_hf(st: &SafeTensors<'_>, cfg: &Config) -> Result<Batch, RuntimeError> {
     let has = |name: &str| st.tensor(name).is_ok();
-    if has("pixel_values") {
-        return Err(RuntimeError::Safetensors(
-            "`pixel_values`: images in Hugging Face's convention are not read yet; give them \
-             as `vision.patches` (docs/reference-model.md, \"Inputs\")"
-                .into(),
-        ));
-    }
     let (shape, tokens) = i64_tensor(st, "input_ids")?;
     let [b, s] = shape[..] else {
         return Err(RuntimeError::Safetensors(format!(
@@ -50,7 +47,7 @@ pub fn batch_from_hf(st: &SafeTensors<'_>) -> Result<Batch, RuntimeError> {
             targets[r * s + p] = labels[r * s + p + 1];
         }
     }
-    Ok(Batch {
+    let mut batch = Batch {
         batch_size: b,
         seq_len: s,
         tokens,
@@ -60,5 +57,102 @@ pub fn batch_from_hf(st: &SafeTensors<'_>) -> Result<Batch, RuntimeError> {
         sample_images: vec![0; b],
         image_token_id: -1,
         audio: None,
-    })
+    };
+    if has("pixel_values") {
+        images(st, cfg, &mut batch)?;
+    }
+    Ok(batch)
+}
+
+/// `pixel_values` cut into patch rows, and each sample's images from its image tokens.
+fn images(st: &SafeTensors<'_>, cfg: &Config, batch: &mut Batch) -> Result<(), RuntimeError> {
+    let bad = |m: String| RuntimeError::Safetensors(format!("`pixel_values`: {m}"));
+    let e = cfg
+        .vision
+        .ok_or_else(|| bad("the model has no vision encoder".into()))?;
+    let ((c, p), token) = match (e.image_patch, e.token_id) {
+        (Some(patch), Some(token)) => (patch, token),
+        _ => {
+            return Err(bad(
+                "the vision encoder has no patch size or no image token (`token_id`) to read \
+                 images by"
+                    .into(),
+            ))
+        }
+    };
+    let (shape, pixels) = f32_tensor(st, "pixel_values")?;
+    let [n, ch, h, w] = shape[..] else {
+        return Err(bad(format!(
+            "shape {shape:?}, expected [images, channels, height, width]"
+        )));
+    };
+    if ch != c || h % p != 0 || w % p != 0 {
+        return Err(bad(format!(
+            "shape {shape:?}: the encoder takes {c} channels and sides that are multiples of \
+             its patch, {p}"
+        )));
+    }
+    let per_image = (h / p) * (w / p);
+    let mut patches = Vec::with_capacity(n * per_image * c * p * p);
+    for img in pixels.chunks_exact(c * h * w) {
+        for (py, px) in (0..h / p).flat_map(|y| (0..w / p).map(move |x| (y, x))) {
+            for ch in 0..c {
+                for ky in 0..p {
+                    let row = ch * h * w + (py * p + ky) * w + px * p;
+                    patches.extend_from_slice(&img[row..row + p]);
+                }
+            }
+        }
+    }
+    let s = batch.seq_len;
+    let mut counts = Vec::with_capacity(batch.batch_size);
+    for (k, sample) in batch.tokens.chunks(s).enumerate() {
+        let marked = sample.iter().filter(|&&t| t == token).count();
+        if marked % per_image != 0 {
+            return Err(bad(format!(
+                "sample {k} has {marked} image tokens ({token}), not a multiple of the {per_image} \
+                 patches of one image"
+            )));
+        }
+        counts.push((marked / per_image) as i64);
+    }
+    if st.tensor("image_counts").is_ok() {
+        let (_, given) = i64_tensor(st, "image_counts")?;
+        if given != counts {
+            return Err(RuntimeError::Safetensors(format!(
+                "`image_counts` {given:?} disagrees with the image tokens of `input_ids` \
+                 ({counts:?})"
+            )));
+        }
+    }
+    if counts.iter().sum::<i64>() != n as i64 {
+        return Err(bad(format!(
+            "{n} images, but the samples' image tokens hold {}",
+            counts.iter().sum::<i64>()
+        )));
+    }
+    batch.patches = Tensor::from_vec(&[n * per_image, c * p * p], patches)?;
+    batch.patch_counts = vec![per_image as i64; n];
+    batch.sample_images = counts;
+    batch.image_token_id = token;
+    Ok(())
+}
+
+/// The f32 tensor `name` of a safetensors buffer: its shape and values.
+fn f32_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>), RuntimeError> {
+    let v = st
+        .tensor(name)
+        .map_err(|_| RuntimeError::Safetensors(format!("tensor `{name}` is missing")))?;
+    if v.dtype() != safetensors::Dtype::F32 {
+        return Err(RuntimeError::Safetensors(format!(
+            "tensor `{name}` is {:?}, expected F32",
+            v.dtype()
+        )));
+    }
+    let data = v
+        .data()
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    Ok((v.shape().to_vec(), data))
 }

@@ -1,9 +1,12 @@
 //! Hugging Face tensor names and hetpar's (`docs/runtime.md`, "Tensor names"), both ways, for
-//! the language models the runtime computes (Llama, Mistral, Qwen2, Mixtral): weights load from a
-//! `save_pretrained` directory's safetensors, and gradients dump under the names they came by.
+//! the models the runtime computes (Llama, Mistral, Qwen2, Mixtral, and LLaVA: its language
+//! model's names under `language_model.`, its tower's and projector's in `hf_vision`): weights
+//! load from a `save_pretrained` directory's safetensors, and gradients dump under the names
+//! they came by.
 
 use std::collections::BTreeMap;
 
+use crate::hf_vision;
 use crate::reference::params::{param_specs, Config, Params};
 use crate::tensor::Tensor;
 use crate::RuntimeError;
@@ -65,8 +68,17 @@ fn split_leaf(name: &str) -> Option<(&str, &str)> {
     matches!(leaf, "weight" | "bias").then_some((stem, leaf))
 }
 
+/// A VLM's language model's tensors: its causal LM's names after this.
+const LANGUAGE_MODEL: &str = "language_model.";
+
 /// hetpar's name of a Hugging Face tensor, if it is one hetpar knows.
 pub fn from_hf(name: &str) -> Option<String> {
+    if let Some(rest) = name.strip_prefix(LANGUAGE_MODEL) {
+        return from_hf(rest).filter(|n| n.starts_with("llm."));
+    }
+    if let Some(ours) = hf_vision::from_hf(name) {
+        return Some(ours);
+    }
     let (stem, leaf) = split_leaf(name)?;
     if let Some((_, ours)) = TOP.iter().find(|(hf, _)| *hf == stem) {
         return Some(format!("{ours}.{leaf}"));
@@ -91,6 +103,20 @@ pub fn to_hf(name: &str) -> Option<String> {
     Some(format!("model.layers.{i}.{hf}.{leaf}"))
 }
 
+/// The Hugging Face name of one of hetpar's tensors in model `cfg`: a VLM's language model's
+/// under `language_model.`, its encoder's and projector's as LLaVA names them.
+pub fn to_hf_in(name: &str, cfg: &Config) -> Option<String> {
+    if name.starts_with("vision.") {
+        return hf_vision::to_hf(name);
+    }
+    let hf = to_hf(name)?;
+    Some(if cfg.vision.is_some() {
+        format!("{LANGUAGE_MODEL}{hf}")
+    } else {
+        hf
+    })
+}
+
 /// The model's parameters from tensors under Hugging Face names (`source` names them in
 /// errors): every tensor of the configuration is present with its shape, and no other.
 /// Every problem is reported at once.
@@ -103,6 +129,10 @@ pub fn params_from_hf(
     let mut problems = Vec::new();
     let mut ours = BTreeMap::new();
     for (name, t) in tensors {
+        // A LLaVA checkpoint's tower layers past the feature layer feed nothing.
+        if hf_vision::unused(&name, cfg) {
+            continue;
+        }
         match from_hf(&name) {
             Some(n) if specs.iter().any(|s| s.name == n) => {
                 ours.insert(n, (name, t));
@@ -112,9 +142,12 @@ pub fn params_from_hf(
     }
     let mut out = Params::default();
     for s in &specs {
-        let hf = to_hf(&s.name).unwrap_or_else(|| s.name.clone());
+        let hf = to_hf_in(&s.name, cfg).unwrap_or_else(|| s.name.clone());
         match ours.remove(&s.name) {
             None => problems.push(format!("`{hf}` is missing")),
+            Some((_, t)) if hf_vision::same_values(&s.name, t.shape(), &s.shape) => {
+                out.insert(s.name.clone(), t.reshaped(&s.shape)?);
+            }
             Some((_, t)) if t.shape() != s.shape.as_slice() => problems.push(format!(
                 "`{hf}` has shape {:?}, the model needs {:?}",
                 t.shape(),
@@ -159,25 +192,30 @@ pub fn params_from_either(
     Ok((Params::from_tensors(tensors, cfg)?, Naming::Hetpar))
 }
 
-/// Safetensors bytes of `p` under `naming`, names prefixed by `prefix` (`"grad."`).
+/// Safetensors bytes of `p` (of model `cfg`) under `naming`, names prefixed by `prefix`
+/// (`"grad."`).
 pub fn to_safetensors_named(
     p: &Params,
+    cfg: &Config,
     prefix: &str,
     naming: Naming,
 ) -> Result<Vec<u8>, RuntimeError> {
     match naming {
         Naming::Hetpar => p.to_safetensors(prefix),
         Naming::HuggingFace => {
-            let named = to_hf_names(p);
+            let named = to_hf_names(p, cfg);
             crate::dump::to_bytes(named.iter().map(|(n, t)| (format!("{prefix}{n}"), t)))
         }
     }
 }
 
-/// `p`'s tensors under their Hugging Face names (those without one keep hetpar's).
-pub fn to_hf_names(p: &Params) -> BTreeMap<String, Tensor> {
+/// `p`'s tensors under their Hugging Face names and shapes (those without one keep hetpar's).
+pub fn to_hf_names(p: &Params, cfg: &Config) -> BTreeMap<String, Tensor> {
     p.iter()
-        .map(|(n, t)| (to_hf(n).unwrap_or_else(|| n.clone()), t.clone()))
+        .map(|(n, t)| {
+            let hf = to_hf_in(n, cfg).unwrap_or_else(|| n.clone());
+            (hf, hf_vision::hf_shape(n, t, cfg))
+        })
         .collect()
 }
 

@@ -13,6 +13,7 @@ pub mod exec;
 pub mod gemm;
 pub mod hf_batch;
 pub mod hf_names;
+pub mod hf_vision;
 pub mod libs;
 pub mod profile;
 pub mod reference;

@@ -44,16 +44,32 @@ fn the_tiny_example_maps_to_its_reference_configuration() {
 
 #[test]
 fn a_model_the_runtime_does_not_compute_is_refused_with_every_difference() {
-    let e = Config::from_model(&model("llava-1.5-7b.json")).unwrap_err();
+    let e = Config::from_model(&model("vision-audio-7b.json")).unwrap_err();
     let RuntimeError::Unsupported(msg) = &e else {
         panic!("{e}")
     };
     for want in [
-        "vision: the embedding is not one linear layer",
-        "vision: the runtime has no encoder pre-norm",
+        "audio: the runtime has no 1-D convolution stack",
+        "vision: the runtime has no temporal patches",
+        "vision: positions are not a learned table",
+        "vision_merger: the runtime's projector is",
     ] {
         assert!(msg.contains(want), "missing {want:?} in: {msg}");
     }
+}
+
+#[test]
+fn llava_maps_to_a_clip_tower_read_before_its_last_layer() {
+    let cfg = Config::from_model(&model("llava-1.5-7b.json")).expect("LLaVA computes");
+    let v = cfg.vision.expect("a vision encoder");
+    assert_eq!(
+        (v.stack.layers, v.patch_len, v.max_rows, v.image_patch),
+        (23, 3 * 14 * 14, 577, Some((3, 14))),
+        "CLIP-L/14 at 336 px, features of the penultimate layer"
+    );
+    assert!(v.class_token && v.pre_norm && !v.final_norm && !v.embed_bias);
+    assert_eq!(v.token_id, Some(32000));
+    assert!(!cfg.is_reference());
 }
 
 #[test]
@@ -82,8 +98,8 @@ fn a_second_encoder_is_an_audio_encoder_with_its_own_projector() {
     let e = Config::from_model(&model("vision-audio-7b.json")).unwrap_err();
     let msg = e.to_string();
     assert!(
-        msg.contains("audio: the embedding is not one linear layer")
-            && msg.contains("vision: the embedding is not one linear layer"),
+        msg.contains("audio: the runtime has no 1-D convolution stack")
+            && msg.contains("vision: the runtime has no temporal patches"),
         "{msg}"
     );
 }

@@ -7,10 +7,10 @@ use std::collections::BTreeMap;
 
 use hetpar_runtime::reference::batch::EncoderBatch;
 use hetpar_runtime::reference::params::EncoderConfig;
+use hetpar_runtime::reference::Stack;
 use hetpar_runtime::reference::{
     loss, loss_and_grads, train_step, Adam, Batch, Config, Params, SplitMix64,
 };
-use hetpar_runtime::reference::{Act, Stack};
 use hetpar_runtime::tensor::Tensor;
 use hetpar_runtime::RuntimeError;
 
@@ -114,13 +114,12 @@ const RANDOM_ENTRIES: usize = 4;
 fn tiny_two_encoders() -> (Config, Batch) {
     const AUD: i64 = 11;
     let mut cfg = tiny();
-    cfg.audio = Some(EncoderConfig {
-        stack: Stack::reference(1, 6, 2, 12),
-        patch_len: 5,
-        max_rows: 4,
-        projector_hidden: 10,
-        projector_act: Act::GeluTanh,
-    });
+    cfg.audio = Some(EncoderConfig::reference(
+        Stack::reference(1, 6, 2, 12),
+        5,
+        4,
+        10,
+    ));
     let mut batch = tiny_batch(&cfg);
     let s0 = [1, IMG, IMG, IMG, 4, IMG, IMG, 7, AUD, AUD, 3, 0];
     let s1 = [5, AUD, IMG, IMG, IMG, IMG, 2, AUD, AUD, 3, 0, 0];

@@ -110,6 +110,9 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Some((model, program, _)) = a.job.program.load()? else {
         return Ok(ExitCode::from(1));
     };
+    // This node's share of the ranks.
+    let share = f64::from(a.nproc_per_node) / f64::from(world.max(1));
+    super::run::check_memory(&Config::from_model(&model)?, share)?;
     if a.job.training.weights.is_some() {
         // Read once here, so that a bad file is one error, not one per worker.
         a.job

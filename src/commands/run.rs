@@ -352,9 +352,10 @@ fn initial_weights(
 }
 
 /// `--batch`: its patches (every encoder's) must be finite numbers.
-fn read_batch(p: &Path) -> anyhow::Result<Batch> {
+fn read_batch(p: &Path, cfg: &Config) -> anyhow::Result<Batch> {
     let name = p.display();
-    let b = hetpar::runtime::dump::batch_from_bytes(&read(p)?).with_context(|| name.to_string())?;
+    let b = hetpar::runtime::dump::batch_from_bytes(&read(p)?, cfg)
+        .with_context(|| name.to_string())?;
     let patches = [Some(&b.patches), b.audio.as_ref().map(|a| &a.patches)];
     for (what, t) in ["patches", "audio patches"].into_iter().zip(patches) {
         if let Some(x) = t.and_then(|t| t.data().iter().find(|x| !x.is_finite())) {
@@ -396,9 +397,10 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(1));
     };
     let cfg = Config::from_model(&model).with_context(|| a.program.model.display().to_string())?;
+    check_memory(&cfg, 1.0)?;
     let (init, naming) = initial_weights(a.training.weights.as_deref(), &cfg, a.training.seed)?;
     let batches: Vec<Batch> = match &a.batch {
-        Some(p) => vec![read_batch(p)?],
+        Some(p) => vec![read_batch(p, &cfg)?],
         None => {
             a.training.note_batches();
             a.training.batches(&model, &cfg)?
@@ -426,18 +428,18 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let out = out.map_err(run_error)?;
     print_stdout(&report(&program, &batches[0], &out));
     if let Some(dir) = &a.dump {
-        dump(dir, &out, naming)?;
+        dump(dir, &out, &cfg, naming)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// The dump, weights and gradients under the names `--weights` used.
-fn dump(dir: &Path, out: &RunOutput, naming: Naming) -> anyhow::Result<()> {
+fn dump(dir: &Path, out: &RunOutput, cfg: &Config, naming: Naming) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let files = [
         hetpar::runtime::dump::losses_to_bytes(&out.losses)?,
-        to_safetensors_named(&out.params, "", naming)?,
-        to_safetensors_named(&out.grads, "grad.", naming)?,
+        to_safetensors_named(&out.params, cfg, "", naming)?,
+        to_safetensors_named(&out.grads, cfg, "grad.", naming)?,
     ];
     for (name, bytes) in DUMP_FILES.into_iter().zip(files) {
         let p = dir.join(name);
@@ -445,4 +447,37 @@ fn dump(dir: &Path, out: &RunOutput, naming: Naming) -> anyhow::Result<()> {
             .with_context(|| format!("cannot write {}", p.display()))?;
     }
     Ok(())
+}
+
+/// Refuses a run whose weights, gradients and Adam moments (f32, 16 bytes a parameter, a
+/// floor: replicas and activations add to it) cannot fit in this machine's available memory,
+/// `share` of the ranks running here; a machine that does not say is not checked.
+pub fn check_memory(cfg: &Config, share: f64) -> anyhow::Result<()> {
+    let params: usize = hetpar::runtime::reference::param_specs(cfg)
+        .iter()
+        .map(|s| s.shape.iter().product::<usize>())
+        .sum();
+    let need = 16.0 * params as f64 * share;
+    let Some(available) = available_memory() else {
+        return Ok(());
+    };
+    if need > available {
+        bail!(
+            "the model has {:.3} G parameters: its weights, gradients and Adam moments alone \
+             need at least {:.1} GB on this machine, which has {:.1} GB available (the CPU \
+             runtime trains in f32; run a smaller model, or more nodes)",
+            params as f64 / 1e9,
+            need / 1e9,
+            available / 1e9
+        );
+    }
+    Ok(())
+}
+
+/// `MemAvailable` of `/proc/meminfo`, in bytes.
+fn available_memory() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024.0)
 }

@@ -86,9 +86,14 @@ pub fn stage_parameters(module: &Module, layout: &Layout, stage: u32) -> StagePa
 fn edge_params(module: &Module, tp: u32, holds_first: bool, holds_last: bool) -> f64 {
     let tp = f64::from(tp);
     let emb = module_params(module).embedding as f64;
-    let final_norm = module
-        .transformer()
-        .map_or(0, |t| t.norm.params(u64::from(t.hidden))) as f64;
+    let final_norm = match &module.body {
+        Body::Encoder {
+            final_norm: false, ..
+        } => 0.0,
+        _ => module
+            .transformer()
+            .map_or(0, |t| t.norm.params(u64::from(t.hidden))) as f64,
+    };
     let mut p = 0.0;
     match &module.body {
         Body::LanguageModel {

@@ -123,6 +123,9 @@ pub(crate) fn import(f: &Fields<'_>, model_type: &str, sizes: Sizes) -> Option<M
         embedding: None,
         tokens_per_item: None,
         pre_norm: None,
+        class_token: None,
+        final_norm: None,
+        token_id: None,
         mlp: None,
         out_features: None,
     })

@@ -51,6 +51,8 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
     let channels = v.u32_default("num_channels", 3);
     let lm = decoder::import(&t, &text_type, Sizes::ClassDefaults);
     let (hidden, layers, heads, ffn, lm) = (hidden?, layers?, heads?, ffn?, lm?);
+    let layers = feature_layers(&top, layers)?;
+    check_select_strategy(&top);
     let side = image / patch;
     let patches = side.saturating_mul(side);
     let encoder = ModuleSpec {
@@ -90,6 +92,10 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
         }),
         tokens_per_item: Some(patches),
         pre_norm: Some(true),
+        class_token: Some(true),
+        // LLaVA takes a layer's hidden state, before CLIP's post_layernorm.
+        final_norm: Some(false),
+        token_id: image_token(&top),
         mlp: None,
         vocab_size: None,
         tied_embeddings: None,
@@ -110,6 +116,9 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
         positions: None,
         tokens_per_item: None,
         pre_norm: None,
+        class_token: None,
+        final_norm: None,
+        token_id: None,
         vocab_size: None,
         tied_embeddings: None,
         out_features: None,
@@ -123,4 +132,81 @@ pub(crate) fn import(config: &Value, _opts: &ImportOptions, log: &Log) -> Option
         boundaries: vlm_boundaries("vision", "projector", "llm"),
         encoders: vec![("vision".into(), patches)],
     })
+}
+
+/// The CLIP layers LLaVA runs: those up to `vision_feature_layer` (a hidden-state index,
+/// negative from the end; 0 is the embeddings), default -2. The layers after it feed nothing.
+fn feature_layers(top: &Fields<'_>, layers: u32) -> Option<u32> {
+    const KEY: &str = "vision_feature_layer";
+    let at = match top.get(KEY) {
+        None => {
+            top.note(KEY, -2, format!("the default of {}", "LlavaConfig"));
+            -2
+        }
+        Some(v) => match v.as_i64() {
+            Some(k) => k,
+            None => {
+                top.error(
+                    KEY,
+                    "expected one integer; features concatenated from several layers are not \
+                     supported"
+                        .into(),
+                );
+                return None;
+            }
+        },
+    };
+    let used = if at < 0 {
+        i64::from(layers) + 1 + at
+    } else {
+        at
+    };
+    if used < 1 || used > i64::from(layers) {
+        top.error(
+            KEY,
+            format!(
+                "{at} selects no layer's output of the tower's {layers}: use -{layers}..=-1 or \
+                 1..={layers}"
+            ),
+        );
+        return None;
+    }
+    if used < i64::from(layers) {
+        top.note_option(
+            KEY,
+            used,
+            format!(
+                "layers run: hidden state {at} of {layers} layers is layer {used}'s output; the \
+                 tower's later layers and post_layernorm feed nothing and are not modelled"
+            ),
+        );
+    }
+    u32::try_from(used).ok()
+}
+
+/// LLaVA's `default` strategy drops the class row from the features; `full` keeps it, which
+/// hetpar's boundaries do not model.
+fn check_select_strategy(top: &Fields<'_>) {
+    const KEY: &str = "vision_feature_select_strategy";
+    match top.string(KEY).as_deref() {
+        None => top.note(KEY, "default", "the default of LlavaConfig".into()),
+        Some("default") => {}
+        Some(other) => top.error(
+            KEY,
+            format!(
+                "\"{other}\" is not supported: hetpar models the \"default\" strategy (the \
+                 class row dropped)"
+            ),
+        ),
+    }
+}
+
+/// The image token: `image_token_index` (`image_token_id` in newer configs), default 32000.
+fn image_token(top: &Fields<'_>) -> Option<u32> {
+    let key = if top.get("image_token_id").is_some() {
+        "image_token_id"
+    } else {
+        "image_token_index"
+    };
+    Some(top.u32_default(key, 32000))
 }

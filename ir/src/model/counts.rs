@@ -94,10 +94,19 @@ pub fn module_params(m: &Module) -> ParamCount {
             embedding,
             positions,
             pre_norm,
+            class_token,
+            final_norm,
             ..
         } => {
             let h = u64::from(transformer.hidden);
             let bias = if embedding.bias { h } else { 0 };
+            let class = if *class_token { h } else { 0 };
+            // `stack_params` counts a final norm; an encoder read before it has none.
+            let no_final = if *final_norm {
+                0
+            } else {
+                transformer.norm.params(h)
+            };
             let embed = match embedding.kind {
                 EmbeddingKind::Patch | EmbeddingKind::Linear => {
                     embedding.row_input_len() * h + bias
@@ -117,9 +126,10 @@ pub fn module_params(m: &Module) -> ParamCount {
                 0
             };
             let (st, sa) = stack_params(transformer);
+            let embed = embed + class;
             ParamCount {
-                total: embed + pos + pre + st,
-                active: embed + pos + pre + sa,
+                total: embed + pos + pre + st - no_final,
+                active: embed + pos + pre + sa - no_final,
                 embedding: embed + pos,
             }
         }
@@ -210,10 +220,14 @@ pub fn module_flops(g: &ModelGraph, m: ModuleId) -> Flops {
         Body::Encoder {
             transformer,
             embedding,
+            class_token,
             ..
         } => {
-            let per_row = stack_linear_flops_per_row(transformer)
-                + 2.0 * (embedding.row_input_len() * u64::from(transformer.hidden)) as f64;
+            let per_row = stack_linear_flops_per_row(transformer);
+            let per_patch =
+                2.0 * (embedding.row_input_len() * u64::from(transformer.hidden)) as f64;
+            // A class row runs through the layers, not the patch embedding.
+            let lead = u64::from(*class_token);
             let items = g.items(m);
             (0..batch)
                 .map(|s| {
@@ -221,7 +235,10 @@ pub fn module_flops(g: &ModelGraph, m: ModuleId) -> Flops {
                         it.items_of(s)
                             .iter()
                             .map(|&n| {
-                                per_row * f64::from(n) + attention_flops(transformer, u64::from(n))
+                                let rows = u64::from(n) + lead;
+                                per_patch * f64::from(n)
+                                    + per_row * rows as f64
+                                    + attention_flops(transformer, rows)
                             })
                             .sum()
                     })

@@ -40,7 +40,8 @@ impl ModuleKind {
 }
 
 /// One module. Parts by kind:
-/// encoders: `transformer`, `embedding`, `positions`, `tokens_per_item`, optional `pre_norm`;
+/// encoders: `transformer`, `embedding`, `positions`, `tokens_per_item`, optional `pre_norm`,
+/// `class_token`, `final_norm`, `token_id`;
 /// projector: `mlp`;
 /// language model: `transformer`, `vocab_size`, `positions`, optional `tied_embeddings`;
 /// generator: `transformer`, optional `out_features`.
@@ -59,6 +60,18 @@ pub struct ModuleSpec {
     /// An extra norm before the first layer (CLIP's pre-layernorm).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pre_norm: Option<bool>,
+    /// A learned class row leading every item (CLIP's): it takes the first position, attends
+    /// with the item's rows, and is dropped from the encoder's output (absent: none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub class_token: Option<bool>,
+    /// A norm after the encoder's last layer (absent: true). LLaVA reads CLIP's features
+    /// before its `post_layernorm`: false.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_norm: Option<bool>,
+    /// The token id marking this encoder's rows in a sample's token ids (Hugging Face's
+    /// `image_token_index`). Only reading a Hugging Face batch needs it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mlp: Option<MlpSpec>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -20,6 +20,12 @@ pub enum Body {
         positions: PositionsSpec,
         tokens_per_item: u32,
         pre_norm: bool,
+        /// A class row leads every item (position 0) and leaves no output row.
+        class_token: bool,
+        /// A norm after the last layer.
+        final_norm: bool,
+        /// The token id marking its rows in token ids, if the model says.
+        token_id: Option<u32>,
     },
     Projector(MlpSpec),
     LanguageModel {

@@ -365,19 +365,26 @@ pub fn build(file: ModelFile) -> Result<(ModelGraph, Diagnostics), Diagnostics> 
         // Items vs. the encoder's position table.
         if let (
             Some(Some(Module {
-                body: Body::Encoder { positions, .. },
+                body:
+                    Body::Encoder {
+                        positions,
+                        class_token,
+                        ..
+                    },
                 ..
             })),
             Some(it),
         ) = (modules.get(i), items.get(&ModuleId::new(i)))
         {
             if let (PositionKind::Learned, Some(max)) = (positions.kind, positions.max_positions) {
+                let lead = u32::from(*class_token);
                 if let Some(&big) = it.distinct_item_tokens().last() {
-                    if big > max {
+                    if big.saturating_add(lead) > max {
+                        let class = if lead > 0 { " and its class row" } else { "" };
                         ds.error(
                             join("data.encoders", name),
                             Rule::DataPositions,
-                            format!("an item of {big} tokens exceeds the encoder's learned position table of {max}"),
+                            format!("an item of {big} tokens{class} exceeds the encoder's learned position table of {max}"),
                         );
                     }
                 }
@@ -668,6 +675,9 @@ fn check_module(path: &str, m: &ModuleSpec, ds: &mut Diagnostics) -> Option<Body
         ds,
     );
     forbid(m.pre_norm.is_some() && !is_enc, "pre_norm", ds);
+    forbid(m.class_token.is_some() && !is_enc, "class_token", ds);
+    forbid(m.final_norm.is_some() && !is_enc, "final_norm", ds);
+    forbid(m.token_id.is_some() && !is_enc, "token_id", ds);
     need(m.mlp.is_some() || !is_proj, "mlp", ds);
     forbid(m.mlp.is_some() && !is_proj, "mlp", ds);
     need(m.vocab_size.is_some() || !is_lm, "vocab_size", ds);
@@ -813,6 +823,9 @@ fn check_module(path: &str, m: &ModuleSpec, ds: &mut Diagnostics) -> Option<Body
             positions: m.positions.clone()?,
             tokens_per_item: m.tokens_per_item.unwrap_or(0),
             pre_norm: m.pre_norm.unwrap_or(false),
+            class_token: m.class_token.unwrap_or(false),
+            final_norm: m.final_norm.unwrap_or(true),
+            token_id: m.token_id,
         },
         ModuleKind::Projector => Body::Projector(m.mlp.clone()?),
         ModuleKind::LanguageModel => Body::LanguageModel {

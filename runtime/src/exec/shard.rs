@@ -43,6 +43,9 @@ pub struct RowRef {
     pub row: u64,
     /// An encoder row's patch row in the batch.
     pub patch: u32,
+    /// A row leading its item that leaves no output row (CLIP's class row, position 0): it has
+    /// no boundary row and no patch.
+    pub lead: bool,
 }
 
 /// The rows of one replica's pass on one (cp, tp) coordinate.
@@ -143,25 +146,57 @@ pub fn sharding(
     work: &Work,
     place: Place,
 ) -> Sharding {
+    sharding_led(unit, items, seq_len, work, place, 0)
+}
+
+/// [`sharding`] of an encoder whose items each lead with `lead` rows that leave no output row
+/// (CLIP's class row): they take positions `0..lead` and sit with the item's first row
+/// (`shard::cp_positions_led`, `shard::sp_part_led`); every other row is held where
+/// [`sharding`] holds it.
+pub fn sharding_led(
+    unit: Unit,
+    items: Option<&EncoderLayout>,
+    seq_len: usize,
+    work: &Work,
+    place: Place,
+    lead: usize,
+) -> Sharding {
     let Place { cp, c, tp, t, sp } = place;
+    let lead = if matches!(unit, Unit::Encoder(_)) {
+        lead
+    } else {
+        0
+    };
     let seqs = sequences(unit, items, seq_len, work);
     let per_cp: Vec<Vec<RowRef>> = (0..cp)
         .map(|cc| {
             let mut rows = Vec::new();
             for (k, &(sample, n, row0, patch0)) in seqs.iter().enumerate() {
-                for pos in shard::cp_positions(n, cp, cc) {
+                for pos in shard::cp_positions_led(n, lead, cp, cc) {
+                    let own = pos.checked_sub(lead);
                     rows.push(RowRef {
                         sample,
                         seq: k as u32,
                         pos: pos as u32,
-                        row: row0 + pos as u64,
-                        patch: patch0 + pos as u32,
+                        row: own.map_or(u64::MAX, |p| row0 + p as u64),
+                        patch: own.map_or(u32::MAX, |p| patch0 + p as u32),
+                        lead: own.is_none(),
                     });
                 }
             }
             rows
         })
         .collect();
+    // Where the lead rows sit among the other local rows.
+    let mut leads = Vec::new();
+    let mut plain = 0;
+    for r in &per_cp[c] {
+        if r.lead {
+            leads.push(plain);
+        } else {
+            plain += 1;
+        }
+    }
     let n = per_cp[c].len();
     // The language model's local rows of each sample (contiguous, sample after sample).
     let mut per_seq = Vec::with_capacity(seqs.len());
@@ -184,12 +219,12 @@ pub fn sharding(
                     })
                     .collect()
             } else {
-                vec![shard::sp_part(n, tp, tt)]
+                vec![shard::sp_part_led(plain, tp, tt, &leads)]
             }
         })
         .collect();
     Sharding {
-        seq_len: seqs.iter().map(|s| s.1).collect(),
+        seq_len: seqs.iter().map(|s| s.1 + lead).collect(),
         per_cp,
         c,
         parts,
@@ -212,6 +247,16 @@ impl Sharding {
     pub fn mine(&self) -> Vec<RowRef> {
         let local = self.local();
         self.mine_indices().into_iter().map(|i| local[i]).collect()
+    }
+
+    /// Of the rows this tp rank holds, those with an output row, as indices into
+    /// [`Sharding::mine`], and the rows.
+    pub fn mine_out(&self) -> (Vec<usize>, Vec<RowRef>) {
+        self.mine()
+            .into_iter()
+            .enumerate()
+            .filter(|(_, r)| !r.lead)
+            .unzip()
     }
 
     /// Per sequence, the local row indices that belong to it, in local order.

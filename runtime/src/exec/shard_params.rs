@@ -135,7 +135,11 @@ pub fn belongs(name: &str, unit: Unit, m: &ModuleProgram, stage: u32) -> bool {
     match unit {
         Unit::Encoder(s) => {
             let pre = s.prefix();
-            (first && (name.starts_with(&format!("{pre}.patch.")) || name == format!("{pre}.pos")))
+            (first
+                && (name.starts_with(&format!("{pre}.patch."))
+                    || name.starts_with(&format!("{pre}.pre_norm."))
+                    || name == format!("{pre}.pos")
+                    || name == format!("{pre}.class")))
                 || in_blocks(pre)
                 || (last && name.starts_with(&format!("{pre}.ln_f.")))
         }

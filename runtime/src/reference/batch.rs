@@ -116,10 +116,11 @@ fn encoder_layout(
     let mut row = 0usize;
     for (i, &c) in patch_counts.iter().enumerate() {
         let c = count(&format!("{what}.patch_counts"), i, c)?;
-        if c == 0 || c > e.max_rows {
+        // A class row takes a position of the table too.
+        let most = e.max_rows.saturating_sub(e.lead());
+        if c == 0 || c > most {
             return Err(bad(format!(
-                "{what} item {i} has {c} rows, not in 1..={} (the position table)",
-                e.max_rows
+                "{what} item {i} has {c} rows, not in 1..={most} (the position table)"
             )));
         }
         images.push(row..row + c);

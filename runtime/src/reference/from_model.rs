@@ -1,8 +1,9 @@
 //! The runtime's configuration of a hetpar model, when the runtime computes it: a causal
 //! language model (LayerNorm or RMSNorm, a GELU MLP or a gated FFN, biases as the model says,
 //! grouped-query attention, learned or rotary positions, a tied or untied head), optionally
-//! with a vision encoder and an audio encoder (linear patch embedding, learned positions, no
-//! pre-norm), each with a projector `H_enc -> Hp -> H`. Every difference is reported at once.
+//! with a vision encoder and an audio encoder (a linear or patch embedding, learned positions,
+//! optionally CLIP's class row, pre-norm and no final norm), each with a projector
+//! `H_enc -> Hp -> H`. Every difference is reported at once.
 
 use hetpar_ir::model::{
     Activation, AttentionKind, Body, EmbeddingKind, FfnKind, ModelGraph, Module, ModuleKind,
@@ -113,22 +114,33 @@ fn encoder_of(g: &ModelGraph, m: &Module, out: &mut Vec<String>) -> Option<Encod
         embedding,
         positions,
         pre_norm,
+        class_token,
+        final_norm,
+        token_id,
         ..
     } = &m.body
     else {
         return None;
     };
     let stack = stack_of(who, t, AttentionKind::Bidirectional, out);
-    if embedding.kind != EmbeddingKind::Linear || !embedding.bias {
-        out.push(format!(
-            "{who}: the embedding is not one linear layer with a bias over a flattened patch"
-        ));
-    }
+    // A patch convolution of stride = kernel is one linear layer over each flattened patch.
+    let image_patch = match embedding.kind {
+        EmbeddingKind::Linear => None,
+        EmbeddingKind::Patch if embedding.temporal_patch_size.unwrap_or(1) == 1 => Some((
+            embedding.channels.unwrap_or(1) as usize,
+            embedding.patch_size.unwrap_or(1) as usize,
+        )),
+        EmbeddingKind::Patch => {
+            out.push(format!("{who}: the runtime has no temporal patches"));
+            None
+        }
+        EmbeddingKind::Conv1d => {
+            out.push(format!("{who}: the runtime has no 1-D convolution stack"));
+            None
+        }
+    };
     if positions.kind != PositionKind::Learned {
         out.push(format!("{who}: positions are not a learned table"));
-    }
-    if *pre_norm {
-        out.push(format!("{who}: the runtime has no encoder pre-norm yet"));
     }
     let projector = g
         .outgoing(m.id)
@@ -161,6 +173,12 @@ fn encoder_of(g: &ModelGraph, m: &Module, out: &mut Vec<String>) -> Option<Encod
         max_rows: positions.max_positions.unwrap_or(0) as usize,
         projector_hidden: hidden,
         projector_act: act,
+        embed_bias: embedding.bias,
+        class_token: *class_token,
+        pre_norm: *pre_norm,
+        final_norm: *final_norm,
+        image_patch,
+        token_id: token_id.map(i64::from),
     })
 }
 

@@ -42,6 +42,50 @@ pub struct EncoderConfig {
     pub max_rows: usize,
     pub projector_hidden: usize,
     pub projector_act: Act,
+    /// A bias on the patch embedding.
+    pub embed_bias: bool,
+    /// A learned class row (`{prefix}.class`, `[1, hidden]`) leads every item at position 0
+    /// and leaves no output row (CLIP's).
+    pub class_token: bool,
+    /// A norm of the embedded rows before the first block (`{prefix}.pre_norm`; CLIP's
+    /// `pre_layrnorm`).
+    pub pre_norm: bool,
+    /// A norm after the last block (`{prefix}.ln_f`).
+    pub final_norm: bool,
+    /// For images: (channels, patch side), by which pixel arrays are cut into patch rows.
+    pub image_patch: Option<(usize, usize)>,
+    /// The token id marking its rows in a Hugging Face batch's token ids.
+    pub token_id: Option<i64>,
+}
+
+impl EncoderConfig {
+    /// The reference model's encoder: a biased linear embedding, no class row, no pre-norm,
+    /// a final norm.
+    pub fn reference(
+        stack: Stack,
+        patch_len: usize,
+        max_rows: usize,
+        projector_hidden: usize,
+    ) -> Self {
+        EncoderConfig {
+            stack,
+            patch_len,
+            max_rows,
+            projector_hidden,
+            projector_act: Act::GeluTanh,
+            embed_bias: true,
+            class_token: false,
+            pre_norm: false,
+            final_norm: true,
+            image_patch: None,
+            token_id: None,
+        }
+    }
+
+    /// Rows leading every item that leave no output row (the class row).
+    pub fn lead(&self) -> usize {
+        usize::from(self.class_token)
+    }
 }
 
 /// Which encoder: the tensor-name prefix and the batch inputs it reads.
@@ -135,10 +179,13 @@ impl Config {
                 .all(|s| {
                     s.block == BlockArch::REFERENCE && s.kv_heads == s.heads && s.moe.is_none()
                 })
-            && self
-                .encoders()
-                .iter()
-                .all(|(_, e)| e.projector_act == Act::GeluTanh)
+            && self.encoders().iter().all(|(_, e)| {
+                e.projector_act == Act::GeluTanh
+                    && e.embed_bias
+                    && !e.class_token
+                    && !e.pre_norm
+                    && e.final_norm
+            })
     }
 
     /// Every size is positive and each stack's heads fit its key/value heads.
@@ -261,18 +308,31 @@ pub fn param_specs(cfg: &Config) -> Vec<ParamSpec> {
             &format!("{pre}.patch"),
             s.hidden,
             e.patch_len,
-            true,
+            e.embed_bias,
         );
+        if e.class_token {
+            spec(
+                &mut out,
+                format!("{pre}.class"),
+                &[1, s.hidden],
+                Init::Random,
+            );
+        }
         spec(
             &mut out,
             format!("{pre}.pos"),
             &[e.max_rows, s.hidden],
             Init::Random,
         );
+        if e.pre_norm {
+            norm_specs(&mut out, &format!("{pre}.pre_norm"), s.hidden, norm);
+        }
         for i in 0..s.layers {
             block_specs(&mut out, &format!("{pre}.blocks.{i}"), i, s);
         }
-        norm_specs(&mut out, &format!("{pre}.ln_f"), s.hidden, norm);
+        if e.final_norm {
+            norm_specs(&mut out, &format!("{pre}.ln_f"), s.hidden, norm);
+        }
         linear_specs(
             &mut out,
             &format!("{pre}.proj.fc1"),

@@ -27,7 +27,9 @@ impl<'a> RankState<'a> {
                     } else {
                         &mine[..]
                     };
-                    Some(self.rows_of(b, j, false, &keys_of(rows), w)?)
+                    let out: Vec<RowRef> = rows.iter().filter(|r| !r.lead).copied().collect();
+                    let dy = self.rows_of(b, j, false, &keys_of(&out), w)?;
+                    Some(self.encoder_tail_grad(rows, dy)?)
                 }
             }
         } else {
@@ -145,24 +147,18 @@ impl<'a> RankState<'a> {
         }
         for cache in state.pre.iter().rev() {
             match cache {
-                LayerCache::EncoderEmbed { patches, source } => {
-                    let rows = self.cfg.encoder(*source).map_or(0, |e| e.max_rows);
-                    let pre_name = source.prefix();
-                    let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
-                    let dpos = self.math.scatter_add_rows(rows, &dx, &at)?;
-                    accumulate(
-                        &*self.math,
-                        &mut self.grads,
-                        &format!("{pre_name}.pos"),
-                        &dpos,
-                    )?;
-                    linear_named_backward(
-                        &*self.math,
-                        &self.params,
-                        &format!("{pre_name}.patch"),
+                LayerCache::EncoderEmbed {
+                    patches,
+                    source,
+                    pre_norm,
+                } => {
+                    self.encoder_embed_backward(
+                        m,
+                        *source,
+                        &mine,
                         patches,
+                        pre_norm.as_ref(),
                         &dx,
-                        &mut self.grads,
                     )?;
                 }
                 LayerCache::LlmEmbed => {

@@ -12,23 +12,8 @@ impl<'a> RankState<'a> {
         let x = if i == 0 {
             match unit {
                 Unit::Encoder(src) => {
-                    let (batch, _) = self.batch();
-                    let idx: Vec<usize> = mine.iter().map(|r| r.patch as usize).collect();
-                    let patches = crate::exec::comm::gather_rows(batch.encoder_inputs(src).0, &idx);
-                    let pre_name = src.prefix();
-                    let x = linear_named(
-                        &*self.math,
-                        &self.params,
-                        &format!("{pre_name}.patch"),
-                        &patches,
-                    )?;
-                    let pos = self.params.t(&format!("{pre_name}.pos"));
-                    let at: Vec<usize> = mine.iter().map(|r| r.pos as usize).collect();
-                    let x = self.math.add(&x, &self.math.gather_rows(pos, &at)?)?;
-                    pre.push(LayerCache::EncoderEmbed {
-                        patches,
-                        source: src,
-                    });
+                    let (x, cache) = self.encoder_embed(m, src, &mine)?;
+                    pre.push(cache);
                     x
                 }
                 Unit::Projector(_) => self.boundary_rows(m, j, &mine)?,
@@ -57,7 +42,9 @@ impl<'a> RankState<'a> {
                 // Folded, the rows are partial sums of every local row.
                 let folded = self.folds(m).0;
                 let rows = if folded { shard.local() } else { &mine[..] };
-                let keys = keys_of(rows);
+                // Class rows leave no row.
+                let rows: Vec<RowRef> = rows.iter().filter(|r| !r.lead).copied().collect();
+                let keys = keys_of(&rows);
                 if folded {
                     self.partials
                         .entry(b)
@@ -148,17 +135,7 @@ impl<'a> RankState<'a> {
         let c = self.ctx(m);
         let (unit, sp, t) = (c.unit, c.prog.sequence_parallel, c.coord[0]);
         match unit {
-            Unit::Encoder(src) => {
-                let (out, ln) = norm_named(
-                    &*self.math,
-                    &self.params,
-                    &format!("{}.ln_f", src.prefix()),
-                    &y,
-                    self.norm_of(m),
-                )?;
-                post.push(LayerCache::EncoderNorm(ln, src));
-                Ok(Some(out))
-            }
+            Unit::Encoder(src) => Ok(Some(self.encoder_tail(m, src, mine, y, post)?)),
             Unit::Projector(_) => {
                 let env = Env::new(
                     self.groups.as_deref(),

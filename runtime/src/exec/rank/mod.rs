@@ -21,7 +21,7 @@ use super::math::{
     accumulate, linear_named, linear_named_backward, norm_named, norm_named_backward, CpuMath, Math,
 };
 use super::rows::{Key, RowStore, Taken};
-use super::shard::{pass_items, sharding, Place, RowRef, Sharding, Unit, Work};
+use super::shard::{pass_items, sharding_led, Place, RowRef, Sharding, Unit, Work};
 use super::shard_params::{
     chunk_blocks, expert_of, holds, local_params, prefix, split_of, tied_copy, Split,
 };
@@ -38,6 +38,7 @@ mod backward;
 mod boundary;
 mod ctx;
 mod distopt;
+mod encoder;
 mod forward;
 mod pipe;
 mod reroute;
@@ -90,6 +91,8 @@ enum LayerCache {
     EncoderEmbed {
         patches: Tensor,
         source: Source,
+        /// The pre-norm's cache, if the encoder has one.
+        pre_norm: Option<LayerNormCache>,
     },
     LlmEmbed,
     EncoderNorm(LayerNormCache, Source),
@@ -104,7 +107,9 @@ enum LayerCache {
 impl LayerCache {
     fn bytes(&self) -> usize {
         match self {
-            LayerCache::EncoderEmbed { patches, .. } => tensor_bytes([patches]),
+            LayerCache::EncoderEmbed {
+                patches, pre_norm, ..
+            } => tensor_bytes([patches]) + pre_norm.as_ref().map_or(0, norm_bytes),
             LayerCache::LlmEmbed => 0,
             LayerCache::EncoderNorm(ln, _) => norm_bytes(ln),
             LayerCache::Mlp(m) => m.bytes(),
@@ -569,7 +574,11 @@ impl<'a> RankState<'a> {
             t: t as usize,
             sp: p.sequence_parallel,
         };
-        sharding(c.unit, items.as_ref(), batch.seq_len, &work, place)
+        let lead = match c.unit {
+            Unit::Encoder(src) => self.cfg.encoder(src).map_or(0, |e| e.lead()),
+            _ => 0,
+        };
+        sharding_led(c.unit, items.as_ref(), batch.seq_len, &work, place, lead)
     }
 }
 
