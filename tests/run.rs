@@ -445,3 +445,80 @@ fn a_model_too_large_for_this_machine_is_refused_before_any_work() {
         "{e}"
     );
 }
+
+/// The oracle's LLaVA through the command line: its `config.json` imported (the example), its
+/// `save_pretrained` weights and Hugging Face batch (1, 0, 2 and 1 images a sample, where the
+/// imported model says one each) given as they are. `run` lowers the plan again for the
+/// batch's images, the first loss is `transformers`' own, and `--dump` writes the gradients
+/// under the checkpoint's names and shapes; a lowered program, fixed to the model's images, is
+/// refused naming both.
+#[test]
+fn a_llava_checkpoint_and_batch_run_to_the_transformers_loss() {
+    let dir = scratch("run-llava");
+    let golden = |f: &str| format!("tests/oracle/golden/hf/llava/{f}");
+    // examples/models/llava-tiny.json is the oracle's config.json imported (one image a
+    // sample); the plan is tp 2 with sequence parallelism on every module.
+    let (model, plan) = (
+        "examples/models/llava-tiny.json",
+        "examples/plans/llava-tiny-tp2-2.json",
+    );
+    let dump = dir.join("dump");
+    let args = |input: &str| {
+        vec![
+            "run".to_string(),
+            input.to_string(),
+            "--model".into(),
+            model.into(),
+            "--cluster".into(),
+            "examples/clusters/cpu-2.json".into(),
+            "--steps".into(),
+            "1".into(),
+            "--weights".into(),
+            golden("model.safetensors"),
+            "--batch".into(),
+            golden("batch.safetensors"),
+        ]
+    };
+    let mut a = args(plan);
+    a.extend(["--dump".into(), dump.to_str().unwrap().into()]);
+    let o = hetpar(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let want =
+        hetpar::runtime::dump::from_bytes(&std::fs::read(golden("expect.safetensors")).unwrap())
+            .unwrap();
+    let loss = want["loss"].data()[0];
+    let got = losses(&stdout(&o))[0];
+    assert!((got - loss).abs() <= 1e-5 * loss, "{got} against {loss}");
+    let grads =
+        hetpar::runtime::dump::from_bytes(&std::fs::read(dump.join("grads.safetensors")).unwrap())
+            .unwrap();
+    let patch = "grad.vision_tower.embeddings.patch_embedding.weight";
+    assert_eq!(grads[patch].shape(), want[patch].shape(), "{patch}");
+    assert!(grads.contains_key("grad.language_model.model.layers.1.mlp.up_proj.weight"));
+    assert!(!grads.contains_key("grad.vision_tower.encoder.layers.1.mlp.fc1.weight"));
+    // A program is lowered for the model's images: it cannot take this batch.
+    let program = dir.join("program.json");
+    let o = hetpar(&[
+        "lower",
+        plan,
+        "--model",
+        model,
+        "--cluster",
+        "examples/clusters/cpu-2.json",
+        "-o",
+        program.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let o = hetpar(
+        &args(program.to_str().unwrap())
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>(),
+    );
+    let e = stderr(&o);
+    assert!(!o.status.success());
+    assert!(
+        e.contains("vision: [1, 0, 2, 1] items per sample") && e.contains("give the plan instead"),
+        "{e}"
+    );
+}

@@ -1,6 +1,7 @@
 //! One file per command.
 
 pub mod autotune;
+pub mod batch_items;
 pub mod calibrate;
 pub mod codegen;
 pub mod describe;

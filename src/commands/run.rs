@@ -393,14 +393,21 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &a.dump {
         prepare_dump(dir)?;
     }
-    let Some((model, program, _)) = a.program.load()? else {
+    let Some((model, mut program, model_text)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };
     let cfg = Config::from_model(&model).with_context(|| a.program.model.display().to_string())?;
     check_memory(&cfg, 1.0)?;
     let (init, naming) = initial_weights(a.training.weights.as_deref(), &cfg, a.training.seed)?;
     let batches: Vec<Batch> = match &a.batch {
-        Some(p) => vec![read_batch(p, &cfg)?],
+        Some(p) => {
+            let b = read_batch(p, &cfg)?;
+            let differ = super::batch_items::differing(&model, &b);
+            if !differ.is_empty() {
+                program = super::batch_items::relower(&a.program, &model_text, &differ)?;
+            }
+            vec![b]
+        }
         None => {
             a.training.note_batches();
             a.training.batches(&model, &cfg)?
