@@ -54,6 +54,34 @@ fn ring_all_reduce_sums_every_element_with_identical_bits_on_every_rank() {
 }
 
 #[test]
+fn a_bucket_of_tensors_sums_each_as_its_own_ring_would_bit_for_bit() {
+    let (n, lens) = (3, [7usize, 1, 0, 1001, 2]);
+    let group = [1, 2, 0];
+    let value = |rank: usize, i: usize| ((rank * 7919 + i * 104729) % 1000) as f32 / 7.3;
+    let out = on_ranks(n, Duration::from_secs(10), |e| {
+        let r = e.rank() as usize;
+        let total: usize = lens.iter().sum();
+        let mut bucket: Vec<f32> = (0..total).map(|i| value(r, i)).collect();
+        // Each tensor by its own ring, then all of them as one bucket.
+        let mut alone = Vec::new();
+        let mut at = 0;
+        for (k, &len) in lens.iter().enumerate() {
+            let mut t = bucket[at..at + len].to_vec();
+            e.all_reduce_sum(&group, 10 + k as u64, &mut t).unwrap();
+            alone.extend(t);
+            at += len;
+        }
+        e.all_reduce_sum_segments(&group, 1, &mut bucket, &lens)
+            .unwrap();
+        (alone, bucket)
+    });
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for (r, (alone, bucket)) in out.iter().enumerate() {
+        assert_eq!(bits(alone), bits(bucket), "rank {r}");
+    }
+}
+
+#[test]
 fn a_ring_ordered_reduce_scatter_gives_each_member_its_chunk_of_the_all_reduce_bit_for_bit() {
     let (n, len) = (4, 1001);
     let group = [2, 0, 3, 1]; // not in rank order

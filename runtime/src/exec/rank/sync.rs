@@ -33,6 +33,10 @@ impl<'a> RankState<'a> {
         let names = c.names.clone();
         let groups: Vec<Vec<u32>> = names.iter().map(|n| sync_group(c, n).to_vec()).collect();
         let pair = self.tied_pair(m);
+        // Host tensors summed over one group travel as one bucket (Megatron's DDP buckets):
+        // one collective per group, not one per tensor, each a wake-up of every peer.
+        let bucketed = !self.math.on_device();
+        let mut buckets: Vec<(Vec<u32>, usize, Vec<String>)> = Vec::new();
         for (k, (name, group)) in names.iter().zip(&groups).enumerate() {
             // A tied embedding's first and last stage sum their shares first (one fixed tag:
             // the two stages list different tensors).
@@ -47,7 +51,54 @@ impl<'a> RankState<'a> {
                 self.reduce_scatter_grad(name, tag(Kind::GradSync, m, 0, k, 0))?;
                 continue;
             }
-            self.sum_over(name, group, tag(Kind::GradSync, m, 0, k, 0))?;
+            if !bucketed {
+                self.sum_over(name, group, tag(Kind::GradSync, m, 0, k, 0))?;
+                continue;
+            }
+            match buckets.iter_mut().find(|(g, _, _)| g == group) {
+                Some((_, _, members)) => members.push(name.clone()),
+                // The bucket's tag is its first tensor's.
+                None => buckets.push((group.clone(), k, vec![name.clone()])),
+            }
+        }
+        for (group, k, members) in buckets {
+            self.sum_bucket(&members, &group, tag(Kind::GradSync, m, 0, k, 0))?;
+        }
+        Ok(())
+    }
+
+    /// Sums the host gradients `names` over `group` as one flat buffer, in `names`' order.
+    fn sum_bucket(
+        &mut self,
+        names: &[String],
+        group: &[u32],
+        t: crate::transport::Tag,
+    ) -> Result<(), RuntimeError> {
+        // Group collectives (NCCL's) bucket on their own.
+        if names.len() == 1 || self.groups.as_ref().is_some_and(|g| g.covers(group)) {
+            for n in names {
+                self.sum_over(n, group, t)?;
+            }
+            return Ok(());
+        }
+        let mut flat = Vec::new();
+        let mut segments = Vec::with_capacity(names.len());
+        for n in names {
+            let d = self.grads.t(n).data();
+            flat.extend_from_slice(d);
+            segments.push(d.len());
+        }
+        self.net
+            .all_reduce_sum_segments(group, t, &mut flat, &segments)?;
+        let mut at = 0;
+        for n in names {
+            let g = self
+                .grads
+                .get_mut(n)
+                .expect("the rank holds its stage's gradients");
+            let k = g.numel();
+            g.data_mut().copy_from_slice(&flat[at..at + k]);
+            at += k;
         }
         Ok(())
     }
