@@ -289,3 +289,43 @@ fn profiling_cpu_thread_ranks_on_the_cuda_backend_is_refused() {
     assert!(stderr(&o).contains("cpu_thread"), "{}", stderr(&o));
     assert!(stdout(&o).is_empty(), "{}", stdout(&o));
 }
+
+/// A mixture of experts' combination and its backward (`moe_combine`, `moe_combine_bwd`) on
+/// the emulated GPU give the CPU's bits: rows with several, one or no assignments, in an
+/// order that is not the rows'.
+#[test]
+fn the_emulated_moe_combination_and_its_backward_give_the_cpu_bits() {
+    use hetpar::runtime::exec::math::{CpuMath, Math};
+    use hetpar::runtime::tensor::Tensor;
+    let Some(dev) = common::emulated_gpu() else {
+        return;
+    };
+    let gpu = hetpar::runtime::cuda::GpuMath::new(dev.rank(Precision::F32));
+    let (n, cols) = (4, 5);
+    let rows = [3, 0, 3, 1, 0, 3, 1];
+    let weights: Vec<f64> = (0..rows.len()).map(|a| 0.1 + a as f64 / 7.0).collect();
+    let value = |i: usize| ((i * 7919) % 101) as f32 / 37.0 - 1.3;
+    let x = Tensor::from_vec(
+        &[rows.len(), cols],
+        (0..rows.len() * cols).map(value).collect(),
+    )
+    .unwrap();
+    let dy = Tensor::from_vec(&[n, cols], (0..n * cols).map(|i| value(i + 500)).collect()).unwrap();
+    let bits = |t: &Tensor| t.data().iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    let (want, got) = (
+        CpuMath.moe_combine(&x, &rows, &weights, n).unwrap(),
+        gpu.moe_combine(&x, &rows, &weights, n).unwrap(),
+    );
+    assert_eq!(bits(&got), bits(&want), "combination");
+    assert!(
+        want.data()[2 * cols..3 * cols].iter().all(|&v| v == 0.0),
+        "row 2 has none"
+    );
+    let (wdx, wdw) = CpuMath
+        .moe_combine_backward(&x, &rows, &weights, &dy)
+        .unwrap();
+    let (gdx, gdw) = gpu.moe_combine_backward(&x, &rows, &weights, &dy).unwrap();
+    assert_eq!(bits(&gdx), bits(&wdx), "input gradients");
+    let b64 = |v: &[f64]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(b64(&gdw), b64(&wdw), "weight gradients");
+}

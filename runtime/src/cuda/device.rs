@@ -17,7 +17,7 @@ use crate::RuntimeError;
 pub const SOURCE: &str = include_str!("kernels.cu");
 
 /// Every kernel the backend launches, by its `extern "C"` name in [`SOURCE`].
-pub const KERNELS: [&str; 26] = [
+pub const KERNELS: [&str; 28] = [
     "add_into",
     "add_bias",
     "col_sum",
@@ -42,6 +42,8 @@ pub const KERNELS: [&str; 26] = [
     "cross_entropy",
     "vocab_stats",
     "vocab_ce_grad",
+    "moe_combine",
+    "moe_combine_bwd",
     "adam",
     "to_bf16",
 ];

@@ -142,7 +142,8 @@ const std::map<std::string, Entry>& table() {
         KERNEL(rms_norm_fwd),     KERNEL(rms_norm_bwd),   KERNEL(act_fwd),
         KERNEL(act_bwd),          KERNEL(gated_fwd),      KERNEL(gated_bwd),
         KERNEL(rope),             KERNEL(repeat_heads),   KERNEL(sum_heads),
-        KERNEL(vocab_stats),      KERNEL(vocab_ce_grad),
+        KERNEL(vocab_stats),      KERNEL(vocab_ce_grad),  KERNEL(moe_combine),
+        KERNEL(moe_combine_bwd),
     };
     return t;
 }

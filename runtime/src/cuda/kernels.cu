@@ -481,3 +481,39 @@ extern "C" __global__ void vocab_ce_grad(const float* logits, const long long* t
     double onehot = (start + j == t) ? 1.0 : 0.0;
     d[i] = (float)((exp((double)logits[i] - lse[r]) - onehot) / n);
 }
+
+// A mixture of experts' combination (`reference::moe::combine`): output row r is the sum, in
+// assignment order, of w[a] · x[a] over row r's assignments (assigned[starts[r] ..
+// starts[r + 1]], ascending), in double, rounded once; a row without one is 0.
+extern "C" __global__ void moe_combine(const float* x, const int* starts, const int* assigned,
+                                       const double* w, float* y, int n, int cols) {
+    long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (long long)n * cols) return;
+    int r = (int)(i / cols);
+    int j = (int)(i % cols);
+    double acc = 0.0;
+    for (int k = starts[r]; k < starts[r + 1]; k++) {
+        int a = assigned[k];
+        acc += w[a] * (double)x[(long long)a * cols + j];
+    }
+    y[i] = (float)acc;
+}
+
+// Its backward, a thread per assignment a (of output row rows[a]): dx[a] = w[a] · dy[rows[a]]
+// rounded once, and dw[a] = dy[rows[a]] · x[a] summed in double column after column, as the
+// CPU sums it.
+extern "C" __global__ void moe_combine_bwd(const float* x, const int* rows, const double* w,
+                                           const float* dy, float* dx, double* dw, int assigns,
+                                           int cols) {
+    int a = blockIdx.x * blockDim.x + threadIdx.x;
+    if (a >= assigns) return;
+    const float* g = dy + (long long)rows[a] * cols;
+    const float* xa = x + (long long)a * cols;
+    float* da = dx + (long long)a * cols;
+    double s = 0.0;
+    for (int j = 0; j < cols; j++) {
+        da[j] = (float)(w[a] * (double)g[j]);
+        s += (double)g[j] * (double)xa[j];
+    }
+    dw[a] = s;
+}

@@ -509,4 +509,33 @@ impl<E: Engine> Math for GpuMath<E> {
             .sum_heads(&*self.on_device(dx)?, head_dim, groups)?;
         Ok(self.result(y))
     }
+
+    fn moe_combine(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        weights: &[f64],
+        n: usize,
+    ) -> Result<Tensor, RuntimeError> {
+        let y = self
+            .gpu
+            .moe_combine(&*self.on_device(x)?, rows, weights, n)?;
+        Ok(self.result(y))
+    }
+
+    fn moe_combine_backward(
+        &self,
+        x: &Tensor,
+        rows: &[usize],
+        weights: &[f64],
+        dy: &Tensor,
+    ) -> Result<(Tensor, Vec<f64>), RuntimeError> {
+        let (dx, dw) = self.gpu.moe_combine_backward(
+            &*self.on_device(x)?,
+            rows,
+            weights,
+            &*self.on_device(dy)?,
+        )?;
+        Ok((self.result(dx), dw))
+    }
 }

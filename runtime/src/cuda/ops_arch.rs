@@ -263,6 +263,96 @@ pub trait ArchOps: Ops {
         Ok(out)
     }
 
+    /// A mixture of experts' combination: `[n, c]` rows, each the weighted sum of its
+    /// assignments' rows of `x` in assignment order ([`crate::reference::moe::combine`]).
+    fn moe_combine(
+        &self,
+        x: &DT<Self>,
+        rows: &[usize],
+        weights: &[f64],
+        n: usize,
+    ) -> Result<DT<Self>, RuntimeError> {
+        let cols = x.cols();
+        assert_eq!(
+            (rows.len(), weights.len()),
+            (x.rows(), x.rows()),
+            "moe_combine: a row and a weight per assignment"
+        );
+        let mut y = self.zeros(&[n, cols])?;
+        if n == 0 || cols == 0 {
+            return Ok(y);
+        }
+        // Each output row's assignments, ascending (a CSR index).
+        let mut starts = vec![0usize; n + 1];
+        for &r in rows {
+            starts[r + 1] += 1;
+        }
+        for r in 0..n {
+            starts[r + 1] += starts[r];
+        }
+        let mut next = starts.clone();
+        let mut assigned = vec![0usize; rows.len()];
+        for (a, &r) in rows.iter().enumerate() {
+            assigned[next[r]] = a;
+            next[r] += 1;
+        }
+        let (starts, assigned) = (self.ints(&starts)?, self.ints(&assigned)?);
+        let w = self.upload_f64(weights)?;
+        self.launch(
+            "moe_combine",
+            elems(n * cols),
+            &mut [
+                Arg::F32(&x.buf),
+                Arg::I32s(&starts),
+                Arg::I32s(&assigned),
+                Arg::F64(&w),
+                Arg::F32Mut(&mut y.buf),
+                Arg::I32(i32_of(n, "rows")?),
+                Arg::I32(i32_of(cols, "columns")?),
+            ],
+        )?;
+        Ok(y)
+    }
+
+    /// Its backward from the output's gradient `dy`: the assignments' input gradients and
+    /// their weights' (downloaded), as [`crate::reference::moe::combine_backward`].
+    fn moe_combine_backward(
+        &self,
+        x: &DT<Self>,
+        rows: &[usize],
+        weights: &[f64],
+        dy: &DT<Self>,
+    ) -> Result<(DT<Self>, Vec<f64>), RuntimeError> {
+        let (assigns, cols) = (x.rows(), x.cols());
+        assert_eq!(
+            (rows.len(), weights.len()),
+            (assigns, assigns),
+            "moe_combine_backward: a row and a weight per assignment"
+        );
+        assert_eq!(dy.cols(), cols, "moe_combine_backward: widths differ");
+        let mut dx = self.zeros(x.shape())?;
+        if assigns == 0 {
+            return Ok((dx, Vec::new()));
+        }
+        let mut dw = self.alloc_zeros::<f64>(assigns)?;
+        let (r, w) = (self.ints(rows)?, self.upload_f64(weights)?);
+        self.launch(
+            "moe_combine_bwd",
+            elems(assigns),
+            &mut [
+                Arg::F32(&x.buf),
+                Arg::I32s(&r),
+                Arg::F64(&w),
+                Arg::F32(&dy.buf),
+                Arg::F32Mut(&mut dx.buf),
+                Arg::F64Mut(&mut dw),
+                Arg::I32(i32_of(assigns, "assignments")?),
+                Arg::I32(i32_of(cols, "columns")?),
+            ],
+        )?;
+        Ok((dx, self.dtoh(&dw, assigns)?))
+    }
+
     /// The vocabulary-parallel cross-entropy's per-row statistics `[rows, 3]` of this slice
     /// (columns from vocabulary entry `start`): maximum, `Σ exp(l − max)`, target logit or 0.
     fn vocab_stats(
