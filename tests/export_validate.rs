@@ -130,6 +130,10 @@ fn megatron_accepted_every_export_and_refused_each_edit_for_its_reason() {
             "--micro-batch-size * --llm-dp must be divisible by --encoder-dp",
         ),
         (
+            "rejected-unknown-flag",
+            "unrecognized arguments: --no-such-flag",
+        ),
+        (
             "rejected-without-cuda-device-max-connections",
             "CUDA_DEVICE_MAX_CONNECTIONS to 1",
         ),

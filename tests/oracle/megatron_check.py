@@ -30,7 +30,9 @@ which Megatron imports from 3.12's `typing`, is the identity decorator, as it is
 in 3.12.
 """
 
+import contextlib
 import dataclasses
+import io
 import json
 import os
 import sys
@@ -192,12 +194,19 @@ def main():
     sys.path.append(req["source"])  # the scripts and the example; megatron is installed
     stub_gpu(req["compute_capability"])
     stub_te_rope()
+    stderr = io.StringIO()
     try:
-        result = {"accepted": True, "error": None, "derived": CHECKS[req["entry"]](req["args"])}
-    except (Exception, SystemExit) as e:  # argparse exits; Megatron asserts and raises
+        with contextlib.redirect_stderr(stderr):
+            derived = CHECKS[req["entry"]](req["args"])
+        result = {"accepted": True, "error": None, "derived": derived}
+    except SystemExit:  # argparse's refusal: its message is the last line it printed
+        lines = stderr.getvalue().strip().splitlines() or ["argparse exited"]
+        result = {"accepted": False, "error": f"argparse: {lines[-1]}", "derived": None}
+    except Exception as e:  # Megatron asserts and raises
         traceback.print_exc()
         result = {"accepted": False, "error": f"{type(e).__name__}: {e}".strip(),
                   "derived": None}
+    sys.stderr.write(stderr.getvalue())
     with open(result_path, "w") as f:
         json.dump(result, f, indent=1, sort_keys=True)
 

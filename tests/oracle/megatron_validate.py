@@ -71,12 +71,13 @@ CASES = [
     case("mixtral-8x7b-ep4", "mixtral-8x7b-ep4-8", "mixtral-8x7b", "h100-8"),
     case("llama-3-8b-cp-vpp", "llama-3-8b-cp-vpp-16", "llama-3-8b", "h100-16"),
     case("llama-3-8b-uneven-cp", "llama-3-8b-uneven-cp-8", "llama-3-8b", "h100-8"),
-    # Edited exports Megatron must refuse: an argument, a MIMO rule, the environment.
+    # Edited exports Megatron must refuse: values, a MIMO rule, a flag name, the environment.
     case("rejected-tp-not-dividing-world", *LLAMA,
          edit={"args": {"--tensor-model-parallel-size": "3"}}),
     case("rejected-query-groups-not-dividing-heads", *LLAMA,
          edit={"args": {"--num-query-groups": "3"}}),
     case("rejected-mimo-fan-out", *LLAVA, edit={"args": {"--encoder-dp": "3"}}),
+    case("rejected-unknown-flag", *LLAMA, edit={"args": {"--no-such-flag": "1"}}),
     case("rejected-without-cuda-device-max-connections", *LLAMA,
          edit={"env": {"CUDA_DEVICE_MAX_CONNECTIONS": None}}),
 ]
@@ -132,9 +133,11 @@ def megatron_source(arg):
 
 def hetpar_export(binary, c, out):
     """`hetpar export megatron` of the case into `out`: (args.txt's lines, train.sh's text)."""
-    subprocess.run([binary, "export", "megatron", c["plan"], "--model", c["model"],
-                    "--cluster", c["cluster"], "-o", out], check=True, cwd=ROOT,
-                   capture_output=True)
+    run = subprocess.run([binary, "export", "megatron", c["plan"], "--model", c["model"],
+                          "--cluster", c["cluster"], "-o", out], cwd=ROOT, capture_output=True,
+                         text=True)
+    if run.returncode != 0:
+        sys.exit(f"error: {c['case']}: hetpar export megatron failed:\n{run.stderr}")
     with open(os.path.join(out, "args.txt")) as f:
         args = f.read().splitlines()
     with open(os.path.join(out, "train.sh")) as f:
@@ -146,6 +149,10 @@ def entry_of(script):
     m = re.search(r'"\$MEGATRON/([^"]+)"', script) or re.search(r" -m (\S+)", script)
     entry = m.group(1)
     return entry if entry.endswith(".py") else entry.replace(".", "/") + ".py"
+
+
+# The training scripts megatron_check.py runs the validation of.
+CHECKED = ("pretrain_gpt.py", "examples/mimo/pretrain_mimo.py")
 
 
 def apply_edit(lines, env, edit):
@@ -176,6 +183,9 @@ def run_case(c, binary, src, out_dir):
         # What train.sh passes after args.txt's arguments (mock data).
         script_args = re.search(r'"\$\{args\[@\]\}" (.*) "\$@"', script).group(1).split()
         args, env = apply_edit(args, env, c["edit"])
+        if entry_of(script) not in CHECKED:
+            sys.exit(f"error: {c['case']}: exports to {entry_of(script)}, whose validation "
+                     f"megatron_check.py does not run (it runs {', '.join(CHECKED)})")
         request = {"source": src, "entry": entry_of(script), "args": " ".join(args).split() + script_args,
                    "env": {**env, "WORLD_SIZE": str(world), "RANK": "0"},
                    "compute_capability": CAPABILITY[cluster["gpu"]["model"]]}
