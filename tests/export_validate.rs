@@ -91,6 +91,7 @@ fn every_case_records_the_arguments_the_exporter_writes_now() {
     for required in [
         "llama-3-8b",
         "llava-1.5-7b-noncolocated",
+        "llava-1.5-7b-homogeneous",
         "mixtral-8x7b-ep4",
         "llama-3-8b-cp-vpp",
         "llama-3-8b-uneven-cp",

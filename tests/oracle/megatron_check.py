@@ -14,6 +14,11 @@ What runs is what the entry script runs before it needs a GPU or other ranks:
   `set_global_variables` without a tokenizer (the micro-batch calculator),
   `gpt_config_from_args` (whose `TransformerConfig` runs its `__post_init__` checks) and
   `pretrain_cfg_container_from_args` (optimizer, DDP, training configs).
+- `pretrain_vlm.py`: the same up to `pretrain_cfg_container_from_args`, with the script's
+  arguments, then the script's `model_provider` (its own checks, the language, vision and
+  projection configs), with `LLaVAModel` replaced by a recorder of the configs it is given
+  (building it needs process groups), pipeline rank 0 of one, and Transformer Engine's layer
+  specs replaced by the local ones (specs name module classes; none is built).
 - `examples/mimo/pretrain_mimo.py`: its `_parse_and_validate` (stock and MIMO arguments,
   `validate_hetero_grid_args`, `validate_args` over the language model's ranks),
   `set_global_variables`, `build_module_grid_specs`, the grids `_build_grid` makes (without
@@ -136,6 +141,45 @@ def check_gpt(argv):
     return derived
 
 
+class LlavaRecorder:
+    """Stands for `LLaVAModel`, which needs process groups: keeps the configs it is given."""
+
+    def __init__(self, **kwargs):
+        self.kwargs = kwargs
+
+    def freeze(self, **_kwargs):
+        pass
+
+
+def check_vlm(argv):
+    import torch
+    import pretrain_vlm
+    from megatron.training.argument_utils import pretrain_cfg_container_from_args
+    from megatron.training.arguments import parse_args, validate_args
+    from megatron.training.global_vars import set_global_variables
+
+    sys.argv = ["pretrain_vlm.py", *argv]
+    args = parse_args(pretrain_vlm.add_vlm_extra_args)
+    validate_args(args, {"tokenizer_type": "GPT2BPETokenizer"})
+    set_global_variables(args, build_tokenizer=False)
+    full = pretrain_cfg_container_from_args(args)
+    derived = batch_values(args)  # before the provider sets seq_length to the vision tower's
+    # The script's model provider, its checks and configs, on pipeline rank 0 of one.
+    torch.distributed.get_rank = lambda group=None: 0
+    pretrain_vlm.parallel_state = types.SimpleNamespace(
+        is_pipeline_first_stage=lambda: True, is_pipeline_last_stage=lambda: True)
+    pretrain_vlm.LLaVAModel = LlavaRecorder
+    # Transformer Engine's layer specs name its classes; the local ones name Megatron's.
+    pretrain_vlm.decoder_model_with_transformer_engine_default_spec = (
+        pretrain_vlm.decoder_model_with_local_default_spec)
+    pretrain_vlm.get_vit_layer_with_transformer_engine_spec = (
+        pretrain_vlm.get_vit_layer_with_local_spec)
+    model = pretrain_vlm.model_provider()
+    derived.update(model_values(model.kwargs["language_transformer_config"]))
+    derived["use_distributed_optimizer"] = full.ddp.use_distributed_optimizer
+    return derived
+
+
 def mimo_grid(spec):
     """The grid `_build_grid` makes for `spec`, its process groups left out."""
     from megatron.core.hyper_comm_grid import HyperCommGrid
@@ -180,7 +224,8 @@ def check_mimo(argv):
     return derived
 
 
-CHECKS = {"pretrain_gpt.py": check_gpt, "examples/mimo/pretrain_mimo.py": check_mimo}
+CHECKS = {"pretrain_gpt.py": check_gpt, "pretrain_vlm.py": check_vlm,
+          "examples/mimo/pretrain_mimo.py": check_mimo}
 
 
 def main():

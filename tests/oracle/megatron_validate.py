@@ -68,6 +68,7 @@ LLAVA = ("llava-1.5-7b-noncolocated-8", "llava-1.5-7b", "h100-8")
 CASES = [
     case("llama-3-8b", *LLAMA),
     case("llava-1.5-7b-noncolocated", *LLAVA),
+    case("llava-1.5-7b-homogeneous", "llava-1.5-7b-homogeneous-8", "llava-1.5-7b", "h100-8"),
     case("mixtral-8x7b-ep4", "mixtral-8x7b-ep4-8", "mixtral-8x7b", "h100-8"),
     case("llama-3-8b-cp-vpp", "llama-3-8b-cp-vpp-16", "llama-3-8b", "h100-16"),
     case("llama-3-8b-uneven-cp", "llama-3-8b-uneven-cp-8", "llama-3-8b", "h100-8"),
@@ -152,7 +153,7 @@ def entry_of(script):
 
 
 # The training scripts megatron_check.py runs the validation of.
-CHECKED = ("pretrain_gpt.py", "examples/mimo/pretrain_mimo.py")
+CHECKED = ("pretrain_gpt.py", "pretrain_vlm.py", "examples/mimo/pretrain_mimo.py")
 
 
 def apply_edit(lines, env, edit):

@@ -119,6 +119,9 @@ pub fn export(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Expo
         ("pretrain_gpt.py", false)
     } else if homogeneous {
         args.extend(layout_args(l, moe, &mut refusals));
+        // The script's model provider asserts torch checkpoints (Megatron's default is
+        // torch_dist).
+        args.push(arg("--ckpt-format", "torch"));
         ("pretrain_vlm.py", false)
     } else {
         args.extend(super::mimo::grid_args(model, cluster, plan, &mut refusals));
