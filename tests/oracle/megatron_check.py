@@ -6,8 +6,8 @@ Started by megatron_validate.py, one process per case (Megatron keeps global sta
     python3 tests/oracle/megatron_check.py REQUEST.json RESULT.json
 
 REQUEST: {"source": Megatron-LM tree, "entry": the training script, "args": [...],
-"env": {...}, "compute_capability": [major, minor]}. Megatron's output goes to stdout; RESULT
-gets {"accepted", "error", "derived"}.
+"env": {...}, "compute_capability": [major, minor]}. Megatron's output goes to stdout and
+stderr; RESULT gets {"accepted", "error", "derived"}.
 
 What runs is what the entry script runs before it needs a GPU or other ranks:
 - `pretrain_gpt.py`: `parse_args`, `validate_args` with the script's defaults,
@@ -25,14 +25,15 @@ What runs is what the entry script runs before it needs a GPU or other ranks:
   their process groups), and the provider's `language_model_spec` (the language config at
   the grid's tp, pp and ep, and `require_per_token_loss`). The provider sets the grid's sizes
   on an already built config; it is rebuilt here with `dataclasses.replace` so that
-  `TransformerConfig.__post_init__` checks it at those sizes too.
+  `TransformerConfig.__post_init__` checks it at those sizes too (the weight-shard counts it
+  derived from tp 1 cleared, to be derived again).
 
 Stubbed, because they need a GPU: `torch.cuda.get_device_capability` and
 `get_device_properties` answer the cluster's GPU (REQUEST's compute capability), and
 Transformer Engine's fused RoPE kernel is a placeholder that raises if called (Megatron's
 default `--apply-rope-fusion` only checks that it exists). On Python 3.11 `typing.override`,
-which Megatron imports from 3.12's `typing`, is the identity decorator, as it is at run time
-in 3.12.
+which Megatron imports from 3.12's `typing`, is a decorator that returns the function (3.12's
+also sets `__override__` on it, which nothing here reads).
 """
 
 import contextlib

@@ -187,7 +187,8 @@ def run_case(c, binary, src, out_dir):
         if entry_of(script) not in CHECKED:
             sys.exit(f"error: {c['case']}: exports to {entry_of(script)}, whose validation "
                      f"megatron_check.py does not run (it runs {', '.join(CHECKED)})")
-        request = {"source": src, "entry": entry_of(script), "args": " ".join(args).split() + script_args,
+        tokens = " ".join(args).split() + script_args
+        request = {"source": src, "entry": entry_of(script), "args": tokens,
                    "env": {**env, "WORLD_SIZE": str(world), "RANK": "0"},
                    "compute_capability": CAPABILITY[cluster["gpu"]["model"]]}
         req, res = os.path.join(tmp, "request.json"), os.path.join(tmp, "result.json")
