@@ -14,7 +14,8 @@ pub enum Target {
     /// dp, the MIMO example's heterogeneous grid for a non-colocated one.
     #[command(
         after_help = "Writes DIR/args.txt (one argument per line), DIR/train.sh (torchrun over \
-the cluster's nodes with those arguments and mock data; set MEGATRON to a checkout) and, for \
+the cluster's nodes with those arguments and mock data, exporting CUDA_DEVICE_MAX_CONNECTIONS=1 \
+under tensor or context parallelism; set MEGATRON to a checkout) and, for \
 Llama, Qwen2 and Qwen2.5-VL plans without heterogeneity, DIR/bridge.yaml (Megatron-Bridge v0.6.0 \
 recipe overrides). Without -o, \
 prints the arguments. What Megatron cannot express is refused, naming the plan field to \

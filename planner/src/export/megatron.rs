@@ -23,7 +23,7 @@ pub(super) fn arg(flag: &'static str, value: impl ToString) -> Arg {
     }
 }
 
-fn switch(flag: &'static str) -> Arg {
+pub(super) fn switch(flag: &'static str) -> Arg {
     Arg { flag, value: None }
 }
 
@@ -35,6 +35,8 @@ pub struct Export {
     /// Whether `entry` runs as a module (`python -m`).
     pub module: bool,
     pub args: Vec<Arg>,
+    /// Environment variables `train.sh` exports: what Megatron checks besides the arguments.
+    pub env: Vec<(&'static str, String)>,
     pub nodes: u32,
     pub gpus_per_node: u32,
 }
@@ -71,6 +73,7 @@ impl Export {
              # than one node NODE_RANK and MASTER_ADDR; add your data and tokenizer arguments\n\
              # (by default mock data).\n\
              set -euo pipefail\n\
+             {exports}\
              here=\"$(cd \"$(dirname \"$0\")\" && pwd)\"\n\
              : \"${{MEGATRON:?set MEGATRON to a Megatron-LM checkout}}\"\n\
              cd \"$MEGATRON\"\n\
@@ -82,6 +85,11 @@ impl Export {
              \x20   {target} \"${{args[@]}}\" {data} \"$@\"\n",
             self.nodes,
             self.gpus_per_node,
+            exports = self
+                .env
+                .iter()
+                .map(|(k, v)| format!("export {k}={v}\n"))
+                .collect::<String>(),
             data = if self.module {
                 "--dataset-provider mock"
             } else {
@@ -111,6 +119,9 @@ pub fn export(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Expo
         ("pretrain_gpt.py", false)
     } else if homogeneous {
         args.extend(layout_args(l, moe, &mut refusals));
+        // The script's model provider asserts torch checkpoints (Megatron's default is
+        // torch_dist).
+        args.push(arg("--ckpt-format", "torch"));
         ("pretrain_vlm.py", false)
     } else {
         args.extend(super::mimo::grid_args(model, cluster, plan, &mut refusals));
@@ -125,9 +136,24 @@ pub fn export(model: &ModelGraph, cluster: &Cluster, plan: &Plan) -> Result<Expo
         entry,
         module,
         args,
+        env: environment(model, plan),
         nodes: cluster.nodes,
         gpus_per_node: cluster.gpus_per_node,
     })
+}
+
+/// What `train.sh` exports. With tensor or context parallelism, Megatron's `validate_args`
+/// requires `CUDA_DEVICE_MAX_CONNECTIONS=1` on GPUs before Blackwell, so that communication
+/// kernels are queued in order; it is set whatever the GPU (later ones allow it).
+fn environment(model: &ModelGraph, plan: &Plan) -> Vec<(&'static str, String)> {
+    let split = model.modules().iter().any(|m| {
+        let l = &plan.module(m.id).layout;
+        l.tp > 1 || l.cp > 1
+    });
+    match split {
+        true => vec![("CUDA_DEVICE_MAX_CONNECTIONS", "1".to_string())],
+        false => Vec::new(),
+    }
 }
 
 /// The language model's shape.

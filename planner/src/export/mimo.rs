@@ -7,7 +7,7 @@ use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::PlacementKind;
 use hetpar_ir::{Cluster, Plan, Rank};
 
-use super::megatron::{arg, layout_args, Arg};
+use super::megatron::{arg, layout_args, switch, Arg};
 use super::Refusal;
 
 /// Whether `ranks` are `first..first + len` in order.
@@ -150,6 +150,11 @@ pub fn grid_args(
         // hetpar splits experts over the attention's tp.
         a.push(arg("--llm-expt-tp", l.layout.tp));
     }
+    // The example's language model requires the per-token loss (its gradient sync sums), and
+    // runs variable sequence lengths, which Megatron's TransformerConfig accepts only with the
+    // alltoall token dispatcher (checked for a dense model too, where it is unused).
+    a.push(switch("--calculate-per-token-loss"));
+    a.push(arg("--moe-token-dispatcher-type", "alltoall"));
     // The stock parallel sizes stay 1: MIMO reads the language model's from --llm-*.
     let grid_flags = [
         "--tensor-model-parallel-size",
