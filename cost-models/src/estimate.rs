@@ -12,6 +12,7 @@ use crate::compute::{Hardware, ModuleCompute, PassTime, Work};
 use crate::constants::Constants;
 use crate::cost::Cost;
 use crate::error::{stated_error, StatedError};
+use crate::fold::Folds;
 use crate::memory::{
     rank_memory, stage_parameters, static_memory, AttentionKernel, InFlight, RankInputs,
     StaticMemory,
@@ -108,7 +109,7 @@ fn first_group(mp: &ModulePlan, axis: Axis) -> Vec<Rank> {
         .group_at(axis, hetpar_ir::placement::Coord::default())
 }
 
-fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
+pub(crate) fn hardware(cluster: &Cluster, c: Constants, mp: &ModulePlan) -> Hardware {
     let tp = first_group(mp, Axis::Tp);
     let cp = first_group(mp, Axis::Cp);
     // ep splits the dp x cp ranks: its group is the first ep of them.
@@ -157,19 +158,23 @@ pub(crate) fn price<'a>(
     plan: &'a Plan,
     opts: &Options,
     units: &[ModuleUnits],
+    folds: &Folds,
 ) -> Priced<'a> {
-    price_some(model, cluster, plan, opts, None, &|m| units[m].peak(0))
+    price_some(model, cluster, plan, opts, folds, None, &|m| {
+        units[m].peak(0)
+    })
 }
 
 /// `price`, with the gradient synchronization and optimizer step of module `only` alone
 /// (the others' left at zero) when given: pricing one module of a large plan. `unit` gives a
 /// module's largest unit on its first replica: the window data-parallel communication hides
-/// under (`sync`).
+/// under (`sync`). `folds` are the collectives boundary programs take over (`crate::fold`).
 pub(crate) fn price_some<'a>(
     model: &'a ModelGraph,
     cluster: &Cluster,
     plan: &'a Plan,
     opts: &Options,
+    folds: &Folds,
     only: Option<usize>,
     unit: &dyn Fn(usize) -> Work,
 ) -> Priced<'a> {
@@ -190,6 +195,7 @@ pub(crate) fn price_some<'a>(
             hw: hardware(cluster, c, mp),
             act_bytes,
             kernel: opts.attention,
+            fold: folds.of(mp.module),
         };
         statics.push(
             (0..l.pp)
@@ -356,7 +362,9 @@ pub fn simulate_plan(
     boundary_times: Option<&crate::schedule::BoundaryTimes>,
 ) -> Result<(Estimate, (TaskGraph, crate::simulate::Timeline)), CostError> {
     let units = units(model, plan);
-    let priced = price(model, cluster, plan, opts, &units);
+    let none = Folds::default();
+    let folds = boundary_times.map_or(&none, |t| &t.folds);
+    let priced = price(model, cluster, plan, opts, &units, folds);
     let inputs = Inputs {
         model,
         cluster,

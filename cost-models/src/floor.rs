@@ -57,6 +57,7 @@ pub fn unit_floor(
         hw: Hardware::new(cluster, c, free(), free(), free()),
         act_bytes: model.data().precision.activation_bytes() as f64,
         kernel: opts.attention,
+        fold: crate::fold::Fold::NONE,
     };
     let mbs = f64::from(spec.micro_batch_size);
     let w = Work {

@@ -20,6 +20,7 @@ pub mod error;
 pub mod estimate;
 pub mod fit;
 pub mod floor;
+pub mod fold;
 pub mod memory;
 pub mod quick;
 pub mod schedule;
@@ -31,8 +32,9 @@ pub use constants::Constants;
 pub use cost::Cost;
 pub use error::{stated_error, StatedError};
 pub use estimate::{estimate, estimate_with_boundaries, Estimate, Options};
+pub use fold::{Fold, Folds};
 pub use memory::AttentionKernel;
-pub use quick::{estimate_quick, Quick};
+pub use quick::{estimate_quick, estimate_quick_with, Quick};
 pub use schedule::BoundaryTimes;
 
 /// Errors of the cost model.

@@ -25,6 +25,7 @@ use crate::combine::{pipeline_step, PipeStage};
 use crate::compute::Work;
 use crate::cost::Cost;
 use crate::estimate::{price, Options, Priced};
+use crate::fold::Folds;
 use crate::memory::{
     chunk_activations, module_memory, module_nccl, rank_memory, InFlight, RankInputs,
 };
@@ -206,8 +207,20 @@ fn price_module(
 /// A closed-form estimate of the iteration time and peak memory (no simulation), for pruning
 /// searches (module comment).
 pub fn estimate_quick(model: &ModelGraph, cluster: &Cluster, plan: &Plan, opts: &Options) -> Quick {
+    estimate_quick_with(model, cluster, plan, opts, &Folds::default())
+}
+
+/// [`estimate_quick`] with the producers' collectives `folds` left to their boundaries
+/// (`crate::fold`).
+pub fn estimate_quick_with(
+    model: &ModelGraph,
+    cluster: &Cluster,
+    plan: &Plan,
+    opts: &Options,
+    folds: &Folds,
+) -> Quick {
     let units = units(model, plan);
-    let priced = price(model, cluster, plan, opts, &units);
+    let priced = price(model, cluster, plan, opts, &units, folds);
     let modules: Vec<ModuleQuick> = (0..plan.modules().len())
         .map(|m| price_module(model, cluster, plan, &priced, &units[m], m, opts))
         .collect();
@@ -441,18 +454,21 @@ fn own_memory(
     own
 }
 
-/// Module `m`'s own closed-form terms in `plan` (`crate::combine`), pricing that module only;
-/// `None` when the plan's pipeline cannot be ordered.
+/// Module `m`'s own closed-form terms in `plan` (`crate::combine`), pricing that module only,
+/// less the collectives `folds` leaves to its boundaries; `None` when the plan's pipeline
+/// cannot be ordered.
 pub fn module_terms(
     model: &ModelGraph,
     cluster: &Cluster,
     plan: &Plan,
     opts: &Options,
+    folds: &Folds,
     m: ModuleId,
 ) -> Option<crate::combine::ModuleQuick> {
     let i = m.index();
     let u = crate::schedule::units::module_units(model, plan, m);
-    let priced = crate::estimate::price_some(model, cluster, plan, opts, Some(i), &|_| u.peak(0));
+    let priced =
+        crate::estimate::price_some(model, cluster, plan, opts, folds, Some(i), &|_| u.peak(0));
     let q = price_module(model, cluster, plan, &priced, &u, i, opts);
     let order = Order::new(model, plan).ok()?;
     let inputs = rank_inputs(model, plan, &priced, opts);

@@ -136,6 +136,7 @@ fn layer_time(m: &ModelGraph, name: &str, tp: u32, w: Work) -> ChunkTime {
         hw: Hardware::new(&c, k, tp_link, solo, solo),
         act_bytes: 2.0,
         kernel: AttentionKernel::Flash,
+        fold: hetpar_cost::fold::Fold::NONE,
     };
     mc.chunk(1, w)
 }

@@ -140,6 +140,14 @@ fn on_the_example_plans_the_chosen_program_never_costs_more_and_folds_where_it_p
     // there is nothing to compose)
     let cases = [
         ("llava-1.5-7b-colocated-8", "llava-1.5-7b", "h100-8", None),
+        // Projector tp 2 on ranks of the node apart from the language model's: its partials
+        // go straight to the language model's ranks.
+        (
+            "llava-1.5-7b-noncolocated-8",
+            "llava-1.5-7b",
+            "h100-8",
+            Some(true),
+        ),
         // Each image's rows fall in half of the language model's sequence-parallel parts:
         // folded, two ranks would take every partial; reduce-scatter then deliver stays.
         (

@@ -7,6 +7,7 @@
 
 mod kernels;
 mod layer;
+mod projector;
 pub mod tp;
 
 use hetpar_ir::layout::{Layout, RecomputePolicy};
@@ -15,6 +16,7 @@ use hetpar_ir::Cluster;
 
 use crate::collective::{collective_time, CollectiveKind, Link};
 use crate::constants::Constants;
+use crate::fold::Fold;
 use crate::memory::AttentionKernel;
 
 /// The work of one unit (a micro-batch, or an encoder pass) on one data-parallel replica.
@@ -119,6 +121,8 @@ pub struct ModuleCompute<'a> {
     /// Bytes of one activation element.
     pub act_bytes: f64,
     pub kernel: AttentionKernel,
+    /// The last collectives a boundary program takes over from this module (`crate::fold`).
+    pub fold: Fold,
 }
 
 impl ModuleCompute<'_> {
@@ -143,18 +147,15 @@ impl ModuleCompute<'_> {
             Body::Projector(mlp) => {
                 let tp = f64::from(l.tp);
                 let mut first_product = 0.0;
+                // `w.rows` are the output rows: a token merge happens before the first
+                // linear, whose input width is the merged one.
                 for (i, wd) in mlp.widths.windows(2).enumerate() {
                     let i = i as u32;
                     if i < first_layer || i >= first_layer + layers {
                         continue;
                     }
-                    let rows = if i == 0 {
-                        w.rows
-                    } else {
-                        w.rows / f64::from(mlp.token_merge.max(1))
-                    };
                     let product = self.hw.matmul(
-                        rows,
+                        w.rows,
                         f64::from(wd[0]),
                         f64::from(wd[1]) / tp,
                         self.act_bytes,
@@ -166,18 +167,14 @@ impl ModuleCompute<'_> {
                     let f = product
                         + self
                             .hw
-                            .memory(2.0 * rows * f64::from(wd[1]) / tp * self.act_bytes)
+                            .memory(2.0 * w.rows * f64::from(wd[1]) / tp * self.act_bytes)
                         + self.launches(2.0);
                     t.forward.compute += f;
                     t.backward.compute += 2.0 * f;
                 }
-                // Column- then row-parallel: the output reduced forward, the input gradient
-                // reduced under the first linear's weight-gradient product.
-                let out = w.rows / f64::from(mlp.token_merge.max(1))
-                    * f64::from(*mlp.widths.last().unwrap_or(&0));
-                let ar = self.tp_collectives(out).all_reduce;
-                t.forward.tp_comm += ar;
-                t.backward.tp_comm += (ar - first_product).max(0.0);
+                let (f, b) = self.projector_comm(mlp, w, first_product);
+                t.forward.tp_comm += f;
+                t.backward.tp_comm += b;
             }
             _ => {
                 let Some(tr) = self.module.transformer() else {

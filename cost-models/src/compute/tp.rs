@@ -36,7 +36,7 @@ pub struct TpMode {
 
 impl TpMode {
     /// What is left of `comm` run under a product of `gemm` seconds.
-    fn hidden(comm: f64, gemm: f64) -> f64 {
+    pub(crate) fn hidden(comm: f64, gemm: f64) -> f64 {
         (comm - gemm).max(0.0)
     }
 

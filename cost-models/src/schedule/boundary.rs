@@ -191,7 +191,7 @@ pub fn add_deps(
         let (u, v) = (b.from.index(), b.to.index());
         let (pu, pv) = (&plan.modules()[u], &plan.modules()[v]);
         let (su, cu) = (pu.layout.pp - 1, pu.layout.vpp - 1);
-        let times = inp.boundary_times.and_then(|t| t.get(&b.id));
+        let times = inp.boundary_times.and_then(|t| t.units.get(&b.id));
         for k in links(model, plan, inp.units, b)? {
             let bytes = k.rows * f64::from(b.width) * act_bytes;
             let (from, to) = (

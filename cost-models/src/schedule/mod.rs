@@ -58,11 +58,18 @@ pub struct Inputs<'a> {
     pub boundary_times: Option<&'a BoundaryTimes>,
 }
 
-/// Per boundary id, the synthesized (forward, backward) seconds of each unit of the boundary's
-/// *destination*: per encoder pass for a boundary into an encoder or projector (vision ->
-/// projector), per micro-batch for a boundary into the language model or after it. A unit
-/// past the end of the list falls back to the placeholder.
-pub type BoundaryTimes = std::collections::BTreeMap<hetpar_ir::BoundaryId, Vec<(f64, f64)>>;
+/// What boundary synthesis tells the simulation.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BoundaryTimes {
+    /// Per boundary id, the synthesized (forward, backward) seconds of each unit of the
+    /// boundary's *destination*: per encoder pass for a boundary into an encoder or projector
+    /// (vision -> projector), per micro-batch for a boundary into the language model or after
+    /// it. A unit past the end of the list falls back to the placeholder.
+    pub units: std::collections::BTreeMap<hetpar_ir::BoundaryId, Vec<(f64, f64)>>,
+    /// The producers' collectives the chosen programs take over (`crate::fold`): their
+    /// modules' tasks leave them out, the units' times above include them.
+    pub folds: crate::fold::Folds,
+}
 
 pub fn build(inp: &Inputs<'_>) -> Result<TaskGraph, CostError> {
     let (model, plan) = (inp.model, inp.plan);

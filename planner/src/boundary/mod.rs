@@ -143,7 +143,7 @@ pub fn boundary_times_with(
 }
 
 /// [`boundary_times_with`] under `limits` (`compose: false` prices every boundary's direct
-/// program).
+/// program), with the producers' collectives the chosen programs fold.
 pub fn boundary_times_limited(
     model: &ModelGraph,
     cluster: &Cluster,
@@ -151,23 +151,32 @@ pub fn boundary_times_limited(
     constants: Option<Constants>,
     limits: Limits,
 ) -> hetpar_cost::BoundaryTimes {
-    synthesize_all_with(model, cluster, plan, limits, None, constants)
+    let mut out = hetpar_cost::BoundaryTimes::default();
+    for (r, b) in synthesize_all_with(model, cluster, plan, limits, None, constants)
         .into_iter()
         .zip(model.boundaries())
-        .map(|(r, b)| {
-            let times = r
-                .forward
-                .micro_batch_times
-                .iter()
-                .copied()
-                .zip(r.backward.micro_batch_times.iter().copied())
-                .collect();
-            (b.id, times)
-        })
-        .collect()
+    {
+        let times = r
+            .forward
+            .micro_batch_times
+            .iter()
+            .copied()
+            .zip(r.backward.micro_batch_times.iter().copied())
+            .collect();
+        out.units.insert(b.id, times);
+        let fold = hetpar_cost::Fold {
+            forward: r.fold_forward,
+            backward: r.fold_backward,
+        };
+        out.folds.add(b.from, fold);
+    }
+    out
 }
 
-/// Boundary `b`'s synthesized time over a whole step: forward plus backward of every unit, s.
+/// Boundary `b`'s synthesized time over a whole step: forward plus backward of its chosen
+/// programs, every unit, with the producer's collectives a composed boundary prices (direct
+/// or folded), s. Its producer's terms leave those out (`hetpar_cost::Folds::every_projector`):
+/// the plan search's pricing, so that a boundary never takes negative time.
 pub fn boundary_step_time(
     model: &ModelGraph,
     cluster: &Cluster,
@@ -185,9 +194,6 @@ pub fn boundary_step_time(
         constants,
     )
     .iter()
-    .map(|r| {
-        r.forward.micro_batch_times.iter().sum::<f64>()
-            + r.backward.micro_batch_times.iter().sum::<f64>()
-    })
+    .map(|r| r.forward.unit_times.iter().sum::<f64>() + r.backward.unit_times.iter().sum::<f64>())
     .sum()
 }

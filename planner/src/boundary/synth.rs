@@ -75,8 +75,9 @@ pub struct Reshard {
     pub stats: Stats,
     /// The composed program: the e-graph's choice and the direct program's cost.
     pub egraph: Composition,
-    /// What the step's simulation adds for this direction: `time_s` less the producer's
-    /// collective that its own module's cost already counts, s.
+    /// What the step's simulation adds for this direction: the transfer, s. A producer
+    /// collective the program keeps stays in its module's cost; a folded program is charged
+    /// whole, its module's cost leaving the folded collective out (`hetpar_cost::fold`).
     pub charged_time_s: f64,
     #[serde(skip)]
     pub plans: Vec<MicroBatchPlan>,

@@ -4,7 +4,7 @@
 //! check that against brute force.
 
 use hetpar_cost::combine::{combine, Arrangement, Others};
-use hetpar_cost::{estimate_quick, Constants, Options};
+use hetpar_cost::{estimate_quick_with, Constants, Folds, Options};
 use hetpar_ir::model::ModelGraph;
 use hetpar_ir::plan::PlacementKind;
 use hetpar_ir::{Cluster, Plan};
@@ -47,7 +47,8 @@ pub fn closed_form(
     opts: &Options,
 ) -> Option<(f64, f64)> {
     let arr = arrangement(model, plan)?;
-    let q = estimate_quick(model, cluster, plan, opts);
+    // Each projector's last collectives priced at its boundary, as the search does.
+    let q = estimate_quick_with(model, cluster, plan, opts, &Folds::every_projector(model));
     let lm = model.language_model();
     let boundary: f64 = model
         .boundaries()

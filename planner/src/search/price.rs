@@ -12,7 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use hetpar_cost::combine::ModuleQuick;
 use hetpar_cost::quick::module_terms;
-use hetpar_cost::Options;
+use hetpar_cost::{Folds, Options};
 use hetpar_ir::json::FORMAT_VERSION;
 use hetpar_ir::layout::{CpComm, LayoutSpec, RecomputeSpec};
 use hetpar_ir::model::ModelGraph;
@@ -203,6 +203,9 @@ pub struct Pricer<'a> {
     pub runnable: bool,
     /// Knobs found to price exactly as the default, per module: not priced again.
     unpriced: BTreeSet<Unpriced>,
+    /// Every projector's last collectives, which its boundary prices
+    /// (`boundary::boundary_step_time`).
+    folds: Folds,
 }
 
 impl<'a> Pricer<'a> {
@@ -218,6 +221,7 @@ impl<'a> Pricer<'a> {
             synthesized: 0,
             runnable: false,
             unpriced: BTreeSet::new(),
+            folds: Folds::every_projector(model),
         }
     }
 
@@ -348,7 +352,7 @@ impl<'a> Pricer<'a> {
             .plan(ranks, lm_layout, &layouts, schedule)
             .and_then(|(_, plan)| {
                 self.priced += 1;
-                module_terms(self.model, self.cluster, &plan, &self.opts, m)
+                module_terms(self.model, self.cluster, &plan, &self.opts, &self.folds, m)
             })
             .filter(|t| {
                 t.stage_step

@@ -66,7 +66,7 @@ pub fn compose(
         .sequence_parallel;
     let bwd = backward_segments(&fwd);
     let floor = floor::folded_floor(cx, b, &fwd, sp);
-    let coll = collectives(cx, b, &fwd);
+    let coll = collectives(cx, b, fwd.len());
     // The direct programs side by side, and beside them the whole ownership a folded
     // program is synthesized from (almost always needed: a fold's floor rarely rules out
     // both directions).
@@ -115,7 +115,11 @@ pub fn compose(
         send_layout: Some(&send_layout),
         send_whole: send_whole.as_ref(),
     };
-    let limits = Limits::default();
+    // The boundary's iteration limit bounds this e-graph too (0: the direct programs).
+    let limits = Limits {
+        iterations: cx.limits.iterations,
+        ..Limits::default()
+    };
     let (f_root, b_root) = if sp {
         (
             "(deliver (reduce-scatter (partial)))",
@@ -136,29 +140,29 @@ pub fn compose(
         (&coll.all_reduce, &none)
     };
     let forward = match (fold_f, reduce) {
-        (true, Some(r)) => finish(r, f.1, &none, producer_f),
-        _ => finish(deliver, f.1, producer_f, producer_f),
+        (true, Some(r)) => finish(r, f.1, &none),
+        _ => finish(deliver, f.1, producer_f),
     };
     let backward = match (fold_b, send_whole) {
-        (true, Some(w)) => finish(w, bk.1, &none, producer_b),
-        _ => finish(send_layout, bk.1, producer_b, producer_b),
+        (true, Some(w)) => finish(w, bk.1, &none),
+        _ => finish(send_layout, bk.1, producer_b),
     };
     (forward, backward, fold_f, fold_b)
 }
 
-/// A direction's result: the transfer `r` of the chosen program, whose time adds the chosen
-/// program's own collective `own` per unit; it is charged less the producer's collective
-/// (`producer`) that its module's cost already counts.
-fn finish(mut r: Reshard, egraph: Composition, own: &[f64], producer: &[f64]) -> Reshard {
+/// A direction's result: the transfer `r` of the chosen program, whose time adds the
+/// producer's collective `own` per unit where the program keeps it. The step is charged the
+/// transfer alone: a kept collective stays in its module's cost, a folded one leaves it
+/// (`hetpar_cost::fold`), so a folded program is charged whole.
+fn finish(mut r: Reshard, egraph: Composition, own: &[f64]) -> Reshard {
     r.time_s = 0.0;
     r.charged_time_s = 0.0;
     r.micro_batch_times.clear();
     for (u, t) in r.unit_times.iter_mut().enumerate() {
+        r.charged_time_s += *t;
+        r.micro_batch_times.push(*t);
         *t += own.get(u).copied().unwrap_or(0.0);
-        let charged = (*t - producer.get(u).copied().unwrap_or(0.0)).max(0.0);
         r.time_s += *t;
-        r.charged_time_s += charged;
-        r.micro_batch_times.push(charged);
     }
     r.max_micro_batch_time_s = r.unit_times.iter().copied().fold(0.0, f64::max);
     r.egraph = egraph;

@@ -1,18 +1,15 @@
-//! What each operator of a boundary program costs, from the boundary's own syntheses: the
-//! producer's tp collectives over its busiest replica's rows per unit, and the transfers as
-//! `synth` lowers and prices them.
+//! What each operator of a boundary program costs: the producer's tp collectives as its own
+//! cost model prices them (what a fold takes from it), and the transfers as `synth` lowers
+//! and prices them.
 
-use std::collections::BTreeMap;
-
-use hetpar_cost::collective::{collective_time, CollectiveKind, Link};
+use hetpar_cost::fold::producer_collectives;
 use hetpar_ir::placement::{Axis, RankGrid};
 use hetpar_ir::{BoundaryId, Rank};
 
-use super::super::ownership::Segment;
 use super::super::synth::{Context, Reshard};
 use super::term::{Coll, Own};
 
-/// The producer's tp collectives per unit, s.
+/// The producer's tp collectives per unit of the boundary, s.
 #[derive(Clone, Debug, Default)]
 pub struct Collectives {
     pub all_reduce: Vec<f64>,
@@ -20,41 +17,33 @@ pub struct Collectives {
     pub all_gather: Vec<f64>,
 }
 
-/// Per unit, the busiest tp group's local rows (the holders of the layout's segments `fwd`,
-/// grouped by the tp group each belongs to) priced as each collective over that group's link.
-pub fn collectives(cx: &Context<'_>, b: BoundaryId, fwd: &[Vec<Segment>]) -> Collectives {
-    let bd = cx.model.boundary(b);
-    let row_bytes = (u64::from(bd.width) * cx.model.data().precision.activation_bytes()) as f64;
-    let grid = &cx.plan.module(bd.from).grid;
-    // Each holder's tp group, by its first rank.
-    let mut group_of: BTreeMap<Rank, Rank> = BTreeMap::new();
-    let mut groups: BTreeMap<Rank, Vec<Rank>> = BTreeMap::new();
+/// Per unit of boundary `b` (`units` of them), the producer's output collectives as its own
+/// cost prices them (`hetpar_cost::fold::producer_collectives`: per encoder pass, on the
+/// replica with the most rows): the very seconds a fold takes from the producer. A pass that
+/// feeds several micro-batches is shared evenly among them.
+pub fn collectives(cx: &Context<'_>, b: BoundaryId, units: usize) -> Collectives {
+    let (model, plan) = (cx.model, cx.plan);
+    let bd = model.boundary(b);
+    let opts = hetpar_cost::Options {
+        constants: Some(cx.constants),
+        ..Default::default()
+    };
+    let per_pass = producer_collectives(model, cx.cluster, plan, &opts, bd.from);
+    let passes = plan.passes();
+    // A destination in passes takes one pass per unit; one in micro-batches, its share.
+    let in_passes = model.item_origin(bd.to).is_some();
     let mut out = Collectives::default();
-    for unit in fwd {
-        let mut rows: BTreeMap<Rank, u64> = BTreeMap::new();
-        for s in unit {
-            let Some(&h) = s.holders.first() else {
-                continue;
-            };
-            let first = *group_of.entry(h).or_insert_with(|| {
-                let g = tp_group(grid, h);
-                let first = g[0];
-                groups.entry(first).or_insert(g);
-                first
-            });
-            *rows.entry(first).or_default() += s.rows.end - s.rows.start;
-        }
-        let busiest = rows
-            .iter()
-            .max_by_key(|(g, n)| (**n, std::cmp::Reverse(**g)));
-        let (group, n) = busiest.map_or((&[][..], 0), |(g, n)| (&groups[g][..], *n));
-        let link = Link::of_group(cx.cluster, &cx.constants, group);
-        let bytes = n as f64 * row_bytes;
-        let tp = group.len() as u32;
-        let t = |k| collective_time(k, bytes, tp, link);
-        out.all_reduce.push(t(CollectiveKind::AllReduce));
-        out.reduce_scatter.push(t(CollectiveKind::ReduceScatter));
-        out.all_gather.push(t(CollectiveKind::AllGather));
+    for u in 0..units as u32 {
+        let (p, share) = if in_passes {
+            (u, 1.0)
+        } else {
+            let p = passes.pass_of(u);
+            (p, passes.micro_batches_of(p).len().max(1) as f64)
+        };
+        let c = per_pass.get(p as usize).copied().unwrap_or_default();
+        out.all_reduce.push(c.all_reduce / share);
+        out.reduce_scatter.push(c.reduce_scatter / share);
+        out.all_gather.push(c.all_gather / share);
     }
     out
 }
