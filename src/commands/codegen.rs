@@ -35,6 +35,13 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let st = &a.program.start;
+    if st.checkpoint.is_some() || st.resume.is_some() {
+        anyhow::bail!(
+            "codegen does not take --checkpoint or --resume yet: a generated crate starts from \
+             seeded weights; give --model (`hetpar import hf` makes one from a config.json)"
+        );
+    }
     let Some((_, program, model_text)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };

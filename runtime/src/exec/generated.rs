@@ -15,11 +15,12 @@ use crate::RuntimeError;
 /// The most values one message of a run can hold, which bounds what a peer may send: a
 /// parameter's gradient, rows of a step's batch (every token and encoder row) at the widest
 /// width any parameter has, the gathered report (three words a step and two), an NCCL id.
-pub fn largest_message(init: &Params, batches: &[Batch], steps: usize) -> usize {
+pub fn largest_message(cfg: &Config, batches: &[Batch], steps: usize) -> usize {
+    let specs = crate::reference::params::param_specs(cfg);
     let (mut param, mut width) = (0usize, 0usize);
-    for (_, t) in init.iter() {
-        param = param.max(t.numel());
-        width = width.max(t.shape().iter().copied().max().unwrap_or(0));
+    for s in &specs {
+        param = param.max(s.shape.iter().product());
+        width = width.max(s.shape.iter().copied().max().unwrap_or(0));
     }
     let rows = batches
         .iter()
@@ -33,10 +34,10 @@ pub fn largest_message(init: &Params, batches: &[Batch], steps: usize) -> usize 
         .max()
         .unwrap_or(0);
     // A mixture of experts sends a row to one peer at most once per expert (its router's rows).
-    let repeats = init
+    let repeats = specs
         .iter()
-        .filter(|(n, _)| n.ends_with(".moe.router.weight"))
-        .map(|(_, t)| t.shape()[0])
+        .filter(|s| s.name.ends_with(".moe.router.weight"))
+        .map(|s| s.shape[0])
         .max()
         .unwrap_or(1);
     let report = steps.saturating_mul(3).saturating_add(2);
@@ -99,7 +100,18 @@ pub fn synthetic_batches(
     seed: u64,
     steps: usize,
 ) -> Result<Vec<Batch>, RuntimeError> {
-    (0..steps.max(1) as u64)
+    synthetic_batches_from(g, cfg, seed, 0, steps)
+}
+
+/// [`synthetic_batches`] from batch `first` on (a resumed run's data position).
+pub fn synthetic_batches_from(
+    g: &ModelGraph,
+    cfg: &Config,
+    seed: u64,
+    first: u64,
+    steps: usize,
+) -> Result<Vec<Batch>, RuntimeError> {
+    (first..first + steps.max(1) as u64)
         .map(|k| Batch::for_model(g, cfg, seed.wrapping_add(1000 + k)))
         .collect()
 }
@@ -167,6 +179,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             lr: 1e-3,
             timeout: Duration::from_secs(60),
             backend: Default::default(),
+            save: None,
         },
         seed: 0,
         cuda: false,
@@ -276,7 +289,7 @@ fn main_inner(
                 place.world
             ));
         }
-        let max = largest_message(&init, &batches, opts.steps);
+        let max = largest_message(&cfg, &batches, opts.steps);
         let net = tcp_endpoint(&place, opts.timeout, max).map_err(|e| e.to_string())?;
         let s = run_process(
             net,

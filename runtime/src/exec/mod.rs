@@ -41,6 +41,7 @@ pub use self::progress::{OnStep, StepReport};
 use self::rank::unit_of;
 pub use self::rank::{RankState, StaticBytes};
 use self::shard_params::{belongs, holder, split_of, unslice};
+use crate::checkpoint::WeightSource;
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
 use crate::RuntimeError;
@@ -55,6 +56,8 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Whose arithmetic the ranks use.
     pub backend: Backend,
+    /// Where and how often to save checkpoints (`crate::checkpoint::save`).
+    pub save: Option<crate::checkpoint::SaveSpec>,
 }
 
 /// Where the ranks compute. Either way the interpreter, sharding and transfers are the same
@@ -182,12 +185,12 @@ struct RankOut {
 fn prepare(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
 ) -> Result<Vec<crate::reference::batch::BatchLayout>, RuntimeError> {
     check_executed(program)?;
     cfg.validate()?;
-    init.check(cfg)?;
+    init.check_fits(cfg)?;
     if batches.is_empty() {
         return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
     }
@@ -216,7 +219,7 @@ fn run_rank<'a>(
     net: crate::transport::Endpoint,
     program: &'a Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &'a [Batch],
     layouts: &[crate::reference::batch::BatchLayout],
     opts: &RunOptions,
@@ -224,7 +227,7 @@ fn run_rank<'a>(
     on_step: &OnStep<'_>,
 ) -> Result<RankOut, RuntimeError> {
     let mut st =
-        RankState::new(rank, net, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
+        RankState::new(rank, net, *cfg, program, init, opts.lr)?.with_math(opts.backend.math()?);
     #[cfg(feature = "cuda")]
     if let Backend::Cuda {
         device, nccl: true, ..
@@ -266,6 +269,9 @@ fn run_rank<'a>(
             on_step(&r);
         }
         r.check()?;
+        if let Some(spec) = opts.save.as_ref().filter(|s| s.due(k, opts.steps)) {
+            crate::checkpoint::save::save_step(&mut st, spec, k, &ranks)?;
+        }
         if k + 1 == opts.steps {
             // Whole, though a distributed optimizer's ranks each summed their shard only.
             grads = st.whole_grads()?;
@@ -303,7 +309,7 @@ pub fn run_process(
     net: crate::transport::Endpoint,
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
@@ -369,7 +375,7 @@ pub type RankBody = dyn for<'s> Fn(&mut RankState<'s>) -> Result<(), RuntimeErro
 pub fn run(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
 ) -> Result<RunOutput, RuntimeError> {
@@ -381,7 +387,7 @@ pub fn run(
 pub fn run_with(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
@@ -395,7 +401,7 @@ pub fn run_with(
 pub fn run_observed(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
@@ -455,7 +461,7 @@ pub fn run_observed(
     let by_rank: BTreeMap<u32, &RankOut> = outs.iter().map(|o| (o.rank, o)).collect();
     let assemble = |pick: &dyn Fn(&RankOut) -> &Params| -> Result<Params, RuntimeError> {
         let mut out = Params::default();
-        for (name, _) in init.iter() {
+        for name in &init.names() {
             let split = split_of(name);
             let mut found = false;
             for (k, m) in program.modules.iter().enumerate() {

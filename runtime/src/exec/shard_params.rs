@@ -10,7 +10,6 @@ use std::ops::Range;
 use hetpar_ir::program::ModuleProgram;
 
 use super::shard::Unit;
-use crate::reference::params::Params;
 use crate::tensor::Tensor;
 
 /// How a tensor splits over the tp group.
@@ -150,7 +149,7 @@ pub fn belongs(name: &str, unit: Unit, m: &ModuleProgram, stage: u32) -> bool {
 
 /// The part tp rank `t` of `tp` holds of `n` rows (a column split) or columns (a row split).
 pub fn tp_part(n: usize, tp: usize, t: usize) -> Range<usize> {
-    t * n / tp..(t + 1) * n / tp
+    hetpar_ir::shard::even_part(n, tp, t)
 }
 
 /// Slice `t` of `tp` of a whole tensor.
@@ -201,26 +200,4 @@ pub fn unslice(parts: &[&Tensor], split: Split) -> Tensor {
             Tensor::from_vec(&[rows, cols], data).expect("unslice")
         }
     }
-}
-
-/// The parameters the rank at `coord` (tp, cp, dp, pp) holds of a module ([`holds`]), sliced
-/// for its tp rank; `experts` routed experts per mixture of experts.
-pub fn local_params(
-    full: &Params,
-    unit: Unit,
-    m: &ModuleProgram,
-    coord: [u32; 4],
-    experts: usize,
-    tied: bool,
-) -> Params {
-    let mut out = Params::default();
-    for (name, x) in full.iter() {
-        if holds(name, unit, m, coord, experts) || tied_copy(name, unit, m, coord[3], tied) {
-            out.insert(
-                name.clone(),
-                slice(x, split_of(name), coord[0] as usize, m.tp as usize),
-            );
-        }
-    }
-    out
 }
