@@ -267,3 +267,39 @@ fn a_save_is_a_sharded_hugging_face_directory_hetpar_starts_from_again() {
     b.extend(["--sequence-length", "16", "--steps", "1"]);
     run(&p, &b, 1 << 30);
 }
+
+#[test]
+fn ranks_launched_as_processes_save_what_ranks_as_threads_resume_bit_for_bit() {
+    let dir = scratch("ckpt-launch");
+    let p = plan(&dir, "tp2-dp2", TP2_DP2, 4);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (whole, save, resumed) = (dir.join("whole"), dir.join("save"), dir.join("resumed"));
+    let mut a = start();
+    a.extend(["--steps", "4", "--dump", &s(&whole)].map(String::from));
+    run(
+        &p,
+        &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        1 << 30,
+    );
+    let mut b = vec![
+        "launch".to_string(),
+        s(&p),
+        "--cluster".into(),
+        CLUSTER.into(),
+    ];
+    b.extend(start());
+    b.extend(["--nproc-per-node", "4", "--steps", "2", "--save", &s(&save)].map(String::from));
+    let o = common::hetpar(&b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let c = [
+        "--resume",
+        &s(&save),
+        "--steps",
+        "2",
+        "--dump",
+        &s(&resumed),
+    ];
+    run(&p, &c, 1 << 30);
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&losses(&whole)[2..]), bits(&losses(&resumed)));
+}

@@ -16,9 +16,8 @@ use memmap2::Mmap;
 use safetensors::tensor::SafeTensors;
 use serde::{Deserialize, Serialize};
 
-use crate::exec::rank::{unit_of, RankState};
-use crate::exec::shard::Unit;
-use crate::exec::shard_params::{belongs, holder, split_of, unslice, Split};
+use crate::exec::rank::RankState;
+use crate::exec::shard_params::{belongs, holder, holders, unslice, Split};
 use crate::hf_names::to_hf;
 use crate::reference::params::{param_specs, Config};
 use crate::tensor::Tensor;
@@ -162,29 +161,6 @@ fn rank_file(rank: u32) -> String {
     format!("rank-{rank:05}.safetensors")
 }
 
-/// Every parameter's holders: the ranks of its tp slices in order, and its split.
-fn holders(program: &Program, cfg: &Config) -> BTreeMap<String, (Vec<u32>, Split)> {
-    let mut out = BTreeMap::new();
-    for s in param_specs(cfg) {
-        let name = s.name;
-        for (k, m) in program.modules.iter().enumerate() {
-            let Some(unit) = unit_of(program, k) else {
-                continue;
-            };
-            let experts = match unit {
-                Unit::Llm => cfg.llm.stack.moe.map_or(0, |x| x.experts),
-                _ => 0,
-            };
-            let (c, d) = holder(&name, m, experts);
-            if let Some(stage) = (0..m.pp).find(|&p| belongs(&name, unit, m, p)) {
-                let ranks = (0..m.tp).map(|t| m.rank_at(t, c, d, stage)).collect();
-                out.insert(name.clone(), (ranks, split_of(&name)));
-            }
-        }
-    }
-    out
-}
-
 /// The rank files of `partial`, memory-mapped.
 struct RankFiles {
     dir: PathBuf,
@@ -238,7 +214,8 @@ fn consolidate(
 ) -> Result<(), RuntimeError> {
     let state_dir = partial.join(STATE_DIR);
     let files = RankFiles::open(&state_dir, ranks)?;
-    let holders = holders(program, cfg);
+    let names: Vec<String> = param_specs(cfg).into_iter().map(|s| s.name).collect();
+    let holders = holders(program, cfg, &names);
     // Hugging Face names, sorted: the files' order and contents are deterministic.
     let named: BTreeMap<String, (&String, &(Vec<u32>, Split))> = holders
         .iter()

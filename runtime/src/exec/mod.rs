@@ -38,9 +38,8 @@ use hetpar_ir::program::Program;
 pub use self::check::check;
 pub use self::executes::check_executed;
 pub use self::progress::{OnStep, StepReport};
-use self::rank::unit_of;
 pub use self::rank::{RankState, StaticBytes};
-use self::shard_params::{belongs, holder, split_of, unslice};
+use self::shard_params::{holders, unslice};
 use crate::checkpoint::WeightSource;
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
@@ -459,39 +458,23 @@ pub fn run_observed(
         .map(|k| outs.iter().map(|o| o.seconds[k]).fold(0.0, f64::max))
         .collect();
     let by_rank: BTreeMap<u32, &RankOut> = outs.iter().map(|o| (o.rank, o)).collect();
+    let names = init.names();
+    let holders = holders(program, cfg, &names);
     let assemble = |pick: &dyn Fn(&RankOut) -> &Params| -> Result<Params, RuntimeError> {
         let mut out = Params::default();
-        for name in &init.names() {
-            let split = split_of(name);
-            let mut found = false;
-            for (k, m) in program.modules.iter().enumerate() {
-                let Some(unit) = unit_of(program, k) else {
-                    continue;
-                };
-                let experts = match unit {
-                    shard::Unit::Llm => cfg.llm.stack.moe.map_or(0, |x| x.experts),
-                    _ => 0,
-                };
-                let (c, d) = holder(name, m, experts);
-                for s in 0..m.pp {
-                    if !belongs(name, unit, m, s) {
-                        continue;
-                    }
-                    let parts: Vec<&crate::tensor::Tensor> = (0..m.tp)
-                        .filter_map(|t| by_rank.get(&m.rank_at(t, c, d, s)))
-                        .filter_map(|o| pick(o).get(name))
-                        .collect();
-                    if parts.len() == m.tp as usize {
-                        out.insert(name.clone(), unslice(&parts, split));
-                        found = true;
-                    }
-                }
+        for name in &names {
+            let missing =
+                || RuntimeError::InvalidProgram(format!("no rank holds parameter `{name}`"));
+            let (ranks, split) = holders.get(name).ok_or_else(missing)?;
+            let parts: Vec<&crate::tensor::Tensor> = ranks
+                .iter()
+                .filter_map(|r| by_rank.get(r))
+                .filter_map(|o| pick(o).get(name))
+                .collect();
+            if parts.len() != ranks.len() {
+                return Err(missing());
             }
-            if !found {
-                return Err(RuntimeError::InvalidProgram(format!(
-                    "no rank holds parameter `{name}`"
-                )));
-            }
+            out.insert(name.clone(), unslice(&parts, *split));
         }
         Ok(out)
     };

@@ -4,12 +4,14 @@
 //! experts split over the ep group besides (`exec/moe.rs`), each member holding a contiguous
 //! range of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use hetpar_ir::program::ModuleProgram;
+use hetpar_ir::program::{ModuleProgram, Program};
 
+use super::rank::unit_of;
 use super::shard::Unit;
+use crate::reference::Config;
 use crate::tensor::Tensor;
 
 /// How a tensor splits over the tp group.
@@ -200,4 +202,32 @@ pub fn unslice(parts: &[&Tensor], split: Split) -> Tensor {
             Tensor::from_vec(&[rows, cols], data).expect("unslice")
         }
     }
+}
+
+/// Every parameter of `names`' first holders: the ranks of its tp slices in order, at its
+/// holder's cp and dp coordinate ([`holder`]) on the stage it belongs to, and its split. What
+/// a run's output and a checkpoint assemble whole tensors from.
+pub fn holders(
+    program: &Program,
+    cfg: &Config,
+    names: &[String],
+) -> BTreeMap<String, (Vec<u32>, Split)> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        for (k, m) in program.modules.iter().enumerate() {
+            let Some(unit) = unit_of(program, k) else {
+                continue;
+            };
+            let experts = match unit {
+                Unit::Llm => cfg.llm.stack.moe.map_or(0, |x| x.experts),
+                _ => 0,
+            };
+            let (c, d) = holder(name, m, experts);
+            if let Some(stage) = (0..m.pp).find(|&p| belongs(name, unit, m, p)) {
+                let ranks = (0..m.tp).map(|t| m.rank_at(t, c, d, stage)).collect();
+                out.insert(name.clone(), (ranks, split_of(name)));
+            }
+        }
+    }
+    out
 }
