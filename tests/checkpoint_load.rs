@@ -247,6 +247,17 @@ fn a_model_that_disagrees_with_the_config_is_refused_naming_the_field() {
         err.contains("modules.llm.transformer.layers is 2 here, 4 there"),
         "{err}"
     );
+    // Data sizes belong to a model imported here, not to a model file.
+    let o = run_from(
+        &dir,
+        &golden("llama"),
+        &["--model", model.to_str().unwrap(), "--global-batch", "8"],
+    );
+    assert!(
+        stderr(&o).contains("here the model file says them"),
+        "{}",
+        stderr(&o)
+    );
     // Without --model the data sizes are needed.
     let o = run_from(&dir, &golden("llama"), &[]);
     assert!(stderr(&o).contains("--global-batch"), "{}", stderr(&o));

@@ -303,3 +303,31 @@ fn ranks_launched_as_processes_save_what_ranks_as_threads_resume_bit_for_bit() {
     let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
     assert_eq!(bits(&losses(&whole)[2..]), bits(&losses(&resumed)));
 }
+
+/// The reference model (a vision encoder, its projector and a language model, under hetpar's
+/// own tensor names) saved under a non-colocated plan resumes under a colocated one.
+#[test]
+fn a_vision_language_model_saved_non_colocated_resumes_colocated() {
+    let dir = scratch("ckpt-colocated");
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let (whole, save, resumed) = (dir.join("whole"), dir.join("save"), dir.join("resumed"));
+    let model = ["--model", common::REF_MODEL];
+    let plan = Path::new(common::REF_PLAN);
+    let mut a = model.to_vec();
+    let w = s(&whole);
+    a.extend(["--steps", "4", "--dump", &w]);
+    run(plan, &a, 1 << 30);
+    let mut b = model.to_vec();
+    let v = s(&save);
+    b.extend(["--steps", "2", "--save", &v]);
+    run(plan, &b, 1 << 30);
+    let colocated = Path::new("examples/plans/reference-tiny-colocated-4.json");
+    run(
+        colocated,
+        &["--resume", &v, "--steps", "2", "--dump", &s(&resumed)],
+        1 << 30,
+    );
+    for (a, b) in losses(&whole)[2..].iter().zip(losses(&resumed)) {
+        assert!(((a - b) / a).abs() < 1e-5, "resumed {b} against {a}");
+    }
+}

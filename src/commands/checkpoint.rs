@@ -63,6 +63,13 @@ impl StartArgs {
     /// The model: `--model`, checked against the checkpoint's or save's when one is given;
     /// else the save's, else the checkpoint's config.json imported with the data sizes.
     pub fn model(&self, model: Option<&Path>) -> anyhow::Result<ModelText> {
+        let sizes = self.global_batch.is_some() || self.sequence_length.is_some();
+        if sizes && (model.is_some() || self.checkpoint.is_none()) {
+            bail!(
+                "--global-batch and --sequence-length size a model imported from --checkpoint's \
+                 config.json; here the model file says them"
+            );
+        }
         let given = model
             .map(|p| -> anyhow::Result<_> { Ok((read(p)?, p.display().to_string())) })
             .transpose()?;
