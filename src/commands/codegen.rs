@@ -36,10 +36,10 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let st = &a.program.start;
-    if st.checkpoint.is_some() || st.resume.is_some() {
+    if st.resume.is_some() {
         anyhow::bail!(
-            "codegen does not take --checkpoint or --resume yet: a generated crate starts from \
-             seeded weights; give --model (`hetpar import hf` makes one from a config.json)"
+            "codegen does not take --resume: a generated crate starts from seeded weights or, \
+             run with --checkpoint DIR, from a Hugging Face directory"
         );
     }
     let Some((_, program, model_text)) = a.program.load()? else {

@@ -8,6 +8,7 @@ use hetpar_ir::model::ModelGraph;
 use hetpar_ir::program::{Program, Transfer};
 
 use super::{run_observed, run_process, RankBody, RunOptions, RunOutput, StepReport};
+use crate::checkpoint::{HfDir, WeightSource};
 use crate::reference::{Batch, Config, Params};
 use crate::rendezvous::{placement_from_env, tcp_endpoint};
 use crate::RuntimeError;
@@ -170,6 +171,9 @@ pub struct Args {
     pub bf16: bool,
     /// Collectives and gradient sums by NCCL (`--collectives nccl`).
     pub nccl: bool,
+    /// A Hugging Face model directory to start from (`--checkpoint DIR`) instead of seeded
+    /// weights.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -186,6 +190,7 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
         gpu: None,
         bf16: false,
         nccl: false,
+        checkpoint: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -208,10 +213,12 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             "--gpu" => out.gpu = Some(value.parse().map_err(|e| bad(&e))?),
             "--precision" => out.bf16 = one_of(["f32", "bf16"])? == 1,
             "--collectives" => out.nccl = one_of(["host", "nccl"])? == 1,
+            "--checkpoint" => out.checkpoint = Some(value.into()),
             _ => {
                 return Err(format!(
                     "unknown option {flag}; options: --steps N --lr X --seed S --timeout-ms T \
-                     --backend cpu|cuda --gpu G --precision f32|bf16 --collectives host|nccl"
+                     --backend cpu|cuda --gpu G --precision f32|bf16 --collectives host|nccl \
+                     --checkpoint DIR"
                 ))
             }
         }
@@ -277,7 +284,12 @@ fn main_inner(
     let program = hetpar_ir::load_program(program_json).map_err(|d| format!("program: {d:?}"))?;
     let (g, _) = hetpar_ir::load_model(model_json).map_err(|d| format!("model: {d:?}"))?;
     let cfg = Config::from_model(&g).map_err(|e| e.to_string())?;
-    let init = Params::init(&cfg, seed).map_err(|e| e.to_string())?;
+    // The weights: a Hugging Face directory's (checked now, each rank reading its slices),
+    // else seeded ones.
+    let init: Box<dyn WeightSource> = match &parsed.checkpoint {
+        Some(dir) => Box::new(HfDir::open(dir, &cfg).map_err(|e| e.to_string())?),
+        None => Box::new(Params::init(&cfg, seed).map_err(|e| e.to_string())?),
+    };
     let batches = synthetic_batches(&g, &cfg, seed, opts.steps).map_err(|e| e.to_string())?;
     // Launched as one rank of many processes (`hetpar launch`, `srun`): this rank alone.
     if let Some(place) = placement_from_env().map_err(|e| e.to_string())? {
@@ -295,7 +307,7 @@ fn main_inner(
             net,
             &program,
             &cfg,
-            &init,
+            &*init,
             &batches,
             &opts,
             body,
@@ -314,7 +326,7 @@ fn main_inner(
             String::new()
         });
     }
-    let out = run_observed(&program, &cfg, &init, &batches, &opts, body, &print_step)
+    let out = run_observed(&program, &cfg, &*init, &batches, &opts, body, &print_step)
         .map_err(|e| e.to_string())?;
     Ok(report(&program, &batches[0], &out))
 }
@@ -355,5 +367,15 @@ mod tests {
         assert!(e.contains("rocm") && e.contains("\"cuda\""), "{e}");
         let e = args(&["--precision", "fp8"]).unwrap_err();
         assert!(e.contains("fp8") && e.contains("\"bf16\""), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_directory_is_taken_from_the_command_line() {
+        let a = args(&["--checkpoint", "ckpt/llama"]).unwrap();
+        assert_eq!(
+            a.checkpoint.as_deref(),
+            Some(std::path::Path::new("ckpt/llama"))
+        );
+        assert!(args(&[]).unwrap().checkpoint.is_none());
     }
 }
