@@ -13,7 +13,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use memmap2::Mmap;
-use safetensors::tensor::SafeTensors;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
 
 use crate::exec::rank::RankState;
@@ -81,6 +81,38 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), RuntimeError> {
     let mut f = std::fs::File::create(path).map_err(|e| io_err(path, e))?;
     f.write_all(bytes).map_err(|e| io_err(path, e))?;
     f.sync_all().map_err(|e| io_err(path, e))
+}
+
+// Safetensors stores little-endian values, which f32 memory then already is.
+const _: () = assert!(cfg!(target_endian = "little"));
+
+/// `x`'s values as the bytes safetensors stores.
+fn le_bytes(x: &[f32]) -> &[u8] {
+    // SAFETY: f32 has no padding and u8 no alignment; the length covers the same memory; on a
+    // little-endian target (asserted above) these are the values' little-endian bytes.
+    unsafe { std::slice::from_raw_parts(x.as_ptr().cast::<u8>(), std::mem::size_of_val(x)) }
+}
+
+/// Writes named f32 tensors to `path` as safetensors (names sorted: deterministic bytes),
+/// streamed from the tensors' memory, flushed to the disk when `sync`.
+fn write_tensors(
+    path: &Path,
+    tensors: &[(String, &Tensor)],
+    sync: bool,
+) -> Result<(), RuntimeError> {
+    let mut views = Vec::with_capacity(tensors.len());
+    for (name, t) in tensors {
+        let v = TensorView::new(Dtype::F32, t.shape().to_vec(), le_bytes(t.data()))
+            .map_err(|e| io_err(path, e))?;
+        views.push((name.as_str(), v));
+    }
+    views.sort_by(|a, b| a.0.cmp(b.0));
+    safetensors::serialize_to_file(views, None, path).map_err(|e| io_err(path, e))?;
+    if sync {
+        let f = std::fs::File::open(path).map_err(|e| io_err(path, e))?;
+        f.sync_all().map_err(|e| io_err(path, e))?;
+    }
+    Ok(())
 }
 
 impl SaveSpec {
@@ -153,8 +185,8 @@ fn write_rank_file(st: &mut RankState<'_>, dir: &Path) -> Result<(), RuntimeErro
             }
         }
     }
-    let bytes = crate::dump::to_bytes(out)?;
-    write_synced(&dir.join(rank_file(st.rank)), &bytes)
+    // Not flushed: the lowest rank reads it back at once and removes it.
+    write_tensors(&dir.join(rank_file(st.rank)), &out, false)
 }
 
 fn rank_file(rank: u32) -> String {
@@ -250,8 +282,8 @@ fn consolidate(
             tensors.push(((*hf).clone(), files.whole(&format!("w.{n}"), rs, *split)?));
             weight_map.insert((*hf).clone(), file.clone().into());
         }
-        let bytes = crate::dump::to_bytes(tensors.iter().map(|(n, t)| (n.clone(), t)))?;
-        write_synced(&partial.join(&file), &bytes)?;
+        let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+        write_tensors(&partial.join(&file), &refs, true)?;
     }
     if count > 1 {
         let total: usize = specs.values().sum();
@@ -268,8 +300,8 @@ fn consolidate(
                 files.whole(&format!("{prefix}{n}"), rs, *split)?,
             ));
         }
-        let bytes = crate::dump::to_bytes(tensors.iter().map(|(n, t)| (n.clone(), t)))?;
-        write_synced(&state_dir.join(file), &bytes)?;
+        let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
+        write_tensors(&state_dir.join(file), &refs, true)?;
     }
     drop(files);
     for &r in ranks {
