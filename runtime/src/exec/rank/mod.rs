@@ -265,7 +265,7 @@ impl<'a> RankState<'a> {
 
     /// Starts a step on `batch`: gradients and the loss at zero.
     pub fn begin_step(&mut self, batch: &'a Batch, layout: BatchLayout) {
-        self.placeholders = placeholder_index(batch);
+        self.placeholders = reroute::placeholder_index(batch);
         self.batch = Some((batch, layout));
         self.grads = self.params.zeros_like();
         self.loss = 0.0;
@@ -581,25 +581,6 @@ pub struct LogitRows {
     pub rows: Vec<(u32, u32)>,
     pub vocab_start: usize,
     pub values: Tensor,
-}
-
-/// For every sample and position, the rank of its token among the sample's earlier positions
-/// holding the same token: the row a placeholder takes among its encoder's rows.
-fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
-    let s = batch.seq_len;
-    (0..batch.batch_size)
-        .map(|b| {
-            let mut seen: HashMap<i64, u64> = HashMap::new();
-            batch.tokens[b * s..(b + 1) * s]
-                .iter()
-                .map(|&t| {
-                    let n = seen.entry(t).or_insert(0);
-                    *n += 1;
-                    *n - 1
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// The boundary rows `rows` stand for, by (sample, row).
