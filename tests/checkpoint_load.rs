@@ -262,3 +262,55 @@ fn a_model_that_disagrees_with_the_config_is_refused_naming_the_field() {
     let o = run_from(&dir, &golden("llama"), &[]);
     assert!(stderr(&o).contains("--global-batch"), "{}", stderr(&o));
 }
+
+#[test]
+fn every_slice_of_a_bf16_directory_is_that_slice_of_its_whole_tensors_widened() {
+    let (_, cfg, _) = case("mixtral");
+    let dir = HfDir::open(&golden("mixtral"), &cfg).unwrap();
+    // The float32 weights the bf16 shards were rounded from.
+    let f32s = hetpar::runtime::dump::from_bytes(
+        &std::fs::read(common::root().join("tests/oracle/golden/hf/mixtral/model.safetensors"))
+            .unwrap(),
+    )
+    .unwrap();
+    let bits = |t: &Tensor| t.data().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    for name in dir.names() {
+        let whole = dir.slice(&name, Split::Replicated, 0, 1).unwrap();
+        let hf = hetpar::runtime::hf_names::to_hf(&name).unwrap();
+        for (x, y) in whole.data().iter().zip(f32s[&hf].data()) {
+            assert!(
+                (x - y).abs() <= y.abs() / 256.0,
+                "{hf}: {x} is not {y} in bf16"
+            );
+        }
+        for split in [Split::Column, Split::Row] {
+            if split == Split::Row && whole.shape().len() != 2 {
+                continue;
+            }
+            for tp in [2, 4] {
+                for t in 0..tp {
+                    let part = dir.slice(&name, split, t, tp).unwrap();
+                    let want = hetpar::runtime::exec::shard_params::slice(&whole, split, t, tp);
+                    assert_eq!(part.shape(), want.shape(), "{name} {split:?} {t}/{tp}");
+                    assert_eq!(bits(&part), bits(&want), "{name} {split:?} {t}/{tp}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn an_index_that_names_a_file_outside_its_directory_is_refused() {
+    let dir = scratch("ckpt-index-outside");
+    let ckpt = edited_copy(&dir, "model-00001-of-00006.safetensors", &|_| {});
+    let index = ckpt.join("model.safetensors.index.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&index).unwrap()).unwrap();
+    v["weight_map"]["lm_head.weight"] = json!("../elsewhere.safetensors");
+    std::fs::write(&index, v.to_string()).unwrap();
+    let (_, cfg, _) = case("llama");
+    let err = HfDir::open(&ckpt, &cfg).err().expect("refused").to_string();
+    assert!(
+        err.contains("weight_map.lm_head.weight is not a file name beside it"),
+        "{err}"
+    );
+}
