@@ -52,9 +52,14 @@ fn run(plan: &Path, args: &[&str], shard: usize) -> Output {
 
 /// The arguments that start from the oracle's Llama directory.
 fn start() -> Vec<String> {
+    start_from(&llama())
+}
+
+/// The arguments that start from the Hugging Face directory `dir` (a batch of 4 × 16).
+fn start_from(dir: &Path) -> Vec<String> {
     [
         "--checkpoint",
-        llama().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--global-batch",
         "4",
         "--sequence-length",
@@ -77,16 +82,21 @@ fn losses(dump: &Path) -> Vec<f32> {
 /// Steps 1..=4 of one run and of a run saved after 2 and resumed for 2 more, under `first`
 /// then `second`: (the whole run's losses and dump, the resumed run's).
 fn split_run(dir: &Path, first: &Path, second: &Path) -> (PathBuf, PathBuf) {
+    split_run_from(&llama(), dir, first, second)
+}
+
+/// [`split_run`] from the Hugging Face directory `ckpt`.
+fn split_run_from(ckpt: &Path, dir: &Path, first: &Path, second: &Path) -> (PathBuf, PathBuf) {
     let s = |p: &Path| p.to_str().unwrap().to_string();
     let (whole, save, resumed) = (dir.join("whole"), dir.join("save"), dir.join("resumed"));
-    let mut a = start();
+    let mut a = start_from(ckpt);
     a.extend(["--steps", "4", "--dump", &s(&whole)].map(String::from));
     run(
         first,
         &a.iter().map(String::as_str).collect::<Vec<_>>(),
         1 << 30,
     );
-    let mut b = start();
+    let mut b = start_from(ckpt);
     b.extend(["--steps", "2", "--save", &s(&save), "--save-every", "1"].map(String::from));
     run(
         first,
@@ -329,5 +339,36 @@ fn a_vision_language_model_saved_non_colocated_resumes_colocated() {
     );
     for (a, b) in losses(&whole)[2..].iter().zip(losses(&resumed)) {
         assert!(((a - b) / a).abs() < 1e-5, "resumed {b} against {a}");
+    }
+}
+
+/// Mixtral from its bf16 directory, saved under dp 2 × ep 2 (each routed expert written by the
+/// rank holding it) and resumed under tp 2 without expert parallelism, then the other way.
+#[test]
+fn a_mixture_of_experts_resumes_under_another_expert_parallel_degree() {
+    let dir = scratch("ckpt-resume-ep");
+    let mixtral = common::root().join("tests/oracle/golden/hf_checkpoint/mixtral_sharded");
+    let ep = plan(
+        &dir,
+        "dp2-ep2",
+        r#"{"dp": 2, "ep": 2, "micro_batch_size": 1}"#,
+        2,
+    );
+    let tp = plan(
+        &dir,
+        "tp2",
+        r#"{"tp": 2, "sequence_parallel": true, "micro_batch_size": 4}"#,
+        2,
+    );
+    for (first, second, name) in [(&ep, &tp, "ep-to-tp"), (&tp, &ep, "tp-to-ep")] {
+        let d = dir.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        let (whole, resumed) = split_run_from(&mixtral, &d, first, second);
+        for (a, b) in losses(&whole)[2..].iter().zip(losses(&resumed)) {
+            assert!(
+                ((a - b) / a).abs() < 1e-5,
+                "{name}: resumed {b} against {a}"
+            );
+        }
     }
 }
