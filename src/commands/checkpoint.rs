@@ -265,7 +265,7 @@ impl SaveArgs {
             first_step,
             seed,
             lr,
-            config_json: model.config_json.clone(),
+            config_json: model.config_json.as_deref().map(f32_config),
             model_json: model.text.clone(),
             max_shard_bytes: max_shard_bytes(),
         })
@@ -296,6 +296,21 @@ impl SaveArgs {
         }
         v
     }
+}
+
+/// A config.json naming the dtype of the f32 files a save writes: `transformers` loads a
+/// model in its config's dtype unless told otherwise. The text is kept as written otherwise.
+fn f32_config(text: &str) -> String {
+    let mut out = text.to_string();
+    for key in ["\"dtype\"", "\"torch_dtype\""] {
+        for from in ["bfloat16", "float16"] {
+            out = out.replace(
+                &format!("{key}: \"{from}\""),
+                &format!("{key}: \"float32\""),
+            );
+        }
+    }
+    out
 }
 
 /// The largest consolidated weights file: 2 GiB, as `save_pretrained`'s shards are of that
