@@ -74,6 +74,7 @@ fn main() {
         lr: 1e-3,
         timeout: Duration::from_secs(60),
         backend: Default::default(),
+        save: None,
     };
     // Per configuration, every measured step time (s); index 0 is the single device.
     let mut times: Vec<Vec<f64>> = vec![Vec::new(); plans.len() + 1];

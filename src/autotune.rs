@@ -162,6 +162,7 @@ pub fn measure(
             lr: 1e-3,
             timeout: Duration::from_secs(120),
             backend: Default::default(),
+            save: None,
         },
     )?;
     let mut t: Vec<f64> = out.step_seconds[1..].to_vec();

@@ -53,7 +53,7 @@ fn the_generated_crate_is_stable_formatted_and_trains_like_the_interpreter() {
 
     // Build it against this checkout's runtime, with its locked versions, sharing the target
     // directory.
-    let generated = build_and_run(&dir, 3);
+    let generated = build_and_run(&dir, 3, &[]);
     let interpreted = hetpar(&[
         "run",
         PLAN,
@@ -136,8 +136,8 @@ fn codegen_of_a_program_equals_codegen_of_its_plan() {
 }
 
 /// A Llama imported from its Hugging Face `config.json`, planned with tensor and sequence
-/// parallelism and a vocabulary-parallel head: the generated crate builds and trains to the
-/// interpreter's losses.
+/// parallelism and a vocabulary-parallel head: the generated crate builds and, started from the
+/// Hugging Face directory (`--checkpoint`), trains to the interpreter's losses from it.
 #[test]
 fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
     let dir = scratch("codegen-llama");
@@ -167,7 +167,9 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
         "../../../../runtime",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let generated = build_and_run(&out, 3);
+    let ckpt = root().join("tests/oracle/golden/hf/llama");
+    let ckpt = ckpt.to_str().unwrap();
+    let generated = build_and_run(&out, 3, &["--checkpoint", ckpt]);
     let interpreted = hetpar(&[
         "run",
         plan,
@@ -177,6 +179,8 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
         CLUSTER,
         "--steps",
         "3",
+        "--checkpoint",
+        ckpt,
     ]);
     assert!(interpreted.status.success(), "{}", stderr(&interpreted));
     assert_eq!(generated.len(), 3);
@@ -184,13 +188,15 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
 }
 
 /// Builds the generated crate in `dir` against this checkout's runtime (its locked versions,
-/// the shared target directory) and runs it for `steps` steps: the losses it prints.
-fn build_and_run(dir: &std::path::Path, steps: usize) -> Vec<f32> {
+/// the shared target directory) and runs it for `steps` steps with `more` arguments: the losses
+/// it prints.
+fn build_and_run(dir: &std::path::Path, steps: usize, more: &[&str]) -> Vec<f32> {
     std::fs::copy(root().join("Cargo.lock"), dir.join("Cargo.lock")).unwrap();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let steps = steps.to_string();
     let built = Command::new(&cargo)
         .args(["run", "--quiet", "--", "--steps", &steps])
+        .args(more)
         .current_dir(dir)
         .env("CARGO_TARGET_DIR", root().join("target"))
         .output()

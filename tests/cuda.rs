@@ -116,6 +116,7 @@ fn train(program_path: &str, on: &On, steps: usize) -> RunOutput {
         lr: 1e-3,
         timeout: std::time::Duration::from_secs(120),
         backend,
+        save: None,
     };
     match on {
         On::Emulated(dev, precision) => {

@@ -14,6 +14,7 @@ use common::parity::{
     assert_grads_match, assert_grads_within, assert_losses_match, at, batches, bits, lower, model,
     model_of, opts, run_grouped, single_device_losses, LR, MODEL, SEED, STEPS, TWO_ENCODERS,
 };
+use hetpar::runtime::checkpoint::WeightSource;
 use hetpar::runtime::exec::{run, RunOptions};
 use hetpar::runtime::reference::{loss_and_grads, Params};
 use serde_json::{json, Value};
@@ -135,6 +136,7 @@ fn a_missing_message_or_a_missing_rank_is_an_error_not_a_hang() {
         lr: LR,
         timeout: Duration::from_millis(300),
         backend: Default::default(),
+        save: None,
     };
     // A pipeline send that never happens: its receiver times out.
     let mut lost = program.clone();
@@ -371,7 +373,7 @@ fn every_group_a_rank_sums_over_has_a_communicator_created_once_in_one_order() {
         }
         for rp in &program.ranks {
             for m in 0..program.modules.len() {
-                let Some(c) = ModuleCtx::new(&program, m, &cfg, &init, rp.rank) else {
+                let Some(c) = ModuleCtx::new(&program, m, &cfg, &init.names(), rp.rank) else {
                     continue;
                 };
                 for grp in [&c.tp_group, &c.cp_group, &c.dp_cp_group, &c.stage_group] {

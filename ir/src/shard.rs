@@ -245,6 +245,14 @@ pub fn sp_part_led(n: usize, tp: usize, t: usize, leads: &[usize]) -> Range<usiz
     plain.start + before(plain.start)..end
 }
 
+/// Part `i` of `n` split into `parts` contiguous parts (floors, so remainders spread): a
+/// weight's rows or columns on tensor-parallel rank `i` (a vocabulary's rows too), and a
+/// tensor's flat values in the distributed optimizer's shard `i`. Checkpoints reshard by it.
+pub fn even_part(n: usize, parts: usize, i: usize) -> Range<usize> {
+    let parts = parts.max(1);
+    i * n / parts..(i + 1) * n / parts
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -299,6 +307,13 @@ mod tests {
                 assert_eq!(t, tp - 1);
             }
         }
+    }
+
+    #[test]
+    fn even_parts_tile_with_remainders_spread() {
+        let parts: Vec<_> = (0..3).map(|i| even_part(10, 3, i)).collect();
+        assert_eq!(parts, vec![0..3, 3..6, 6..10]);
+        assert_eq!(even_part(7, 1, 0), 0..7);
     }
 
     fn uniform(samples: u32, per: u32, tokens: u32) -> Vec<ItemRef> {

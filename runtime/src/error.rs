@@ -57,6 +57,10 @@ pub enum RuntimeError {
     /// A peer's end of the transport is gone (its thread ended).
     #[error("rank {rank}: rank {peer} has left the transport")]
     PeerGone { rank: u32, peer: u32 },
+    /// A checkpoint directory that cannot be read or does not fit the model: the directory,
+    /// then every problem, each naming the tensor and its file.
+    #[error("checkpoint {0}")]
+    Checkpoint(String),
     /// A safetensors file that cannot be read as the reference model's tensors.
     #[error("safetensors: {0}")]
     Safetensors(String),

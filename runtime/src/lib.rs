@@ -5,6 +5,7 @@
 //! Adam, in plain `std` f32 code on a minimal row-major [`tensor::Tensor`]. Every parallel
 //! plan's results are to be compared against it.
 
+pub mod checkpoint;
 #[cfg(feature = "cuda")]
 pub mod cuda;
 pub mod dump;

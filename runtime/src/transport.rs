@@ -106,7 +106,7 @@ pub fn fabric(n: usize, timeout: Duration) -> Vec<Endpoint> {
 /// collectives between threads and the distributed optimizer's shards follow, so that their
 /// sums are the ring's bit for bit.
 pub fn ring_chunk(len: usize, n: usize, c: usize) -> std::ops::Range<usize> {
-    c * len / n..(c + 1) * len / n
+    hetpar_ir::shard::even_part(len, n, c)
 }
 
 impl Endpoint {

@@ -85,11 +85,7 @@ pub fn relower(
     for (m, l) in differ {
         model["data"]["encoders"][m] = json!({ "per_sample": l });
     }
-    let what = format!(
-        "{} with the batch's items ({})",
-        input.model.display(),
-        said.join("; ")
-    );
+    let what = format!("the model with the batch's items ({})", said.join("; "));
     let (g, _) = hetpar::ir::model_from_value(&model)
         .map_err(|d| anyhow::anyhow!("{what}: {}", render(&d)))?;
     let cluster_path = input.cluster.as_deref().context("a plan needs --cluster")?;

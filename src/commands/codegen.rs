@@ -35,6 +35,13 @@ fn relative(from: &Path, to: &Path) -> PathBuf {
 }
 
 pub fn run(a: Args) -> anyhow::Result<ExitCode> {
+    let st = &a.program.start;
+    if st.resume.is_some() {
+        anyhow::bail!(
+            "codegen does not take --resume: a generated crate starts from seeded weights or, \
+             run with --checkpoint DIR, from a Hugging Face directory"
+        );
+    }
     let Some((_, program, model_text)) = a.program.load()? else {
         return Ok(ExitCode::from(1));
     };

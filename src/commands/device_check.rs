@@ -100,6 +100,7 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
                     lr: 1e-3,
                     timeout: std::time::Duration::from_secs(120),
                     backend: Backend::Cpu,
+                    save: None,
                 };
                 let cpu = execute(&program, &cfg, &init, &batches, &opts)?;
                 let mut gpu = Vec::new();

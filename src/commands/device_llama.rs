@@ -71,6 +71,7 @@ pub fn check(
         lr: 1e-4,
         timeout: std::time::Duration::from_secs(300),
         backend,
+        save: None,
     };
     let out = run(&program, &cfg, &init, &batches, &opts)?;
     let timed = &out.step_seconds[1.min(out.step_seconds.len() - 1)..];

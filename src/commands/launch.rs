@@ -59,10 +59,14 @@ pub struct WorkerArgs {
 
 fn job_args(j: &Job) -> Vec<String> {
     let (p, t) = (&j.program, &j.training);
-    let mut v = vec![
-        p.input.display().to_string(),
-        "--model".into(),
-        p.model.display().to_string(),
+    let mut v = vec![p.input.display().to_string()];
+    if let Some(m) = &p.model {
+        v.push("--model".into());
+        v.push(m.display().to_string());
+    }
+    v.extend(p.start.to_args());
+    v.extend(t.save.to_args());
+    v.extend([
         "--steps".into(),
         t.steps.to_string(),
         "--lr".into(),
@@ -71,7 +75,7 @@ fn job_args(j: &Job) -> Vec<String> {
         t.seed.to_string(),
         "--timeout-ms".into(),
         t.timeout_ms.to_string(),
-    ];
+    ]);
     if t.fixed_batch {
         v.push("--fixed-batch".into());
     }
@@ -110,15 +114,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     let Some((model, program, _)) = a.job.program.load()? else {
         return Ok(ExitCode::from(1));
     };
+    a.job.training.save.prepare()?;
     // This node's share of the ranks.
     let share = f64::from(a.nproc_per_node) / f64::from(world.max(1));
-    super::run::check_memory(&Config::from_model(&model)?, share)?;
-    if a.job.training.weights.is_some() {
-        // Read once here, so that a bad file is one error, not one per worker.
-        a.job
-            .training
-            .initial_weights(&Config::from_model(&model)?)?;
-    }
+    let cfg = Config::from_model(&model)?;
+    super::run::check_memory(&cfg, share)?;
+    // Weights read (a checkpoint's headers checked) once here, so that a bad file is one error,
+    // not one per worker.
+    a.job.training.start(&a.job.program.start, &cfg)?;
     let started = format!(
         "--nnodes {} x --nproc-per-node {} would start {world} processes",
         a.nnodes, a.nproc_per_node
@@ -301,20 +304,25 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
     let place = placement()?;
     let (rank, world) = (place.rank, place.world);
     let j = &a.job;
-    let Some((model, program, _)) = j.program.load()? else {
+    let model_text = j.program.start.model(j.program.model.as_deref())?;
+    let Some((model, program, _)) = j.program.load_with(&model_text)? else {
         return Ok(ExitCode::from(1));
     };
     check_world(&program, world, &format!("{world} processes were started"))?;
     let cfg = Config::from_model(&model)?;
     j.training.check()?;
-    let init = j.training.initial_weights(&cfg)?;
-    let batches = j.training.batches(&model, &cfg)?;
+    let (init, _) = j.training.start(&j.program.start, &cfg)?;
+    let resumed = j.program.start.state()?;
+    let batches = j.training.batches(&model, &cfg, resumed.as_ref())?;
     let mut opts = j.training.options();
+    let seed = j.training.seed(resumed.as_ref());
+    let first = resumed.as_ref().map_or(0, |s| s.step);
+    opts.save = j.training.save.spec(&model_text, seed, opts.lr, first);
     // The GPU of this node's local rank.
     opts.backend = j
         .device
         .backend(hetpar::runtime::exec::generated::local_rank())?;
-    let max = largest_message(&init, &batches, opts.steps);
+    let max = largest_message(&cfg, &batches, opts.steps);
     let net = hetpar::runtime::rendezvous::tcp_endpoint(&place, opts.timeout, max)?;
     // Rank 0 reports each step as it ends (the runtime calls it there alone), on the stderr
     // it shares with the launcher.
@@ -324,7 +332,7 @@ pub fn worker(a: WorkerArgs) -> anyhow::Result<ExitCode> {
         net,
         &program,
         &cfg,
-        &init,
+        &*init,
         &batches,
         &opts,
         &interpret,

@@ -3,6 +3,7 @@
 pub mod autotune;
 pub mod batch_items;
 pub mod calibrate;
+pub mod checkpoint;
 pub mod codegen;
 pub mod describe;
 pub mod device_check;
@@ -72,6 +73,27 @@ pub fn load_inputs(
     hetpar::ir::Cluster,
     hetpar::ir::Plan,
 )> {
+    let text = match hetpar::io::read_text(model) {
+        Ok(t) => t,
+        Err(ds) => {
+            print_diagnostics(&ds);
+            return None;
+        }
+    };
+    load_inputs_with(&text, &model.display().to_string(), cluster, plan)
+}
+
+/// [`load_inputs`] with the model given as text (`model` names it in diagnostics).
+pub fn load_inputs_with(
+    model_text: &str,
+    model: &str,
+    cluster: &Path,
+    plan: &Path,
+) -> Option<(
+    hetpar::ir::ModelGraph,
+    hetpar::ir::Cluster,
+    hetpar::ir::Plan,
+)> {
     let read = |p: &Path| match hetpar::io::read_text(p) {
         Ok(t) => Some(t),
         Err(ds) => {
@@ -80,13 +102,13 @@ pub fn load_inputs(
         }
     };
     let name = |p: &Path| p.display().to_string();
-    let m = match hetpar::ir::load_model(&read(model)?) {
+    let m = match hetpar::ir::load_model(model_text) {
         Ok((g, w)) => {
-            print_diagnostics(&w.with_file(&name(model)));
+            print_diagnostics(&w.with_file(model));
             Some(g)
         }
         Err(ds) => {
-            print_diagnostics(&ds.with_file(&name(model)));
+            print_diagnostics(&ds.with_file(model));
             None
         }
     };

@@ -12,13 +12,15 @@ use hetpar::ir::json::{detect_kind, parse_value, FileKind};
 use hetpar::ir::program::Program;
 use hetpar::ir::ModelGraph;
 use hetpar::progress::Progress;
-use hetpar::runtime::exec::generated::{report, synthetic_batches};
+use hetpar::runtime::checkpoint::{TrainingState, WeightSource};
+use hetpar::runtime::exec::generated::{report, synthetic_batches, synthetic_batches_from};
 use hetpar::runtime::exec::{run_observed, RunOptions, RunOutput};
 use hetpar::runtime::hf_names::{params_from_either, to_safetensors_named, Naming};
 use hetpar::runtime::reference::{Batch, Config, Params};
 use hetpar::runtime::RuntimeError;
 
-use super::{load_inputs, print_diagnostics, print_stdout};
+use super::checkpoint::{ModelText, SaveArgs, StartArgs};
+use super::{load_inputs_with, print_diagnostics, print_stdout};
 
 /// Where to run.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -112,18 +114,22 @@ impl DeviceArgs {
 pub struct ProgramInput {
     /// A plan (lowered first) or a program (`hetpar lower`'s output).
     pub input: PathBuf,
-    /// The model file: the reference model's sizes and the shape of its data.
+    /// The model file: the model's sizes and the shape of its data [default: --checkpoint's
+    /// config.json, or the model --resume's run saved].
     #[arg(long)]
-    pub model: PathBuf,
+    pub model: Option<PathBuf>,
     /// The cluster file (needed with a plan).
     #[arg(long)]
     pub cluster: Option<PathBuf>,
+    #[command(flatten)]
+    pub start: StartArgs,
 }
 
 impl ProgramInput {
     /// The files read: the plan or program, the model and the cluster if given.
     pub fn paths(&self) -> Vec<&Path> {
-        let mut v = vec![self.input.as_path(), self.model.as_path()];
+        let mut v = vec![self.input.as_path()];
+        v.extend(self.model.as_deref());
         v.extend(self.cluster.as_deref());
         v
     }
@@ -132,7 +138,15 @@ impl ProgramInput {
     /// was invalid (its diagnostics printed). A program asking for what the runtime does not
     /// execute is refused here, before any device or rank starts.
     pub fn load(&self) -> anyhow::Result<Option<(ModelGraph, Program, String)>> {
-        let out = load_program(&self.input, &self.model, self.cluster.as_deref())?;
+        self.load_with(&self.start.model(self.model.as_deref())?)
+    }
+
+    /// [`ProgramInput::load`] for the model `model` (from [`StartArgs::model`]).
+    pub fn load_with(
+        &self,
+        model: &ModelText,
+    ) -> anyhow::Result<Option<(ModelGraph, Program, String)>> {
+        let out = load_program(&self.input, model, self.cluster.as_deref())?;
         if let Some((_, program, _)) = &out {
             hetpar::runtime::exec::check_executed(program)
                 .with_context(|| self.input.display().to_string())?;
@@ -165,6 +179,8 @@ pub struct Training {
     /// default, a fresh random batch per step, cannot make it fall).
     #[arg(long)]
     pub fixed_batch: bool,
+    #[command(flatten)]
+    pub save: SaveArgs,
 }
 
 /// The most steps a run takes (its synthetic batches are made before it starts).
@@ -191,10 +207,47 @@ impl Training {
         Ok(())
     }
 
-    /// The synthetic batches: one per step, or one for every step with `--fixed-batch`.
-    pub fn batches(&self, model: &ModelGraph, cfg: &Config) -> anyhow::Result<Vec<Batch>> {
-        let n = if self.fixed_batch { 1 } else { self.steps };
-        Ok(synthetic_batches(model, cfg, self.seed, n)?)
+    /// The synthetic batches: one per step, or one for every step with `--fixed-batch`; a
+    /// resumed run's from where its data stood, drawn from its seed.
+    pub fn batches(
+        &self,
+        model: &ModelGraph,
+        cfg: &Config,
+        resumed: Option<&TrainingState>,
+    ) -> anyhow::Result<Vec<Batch>> {
+        if self.fixed_batch {
+            return Ok(synthetic_batches(model, cfg, self.seed(resumed), 1)?);
+        }
+        let first = resumed.map_or(0, |s| s.data_position);
+        Ok(synthetic_batches_from(
+            model,
+            cfg,
+            self.seed(resumed),
+            first,
+            self.steps,
+        )?)
+    }
+
+    /// The seed of the data: a resumed run's own.
+    pub fn seed(&self, resumed: Option<&TrainingState>) -> u64 {
+        resumed.map_or(self.seed, |s| s.seed)
+    }
+
+    /// The initial weights, and the names `--dump` writes: a checkpoint's or a save's (Adam's
+    /// state too), opened and checked now; else `--weights` or seeded ones.
+    pub fn start(
+        &self,
+        start: &StartArgs,
+        cfg: &Config,
+    ) -> anyhow::Result<(Box<dyn WeightSource>, Naming)> {
+        if self.weights.is_some() && (start.checkpoint.is_some() || start.resume.is_some()) {
+            bail!("--weights gives the initial weights; leave out --checkpoint and --resume");
+        }
+        if let Some(s) = start.source(cfg)? {
+            return Ok((s, Naming::HuggingFace));
+        }
+        let (p, naming) = initial_weights(self.weights.as_deref(), cfg, self.seed)?;
+        Ok((Box::new(p), naming))
     }
 
     /// Why the loss of synthetic batches does not fall, unless one batch is repeated.
@@ -207,17 +260,13 @@ impl Training {
         }
     }
 
-    /// The initial weights: `--weights` (every value finite), else seeded ones.
-    pub fn initial_weights(&self, cfg: &Config) -> anyhow::Result<Params> {
-        Ok(initial_weights(self.weights.as_deref(), cfg, self.seed)?.0)
-    }
-
     pub fn options(&self) -> RunOptions {
         RunOptions {
             steps: self.steps,
             lr: self.lr,
             timeout: Duration::from_millis(self.timeout_ms),
             backend: Default::default(),
+            save: None,
         }
     }
 }
@@ -247,7 +296,7 @@ fn read(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// invalid (its diagnostics printed).
 pub fn load_program(
     input: &Path,
-    model_path: &Path,
+    model: &ModelText,
     cluster: Option<&Path>,
 ) -> anyhow::Result<Option<(ModelGraph, Program, String)>> {
     let text = match hetpar::io::read_text(input) {
@@ -258,13 +307,7 @@ pub fn load_program(
         }
     };
     let name = input.display().to_string();
-    let model_text = match hetpar::io::read_text(model_path) {
-        Ok(t) => t,
-        Err(ds) => {
-            print_diagnostics(&ds);
-            return Ok(None);
-        }
-    };
+    let model_text = model.text.clone();
     let kind = match parse_value(&text) {
         Ok(v) => detect_kind(&v),
         Err(ds) => {
@@ -277,7 +320,9 @@ pub fn load_program(
             let Some(cluster) = cluster else {
                 bail!("{name} is a plan: give --cluster too (or a program)");
             };
-            let Some((model, cluster, plan)) = load_inputs(model_path, cluster, input) else {
+            let Some((model, cluster, plan)) =
+                load_inputs_with(&model_text, &model.name, cluster, input)
+            else {
                 return Ok(None);
             };
             let program = hetpar::planner::lower::lower(&model, &cluster, &plan)?;
@@ -291,18 +336,18 @@ pub fn load_program(
                     return Ok(None);
                 }
             };
+            let model_name = &model.name;
             let model = match hetpar::ir::load_model(&model_text) {
                 Ok((g, _)) => g,
                 Err(ds) => {
-                    print_diagnostics(&ds.with_file(&model_path.display().to_string()));
+                    print_diagnostics(&ds.with_file(model_name));
                     return Ok(None);
                 }
             };
             if program.model != model.name() {
                 bail!(
-                    "{name}: the program was lowered for model `{}`, but {} is `{}`",
+                    "{name}: the program was lowered for model `{}`, but {model_name} is `{}`",
                     program.model,
-                    model_path.display(),
                     model.name()
                 );
             }
@@ -393,24 +438,27 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     if let Some(dir) = &a.dump {
         prepare_dump(dir)?;
     }
-    let Some((model, mut program, model_text)) = a.program.load()? else {
+    a.training.save.prepare()?;
+    let model_text = a.program.start.model(a.program.model.as_deref())?;
+    let Some((model, mut program, _)) = a.program.load_with(&model_text)? else {
         return Ok(ExitCode::from(1));
     };
-    let cfg = Config::from_model(&model).with_context(|| a.program.model.display().to_string())?;
+    let cfg = Config::from_model(&model).with_context(|| model_text.name.clone())?;
     check_memory(&cfg, 1.0)?;
-    let (init, naming) = initial_weights(a.training.weights.as_deref(), &cfg, a.training.seed)?;
+    let (init, naming) = a.training.start(&a.program.start, &cfg)?;
+    let resumed = a.program.start.state()?;
     let batches: Vec<Batch> = match &a.batch {
         Some(p) => {
             let b = read_batch(p, &cfg)?;
             let differ = super::batch_items::differing(&model, &b);
             if !differ.is_empty() {
-                program = super::batch_items::relower(&a.program, &model_text, &differ)?;
+                program = super::batch_items::relower(&a.program, &model_text.text, &differ)?;
             }
             vec![b]
         }
         None => {
             a.training.note_batches();
-            a.training.batches(&model, &cfg)?
+            a.training.batches(&model, &cfg, resumed.as_ref())?
         }
     };
     if a.device.nccl {
@@ -421,11 +469,14 @@ pub fn run(a: Args) -> anyhow::Result<ExitCode> {
     }
     let mut opts = a.training.options();
     opts.backend = a.device.backend(0)?;
+    let seed = a.training.seed(resumed.as_ref());
+    let first = resumed.as_ref().map_or(0, |s| s.step);
+    opts.save = a.training.save.spec(&model_text, seed, opts.lr, first);
     let progress = Progress::new(opts.steps);
     let out = run_observed(
         &program,
         &cfg,
-        &init,
+        &*init,
         &batches,
         &opts,
         &|st| st.interpret(),

@@ -64,6 +64,7 @@ pub fn opts(steps: usize) -> RunOptions {
         lr: LR,
         timeout: Duration::from_secs(60),
         backend: Default::default(),
+        save: None,
     }
 }
 

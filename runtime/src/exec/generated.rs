@@ -8,6 +8,7 @@ use hetpar_ir::model::ModelGraph;
 use hetpar_ir::program::{Program, Transfer};
 
 use super::{run_observed, run_process, RankBody, RunOptions, RunOutput, StepReport};
+use crate::checkpoint::{HfDir, WeightSource};
 use crate::reference::{Batch, Config, Params};
 use crate::rendezvous::{placement_from_env, tcp_endpoint};
 use crate::RuntimeError;
@@ -15,11 +16,12 @@ use crate::RuntimeError;
 /// The most values one message of a run can hold, which bounds what a peer may send: a
 /// parameter's gradient, rows of a step's batch (every token and encoder row) at the widest
 /// width any parameter has, the gathered report (three words a step and two), an NCCL id.
-pub fn largest_message(init: &Params, batches: &[Batch], steps: usize) -> usize {
+pub fn largest_message(cfg: &Config, batches: &[Batch], steps: usize) -> usize {
+    let specs = crate::reference::params::param_specs(cfg);
     let (mut param, mut width) = (0usize, 0usize);
-    for (_, t) in init.iter() {
-        param = param.max(t.numel());
-        width = width.max(t.shape().iter().copied().max().unwrap_or(0));
+    for s in &specs {
+        param = param.max(s.shape.iter().product());
+        width = width.max(s.shape.iter().copied().max().unwrap_or(0));
     }
     let rows = batches
         .iter()
@@ -33,10 +35,10 @@ pub fn largest_message(init: &Params, batches: &[Batch], steps: usize) -> usize 
         .max()
         .unwrap_or(0);
     // A mixture of experts sends a row to one peer at most once per expert (its router's rows).
-    let repeats = init
+    let repeats = specs
         .iter()
-        .filter(|(n, _)| n.ends_with(".moe.router.weight"))
-        .map(|(_, t)| t.shape()[0])
+        .filter(|s| s.name.ends_with(".moe.router.weight"))
+        .map(|s| s.shape[0])
         .max()
         .unwrap_or(1);
     let report = steps.saturating_mul(3).saturating_add(2);
@@ -99,7 +101,18 @@ pub fn synthetic_batches(
     seed: u64,
     steps: usize,
 ) -> Result<Vec<Batch>, RuntimeError> {
-    (0..steps.max(1) as u64)
+    synthetic_batches_from(g, cfg, seed, 0, steps)
+}
+
+/// [`synthetic_batches`] from batch `first` on (a resumed run's data position).
+pub fn synthetic_batches_from(
+    g: &ModelGraph,
+    cfg: &Config,
+    seed: u64,
+    first: u64,
+    steps: usize,
+) -> Result<Vec<Batch>, RuntimeError> {
+    (first..first + steps.max(1) as u64)
         .map(|k| Batch::for_model(g, cfg, seed.wrapping_add(1000 + k)))
         .collect()
 }
@@ -158,6 +171,9 @@ pub struct Args {
     pub bf16: bool,
     /// Collectives and gradient sums by NCCL (`--collectives nccl`).
     pub nccl: bool,
+    /// A Hugging Face model directory to start from (`--checkpoint DIR`) instead of seeded
+    /// weights.
+    pub checkpoint: Option<std::path::PathBuf>,
 }
 
 pub fn parse_args(args: &[String]) -> Result<Args, String> {
@@ -167,12 +183,14 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             lr: 1e-3,
             timeout: Duration::from_secs(60),
             backend: Default::default(),
+            save: None,
         },
         seed: 0,
         cuda: false,
         gpu: None,
         bf16: false,
         nccl: false,
+        checkpoint: None,
     };
     let mut it = args.iter();
     while let Some(flag) = it.next() {
@@ -195,10 +213,12 @@ pub fn parse_args(args: &[String]) -> Result<Args, String> {
             "--gpu" => out.gpu = Some(value.parse().map_err(|e| bad(&e))?),
             "--precision" => out.bf16 = one_of(["f32", "bf16"])? == 1,
             "--collectives" => out.nccl = one_of(["host", "nccl"])? == 1,
+            "--checkpoint" => out.checkpoint = Some(value.into()),
             _ => {
                 return Err(format!(
                     "unknown option {flag}; options: --steps N --lr X --seed S --timeout-ms T \
-                     --backend cpu|cuda --gpu G --precision f32|bf16 --collectives host|nccl"
+                     --backend cpu|cuda --gpu G --precision f32|bf16 --collectives host|nccl \
+                     --checkpoint DIR"
                 ))
             }
         }
@@ -264,7 +284,12 @@ fn main_inner(
     let program = hetpar_ir::load_program(program_json).map_err(|d| format!("program: {d:?}"))?;
     let (g, _) = hetpar_ir::load_model(model_json).map_err(|d| format!("model: {d:?}"))?;
     let cfg = Config::from_model(&g).map_err(|e| e.to_string())?;
-    let init = Params::init(&cfg, seed).map_err(|e| e.to_string())?;
+    // The weights: a Hugging Face directory's (checked now, each rank reading its slices),
+    // else seeded ones.
+    let init: Box<dyn WeightSource> = match &parsed.checkpoint {
+        Some(dir) => Box::new(HfDir::open(dir, &cfg).map_err(|e| e.to_string())?),
+        None => Box::new(Params::init(&cfg, seed).map_err(|e| e.to_string())?),
+    };
     let batches = synthetic_batches(&g, &cfg, seed, opts.steps).map_err(|e| e.to_string())?;
     // Launched as one rank of many processes (`hetpar launch`, `srun`): this rank alone.
     if let Some(place) = placement_from_env().map_err(|e| e.to_string())? {
@@ -276,13 +301,13 @@ fn main_inner(
                 place.world
             ));
         }
-        let max = largest_message(&init, &batches, opts.steps);
+        let max = largest_message(&cfg, &batches, opts.steps);
         let net = tcp_endpoint(&place, opts.timeout, max).map_err(|e| e.to_string())?;
         let s = run_process(
             net,
             &program,
             &cfg,
-            &init,
+            &*init,
             &batches,
             &opts,
             body,
@@ -301,7 +326,7 @@ fn main_inner(
             String::new()
         });
     }
-    let out = run_observed(&program, &cfg, &init, &batches, &opts, body, &print_step)
+    let out = run_observed(&program, &cfg, &*init, &batches, &opts, body, &print_step)
         .map_err(|e| e.to_string())?;
     Ok(report(&program, &batches[0], &out))
 }
@@ -342,5 +367,15 @@ mod tests {
         assert!(e.contains("rocm") && e.contains("\"cuda\""), "{e}");
         let e = args(&["--precision", "fp8"]).unwrap_err();
         assert!(e.contains("fp8") && e.contains("\"bf16\""), "{e}");
+    }
+
+    #[test]
+    fn a_checkpoint_directory_is_taken_from_the_command_line() {
+        let a = args(&["--checkpoint", "ckpt/llama"]).unwrap();
+        assert_eq!(
+            a.checkpoint.as_deref(),
+            Some(std::path::Path::new("ckpt/llama"))
+        );
+        assert!(args(&[]).unwrap().checkpoint.is_none());
     }
 }

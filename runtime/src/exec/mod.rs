@@ -38,9 +38,9 @@ use hetpar_ir::program::Program;
 pub use self::check::check;
 pub use self::executes::check_executed;
 pub use self::progress::{OnStep, StepReport};
-use self::rank::unit_of;
 pub use self::rank::{RankState, StaticBytes};
-use self::shard_params::{belongs, holder, split_of, unslice};
+use self::shard_params::{holders, unslice};
+use crate::checkpoint::WeightSource;
 use crate::reference::{Batch, Config, Params};
 use crate::transport::fabric;
 use crate::RuntimeError;
@@ -55,6 +55,8 @@ pub struct RunOptions {
     pub timeout: Duration,
     /// Whose arithmetic the ranks use.
     pub backend: Backend,
+    /// Where and how often to save checkpoints (`crate::checkpoint::save`).
+    pub save: Option<crate::checkpoint::SaveSpec>,
 }
 
 /// Where the ranks compute. Either way the interpreter, sharding and transfers are the same
@@ -182,12 +184,12 @@ struct RankOut {
 fn prepare(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
 ) -> Result<Vec<crate::reference::batch::BatchLayout>, RuntimeError> {
     check_executed(program)?;
     cfg.validate()?;
-    init.check(cfg)?;
+    init.check_fits(cfg)?;
     if batches.is_empty() {
         return Err(RuntimeError::InvalidBatch("no batch to run on".into()));
     }
@@ -216,7 +218,7 @@ fn run_rank<'a>(
     net: crate::transport::Endpoint,
     program: &'a Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &'a [Batch],
     layouts: &[crate::reference::batch::BatchLayout],
     opts: &RunOptions,
@@ -224,7 +226,7 @@ fn run_rank<'a>(
     on_step: &OnStep<'_>,
 ) -> Result<RankOut, RuntimeError> {
     let mut st =
-        RankState::new(rank, net, *cfg, program, init, opts.lr).with_math(opts.backend.math()?);
+        RankState::new(rank, net, *cfg, program, init, opts.lr)?.with_math(opts.backend.math()?);
     #[cfg(feature = "cuda")]
     if let Backend::Cuda {
         device, nccl: true, ..
@@ -266,6 +268,9 @@ fn run_rank<'a>(
             on_step(&r);
         }
         r.check()?;
+        if let Some(spec) = opts.save.as_ref().filter(|s| s.due(k, opts.steps)) {
+            crate::checkpoint::save::save_step(&mut st, spec, k, &ranks)?;
+        }
         if k + 1 == opts.steps {
             // Whole, though a distributed optimizer's ranks each summed their shard only.
             grads = st.whole_grads()?;
@@ -303,7 +308,7 @@ pub fn run_process(
     net: crate::transport::Endpoint,
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
@@ -369,7 +374,7 @@ pub type RankBody = dyn for<'s> Fn(&mut RankState<'s>) -> Result<(), RuntimeErro
 pub fn run(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
 ) -> Result<RunOutput, RuntimeError> {
@@ -381,7 +386,7 @@ pub fn run(
 pub fn run_with(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
@@ -395,7 +400,7 @@ pub fn run_with(
 pub fn run_observed(
     program: &Program,
     cfg: &Config,
-    init: &Params,
+    init: &dyn WeightSource,
     batches: &[Batch],
     opts: &RunOptions,
     body: &RankBody,
@@ -453,39 +458,23 @@ pub fn run_observed(
         .map(|k| outs.iter().map(|o| o.seconds[k]).fold(0.0, f64::max))
         .collect();
     let by_rank: BTreeMap<u32, &RankOut> = outs.iter().map(|o| (o.rank, o)).collect();
+    let names = init.names();
+    let holders = holders(program, cfg, &names);
     let assemble = |pick: &dyn Fn(&RankOut) -> &Params| -> Result<Params, RuntimeError> {
         let mut out = Params::default();
-        for (name, _) in init.iter() {
-            let split = split_of(name);
-            let mut found = false;
-            for (k, m) in program.modules.iter().enumerate() {
-                let Some(unit) = unit_of(program, k) else {
-                    continue;
-                };
-                let experts = match unit {
-                    shard::Unit::Llm => cfg.llm.stack.moe.map_or(0, |x| x.experts),
-                    _ => 0,
-                };
-                let (c, d) = holder(name, m, experts);
-                for s in 0..m.pp {
-                    if !belongs(name, unit, m, s) {
-                        continue;
-                    }
-                    let parts: Vec<&crate::tensor::Tensor> = (0..m.tp)
-                        .filter_map(|t| by_rank.get(&m.rank_at(t, c, d, s)))
-                        .filter_map(|o| pick(o).get(name))
-                        .collect();
-                    if parts.len() == m.tp as usize {
-                        out.insert(name.clone(), unslice(&parts, split));
-                        found = true;
-                    }
-                }
+        for name in &names {
+            let missing =
+                || RuntimeError::InvalidProgram(format!("no rank holds parameter `{name}`"));
+            let (ranks, split) = holders.get(name).ok_or_else(missing)?;
+            let parts: Vec<&crate::tensor::Tensor> = ranks
+                .iter()
+                .filter_map(|r| by_rank.get(r))
+                .filter_map(|o| pick(o).get(name))
+                .collect();
+            if parts.len() != ranks.len() {
+                return Err(missing());
             }
-            if !found {
-                return Err(RuntimeError::InvalidProgram(format!(
-                    "no rank holds parameter `{name}`"
-                )));
-            }
+            out.insert(name.clone(), unslice(&parts, *split));
         }
         Ok(out)
     };

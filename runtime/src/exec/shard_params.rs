@@ -4,13 +4,14 @@
 //! experts split over the ep group besides (`exec/moe.rs`), each member holding a contiguous
 //! range of them.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ops::Range;
 
-use hetpar_ir::program::ModuleProgram;
+use hetpar_ir::program::{ModuleProgram, Program};
 
+use super::rank::unit_of;
 use super::shard::Unit;
-use crate::reference::params::Params;
+use crate::reference::Config;
 use crate::tensor::Tensor;
 
 /// How a tensor splits over the tp group.
@@ -154,7 +155,7 @@ pub fn belongs(name: &str, unit: Unit, m: &ModuleProgram, stage: u32) -> bool {
 
 /// The part tp rank `t` of `tp` holds of `n` rows (a column split) or columns (a row split).
 pub fn tp_part(n: usize, tp: usize, t: usize) -> Range<usize> {
-    t * n / tp..(t + 1) * n / tp
+    hetpar_ir::shard::even_part(n, tp, t)
 }
 
 /// Slice `t` of `tp` of a whole tensor.
@@ -207,23 +208,29 @@ pub fn unslice(parts: &[&Tensor], split: Split) -> Tensor {
     }
 }
 
-/// The parameters the rank at `coord` (tp, cp, dp, pp) holds of a module ([`holds`]), sliced
-/// for its tp rank; `experts` routed experts per mixture of experts.
-pub fn local_params(
-    full: &Params,
-    unit: Unit,
-    m: &ModuleProgram,
-    coord: [u32; 4],
-    experts: usize,
-    tied: bool,
-) -> Params {
-    let mut out = Params::default();
-    for (name, x) in full.iter() {
-        if holds(name, unit, m, coord, experts) || tied_copy(name, unit, m, coord[3], tied) {
-            out.insert(
-                name.clone(),
-                slice(x, split_of(name), coord[0] as usize, m.tp as usize),
-            );
+/// Every parameter of `names`' first holders: the ranks of its tp slices in order, at its
+/// holder's cp and dp coordinate ([`holder`]) on the stage it belongs to, and its split. What
+/// a run's output and a checkpoint assemble whole tensors from.
+pub fn holders(
+    program: &Program,
+    cfg: &Config,
+    names: &[String],
+) -> BTreeMap<String, (Vec<u32>, Split)> {
+    let mut out = BTreeMap::new();
+    for name in names {
+        for (k, m) in program.modules.iter().enumerate() {
+            let Some(unit) = unit_of(program, k) else {
+                continue;
+            };
+            let experts = match unit {
+                Unit::Llm => cfg.llm.stack.moe.map_or(0, |x| x.experts),
+                _ => 0,
+            };
+            let (c, d) = holder(name, m, experts);
+            if let Some(stage) = (0..m.pp).find(|&p| belongs(name, unit, m, p)) {
+                let ranks = (0..m.tp).map(|t| m.rank_at(t, c, d, stage)).collect();
+                out.insert(name.clone(), (ranks, split_of(name)));
+            }
         }
     }
     out

@@ -56,6 +56,13 @@ impl Adam {
         }
     }
 
+    /// Adam as it was after `step` updates with moments `m` and `v` (a resumed run's).
+    pub fn restore(&mut self, step: u64, m: Params, v: Params) {
+        self.step = step;
+        self.m = m;
+        self.v = v;
+    }
+
     /// The first moments.
     pub fn exp_avg(&self) -> &Params {
         &self.m

@@ -131,7 +131,7 @@ impl<'a> ModuleCtx<'a> {
         program: &'a Program,
         idx: usize,
         cfg: &Config,
-        full: &Params,
+        names: &[String],
         rank: u32,
     ) -> Option<ModuleCtx<'a>> {
         let m = &program.modules[idx];
@@ -149,13 +149,13 @@ impl<'a> ModuleCtx<'a> {
         };
         let width = stack.map_or(cfg.llm.stack.hidden, |s| s.hidden);
         let experts = stack.and_then(|s| s.moe).map_or(0, |m| m.experts);
-        let names = full
+        let names = names
             .iter()
-            .map(|(n, _)| n.clone())
             .filter(|n| {
                 holds(n, unit, m, coord, experts)
                     || tied_copy(n, unit, m, coord[3], cfg.llm.tied_embeddings)
             })
+            .cloned()
             .collect();
         let sources = program
             .boundaries

@@ -257,6 +257,29 @@ impl<'a> RankState<'a> {
         result.map(|()| out)
     }
 
+    /// Adam's moments of this rank's slices, whole over the dp × cp group (each sharded
+    /// tensor's owners' shards all-gathered; every rank of the group at once): what a checkpoint
+    /// saves. Empty before the first update.
+    pub fn whole_moments(&mut self) -> Result<(Params, Params), RuntimeError> {
+        let mut m = self.adam.exp_avg().clone();
+        let mut v = self.adam.exp_avg_sq().clone();
+        if m.is_empty() {
+            return Ok((m, v));
+        }
+        let sharded = std::mem::take(&mut self.sharded);
+        let result = sharded.iter().try_for_each(|(name, sh)| {
+            for (sub, x) in [(3, &mut m), (4, &mut v)] {
+                let t = tag(Kind::GradSync, sh.module, sub, sh.index, 0);
+                let mine = x.get(name).expect("moments follow the parameters").clone();
+                *x.get_mut(name).expect("moments follow the parameters") =
+                    self.gather_shard(sh, &mine, t)?;
+            }
+            Ok(())
+        });
+        self.sharded = sharded;
+        result.map(|()| (m, v))
+    }
+
     /// The bytes of this rank's weights, gradients and optimizer state (Adam's two moments,
     /// which exist from the first step on).
     pub fn static_bytes(&self) -> StaticBytes {

@@ -22,10 +22,9 @@ use super::math::{
 };
 use super::rows::{Key, RowStore, Taken};
 use super::shard::{pass_items, sharding_led, Place, RowRef, Sharding, Unit, Work};
-use super::shard_params::{
-    chunk_blocks, expert_of, holds, local_params, prefix, split_of, tied_copy, Split,
-};
+use super::shard_params::{chunk_blocks, expert_of, holds, prefix, split_of, tied_copy, Split};
 use super::vocab;
+use crate::checkpoint::WeightSource;
 use crate::reference::batch::{BatchLayout, IGNORE};
 use crate::reference::layers::LayerNormCache;
 use crate::reference::params::Source;
@@ -40,12 +39,14 @@ mod ctx;
 mod distopt;
 mod encoder;
 mod forward;
+mod load;
 mod pipe;
 mod reroute;
 mod sync;
 
 pub use ctx::{program_groups, unit_of, ModuleCtx};
 pub use distopt::{Shard, StaticBytes};
+use load::{local_moments, local_params};
 
 /// Global chunk `chunk` of module `module` (by index in the program) for unit `unit`: its
 /// pipeline tensors and its state between forward and backward.
@@ -195,28 +196,28 @@ fn invalid(msg: String) -> RuntimeError {
 }
 
 impl<'a> RankState<'a> {
+    /// Rank `rank`'s state, its parameter slices read from `full` (and Adam's moments, when
+    /// `full` resumes a run): only the slices its layout holds.
     pub fn new(
         rank: u32,
         net: Endpoint,
         cfg: Config,
         program: &'a Program,
-        full: &Params,
+        full: &dyn WeightSource,
         lr: f64,
-    ) -> RankState<'a> {
+    ) -> Result<RankState<'a>, RuntimeError> {
+        let names = full.names();
         let modules: Vec<Option<ModuleCtx<'a>>> = (0..program.modules.len())
-            .map(|i| ModuleCtx::new(program, i, &cfg, full, rank))
+            .map(|i| ModuleCtx::new(program, i, &cfg, &names, rank))
             .collect();
-        let mut params = Params::default();
-        for m in modules.iter().flatten() {
-            let tied = cfg.llm.tied_embeddings;
-            let p = local_params(full, m.unit, m.prog, m.coord, m.experts(), tied);
-            for (n, t) in p.iter() {
-                params.insert(n.clone(), t.clone());
-            }
-        }
+        let params = local_params(full, &modules)?;
         let grads = params.zeros_like();
         let sharded = distopt::shards_of(&modules, &params, rank);
-        RankState {
+        let mut adam = Adam::new(lr);
+        if let Some((m, v)) = local_moments(full, &modules, &sharded)? {
+            adam.restore(full.adam_steps(), m, v);
+        }
+        Ok(RankState {
             sharded,
             math: Box::new(CpuMath),
             groups: None,
@@ -228,7 +229,7 @@ impl<'a> RankState<'a> {
             modules,
             params,
             grads,
-            adam: Adam::new(lr),
+            adam,
             batch: None,
             placeholders: Vec::new(),
             acts: HashMap::new(),
@@ -242,7 +243,7 @@ impl<'a> RankState<'a> {
             partials: HashMap::new(),
             loss: 0.0,
             peak_bytes: 0,
-        }
+        })
     }
 
     /// The same rank computing with `math` (a GPU's, say) instead of the CPU reference.
@@ -269,7 +270,7 @@ impl<'a> RankState<'a> {
 
     /// Starts a step on `batch`: gradients and the loss at zero.
     pub fn begin_step(&mut self, batch: &'a Batch, layout: BatchLayout) {
-        self.placeholders = placeholder_index(batch);
+        self.placeholders = reroute::placeholder_index(batch);
         self.batch = Some((batch, layout));
         self.grads = self.params.zeros_like();
         self.loss = 0.0;
@@ -589,25 +590,6 @@ pub struct LogitRows {
     pub rows: Vec<(u32, u32)>,
     pub vocab_start: usize,
     pub values: Tensor,
-}
-
-/// For every sample and position, the rank of its token among the sample's earlier positions
-/// holding the same token: the row a placeholder takes among its encoder's rows.
-fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
-    let s = batch.seq_len;
-    (0..batch.batch_size)
-        .map(|b| {
-            let mut seen: HashMap<i64, u64> = HashMap::new();
-            batch.tokens[b * s..(b + 1) * s]
-                .iter()
-                .map(|&t| {
-                    let n = seen.entry(t).or_insert(0);
-                    *n += 1;
-                    *n - 1
-                })
-                .collect()
-        })
-        .collect()
 }
 
 /// The boundary rows `rows` stand for, by (sample, row).

@@ -11,6 +11,25 @@ use std::collections::BTreeSet;
 
 use super::*;
 
+/// For every sample and position, the rank of its token among the sample's earlier positions
+/// holding the same token: the row a placeholder takes among its encoder's rows.
+pub(super) fn placeholder_index(batch: &Batch) -> Vec<Vec<u64>> {
+    let s = batch.seq_len;
+    (0..batch.batch_size)
+        .map(|b| {
+            let mut seen: HashMap<i64, u64> = HashMap::new();
+            batch.tokens[b * s..(b + 1) * s]
+                .iter()
+                .map(|&t| {
+                    let n = seen.entry(t).or_insert(0);
+                    *n += 1;
+                    *n - 1
+                })
+                .collect()
+        })
+        .collect()
+}
+
 /// One boundary's rows on a micro-batch: per group member, the keys it held as delivered and
 /// the keys its own positions need.
 pub(super) struct Reroute {
