@@ -28,7 +28,6 @@ fn tensors(p: &Path) -> std::collections::BTreeMap<String, hetpar::runtime::tens
 fn transformers_logits_of_a_hetpar_save_are_the_logits_hetpar_computes_from_it() {
     let case = common::root().join("tests/oracle/golden/hf/llama");
     let batch = std::fs::read(case.join("batch.safetensors")).unwrap();
-    let batch = hetpar::runtime::dump::batch_from_bytes(&batch).unwrap();
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(saved().join("config.json")).unwrap())
             .unwrap();
@@ -41,6 +40,7 @@ fn transformers_logits_of_a_hetpar_save_are_the_logits_hetpar_computes_from_it()
     };
     let (g, _) = hetpar::ir::model::verify::build(import(&config, &o).unwrap()).unwrap();
     let cfg = Config::from_model(&g).unwrap();
+    let batch = hetpar::runtime::dump::batch_from_bytes(&batch, &cfg).unwrap();
     let dir = HfDir::open(&saved(), &cfg).unwrap_or_else(|e| panic!("{e}"));
     let layout = json!({"tp": 2, "sequence_parallel": true, "micro_batch_size": 4});
     let program = lower_with(
