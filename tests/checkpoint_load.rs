@@ -32,18 +32,25 @@ fn case(name: &str) -> (ModelGraph, Config, Batch) {
         common::root().join(format!("tests/oracle/golden/hf/{name}/batch.safetensors")),
     )
     .unwrap();
-    let batch = hetpar::runtime::dump::batch_from_bytes(&batch).unwrap();
+    // The batch's shape, from its token ids: the model's data sizes.
+    let shape = safetensors::SafeTensors::deserialize(&batch)
+        .unwrap()
+        .tensor("input_ids")
+        .unwrap()
+        .shape()
+        .to_vec();
     let text = std::fs::read_to_string(golden(name).join("config.json")).unwrap();
     let config: Value = serde_json::from_str(&text).unwrap();
     let o = ImportOptions {
         name: Some(name.into()),
-        global_batch: batch.batch_size as u32,
-        sequence_length: batch.seq_len as u32,
+        global_batch: shape[0] as u32,
+        sequence_length: shape[1] as u32,
         items_per_sample: 0,
         ..Default::default()
     };
     let (g, _) = hetpar::ir::model::verify::build(import(&config, &o).unwrap()).unwrap();
     let cfg = Config::from_model(&g).unwrap();
+    let batch = hetpar::runtime::dump::batch_from_bytes(&batch, &cfg).unwrap();
     (g, cfg, batch)
 }
 
