@@ -15,7 +15,8 @@ use safetensors::tensor::{Dtype, SafeTensors};
 
 use super::WeightSource;
 use crate::exec::shard_params::{tp_part, Split};
-use crate::hf_names::{from_hf, to_hf};
+use crate::hf_names::{from_hf, to_hf_in};
+use crate::hf_vision;
 use crate::reference::params::{param_specs, Config};
 use crate::tensor::Tensor;
 use crate::RuntimeError;
@@ -245,8 +246,12 @@ fn check_against(
         .collect();
     let mut out = BTreeMap::new();
     let mut seen = BTreeSet::new();
-    for (stored, loc) in found {
+    for (stored, mut loc) in found {
         let file = files_of(maps, loc.file);
+        // A LLaVA tower's layers past its feature layer feed nothing.
+        if hf_vision::unused(&stored, cfg) {
+            continue;
+        }
         let ours = from_hf(&stored).unwrap_or_else(|| stored.clone());
         let Some(shape) = specs.get(&ours) else {
             problems.push(format!(
@@ -263,6 +268,10 @@ fn check_against(
                 "`{stored}` in {file} is {:?}; hetpar reads F32 and BF16",
                 loc.dtype
             ));
+        } else if hf_vision::same_values(&ours, &loc.shape, shape) {
+            // The patch convolution's and the class embedding's values, in hetpar's shape.
+            loc.shape = shape.clone();
+            out.insert(ours, loc);
         } else if &loc.shape != shape {
             problems.push(format!(
                 "`{stored}` in {file} has shape {:?}, the model needs {shape:?}",
@@ -274,7 +283,7 @@ fn check_against(
     }
     for name in specs.keys() {
         if !seen.contains(name) {
-            let hf = to_hf(name).unwrap_or_else(|| name.clone());
+            let hf = to_hf_in(name, cfg).unwrap_or_else(|| name.clone());
             problems.push(format!("`{hf}` is missing (no file has it)"));
         }
     }

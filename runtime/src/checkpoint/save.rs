@@ -18,7 +18,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::exec::rank::RankState;
 use crate::exec::shard_params::{belongs, holder, holders, unslice, Split};
-use crate::hf_names::to_hf;
+use crate::hf_names::to_hf_in;
+use crate::hf_vision::hf_shape;
 use crate::reference::params::{param_specs, Config};
 use crate::tensor::Tensor;
 use crate::RuntimeError;
@@ -251,7 +252,7 @@ fn consolidate(
     // Hugging Face names, sorted: the files' order and contents are deterministic.
     let named: BTreeMap<String, (&String, &(Vec<u32>, Split))> = holders
         .iter()
-        .map(|(n, h)| (to_hf(n).unwrap_or_else(|| n.clone()), (n, h)))
+        .map(|(n, h)| (to_hf_in(n, cfg).unwrap_or_else(|| n.clone()), (n, h)))
         .collect();
     let specs: BTreeMap<String, usize> = param_specs(cfg)
         .into_iter()
@@ -279,7 +280,9 @@ fn consolidate(
         let mut tensors = Vec::with_capacity(shard.len());
         for hf in shard {
             let (n, (rs, split)) = named[*hf];
-            tensors.push(((*hf).clone(), files.whole(&format!("w.{n}"), rs, *split)?));
+            let t = files.whole(&format!("w.{n}"), rs, *split)?;
+            // Under the shape the checkpoint gives it (LLaVA's patch and class embeddings).
+            tensors.push(((*hf).clone(), hf_shape(n, &t, cfg)));
             weight_map.insert((*hf).clone(), file.clone().into());
         }
         let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
@@ -295,10 +298,8 @@ fn consolidate(
     for (prefix, file) in [("m.", EXP_AVG), ("v.", EXP_AVG_SQ)] {
         let mut tensors = Vec::with_capacity(named.len());
         for (hf, (n, (rs, split))) in &named {
-            tensors.push((
-                hf.clone(),
-                files.whole(&format!("{prefix}{n}"), rs, *split)?,
-            ));
+            let t = files.whole(&format!("{prefix}{n}"), rs, *split)?;
+            tensors.push((hf.clone(), hf_shape(n, &t, cfg)));
         }
         let refs: Vec<(String, &Tensor)> = tensors.iter().map(|(n, t)| (n.clone(), t)).collect();
         write_tensors(&state_dir.join(file), &refs, true)?;
