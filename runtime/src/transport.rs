@@ -73,6 +73,8 @@ pub struct Endpoint {
     /// Messages that arrived before they were asked for, per peer and tag.
     pending: Vec<BTreeMap<Tag, VecDeque<Payload>>>,
     timeout: Duration,
+    /// Messages sent so far (each a wake-up of its receiver).
+    sent: std::sync::atomic::AtomicU64,
 }
 
 /// Builds the endpoints of `n` ranks, each waiting at most `timeout` for a message.
@@ -98,6 +100,7 @@ pub fn fabric(n: usize, timeout: Duration) -> Vec<Endpoint> {
             receivers: rx.into_iter().flatten().collect(),
             pending: (0..n).map(|_| BTreeMap::new()).collect(),
             timeout,
+            sent: 0.into(),
         })
         .collect()
 }
@@ -124,6 +127,7 @@ impl Endpoint {
             receivers,
             pending: (0..n).map(|_| BTreeMap::new()).collect(),
             timeout,
+            sent: 0.into(),
         }
     }
 }
@@ -131,6 +135,11 @@ impl Endpoint {
 impl Endpoint {
     pub fn rank(&self) -> u32 {
         self.rank
+    }
+
+    /// The messages this endpoint has sent.
+    pub fn messages_sent(&self) -> u64 {
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn size(&self) -> usize {
@@ -146,6 +155,7 @@ impl Endpoint {
 
     /// Sends a copy of `data` to `to`.
     pub fn send(&self, to: u32, tag: Tag, data: &[f32]) -> Result<(), RuntimeError> {
+        self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let tx = self
             .senders
             .get(to as usize)
@@ -194,6 +204,7 @@ impl Endpoint {
         if let (Some(Sink::Channel(tx)), Some(copy)) =
             (self.senders.get(to as usize), t.device_copy()?)
         {
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             return tx
                 .send(Ok(Message {
                     tag,

@@ -13,14 +13,15 @@ use crate::reference::{Batch, Config, Params};
 use crate::rendezvous::{placement_from_env, tcp_endpoint};
 use crate::RuntimeError;
 
-/// The most values one message of a run can hold, which bounds what a peer may send: a
-/// parameter's gradient, rows of a step's batch (every token and encoder row) at the widest
-/// width any parameter has, the gathered report (three words a step and two), an NCCL id.
+/// The most values one message of a run can hold, which bounds what a peer may send: the
+/// model's parameters together (a bucket of gradient sums or of gathered shards holds a part
+/// of each of them), rows of a step's batch (every token and encoder row) at the widest width
+/// any parameter has, the gathered report (three words a step and two), an NCCL id.
 pub fn largest_message(cfg: &Config, batches: &[Batch], steps: usize) -> usize {
     let specs = crate::reference::params::param_specs(cfg);
     let (mut param, mut width) = (0usize, 0usize);
     for s in &specs {
-        param = param.max(s.shape.iter().product());
+        param = param.saturating_add(s.shape.iter().product());
         width = width.max(s.shape.iter().copied().max().unwrap_or(0));
     }
     let rows = batches

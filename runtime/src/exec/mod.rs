@@ -160,6 +160,8 @@ pub struct RunOutput {
     pub peak_bytes: Vec<(u32, usize)>,
     /// Per rank (by rank), its weights', gradients' and optimizer state's bytes at the end.
     pub static_bytes: Vec<(u32, StaticBytes)>,
+    /// Per rank (by rank), the point-to-point messages it sent over the whole run.
+    pub messages: Vec<(u32, u64)>,
     /// The backend it ran on, in words.
     pub backend: String,
     /// The language model's logits of the last step `[B, S, V]`, when its ranks kept them
@@ -485,6 +487,10 @@ pub fn run_observed(
         step_seconds,
         peak_bytes: outs.iter().map(|o| (o.rank, o.peak_bytes)).collect(),
         static_bytes: outs.iter().map(|o| (o.rank, o.static_bytes)).collect(),
+        messages: outs
+            .iter()
+            .map(|o| (o.rank, o.net.messages_sent()))
+            .collect(),
         backend: opts.backend.to_string(),
         logits: logits_of(
             &outs,

@@ -173,6 +173,102 @@ impl<'a> RankState<'a> {
         Ok(())
     }
 
+    /// `grad_sync` of the sharded tensors `names`, all of one dp × cp group, on the host
+    /// transport: one reduce-scatter whose part for each member is that member's shard of
+    /// every tensor in turn. The ring adds each value in the order a tensor's own
+    /// reduce-scatter adds it (the same bits), in one message per ring step instead of one per
+    /// tensor. Under group collectives each tensor goes on its own, as before.
+    pub(super) fn reduce_scatter_bucket(
+        &mut self,
+        names: &[String],
+        t: Tag,
+    ) -> Result<(), RuntimeError> {
+        let group = self.sharded[&names[0]].group.clone();
+        if names.len() == 1 || self.groups.as_ref().is_some_and(|g| g.covers(&group)) {
+            for n in names {
+                let sh = &self.sharded[n];
+                let own = tag(Kind::GradSync, sh.module, 0, sh.index, 0);
+                self.reduce_scatter_grad(n, own)?;
+            }
+            return Ok(());
+        }
+        let mut parts: Vec<Vec<f32>> = vec![Vec::new(); group.len()];
+        for name in names {
+            let g = self.grads.t(name).data();
+            for (c, r) in self.sharded[name].ranges().into_iter().enumerate() {
+                parts[c].extend_from_slice(&g[r]);
+            }
+        }
+        let sum = self.net.reduce_scatter_ring(&group, t, &parts)?;
+        let me = self.sharded[&names[0]].me;
+        if sum.len() != parts[me].len() {
+            return Err(invalid(format!(
+                "rank {}: a bucket's reduce-scatter gave {} values, expected {}",
+                self.rank,
+                sum.len(),
+                parts[me].len()
+            )));
+        }
+        let mut at = 0;
+        for name in names {
+            let r = self.sharded[name].mine();
+            let k = r.len();
+            let g = self.grads.get_mut(name).expect("sharded tensors are held");
+            g.data_mut()[r].copy_from_slice(&sum[at..at + k]);
+            at += k;
+        }
+        Ok(())
+    }
+
+    /// Every sharded parameter all-gathered whole from this rank's shard (held in its place):
+    /// on the host transport the tensors of one group as one bucket (each member's shards of
+    /// every tensor in turn, one all-gather); otherwise each on its own.
+    fn gather_params(&mut self, sharded: &BTreeMap<String, Shard>) -> Result<(), RuntimeError> {
+        let host = !self.math.on_device();
+        let mut buckets: Vec<(&[u32], Vec<&String>)> = Vec::new();
+        for (name, sh) in sharded {
+            let covered = self.groups.as_ref().is_some_and(|g| g.covers(&sh.group));
+            match buckets.iter_mut().find(|(g, _)| *g == sh.group.as_slice()) {
+                Some((_, names)) if host && !covered => names.push(name),
+                _ => buckets.push((&sh.group, vec![name])),
+            }
+        }
+        for (group, names) in buckets {
+            let first = &sharded[names[0]];
+            let t = tag(Kind::GradSync, first.module, 1, first.index, 0);
+            if names.len() == 1 {
+                let mine = self.params.t(names[0]).clone();
+                let p = self.gather_shard(first, &mine, t)?;
+                *self
+                    .params
+                    .get_mut(names[0])
+                    .expect("sharded tensors are held") = p;
+                continue;
+            }
+            let mut mine = Vec::new();
+            for n in &names {
+                mine.extend_from_slice(self.params.t(n).data());
+            }
+            let all = self.net.all_gather(group, t, &mine)?;
+            let mut at = vec![0usize; all.len()];
+            for n in &names {
+                let sh = &sharded[*n];
+                let mut values = Vec::with_capacity(sh.len());
+                for (i, part) in all.iter().enumerate() {
+                    let k = sh.range(i).len();
+                    let piece = part.get(at[i]..at[i] + k).ok_or_else(|| {
+                        invalid(format!("rank {}: a peer's bucket is short", self.rank))
+                    })?;
+                    values.extend_from_slice(piece);
+                    at[i] += k;
+                }
+                *self.params.get_mut(n).expect("sharded tensors are held") =
+                    Tensor::from_vec(&sh.shape, values)?;
+            }
+        }
+        Ok(())
+    }
+
     /// `x`, this rank's shard of sharded tensor `sh`, all-gathered whole under tag `t`.
     fn gather_shard(&mut self, sh: &Shard, x: &Tensor, t: Tag) -> Result<Tensor, RuntimeError> {
         let mx = &*self.math;
@@ -221,18 +317,10 @@ impl<'a> RankState<'a> {
                     mx.adam(p, g, m, v, step)
                 });
         let result = updated.and_then(|()| {
-            for ((name, sh), g) in sharded.iter().zip(whole) {
+            for (name, g) in sharded.keys().zip(whole) {
                 *self.grads.get_mut(name).expect("sharded tensors are held") = g;
-                let mine = self
-                    .params
-                    .get(name)
-                    .expect("sharded tensors are held")
-                    .clone();
-                let t = tag(Kind::GradSync, sh.module, 1, sh.index, 0);
-                let p = self.gather_shard(sh, &mine, t)?;
-                *self.params.get_mut(name).expect("sharded tensors are held") = p;
             }
-            Ok(())
+            self.gather_params(&sharded)
         });
         self.sharded = sharded;
         result

@@ -37,6 +37,7 @@ impl<'a> RankState<'a> {
         // one collective per group, not one per tensor, each a wake-up of every peer.
         let bucketed = !self.math.on_device();
         let mut buckets: Vec<(Vec<u32>, usize, Vec<String>)> = Vec::new();
+        let mut scattered: Vec<(Vec<u32>, usize, Vec<String>)> = Vec::new();
         for (k, (name, group)) in names.iter().zip(&groups).enumerate() {
             // A tied embedding's first and last stage sum their shares first (one fixed tag:
             // the two stages list different tensors).
@@ -47,22 +48,32 @@ impl<'a> RankState<'a> {
             if group.len() <= 1 {
                 continue;
             }
-            if self.sharded.get(name).is_some_and(|s| s.scatters) {
-                self.reduce_scatter_grad(name, tag(Kind::GradSync, m, 0, k, 0))?;
-                continue;
-            }
+            let scatters = self.sharded.get(name).is_some_and(|s| s.scatters);
             if !bucketed {
-                self.sum_over(name, group, tag(Kind::GradSync, m, 0, k, 0))?;
+                let t = tag(Kind::GradSync, m, 0, k, 0);
+                if scatters {
+                    self.reduce_scatter_grad(name, t)?;
+                } else {
+                    self.sum_over(name, group, t)?;
+                }
                 continue;
             }
-            match buckets.iter_mut().find(|(g, _, _)| g == group) {
-                Some((_, _, members)) => members.push(name.clone()),
+            let into = if scatters {
+                &mut scattered
+            } else {
+                &mut buckets
+            };
+            match into.iter().position(|(g, _, _)| g == group) {
+                Some(b) => into[b].2.push(name.clone()),
                 // The bucket's tag is its first tensor's.
-                None => buckets.push((group.clone(), k, vec![name.clone()])),
+                None => into.push((group.clone(), k, vec![name.clone()])),
             }
         }
         for (group, k, members) in buckets {
             self.sum_bucket(&members, &group, tag(Kind::GradSync, m, 0, k, 0))?;
+        }
+        for (_, k, members) in scattered {
+            self.reduce_scatter_bucket(&members, tag(Kind::GradSync, m, 0, k, 0))?;
         }
         Ok(())
     }
