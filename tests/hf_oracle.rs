@@ -263,19 +263,22 @@ fn emulated_gpu_matches_transformers_on_llama3() {
         json!({"kind": "pipeline_1f1b"}),
         json!({ "llm": at(layout, 0, 2) }),
     );
+    let got = one_step_emulated(&dev, &c, &program);
+    assert_matches(&c, "tp 2, sp, emulated GPU", &got);
+}
+
+/// One step of `program` at learning rate 0 on the emulated GPU, f32 products.
+fn one_step_emulated(
+    dev: &std::sync::Arc<hetpar::runtime::cuda::emulated::EmuDevice>,
+    c: &Case,
+    program: &hetpar::ir::program::Program,
+) -> RunOutput {
     let mut o = opts(1);
     o.lr = 0.0;
-    let got = common::run_emulated(
-        &dev,
-        hetpar::runtime::cuda::Precision::F32,
-        &program,
-        &c.cfg,
-        &c.params,
-        std::slice::from_ref(&c.batch),
-        &o,
-    )
-    .unwrap_or_else(|e| panic!("llama3 on the emulated GPU: {e}"));
-    assert_matches(&c, "tp 2, sp, emulated GPU", &got);
+    let batch = std::slice::from_ref(&c.batch);
+    let precision = hetpar::runtime::cuda::Precision::F32;
+    common::run_emulated(dev, precision, program, &c.cfg, &c.params, batch, &o)
+        .unwrap_or_else(|e| panic!("{} on the emulated GPU: {e}", c.name))
 }
 
 /// Mixtral (4 experts, top 2, every layer a mixture of experts) on one device and with its
@@ -546,17 +549,6 @@ fn emulated_gpu_matches_transformers_on_llava() {
             "llm": at(json!({"tp": 2, "sequence_parallel": true, "micro_batch_size": b}), 0, 2),
         }),
     );
-    let mut o = opts(1);
-    o.lr = 0.0;
-    let got = common::run_emulated(
-        &dev,
-        hetpar::runtime::cuda::Precision::F32,
-        &program,
-        &c.cfg,
-        &c.params,
-        std::slice::from_ref(&c.batch),
-        &o,
-    )
-    .unwrap_or_else(|e| panic!("llava on the emulated GPU: {e}"));
+    let got = one_step_emulated(&dev, &c, &program);
     assert_matches(&c, "tp 2, sp, emulated GPU", &got);
 }

@@ -251,24 +251,43 @@ pub fn batch_from_bytes(
     })
 }
 
-/// The i64 tensor `name` of a safetensors buffer: its shape and values.
-pub(crate) fn i64_tensor(
+/// The tensor `name` of a safetensors buffer, of type `dtype`, each value read from its
+/// little-endian bytes: its shape and values.
+fn typed_tensor<T, const N: usize>(
     st: &SafeTensors<'_>,
     name: &str,
-) -> Result<(Vec<usize>, Vec<i64>), RuntimeError> {
+    dtype: Dtype,
+    read: fn([u8; N]) -> T,
+) -> Result<(Vec<usize>, Vec<T>), RuntimeError> {
     let v = st
         .tensor(name)
         .map_err(|_| RuntimeError::Safetensors(format!("tensor `{name}` is missing")))?;
-    if v.dtype() != Dtype::I64 {
+    if v.dtype() != dtype {
         return Err(RuntimeError::Safetensors(format!(
-            "tensor `{name}` is {:?}, expected I64",
+            "tensor `{name}` is {:?}, expected {dtype:?}",
             v.dtype()
         )));
     }
     let data = v
         .data()
-        .chunks_exact(8)
-        .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+        .chunks_exact(N)
+        .map(|c| read(c.try_into().expect("N bytes")))
         .collect();
     Ok((v.shape().to_vec(), data))
+}
+
+/// The i64 tensor `name` of a safetensors buffer: its shape and values.
+pub(crate) fn i64_tensor(
+    st: &SafeTensors<'_>,
+    name: &str,
+) -> Result<(Vec<usize>, Vec<i64>), RuntimeError> {
+    typed_tensor(st, name, Dtype::I64, i64::from_le_bytes)
+}
+
+/// The f32 tensor `name` of a safetensors buffer: its shape and values.
+pub(crate) fn f32_tensor(
+    st: &SafeTensors<'_>,
+    name: &str,
+) -> Result<(Vec<usize>, Vec<f32>), RuntimeError> {
+    typed_tensor(st, name, Dtype::F32, f32::from_le_bytes)
 }

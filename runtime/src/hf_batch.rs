@@ -9,7 +9,7 @@
 
 use safetensors::SafeTensors;
 
-use crate::dump::i64_tensor;
+use crate::dump::{f32_tensor, i64_tensor};
 use crate::reference::batch::IGNORE;
 use crate::reference::{Batch, Config};
 use crate::tensor::Tensor;
@@ -136,23 +136,4 @@ fn images(st: &SafeTensors<'_>, cfg: &Config, batch: &mut Batch) -> Result<(), R
     batch.sample_images = counts;
     batch.image_token_id = token;
     Ok(())
-}
-
-/// The f32 tensor `name` of a safetensors buffer: its shape and values.
-fn f32_tensor(st: &SafeTensors<'_>, name: &str) -> Result<(Vec<usize>, Vec<f32>), RuntimeError> {
-    let v = st
-        .tensor(name)
-        .map_err(|_| RuntimeError::Safetensors(format!("tensor `{name}` is missing")))?;
-    if v.dtype() != safetensors::Dtype::F32 {
-        return Err(RuntimeError::Safetensors(format!(
-            "tensor `{name}` is {:?}, expected F32",
-            v.dtype()
-        )));
-    }
-    let data = v
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    Ok((v.shape().to_vec(), data))
 }
