@@ -187,6 +187,51 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
     assert_eq!(generated, losses(&stdout(&interpreted)));
 }
 
+/// LLaVA (CLIP tower, projector, Llama) from its Hugging Face directory: the generated crate
+/// of `examples/plans/llava-tiny-tp2-2.json` (tp 2 with sequence parallelism on every module)
+/// trains three steps to the interpreter's losses.
+#[test]
+fn the_generated_crate_trains_a_hugging_face_llava_like_the_interpreter() {
+    let dir = scratch("codegen-llava");
+    let out = dir.join("crate");
+    let (plan, model, cluster) = (
+        "examples/plans/llava-tiny-tp2-2.json",
+        "examples/models/llava-tiny.json",
+        "examples/clusters/cpu-2.json",
+    );
+    let o = hetpar(&[
+        "codegen",
+        plan,
+        "--model",
+        model,
+        "--cluster",
+        cluster,
+        "-o",
+        out.to_str().unwrap(),
+        "--runtime",
+        "../../../../runtime",
+    ]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let ckpt = root().join("tests/oracle/golden/hf/llava");
+    let ckpt = ckpt.to_str().unwrap();
+    let generated = build_and_run(&out, 3, &["--checkpoint", ckpt]);
+    let interpreted = hetpar(&[
+        "run",
+        plan,
+        "--model",
+        model,
+        "--cluster",
+        cluster,
+        "--steps",
+        "3",
+        "--checkpoint",
+        ckpt,
+    ]);
+    assert!(interpreted.status.success(), "{}", stderr(&interpreted));
+    assert_eq!(generated.len(), 3);
+    assert_eq!(generated, losses(&stdout(&interpreted)));
+}
+
 /// Builds the generated crate in `dir` against this checkout's runtime (its locked versions,
 /// the shared target directory) and runs it for `steps` steps with `more` arguments: the losses
 /// it prints.
