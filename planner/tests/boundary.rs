@@ -315,28 +315,6 @@ fn via_parts_rule_adds_scatter_then_all_gather_for_several_needers_only() {
 }
 
 #[test]
-fn fuse_rule_joins_consecutive_sends() {
-    let (g, r) = run_rule(
-        "fuse",
-        "(send leader needers (send holders leader (flow 1000 4 1 1)))",
-    );
-    assert!(equivalent(
-        &g,
-        r,
-        "(send holders needers (flow 1000 4 1 1))"
-    ));
-}
-
-#[test]
-fn cancel_rule_removes_a_send_followed_by_its_inverse() {
-    let (g, r) = run_rule(
-        "cancel",
-        "(send needers holders (send holders needers (flow 1000 4 1 1)))",
-    );
-    assert!(equivalent(&g, r, "(flow 1000 4 1 1)"));
-}
-
-#[test]
 fn extraction_relays_large_replicated_flows_and_keeps_small_ones_direct() {
     let big = FlowInfo {
         bytes: 64 << 20,

@@ -7,9 +7,11 @@
 //! `parts` (the k of them, each with 1/k of the rows). `(send holders needers f)` is direct
 //! point-to-point. Rules (each named, each with its own test):
 //! - `via-leader`: direct = one network copy to a leader, then an NVLink broadcast;
-//! - `via-parts`: direct = scatter parts across the slow links, then an NVLink all-gather;
-//! - `fuse`: two consecutive sends = one send from the first role to the last;
-//! - `cancel`: a send followed by its inverse = nothing.
+//! - `via-parts`: direct = scatter parts across the slow links, then an NVLink all-gather.
+//!
+//! (A rule joining two sends into one only gave back the direct term already in its class, and
+//! one cancelling a send and its inverse never matched, since no rule makes inverses: both are
+//! gone. The composition with the producer's collectives is `compose/`.)
 //!
 //! Limits are values (iterations, nodes) and the stop reason is reported; iteration order is
 //! deterministic (egg's), and no wall-clock limit applies.
@@ -102,8 +104,6 @@ pub fn rules() -> Vec<Rewrite<Delivery, FlowAnalysis>> {
     vec![
         rewrite!("via-leader"; "(send holders needers ?r)" => "(send leader needers (send holders leader ?r))" if splittable("?r")),
         rewrite!("via-parts"; "(send holders needers ?r)" => "(send parts needers (send holders parts ?r))" if splittable("?r")),
-        rewrite!("fuse"; "(send ?b ?c (send ?a ?b ?r))" => "(send ?a ?c ?r)"),
-        rewrite!("cancel"; "(send ?b ?a (send ?a ?b ?r))" => "?r"),
     ]
 }
 
@@ -127,8 +127,7 @@ pub fn step_time(from: &str, to: &str, f: FlowInfo, links: &Links) -> f64 {
         ("leader", "needers") => bytes / near.bandwidth + k.log2().ceil() * near.latency,
         ("holders", "parts") => (k / nics).ceil() * (bytes / k) / far.bandwidth + far.latency,
         ("parts", "needers") => (k - 1.0) / k * bytes / near.bandwidth + (k - 1.0) * near.latency,
-        // Any other move (the reverse of one above, which `cancel` removes) pays the slow link
-        // for every copy.
+        // Any other move (no rule makes one) pays the slow link for every copy.
         _ => k * bytes / far.bandwidth + far.latency,
     }
 }
