@@ -152,39 +152,8 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
                                 "placement": {"ranks": {"offset": 0, "count": 4}}}}}"#,
     )
     .unwrap();
-    let out = dir.join("crate");
     let (plan, model) = (plan.to_str().unwrap(), model.to_str().unwrap());
-    let o = hetpar(&[
-        "codegen",
-        plan,
-        "--model",
-        model,
-        "--cluster",
-        CLUSTER,
-        "-o",
-        out.to_str().unwrap(),
-        "--runtime",
-        "../../../../runtime",
-    ]);
-    assert!(o.status.success(), "{}", stderr(&o));
-    let ckpt = root().join("tests/oracle/golden/hf/llama");
-    let ckpt = ckpt.to_str().unwrap();
-    let generated = build_and_run(&out, 3, &["--checkpoint", ckpt]);
-    let interpreted = hetpar(&[
-        "run",
-        plan,
-        "--model",
-        model,
-        "--cluster",
-        CLUSTER,
-        "--steps",
-        "3",
-        "--checkpoint",
-        ckpt,
-    ]);
-    assert!(interpreted.status.success(), "{}", stderr(&interpreted));
-    assert_eq!(generated.len(), 3);
-    assert_eq!(generated, losses(&stdout(&interpreted)));
+    generated_trains_like_the_interpreter(&dir, plan, model, CLUSTER, "llama");
 }
 
 /// LLaVA (CLIP tower, projector, Llama) from its Hugging Face directory: the generated crate
@@ -193,12 +162,25 @@ fn the_generated_crate_trains_a_hugging_face_llama_like_the_interpreter() {
 #[test]
 fn the_generated_crate_trains_a_hugging_face_llava_like_the_interpreter() {
     let dir = scratch("codegen-llava");
-    let out = dir.join("crate");
-    let (plan, model, cluster) = (
+    generated_trains_like_the_interpreter(
+        &dir,
         "examples/plans/llava-tiny-tp2-2.json",
         "examples/models/llava-tiny.json",
         "examples/clusters/cpu-2.json",
+        "llava",
     );
+}
+
+/// The crate `codegen` generates for `plan` into `dir`, started from the oracle's Hugging Face
+/// directory of `case` (`--checkpoint`), trains three steps to the interpreter's losses.
+fn generated_trains_like_the_interpreter(
+    dir: &std::path::Path,
+    plan: &str,
+    model: &str,
+    cluster: &str,
+    case: &str,
+) {
+    let out = dir.join("crate");
     let o = hetpar(&[
         "codegen",
         plan,
@@ -212,7 +194,7 @@ fn the_generated_crate_trains_a_hugging_face_llava_like_the_interpreter() {
         "../../../../runtime",
     ]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let ckpt = root().join("tests/oracle/golden/hf/llava");
+    let ckpt = root().join(format!("tests/oracle/golden/hf/{case}"));
     let ckpt = ckpt.to_str().unwrap();
     let generated = build_and_run(&out, 3, &["--checkpoint", ckpt]);
     let interpreted = hetpar(&[
