@@ -272,37 +272,8 @@ impl Endpoint {
         tag: Tag,
         buf: &mut [f32],
     ) -> Result<(), RuntimeError> {
-        let n = group.len();
-        let Some(me) = group.iter().position(|&r| r == self.rank) else {
-            return Ok(());
-        };
-        if n <= 1 {
-            return Ok(());
-        }
         let len = buf.len();
-        let chunk = |c: usize| ring_chunk(len, n, c);
-        let next = group[(me + 1) % n];
-        let prev = group[(me + n - 1) % n];
-        // Reduce-scatter: after n - 1 steps rank i holds the full sum of chunk (i + 1) % n.
-        for step in 0..n - 1 {
-            let send_c = (me + n - step) % n;
-            let recv_c = (me + n - step - 1) % n;
-            self.send(next, tag_of(tag, step as u64), &buf[chunk(send_c)])?;
-            let got = self.recv(prev, tag_of(tag, step as u64))?;
-            for (x, y) in buf[chunk(recv_c)].iter_mut().zip(got) {
-                *x += y;
-            }
-        }
-        // All-gather the reduced chunks.
-        for step in 0..n - 1 {
-            let send_c = (me + 1 + n - step) % n;
-            let recv_c = (me + n - step) % n;
-            let t = tag_of(tag, (n + step) as u64);
-            self.send(next, t, &buf[chunk(send_c)])?;
-            let got = self.recv(prev, t)?;
-            buf[chunk(recv_c)].copy_from_slice(&got);
-        }
-        Ok(())
+        self.all_reduce_sum_segments(group, tag, buf, &[len])
     }
 
     /// [`Endpoint::all_reduce_sum`] of several tensors laid end to end in `buf` (`segments`:
@@ -336,11 +307,19 @@ impl Endpoint {
                 })
                 .collect()
         };
-        let gather = |buf: &[f32], rs: &[std::ops::Range<usize>]| -> Vec<f32> {
-            rs.iter()
-                .flat_map(|r| buf[r.clone()].iter().copied())
-                .collect()
-        };
+        // One range (a single tensor's ring) is sent as it lies.
+        fn gather<'b>(
+            buf: &'b [f32],
+            rs: &[std::ops::Range<usize>],
+        ) -> std::borrow::Cow<'b, [f32]> {
+            match rs {
+                [r] => std::borrow::Cow::Borrowed(&buf[r.clone()]),
+                _ => rs
+                    .iter()
+                    .flat_map(|r| buf[r.clone()].iter().copied())
+                    .collect(),
+            }
+        }
         let next = group[(me + 1) % n];
         let prev = group[(me + n - 1) % n];
         for step in 0..n - 1 {
