@@ -140,7 +140,7 @@ fn feature_layers(top: &Fields<'_>, layers: u32) -> Option<u32> {
     const KEY: &str = "vision_feature_layer";
     let at = match top.get(KEY) {
         None => {
-            top.note(KEY, -2, format!("the default of {}", "LlavaConfig"));
+            top.note(KEY, -2, "the default of LlavaConfig".into());
             -2
         }
         Some(v) => match v.as_i64() {

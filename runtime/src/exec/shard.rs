@@ -249,16 +249,6 @@ impl Sharding {
         self.mine_indices().into_iter().map(|i| local[i]).collect()
     }
 
-    /// Of the rows this tp rank holds, those with an output row, as indices into
-    /// [`Sharding::mine`], and the rows.
-    pub fn mine_out(&self) -> (Vec<usize>, Vec<RowRef>) {
-        self.mine()
-            .into_iter()
-            .enumerate()
-            .filter(|(_, r)| !r.lead)
-            .unzip()
-    }
-
     /// Per sequence, the local row indices that belong to it, in local order.
     pub fn seq_local_rows(&self) -> Vec<Vec<usize>> {
         let mut out = vec![Vec::new(); self.seq_len.len()];
